@@ -1,0 +1,4 @@
+"""python -m nrr_engine"""
+from .cli import main
+
+main()

@@ -1,0 +1,348 @@
+"""The command line: thin commands that call one Engine method each and turn errors into exit codes."""
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import shutil
+import sys
+from importlib import resources
+from pathlib import Path
+
+import click
+
+from . import __version__, config as config_mod, log as log_mod, report as report_mod
+from .errors import ConfigErrors, ExitCode, NrrError
+
+INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug in nrr-engine, never a user mistake
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(int(code))
+
+
+def guarded(fn):
+    """Library exceptions -> one clean message and the documented exit code; never a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ConfigErrors as exc:
+            for e in exc.errors:
+                click.echo(f"error: {e}", err=True)
+            sys.exit(int(exc.exit_code))
+        except NrrError as exc:
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted", ExitCode.UNAVAILABLE)
+        except OSError as exc:
+            _fail(f"{exc.strerror or exc}: {getattr(exc, 'filename', '') or ''}", ExitCode.UNAVAILABLE)
+        except Exception as exc:  # a bug: say so plainly, keep the traceback out of ops' logs unless asked
+            ctx = click.get_current_context(silent=True)
+            if ctx and ctx.find_root().params.get("debug"):
+                raise
+            _fail(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it", INTERNAL_ERROR)
+    return wrapper
+
+
+def _settings(ctx: click.Context):
+    return config_mod.load(config_mod.find(ctx.find_root().params.get("config")))
+
+
+def _engine(ctx: click.Context):
+    from .engine import Engine
+    return Engine(_settings(ctx))
+
+
+def _as_of(value: str | None) -> dt.date | None:
+    if not value:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date; expected YYYY-MM-DD") from None
+
+
+as_of_option = click.option("--as-of", "as_of", metavar="YYYY-MM-DD",
+                            help="Run as of this date (default: today in the config's time zone).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="nrr-engine")
+@click.option("--config", "config", type=click.Path(dir_okay=False), envvar=None,
+              help="Config file (default: $NRR_ENGINE_CONFIG, else ./config/nrr.yaml).")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]),
+              help="Log verbosity (logs go to stderr; JSON when stderr is not a terminal).")
+@click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
+def main(config, log_level, debug):
+    """nrr-engine: repair account hierarchies, roll up ARR and report true family-level NRR.
+
+    Exit codes: 0 ok, 1 record-level failures, 2 invalid config/rules/input,
+    3 source or sink unavailable, 4 reconciliation gate failed.
+    """
+    log_mod.configure(log_level)
+
+
+@main.command()
+@click.argument("directory", default=".", type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite existing files.")
+@guarded
+def init(directory, force):
+    """Scaffold config/, rules/ and an example org/ in DIRECTORY (commented; runs as is)."""
+    from .demo import generator
+    root = Path(directory)
+    target = root / "config" / "nrr.yaml"
+    if target.exists() and not force:
+        _fail(f"{target} exists; pass --force to overwrite", ExitCode.INVALID_INPUT)
+    generator.write_demo_config(root)
+    org = root / "org"
+    org.mkdir(parents=True, exist_ok=True)
+    for item in resources.files("nrr_engine").joinpath("demo/org").iterdir():
+        if item.name.endswith(".csv") and (force or not (org / item.name).exists()):
+            (org / item.name).write_bytes(item.read_bytes())
+    click.echo(f"created {target}, {root / 'rules'}/ and an example org in {org}/\n"
+               f"next: nrr-engine --config {target} validate && nrr-engine --config {target} plan")
+
+
+@main.command()
+@click.pass_context
+@guarded
+def validate(ctx):
+    """Check the config and rule files; print every problem with file:line."""
+    from . import yamlsource
+    path = config_mod.find(ctx.find_root().params.get("config"))
+    settings, errors = config_mod.check(path)
+    if settings:
+        for rule_file in settings.rule_files:
+            try:
+                yamlsource.load(rule_file)
+            except NrrError as exc:
+                errors.append(exc)
+    for e in errors:
+        click.echo(f"error: {e}", err=True)
+    if errors:
+        click.echo(f"{len(errors)} problem(s) found", err=True)
+        sys.exit(int(ExitCode.INVALID_INPUT))
+    click.echo(f"{path}: ok ({len(settings.views)} view(s), {len(settings.rule_files)} rule file(s))")
+
+
+@main.command()
+@guarded
+def schema():
+    """Print the JSON Schema of the config file (point your editor's YAML plugin at it)."""
+    click.echo(json.dumps(config_mod.schema(), indent=2))
+
+
+def _print_summary(summary: dict) -> None:
+    click.echo(f"run {summary['run_id']} ({summary['mode']}, as of {summary['as_of']})")
+    click.echo(f"  accounts read: {summary['accounts']}   families: " +
+               ", ".join(f"{v} {n}" for v, n in summary["families"].items()))
+    ch = summary["changes"]
+    click.echo("  changes: " + ", ".join(f"{k} {v}" for k, v in ch.items()) + f"   snapshots: {summary['snapshots']}")
+    for view, windows in summary["nrr"].items():
+        for w, fig in windows.items():
+            f, n = fig["family"], fig["naive"]
+            label = "last month" if w == "1" else "trailing 12 months"
+            click.echo(f"  {view} {fig['period']} {label}: NRR {_pct(f['nrr'])} GRR {_pct(f['grr'])} "
+                       f"(naive account level: NRR {_pct(n['nrr'])} GRR {_pct(n['grr'])}); "
+                       f"internal transfers {f['internal_transfers']}, new logo {f['new_logo']} (naive {n['new_logo']})")
+    for fnd in summary["findings"]:
+        click.echo(f"  data quality [{fnd['kind']}]: {fnd['message']}" +
+                   (f" e.g. {', '.join(fnd['records'][:3])}" if fnd["records"] else ""))
+    click.echo("  stages: " + ", ".join(f"{k} {v}s" for k, v in summary["stages"].items()))
+
+
+def _pct(text) -> str:
+    if text is None:
+        return "n/a"
+    from decimal import Decimal
+    return f"{(Decimal(text) * 100).quantize(Decimal('0.1'))} %"
+
+
+@main.command()
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the JSON plan here (default: stdout summary only).")
+@click.option("--job", default="nightly", show_default=True, help="Job name recorded in the ledger.")
+@as_of_option
+@click.pass_context
+@guarded
+def plan(ctx, out, job, as_of):
+    """Dry run: compute every change and write nothing to the org."""
+    with _engine(ctx) as engine:
+        outcome = engine.execute(job=job, as_of=_as_of(as_of), dry_run=True)
+        if out:
+            engine.write_plan(outcome.plan, Path(out))
+            click.echo(f"plan written to {out}")
+    _print_summary(outcome.summary)
+
+
+@main.command()
+@click.option("--job", default="nightly", show_default=True, help="Job name (as under schedule: in config).")
+@as_of_option
+@click.pass_context
+@guarded
+def run(ctx, job, as_of):
+    """The nightly job: plan, apply the changes, record everything in the ledger."""
+    with _engine(ctx) as engine:
+        outcome = engine.execute(job=job, as_of=_as_of(as_of))
+    _print_summary(outcome.summary)
+    sys.exit(int(outcome.exit_code))
+
+
+@main.command()
+@click.option("--accounts", type=click.IntRange(1, 20_000_000), help="Generate a synthetic org of N accounts instead.")
+@click.option("--seed", default=7, show_default=True, help="Generator seed (same seed, same org).")
+@click.option("--dir", "directory", default="nrr-demo", show_default=True, type=click.Path(file_okay=False),
+              help="Where to build the demo (org/, config/, state/).")
+@click.option("--fresh", is_flag=True, help="Delete DIR first (start from an empty ledger).")
+@guarded
+def demo(accounts, seed, directory, fresh):
+    """Build the demo org (or a synthetic one of N accounts) and run the nightly job on it."""
+    from .demo import DEMO_AS_OF, generate, write_demo_config
+    from .engine import Engine
+    root = Path(directory)
+    if fresh and root.exists():
+        shutil.rmtree(root)
+    org = root / "org"
+    if accounts:
+        info = generate(org, accounts=accounts, seed=seed)
+        click.echo(f"generated {info['accounts']} accounts, {info['subscriptions']} subscriptions in {org}/")
+    else:
+        org.mkdir(parents=True, exist_ok=True)
+        for item in resources.files("nrr_engine").joinpath("demo/org").iterdir():
+            if item.name.endswith(".csv"):
+                (org / item.name).write_bytes(item.read_bytes())
+        click.echo(f"demo org copied to {org}/")
+    cfg = write_demo_config(root)
+    with Engine(config_mod.load(cfg)) as engine:
+        outcome = engine.execute(as_of=DEMO_AS_OF)
+    _print_summary(outcome.summary)
+    click.echo(f"\nnext: nrr-engine --config {cfg} report nrr --window 12 --by Region__c")
+
+
+@main.group()
+def report():
+    """Reports (NRR/GRR)."""
+
+
+@report.command("nrr")
+@click.option("--period", metavar="YYYY-MM", help="Window end month (default: last closed month).")
+@click.option("--window", type=click.Choice(["1", "3", "12"]), default="1", show_default=True,
+              help="Months: 1 monthly, 3 quarterly, 12 trailing twelve months.")
+@click.option("--view", help="Hierarchy view (default: the first configured, usually legal).")
+@click.option("--by", "by", metavar="FIELD", help="Segment by a root account field (e.g. Region__c) or 'cohort'.")
+@click.option("--as-of-start", is_flag=True, help="Families as of the window start instead of restated at its end.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
+@as_of_option
+@click.pass_context
+@guarded
+def report_nrr(ctx, period, window, view, by, as_of_start, fmt, out, as_of):
+    """Family-level NRR/GRR next to naive account-level figures for a period and window."""
+    if period:
+        from . import months
+        try:
+            months.parse(period)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--period") from None
+    with _engine(ctx) as engine:
+        fig = engine.report_nrr(period, int(window), view, by, as_of_start, _as_of(as_of))
+    text = {"table": report_mod.nrr_table, "csv": report_mod.nrr_csv,
+            "json": lambda f: report_mod.dumps(report_mod.nrr_json(f))}[fmt](fig)
+    if out:
+        Path(out).write_text(text + ("\n" if not text.endswith("\n") else ""), encoding="utf-8")
+        click.echo(f"written to {out}")
+    else:
+        click.echo(text)
+
+
+@main.group()
+def runs():
+    """The run ledger."""
+
+
+@runs.command("list")
+@click.option("--limit", default=20, show_default=True)
+@click.pass_context
+@guarded
+def runs_list(ctx, limit):
+    """Recent runs: id, job, mode, status, changes."""
+    from .ledger import Ledger
+    ledger = Ledger(_settings(ctx).state)
+    for r in ledger.runs(limit):
+        counts = json.loads(r["counts"]) if r["counts"] else {}
+        shown = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "stages")
+        click.echo(f"{r['id']}  {r['job']:<11} {r['mode']:<8} {r['status']:<14} as of {r['as_of']}  {shown}")
+
+
+@runs.command("show")
+@click.argument("run_id")
+@click.option("--changes", "show_changes", default=20, show_default=True, help="How many changes to list.")
+@click.pass_context
+@guarded
+def runs_show(ctx, run_id, show_changes):
+    """One run: summary, change counts by status, findings, the first changes."""
+    from .errors import DataError
+    from .ledger import Ledger
+    ledger = Ledger(_settings(ctx).state)
+    r = ledger.run(run_id)
+    if r is None:
+        raise DataError(f"no run {run_id!r}; see `nrr-engine runs list`")
+    out = {k: (json.loads(v) if k in ("counts", "summary", "api_usage") and v else v) for k, v in r.items()}
+    out["change_status"] = ledger.change_counts(r["id"])
+    out["changes"] = [{k: c[k] for k in ("object", "record_id", "field", "old", "new", "status", "error", "rule")}
+                      for _, c in zip(range(show_changes), ledger.changes(r["id"]))]
+    click.echo(report_mod.dumps(out))
+
+
+@main.command()
+@click.argument("run_id")
+@click.pass_context
+@guarded
+def rollback(ctx, run_id):
+    """Restore the old values of RUN_ID's changes; values edited since are reported and left alone."""
+    with _engine(ctx) as engine:
+        result = engine.rollback(run_id)
+    click.echo(f"rolled back {result['rolled_back']} as run {result['run_id']}: restored {result['restored_fields']} "
+               f"field(s), deleted {result['deleted_records']} record(s)")
+    for c in result["conflicts"]:
+        click.echo(f"  left alone (edited since): {c['object']} {c['id']} {c['field']}: expected {c['expected']!r}, "
+                   f"found {c['found']!r}")
+
+
+@main.group()
+def history():
+    """ARR history."""
+
+
+@history.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.pass_context
+@guarded
+def history_import(ctx, file):
+    """Import monthly ARR history from a CSV: account_id,month,arr[,currency]."""
+    with _engine(ctx) as engine:
+        result = engine.import_history(Path(file))
+    click.echo(f"imported {result['rows']} row(s) for {result['accounts']} account(s), months {result['months']}")
+
+
+@main.command()
+@click.option("--out", default="export", show_default=True, type=click.Path(file_okay=False))
+@click.option("--run", "run_id", help="Change set of this run (default: the latest applied run).")
+@click.pass_context
+@guarded
+def export(ctx, out, run_id):
+    """Write the local org as Data Loader CSVs (full/) and a run's change set (changes/RUN_ID/)."""
+    with _engine(ctx) as engine:
+        result = engine.export(Path(out), run_id)
+    click.echo(f"{len(result['full'])} full object file(s) in {out}/full; "
+               f"{len(result['changes'])} change file(s) for run {result['run']}")
+
+
+@main.command()
+@click.pass_context
+@guarded
+def schedule(ctx):
+    """Run the jobs under `schedule:` on their cron triggers until SIGTERM/SIGINT."""
+    from .scheduler import Daemon
+    Daemon(_settings(ctx)).serve()

@@ -1,0 +1,220 @@
+"""The config file (config/nrr.yaml) turned into frozen Settings; paths resolve relative to the file.
+
+Validation collects every problem (for `validate`); `load` raises them all at once as ConfigErrors.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import zoneinfo
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from .errors import ConfigError, ConfigErrors, Location
+from . import yamlsource
+
+ENV_VAR = "NRR_ENGINE_CONFIG"
+DEFAULT_PATH = Path("config/nrr.yaml")
+
+DEFAULT_VIEW_FIELDS = {
+    "ultimate_parent": "Ultimate_Parent__c",
+    "depth": "Hierarchy_Depth__c",
+    "arr": "Hierarchy_ARR__c",
+    "child_count": "Child_Count__c",
+}
+
+
+def schema() -> dict:
+    """The JSON Schema of the config file."""
+    return json.loads(resources.files("nrr_engine").joinpath("schemas/config.schema.json").read_text("utf-8"))
+
+
+@dataclass(frozen=True)
+class SubscriptionSource:
+    object: str
+    account: str
+    start: str
+    amount: str
+    end: str | None = None
+    amount_period: str = "monthly"
+    end_exclusive: bool = False
+    product: str | None = None
+    currency: str | None = None
+
+
+@dataclass(frozen=True)
+class ArrSettings:
+    source: str
+    account_field: str | None = None
+    subscriptions: SubscriptionSource | None = None
+    history_months: int = 36
+
+
+@dataclass(frozen=True)
+class View:
+    name: str
+    parent_field: str
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run needs from config; per-run state lives in RunContext, never here."""
+
+    config_file: Path
+    source_kind: str
+    org_path: Path | None
+    working_copy: Path | None
+    state: Path
+    currency: str
+    timezone: str
+    arr: ArrSettings
+    views: tuple[View, ...]
+    rule_files: tuple[Path, ...]
+    schedule: dict[str, str]
+    snapshots_enabled: bool = True
+    snapshot_object: str = "KPI_Snapshot__c"
+    snapshot_prefix: str = "a0K"
+    segments: tuple[str, ...] = ()
+    max_depth: int = 100
+
+    def view(self, name: str) -> View:
+        for v in self.views:
+            if v.name == name:
+                return v
+        raise ConfigError(f"unknown view {name!r}; configured views: {', '.join(v.name for v in self.views)}",
+                          Location(str(self.config_file)))
+
+    def account_fields_read(self) -> list[str]:
+        """Account fields the engine reads (besides Id and Name)."""
+        names = {v.parent_field for v in self.views}
+        if self.arr.source == "account_field" and self.arr.account_field:
+            names.add(self.arr.account_field)
+        names.update(self.segments)
+        for v in self.views:
+            names.update(f for f in v.fields.values() if f)
+        return sorted(names)
+
+
+def find(explicit: str | os.PathLike | None) -> Path:
+    """--config, else $NRR_ENGINE_CONFIG, else ./config/nrr.yaml."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR])
+    return DEFAULT_PATH
+
+
+def load(path: Path) -> Settings:
+    """Load and validate; raise ConfigErrors listing every problem."""
+    settings, errors = check(path)
+    if errors:
+        raise ConfigErrors(errors)
+    assert settings is not None
+    return settings
+
+
+def check(path: Path) -> tuple[Settings | None, list[ConfigError]]:
+    """Load and validate, collecting every problem instead of stopping at the first."""
+    if not path.exists():
+        return None, [ConfigError(
+            f"config file not found; pass --config FILE, set ${ENV_VAR}, or run `nrr-engine init` to create one",
+            Location(str(path)))]
+    try:
+        doc = yamlsource.load(path)
+    except ConfigError as exc:
+        return None, [exc]
+    if not isinstance(doc.data, dict):
+        return None, [ConfigError("expected a mapping of settings (source:, state:, arr:, ...)", doc.location())]
+    errors = yamlsource.schema_errors(doc, schema())
+    if errors:
+        return None, errors
+    return _build(doc, path, errors), errors
+
+
+def _build(doc: yamlsource.Document, path: Path, errors: list[ConfigError]) -> Settings | None:
+    d = doc.data
+    base = path.resolve().parent
+
+    def rel(p: str) -> Path:
+        return (base / os.path.expanduser(p)).resolve()
+
+    src = d["source"]
+    state = rel(d["state"])
+    org_path = rel(src["path"]) if src.get("path") else None
+    working_copy = rel(src["working_copy"]) if src.get("working_copy") else state.parent / "local-org.db"
+    if src["kind"] == "local" and org_path is not None and not org_path.is_dir():
+        errors.append(ConfigError(f"source.path: folder {org_path} does not exist; expected a folder of <SObject>.csv files",
+                                  doc.location(("source", "path"))))
+    if src["kind"] == "salesforce":
+        errors.append(ConfigError("source.kind: salesforce is not available in this version yet; use kind: local",
+                                  doc.location(("source", "kind"))))
+
+    tz = d.get("timezone", "UTC")
+    try:
+        zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        errors.append(ConfigError(f"timezone: {tz!r} is not an IANA time zone (e.g. UTC, Europe/Paris)",
+                                  doc.location(("timezone",))))
+
+    a = d["arr"]
+    subs = SubscriptionSource(**a["subscriptions"]) if a.get("subscriptions") else None
+    arr = ArrSettings(source=a["source"], account_field=a.get("account_field"), subscriptions=subs,
+                      history_months=a.get("history_months", 36))
+
+    views = []
+    seen: dict[str, int] = {}
+    for i, v in enumerate(d.get("views") or [{"name": "legal", "parent_field": "ParentId"}]):
+        if v["name"] in seen:
+            errors.append(ConfigError(f"views: view name {v['name']!r} is used twice", doc.location(("views", i, "name"))))
+        seen[v["name"]] = i
+        fields = dict(DEFAULT_VIEW_FIELDS) if v["name"] == "legal" and "fields" not in v else {}
+        fields.update({k: val for k, val in (v.get("fields") or {}).items()})
+        views.append(View(v["name"], v["parent_field"], {k: val for k, val in fields.items() if val}))
+    targets: dict[str, tuple] = {}
+    for i, v in enumerate(views):
+        for kind, fname in v.fields.items():
+            if fname in targets:
+                errors.append(ConfigError(f"views: field {fname} is written by two rollups ({targets[fname][0]} and {v.name}.{kind})",
+                                          doc.location(("views", i, "fields", kind))))
+            targets[fname] = (f"{v.name}.{kind}",)
+
+    rule_files: list[Path] = []
+    for i, pattern in enumerate(d.get("rules", [])):
+        matches = sorted(glob.glob(str(base / pattern)))
+        if not matches and not glob.has_magic(pattern):
+            errors.append(ConfigError(f"rules: file {pattern} does not exist", doc.location(("rules", i))))
+        rule_files.extend(Path(m).resolve() for m in matches)
+
+    schedule = dict(d.get("schedule", {}))
+    for job, expr in schedule.items():
+        problem = cron_problem(expr, tz if not errors else "UTC")
+        if problem:
+            errors.append(ConfigError(f"schedule.{job}: {expr!r} is not a 5-field cron expression ({problem})",
+                                      doc.location(("schedule", job))))
+
+    snaps = d.get("snapshots", {})
+    if errors:
+        return None
+    return Settings(
+        config_file=path.resolve(), source_kind=src["kind"], org_path=org_path, working_copy=working_copy,
+        state=state, currency=d.get("currency", "USD"), timezone=tz, arr=arr, views=tuple(views),
+        rule_files=tuple(rule_files), schedule=schedule,
+        snapshots_enabled=snaps.get("enabled", True), snapshot_object=snaps.get("object", "KPI_Snapshot__c"),
+        snapshot_prefix=snaps.get("key_prefix", "a0K"),
+        segments=tuple(d.get("report", {}).get("segments", [])),
+        max_depth=d.get("hierarchy", {}).get("max_depth", 100),
+    )
+
+
+def cron_problem(expr: str, tz: str) -> str | None:
+    """None when `expr` is a valid crontab line, else why not."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(expr, timezone=tz)
+    except ValueError as exc:
+        return str(exc)
+    return None

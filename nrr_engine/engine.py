@@ -1,0 +1,363 @@
+"""The library object behind the CLI: one method per command, each returning data (never printing).
+
+Owns the cross-process run lock, the ledger records of runs, rollback, history import and export.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import fcntl
+import json
+import os
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import structlog
+
+from . import money, months, pipeline
+from .config import Settings
+from .errors import DataError, ExitCode, Location, NrrError, SourceUnavailable
+from .ledger import Ledger
+from .metrics import arr as arr_mod
+from .pipeline import UPSERT, SNAPSHOT_KEY, RunContext
+
+log = structlog.get_logger("nrr_engine")
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass
+class Outcome:
+    """What a plan/run did: the summary printed to the user and the exit code."""
+
+    run_id: str
+    summary: dict
+    exit_code: ExitCode = ExitCode.OK
+    plan: pipeline.Plan | None = field(default=None, repr=False)
+
+
+class Engine:
+    """Opens the org and the state store for one command; `clock` is injected (tests pass a fixed one)."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], dt.datetime] = utc_now):
+        self.settings = settings
+        self.clock = clock
+        self.ledger = Ledger(settings.state)
+        self.org = pipeline.open_org(settings)
+
+    def close(self) -> None:
+        self.org.close()
+        self.ledger.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @contextmanager
+    def lock(self):
+        """One run at a time, across processes (flock on <state>.lock)."""
+        path = self.settings.state.with_suffix(".lock")
+        fh = open(path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise SourceUnavailable("another nrr-engine run holds the lock; try again when it finishes",
+                                    Location(str(path))) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
+
+    def today(self) -> dt.date:
+        import zoneinfo
+        return self.clock().astimezone(zoneinfo.ZoneInfo(self.settings.timezone)).date()
+
+    # ---- plan / run -----------------------------------------------------------------------------
+    def execute(self, job: str = "nightly", as_of: dt.date | None = None, dry_run: bool = False,
+                should_stop: Callable[[], bool] = lambda: False) -> Outcome:
+        """Plan (dry_run) or run the job; the run is recorded in the ledger either way."""
+        ctx = RunContext.new(self.clock, as_of or self.today(), job=job, dry_run=dry_run, should_stop=should_stop)
+        structlog.contextvars.bind_contextvars(run_id=ctx.run_id)
+        try:
+            with self.lock():
+                recovered = pipeline.recover(self.org, self.ledger)
+                if recovered:
+                    log.warning("run.recovered", runs=recovered)
+                self.ledger.start_run({"id": ctx.run_id, "job": job, "mode": "plan" if dry_run else "run",
+                                       "as_of": ctx.as_of.isoformat(), "started": self.clock().isoformat(),
+                                       "config_hash": pipeline.file_hash([self.settings.config_file]),
+                                       "rules_hash": pipeline.file_hash(list(self.settings.rule_files))})
+                log.info("run.start", job=job, as_of=ctx.as_of.isoformat(), dry_run=dry_run)
+                try:
+                    plan = pipeline.compute(self.settings, self.org, self.ledger, ctx)
+                    counts = {"planned": len(plan.all_changes())}
+                    if not dry_run:
+                        counts.update(pipeline.apply(plan, self.org, self.ledger, self.settings))
+                except NrrError as exc:
+                    self.ledger.finish_run(ctx.run_id, status="failed", ended=self.clock().isoformat(),
+                                           error=str(exc), counts={"stages": ctx.stage_times})
+                    raise
+                except BaseException as exc:
+                    self.ledger.finish_run(ctx.run_id, status="failed", ended=self.clock().isoformat(),
+                                           error=f"{type(exc).__name__}: {exc}")
+                    raise
+                self.ledger.record_findings(ctx.run_id, plan.findings)
+                summary = self.summary(plan, counts)
+                failed = counts.get("failed", 0)
+                status = "planned" if dry_run else ("failed_records" if failed else "succeeded")
+                self.ledger.finish_run(ctx.run_id, status=status, ended=self.clock().isoformat(),
+                                       counts=counts, summary=summary)
+                log.info("run.end", status=status, **{k: v for k, v in counts.items()})
+                return Outcome(ctx.run_id, summary, ExitCode.RECORD_FAILURES if failed else ExitCode.OK, plan)
+        finally:
+            structlog.contextvars.unbind_contextvars("run_id")
+
+    def summary(self, plan: pipeline.Plan, counts: dict) -> dict:
+        ctx = plan.ctx
+        nrr = {}
+        for view, windows in plan.nrr.items():
+            nrr[view] = {str(w): {"period": f["period"], "family": f["family"].as_json(),
+                                  "naive": f["naive"].as_json(naive=True)} for w, f in windows.items()}
+        return {"run_id": ctx.run_id, "job": ctx.job, "mode": "plan" if ctx.dry_run else "run",
+                "as_of": ctx.as_of.isoformat(), "accounts": len(plan.accounts),
+                "families": {v: r.families for v, r in plan.views.items()},
+                "max_depth": {v: r.depth_max for v, r in plan.views.items()},
+                "changes": counts, "snapshots": len(plan.snapshots),
+                "findings": [f.as_dict() for f in plan.findings], "nrr": nrr, "stages": ctx.stage_times}
+
+    def write_plan(self, plan: pipeline.Plan, out: Path) -> None:
+        """plan.json (DESIGN §8), streamed so a million changes do not need a million dicts at once."""
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write('{"run_id": %s, "as_of": %s,\n "changes": [' % (json.dumps(plan.ctx.run_id),
+                                                                    json.dumps(plan.ctx.as_of.isoformat())))
+            for i, c in enumerate(plan.all_changes()):
+                fh.write(("," if i else "") + "\n  " + json.dumps(c.as_dict(), sort_keys=True))
+            fh.write('],\n "review": [],\n "flags": [],\n "snapshots": [')
+            for i, s in enumerate(plan.snapshots):
+                fh.write(("," if i else "") + "\n  " + json.dumps(
+                    {"external_id": s[SNAPSHOT_KEY], "ending_arr": s["Ending_ARR__c"], "starting_arr": s["Starting_ARR__c"],
+                     "nrr": s["NRR__c"], "grr": s["GRR__c"]}, sort_keys=True))
+            fh.write('],\n "findings": %s,\n "summary": %s}\n' % (
+                json.dumps([f.as_dict() for f in plan.findings]),
+                json.dumps({k: v for k, v in self.summary(plan, {"planned": len(plan.all_changes())}).items()
+                            if k in ("accounts", "families", "nrr", "changes")})))
+        os.replace(tmp, out)
+
+    # ---- report ---------------------------------------------------------------------------------
+    def report_nrr(self, period: str | None, window: int, view: str | None, by: str | None,
+                   as_of_start: bool = False, as_of: dt.date | None = None) -> dict:
+        """NRR/GRR for a period and window, recomputed from the org and the stored history (writes nothing)."""
+        settings = self.settings
+        v = settings.view(view) if view else settings.views[0]
+        if by and by != "cohort":
+            pipeline._require_columns(self.org, "Account", [by], "--by")
+        ctx = RunContext.new(self.clock, as_of or self.today(), dry_run=True)
+        self.org.sync(["Account", *([settings.arr.subscriptions.object] if settings.arr.source == "subscriptions" else [])])
+        accounts = pipeline.fetch_accounts(settings, self.org)
+        if by and by != "cohort":
+            accounts.fields[by] = [r[0] for r in self.org.read("Account", [by])]
+        tree, _ = pipeline.build_tree(accounts.ids, accounts.index, accounts.column(v.parent_field), v.parent_field)
+        cur = months.of(ctx.as_of)
+        count = settings.arr.history_months
+        first = cur - count + 1
+        stored = arr_mod.from_segments(self.ledger.arr_segments(), accounts.index, first, count)
+        matrix, _, _ = pipeline._arr_matrix(settings, self.org, accounts, stored, first, count, cur)
+        p = months.parse(period) if period else cur - 1
+        if p > cur:
+            raise DataError(f"--period {period} is in the future (as of {ctx.as_of})")
+        return pipeline.window_figures(settings, self.ledger, accounts, matrix, first, tree, v.name, p, window,
+                                       current_month=cur, as_of_start=as_of_start, by=by)
+
+    # ---- rollback -------------------------------------------------------------------------------
+    def rollback(self, run_id: str) -> dict:
+        """Restore the old values of a run's applied changes; values edited since are reported, not touched."""
+        run = self.ledger.run(run_id)
+        if run is None:
+            raise DataError(f"no run {run_id!r}; see `nrr-engine runs list`")
+        if run["mode"] != "run" or run["status"] not in ("succeeded", "failed_records", "interrupted"):
+            raise DataError(f"run {run['id']} is a {run['mode']} with status {run['status']}; only applied runs can be rolled back")
+        ctx = RunContext.new(self.clock, self.today(), job="rollback")
+        with self.lock():
+            self.org.sync(["Account", self.settings.snapshot_object])
+            self.ledger.start_run({"id": ctx.run_id, "job": "rollback", "mode": "rollback", "as_of": ctx.as_of.isoformat(),
+                                   "started": self.clock().isoformat()})
+            applied = list(self.ledger.changes(run["id"], status="applied"))
+            restores, deletes, conflicts = [], [], []
+            by_obj: dict[str, list[dict]] = {}
+            for ch in applied:
+                by_obj.setdefault(ch["object"], []).append(ch)
+            for obj, chs in by_obj.items():
+                fields = sorted({c["field"] for c in chs if c["field"] != UPSERT})
+                ids = sorted({c["record_id"] for c in chs if c["record_id"]})
+                snap_fields = [SNAPSHOT_KEY, *pipeline.SNAPSHOT_FIELDS]
+                current = self.org.get(obj, ids, fields + snap_fields)
+                for c in reversed(chs):
+                    row = current.get(c["record_id"])
+                    if c["field"] == UPSERT:
+                        new = json.loads(c["new"])
+                        now = dict(zip(fields + snap_fields, row)) if row else None
+                        if now is None or not all(pipeline._snap_same(now.get(f), new[f]) for f in pipeline.SNAPSHOT_FIELDS):
+                            conflicts.append({"object": obj, "id": c["record_id"], "field": UPSERT,
+                                              "expected": c["new"], "found": json.dumps(now) if now else None})
+                        elif c["old"] is None:
+                            deletes.append(c)
+                        else:
+                            restores.append((c, json.loads(c["old"])))
+                        continue
+                    now = row[fields.index(c["field"])] if row else None
+                    if now == c["new"] or (now is not None and c["new"] is not None and pipeline._snap_same(now, c["new"])):
+                        restores.append((c, {c["field"]: c["old"]}))
+                    else:
+                        conflicts.append({"object": obj, "id": c["record_id"], "field": c["field"],
+                                          "expected": c["new"], "found": now})
+            changes = [pipeline.Change(c["object"], c["record_id"], f, c["new"] if c["field"] != UPSERT else None, v,
+                                       f"rollback:{run['id']}") for c, vals in restores for f, v in vals.items()
+                       if f != SNAPSHOT_KEY]
+            seq = self.ledger.record_changes(ctx.run_id, changes, "pending")
+            statuses = []
+            updates: dict[tuple[str, str], dict] = {}
+            for ch in changes:
+                updates.setdefault((ch.object, ch.id), {})[ch.field] = ch.new
+            for (obj, rid), vals in updates.items():
+                self.org.update(obj, [(rid, vals)])
+            statuses = [(i, "applied", None, None) for i in range(seq)]
+            self.ledger.set_change_status(ctx.run_id, statuses)
+            for obj in {c["object"] for c in deletes}:
+                self.org.delete(obj, [c["record_id"] for c in deletes if c["object"] == obj])
+            result = {"run_id": ctx.run_id, "rolled_back": run["id"], "restored_fields": len(changes),
+                      "deleted_records": len(deletes), "conflicts": conflicts}
+            self.ledger.finish_run(ctx.run_id, status="succeeded", ended=self.clock().isoformat(),
+                                   counts={"applied": len(changes), "deleted": len(deletes), "conflicts": len(conflicts)},
+                                   summary=result)
+            self.ledger.finish_run(run["id"], status="rolled_back")
+            return result
+
+    # ---- history import -------------------------------------------------------------------------
+    def import_history(self, path: Path) -> dict:
+        """Monthly ARR history CSV (account_id, month, arr[, currency]) into the state store, all or nothing."""
+        if self.settings.arr.source == "subscriptions":
+            raise DataError("arr.source is subscriptions: history is rebuilt from the subscriptions every run, so an "
+                            "import would be overwritten; use arr.source: history or account_field",
+                            Location(str(self.settings.config_file)))
+        rows, errors = _read_history(path, self.settings.currency)
+        if errors:
+            shown = "\n  ".join(errors[:20])
+            more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
+            raise DataError(f"{len(errors)} problem(s); nothing imported:\n  {shown}{more}", Location(str(path)))
+        if not rows:
+            raise DataError("no rows; expected a header account_id,month,arr[,currency] and one row per account-month",
+                            Location(str(path)))
+        with self.lock():
+            existing = list(self.ledger.arr_segments())
+            ids = sorted({r[0] for r in existing} | {r[0] for r in rows})
+            index = {a: i for i, a in enumerate(ids)}
+            lo = min([months.parse(s) for _, s, _, _ in existing] + [m for _, m, _ in rows])
+            hi = max([months.parse(e) for _, _, e, _ in existing] + [m for _, m, _ in rows])
+            matrix = arr_mod.from_segments(existing, index, lo, hi - lo + 1)
+            touched = set()
+            for a, m, units in rows:
+                matrix[index[a], m - lo] = units
+                touched.add(index[a])
+            rows_idx = np.array(sorted(touched), dtype=np.int64)
+            segments = [(ids[r], s, e, u) for r, s, e, u in arr_mod.to_segments(matrix, rows_idx, lo)]
+            self.ledger.replace_arr([ids[r] for r in rows_idx.tolist()], segments)
+        return {"rows": len(rows), "accounts": len(touched), "months": f"{months.fmt(lo)}..{months.fmt(hi)}"}
+
+    # ---- export ---------------------------------------------------------------------------------
+    def export(self, out: Path, run_id: str | None = None) -> dict:
+        """Full object CSVs of the working copy plus the change set of one run as Data Loader CSVs."""
+        self.org.sync(self.org.csv_objects())
+        full = self.org.export_full(out / "full")
+        run = self.ledger.run(run_id) if run_id else next(
+            (r for r in self.ledger.runs(500) if r["mode"] == "run" and r["status"] in ("succeeded", "failed_records")), None)
+        if run_id and run is None:
+            raise DataError(f"no run {run_id!r}; see `nrr-engine runs list`")
+        written = []
+        if run:
+            written = _write_change_set(self.ledger, run["id"], out / "changes" / run["id"])
+        return {"full": [str(p) for p in full], "changes": [str(p) for p in written], "run": run["id"] if run else None}
+
+
+def _read_history(path: Path, currency: str) -> tuple[list[tuple[str, int, int]], list[str]]:
+    rows, errors = [], []
+    try:
+        fh = open(path, newline="", encoding="utf-8-sig", errors="strict")
+    except OSError as exc:
+        raise DataError(f"cannot read: {exc.strerror}", Location(str(path))) from None
+    with fh:
+        reader = csv.reader(fh)
+        try:
+            header = [h.strip().lower() for h in next(reader, [])]
+            if header[:3] != ["account_id", "month", "arr"] or len(header) > 4 or (len(header) == 4 and header[3] != "currency"):
+                raise DataError(f"header is {','.join(header)}; expected account_id,month,arr[,currency]",
+                                Location(str(path), 1))
+            seen: dict[tuple[str, int], int] = {}
+            for row in reader:
+                line = reader.line_num
+                if not any(c.strip() for c in row):
+                    continue
+                if len(row) < 3:
+                    errors.append(f"{path}:{line}: expected account_id,month,arr")
+                    continue
+                a, m_text, arr_text = row[0].strip(), row[1].strip(), row[2]
+                try:
+                    m = months.parse(m_text)
+                    units = money.parse_units(arr_text)
+                except (ValueError, money.MoneyError) as exc:
+                    errors.append(f"{path}:{line}: {exc}")
+                    continue
+                if not a:
+                    errors.append(f"{path}:{line}: account_id is empty")
+                elif units is None or units < 0:
+                    errors.append(f"{path}:{line}: arr {arr_text!r} must be a number >= 0")
+                elif len(row) > 3 and row[3].strip() and row[3].strip().upper() != currency:
+                    errors.append(f"{path}:{line}: currency {row[3].strip()} differs from the corporate currency "
+                                  f"{currency} and no exchange rates are configured")
+                elif (a, m) in seen:
+                    errors.append(f"{path}:{line}: {a} {m_text} already given on line {seen[(a, m)]}")
+                else:
+                    seen[(a, m)] = line
+                    rows.append((a, m, units))
+        except UnicodeDecodeError as exc:
+            raise DataError(f"not UTF-8 ({exc.reason}) after line {reader.line_num}; re-export as UTF-8",
+                            Location(str(path), reader.line_num + 1)) from None
+    return rows, errors
+
+
+def _write_change_set(ledger: Ledger, run_id: str, folder: Path) -> list[Path]:
+    updates: dict[str, dict[str, dict]] = {}
+    upserts: dict[str, list[dict]] = {}
+    for ch in ledger.changes(run_id, status="applied"):
+        if ch["field"] == UPSERT:
+            upserts.setdefault(ch["object"], []).append({"Id": ch["record_id"], **json.loads(ch["new"])})
+        else:
+            updates.setdefault(ch["object"], {}).setdefault(ch["record_id"], {})[ch["field"]] = ch["new"]
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for obj, recs in updates.items():
+        fields = sorted({f for vals in recs.values() for f in vals})
+        written.append(_write_csv(folder / f"{obj}.update.csv", ["Id", *fields],
+                                  ([rid, *[vals.get(f, "") for f in fields]] for rid, vals in recs.items())))
+    for obj, recs in upserts.items():
+        fields = sorted({f for r in recs for f in r})
+        written.append(_write_csv(folder / f"{obj}.upsert.csv", fields, ([r.get(f) for f in fields] for r in recs)))
+    return written
+
+
+def _write_csv(path: Path, header: list[str], rows) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        for r in rows:
+            w.writerow(["" if v is None else v for v in r])
+    return path

@@ -1,0 +1,228 @@
+"""The state store (SQLite via sqlite-utils): run ledger, every change, ARR history, family membership.
+
+Schema changes are numbered migrations recorded in the `migrations` table; the only module that imports
+sqlite_utils.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import sqlite_utils
+
+from .errors import Location, SourceUnavailable
+
+
+def _m1(db: sqlite_utils.Database) -> None:
+    db["runs"].create({"id": str, "job": str, "mode": str, "as_of": str, "started": str, "ended": str,
+                       "status": str, "counts": str, "api_usage": str, "config_hash": str, "rules_hash": str,
+                       "summary": str, "error": str}, pk="id")
+    db["changes"].create({"run_id": str, "seq": int, "object": str, "record_id": str, "external_id": str,
+                          "field": str, "old": str, "new": str, "status": str, "error": str, "rule": str,
+                          "confidence": float, "evidence": str}, pk=("run_id", "seq"))
+    db["changes"].create_index(["object", "record_id", "field"])
+    db["findings"].create({"run_id": str, "kind": str, "message": str, "records": str, "record_count": int})
+    db["findings"].create_index(["run_id"])
+    db.execute("CREATE TABLE arr_history (account_id TEXT NOT NULL, start_month TEXT NOT NULL, end_month TEXT NOT NULL, "
+               "arr_units INTEGER NOT NULL, PRIMARY KEY (account_id, start_month)) WITHOUT ROWID")
+    db.execute("CREATE TABLE membership (view TEXT NOT NULL, account_id TEXT NOT NULL, start_month TEXT NOT NULL, "
+               "end_month TEXT, root_id TEXT NOT NULL, PRIMARY KEY (view, account_id, start_month)) WITHOUT ROWID")
+    db["snapshots"].create({"external_id": str, "view": str, "root_id": str, "month": str, "data": str,
+                            "run_id": str}, pk="external_id")
+
+
+MIGRATIONS = [(1, "runs, changes, findings, arr_history, membership, snapshots", _m1)]
+
+
+class Ledger:
+    """Runs, changes and history; every write method commits its own transaction."""
+
+    def __init__(self, path: Path):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except (sqlite3.Error, OSError) as exc:
+            raise SourceUnavailable(f"cannot open the state store: {exc}", Location(str(path))) from None
+        self.path = path
+        self.db = sqlite_utils.Database(conn)
+        self.migrate()
+
+    def migrate(self) -> list[int]:
+        """Apply pending migrations in order; return the ids applied."""
+        db = self.db
+        if "migrations" not in db.table_names():
+            db["migrations"].create({"id": int, "name": str, "applied_at": str}, pk="id")
+        done = {r["id"] for r in db["migrations"].rows}
+        applied = []
+        for mid, name, fn in MIGRATIONS:
+            if mid in done:
+                continue
+            with db.conn:
+                db.execute("BEGIN")
+                fn(db)
+                db["migrations"].insert({"id": mid, "name": name,
+                                         "applied_at": db.execute("SELECT datetime('now')").fetchone()[0]})
+            applied.append(mid)
+        return applied
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    # ---- runs -----------------------------------------------------------------------------------
+    def start_run(self, run: dict) -> None:
+        self.db["runs"].insert({**run, "status": "running"})
+
+    def finish_run(self, run_id: str, **fields) -> None:
+        for k in ("counts", "api_usage", "summary"):
+            if k in fields and not isinstance(fields[k], str):
+                fields[k] = json.dumps(fields[k], sort_keys=True, default=str)
+        self.db["runs"].update(run_id, fields)
+
+    def run(self, run_id: str) -> dict | None:
+        rows = list(self.db["runs"].rows_where("id = ? OR id LIKE ?", [run_id, f"{run_id}%"], limit=2))
+        return rows[0] if len(rows) == 1 else None
+
+    def runs(self, limit: int = 50) -> list[dict]:
+        return list(self.db["runs"].rows_where(order_by="started DESC, id DESC", limit=limit))
+
+    def last_run(self, job: str, statuses: Sequence[str] = ("succeeded", "failed_records")) -> dict | None:
+        q = f"job = ? AND mode = 'run' AND status IN ({', '.join('?' * len(statuses))})"
+        rows = list(self.db["runs"].rows_where(q, [job, *statuses], order_by="started DESC", limit=1))
+        return rows[0] if rows else None
+
+    def interrupted_runs(self) -> list[dict]:
+        return list(self.db["runs"].rows_where("status IN ('running', 'applying')", order_by="started"))
+
+    # ---- changes --------------------------------------------------------------------------------
+    def record_changes(self, run_id: str, changes: Iterable, status: str, start_seq: int = 0) -> int:
+        """Insert changes with a status; returns the next sequence number."""
+        seq = start_seq
+        batch = []
+        conn = self.db.conn
+        sql = ("INSERT INTO changes (run_id, seq, object, record_id, external_id, field, old, new, status, error, rule, "
+               "confidence, evidence) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)")
+        conn.execute("BEGIN")
+        try:
+            for c in changes:
+                batch.append((run_id, seq, c.object, c.id, c.key, c.field, c.old, c.new, status, None, c.rule,
+                              c.confidence, json.dumps(c.evidence, sort_keys=True) if c.evidence else None))
+                seq += 1
+                if len(batch) >= 50_000:
+                    conn.executemany(sql, batch)
+                    batch = []
+            if batch:
+                conn.executemany(sql, batch)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return seq
+
+    def set_change_status(self, run_id: str, updates: Iterable[tuple[int, str, str | None, str | None]]) -> None:
+        """(seq, status, error, record_id) per change."""
+        conn = self.db.conn
+        conn.execute("BEGIN")
+        try:
+            conn.executemany("UPDATE changes SET status = ?, error = ?, record_id = coalesce(?, record_id) "
+                             "WHERE run_id = ? AND seq = ?",
+                             [(st, err, rid, run_id, seq) for seq, st, err, rid in updates])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def changes(self, run_id: str, status: str | None = None) -> Iterator[dict]:
+        where, args = "run_id = ?", [run_id]
+        if status:
+            where += " AND status = ?"
+            args.append(status)
+        return self.db["changes"].rows_where(where, args, order_by="seq")
+
+    def change_counts(self, run_id: str) -> dict[str, int]:
+        return {r[0]: r[1] for r in self.db.execute(
+            "SELECT status, count(*) FROM changes WHERE run_id = ? GROUP BY status", [run_id])}
+
+    def record_findings(self, run_id: str, findings: Iterable) -> None:
+        self.db["findings"].insert_all(({"run_id": run_id, **{**f.as_dict(), "records": json.dumps(f.as_dict()["records"])}}
+                                        for f in findings), batch_size=500)
+
+    def findings(self, run_id: str) -> list[dict]:
+        return list(self.db["findings"].rows_where("run_id = ?", [run_id]))
+
+    # ---- ARR history ----------------------------------------------------------------------------
+    def arr_segments(self) -> Iterator[tuple[str, str, str, int]]:
+        cur = self.db.conn.execute("SELECT account_id, start_month, end_month, arr_units FROM arr_history")
+        while rows := cur.fetchmany(50_000):
+            yield from rows
+
+    def arr_months(self) -> tuple[str | None, str | None]:
+        return tuple(self.db.execute("SELECT min(start_month), max(end_month) FROM arr_history").fetchone())
+
+    def replace_arr(self, account_ids: Sequence[str], segments: Sequence[tuple[str, str, str, int]],
+                    everything: bool = False) -> None:
+        """Replace the history of the given accounts (or of all accounts) by `segments`, atomically."""
+        conn = self.db.conn
+        conn.execute("BEGIN")
+        try:
+            if everything:
+                conn.execute("DELETE FROM arr_history")
+            else:
+                conn.executemany("DELETE FROM arr_history WHERE account_id = ?", ((a,) for a in account_ids))
+            conn.executemany("INSERT INTO arr_history VALUES (?, ?, ?, ?)", segments)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # ---- membership -----------------------------------------------------------------------------
+    def open_membership(self, view: str) -> dict[str, tuple[str, str]]:
+        """account -> (start_month, root) of the open (current) membership segment."""
+        return {a: (s, r) for a, s, r in self.db.execute(
+            "SELECT account_id, start_month, root_id FROM membership WHERE view = ? AND end_month IS NULL", [view])}
+
+    def membership_at(self, view: str, month: str) -> dict[str, str]:
+        """account -> root as recorded for `month`; accounts first seen later keep their earliest root."""
+        out: dict[str, str] = {}
+        for a, r in self.db.execute(
+                "SELECT account_id, root_id FROM membership WHERE view = ? AND start_month <= ? "
+                "AND (end_month IS NULL OR end_month >= ?)", [view, month, month]):
+            out[a] = r
+        for a, r in self.db.execute(
+                "SELECT m.account_id, m.root_id FROM membership m JOIN (SELECT account_id, min(start_month) s "
+                "FROM membership WHERE view = ? GROUP BY account_id HAVING min(start_month) > ?) e "
+                "ON e.account_id = m.account_id AND e.s = m.start_month WHERE m.view = ?", [view, month, view]):
+            out.setdefault(a, r)
+        return out
+
+    def latest_membership_month(self, view: str) -> str | None:
+        return self.db.execute("SELECT max(start_month) FROM membership WHERE view = ?", [view]).fetchone()[0]
+
+    def record_membership(self, view: str, month: str, prev_month: str, changed: Sequence[tuple[str, str]],
+                          current: dict[str, tuple[str, str]]) -> None:
+        """Close the open segment of each changed account and open one at `month` with its new root."""
+        conn = self.db.conn
+        conn.execute("BEGIN")
+        try:
+            for account, root in changed:
+                old = current.get(account)
+                if old is not None:
+                    if old[0] >= month:
+                        conn.execute("DELETE FROM membership WHERE view=? AND account_id=? AND start_month=?",
+                                     [view, account, old[0]])
+                    else:
+                        conn.execute("UPDATE membership SET end_month=? WHERE view=? AND account_id=? AND start_month=?",
+                                     [prev_month, view, account, old[0]])
+            conn.executemany("INSERT OR REPLACE INTO membership VALUES (?, ?, ?, NULL, ?)",
+                             [(view, a, month, r) for a, r in changed])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # ---- snapshots ------------------------------------------------------------------------------
+    def upsert_snapshots(self, rows: list[dict]) -> None:
+        self.db["snapshots"].upsert_all(rows, pk="external_id", batch_size=1000)

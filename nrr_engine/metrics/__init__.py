@@ -1,0 +1,1 @@
+"""Measures: monthly ARR per account, rollups over hierarchies, and NRR/GRR movements."""

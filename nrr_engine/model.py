@@ -1,0 +1,62 @@
+"""Plain data passed between stages: accounts, findings, planned changes."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A data-quality problem reported in the run summary (not fatal)."""
+
+    kind: str
+    message: str
+    records: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "message": self.message, "records": list(self.records[:20]),
+                "record_count": len(self.records)}
+
+
+@dataclass
+class Accounts:
+    """Accounts column by column (a million dicts would not fit the memory bar)."""
+
+    ids: list[str]
+    fields: dict[str, list[Any]]
+    index: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.index:
+            self.index = {rid: i for i, rid in enumerate(self.ids)}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def column(self, name: str) -> list[Any]:
+        for key, values in self.fields.items():
+            if key.lower() == name.lower():
+                return values
+        return [None] * len(self.ids)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One field of one record, from old to new, with why."""
+
+    object: str
+    id: str | None          # None for an insert (Id assigned on write)
+    field: str
+    old: str | None
+    new: str | None
+    rule: str
+    key: str | None = None  # external id for upserts
+    confidence: float | None = None
+    evidence: dict | None = None
+
+    def as_dict(self) -> dict:
+        d = {"object": self.object, "id": self.id, "field": self.field, "old": self.old, "new": self.new,
+             "rule": self.rule, "confidence": self.confidence, "evidence": self.evidence or {}}
+        if self.key is not None:
+            d["external_id"] = self.key
+        return d

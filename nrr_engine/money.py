@@ -1,0 +1,77 @@
+"""Money as exact fixed point: parsed as Decimal, held as integer units of 1/10,000, printed as Decimal.
+
+Array math (sums over a million accounts) runs on int64 units, so no float ever touches money.
+"""
+from __future__ import annotations
+
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+
+SCALE = 10_000
+_SCALE_D = Decimal(SCALE)
+_CENT = Decimal("0.01")
+# int64 holds 9.2e18 units = 9.2e14 in currency: far above any company's ARR, checked on parse anyway.
+_MAX_UNITS = 2**62
+
+
+class MoneyError(ValueError):
+    """A value is not a usable amount of money."""
+
+
+def parse_units(text: str | None) -> int | None:
+    """Parse a decimal string into exact units; None for blank. Raises MoneyError on garbage."""
+    if text is None:
+        return None
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        value = Decimal(text.replace(",", "")) if _looks_grouped(text) else Decimal(text)
+    except InvalidOperation:
+        raise MoneyError(f"{text[:40]!r} is not a number") from None
+    if not value.is_finite():
+        raise MoneyError(f"{text[:40]!r} is not a finite number")
+    scaled = value * _SCALE_D
+    units = int(scaled.to_integral_value(rounding=ROUND_HALF_EVEN))
+    if scaled != units:
+        raise MoneyError(f"{text[:40]!r} has more than 4 decimal places")
+    if abs(units) > _MAX_UNITS:
+        raise MoneyError(f"{text[:40]!r} is too large")
+    return units
+
+
+def _looks_grouped(text: str) -> bool:
+    # "1,234.50" as exported by some spreadsheets; a lone comma decimal ("1,5") is rejected by Decimal.
+    return "," in text and "." in text and text.index(",") < text.index(".")
+
+
+def to_decimal(units: int) -> Decimal:
+    """Exact Decimal of a unit count."""
+    return Decimal(int(units)) / _SCALE_D
+
+
+def fmt(units: int) -> str:
+    """Money for output: rounded half-even to cents, once, here (integer arithmetic: hot path)."""
+    units = int(units)
+    sign = "-" if units < 0 else ""
+    cents, rest = divmod(abs(units), SCALE // 100)
+    if rest > SCALE // 200 or (rest == SCALE // 200 and cents % 2):
+        cents += 1
+    return f"{sign}{cents // 100}.{cents % 100:02d}"
+
+
+def ratio(numerator: int, denominator: int, places: int = 4) -> Decimal | None:
+    """A ratio such as NRR as an exact Decimal rounded to `places`; None when undefined."""
+    if denominator == 0:
+        return None
+    q = Decimal(int(numerator)) / Decimal(int(denominator))
+    return q.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN)
+
+
+def same_amount(old: str | None, new_units: int | None) -> bool:
+    """True when a stored text value equals `new_units` (Decimal-exact, ignoring formatting)."""
+    if new_units is None:
+        return old is None or old.strip() == ""
+    try:
+        return parse_units(old) == new_units
+    except MoneyError:
+        return False

@@ -1,0 +1,524 @@
+"""The nightly job: fetch -> hierarchy -> ARR -> rollups -> NRR -> snapshots -> gates -> apply + ledger.
+
+`compute` is side-effect free on the org; `apply` writes the plan's changes and records them. Only this
+module sees sources, transforms, ledger and sinks together.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import structlog
+
+from . import money, months
+from .config import Settings
+from .errors import ConfigError, DataError, GateFailed, Interrupted, Location
+from .hierarchy import Tree, build_tree
+from .ledger import Ledger
+from .metrics import arr as arr_mod
+from .metrics.nrr import FamilyTable, Movement, family_table, movements
+from .model import Accounts, Change, Finding
+from .sources import LocalOrg
+
+log = structlog.get_logger("nrr_engine")
+
+UPSERT = "(upsert)"
+SNAPSHOT_KEY = "External_Id__c"
+
+
+@dataclass
+class RunContext:
+    """Per-run state: identity, the date the run acts as of, and the injected clock."""
+
+    run_id: str
+    as_of: dt.date
+    clock: Callable[[], dt.datetime]
+    job: str = "nightly"
+    dry_run: bool = False
+    should_stop: Callable[[], bool] = lambda: False
+    progress: bool = False
+    stage_times: dict[str, float] = field(default_factory=dict)
+
+    def check_stop(self, stage: str) -> None:
+        if self.should_stop():
+            raise Interrupted(f"stop requested; run stopped before stage {stage!r}, nothing half-written")
+
+    @staticmethod
+    def new(clock: Callable[[], dt.datetime], as_of: dt.date | None = None, **kw) -> "RunContext":
+        now = clock()
+        run_id = now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+        return RunContext(run_id=run_id, as_of=as_of or now.date(), clock=clock, **kw)
+
+
+class _Stage:
+    def __init__(self, ctx: RunContext, name: str):
+        self.ctx, self.name = ctx, name
+
+    def __enter__(self):
+        self.ctx.check_stop(self.name)
+        self.t0 = time.perf_counter()
+        log.info("stage.start", stage=self.name)
+        return self
+
+    def __exit__(self, *exc):
+        took = time.perf_counter() - self.t0
+        self.ctx.stage_times[self.name] = round(self.ctx.stage_times.get(self.name, 0) + took, 3)
+        if exc[0] is None:
+            log.info("stage.end", stage=self.name, seconds=round(took, 3))
+
+
+@dataclass
+class ViewResult:
+    name: str
+    tree: Tree
+    families: int
+    depth_max: int
+
+
+@dataclass
+class Plan:
+    """Everything a run computed; `changes` are what `apply` writes."""
+
+    ctx: RunContext
+    accounts: Accounts
+    first_month: int
+    matrix: np.ndarray
+    views: dict[str, ViewResult]
+    changes: list[Change]
+    snapshot_changes: list[Change]
+    findings: list[Finding]
+    nrr: dict[str, dict]
+    arr_rewrite: tuple[list[str], list[tuple], bool]
+    membership: dict[str, tuple[list[tuple[str, str]], dict]]
+    snapshots: list[dict]
+
+    @property
+    def current_month(self) -> int:
+        return months.of(self.ctx.as_of)
+
+    @property
+    def period(self) -> int:
+        return self.current_month - 1
+
+    def all_changes(self) -> list[Change]:
+        return self.changes + self.snapshot_changes
+
+
+# ---- fetch --------------------------------------------------------------------------------------
+
+def open_org(settings: Settings) -> LocalOrg:
+    return LocalOrg(settings.org_path, settings.working_copy)
+
+
+def _require_columns(org: LocalOrg, obj: str, fields: list[str], what: str) -> None:
+    if not org.has_table(obj):
+        raise DataError(f"no {obj}.csv in the org folder; expected a Data Loader export of {obj}",
+                        Location(str(org.folder / f"{obj}.csv")))
+    have = {c.lower() for c in org.columns(obj)}
+    for f in fields:
+        if f and f.lower() not in have:
+            raise ConfigError(f"{what}: field {f} is not a column of {obj}.csv (columns: {', '.join(org.columns(obj)[:12])})",
+                              Location(str(org.folder / f"{obj}.csv"), 1, field=f))
+
+
+def fetch_accounts(settings: Settings, org: LocalOrg) -> Accounts:
+    _require_columns(org, "Account", [v.parent_field for v in settings.views], "views.parent_field")
+    if settings.arr.source == "account_field":
+        _require_columns(org, "Account", [settings.arr.account_field], "arr.account_field")
+    fields = ["Id", "Name", *settings.account_fields_read()]
+    cols: list[list] = [[] for _ in fields]
+    appends = [c.append for c in cols]
+    for row in org.read("Account", fields):
+        for app, v in zip(appends, row):
+            app(v)
+    return Accounts(ids=cols[0], fields={f: cols[i] for i, f in enumerate(fields) if i})
+
+
+# ---- compute ------------------------------------------------------------------------------------
+
+def compute(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunContext) -> Plan:
+    """Everything short of writing: changes, snapshots, NRR, findings. Raises GateFailed on a broken gate."""
+    with _Stage(ctx, "fetch"):
+        objects = ["Account"]
+        if settings.arr.subscriptions and settings.arr.source == "subscriptions":
+            objects.append(settings.arr.subscriptions.object)
+        objects.append(settings.snapshot_object)
+        org.sync(objects)
+        accounts = fetch_accounts(settings, org)
+    findings: list[Finding] = []
+    cur = months.of(ctx.as_of)
+
+    with _Stage(ctx, "hierarchy"):
+        views: dict[str, ViewResult] = {}
+        for v in settings.views:
+            tree, fs = build_tree(accounts.ids, accounts.index, accounts.column(v.parent_field), v.parent_field)
+            findings.extend(fs)
+            deep = np.flatnonzero(tree.depth > settings.max_depth)
+            if len(deep):
+                findings.append(Finding("too_deep", f"view {v.name}: {len(deep)} account(s) deeper than "
+                                        f"hierarchy.max_depth {settings.max_depth} (deepest {int(tree.depth.max())})",
+                                        tuple(accounts.ids[i] for i in deep[:1000])))
+            views[v.name] = ViewResult(v.name, tree, int((tree.parent < 0).sum()),
+                                       int(tree.depth.max()) if len(tree.depth) else 0)
+
+    with _Stage(ctx, "arr"):
+        count = settings.arr.history_months
+        first = cur - count + 1
+        stored = arr_mod.from_segments(ledger.arr_segments(), accounts.index, first, count)
+        matrix, fs, everything = _arr_matrix(settings, org, accounts, stored, first, count, cur)
+        findings.extend(fs)
+        changed_rows = np.flatnonzero((matrix != stored).any(axis=1))
+        del stored
+        segments = [(accounts.ids[r], s, e, u) for r, s, e, u in arr_mod.to_segments(matrix, changed_rows, first)]
+        arr_rewrite = ([accounts.ids[r] for r in changed_rows.tolist()], segments, everything)
+
+    with _Stage(ctx, "rollup"):
+        changes = []
+        current = matrix[:, cur - first]
+        for v in settings.views:
+            changes.extend(_rollup_changes(v, views[v.name].tree, current, accounts))
+
+    with _Stage(ctx, "nrr"):
+        membership = {}
+        for v in settings.views:
+            tree = views[v.name].tree
+            roots = [accounts.ids[r] for r in tree.root.tolist()]
+            if ledger.latest_membership_month(v.name) and ledger.latest_membership_month(v.name) > months.fmt(cur):
+                findings.append(Finding("as_of_in_past", f"view {v.name}: membership is recorded up to "
+                                        f"{ledger.latest_membership_month(v.name)}; this run (as of {ctx.as_of}) "
+                                        "does not record it", ()))
+                membership[v.name] = ([], {})
+                continue
+            open_seg = ledger.open_membership(v.name)
+            changed = [(a, r) for a, r in zip(accounts.ids, roots) if (open_seg.get(a) or (None, None))[1] != r]
+            membership[v.name] = (changed, open_seg)
+        nrr = {}
+        for v in settings.views:
+            nrr[v.name] = {w: window_figures(settings, ledger, accounts, matrix, first, views[v.name].tree, v.name,
+                                             cur - 1, w, current_month=cur, pending=membership[v.name][0])
+                           for w in (1, 12) if cur - 1 - w >= first}
+
+    with _Stage(ctx, "snapshot"):
+        snapshots, snapshot_changes = [], []
+        if settings.snapshots_enabled:
+            snapshots, snapshot_changes = _snapshots(settings, org, ledger, accounts, matrix, first, views, cur - 1,
+                                                     membership)
+
+    plan = Plan(ctx, accounts, first, matrix, views, changes, snapshot_changes, findings, nrr, arr_rewrite,
+                membership, snapshots)
+    with _Stage(ctx, "gates"):
+        check_gates(plan)
+    return plan
+
+
+def _arr_matrix(settings, org, accounts, stored, first, count, cur):
+    a = settings.arr
+    if a.source == "subscriptions":
+        s = a.subscriptions
+        _require_columns(org, s.object, [s.account, s.start, s.end, s.amount, s.currency], f"arr.subscriptions")
+        rows = org.read(s.object, ["Id", s.account, s.start, s.end, s.amount, s.currency or "__none__"])
+        matrix, fs = arr_mod.from_subscriptions(rows, accounts.index, s, settings.currency, first, count,
+                                                str(org.folder / f"{s.object}.csv"))
+        return matrix, fs, True
+    matrix = stored.copy()
+    fs = []
+    if a.source == "account_field":
+        column, fs = arr_mod.from_account_field(accounts.column(a.account_field), accounts.ids, a.account_field,
+                                                str(org.folder / "Account.csv"))
+        matrix[:, cur - first] = column
+    return matrix, fs, False
+
+
+def _rollup_changes(view, tree: Tree, current: np.ndarray, accounts: Accounts) -> list[Change]:
+    f = view.fields
+    wanted: dict[str, list[str]] = {}
+    ids = accounts.ids
+    if f.get("ultimate_parent"):
+        wanted[f["ultimate_parent"]] = [ids[r] for r in tree.root.tolist()]
+    if f.get("depth"):
+        wanted[f["depth"]] = [str(d) for d in tree.depth.tolist()]
+    if f.get("arr"):
+        wanted[f["arr"]] = [money.fmt(u) for u in tree.subtree_sum(current).tolist()]
+    if f.get("child_count"):
+        wanted[f["child_count"]] = [str(c) for c in tree.child_count().tolist()]
+    out = []
+    rule = f"rollup:{view.name}"
+    for fname, new_values in wanted.items():
+        kind = next(k for k, v in f.items() if v == fname)
+        old_values = accounts.column(fname)
+        for i, (old, new) in enumerate(zip(old_values, new_values)):
+            if old == new or (old is not None and _same(kind, old, new)):
+                continue
+            out.append(Change("Account", ids[i], fname, old, new, rule))
+    return out
+
+
+def _same(kind: str, old: str, new: str) -> bool:
+    """Equal up to formatting (Decimal-exact for money and numbers, Id case-sensitive)."""
+    if kind == "ultimate_parent":
+        return old.strip() == new
+    try:
+        return money.parse_units(old) == money.parse_units(new)
+    except money.MoneyError:
+        return False
+
+
+# ---- NRR ----------------------------------------------------------------------------------------
+
+def family_labels(ledger: Ledger, accounts: Accounts, tree: Tree, view: str, month: int, current_month: int,
+                  pending: list[tuple[str, str]] | None = None) -> np.ndarray:
+    """Family (root account index, or a negative id for roots no longer present) of every account at `month`."""
+    labels = tree.root.copy()
+    if month >= current_month:
+        return labels
+    recorded = ledger.membership_at(view, months.fmt(month))
+    if not recorded:
+        return labels
+    index = accounts.index
+    unknown: dict[str, int] = {}
+    for rid, root in recorded.items():
+        i = index.get(rid)
+        if i is None:
+            continue
+        j = index.get(root)
+        if j is None:
+            j = unknown.setdefault(root, -1 - len(unknown))
+        labels[i] = j
+    return labels
+
+
+def window_figures(settings: Settings, ledger: Ledger, accounts: Accounts, matrix: np.ndarray, first: int,
+                   tree: Tree, view: str, period: int, window: int, current_month: int, as_of_start: bool = False,
+                   pending=None, by: str | None = None) -> dict:
+    """Family and naive movements for window period-window -> period, plus optional segments."""
+    m0, m1 = period - window, period
+    if m0 < first or m1 - first >= matrix.shape[1]:
+        raise DataError(f"no ARR history for {months.fmt(m0)}..{months.fmt(m1)} (history covers "
+                        f"{months.fmt(first)}..{months.fmt(first + matrix.shape[1] - 1)}); import history with "
+                        "`nrr-engine history import` or pick a later period")
+    a0, a1 = matrix[:, m0 - first], matrix[:, m1 - first]
+    prior = (matrix[:, : m0 - first] > 0).any(axis=1)
+    fam1 = family_labels(ledger, accounts, tree, view, m1, current_month)
+    fam0 = family_labels(ledger, accounts, tree, view, m0, current_month)
+    family = fam0 if as_of_start else fam1
+    joined = fam0 != fam1
+    table = family_table(a0, a1, prior, family, joined)
+    naive_table = family_table(a0, a1, prior, np.arange(len(a0)), None)
+    fam_m, naive_m = movements(table), movements(naive_table)
+    out = {"view": view, "period": months.fmt(period), "window": window, "family": fam_m, "naive": naive_m,
+           "segments": []}
+    if by:
+        out["segments"] = segment_figures(table, accounts, by, matrix, first)
+    return out
+
+
+def segment_figures(table: FamilyTable, accounts: Accounts, by: str, matrix: np.ndarray, first: int) -> list[dict]:
+    """Movements per value of a root account field, or per cohort (first month the family had ARR)."""
+    if by == "cohort":
+        has = matrix > 0
+        start = np.where(has.any(axis=1), has.argmax(axis=1), matrix.shape[1])
+        fam_start = np.full(len(table.labels), matrix.shape[1], dtype=np.int64)
+        np.minimum.at(fam_start, table.inv, start)
+        values = np.array([months.fmt(first + int(s)) if s < matrix.shape[1] else "(none)" for s in fam_start.tolist()],
+                          dtype=object)
+    else:
+        column = accounts.column(by)
+        values = np.array([(column[lab] if lab >= 0 else None) or "(blank)" for lab in table.labels.tolist()],
+                          dtype=object)
+    return [{"by": by, "value": value, "family": movements(table, values == value)}
+            for value in sorted(set(values.tolist()))]
+
+
+# ---- snapshots ----------------------------------------------------------------------------------
+
+SNAPSHOT_FIELDS = ("View__c", "Family_Root__c", "Month__c", "Starting_ARR__c", "Ending_ARR__c", "Expansion_ARR__c",
+                   "Contraction_ARR__c", "Churn_ARR__c", "NRR__c", "GRR__c", "Account_Count__c")
+
+
+def _snapshots(settings, org, ledger, accounts, matrix, first, views, period, membership):
+    obj = settings.snapshot_object
+    m0, m1 = period - 1, period
+    if m0 < first:
+        return [], []
+    records = []
+    for vname, vr in views.items():
+        fam = family_labels(ledger, accounts, vr.tree, vname, m1, period + 1)
+        a0, a1 = matrix[:, m0 - first], matrix[:, m1 - first]
+        table = family_table(a0, a1, np.zeros(len(a0), dtype=bool), fam, None)
+        members = np.unique(fam, return_counts=True)[1]
+        diff = table.f1 - table.f0
+        month_text = months.first_day(m1).isoformat()
+        for k in np.flatnonzero((table.f0 > 0) | (table.f1 > 0)).tolist():
+            lab = int(table.labels[k])
+            if lab < 0:
+                continue
+            f0, f1, d = int(table.f0[k]), int(table.f1[k]), int(diff[k])
+            churn = f0 if f0 > 0 and f1 == 0 else 0
+            contraction = -d if f0 > 0 and f1 > 0 and d < 0 else 0
+            expansion = d if f0 > 0 and d > 0 else 0
+            root = accounts.ids[lab]
+            nrr = money.ratio(f1, f0)
+            grr = money.ratio(f0 - contraction - churn, f0)
+            records.append({SNAPSHOT_KEY: f"{vname}:{root}:{months.fmt(m1)}", "View__c": vname,
+                            "Family_Root__c": root, "Month__c": month_text,
+                            "Starting_ARR__c": money.fmt(f0), "Ending_ARR__c": money.fmt(f1),
+                            "Expansion_ARR__c": money.fmt(expansion), "Contraction_ARR__c": money.fmt(contraction),
+                            "Churn_ARR__c": money.fmt(churn), "NRR__c": None if nrr is None else str(nrr),
+                            "GRR__c": None if grr is None else str(grr), "Account_Count__c": str(int(members[k]))})
+    existing = {}
+    if org.has_table(obj):
+        have = {c.lower() for c in org.columns(obj)}
+        if SNAPSHOT_KEY.lower() in have:
+            fields = [SNAPSHOT_KEY, *SNAPSHOT_FIELDS]
+            for row in org.read(obj, ["Id", *fields]):
+                existing[row[1]] = (row[0], dict(zip(fields, row[1:])))
+    changes = []
+    for r in records:
+        old = existing.get(r[SNAPSHOT_KEY])
+        if old is not None and all(_snap_same(old[1].get(f), r[f]) for f in SNAPSHOT_FIELDS):
+            continue
+        changes.append(Change(obj, old[0] if old else None, UPSERT,
+                              json.dumps(old[1], sort_keys=True) if old else None, json.dumps(r, sort_keys=True),
+                              "snapshot", key=r[SNAPSHOT_KEY]))
+    return records, changes
+
+
+def _snap_same(old, new) -> bool:
+    if old == new:
+        return True
+    if old is None or new is None:
+        return False
+    try:
+        return money.parse_units(old) == money.parse_units(new)
+    except money.MoneyError:
+        return False
+
+
+# ---- gates --------------------------------------------------------------------------------------
+
+def check_gates(plan: Plan) -> None:
+    """Reconciliation gates before any write (DESIGN §7); raise GateFailed saying which and why."""
+    cur = plan.current_month - plan.first_month
+    current = plan.matrix[:, cur]
+    for name, vr in plan.views.items():
+        t = vr.tree
+        if (t.parent[t.root] != -1).any():
+            raise GateFailed(f"view {name}: some families have no single root")
+        if (t.root[t.root] != t.root).any():
+            raise GateFailed(f"view {name}: a family's root has another root")
+        sub = t.subtree_sum(current)
+        fam = np.zeros(len(current), dtype=np.int64)
+        np.add.at(fam, t.root, current)
+        roots = np.flatnonzero(t.parent < 0)
+        bad = roots[sub[roots] != fam[roots]]
+        if len(bad):
+            raise GateFailed(f"view {name}: rollup of family {plan.accounts.ids[bad[0]]} is {money.fmt(sub[bad[0]])} "
+                             f"but its members sum to {money.fmt(fam[bad[0]])}")
+        for w, fig in plan.nrr.get(name, {}).items():
+            for level in ("family", "naive"):
+                m: Movement = fig[level]
+                if not m.balanced():
+                    raise GateFailed(f"view {name}, window {w}, {level}: movements do not add up "
+                                     f"(start {money.fmt(m.start)} + expansion - contraction - churn != end {money.fmt(m.end)})")
+
+
+# ---- apply --------------------------------------------------------------------------------------
+
+def apply(plan: Plan, org: LocalOrg, ledger: Ledger, settings: Settings) -> dict[str, int]:
+    """Write the plan: record pending changes, write them, mark each applied/failed, persist history."""
+    ctx = plan.ctx
+    ctx.check_stop("apply")
+    run_id = ctx.run_id
+    changes = plan.all_changes()
+    with _Stage(ctx, "ledger"):
+        ledger.record_changes(run_id, changes, "pending")
+        ledger.finish_run(run_id, status="applying")
+    with _Stage(ctx, "write"):
+        statuses = write_changes(org, changes, settings)
+        ledger.set_change_status(run_id, statuses)
+    with _Stage(ctx, "history"):
+        ids, segments, everything = plan.arr_rewrite
+        if ids or everything:
+            ledger.replace_arr(ids, segments, everything=everything and not ids == [])
+        cur = plan.current_month
+        for vname, (changed, open_seg) in plan.membership.items():
+            if changed:
+                ledger.record_membership(vname, months.fmt(cur), months.fmt(cur - 1), changed, open_seg)
+        if plan.snapshots:
+            ledger.upsert_snapshots([{"external_id": r[SNAPSHOT_KEY], "view": r["View__c"], "root_id": r["Family_Root__c"],
+                                      "month": r["Month__c"][:7], "data": json.dumps(r, sort_keys=True),
+                                      "run_id": run_id} for r in plan.snapshots])
+    counts: dict[str, int] = {}
+    for _, st, _, _ in statuses:
+        counts[st] = counts.get(st, 0) + 1
+    return counts
+
+
+def write_changes(org: LocalOrg, changes: list[Change], settings: Settings) -> list[tuple[int, str, str | None, str | None]]:
+    """Apply changes to the org; returns (seq, status, error, record_id) per change, in plan order."""
+    out = []
+    updates: dict[tuple[str, str], dict] = {}
+    seqs: dict[tuple[str, str], list[int]] = {}
+    upserts: list[tuple[int, Change]] = []
+    for seq, c in enumerate(changes):
+        if c.field == UPSERT:
+            upserts.append((seq, c))
+        else:
+            updates.setdefault((c.object, c.id), {})[c.field] = c.new
+            seqs.setdefault((c.object, c.id), []).append(seq)
+    by_object: dict[str, list] = {}
+    for (obj, rid), vals in updates.items():
+        by_object.setdefault(obj, []).append((rid, vals))
+    for obj, records in by_object.items():
+        for res in org.update(obj, records):
+            for seq in seqs[(obj, res.id)]:
+                out.append((seq, "applied" if res.ok else "failed", res.error, None))
+    if upserts:
+        obj = upserts[0][1].object
+        recs = [json.loads(c.new) for _, c in upserts]
+        for (seq, _), res in zip(upserts, org.upsert(obj, SNAPSHOT_KEY, recs, settings.snapshot_prefix)):
+            out.append((seq, "applied" if res.ok else "failed", res.error, res.id))
+    out.sort()
+    return out
+
+
+def recover(org: LocalOrg, ledger: Ledger) -> list[str]:
+    """Settle runs that died mid-way: each pending change becomes applied, not_applied or conflict."""
+    settled = []
+    for run in ledger.interrupted_runs():
+        statuses = []
+        keys: dict[str, dict[str, str]] = {}
+        for ch in ledger.changes(run["id"], status="pending"):
+            if ch["field"] == UPSERT:
+                if ch["object"] not in keys:
+                    has_key = org.has_table(ch["object"]) and SNAPSHOT_KEY.lower() in {
+                        c.lower() for c in org.columns(ch["object"])}
+                    keys[ch["object"]] = {k: rid for rid, k in org.read(ch["object"], ["Id", SNAPSHOT_KEY])} \
+                        if has_key else {}
+                new = json.loads(ch["new"])
+                rid = keys[ch["object"]].get(new[SNAPSHOT_KEY])
+                now = org.get(ch["object"], [rid], list(new)).get(rid) if rid else None
+                done = now is not None and all(_snap_same(v, new[f]) for f, v in zip(new, now))
+                statuses.append((ch["seq"], "applied" if done else "not_applied", None, rid))
+                continue
+            now = org.get(ch["object"], [ch["record_id"]], [ch["field"]]).get(ch["record_id"], (None,))[0]
+            st = "applied" if now == ch["new"] else "not_applied" if now == ch["old"] else "conflict"
+            statuses.append((ch["seq"], st, None, None))
+        ledger.set_change_status(run["id"], statuses)
+        ledger.finish_run(run["id"], status="interrupted", error="the process stopped before the run finished")
+        settled.append(run["id"])
+    return settled
+
+
+def file_hash(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]

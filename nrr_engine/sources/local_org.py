@@ -1,0 +1,324 @@
+"""A local org: a folder of Data Loader CSVs (<SObject>.csv) loaded into a SQLite working copy.
+
+Reads and writes go to the working copy; a CSV edited since its last load is reloaded, keeping the
+columns the engine added (rollup fields) for records that still exist.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+import sqlite3
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DataError, Location, SourceUnavailable
+
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+KEY_PREFIXES = {"Account": "001", "Contact": "003", "Opportunity": "006", "Task": "00T", "User": "005",
+                "Case": "500", "Lead": "00Q"}
+_API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_SUFFIX = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+_BATCH = 20_000
+
+
+def sf_id(prefix: str, n: int) -> str:
+    """An 18-character Salesforce-style Id: 3-char key prefix, 12 base-62 digits, 3-char case checksum."""
+    body = ""
+    while n:
+        n, r = divmod(n, 62)
+        body = _B62[r] + body
+    id15 = prefix + body.rjust(12, "0")
+    if len(id15) != 15:
+        raise ValueError(f"Id counter too large for prefix {prefix}")
+    suffix = ""
+    for chunk in range(3):
+        bits = sum(1 << i for i, ch in enumerate(id15[chunk * 5:chunk * 5 + 5]) if "A" <= ch <= "Z")
+        suffix += _SUFFIX[bits]
+    return id15 + suffix
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """Outcome of one record write: ok, or Salesforce-like error code and message."""
+
+    id: str
+    ok: bool
+    error: str | None = None
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class LocalOrg:
+    """The local org: CSV folder + working copy. Only this class touches the working copy's SQL."""
+
+    kind = "local"
+
+    def __init__(self, folder: Path, working_copy: Path):
+        self.folder = Path(folder)
+        self.path = Path(working_copy)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("CREATE TABLE IF NOT EXISTS _nrr_files (object TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER)")
+            self.db.execute("CREATE TABLE IF NOT EXISTS _nrr_sequences (prefix TEXT PRIMARY KEY, n INTEGER)")
+        except sqlite3.Error as exc:
+            raise SourceUnavailable(f"cannot open the local org working copy: {exc}", Location(str(working_copy))) from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ---- loading -------------------------------------------------------------------------------
+    def csv_objects(self) -> list[str]:
+        """Objects present as <SObject>.csv in the folder."""
+        return sorted(p.stem for p in self.folder.glob("*.csv") if _API_NAME.match(p.stem))
+
+    def sync(self, objects: Iterable[str], progress=None) -> list[str]:
+        """(Re)load each object's CSV if it changed since its last load; return the objects loaded."""
+        loaded = []
+        for obj in objects:
+            path = self.folder / f"{obj}.csv"
+            if not path.exists():
+                continue
+            st = path.stat()
+            row = self.db.execute("SELECT size, mtime_ns FROM _nrr_files WHERE object=?", (obj,)).fetchone()
+            if row == (st.st_size, st.st_mtime_ns) and self.has_table(obj):
+                continue
+            self._load(obj, path, st, progress)
+            loaded.append(obj)
+        return loaded
+
+    def _load(self, obj: str, path: Path, st: os.stat_result, progress) -> None:
+        tmp = f"_nrr_loading_{obj}"
+        db = self.db
+        with open(path, newline="", encoding="utf-8-sig", errors="strict") as fh:
+            reader = csv.reader(fh)
+            try:
+                header = next(reader)
+            except StopIteration:
+                raise DataError("empty file; expected a header row of field API names", Location(str(path), 1)) from None
+            except UnicodeDecodeError as exc:
+                raise DataError(f"not UTF-8 ({exc.reason}); re-export the file as UTF-8", Location(str(path), 1)) from None
+            header = [h.strip() for h in header]
+            self._check_header(header, path)
+            id_col = next(i for i, h in enumerate(header) if h.lower() == "id")
+            db.execute("BEGIN")
+            try:
+                db.execute(f"DROP TABLE IF EXISTS {_q(tmp)}")
+                cols = ", ".join(f"{_q(h)} TEXT" + (" PRIMARY KEY" if i == id_col else "") for i, h in enumerate(header))
+                db.execute(f"CREATE TABLE {_q(tmp)} ({cols})")
+                insert = f"INSERT INTO {_q(tmp)} VALUES ({', '.join('?' * len(header))})"
+                seen: dict[str, int] = {}
+                batch: list[list] = []
+                width = len(header)
+                try:
+                    for row in reader:
+                        line = reader.line_num
+                        if len(row) != width:
+                            if not any(cell.strip() for cell in row):
+                                continue
+                            raise DataError(f"{len(row)} values but the header has {width} columns",
+                                            Location(str(path), line))
+                        rid = row[id_col].strip()
+                        if not rid:
+                            raise DataError("empty Id; every record needs its Salesforce Id", Location(str(path), line))
+                        if rid in seen:
+                            raise DataError(f"duplicate Id {rid} (first on line {seen[rid]})", Location(str(path), line))
+                        seen[rid] = line
+                        row[id_col] = rid
+                        batch.append([c if c != "" else None for c in row])
+                        if len(batch) >= _BATCH:
+                            db.executemany(insert, batch)
+                            if progress:
+                                progress(len(batch))
+                            batch = []
+                except UnicodeDecodeError as exc:
+                    raise DataError(f"not UTF-8 ({exc.reason}) after line {reader.line_num}; re-export the file as UTF-8",
+                                    Location(str(path), reader.line_num + 1)) from None
+                except csv.Error as exc:
+                    raise DataError(f"malformed CSV: {exc}", Location(str(path), reader.line_num)) from None
+                if batch:
+                    db.executemany(insert, batch)
+                del seen
+                if self.has_table(obj):
+                    # Keep engine-written columns the CSV does not carry (rollup fields), by Id.
+                    keep = [c for c in self.columns(obj) if c.lower() not in {h.lower() for h in header}]
+                    for c in keep:
+                        db.execute(f"ALTER TABLE {_q(tmp)} ADD COLUMN {_q(c)} TEXT")
+                    if keep:
+                        sets = ", ".join(f"{_q(c)} = o.{_q(c)}" for c in keep)
+                        db.execute(f"UPDATE {_q(tmp)} AS t SET {sets} FROM {_q(obj)} AS o WHERE o.Id = t.Id")
+                    db.execute(f"DROP TABLE {_q(obj)}")
+                db.execute(f"ALTER TABLE {_q(tmp)} RENAME TO {_q(obj)}")
+                db.execute("INSERT OR REPLACE INTO _nrr_files VALUES (?, ?, ?)", (obj, st.st_size, st.st_mtime_ns))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    @staticmethod
+    def _check_header(header: list[str], path: Path) -> None:
+        lowered = [h.lower() for h in header]
+        if "id" not in lowered:
+            raise DataError(f"no Id column; expected a header with Id (found: {', '.join(header[:8])})",
+                            Location(str(path), 1))
+        for i, h in enumerate(header):
+            if not _API_NAME.match(h):
+                raise DataError(f"column {i + 1} {h[:40]!r} is not a field API name", Location(str(path), 1))
+            if lowered.index(h.lower()) != i:
+                raise DataError(f"column {h} appears twice in the header", Location(str(path), 1))
+
+    # ---- reading -------------------------------------------------------------------------------
+    def has_table(self, obj: str) -> bool:
+        return self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (obj,)).fetchone() is not None
+
+    def columns(self, obj: str) -> list[str]:
+        """Field API names of an object (as the CSV header spells them)."""
+        return [r[1] for r in self.db.execute(f"PRAGMA table_info({_q(obj)})")]
+
+    def count(self, obj: str) -> int:
+        return self.db.execute(f"SELECT count(*) FROM {_q(obj)}").fetchone()[0] if self.has_table(obj) else 0
+
+    def read(self, obj: str, fields: Sequence[str]) -> Iterator[tuple]:
+        """Stream rows of `fields` (missing columns read as None), ordered by Id for determinism."""
+        have = {c.lower() for c in self.columns(obj)}
+        cols = ", ".join(_q(f) if f.lower() in have else "NULL" for f in fields)
+        cur = self.db.execute(f"SELECT {cols} FROM {_q(obj)} ORDER BY Id")
+        while True:
+            rows = cur.fetchmany(_BATCH)
+            if not rows:
+                return
+            yield from rows
+
+    def get(self, obj: str, ids: Sequence[str], fields: Sequence[str]) -> dict[str, tuple]:
+        """Current values of `fields` for the given Ids (absent Ids are left out)."""
+        if not self.has_table(obj):
+            return {}
+        have = {c.lower() for c in self.columns(obj)}
+        cols = ", ".join(_q(f) if f.lower() in have else "NULL" for f in fields)
+        out = {}
+        for i in range(0, len(ids), 500):
+            chunk = list(ids[i:i + 500])
+            q = f"SELECT Id, {cols} FROM {_q(obj)} WHERE Id IN ({', '.join('?' * len(chunk))})"
+            for row in self.db.execute(q, chunk):
+                out[row[0]] = row[1:]
+        return out
+
+    # ---- writing -------------------------------------------------------------------------------
+    def ensure_fields(self, obj: str, fields: Iterable[str]) -> None:
+        """Add missing columns (the local equivalent of deploying the custom fields)."""
+        if not self.has_table(obj):
+            self.db.execute(f"CREATE TABLE {_q(obj)} (Id TEXT PRIMARY KEY)")
+        have = {c.lower() for c in self.columns(obj)}
+        for f in fields:
+            if f.lower() not in have:
+                self.db.execute(f"ALTER TABLE {_q(obj)} ADD COLUMN {_q(f)} TEXT")
+                have.add(f.lower())
+
+    def update(self, obj: str, records: Sequence[tuple[str, dict[str, str | None]]]) -> list[WriteResult]:
+        """Update records (Id, {field: value}) in one transaction; missing records fail individually."""
+        fields = sorted({f for _, vals in records for f in vals})
+        self.ensure_fields(obj, fields)
+        results = []
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            by_shape: dict[tuple, list] = {}
+            for rid, vals in records:
+                by_shape.setdefault(tuple(sorted(vals)), []).append((rid, vals))
+            for shape, group in by_shape.items():
+                sets = ", ".join(f"{_q(f)} = ?" for f in shape)
+                sql = f"UPDATE {_q(obj)} SET {sets} WHERE Id = ?"
+                for start in range(0, len(group), _BATCH):
+                    part = group[start:start + _BATCH]
+                    cur = db.executemany(sql, [[vals[f] for f in shape] + [rid] for rid, vals in part])
+                    if cur.rowcount == len(part):
+                        results.extend(WriteResult(rid, True) for rid, _ in part)
+                    else:  # some Ids are gone: say which, one by one
+                        existing = set(self.get(obj, [rid for rid, _ in part], []).keys())
+                        results.extend(WriteResult(rid, rid in existing, None if rid in existing else
+                                                   "ENTITY_IS_DELETED: record does not exist") for rid, _ in part)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return results
+
+    def upsert(self, obj: str, key_field: str, records: Sequence[dict[str, str | None]], prefix: str) -> list[WriteResult]:
+        """Upsert by external id; new records get 18-character Ids with `prefix`."""
+        fields = sorted({f for r in records for f in r} | {key_field})
+        self.ensure_fields(obj, fields)
+        db = self.db
+        keys = [r[key_field] for r in records]
+        existing: dict[str, str] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            for rid, key in db.execute(f"SELECT Id, {_q(key_field)} FROM {_q(obj)} WHERE {_q(key_field)} IN "
+                                       f"({', '.join('?' * len(chunk))})", chunk):
+                existing[key] = rid
+        results = []
+        db.execute("BEGIN")
+        try:
+            n = (db.execute("SELECT n FROM _nrr_sequences WHERE prefix=?", (prefix,)).fetchone() or (0,))[0]
+            for r in records:
+                if r[key_field] in existing:
+                    rid = existing[r[key_field]]
+                    sets = ", ".join(f"{_q(f)} = ?" for f in r)
+                    db.execute(f"UPDATE {_q(obj)} SET {sets} WHERE Id = ?", [*r.values(), rid])
+                else:
+                    n += 1
+                    rid = sf_id(prefix, n)
+                    cols = ["Id", *r]
+                    db.execute(f"INSERT INTO {_q(obj)} ({', '.join(map(_q, cols))}) VALUES ({', '.join('?' * len(cols))})",
+                               [rid, *r.values()])
+                results.append(WriteResult(rid, True))
+            db.execute("INSERT OR REPLACE INTO _nrr_sequences VALUES (?, ?)", (prefix, n))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return results
+
+    def delete(self, obj: str, ids: Sequence[str]) -> list[WriteResult]:
+        """Delete records by Id (used by rollback of inserts)."""
+        results = []
+        self.db.execute("BEGIN")
+        try:
+            for rid in ids:
+                cur = self.db.execute(f"DELETE FROM {_q(obj)} WHERE Id = ?", (rid,))
+                results.append(WriteResult(rid, cur.rowcount == 1, None if cur.rowcount else "ENTITY_IS_DELETED"))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return results
+
+    # ---- export --------------------------------------------------------------------------------
+    def objects(self) -> list[str]:
+        return [r[0] for r in self.db.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE '\\_nrr%' ESCAPE '\\' ORDER BY name")]
+
+    def export_full(self, out: Path) -> list[Path]:
+        """Write every object of the working copy as <SObject>.csv (UTF-8, Data Loader ready)."""
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for obj in self.objects():
+            cols = self.columns(obj)
+            target = out / f"{obj}.csv"
+            tmp = target.with_suffix(".csv.tmp")
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                w = csv.writer(fh)
+                w.writerow(cols)
+                for row in self.read(obj, cols):
+                    w.writerow(["" if v is None else v for v in row])
+            os.replace(tmp, target)
+            written.append(target)
+        return written

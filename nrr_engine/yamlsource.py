@@ -1,0 +1,125 @@
+"""YAML loading that remembers where every value came from and refuses duplicate keys.
+
+`load(path)` returns a Document: the plain data plus a map from JSON path to line, so schema errors
+can point at the YAML line RevOps must edit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .errors import ConfigError, Location
+
+Path_ = tuple  # a JSON path: keys and list indexes
+
+
+@dataclass
+class Document:
+    """Parsed YAML with line numbers (1-based) for each JSON path."""
+
+    file: str
+    data: Any
+    lines: dict[Path_, int] = field(default_factory=dict)
+
+    def line_of(self, path: Path_) -> int | None:
+        """Line of the nearest enclosing value that has one."""
+        path = tuple(path)
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return self.lines.get((), 1)
+
+    def location(self, path: Path_ = ()) -> Location:
+        return Location(file=self.file, line=self.line_of(path))
+
+
+def _build(node: yaml.Node, path: Path_, lines: dict, file: str) -> Any:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise ConfigError("YAML merge keys (<<) are not supported; write the keys out",
+                                  Location(file, key_node.start_mark.line + 1))
+            key = _build(key_node, path + ("<key>",), {}, file)
+            if not isinstance(key, (str, int, float, bool)) or key is None:
+                raise ConfigError(f"mapping key {key!r} must be a plain string",
+                                  Location(file, key_node.start_mark.line + 1))
+            key = str(key)
+            if key in out:
+                raise ConfigError(f"duplicate key {key!r} (first on line {lines[path + (key,)]})",
+                                  Location(file, key_node.start_mark.line + 1))
+            out[key] = _build(value_node, path + (key,), lines, file)
+            lines[path + (key,)] = key_node.start_mark.line + 1
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(item, path + (i,), lines, file) for i, item in enumerate(node.value)]
+    # Scalars: SafeLoader's resolver already tagged them (int, bool, null, str...).
+    value = _SCALAR_LOADER.construct_object(node, deep=True)
+    # Dates stay text: config and rules compare them as ISO strings, and JSON Schema sees strings.
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+_SCALAR_LOADER = yaml.SafeLoader("")
+
+
+def parse(text: str, file: str) -> Document:
+    """Parse YAML text; syntax errors become ConfigError with the line."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise ConfigError(f"YAML syntax error: {exc.problem or exc}", Location(file, line)) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"YAML error: {exc}", Location(file)) from None
+    if node is None:
+        return Document(file, None, {(): 1})
+    lines: dict = {}
+    try:
+        data = _build(node, (), lines, file)
+    except yaml.constructor.ConstructorError as exc:
+        mark = exc.problem_mark
+        raise ConfigError(f"YAML value error: {exc.problem}", Location(file, mark.line + 1 if mark else None)) from None
+    return Document(file, data, lines)
+
+
+def load(path: Path) -> Document:
+    """Read and parse a YAML file (UTF-8)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", Location(str(path))) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"not UTF-8 (byte 0x{raw[exc.start]:02x})", Location(str(path), line)) from None
+    return parse(text, str(path))
+
+
+def schema_errors(doc: Document, schema: dict) -> list[ConfigError]:
+    """Every JSON-Schema violation in `doc`, each with file:line and what was expected."""
+    validator = jsonschema.Draft202012Validator(schema)
+    out = []
+    for err in sorted(validator.iter_errors(doc.data), key=lambda e: (doc.line_of(tuple(e.absolute_path)) or 0)):
+        out.append(ConfigError(_describe(err), doc.location(tuple(err.absolute_path))))
+    return out
+
+
+def _describe(err: jsonschema.ValidationError) -> str:
+    where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+    hint = err.schema.get("description") if isinstance(err.schema, dict) else None
+    if err.validator == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(allowed)) if isinstance(err.instance, dict) else []
+        return f"{where}: unknown key(s) {', '.join(map(repr, extra))}; expected one of: {', '.join(allowed)}"
+    if err.validator == "enum":
+        return f"{where}: {err.instance!r} is not allowed; expected one of: {', '.join(map(str, err.validator_value))}"
+    msg = f"{where}: {err.message}"
+    return f"{msg} (expected: {hint})" if hint else msg
