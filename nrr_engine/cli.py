@@ -28,6 +28,8 @@ def guarded(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except click.ClickException:
+            raise  # usage errors: click prints them and exits 2
         except ConfigErrors as exc:
             for e in exc.errors:
                 click.echo(f"error: {e}", err=True)

@@ -184,8 +184,9 @@ class Engine:
         run = self.ledger.run(run_id)
         if run is None:
             raise DataError(f"no run {run_id!r}; see `nrr-engine runs list`")
-        if run["mode"] != "run" or run["status"] not in ("succeeded", "failed_records", "interrupted"):
-            raise DataError(f"run {run['id']} is a {run['mode']} with status {run['status']}; only applied runs can be rolled back")
+        if run["mode"] != "run" or run["status"] in ("running", "applying", "rolled_back"):
+            raise DataError(f"run {run['id']} is a {run['mode']} with status {run['status']}; only finished runs that "
+                            "wrote changes can be rolled back (and only once)")
         ctx = RunContext.new(self.clock, self.today(), job="rollback")
         with self.lock():
             self.org.sync(["Account", self.settings.snapshot_object])
@@ -345,13 +346,23 @@ def _write_change_set(ledger: Ledger, run_id: str, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for obj, recs in updates.items():
-        fields = sorted({f for vals in recs.values() for f in vals})
-        written.append(_write_csv(folder / f"{obj}.update.csv", ["Id", *fields],
-                                  ([rid, *[vals.get(f, "") for f in fields]] for rid, vals in recs.items())))
+        # One file per set of changed fields: a blank cell must never stand for "leave alone" vs "clear".
+        shapes: dict[tuple[str, ...], list] = {}
+        for rid, vals in recs.items():
+            shapes.setdefault(tuple(sorted(vals)), []).append((rid, vals))
+        for n, (fields, group) in enumerate(sorted(shapes.items()), start=1):
+            name = f"{obj}.update.csv" if len(shapes) == 1 else f"{obj}.update.{n}.csv"
+            written.append(_write_csv(folder / name, ["Id", *fields],
+                                      ([rid, *[_dl_value(vals[f]) for f in fields]] for rid, vals in group)))
     for obj, recs in upserts.items():
         fields = sorted({f for r in recs for f in r})
         written.append(_write_csv(folder / f"{obj}.upsert.csv", fields, ([r.get(f) for f in fields] for r in recs)))
     return written
+
+
+def _dl_value(value: str | None) -> str:
+    """Data Loader sets a field to null only when the cell says #N/A."""
+    return "#N/A" if value is None else value
 
 
 def _write_csv(path: Path, header: list[str], rows) -> Path:

@@ -4,7 +4,7 @@ Array math (sums over a million accounts) runs on int64 units, so no float ever 
 """
 from __future__ import annotations
 
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Decimal, DecimalException, InvalidOperation
 
 SCALE = 10_000
 _SCALE_D = Decimal(SCALE)
@@ -30,8 +30,13 @@ def parse_units(text: str | None) -> int | None:
         raise MoneyError(f"{text[:40]!r} is not a number") from None
     if not value.is_finite():
         raise MoneyError(f"{text[:40]!r} is not a finite number")
-    scaled = value * _SCALE_D
-    units = int(scaled.to_integral_value(rounding=ROUND_HALF_EVEN))
+    if value.adjusted() > 18:
+        raise MoneyError(f"{text[:40]!r} is too large")
+    try:
+        scaled = value * _SCALE_D
+        units = int(scaled.to_integral_value(rounding=ROUND_HALF_EVEN))
+    except DecimalException:
+        raise MoneyError(f"{text[:40]!r} is not a usable amount") from None
     if scaled != units:
         raise MoneyError(f"{text[:40]!r} has more than 4 decimal places")
     if abs(units) > _MAX_UNITS:

@@ -35,6 +35,11 @@ def sf_id(prefix: str, n: int) -> str:
     id15 = prefix + body.rjust(12, "0")
     if len(id15) != 15:
         raise ValueError(f"Id counter too large for prefix {prefix}")
+    return id18(id15)
+
+
+def id18(id15: str) -> str:
+    """The 18-character form of a 15-character Id: one checksum letter per 5 characters (upper-case bits)."""
     suffix = ""
     for chunk in range(3):
         bits = sum(1 << i for i, ch in enumerate(id15[chunk * 5:chunk * 5 + 5]) if "A" <= ch <= "Z")
@@ -207,7 +212,7 @@ class LocalOrg:
         out = {}
         for i in range(0, len(ids), 500):
             chunk = list(ids[i:i + 500])
-            q = f"SELECT Id, {cols} FROM {_q(obj)} WHERE Id IN ({', '.join('?' * len(chunk))})"
+            q = f"SELECT Id{', ' + cols if cols else ''} FROM {_q(obj)} WHERE Id IN ({', '.join('?' * len(chunk))})"
             for row in self.db.execute(q, chunk):
                 out[row[0]] = row[1:]
         return out

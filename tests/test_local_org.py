@@ -1,0 +1,183 @@
+"""Local org source/sink: loading, reloading, Ids, writes, export, and every bad CSV DESIGN names."""
+from __future__ import annotations
+
+import re
+import sqlite3
+
+import pytest
+
+from conftest import read_csv, write_csv
+from nrr_engine.errors import DataError
+from nrr_engine.sources.local_org import LocalOrg, id18, sf_id
+
+AS_OF = ("--as-of", "2026-11-15")
+
+
+@pytest.fixture
+def small(org):
+    """Acme with two linked subsidiaries and revenue."""
+    a = org.account("001ACM", "Acme Inc")
+    org.sub(a, "2025-01-01", "", "100000")
+    org.sub(org.account("001AUS", "Acme US", a), "2025-06-01", "", "50000")
+    org.account("001AEU", "Acme eComm", a)
+    return org.write()
+
+
+def _working_copy(org) -> sqlite3.Connection:
+    return sqlite3.connect(org.root / "state" / "local-org.db")
+
+
+def test_sf_id_is_18_chars_with_case_checksum():
+    """Generated Ids have the key prefix, 18 characters and the case-insensitive checksum suffix."""
+    rid = sf_id("001", 1)
+    assert len(rid) == 18 and rid.startswith("001") and re.fullmatch(r"[0-9A-Za-z]{18}", rid)
+    assert id18("001D000000IqhSL") == "001D000000IqhSLIAZ"  # Salesforce's documented example
+    assert sf_id("00T", 62) == "00T000000000010EAA"
+
+
+def test_run_writes_rollups_and_rerun_writes_nothing(small, cli):
+    """Rollups land in the working copy; a second run with no new data writes 0 changes."""
+    out = cli("run", *AS_OF).stdout
+    assert "applied" in out
+    rows = dict(_working_copy(small).execute("SELECT Id, Hierarchy_ARR__c FROM Account").fetchall())
+    assert rows == {"001ACM": "150000.00", "001AUS": "50000.00", "001AEU": "0.00"}
+    assert "changes: planned 0" in cli("run", *AS_OF).stdout
+
+
+def test_reload_picks_up_csv_edits_and_keeps_engine_fields(small, cli):
+    """Editing Account.csv is picked up on the next run; rollup columns of kept records survive the reload."""
+    cli("run", *AS_OF)
+    small.accounts[1]["ParentId"] = ""           # Acme US is detached in the CSV
+    small.write()
+    run_id = cli("run", *AS_OF).stdout.split()[1]
+    rows = dict(_working_copy(small).execute("SELECT Id, Hierarchy_ARR__c FROM Account").fetchall())
+    assert rows["001ACM"] == "100000.00" and rows["001AUS"] == "50000.00"
+    changed = {(c["record_id"], c["field"]) for c in cli.json("runs", "show", run_id)["changes"]}
+    assert changed == {("001ACM", "Hierarchy_ARR__c"), ("001ACM", "Child_Count__c"),
+                       ("001AUS", "Ultimate_Parent__c"), ("001AUS", "Hierarchy_Depth__c")}
+    ids = dict(_working_copy(small).execute("SELECT Id, Ultimate_Parent__c FROM Account").fetchall())
+    assert ids["001AUS"] == "001AUS"
+
+
+def test_plan_writes_nothing_to_the_org(small, cli, tmp_path):
+    """`plan` leaves the working copy untouched and writes plan.json with the DESIGN §8 keys."""
+    out = tmp_path / "plan.json"
+    cli("plan", "--out", str(out), *AS_OF)
+    import json
+    plan = json.loads(out.read_text())
+    assert {"run_id", "as_of", "changes", "review", "flags", "snapshots"} <= set(plan)
+    change = plan["changes"][0]
+    assert {"object", "id", "field", "old", "new", "rule", "confidence", "evidence"} <= set(change)
+    cols = [r[1] for r in _working_copy(small).execute("PRAGMA table_info(Account)")]
+    assert "Hierarchy_ARR__c" not in cols
+
+
+def test_export_writes_full_csvs_and_change_sets(small, cli, tmp_path):
+    """export: full object CSVs plus Id + changed-field CSVs of the last run, Data Loader ready."""
+    cli("run", *AS_OF)
+    cli("export", "--out", str(tmp_path / "x"))
+    full = read_csv(tmp_path / "x" / "full" / "Account.csv")
+    assert {r["Id"]: r["Hierarchy_ARR__c"] for r in full}["001ACM"] == "150000.00"
+    change_dir = next((tmp_path / "x" / "changes").iterdir())
+    upd = read_csv(change_dir / "Account.update.csv")
+    assert set(upd[0]) == {"Id", "Child_Count__c", "Hierarchy_ARR__c", "Hierarchy_Depth__c", "Ultimate_Parent__c"}
+    assert len(upd) == 3
+
+
+def test_non_utf8_csv_is_a_clear_error(small, cli):
+    """A Latin-1 Account.csv: exit 2 naming the file and line, nothing loaded."""
+    (small.org / "Account.csv").write_bytes("Id,Name,ParentId\n001A,Soci\xe9t\xe9 G\xe9n\xe9rale,\n".encode("latin-1"))
+    r = cli("run", *AS_OF, expect=2)
+    assert re.search(r"Account\.csv:\d+: not UTF-8", r.stderr)
+    assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_duplicate_ids_are_a_clear_error(small, cli):
+    """Two rows with one Id: exit 2 with both line numbers; the previous working copy stays intact."""
+    cli("run", *AS_OF)
+    small.accounts.append(dict(small.accounts[0]))
+    small.write()
+    r = cli("run", *AS_OF, expect=2)
+    assert "Account.csv:5: duplicate Id 001ACM (first on line 2)" in r.stderr
+    assert _working_copy(small).execute("SELECT count(*) FROM Account").fetchone()[0] == 3
+
+
+def test_missing_id_column_is_a_clear_error(small, cli):
+    """A header without Id: exit 2 saying an Id column is expected."""
+    write_csv(small.org / "Account.csv", [{"Name": "Acme"}])
+    r = cli("run", *AS_OF, expect=2)
+    assert "Account.csv:1: no Id column" in r.stderr
+
+
+def test_ragged_row_is_a_clear_error(small, cli):
+    """A row with more values than the header names the line."""
+    path = small.org / "Account.csv"
+    path.write_text(path.read_text() + "001X,Extra,,NA,surplus\n")
+    r = cli("run", *AS_OF, expect=2)
+    assert re.search(r"Account\.csv:5: 5 values but the header has 4 columns", r.stderr)
+
+
+def test_dangling_parent_and_bad_money_are_findings(org, cli):
+    """ParentId pointing nowhere, non-numeric and negative amounts: reported findings, run succeeds."""
+    a = org.account("001A", "Acme", "001NOWHERE")
+    org.sub(a, "2025-01-01", "", "abc")
+    org.sub(a, "2025-01-01", "", "-500")
+    org.sub(a, "2025-01-01", "", "1000")
+    org.write()
+    out = cli("run", *AS_OF).stdout
+    assert "[dangling_parent]" in out and "001A" in out
+    assert "[arr_not_a_number]" in out and "[negative_arr]" in out
+    assert dict(_working_copy(org).execute("SELECT Id, Hierarchy_ARR__c FROM Account").fetchall()) == {"001A": "1000.00"}
+
+
+def test_html_and_sql_looking_names_pass_through_untouched(org, cli, tmp_path):
+    """Hostile names are data: stored and exported byte for byte, never interpreted."""
+    names = ["<script>alert(1)</script>", "Robert'); DROP TABLE Account;--", "x" * 10_000, ""]
+    for i, n in enumerate(names):
+        org.account(f"001H{i}", n)
+    org.write()
+    cli("run", *AS_OF)
+    cli("export", "--out", str(tmp_path / "x"))
+    assert [r["Name"] for r in read_csv(tmp_path / "x" / "full" / "Account.csv")] == names
+
+
+def test_mixed_currencies_without_rates_is_a_clear_error(org, cli):
+    """A EUR subscription in a USD org with no rates: exit 2 naming the field and the record."""
+    org.account("001A", "Acme")
+    org.write()
+    write_csv(org.org / "Subscription__c.csv", [
+        {"Id": "a0S1", "Account__c": "001A", "Start_Date__c": "2025-01-01", "End_Date__c": "", "Amount__c": "10",
+         "Product__c": "Core", "CurrencyIsoCode": "EUR"}])
+    org.config.write_text(org.config.read_text().replace("product: Product__c}", "product: Product__c, currency: CurrencyIsoCode}"))
+    r = cli("run", *AS_OF, expect=2)
+    assert "record a0S1" in r.stderr and "EUR" in r.stderr and "no exchange rates" in r.stderr
+
+
+def test_unknown_parent_field_names_the_field(small, cli):
+    """A view whose parent_field is not a column: exit 2 naming the field and the CSV."""
+    small.config.write_text(small.config.read_text().replace("parent_field: ParentId", "parent_field: Sales_Parent__c"))
+    r = cli("run", *AS_OF, expect=2)
+    assert "field Sales_Parent__c is not a column of Account.csv" in r.stderr
+
+
+def test_update_of_a_deleted_record_fails_individually(tmp_path):
+    """A write to an Id that is gone is a per-record failure, not an exception."""
+    (tmp_path / "org").mkdir()
+    write_csv(tmp_path / "org" / "Account.csv", [{"Id": "001A", "Name": "A"}])
+    lo = LocalOrg(tmp_path / "org", tmp_path / "wc.db")
+    lo.sync(["Account"])
+    res = lo.update("Account", [("001A", {"X__c": "1"}), ("001GONE", {"X__c": "2"})])
+    assert [(r.id, r.ok) for r in res] == [("001A", True), ("001GONE", False)]
+    assert res[1].error.startswith("ENTITY_IS_DELETED")
+
+
+def test_failed_load_leaves_previous_copy(tmp_path):
+    """A CSV that fails half-way does not replace the loaded table (no partial write)."""
+    (tmp_path / "org").mkdir()
+    write_csv(tmp_path / "org" / "Account.csv", [{"Id": "001A", "Name": "A"}])
+    lo = LocalOrg(tmp_path / "org", tmp_path / "wc.db")
+    lo.sync(["Account"])
+    write_csv(tmp_path / "org" / "Account.csv", [{"Id": "001B", "Name": "B"}, {"Id": "001B", "Name": "C"}])
+    with pytest.raises(DataError, match="duplicate Id"):
+        lo.sync(["Account"])
+    assert list(lo.read("Account", ["Id", "Name"])) == [("001A", "A")]

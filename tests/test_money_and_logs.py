@@ -1,0 +1,47 @@
+"""Money is exact (Decimal in, int units inside, Decimal out); logs are structured and never leak secrets."""
+from __future__ import annotations
+
+import io
+import json
+from decimal import Decimal
+
+import pytest
+import structlog
+
+from nrr_engine import log as log_mod, money
+
+
+@pytest.mark.parametrize("text, units", [("100000", 1_000_000_000), ("0.01", 100), ("42000.50", 420_005_000),
+                                         ("1,234.5", 12_345_000), (" 7 ", 70_000), ("", None), (None, None)])
+def test_parse_units_is_exact(text, units):
+    """Decimal strings become exact integer units of 1/10,000."""
+    assert money.parse_units(text) == units
+
+
+@pytest.mark.parametrize("text", ["abc", "1e999999", "NaN", "1.23456", "Infinity"])
+def test_parse_units_rejects_garbage(text):
+    """Non-numbers, non-finite values and more than 4 decimals are refused."""
+    with pytest.raises(money.MoneyError):
+        money.parse_units(text)
+
+
+def test_fmt_rounds_half_even_once():
+    """Output rounding is half-even to cents and matches Decimal's quantize."""
+    for units in (5_000, 15_000, 25, 50, 150, 250, -150, 123_456_789):
+        expected = str((Decimal(units) / 10_000).quantize(Decimal("0.01"), rounding="ROUND_HALF_EVEN"))
+        assert money.fmt(units) == expected
+
+
+def test_json_logs_carry_run_id_and_redact_secrets(monkeypatch):
+    """Non-TTY logs are JSON lines with run_id bound, and secret env values never appear."""
+    monkeypatch.setenv("SF_PASSWORD", "hunter2-very-secret")
+    stream = io.StringIO()
+    log_mod.configure("info", json_logs=True, stream=stream)
+    structlog.contextvars.bind_contextvars(run_id="R1")
+    try:
+        structlog.get_logger().info("auth.failed", detail="login with hunter2-very-secret refused")
+    finally:
+        structlog.contextvars.unbind_contextvars("run_id")
+    event = json.loads(stream.getvalue().splitlines()[-1])
+    assert event["run_id"] == "R1" and event["event"] == "auth.failed"
+    assert "hunter2" not in stream.getvalue() and "[redacted]" in event["detail"]

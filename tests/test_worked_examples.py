@@ -1,0 +1,74 @@
+"""DESIGN §5 worked examples 1-4, reproduced exactly through the CLI on small local orgs."""
+from __future__ import annotations
+
+
+def family(report: dict) -> dict:
+    return report["family"]
+
+
+def test_example_1_nrr_and_grr(org, cli):
+    """Start 1,000,000; expansion 80k; contraction 20k; churn 30k -> NRR 103.0 %, GRR 95.0 %."""
+    org.sub(org.account("001A", "Alpha Inc"), "2025-01-01", "2026-09-30", "500000")
+    org.sub("001A", "2026-10-01", "", "580000")
+    org.sub(org.account("001B", "Beta LLC"), "2025-01-01", "2026-09-30", "300000")
+    org.sub("001B", "2026-10-01", "", "280000")
+    org.sub(org.account("001C", "Gamma GmbH"), "2025-01-01", "2026-09-30", "30000")
+    org.sub(org.account("001D", "Delta AG"), "2025-01-01", "", "170000")
+    org.write()
+    r = cli.json("report", "nrr", "--period", "2026-10", "--window", "1", "--format", "json", "--as-of", "2026-11-15")
+    f = r["family"]
+    assert (f["start"], f["end"]) == ("1000000.00", "1030000.00")
+    assert (f["expansion"], f["contraction"], f["churn"]) == ("80000.00", "20000.00", "30000.00")
+    assert (f["nrr"], f["grr"]) == ("1.03", "0.95")
+
+
+def _disney(org):
+    d = org.account("001DIS", "The Walt Disney Company")
+    org.sub(d, "2025-01-01", "", "500000")
+    return d
+
+
+def test_example_2_internal_transfer(org, cli):
+    """Hulu 100k -> 0 and Fox 0 -> 100k in one month: family NRR 100 %, naive churn + new logo."""
+    d = _disney(org)
+    org.sub(org.account("001HUL", "Hulu, LLC", d), "2025-01-01", "2026-09-30", "100000")
+    org.sub(org.account("001FOX", "Fox Entertainment", d), "2026-10-01", "", "100000")
+    org.write()
+    r = cli.json("report", "nrr", "--period", "2026-10", "--format", "json", "--as-of", "2026-11-15")
+    f, n = r["family"], r["naive"]
+    assert (f["nrr"], f["grr"], f["internal_transfers"]) == ("1", "1", "100000.00")
+    assert (f["churn"], f["contraction"], f["expansion"], f["new_logo"]) == ("0.00", "0.00", "0.00", "0.00")
+    assert (n["churn"], n["new_logo"]) == ("100000.00", "100000.00")
+
+
+def test_example_3_hierarchy_expansion(org, cli):
+    """Disney -20k while a 60k deal closes on Hulu, linked during the month: family expansion 40k."""
+    d = _disney(org)
+    org.subs.clear()
+    org.sub(d, "2025-01-01", "2026-09-30", "300000")
+    org.sub(d, "2026-10-01", "", "280000")
+    org.sub(org.account("001HUL", "Hulu, LLC"), "2026-10-01", "", "60000")
+    org.write()
+    cli("run", "--as-of", "2026-09-20")                     # September: Hulu is not linked
+    org.accounts[1]["ParentId"] = d                         # October: the repair links Hulu under Disney
+    org.write()
+    cli("run", "--as-of", "2026-10-20")
+    r = cli.json("report", "nrr", "--period", "2026-10", "--format", "json", "--as-of", "2026-11-15")
+    f, n = r["family"], r["naive"]
+    assert (f["expansion"], f["hierarchy_expansion"], f["new_logo"]) == ("40000.00", "60000.00", "0.00")
+    assert (f["start"], f["end"]) == ("300000.00", "340000.00")
+    assert (n["contraction"], n["new_logo"], n["expansion"]) == ("20000.00", "60000.00", "0.00")
+    start = cli.json("report", "nrr", "--period", "2026-10", "--format", "json", "--as-of", "2026-11-15",
+                     "--as-of-start")
+    assert (start["family"]["contraction"], start["family"]["new_logo"]) == ("20000.00", "60000.00")
+
+
+def test_example_4_trailing_twelve_months(org, cli):
+    """Steady Co 100k all year, its UK subsidiary 0 -> 20k: family T12M NRR 120 %, naive 100 % + new logo."""
+    s = org.account("001STE", "Steady Co")
+    org.sub(s, "2024-01-01", "", "100000")
+    org.sub(org.account("001SUK", "Steady Co UK", s), "2026-03-01", "", "20000")
+    org.write()
+    r = cli.json("report", "nrr", "--period", "2026-10", "--window", "12", "--format", "json", "--as-of", "2026-11-15")
+    assert (r["window"], r["family"]["nrr"], r["family"]["expansion"]) == (12, "1.2", "20000.00")
+    assert (r["naive"]["nrr"], r["naive"]["new_logo"]) == ("1", "20000.00")
