@@ -99,7 +99,7 @@ class Engine:
                 log.info("run.start", job=job, as_of=ctx.as_of.isoformat(), dry_run=dry_run)
                 try:
                     plan = pipeline.compute(self.settings, self.org, self.ledger, ctx)
-                    counts = {"planned": len(plan.all_changes())}
+                    counts = {"planned": plan.change_count()}
                     if not dry_run:
                         counts.update(pipeline.apply(plan, self.org, self.ledger, self.settings))
                 except NrrError as exc:
@@ -149,7 +149,7 @@ class Engine:
                      "nrr": s["NRR__c"], "grr": s["GRR__c"]}, sort_keys=True))
             fh.write('],\n "findings": %s,\n "summary": %s}\n' % (
                 json.dumps([f.as_dict() for f in plan.findings]),
-                json.dumps({k: v for k, v in self.summary(plan, {"planned": len(plan.all_changes())}).items()
+                json.dumps({k: v for k, v in self.summary(plan, {"planned": plan.change_count()}).items()
                             if k in ("accounts", "families", "nrr", "changes")})))
         os.replace(tmp, out)
 
@@ -171,7 +171,7 @@ class Engine:
         count = settings.arr.history_months
         first = cur - count + 1
         stored = arr_mod.from_segments(self.ledger.arr_segments(), accounts.index, first, count)
-        matrix, _, _ = pipeline._arr_matrix(settings, self.org, accounts, stored, first, count, cur)
+        matrix, _ = pipeline._arr_matrix(settings, self.org, accounts, stored, first, count, cur)
         p = months.parse(period) if period else cur - 1
         if p > cur:
             raise DataError(f"--period {period} is in the future (as of {ctx.as_of})")
@@ -224,15 +224,16 @@ class Engine:
             changes = [pipeline.Change(c["object"], c["record_id"], f, c["new"] if c["field"] != UPSERT else None, v,
                                        f"rollback:{run['id']}") for c, vals in restores for f, v in vals.items()
                        if f != SNAPSHOT_KEY]
-            seq = self.ledger.record_changes(ctx.run_id, changes, "pending")
-            statuses = []
+            self.ledger.record_changes(ctx.run_id, [changes], "pending")
             updates: dict[tuple[str, str], dict] = {}
             for ch in changes:
                 updates.setdefault((ch.object, ch.id), {})[ch.field] = ch.new
+            by_object: dict[str, list] = {}
             for (obj, rid), vals in updates.items():
-                self.org.update(obj, [(rid, vals)])
-            statuses = [(i, "applied", None, None) for i in range(seq)]
-            self.ledger.set_change_status(ctx.run_id, statuses)
+                by_object.setdefault(obj, []).append((rid, vals))
+            failures = {rid: r.error for obj, recs in by_object.items() for r in self.org.update(obj, recs) if not r.ok}
+            self.ledger.settle_changes(ctx.run_id, "applied", [(i, "failed", failures[c.id], None)
+                                                               for i, c in enumerate(changes) if c.id in failures])
             for obj in {c["object"] for c in deletes}:
                 self.org.delete(obj, [c["record_id"] for c in deletes if c["object"] == obj])
             result = {"run_id": ctx.run_id, "rolled_back": run["id"], "restored_fields": len(changes),

@@ -13,16 +13,18 @@ from pathlib import Path
 import sqlite_utils
 
 from .errors import Location, SourceUnavailable
+from .model import FieldChanges
 
 
 def _m1(db: sqlite_utils.Database) -> None:
     db["runs"].create({"id": str, "job": str, "mode": str, "as_of": str, "started": str, "ended": str,
                        "status": str, "counts": str, "api_usage": str, "config_hash": str, "rules_hash": str,
-                       "summary": str, "error": str}, pk="id")
-    db["changes"].create({"run_id": str, "seq": int, "object": str, "record_id": str, "external_id": str,
-                          "field": str, "old": str, "new": str, "status": str, "error": str, "rule": str,
-                          "confidence": float, "evidence": str}, pk=("run_id", "seq"))
-    db["changes"].create_index(["object", "record_id", "field"])
+                       "summary": str, "error": str, "change_first": int, "change_last": int}, pk="id")
+    # Append-only, no secondary index: a run's changes are the rowid range [change_first, change_last]
+    # kept on its runs row (millions of rows per first run; an index would double the write cost).
+    db.execute("CREATE TABLE changes (run_id TEXT NOT NULL, object TEXT NOT NULL, record_id TEXT, external_id TEXT, "
+               "field TEXT NOT NULL, old TEXT, new TEXT, status TEXT NOT NULL, error TEXT, rule TEXT, "
+               "confidence REAL, evidence TEXT)")
     db["findings"].create({"run_id": str, "kind": str, "message": str, "records": str, "record_count": int})
     db["findings"].create_index(["run_id"])
     db.execute("CREATE TABLE arr_history (account_id TEXT NOT NULL, start_month TEXT NOT NULL, end_month TEXT NOT NULL, "
@@ -31,6 +33,11 @@ def _m1(db: sqlite_utils.Database) -> None:
                "end_month TEXT, root_id TEXT NOT NULL, PRIMARY KEY (view, account_id, start_month)) WITHOUT ROWID")
     db["snapshots"].create({"external_id": str, "view": str, "root_id": str, "month": str, "data": str,
                             "run_id": str}, pk="external_id")
+
+
+def _literal(value: str) -> str:
+    """A string as an SQL literal (single quotes doubled)."""
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 MIGRATIONS = [(1, "runs, changes, findings, arr_history, membership, snapshots", _m1)]
@@ -49,6 +56,7 @@ class Ledger:
             raise SourceUnavailable(f"cannot open the state store: {exc}", Location(str(path))) from None
         self.path = path
         self.db = sqlite_utils.Database(conn)
+        self._membership_cache: dict[tuple[str, str], dict[str, str]] = {}
         self.migrate()
 
     def migrate(self) -> list[int]:
@@ -98,53 +106,70 @@ class Ledger:
         return list(self.db["runs"].rows_where("status IN ('running', 'applying')", order_by="started"))
 
     # ---- changes --------------------------------------------------------------------------------
-    def record_changes(self, run_id: str, changes: Iterable, status: str, start_seq: int = 0) -> int:
-        """Insert changes with a status; returns the next sequence number."""
-        seq = start_seq
-        batch = []
+    def record_changes(self, run_id: str, batches: Iterable[Iterable], status: str) -> tuple[int, int]:
+        """Append every change of `batches` with `status`; returns the run's rowid range (first, last)."""
         conn = self.db.conn
-        sql = ("INSERT INTO changes (run_id, seq, object, record_id, external_id, field, old, new, status, error, rule, "
-               "confidence, evidence) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)")
+        sql = ("INSERT INTO changes (run_id, object, record_id, external_id, field, old, new, status, rule, confidence, "
+               "evidence) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
         conn.execute("BEGIN")
         try:
-            for c in changes:
-                batch.append((run_id, seq, c.object, c.id, c.key, c.field, c.old, c.new, status, None, c.rule,
-                              c.confidence, json.dumps(c.evidence, sort_keys=True) if c.evidence else None))
-                seq += 1
-                if len(batch) >= 50_000:
-                    conn.executemany(sql, batch)
-                    batch = []
-            if batch:
-                conn.executemany(sql, batch)
+            first = (conn.execute("SELECT max(rowid) FROM changes").fetchone()[0] or 0) + 1
+            for batch in batches:
+                if isinstance(batch, FieldChanges):
+                    # Columnar batch: the per-batch constants are SQL literals, so each row binds only 3 values
+                    # (binding costs ~0.3 us a value; a first run records millions of rows).
+                    consts = ", ".join(_literal(v) for v in (run_id, batch.object, batch.field, status, batch.rule))
+                    conn.executemany(f"INSERT INTO changes (run_id, object, field, status, rule, record_id, old, new) "
+                                     f"VALUES ({consts}, ?, ?, ?)", zip(batch.ids, batch.old, batch.new))
+                    continue
+                conn.executemany(sql, ((run_id, c.object, c.id, c.key, c.field, c.old, c.new, status, c.rule,
+                                        c.confidence, json.dumps(c.evidence, sort_keys=True) if c.evidence else None)
+                                       for c in batch))
+            last = conn.execute("SELECT max(rowid) FROM changes").fetchone()[0] or 0
+            if last >= first:
+                conn.execute("UPDATE runs SET change_first = ?, change_last = ? WHERE id = ?", (first, last, run_id))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return seq
+        return first, last
 
-    def set_change_status(self, run_id: str, updates: Iterable[tuple[int, str, str | None, str | None]]) -> None:
-        """(seq, status, error, record_id) per change."""
+    def _range(self, run_id: str) -> tuple[int, int]:
+        row = self.db.execute("SELECT change_first, change_last FROM runs WHERE id = ?", [run_id]).fetchone()
+        return (row[0], row[1]) if row and row[0] is not None else (1, 0)
+
+    def settle_changes(self, run_id: str, default: str, exceptions: Iterable[tuple[int, str, str | None, str | None]] = ()) -> None:
+        """Set every pending change of the run to `default`, except (seq, status, error, record_id) given."""
+        first, last = self._range(run_id)
         conn = self.db.conn
         conn.execute("BEGIN")
         try:
-            conn.executemany("UPDATE changes SET status = ?, error = ?, record_id = coalesce(?, record_id) "
-                             "WHERE run_id = ? AND seq = ?",
-                             [(st, err, rid, run_id, seq) for seq, st, err, rid in updates])
+            conn.executemany("UPDATE changes SET status = ?, error = ?, record_id = coalesce(?, record_id) WHERE rowid = ?",
+                             ((st, err, rid, first + seq) for seq, st, err, rid in exceptions))
+            conn.execute("UPDATE changes SET status = ? WHERE rowid BETWEEN ? AND ? AND status = 'pending'",
+                         (default, first, last))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
 
     def changes(self, run_id: str, status: str | None = None) -> Iterator[dict]:
-        where, args = "run_id = ?", [run_id]
+        """A run's changes in plan order, each with its `seq` (0-based position in the run)."""
+        first, last = self._range(run_id)
+        where, args = "rowid BETWEEN ? AND ?", [first, last]
         if status:
             where += " AND status = ?"
             args.append(status)
-        return self.db["changes"].rows_where(where, args, order_by="seq")
+        cur = self.db.conn.execute(f"SELECT rowid - {int(first)} AS seq, * FROM changes WHERE {where} ORDER BY rowid", args)
+        names = [d[0] for d in cur.description]
+        while rows := cur.fetchmany(10_000):
+            for row in rows:
+                yield dict(zip(names, row))
 
     def change_counts(self, run_id: str) -> dict[str, int]:
+        first, last = self._range(run_id)
         return {r[0]: r[1] for r in self.db.execute(
-            "SELECT status, count(*) FROM changes WHERE run_id = ? GROUP BY status", [run_id])}
+            "SELECT status, count(*) FROM changes WHERE rowid BETWEEN ? AND ? GROUP BY status", [first, last])}
 
     def record_findings(self, run_id: str, findings: Iterable) -> None:
         self.db["findings"].insert_all(({"run_id": run_id, **{**f.as_dict(), "records": json.dumps(f.as_dict()["records"])}}
@@ -162,15 +187,12 @@ class Ledger:
     def arr_months(self) -> tuple[str | None, str | None]:
         return tuple(self.db.execute("SELECT min(start_month), max(end_month) FROM arr_history").fetchone())
 
-    def replace_arr(self, account_ids: Sequence[str], segments: Sequence[tuple[str, str, str, int]],
-                    everything: bool = False) -> None:
-        """Replace the history of the given accounts (or of all accounts) by `segments`, atomically."""
+    def replace_arr(self, account_ids: Sequence[str], segments: Sequence[tuple[str, str, str, int]]) -> None:
+        """Replace the history of the given accounts by `segments`, atomically."""
         conn = self.db.conn
         conn.execute("BEGIN")
         try:
-            if everything:
-                conn.execute("DELETE FROM arr_history")
-            else:
+            if conn.execute("SELECT 1 FROM arr_history LIMIT 1").fetchone():
                 conn.executemany("DELETE FROM arr_history WHERE account_id = ?", ((a,) for a in account_ids))
             conn.executemany("INSERT INTO arr_history VALUES (?, ?, ?, ?)", segments)
             conn.execute("COMMIT")
@@ -185,7 +207,15 @@ class Ledger:
             "SELECT account_id, start_month, root_id FROM membership WHERE view = ? AND end_month IS NULL", [view])}
 
     def membership_at(self, view: str, month: str) -> dict[str, str]:
-        """account -> root as recorded for `month`; accounts first seen later keep their earliest root."""
+        """account -> root as recorded for `month`; accounts first seen later keep their earliest root.
+
+        Cached until membership is next recorded: a run asks for the same months several times."""
+        key = (view, month)
+        if key not in self._membership_cache:
+            self._membership_cache[key] = self._membership_at(view, month)
+        return self._membership_cache[key]
+
+    def _membership_at(self, view: str, month: str) -> dict[str, str]:
         out: dict[str, str] = {}
         for a, r in self.db.execute(
                 "SELECT account_id, root_id FROM membership WHERE view = ? AND start_month <= ? "
@@ -204,6 +234,7 @@ class Ledger:
     def record_membership(self, view: str, month: str, prev_month: str, changed: Sequence[tuple[str, str]],
                           current: dict[str, tuple[str, str]]) -> None:
         """Close the open segment of each changed account and open one at `month` with its new root."""
+        self._membership_cache.clear()
         conn = self.db.conn
         conn.execute("BEGIN")
         try:
@@ -225,4 +256,7 @@ class Ledger:
 
     # ---- snapshots ------------------------------------------------------------------------------
     def upsert_snapshots(self, rows: list[dict]) -> None:
-        self.db["snapshots"].upsert_all(rows, pk="external_id", batch_size=1000)
+        with self.db.conn:
+            self.db.conn.executemany(
+                "INSERT OR REPLACE INTO snapshots (external_id, view, root_id, month, data, run_id) VALUES (?,?,?,?,?,?)",
+                ((r["external_id"], r["view"], r["root_id"], r["month"], r["data"], r["run_id"]) for r in rows))

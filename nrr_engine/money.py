@@ -44,6 +44,18 @@ def parse_units(text: str | None) -> int | None:
     return units
 
 
+def parse_units_fast(text: str | None) -> int | None:
+    """parse_units with an exact integer fast path for plain decimals ("1200", "1200.5", "-3.25")."""
+    if text:
+        whole, dot, frac = text.partition(".")
+        digits = whole[1:] if whole[:1] == "-" else whole
+        if digits.isascii() and digits.isdigit() and len(digits) <= 14 and (
+                not dot or (frac.isascii() and frac.isdigit() and len(frac) <= 4)):
+            units = int(digits) * SCALE + (int(frac.ljust(4, "0")) if frac else 0)
+            return -units if whole[:1] == "-" else units
+    return parse_units(text)
+
+
 def _looks_grouped(text: str) -> bool:
     # "1,234.50" as exported by some spreadsheets; a lone comma decimal ("1,5") is rejected by Decimal.
     return "," in text and "." in text and text.index(",") < text.index(".")

@@ -10,7 +10,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from .hierarchy import Tree, build_tree
 from .ledger import Ledger
 from .metrics import arr as arr_mod
 from .metrics.nrr import FamilyTable, Movement, family_table, movements
-from .model import Accounts, Change, Finding
+from .model import Accounts, Change, FieldChanges, Finding
 from .sources import LocalOrg
 
 log = structlog.get_logger("nrr_engine")
@@ -91,11 +91,11 @@ class Plan:
     first_month: int
     matrix: np.ndarray
     views: dict[str, ViewResult]
-    changes: list[Change]
+    changes: list[FieldChanges]
     snapshot_changes: list[Change]
     findings: list[Finding]
     nrr: dict[str, dict]
-    arr_rewrite: tuple[list[str], list[tuple], bool]
+    arr_rewrite: tuple[list[str], list[tuple]]
     membership: dict[str, tuple[list[tuple[str, str]], dict]]
     snapshots: list[dict]
 
@@ -107,8 +107,16 @@ class Plan:
     def period(self) -> int:
         return self.current_month - 1
 
-    def all_changes(self) -> list[Change]:
-        return self.changes + self.snapshot_changes
+    def batches(self) -> list:
+        """The changes in plan order, as batches (one per field, then the snapshot upserts)."""
+        return [*self.changes, self.snapshot_changes]
+
+    def change_count(self) -> int:
+        return sum(len(b) for b in self.batches())
+
+    def all_changes(self) -> Iterator[Change]:
+        for batch in self.batches():
+            yield from batch
 
 
 # ---- fetch --------------------------------------------------------------------------------------
@@ -172,12 +180,12 @@ def compute(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunContext) 
         count = settings.arr.history_months
         first = cur - count + 1
         stored = arr_mod.from_segments(ledger.arr_segments(), accounts.index, first, count)
-        matrix, fs, everything = _arr_matrix(settings, org, accounts, stored, first, count, cur)
+        matrix, fs = _arr_matrix(settings, org, accounts, stored, first, count, cur)
         findings.extend(fs)
         changed_rows = np.flatnonzero((matrix != stored).any(axis=1))
         del stored
         segments = [(accounts.ids[r], s, e, u) for r, s, e, u in arr_mod.to_segments(matrix, changed_rows, first)]
-        arr_rewrite = ([accounts.ids[r] for r in changed_rows.tolist()], segments, everything)
+        arr_rewrite = ([accounts.ids[r] for r in changed_rows.tolist()], segments)
 
     with _Stage(ctx, "rollup"):
         changes = []
@@ -226,37 +234,38 @@ def _arr_matrix(settings, org, accounts, stored, first, count, cur):
         rows = org.read(s.object, ["Id", s.account, s.start, s.end, s.amount, s.currency or "__none__"])
         matrix, fs = arr_mod.from_subscriptions(rows, accounts.index, s, settings.currency, first, count,
                                                 str(org.folder / f"{s.object}.csv"))
-        return matrix, fs, True
+        return matrix, fs
     matrix = stored.copy()
     fs = []
     if a.source == "account_field":
         column, fs = arr_mod.from_account_field(accounts.column(a.account_field), accounts.ids, a.account_field,
                                                 str(org.folder / "Account.csv"))
         matrix[:, cur - first] = column
-    return matrix, fs, False
+    return matrix, fs
 
 
-def _rollup_changes(view, tree: Tree, current: np.ndarray, accounts: Accounts) -> list[Change]:
+def _rollup_changes(view, tree: Tree, current: np.ndarray, accounts: Accounts) -> list[FieldChanges]:
+    """One batch per rollup field: the accounts whose stored value differs from the computed one."""
     f = view.fields
-    wanted: dict[str, list[str]] = {}
     ids = accounts.ids
-    if f.get("ultimate_parent"):
-        wanted[f["ultimate_parent"]] = [ids[r] for r in tree.root.tolist()]
-    if f.get("depth"):
-        wanted[f["depth"]] = [str(d) for d in tree.depth.tolist()]
-    if f.get("arr"):
-        wanted[f["arr"]] = [money.fmt(u) for u in tree.subtree_sum(current).tolist()]
-    if f.get("child_count"):
-        wanted[f["child_count"]] = [str(c) for c in tree.child_count().tolist()]
+    computed = {
+        "ultimate_parent": lambda: [ids[r] for r in tree.root.tolist()],
+        "depth": lambda: [str(d) for d in tree.depth.tolist()],
+        "arr": lambda: [money.fmt(u) for u in tree.subtree_sum(current).tolist()],
+        "child_count": lambda: [str(c) for c in tree.child_count().tolist()],
+    }
     out = []
-    rule = f"rollup:{view.name}"
-    for fname, new_values in wanted.items():
-        kind = next(k for k, v in f.items() if v == fname)
-        old_values = accounts.column(fname)
-        for i, (old, new) in enumerate(zip(old_values, new_values)):
-            if old == new or (old is not None and _same(kind, old, new)):
-                continue
-            out.append(Change("Account", ids[i], fname, old, new, rule))
+    for kind, make in computed.items():
+        fname = f.get(kind)
+        if not fname:
+            continue
+        batch = FieldChanges("Account", fname, f"rollup:{view.name}")
+        for rid, old, new in zip(ids, accounts.column(fname), make()):
+            if old != new and (old is None or not _same(kind, old, new)):
+                batch.ids.append(rid)
+                batch.old.append(old)
+                batch.new.append(new)
+        out.append(batch)
     return out
 
 
@@ -432,60 +441,52 @@ def check_gates(plan: Plan) -> None:
 # ---- apply --------------------------------------------------------------------------------------
 
 def apply(plan: Plan, org: LocalOrg, ledger: Ledger, settings: Settings) -> dict[str, int]:
-    """Write the plan: record pending changes, write them, mark each applied/failed, persist history."""
+    """Write the plan: record pending changes, write them, settle each as applied/failed, persist history."""
     ctx = plan.ctx
     ctx.check_stop("apply")
     run_id = ctx.run_id
-    changes = plan.all_changes()
     with _Stage(ctx, "ledger"):
-        ledger.record_changes(run_id, changes, "pending")
+        ledger.record_changes(run_id, plan.batches(), "pending")
         ledger.finish_run(run_id, status="applying")
     with _Stage(ctx, "write"):
-        statuses = write_changes(org, changes, settings)
-        ledger.set_change_status(run_id, statuses)
+        exceptions = write_changes(org, plan, settings)
+        ledger.settle_changes(run_id, "applied", exceptions)
     with _Stage(ctx, "history"):
-        ids, segments, everything = plan.arr_rewrite
-        if ids or everything:
-            ledger.replace_arr(ids, segments, everything=everything and not ids == [])
+        ids, segments = plan.arr_rewrite
+        if ids:
+            ledger.replace_arr(ids, segments)
         cur = plan.current_month
         for vname, (changed, open_seg) in plan.membership.items():
             if changed:
                 ledger.record_membership(vname, months.fmt(cur), months.fmt(cur - 1), changed, open_seg)
-        if plan.snapshots:
-            ledger.upsert_snapshots([{"external_id": r[SNAPSHOT_KEY], "view": r["View__c"], "root_id": r["Family_Root__c"],
-                                      "month": r["Month__c"][:7], "data": json.dumps(r, sort_keys=True),
-                                      "run_id": run_id} for r in plan.snapshots])
-    counts: dict[str, int] = {}
-    for _, st, _, _ in statuses:
-        counts[st] = counts.get(st, 0) + 1
-    return counts
+        if plan.snapshot_changes:
+            by_key = {r[SNAPSHOT_KEY]: r for r in plan.snapshots}
+            ledger.upsert_snapshots([{"external_id": c.key, "view": by_key[c.key]["View__c"],
+                                      "root_id": by_key[c.key]["Family_Root__c"], "month": by_key[c.key]["Month__c"][:7],
+                                      "data": c.new, "run_id": run_id} for c in plan.snapshot_changes])
+    failed = sum(1 for _, st, _, _ in exceptions if st == "failed")
+    total = plan.change_count()
+    counts = {"applied": total - failed, "failed": failed}
+    return {k: v for k, v in counts.items() if v}
 
 
-def write_changes(org: LocalOrg, changes: list[Change], settings: Settings) -> list[tuple[int, str, str | None, str | None]]:
-    """Apply changes to the org; returns (seq, status, error, record_id) per change, in plan order."""
+def write_changes(org: LocalOrg, plan: Plan, settings: Settings) -> list[tuple[int, str, str | None, str | None]]:
+    """Apply the plan's changes; return (seq, status, error, record_id) only where a change did not simply apply."""
     out = []
-    updates: dict[tuple[str, str], dict] = {}
-    seqs: dict[tuple[str, str], list[int]] = {}
-    upserts: list[tuple[int, Change]] = []
-    for seq, c in enumerate(changes):
-        if c.field == UPSERT:
-            upserts.append((seq, c))
-        else:
-            updates.setdefault((c.object, c.id), {})[c.field] = c.new
-            seqs.setdefault((c.object, c.id), []).append(seq)
-    by_object: dict[str, list] = {}
-    for (obj, rid), vals in updates.items():
-        by_object.setdefault(obj, []).append((rid, vals))
-    for obj, records in by_object.items():
-        for res in org.update(obj, records):
-            for seq in seqs[(obj, res.id)]:
-                out.append((seq, "applied" if res.ok else "failed", res.error, None))
-    if upserts:
-        obj = upserts[0][1].object
-        recs = [json.loads(c.new) for _, c in upserts]
-        for (seq, _), res in zip(upserts, org.upsert(obj, SNAPSHOT_KEY, recs, settings.snapshot_prefix)):
-            out.append((seq, "applied" if res.ok else "failed", res.error, res.id))
-    out.sort()
+    seq = 0
+    for batch in plan.changes:
+        for rid, error in org.update_field(batch.object, batch.field, list(zip(batch.new, batch.ids))):
+            out.append((seq + batch.ids.index(rid), "failed", error, None))
+        seq += len(batch)
+    if plan.snapshot_changes:
+        by_key = {r[SNAPSHOT_KEY]: r for r in plan.snapshots}
+        changes = plan.snapshot_changes
+        results = org.upsert(changes[0].object, SNAPSHOT_KEY, [by_key[c.key] for c in changes], settings.snapshot_prefix)
+        for i, (c, res) in enumerate(zip(changes, results)):
+            if not res.ok:
+                out.append((seq + i, "failed", res.error, None))
+            elif c.id is None:
+                out.append((seq + i, "applied", None, res.id))
     return out
 
 
@@ -493,25 +494,33 @@ def recover(org: LocalOrg, ledger: Ledger) -> list[str]:
     """Settle runs that died mid-way: each pending change becomes applied, not_applied or conflict."""
     settled = []
     for run in ledger.interrupted_runs():
-        statuses = []
-        keys: dict[str, dict[str, str]] = {}
-        for ch in ledger.changes(run["id"], status="pending"):
+        pending = list(ledger.changes(run["id"], status="pending"))
+        exceptions = []
+        current: dict[tuple[str, str], dict] = {}
+        for ch in pending:
             if ch["field"] == UPSERT:
-                if ch["object"] not in keys:
-                    has_key = org.has_table(ch["object"]) and SNAPSHOT_KEY.lower() in {
-                        c.lower() for c in org.columns(ch["object"])}
-                    keys[ch["object"]] = {k: rid for rid, k in org.read(ch["object"], ["Id", SNAPSHOT_KEY])} \
-                        if has_key else {}
-                new = json.loads(ch["new"])
-                rid = keys[ch["object"]].get(new[SNAPSHOT_KEY])
-                now = org.get(ch["object"], [rid], list(new)).get(rid) if rid else None
-                done = now is not None and all(_snap_same(v, new[f]) for f, v in zip(new, now))
-                statuses.append((ch["seq"], "applied" if done else "not_applied", None, rid))
                 continue
-            now = org.get(ch["object"], [ch["record_id"]], [ch["field"]]).get(ch["record_id"], (None,))[0]
+            key = (ch["object"], ch["field"])
+            if key not in current:
+                current[key] = {rid: v for rid, v in org.read(ch["object"], ["Id", ch["field"]])} \
+                    if org.has_table(ch["object"]) else {}
+        snap_ids: dict[str, dict[str, str]] = {}
+        for ch in pending:
+            if ch["field"] == UPSERT:
+                obj = ch["object"]
+                if obj not in snap_ids:
+                    has_key = org.has_table(obj) and SNAPSHOT_KEY.lower() in {c.lower() for c in org.columns(obj)}
+                    snap_ids[obj] = {k: rid for rid, k in org.read(obj, ["Id", SNAPSHOT_KEY])} if has_key else {}
+                new = json.loads(ch["new"])
+                rid = snap_ids[obj].get(new[SNAPSHOT_KEY])
+                now = org.get(obj, [rid], list(new)).get(rid) if rid else None
+                done = now is not None and all(_snap_same(v, new[f]) for f, v in zip(new, now))
+                exceptions.append((ch["seq"], "applied" if done else "not_applied", None, rid))
+                continue
+            now = current[(ch["object"], ch["field"])].get(ch["record_id"])
             st = "applied" if now == ch["new"] else "not_applied" if now == ch["old"] else "conflict"
-            statuses.append((ch["seq"], st, None, None))
-        ledger.set_change_status(run["id"], statuses)
+            exceptions.append((ch["seq"], st, None, None))
+        ledger.settle_changes(run["id"], "not_applied", exceptions)
         ledger.finish_run(run["id"], status="interrupted", error="the process stopped before the run finished")
         settled.append(run["id"])
     return settled

@@ -24,73 +24,80 @@ def _parse_date(text: str) -> dt.date:
 def from_subscriptions(rows: Iterable[tuple], index: dict[str, int], cfg: SubscriptionSource, currency: str,
                        first: int, count: int, source: str) -> tuple[np.ndarray, list[Finding]]:
     """Rows of (Id, account, start, end, amount, currency) -> ARR matrix over months [first, first+count)."""
-    n = len(index)
-    acc, s_idx, e_idx, amt = [], [], [], []
-    bad_amount, negative, bad_date, no_account, inverted = [], [], [], [], []
-    currencies: dict[str, str] = {}
-    factor = 12 if cfg.amount_period == "monthly" else 1
+    cols = list(zip(*rows)) or [()] * 6
+    rid, account, start, end, amount, cur = (list(c) for c in cols)
+    n = len(rid)
     get = index.get
-    for rid, account, start, end, amount, cur in rows:
-        a = get(account) if account else None
-        if a is None:
-            no_account.append(rid)
-            continue
+    acc = np.fromiter((get(a, -1) if a else -1 for a in account), dtype=np.int64, count=n)
+    units = np.zeros(n, dtype=np.int64)
+    bad_amount = np.zeros(n, dtype=bool)
+    fast = money.parse_units_fast
+    for i, text in enumerate(amount):
         try:
-            units = money.parse_units(amount)
+            u = fast(text)
         except money.MoneyError:
-            bad_amount.append(rid)
-            continue
-        if units is None:
-            bad_amount.append(rid)
-            continue
-        if units < 0:
-            negative.append(rid)
-            continue
-        if cur and cur.strip().upper() != currency:
-            currencies.setdefault(cur.strip().upper(), rid)
-            continue
-        try:
-            sd = _parse_date(start)
-            if end:
-                ed = _parse_date(end)
-                last = months.of(ed) - 1 if cfg.end_exclusive else months.of(ed + _ONE_DAY) - 1
-            else:
-                last = 10**6
-        except (ValueError, AttributeError):
-            bad_date.append(rid)
-            continue
-        first_active = months.of(sd)
-        if last < first_active:
-            if end and (_parse_date(end) < sd):
-                inverted.append(rid)
-            continue
-        acc.append(a)
-        s_idx.append(first_active)
-        e_idx.append(last)
-        amt.append(units * factor)
-    if currencies:
-        code, rid = next(iter(currencies.items()))
-        raise DataError(f"{cfg.object}.{cfg.currency}: amounts in {', '.join(sorted(currencies))} but the corporate currency "
-                        f"is {currency} and no exchange rates are configured (first: record {rid}); convert the amounts "
-                        f"or leave only {currency} records", Location(source, record=rid, field=cfg.currency))
+            u = None
+        if u is None:
+            bad_amount[i] = True
+        else:
+            units[i] = u
+    start_m, start_ok, start_d = _months_of(start, shift_days=0)
+    # Active at the close of month m while m <= last: for an inclusive end date that is the month before the
+    # month of the next day; for an exclusive one (first day without service) the month before its month.
+    end_m, end_ok, end_d = _months_of(end, shift_days=0 if cfg.end_exclusive else 1)
+    has_end = ~np.isnat(end_d)
+    last = np.where(has_end, end_m - 1, 10**6)
+    foreign = [i for i, c in enumerate(cur) if c and c.strip().upper() != currency]
+    if foreign:
+        codes = sorted({cur[i].strip().upper() for i in foreign})
+        raise DataError(f"{cfg.object}.{cfg.currency}: amounts in {', '.join(codes)} but the corporate currency "
+                        f"is {currency} and no exchange rates are configured (first: record {rid[foreign[0]]}); convert "
+                        f"the amounts or leave only {currency} records", Location(source, record=rid[foreign[0]],
+                                                                                   field=cfg.currency))
+    no_account = acc < 0
+    negative = ~bad_amount & (units < 0)
+    bad_date = ~(start_ok & end_ok)
+    inverted = ~bad_date & has_end & (end_d < start_d)
+    excluded = no_account | bad_amount | negative | bad_date
     findings = []
-    for kind, ids, what in (("arr_not_a_number", bad_amount, f"{cfg.amount} is blank or not a number"),
-                            ("negative_arr", negative, f"{cfg.amount} is negative"),
-                            ("bad_date", bad_date, f"{cfg.start}/{cfg.end} is not a date (YYYY-MM-DD)"),
-                            ("orphan_subscription", no_account, f"{cfg.account} matches no account"),
-                            ("ends_before_start", inverted, f"{cfg.end} is before {cfg.start}")):
-        if ids:
-            findings.append(Finding(kind, f"{len(ids)} {cfg.object} record(s): {what}; left out of ARR", tuple(ids)))
-    matrix = np.zeros((n, count + 1), dtype=np.int64)
-    if acc:
-        a = np.asarray(acc, dtype=np.int64)
-        v = np.asarray(amt, dtype=np.int64)
-        lo = np.clip(np.asarray(s_idx, dtype=np.int64) - first, 0, count)
-        hi = np.clip(np.asarray(e_idx, dtype=np.int64) + 1 - first, 0, count)
-        np.add.at(matrix, (a, lo), v)
-        np.add.at(matrix, (a, hi), -v)
-        np.cumsum(matrix, axis=1, out=matrix)
+    for kind, mask, what in (("arr_not_a_number", bad_amount & ~no_account, f"{cfg.amount} is blank or not a number"),
+                             ("negative_arr", negative & ~no_account, f"{cfg.amount} is negative"),
+                             ("bad_date", bad_date & ~no_account & ~bad_amount, f"{cfg.start}/{cfg.end} is not a date (YYYY-MM-DD)"),
+                             ("orphan_subscription", no_account, f"{cfg.account} matches no account"),
+                             ("ends_before_start", inverted & ~excluded, f"{cfg.end} is before {cfg.start}")):
+        if mask.any():
+            ids = tuple(rid[i] for i in np.flatnonzero(mask))
+            findings.append(Finding(kind, f"{len(ids)} {cfg.object} record(s): {what}; left out of ARR", ids))
+    keep = ~excluded & (last >= start_m)
+    factor = 12 if cfg.amount_period == "monthly" else 1
+    matrix = np.zeros((len(index), count + 1), dtype=np.int64)
+    a, v = acc[keep], units[keep] * factor
+    lo = np.clip(start_m[keep] - first, 0, count)
+    hi = np.clip(last[keep] + 1 - first, 0, count)
+    np.add.at(matrix, (a, lo), v)
+    np.add.at(matrix, (a, hi), -v)
+    np.cumsum(matrix, axis=1, out=matrix)
     return matrix[:, :count], findings
+
+
+def _months_of(texts: list, shift_days: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(month index of each ISO date + shift_days, ok, the dates); blanks are NaT and ok, bad dates not ok."""
+    clean = [t.strip()[:10] if t and t.strip() else "NaT" for t in texts]
+    try:
+        days = np.array(clean, dtype="datetime64[D]")
+        ok = np.ones(len(clean), dtype=bool)
+    except ValueError:  # at least one bad date: parse one by one to find which
+        days = np.empty(len(clean), dtype="datetime64[D]")
+        ok = np.ones(len(clean), dtype=bool)
+        for i, t in enumerate(clean):
+            try:
+                days[i] = np.datetime64(dt.date.fromisoformat(t)) if t != "NaT" else np.datetime64("NaT")
+            except ValueError:
+                days[i] = np.datetime64("NaT")
+                ok[i] = False
+    shifted = days + np.timedelta64(shift_days, "D")
+    m = shifted.astype("datetime64[M]").astype(np.int64) + 1970 * 12
+    return np.where(np.isnat(days), 0, m), ok, days
 
 
 def from_account_field(values: list, ids: list[str], field: str, source: str) -> tuple[np.ndarray, list[Finding]]:

@@ -118,41 +118,36 @@ class LocalOrg:
             db.execute("BEGIN")
             try:
                 db.execute(f"DROP TABLE IF EXISTS {_q(tmp)}")
-                cols = ", ".join(f"{_q(h)} TEXT" + (" PRIMARY KEY" if i == id_col else "") for i, h in enumerate(header))
+                cols = ", ".join(f"{_q(h)} TEXT" + (" NOT NULL PRIMARY KEY" if i == id_col else "")
+                                 for i, h in enumerate(header))
                 db.execute(f"CREATE TABLE {_q(tmp)} ({cols})")
-                insert = f"INSERT INTO {_q(tmp)} VALUES ({', '.join('?' * len(header))})"
-                seen: dict[str, int] = {}
-                batch: list[list] = []
+                # Empty cells are NULL, as in Salesforce; trimming and NULLIF run in SQLite, not per cell in Python.
+                values = ", ".join("NULLIF(TRIM(?), '')" if i == id_col else "NULLIF(?, '')" for i in range(len(header)))
+                insert = f"INSERT INTO {_q(tmp)} VALUES ({values})"
                 width = len(header)
-                try:
+                state = {"line": 1}
+
+                def rows():
                     for row in reader:
-                        line = reader.line_num
                         if len(row) != width:
                             if not any(cell.strip() for cell in row):
                                 continue
                             raise DataError(f"{len(row)} values but the header has {width} columns",
-                                            Location(str(path), line))
-                        rid = row[id_col].strip()
-                        if not rid:
-                            raise DataError("empty Id; every record needs its Salesforce Id", Location(str(path), line))
-                        if rid in seen:
-                            raise DataError(f"duplicate Id {rid} (first on line {seen[rid]})", Location(str(path), line))
-                        seen[rid] = line
-                        row[id_col] = rid
-                        batch.append([c if c != "" else None for c in row])
-                        if len(batch) >= _BATCH:
-                            db.executemany(insert, batch)
-                            if progress:
-                                progress(len(batch))
-                            batch = []
+                                            Location(str(path), reader.line_num))
+                        state["line"] = reader.line_num
+                        yield row
+
+                try:
+                    db.executemany(insert, rows())
+                except sqlite3.IntegrityError:
+                    raise self._id_problem(path, id_col) from None
                 except UnicodeDecodeError as exc:
-                    raise DataError(f"not UTF-8 ({exc.reason}) after line {reader.line_num}; re-export the file as UTF-8",
-                                    Location(str(path), reader.line_num + 1)) from None
+                    raise DataError(f"not UTF-8 ({exc.reason}) after line {state['line']}; re-export the file as UTF-8",
+                                    Location(str(path), state["line"] + 1)) from None
                 except csv.Error as exc:
                     raise DataError(f"malformed CSV: {exc}", Location(str(path), reader.line_num)) from None
-                if batch:
-                    db.executemany(insert, batch)
-                del seen
+                if progress:
+                    progress(reader.line_num)
                 if self.has_table(obj):
                     # Keep engine-written columns the CSV does not carry (rollup fields), by Id.
                     keep = [c for c in self.columns(obj) if c.lower() not in {h.lower() for h in header}]
@@ -168,6 +163,24 @@ class LocalOrg:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+
+    @staticmethod
+    def _id_problem(path: Path, id_col: int) -> DataError:
+        """Find the line that broke the Id constraint (rare path: re-scan the file)."""
+        seen: dict[str, int] = {}
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            next(reader)
+            for row in reader:
+                if not row or id_col >= len(row):
+                    continue
+                rid = row[id_col].strip()
+                if not rid:
+                    return DataError("empty Id; every record needs its Salesforce Id", Location(str(path), reader.line_num))
+                if rid in seen:
+                    return DataError(f"duplicate Id {rid} (first on line {seen[rid]})", Location(str(path), reader.line_num))
+                seen[rid] = reader.line_num
+        return DataError("Id column violates uniqueness", Location(str(path)))
 
     @staticmethod
     def _check_header(header: list[str], path: Path) -> None:
@@ -228,6 +241,25 @@ class LocalOrg:
                 self.db.execute(f"ALTER TABLE {_q(obj)} ADD COLUMN {_q(f)} TEXT")
                 have.add(f.lower())
 
+    def update_field(self, obj: str, field: str, pairs: Sequence[tuple[str | None, str]]) -> list[tuple[str, str]]:
+        """Set one field on many records ((value, Id) pairs) in one transaction; return (Id, error) of failures."""
+        if not pairs:
+            return []
+        self.ensure_fields(obj, [field])
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            cur = db.executemany(f"UPDATE {_q(obj)} SET {_q(field)} = ? WHERE Id = ?", pairs)
+            missing = []
+            if cur.rowcount != len(pairs):
+                existing = self.get(obj, [rid for _, rid in pairs], [])
+                missing = [(rid, "ENTITY_IS_DELETED: record does not exist") for _, rid in pairs if rid not in existing]
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return missing
+
     def update(self, obj: str, records: Sequence[tuple[str, dict[str, str | None]]]) -> list[WriteResult]:
         """Update records (Id, {field: value}) in one transaction; missing records fail individually."""
         fields = sorted({f for _, vals in records for f in vals})
@@ -270,27 +302,43 @@ class LocalOrg:
                                        f"({', '.join('?' * len(chunk))})", chunk):
                 existing[key] = rid
         results = []
+        inserts, updates = [], []
         db.execute("BEGIN")
         try:
             n = (db.execute("SELECT n FROM _nrr_sequences WHERE prefix=?", (prefix,)).fetchone() or (0,))[0]
             for r in records:
-                if r[key_field] in existing:
-                    rid = existing[r[key_field]]
-                    sets = ", ".join(f"{_q(f)} = ?" for f in r)
-                    db.execute(f"UPDATE {_q(obj)} SET {sets} WHERE Id = ?", [*r.values(), rid])
-                else:
+                rid = existing.get(r[key_field])
+                if rid is None:
                     n += 1
                     rid = sf_id(prefix, n)
-                    cols = ["Id", *r]
-                    db.execute(f"INSERT INTO {_q(obj)} ({', '.join(map(_q, cols))}) VALUES ({', '.join('?' * len(cols))})",
-                               [rid, *r.values()])
+                    inserts.append((rid, r))
+                else:
+                    updates.append((rid, r))
                 results.append(WriteResult(rid, True))
+            for rows, make in ((inserts, self._insert_sql), (updates, self._update_sql)):
+                shapes: dict[tuple, list] = {}
+                for rid, r in rows:
+                    shapes.setdefault(tuple(r), []).append((rid, r))
+                for shape, group in shapes.items():
+                    sql, params = make(obj, shape)
+                    db.executemany(sql, (params(rid, r) for rid, r in group))
             db.execute("INSERT OR REPLACE INTO _nrr_sequences VALUES (?, ?)", (prefix, n))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
         return results
+
+    @staticmethod
+    def _insert_sql(obj: str, shape: tuple):
+        cols = ["Id", *shape]
+        sql = f"INSERT INTO {_q(obj)} ({', '.join(map(_q, cols))}) VALUES ({', '.join('?' * len(cols))})"
+        return sql, lambda rid, r: [rid, *(r[f] for f in shape)]
+
+    @staticmethod
+    def _update_sql(obj: str, shape: tuple):
+        sql = f"UPDATE {_q(obj)} SET {', '.join(f'{_q(f)} = ?' for f in shape)} WHERE Id = ?"
+        return sql, lambda rid, r: [*(r[f] for f in shape), rid]
 
     def delete(self, obj: str, ids: Sequence[str]) -> list[WriteResult]:
         """Delete records by Id (used by rollback of inserts)."""
