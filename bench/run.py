@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--source", choices=["local", "salesforce-double"], default="local")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--keep", type=Path, help="build in this folder and keep it (default: a temp dir, removed)")
+    ap.add_argument("--reuse", action="store_true", help="with --keep: reuse the org already generated there")
     args = ap.parse_args()
     if args.source != "local":
         sys.exit("--source salesforce-double: the Salesforce connector and its test double are not built yet")
@@ -57,7 +58,13 @@ def main() -> None:
         if work.exists():
             shutil.rmtree(work / "state", ignore_errors=True)
         t0 = time.perf_counter()
-        info = generate(work / "org", accounts=args.accounts, seed=args.seed, history=args.months)
+        if args.reuse and (work / "org" / "Account.csv").exists():
+            shutil.rmtree(work / "state", ignore_errors=True)
+            with open(work / "org" / "Account.csv", "rb") as fh:
+                n = sum(1 for _ in fh) - 1
+            info = {"accounts": n, "subscriptions": "(reused)"}
+        else:
+            info = generate(work / "org", accounts=args.accounts, seed=args.seed, history=args.months)
         gen = time.perf_counter() - t0
         config = write_demo_config(work, history=args.months + 1)
         print(f"generated {info['accounts']} accounts, {info['subscriptions']} subscriptions in {gen:.1f}s", flush=True)

@@ -143,9 +143,9 @@ class Engine:
             for i, c in enumerate(plan.all_changes()):
                 fh.write(("," if i else "") + "\n  " + json.dumps(c.as_dict(), sort_keys=True))
             fh.write('],\n "review": [],\n "flags": [],\n "snapshots": [')
-            for i, s in enumerate(plan.snapshots):
+            for i, key, s in plan.snapshots.rows():
                 fh.write(("," if i else "") + "\n  " + json.dumps(
-                    {"external_id": s[SNAPSHOT_KEY], "ending_arr": s["Ending_ARR__c"], "starting_arr": s["Starting_ARR__c"],
+                    {"external_id": key, "ending_arr": s["Ending_ARR__c"], "starting_arr": s["Starting_ARR__c"],
                      "nrr": s["NRR__c"], "grr": s["GRR__c"]}, sort_keys=True))
             fh.write('],\n "findings": %s,\n "summary": %s}\n' % (
                 json.dumps([f.as_dict() for f in plan.findings]),
@@ -199,16 +199,22 @@ class Engine:
                 by_obj.setdefault(ch["object"], []).append(ch)
             for obj, chs in by_obj.items():
                 fields = sorted({c["field"] for c in chs if c["field"] != UPSERT})
-                ids = sorted({c["record_id"] for c in chs if c["record_id"]})
                 snap_fields = [SNAPSHOT_KEY, *pipeline.SNAPSHOT_FIELDS]
-                current = self.org.get(obj, ids, fields + snap_fields)
+                if any(c["field"] == UPSERT for c in chs):  # inserted records: find their Ids by external id
+                    keys = {c["external_id"] for c in chs if c["field"] == UPSERT}
+                    by_key = {k: rid for rid, k in self.org.read(obj, ["Id", SNAPSHOT_KEY]) if k in keys}
+                    for c in chs:
+                        if c["field"] == UPSERT and not c["record_id"]:
+                            c["record_id"] = by_key.get(c["external_id"])
+                ids = sorted({c["record_id"] for c in chs if c["record_id"]})
+                current = self.org.get(obj, ids, fields + snap_fields) if ids else {}
                 for c in reversed(chs):
                     row = current.get(c["record_id"])
                     if c["field"] == UPSERT:
                         new = json.loads(c["new"])
                         now = dict(zip(fields + snap_fields, row)) if row else None
                         if now is None or not all(pipeline._snap_same(now.get(f), new[f]) for f in pipeline.SNAPSHOT_FIELDS):
-                            conflicts.append({"object": obj, "id": c["record_id"], "field": UPSERT,
+                            conflicts.append({"object": obj, "id": c["record_id"] or c["external_id"], "field": UPSERT,
                                               "expected": c["new"], "found": json.dumps(now) if now else None})
                         elif c["old"] is None:
                             deletes.append(c)
@@ -224,18 +230,19 @@ class Engine:
             changes = [pipeline.Change(c["object"], c["record_id"], f, c["new"] if c["field"] != UPSERT else None, v,
                                        f"rollback:{run['id']}") for c, vals in restores for f, v in vals.items()
                        if f != SNAPSHOT_KEY]
-            self.ledger.record_changes(ctx.run_id, [changes], "pending")
             updates: dict[tuple[str, str], dict] = {}
             for ch in changes:
                 updates.setdefault((ch.object, ch.id), {})[ch.field] = ch.new
             by_object: dict[str, list] = {}
             for (obj, rid), vals in updates.items():
                 by_object.setdefault(obj, []).append((rid, vals))
-            failures = {rid: r.error for obj, recs in by_object.items() for r in self.org.update(obj, recs) if not r.ok}
-            self.ledger.settle_changes(ctx.run_id, "applied", [(i, "failed", failures[c.id], None)
-                                                               for i, c in enumerate(changes) if c.id in failures])
-            for obj in {c["object"] for c in deletes}:
-                self.org.delete(obj, [c["record_id"] for c in deletes if c["object"] == obj])
+            with self.org.transaction():  # write-ahead as in a run: the ledger commits before the org does
+                failures = {r.id: r.error for obj, recs in by_object.items() for r in self.org.update(obj, recs)
+                            if not r.ok}
+                for obj in {c["object"] for c in deletes}:
+                    self.org.delete(obj, [c["record_id"] for c in deletes if c["object"] == obj])
+                self.ledger.record_changes(ctx.run_id, [changes], "applied",
+                                           {i: failures[c.id] for i, c in enumerate(changes) if c.id in failures})
             result = {"run_id": ctx.run_id, "rolled_back": run["id"], "restored_fields": len(changes),
                       "deleted_records": len(deletes), "conflicts": conflicts}
             self.ledger.finish_run(ctx.run_id, status="succeeded", ended=self.clock().isoformat(),

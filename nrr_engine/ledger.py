@@ -35,6 +35,11 @@ def _m1(db: sqlite_utils.Database) -> None:
                             "run_id": str}, pk="external_id")
 
 
+def _ident(name: str) -> str:
+    """A view name as part of an SQL identifier (config restricts views to [a-z][a-z0-9_]*)."""
+    return "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name)
+
+
 def _literal(value: str) -> str:
     """A string as an SQL literal (single quotes doubled)."""
     return "'" + str(value).replace("'", "''") + "'"
@@ -106,8 +111,10 @@ class Ledger:
         return list(self.db["runs"].rows_where("status IN ('running', 'applying')", order_by="started"))
 
     # ---- changes --------------------------------------------------------------------------------
-    def record_changes(self, run_id: str, batches: Iterable[Iterable], status: str) -> tuple[int, int]:
-        """Append every change of `batches` with `status`; returns the run's rowid range (first, last)."""
+    def record_changes(self, run_id: str, batches: Iterable[Iterable], status: str,
+                       failures: dict[int, str] | None = None) -> tuple[int, int]:
+        """Append every change of `batches` with `status` (failures: {seq: error} get 'failed');
+        returns the run's rowid range (first, last)."""
         conn = self.db.conn
         sql = ("INSERT INTO changes (run_id, object, record_id, external_id, field, old, new, status, rule, confidence, "
                "evidence) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
@@ -126,6 +133,9 @@ class Ledger:
                                         c.confidence, json.dumps(c.evidence, sort_keys=True) if c.evidence else None)
                                        for c in batch))
             last = conn.execute("SELECT max(rowid) FROM changes").fetchone()[0] or 0
+            if failures:
+                conn.executemany("UPDATE changes SET status = 'failed', error = ? WHERE rowid = ?",
+                                 ((err, first + seq) for seq, err in failures.items()))
             if last >= first:
                 conn.execute("UPDATE runs SET change_first = ?, change_last = ? WHERE id = ?", (first, last, run_id))
             conn.execute("COMMIT")
@@ -138,16 +148,14 @@ class Ledger:
         row = self.db.execute("SELECT change_first, change_last FROM runs WHERE id = ?", [run_id]).fetchone()
         return (row[0], row[1]) if row and row[0] is not None else (1, 0)
 
-    def settle_changes(self, run_id: str, default: str, exceptions: Iterable[tuple[int, str, str | None, str | None]] = ()) -> None:
-        """Set every pending change of the run to `default`, except (seq, status, error, record_id) given."""
-        first, last = self._range(run_id)
+    def settle_changes(self, run_id: str, statuses: Iterable[tuple[int, str, str | None, str | None]]) -> None:
+        """Set (seq, status, error, record_id) on changes of the run."""
+        first, _ = self._range(run_id)
         conn = self.db.conn
         conn.execute("BEGIN")
         try:
             conn.executemany("UPDATE changes SET status = ?, error = ?, record_id = coalesce(?, record_id) WHERE rowid = ?",
-                             ((st, err, rid, first + seq) for seq, st, err, rid in exceptions))
-            conn.execute("UPDATE changes SET status = ? WHERE rowid BETWEEN ? AND ? AND status = 'pending'",
-                         (default, first, last))
+                             ((st, err, rid, first + seq) for seq, st, err, rid in statuses))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -187,7 +195,7 @@ class Ledger:
     def arr_months(self) -> tuple[str | None, str | None]:
         return tuple(self.db.execute("SELECT min(start_month), max(end_month) FROM arr_history").fetchone())
 
-    def replace_arr(self, account_ids: Sequence[str], segments: Sequence[tuple[str, str, str, int]]) -> None:
+    def replace_arr(self, account_ids: Sequence[str], segments: Iterable[tuple[str, str, str, int]]) -> None:
         """Replace the history of the given accounts by `segments`, atomically."""
         conn = self.db.conn
         conn.execute("BEGIN")
@@ -201,10 +209,46 @@ class Ledger:
             raise
 
     # ---- membership -----------------------------------------------------------------------------
-    def open_membership(self, view: str) -> dict[str, tuple[str, str]]:
-        """account -> (start_month, root) of the open (current) membership segment."""
-        return {a: (s, r) for a, s, r in self.db.execute(
-            "SELECT account_id, start_month, root_id FROM membership WHERE view = ? AND end_month IS NULL", [view])}
+    def stage_membership(self, view: str, pairs: Iterable[tuple[str, str]]) -> int:
+        """Load this run's (account, root) pairs into a temp table; return how many differ from the record.
+
+        Nothing is persisted until commit_membership; comparing in SQL keeps a million pairs out of Python dicts."""
+        conn = self.db.conn
+        table = f"temp.stage_membership_{_ident(view)}"
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+        conn.execute(f"CREATE TABLE {table} (account_id TEXT PRIMARY KEY, root_id TEXT NOT NULL) WITHOUT ROWID")
+        with conn:
+            conn.executemany(f"INSERT INTO {table} VALUES (?, ?)", pairs)
+        return conn.execute(self._changed_membership_sql(view, "count(*)"), [view]).fetchone()[0]
+
+    @staticmethod
+    def _changed_membership_sql(view: str, what: str) -> str:
+        return (f"SELECT {what} FROM temp.stage_membership_{_ident(view)} s LEFT JOIN membership m "
+                "ON m.view = ? AND m.account_id = s.account_id AND m.end_month IS NULL "
+                "WHERE m.root_id IS NULL OR m.root_id != s.root_id")
+
+    def commit_membership(self, view: str, month: str, prev_month: str) -> int:
+        """Persist the staged membership for `month`: close changed open segments, open new ones."""
+        self._membership_cache.clear()
+        conn = self.db.conn
+        conn.execute("BEGIN")
+        try:
+            conn.execute(f"CREATE TEMP TABLE changed_membership AS "
+                         f"{self._changed_membership_sql(view, 's.account_id, s.root_id')}", [view])
+            # an open segment that began this month is replaced; an older one ends last month
+            conn.execute("DELETE FROM membership WHERE view = ? AND end_month IS NULL AND start_month >= ? "
+                         "AND account_id IN (SELECT account_id FROM temp.changed_membership)", [view, month])
+            conn.execute("UPDATE membership SET end_month = ? WHERE view = ? AND end_month IS NULL "
+                         "AND account_id IN (SELECT account_id FROM temp.changed_membership)", [prev_month, view])
+            n = conn.execute("INSERT INTO membership (view, account_id, start_month, end_month, root_id) "
+                             "SELECT ?, account_id, ?, NULL, root_id FROM temp.changed_membership",
+                             [view, month]).rowcount
+            conn.execute("DROP TABLE temp.changed_membership")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return n
 
     def membership_at(self, view: str, month: str) -> dict[str, str]:
         """account -> root as recorded for `month`; accounts first seen later keep their earliest root.
@@ -231,32 +275,17 @@ class Ledger:
     def latest_membership_month(self, view: str) -> str | None:
         return self.db.execute("SELECT max(start_month) FROM membership WHERE view = ?", [view]).fetchone()[0]
 
-    def record_membership(self, view: str, month: str, prev_month: str, changed: Sequence[tuple[str, str]],
-                          current: dict[str, tuple[str, str]]) -> None:
-        """Close the open segment of each changed account and open one at `month` with its new root."""
-        self._membership_cache.clear()
+    # ---- snapshots ------------------------------------------------------------------------------
+    def upsert_snapshots(self, run_id: str, keys: Sequence[str], data: Sequence[str]) -> None:
+        """Latest value of each KPI snapshot (external id <view>:<root>:<YYYY-MM>) as JSON, with its run."""
         conn = self.db.conn
         conn.execute("BEGIN")
         try:
-            for account, root in changed:
-                old = current.get(account)
-                if old is not None:
-                    if old[0] >= month:
-                        conn.execute("DELETE FROM membership WHERE view=? AND account_id=? AND start_month=?",
-                                     [view, account, old[0]])
-                    else:
-                        conn.execute("UPDATE membership SET end_month=? WHERE view=? AND account_id=? AND start_month=?",
-                                     [prev_month, view, account, old[0]])
-            conn.executemany("INSERT OR REPLACE INTO membership VALUES (?, ?, ?, NULL, ?)",
-                             [(view, a, month, r) for a, r in changed])
+            conn.executemany(f"INSERT OR REPLACE INTO snapshots (external_id, view, root_id, month, data, run_id) "
+                             f"VALUES (?1, substr(?1, 1, instr(?1, ':') - 1), "
+                             f"substr(?1, instr(?1, ':') + 1, length(?1) - instr(?1, ':') - 8), substr(?1, -7), ?2, "
+                             f"{_literal(run_id)})", zip(keys, data))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-
-    # ---- snapshots ------------------------------------------------------------------------------
-    def upsert_snapshots(self, rows: list[dict]) -> None:
-        with self.db.conn:
-            self.db.conn.executemany(
-                "INSERT OR REPLACE INTO snapshots (external_id, view, root_id, month, data, run_id) VALUES (?,?,?,?,?,?)",
-                ((r["external_id"], r["view"], r["root_id"], r["month"], r["data"], r["run_id"]) for r in rows))

@@ -72,6 +72,7 @@ class FieldChanges:
     ids: list[str] = field(default_factory=list)
     old: list[str | None] = field(default_factory=list)
     new: list[str | None] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)  # account index of each change, ascending
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -84,6 +84,18 @@ def ratio(numerator: int, denominator: int, places: int = 4) -> Decimal | None:
     return q.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN)
 
 
+def ratio_text(numerator: int, denominator: int) -> str | None:
+    """numerator / denominator rounded half-even to 4 places, as text ("1.0300"); exact integer arithmetic."""
+    if denominator == 0:
+        return None
+    num, den = int(numerator), int(denominator)
+    sign = "-" if (num < 0) != (den < 0) and num != 0 else ""
+    q, r = divmod(abs(num) * 10_000, abs(den))
+    if 2 * r > abs(den) or (2 * r == abs(den) and q % 2):
+        q += 1
+    return f"{sign}{q // 10_000}.{q % 10_000:04d}"
+
+
 def same_amount(old: str | None, new_units: int | None) -> bool:
     """True when a stored text value equals `new_units` (Decimal-exact, ignoring formatting)."""
     if new_units is None:

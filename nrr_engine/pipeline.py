@@ -23,14 +23,16 @@ from .errors import ConfigError, DataError, GateFailed, Interrupted, Location
 from .hierarchy import Tree, build_tree
 from .ledger import Ledger
 from .metrics import arr as arr_mod
+from .metrics import snapshot
 from .metrics.nrr import FamilyTable, Movement, family_table, movements
 from .model import Accounts, Change, FieldChanges, Finding
 from .sources import LocalOrg
 
 log = structlog.get_logger("nrr_engine")
 
-UPSERT = "(upsert)"
-SNAPSHOT_KEY = "External_Id__c"
+UPSERT = snapshot.UPSERT
+SNAPSHOT_KEY = snapshot.KEY
+SNAPSHOT_FIELDS = snapshot.FIELDS
 
 
 @dataclass
@@ -92,12 +94,12 @@ class Plan:
     matrix: np.ndarray
     views: dict[str, ViewResult]
     changes: list[FieldChanges]
-    snapshot_changes: list[Change]
+    snapshot_changes: snapshot.SnapshotChanges
     findings: list[Finding]
     nrr: dict[str, dict]
-    arr_rewrite: tuple[list[str], list[tuple]]
-    membership: dict[str, tuple[list[tuple[str, str]], dict]]
-    snapshots: list[dict]
+    arr_rewrite: tuple[list[str], np.ndarray]     # accounts whose stored history changes, and their rows
+    membership: dict[str, int]                    # view -> accounts whose family changed (staged in the ledger)
+    snapshots: snapshot.SnapshotSet
 
     @property
     def current_month(self) -> int:
@@ -140,7 +142,7 @@ def fetch_accounts(settings: Settings, org: LocalOrg) -> Accounts:
     _require_columns(org, "Account", [v.parent_field for v in settings.views], "views.parent_field")
     if settings.arr.source == "account_field":
         _require_columns(org, "Account", [settings.arr.account_field], "arr.account_field")
-    fields = ["Id", "Name", *settings.account_fields_read()]
+    fields = ["Id", *settings.account_fields_read()]
     cols: list[list] = [[] for _ in fields]
     appends = [c.append for c in cols]
     for row in org.read("Account", fields):
@@ -184,8 +186,7 @@ def compute(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunContext) 
         findings.extend(fs)
         changed_rows = np.flatnonzero((matrix != stored).any(axis=1))
         del stored
-        segments = [(accounts.ids[r], s, e, u) for r, s, e, u in arr_mod.to_segments(matrix, changed_rows, first)]
-        arr_rewrite = ([accounts.ids[r] for r in changed_rows.tolist()], segments)
+        arr_rewrite = ([accounts.ids[r] for r in changed_rows.tolist()], changed_rows)
 
     with _Stage(ctx, "rollup"):
         changes = []
@@ -196,28 +197,24 @@ def compute(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunContext) 
     with _Stage(ctx, "nrr"):
         membership = {}
         for v in settings.views:
-            tree = views[v.name].tree
-            roots = [accounts.ids[r] for r in tree.root.tolist()]
-            if ledger.latest_membership_month(v.name) and ledger.latest_membership_month(v.name) > months.fmt(cur):
-                findings.append(Finding("as_of_in_past", f"view {v.name}: membership is recorded up to "
-                                        f"{ledger.latest_membership_month(v.name)}; this run (as of {ctx.as_of}) "
-                                        "does not record it", ()))
-                membership[v.name] = ([], {})
+            latest = ledger.latest_membership_month(v.name)
+            if latest and latest > months.fmt(cur):
+                findings.append(Finding("as_of_in_past", f"view {v.name}: membership is recorded up to {latest}; "
+                                        f"this run (as of {ctx.as_of}) does not record it", ()))
                 continue
-            open_seg = ledger.open_membership(v.name)
-            changed = [(a, r) for a, r in zip(accounts.ids, roots) if (open_seg.get(a) or (None, None))[1] != r]
-            membership[v.name] = (changed, open_seg)
+            ids = accounts.ids
+            membership[v.name] = ledger.stage_membership(
+                v.name, zip(ids, (ids[r] for r in views[v.name].tree.root.tolist())))
         nrr = {}
         for v in settings.views:
             nrr[v.name] = {w: window_figures(settings, ledger, accounts, matrix, first, views[v.name].tree, v.name,
-                                             cur - 1, w, current_month=cur, pending=membership[v.name][0])
+                                             cur - 1, w, current_month=cur)
                            for w in (1, 12) if cur - 1 - w >= first}
 
     with _Stage(ctx, "snapshot"):
-        snapshots, snapshot_changes = [], []
+        snapshots, snapshot_changes = snapshot.SnapshotSet(cur - 1), snapshot.SnapshotChanges(settings.snapshot_object)
         if settings.snapshots_enabled:
-            snapshots, snapshot_changes = _snapshots(settings, org, ledger, accounts, matrix, first, views, cur - 1,
-                                                     membership)
+            snapshots, snapshot_changes = _snapshots(settings, org, ledger, accounts, matrix, first, views, cur - 1)
 
     plan = Plan(ctx, accounts, first, matrix, views, changes, snapshot_changes, findings, nrr, arr_rewrite,
                 membership, snapshots)
@@ -260,9 +257,10 @@ def _rollup_changes(view, tree: Tree, current: np.ndarray, accounts: Accounts) -
         if not fname:
             continue
         batch = FieldChanges("Account", fname, f"rollup:{view.name}")
-        for rid, old, new in zip(ids, accounts.column(fname), make()):
+        for i, (old, new) in enumerate(zip(accounts.column(fname), make())):
             if old != new and (old is None or not _same(kind, old, new)):
-                batch.ids.append(rid)
+                batch.rows.append(i)
+                batch.ids.append(ids[i])
                 batch.old.append(old)
                 batch.new.append(new)
         out.append(batch)
@@ -281,8 +279,8 @@ def _same(kind: str, old: str, new: str) -> bool:
 
 # ---- NRR ----------------------------------------------------------------------------------------
 
-def family_labels(ledger: Ledger, accounts: Accounts, tree: Tree, view: str, month: int, current_month: int,
-                  pending: list[tuple[str, str]] | None = None) -> np.ndarray:
+def family_labels(ledger: Ledger, accounts: Accounts, tree: Tree, view: str, month: int,
+                  current_month: int) -> np.ndarray:
     """Family (root account index, or a negative id for roots no longer present) of every account at `month`."""
     labels = tree.root.copy()
     if month >= current_month:
@@ -305,7 +303,7 @@ def family_labels(ledger: Ledger, accounts: Accounts, tree: Tree, view: str, mon
 
 def window_figures(settings: Settings, ledger: Ledger, accounts: Accounts, matrix: np.ndarray, first: int,
                    tree: Tree, view: str, period: int, window: int, current_month: int, as_of_start: bool = False,
-                   pending=None, by: str | None = None) -> dict:
+                   by: str | None = None) -> dict:
     """Family and naive movements for window period-window -> period, plus optional segments."""
     m0, m1 = period - window, period
     if m0 < first or m1 - first >= matrix.shape[1]:
@@ -347,67 +345,28 @@ def segment_figures(table: FamilyTable, accounts: Accounts, by: str, matrix: np.
 
 # ---- snapshots ----------------------------------------------------------------------------------
 
-SNAPSHOT_FIELDS = ("View__c", "Family_Root__c", "Month__c", "Starting_ARR__c", "Ending_ARR__c", "Expansion_ARR__c",
-                   "Contraction_ARR__c", "Churn_ARR__c", "NRR__c", "GRR__c", "Account_Count__c")
-
-
-def _snapshots(settings, org, ledger, accounts, matrix, first, views, period, membership):
+def _snapshots(settings: Settings, org: LocalOrg, ledger: Ledger, accounts: Accounts, matrix: np.ndarray,
+               first: int, views: dict[str, ViewResult], period: int) -> tuple[snapshot.SnapshotSet, snapshot.SnapshotChanges]:
+    """KPI snapshots of the period (monthly window) for every view, and those that differ from the org's."""
     obj = settings.snapshot_object
+    snaps = snapshot.SnapshotSet(period)
     m0, m1 = period - 1, period
-    if m0 < first:
-        return [], []
-    records = []
-    for vname, vr in views.items():
-        fam = family_labels(ledger, accounts, vr.tree, vname, m1, period + 1)
+    if m0 >= first:
         a0, a1 = matrix[:, m0 - first], matrix[:, m1 - first]
-        table = family_table(a0, a1, np.zeros(len(a0), dtype=bool), fam, None)
-        members = np.unique(fam, return_counts=True)[1]
-        diff = table.f1 - table.f0
-        month_text = months.first_day(m1).isoformat()
-        for k in np.flatnonzero((table.f0 > 0) | (table.f1 > 0)).tolist():
-            lab = int(table.labels[k])
-            if lab < 0:
-                continue
-            f0, f1, d = int(table.f0[k]), int(table.f1[k]), int(diff[k])
-            churn = f0 if f0 > 0 and f1 == 0 else 0
-            contraction = -d if f0 > 0 and f1 > 0 and d < 0 else 0
-            expansion = d if f0 > 0 and d > 0 else 0
-            root = accounts.ids[lab]
-            nrr = money.ratio(f1, f0)
-            grr = money.ratio(f0 - contraction - churn, f0)
-            records.append({SNAPSHOT_KEY: f"{vname}:{root}:{months.fmt(m1)}", "View__c": vname,
-                            "Family_Root__c": root, "Month__c": month_text,
-                            "Starting_ARR__c": money.fmt(f0), "Ending_ARR__c": money.fmt(f1),
-                            "Expansion_ARR__c": money.fmt(expansion), "Contraction_ARR__c": money.fmt(contraction),
-                            "Churn_ARR__c": money.fmt(churn), "NRR__c": None if nrr is None else str(nrr),
-                            "GRR__c": None if grr is None else str(grr), "Account_Count__c": str(int(members[k]))})
-    existing = {}
-    if org.has_table(obj):
-        have = {c.lower() for c in org.columns(obj)}
-        if SNAPSHOT_KEY.lower() in have:
-            fields = [SNAPSHOT_KEY, *SNAPSHOT_FIELDS]
-            for row in org.read(obj, ["Id", *fields]):
-                existing[row[1]] = (row[0], dict(zip(fields, row[1:])))
-    changes = []
-    for r in records:
-        old = existing.get(r[SNAPSHOT_KEY])
-        if old is not None and all(_snap_same(old[1].get(f), r[f]) for f in SNAPSHOT_FIELDS):
-            continue
-        changes.append(Change(obj, old[0] if old else None, UPSERT,
-                              json.dumps(old[1], sort_keys=True) if old else None, json.dumps(r, sort_keys=True),
-                              "snapshot", key=r[SNAPSHOT_KEY]))
-    return records, changes
+        for vname, vr in views.items():
+            fam = family_labels(ledger, accounts, vr.tree, vname, m1, period + 1)
+            table = family_table(a0, a1, np.zeros(len(a0), dtype=bool), fam, None)
+            members = np.bincount(table.inv, minlength=len(table.labels))
+            rows = np.flatnonzero(((table.f0 > 0) | (table.f1 > 0)) & (table.labels >= 0))
+            snaps.add(vname, [accounts.ids[k] for k in table.labels[rows].tolist()], table.f0[rows], table.f1[rows],
+                      members[rows])
+    existing: Iterator[tuple] = iter(())
+    if org.has_table(obj) and SNAPSHOT_KEY.lower() in {c.lower() for c in org.columns(obj)}:
+        existing = org.read(obj, ["Id", SNAPSHOT_KEY, *SNAPSHOT_FIELDS])
+    return snaps, snapshot.diff(snaps, existing, obj)
 
 
-def _snap_same(old, new) -> bool:
-    if old == new:
-        return True
-    if old is None or new is None:
-        return False
-    try:
-        return money.parse_units(old) == money.parse_units(new)
-    except money.MoneyError:
-        return False
+_snap_same = snapshot.same
 
 
 # ---- gates --------------------------------------------------------------------------------------
@@ -441,60 +400,75 @@ def check_gates(plan: Plan) -> None:
 # ---- apply --------------------------------------------------------------------------------------
 
 def apply(plan: Plan, org: LocalOrg, ledger: Ledger, settings: Settings) -> dict[str, int]:
-    """Write the plan: record pending changes, write them, settle each as applied/failed, persist history."""
+    """Write the plan and record it, write-ahead: the org's transaction commits only after the ledger's.
+
+    A crash before the ledger commit rolls the org back; a crash between the two commits leaves a run in
+    status 'applying' whose changes `recover` checks against the org one by one."""
     ctx = plan.ctx
     ctx.check_stop("apply")
     run_id = ctx.run_id
-    with _Stage(ctx, "ledger"):
-        ledger.record_changes(run_id, plan.batches(), "pending")
-        ledger.finish_run(run_id, status="applying")
-    with _Stage(ctx, "write"):
-        exceptions = write_changes(org, plan, settings)
-        ledger.settle_changes(run_id, "applied", exceptions)
+    ledger.finish_run(run_id, status="applying")
+    with _Stage(ctx, "write"), org.transaction():
+        failures = write_changes(org, plan, settings)
+        with _Stage(ctx, "ledger"):
+            ledger.record_changes(run_id, plan.batches(), "applied", failures)
     with _Stage(ctx, "history"):
-        ids, segments = plan.arr_rewrite
+        ids, rows = plan.arr_rewrite
         if ids:
-            ledger.replace_arr(ids, segments)
+            ledger.replace_arr(ids, arr_mod.iter_segments(plan.matrix, rows, plan.first_month, plan.accounts.ids))
         cur = plan.current_month
-        for vname, (changed, open_seg) in plan.membership.items():
-            if changed:
-                ledger.record_membership(vname, months.fmt(cur), months.fmt(cur - 1), changed, open_seg)
-        if plan.snapshot_changes:
-            by_key = {r[SNAPSHOT_KEY]: r for r in plan.snapshots}
-            ledger.upsert_snapshots([{"external_id": c.key, "view": by_key[c.key]["View__c"],
-                                      "root_id": by_key[c.key]["Family_Root__c"], "month": by_key[c.key]["Month__c"][:7],
-                                      "data": c.new, "run_id": run_id} for c in plan.snapshot_changes])
-    failed = sum(1 for _, st, _, _ in exceptions if st == "failed")
+        for vname in plan.membership:
+            ledger.commit_membership(vname, months.fmt(cur), months.fmt(cur - 1))
+        if len(plan.snapshot_changes):
+            ledger.upsert_snapshots(run_id, plan.snapshot_changes.keys, plan.snapshot_changes.new)
     total = plan.change_count()
-    counts = {"applied": total - failed, "failed": failed}
+    counts = {"applied": total - len(failures), "failed": len(failures)}
     return {k: v for k, v in counts.items() if v}
 
 
-def write_changes(org: LocalOrg, plan: Plan, settings: Settings) -> list[tuple[int, str, str | None, str | None]]:
-    """Apply the plan's changes; return (seq, status, error, record_id) only where a change did not simply apply."""
-    out = []
-    seq = 0
+def write_changes(org: LocalOrg, plan: Plan, settings: Settings) -> dict[int, str]:
+    """Apply the plan's changes inside the caller's transaction; returns {seq: error} of records that failed."""
+    failures: dict[int, str] = {}
+    starts, seq = [], 0
     for batch in plan.changes:
-        for rid, error in org.update_field(batch.object, batch.field, list(zip(batch.new, batch.ids))):
-            out.append((seq + batch.ids.index(rid), "failed", error, None))
+        starts.append(seq)
         seq += len(batch)
-    if plan.snapshot_changes:
-        by_key = {r[SNAPSHOT_KEY]: r for r in plan.snapshots}
-        changes = plan.snapshot_changes
-        results = org.upsert(changes[0].object, SNAPSHOT_KEY, [by_key[c.key] for c in changes], settings.snapshot_prefix)
-        for i, (c, res) in enumerate(zip(changes, results)):
-            if not res.ok:
-                out.append((seq + i, "failed", res.error, None))
-            elif c.id is None:
-                out.append((seq + i, "applied", None, res.id))
-    return out
+    by_object: dict[str, list[int]] = {}
+    for b, batch in enumerate(plan.changes):
+        if len(batch):
+            by_object.setdefault(batch.object, []).append(b)
+    for obj, members in by_object.items():
+        batches = [plan.changes[b] for b in members]
+        # Group records by which batches change them: each group is one UPDATE setting all its fields at once
+        # (4 fields in one statement cost what 1 field does; per-field updates would cost 4x).
+        mask = np.zeros(len(plan.accounts), dtype=np.int64)
+        for bit, batch in enumerate(batches):
+            mask[np.asarray(batch.rows, dtype=np.int64)] |= 1 << bit
+        for value in np.unique(mask[mask > 0]).tolist():
+            rows = np.flatnonzero(mask == value)
+            chosen = [bit for bit in range(len(batches)) if value >> bit & 1]
+            positions = [np.searchsorted(np.asarray(batches[bit].rows), rows).tolist() for bit in chosen]
+            fields = [batches[bit].field for bit in chosen]
+            ids = [batches[chosen[0]].ids[p] for p in positions[0]]
+            columns = [[batches[bit].new[p] for p in pos] for bit, pos in zip(chosen, positions)]
+            failed = dict(org.update_fields(obj, fields, ids, columns))
+            if failed:
+                for bit, pos in zip(chosen, positions):
+                    batch, start = batches[bit], starts[members[bit]]
+                    failures.update({start + p: failed[batch.ids[p]] for p in pos if batch.ids[p] in failed})
+    sc = plan.snapshot_changes
+    if len(sc):
+        results = org.upsert(sc.object, SNAPSHOT_KEY, list(sc.records()), settings.snapshot_prefix)
+        failures.update({seq + i: res.error for i, res in enumerate(results) if not res.ok})
+    return failures
 
 
 def recover(org: LocalOrg, ledger: Ledger) -> list[str]:
     """Settle runs that died mid-way: each pending change becomes applied, not_applied or conflict."""
     settled = []
     for run in ledger.interrupted_runs():
-        pending = list(ledger.changes(run["id"], status="pending"))
+        # 'pending' rows (written before the org) and rows of a run that died between its two commits
+        pending = [c for c in ledger.changes(run["id"]) if c["status"] in ("pending", "applied")]
         exceptions = []
         current: dict[tuple[str, str], dict] = {}
         for ch in pending:
@@ -520,7 +494,7 @@ def recover(org: LocalOrg, ledger: Ledger) -> list[str]:
             now = current[(ch["object"], ch["field"])].get(ch["record_id"])
             st = "applied" if now == ch["new"] else "not_applied" if now == ch["old"] else "conflict"
             exceptions.append((ch["seq"], st, None, None))
-        ledger.settle_changes(run["id"], "not_applied", exceptions)
+        ledger.settle_changes(run["id"], exceptions)
         ledger.finish_run(run["id"], status="interrupted", error="the process stopped before the run finished")
         settled.append(run["id"])
     return settled

@@ -143,7 +143,7 @@ def test_crash_in_the_middle_of_writes_is_recovered(family, tmp_path):
         e.ledger.record_changes(ctx.run_id, plan.batches(), "pending")
         batch = plan.changes[0]
         half = len(batch) // 2
-        e.org.update_field(batch.object, batch.field, list(zip(batch.new[:half], batch.ids[:half])))
+        e.org.update_fields(batch.object, [batch.field], batch.ids[:half], [batch.new[:half]])
         crashed = ctx.run_id                                 # ... and then the process dies
     with engine(family) as e:
         e.execute(as_of=AS_OF)
@@ -167,3 +167,21 @@ def test_migrations_are_recorded(family, cli):
     cli("run", "--as-of", "2026-11-15")
     db = sqlite3.connect(family.root / "state" / "nrr.db")
     assert db.execute("SELECT id FROM migrations").fetchall() == [(1,)]
+
+
+def test_crash_between_ledger_commit_and_org_commit_is_recovered(family, tmp_path):
+    """Ledger says applied but the org transaction never committed: the next run marks them not applied."""
+    settings = config_mod.load(family.config)
+    with engine(family) as e:
+        ctx = pipeline.RunContext.new(CLOCK, AS_OF)
+        e.ledger.start_run({"id": ctx.run_id, "job": "nightly", "mode": "run", "as_of": "2026-11-15",
+                            "started": CLOCK().isoformat()})
+        plan = pipeline.compute(settings, e.org, e.ledger, ctx)
+        e.ledger.finish_run(ctx.run_id, status="applying")
+        e.ledger.record_changes(ctx.run_id, plan.batches(), "applied")   # ... and the org never commits
+        total, crashed = plan.change_count(), ctx.run_id
+    with engine(family) as e:
+        e.execute(as_of=AS_OF)
+        assert e.ledger.change_counts(crashed) == {"not_applied": total}
+        assert e.ledger.run(crashed)["status"] == "interrupted"
+    assert state_of(family) == _clean_state(family, tmp_path)

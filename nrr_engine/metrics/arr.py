@@ -5,7 +5,8 @@ A subscription counts toward ARR(a, m) when it is active at the close of month m
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from itertools import islice
 
 import numpy as np
 
@@ -21,12 +22,38 @@ def _parse_date(text: str) -> dt.date:
     return dt.date.fromisoformat(text.strip()[:10])
 
 
+_CHUNK = 200_000
+
+
 def from_subscriptions(rows: Iterable[tuple], index: dict[str, int], cfg: SubscriptionSource, currency: str,
                        first: int, count: int, source: str) -> tuple[np.ndarray, list[Finding]]:
-    """Rows of (Id, account, start, end, amount, currency) -> ARR matrix over months [first, first+count)."""
-    cols = list(zip(*rows)) or [()] * 6
-    rid, account, start, end, amount, cur = (list(c) for c in cols)
+    """Rows of (Id, account, start, end, amount, currency) -> ARR matrix over months [first, first+count).
+
+    Rows are consumed in chunks, so a million subscriptions never sit in memory as Python objects at once."""
+    matrix = np.zeros((len(index), count + 1), dtype=np.int64)
+    problems: dict[str, list[str]] = {}
+    it = iter(rows)
+    while chunk := list(islice(it, _CHUNK)):
+        _add_chunk(matrix, chunk, index, cfg, currency, first, count, source, problems)
+    np.cumsum(matrix, axis=1, out=matrix)
+    what = {"arr_not_a_number": f"{cfg.amount} is blank or not a number", "negative_arr": f"{cfg.amount} is negative",
+            "bad_date": f"{cfg.start}/{cfg.end} is not a date (YYYY-MM-DD)",
+            "orphan_subscription": f"{cfg.account} matches no account", "ends_before_start": f"{cfg.end} is before {cfg.start}"}
+    findings = [Finding(kind, f"{len(ids)} {cfg.object} record(s): {what[kind]}; left out of ARR", tuple(ids))
+                for kind, ids in problems.items() if ids]
+    return matrix[:, :count], findings
+
+
+def _add_chunk(matrix, chunk, index, cfg, currency, first, count, source, problems) -> None:
+    rid, account, start, end, amount, cur = (list(c) for c in zip(*chunk))
     n = len(rid)
+    foreign = [i for i, c in enumerate(cur) if c and c.strip().upper() != currency]
+    if foreign:
+        codes = sorted({cur[i].strip().upper() for i in foreign})
+        raise DataError(f"{cfg.object}.{cfg.currency}: amounts in {', '.join(codes)} but the corporate currency "
+                        f"is {currency} and no exchange rates are configured (first: record {rid[foreign[0]]}); convert "
+                        f"the amounts or leave only {currency} records", Location(source, record=rid[foreign[0]],
+                                                                                   field=cfg.currency))
     get = index.get
     acc = np.fromiter((get(a, -1) if a else -1 for a in account), dtype=np.int64, count=n)
     units = np.zeros(n, dtype=np.int64)
@@ -47,37 +74,21 @@ def from_subscriptions(rows: Iterable[tuple], index: dict[str, int], cfg: Subscr
     end_m, end_ok, end_d = _months_of(end, shift_days=0 if cfg.end_exclusive else 1)
     has_end = ~np.isnat(end_d)
     last = np.where(has_end, end_m - 1, 10**6)
-    foreign = [i for i, c in enumerate(cur) if c and c.strip().upper() != currency]
-    if foreign:
-        codes = sorted({cur[i].strip().upper() for i in foreign})
-        raise DataError(f"{cfg.object}.{cfg.currency}: amounts in {', '.join(codes)} but the corporate currency "
-                        f"is {currency} and no exchange rates are configured (first: record {rid[foreign[0]]}); convert "
-                        f"the amounts or leave only {currency} records", Location(source, record=rid[foreign[0]],
-                                                                                   field=cfg.currency))
     no_account = acc < 0
     negative = ~bad_amount & (units < 0)
-    bad_date = ~(start_ok & end_ok)
-    inverted = ~bad_date & has_end & (end_d < start_d)
+    bad_date = ~(start_ok & end_ok) | np.isnat(start_d)
     excluded = no_account | bad_amount | negative | bad_date
-    findings = []
-    for kind, mask, what in (("arr_not_a_number", bad_amount & ~no_account, f"{cfg.amount} is blank or not a number"),
-                             ("negative_arr", negative & ~no_account, f"{cfg.amount} is negative"),
-                             ("bad_date", bad_date & ~no_account & ~bad_amount, f"{cfg.start}/{cfg.end} is not a date (YYYY-MM-DD)"),
-                             ("orphan_subscription", no_account, f"{cfg.account} matches no account"),
-                             ("ends_before_start", inverted & ~excluded, f"{cfg.end} is before {cfg.start}")):
+    inverted = ~excluded & has_end & (end_d < start_d)
+    for kind, mask in (("arr_not_a_number", bad_amount & ~no_account), ("negative_arr", negative & ~no_account),
+                       ("bad_date", bad_date & ~no_account & ~bad_amount), ("orphan_subscription", no_account),
+                       ("ends_before_start", inverted)):
         if mask.any():
-            ids = tuple(rid[i] for i in np.flatnonzero(mask))
-            findings.append(Finding(kind, f"{len(ids)} {cfg.object} record(s): {what}; left out of ARR", ids))
+            problems.setdefault(kind, []).extend(rid[i] for i in np.flatnonzero(mask))
     keep = ~excluded & (last >= start_m)
     factor = 12 if cfg.amount_period == "monthly" else 1
-    matrix = np.zeros((len(index), count + 1), dtype=np.int64)
     a, v = acc[keep], units[keep] * factor
-    lo = np.clip(start_m[keep] - first, 0, count)
-    hi = np.clip(last[keep] + 1 - first, 0, count)
-    np.add.at(matrix, (a, lo), v)
-    np.add.at(matrix, (a, hi), -v)
-    np.cumsum(matrix, axis=1, out=matrix)
-    return matrix[:, :count], findings
+    np.add.at(matrix, (a, np.clip(start_m[keep] - first, 0, count)), v)
+    np.add.at(matrix, (a, np.clip(last[keep] + 1 - first, 0, count)), -v)
 
 
 def _months_of(texts: list, shift_days: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -142,6 +153,14 @@ def to_segments(matrix: np.ndarray, rows: np.ndarray, first: int) -> list[tuple[
     labels = [months.fmt(first + k) for k in range(sub.shape[1])]
     rr, cc, ee, vv = rows[r[keep]].tolist(), c[keep].tolist(), ends[keep].tolist(), vals[keep].tolist()
     return [(rr[i], labels[cc[i]], labels[ee[i]], vv[i]) for i in range(len(rr))]
+
+
+def iter_segments(matrix: np.ndarray, rows: np.ndarray, first: int, ids: list[str],
+                  chunk: int = 100_000) -> Iterator[tuple[str, str, str, int]]:
+    """(account Id, start, end, units) runs of the given rows, computed a chunk of rows at a time."""
+    for i in range(0, len(rows), chunk):
+        for r, start, end, units in to_segments(matrix, rows[i:i + chunk], first):
+            yield ids[r], start, end, units
 
 
 def from_segments(segments: Iterable[tuple[str, str, str, int]], index: dict[str, int], first: int,

@@ -11,6 +11,7 @@ import re
 import sqlite3
 import sys
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,80 +232,69 @@ class LocalOrg:
         return out
 
     # ---- writing -------------------------------------------------------------------------------
+    @contextmanager
+    def transaction(self):
+        """One working-copy transaction; nested calls join the outer one (commit happens once, at the end)."""
+        if self.db.in_transaction:
+            yield
+            return
+        self.db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
     def ensure_fields(self, obj: str, fields: Iterable[str]) -> None:
         """Add missing columns (the local equivalent of deploying the custom fields)."""
         if not self.has_table(obj):
-            self.db.execute(f"CREATE TABLE {_q(obj)} (Id TEXT PRIMARY KEY)")
+            self.db.execute(f"CREATE TABLE {_q(obj)} (Id TEXT NOT NULL PRIMARY KEY)")
         have = {c.lower() for c in self.columns(obj)}
         for f in fields:
             if f.lower() not in have:
                 self.db.execute(f"ALTER TABLE {_q(obj)} ADD COLUMN {_q(f)} TEXT")
                 have.add(f.lower())
 
-    def update_field(self, obj: str, field: str, pairs: Sequence[tuple[str | None, str]]) -> list[tuple[str, str]]:
-        """Set one field on many records ((value, Id) pairs) in one transaction; return (Id, error) of failures."""
-        if not pairs:
+    def update_fields(self, obj: str, fields: Sequence[str], ids: Sequence[str],
+                      columns: Sequence[Sequence[str | None]]) -> list[tuple[str, str]]:
+        """Set `fields` on the records `ids` (values column by column); return (Id, error) of records not found."""
+        if not ids:
             return []
-        self.ensure_fields(obj, [field])
-        db = self.db
-        db.execute("BEGIN")
-        try:
-            cur = db.executemany(f"UPDATE {_q(obj)} SET {_q(field)} = ? WHERE Id = ?", pairs)
-            missing = []
-            if cur.rowcount != len(pairs):
-                existing = self.get(obj, [rid for _, rid in pairs], [])
-                missing = [(rid, "ENTITY_IS_DELETED: record does not exist") for _, rid in pairs if rid not in existing]
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return missing
+        with self.transaction():
+            self.ensure_fields(obj, fields)
+            sets = ", ".join(f"{_q(f)} = ?" for f in fields)
+            cur = self.db.executemany(f"UPDATE {_q(obj)} SET {sets} WHERE Id = ?", zip(*columns, ids))
+            if cur.rowcount == len(ids):
+                return []
+            existing = self.get(obj, ids, [])
+            return [(rid, "ENTITY_IS_DELETED: record does not exist") for rid in ids if rid not in existing]
 
     def update(self, obj: str, records: Sequence[tuple[str, dict[str, str | None]]]) -> list[WriteResult]:
-        """Update records (Id, {field: value}) in one transaction; missing records fail individually."""
-        fields = sorted({f for _, vals in records for f in vals})
-        self.ensure_fields(obj, fields)
-        results = []
-        db = self.db
-        db.execute("BEGIN")
-        try:
-            by_shape: dict[tuple, list] = {}
-            for rid, vals in records:
-                by_shape.setdefault(tuple(sorted(vals)), []).append((rid, vals))
+        """Update records (Id, {field: value}); missing records fail individually."""
+        by_shape: dict[tuple, list] = {}
+        for rid, vals in records:
+            by_shape.setdefault(tuple(sorted(vals)), []).append((rid, vals))
+        failed: dict[str, str] = {}
+        with self.transaction():
             for shape, group in by_shape.items():
-                sets = ", ".join(f"{_q(f)} = ?" for f in shape)
-                sql = f"UPDATE {_q(obj)} SET {sets} WHERE Id = ?"
-                for start in range(0, len(group), _BATCH):
-                    part = group[start:start + _BATCH]
-                    cur = db.executemany(sql, [[vals[f] for f in shape] + [rid] for rid, vals in part])
-                    if cur.rowcount == len(part):
-                        results.extend(WriteResult(rid, True) for rid, _ in part)
-                    else:  # some Ids are gone: say which, one by one
-                        existing = set(self.get(obj, [rid for rid, _ in part], []).keys())
-                        results.extend(WriteResult(rid, rid in existing, None if rid in existing else
-                                                   "ENTITY_IS_DELETED: record does not exist") for rid, _ in part)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return results
+                ids = [rid for rid, _ in group]
+                failed.update(self.update_fields(obj, shape, ids, [[vals[f] for _, vals in group] for f in shape]))
+        return [WriteResult(rid, rid not in failed, failed.get(rid)) for rid, _ in records]
 
     def upsert(self, obj: str, key_field: str, records: Sequence[dict[str, str | None]], prefix: str) -> list[WriteResult]:
         """Upsert by external id; new records get 18-character Ids with `prefix`."""
-        fields = sorted({f for r in records for f in r} | {key_field})
-        self.ensure_fields(obj, fields)
         db = self.db
-        keys = [r[key_field] for r in records]
-        existing: dict[str, str] = {}
-        for i in range(0, len(keys), 500):
-            chunk = keys[i:i + 500]
-            for rid, key in db.execute(f"SELECT Id, {_q(key_field)} FROM {_q(obj)} WHERE {_q(key_field)} IN "
-                                       f"({', '.join('?' * len(chunk))})", chunk):
-                existing[key] = rid
-        results = []
-        inserts, updates = [], []
-        db.execute("BEGIN")
-        try:
+        with self.transaction():
+            self.ensure_fields(obj, sorted({f for r in records for f in r} | {key_field}))
+            keys = [r[key_field] for r in records]
+            existing: dict[str, str] = {}
+            for i in range(0, len(keys), 500):
+                chunk = keys[i:i + 500]
+                for rid, key in db.execute(f"SELECT Id, {_q(key_field)} FROM {_q(obj)} WHERE {_q(key_field)} IN "
+                                           f"({', '.join('?' * len(chunk))})", chunk):
+                    existing[key] = rid
+            results, inserts, updates = [], [], []
             n = (db.execute("SELECT n FROM _nrr_sequences WHERE prefix=?", (prefix,)).fetchone() or (0,))[0]
             for r in records:
                 rid = existing.get(r[key_field])
@@ -323,10 +313,6 @@ class LocalOrg:
                     sql, params = make(obj, shape)
                     db.executemany(sql, (params(rid, r) for rid, r in group))
             db.execute("INSERT OR REPLACE INTO _nrr_sequences VALUES (?, ?)", (prefix, n))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return results
 
     @staticmethod
@@ -343,15 +329,10 @@ class LocalOrg:
     def delete(self, obj: str, ids: Sequence[str]) -> list[WriteResult]:
         """Delete records by Id (used by rollback of inserts)."""
         results = []
-        self.db.execute("BEGIN")
-        try:
+        with self.transaction():
             for rid in ids:
                 cur = self.db.execute(f"DELETE FROM {_q(obj)} WHERE Id = ?", (rid,))
                 results.append(WriteResult(rid, cur.rowcount == 1, None if cur.rowcount else "ENTITY_IS_DELETED"))
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
         return results
 
     # ---- export --------------------------------------------------------------------------------

@@ -1,0 +1,112 @@
+"""Monthly KPI snapshots: one record per (view, family root, month), column by column.
+
+Values are kept as int arrays and formatted only when a record is compared or written, so half a
+million families do not become half a million dicts.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import money, months
+from ..model import Change
+
+KEY = "External_Id__c"
+FIELDS = ("View__c", "Family_Root__c", "Month__c", "Starting_ARR__c", "Ending_ARR__c", "Expansion_ARR__c",
+          "Contraction_ARR__c", "Churn_ARR__c", "NRR__c", "GRR__c", "Account_Count__c")
+UPSERT = "(upsert)"
+
+
+@dataclass
+class SnapshotSet:
+    """Snapshots of one month for every view: parallel arrays, one row per family with ARR."""
+
+    month: int
+    views: list[str] = field(default_factory=list)      # view of each row
+    roots: list[str] = field(default_factory=list)      # root account Id of each row
+    values: list[np.ndarray] = field(default_factory=list)  # per view: (rows, 6) int64: f0, f1, exp, con, churn, n
+
+    def add(self, view: str, roots: list[str], f0: np.ndarray, f1: np.ndarray, members: np.ndarray) -> None:
+        diff = f1 - f0
+        active = f0 > 0
+        churn = np.where(active & (f1 == 0), f0, 0)
+        contraction = np.where(active & (f1 > 0) & (diff < 0), -diff, 0)
+        expansion = np.where(active & (diff > 0), diff, 0)
+        self.views.extend([view] * len(roots))
+        self.roots.extend(roots)
+        self.values.append(np.column_stack([f0, f1, expansion, contraction, churn, members]).astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.roots)
+
+    def key(self, i: int) -> str:
+        return f"{self.views[i]}:{self.roots[i]}:{months.fmt(self.month)}"
+
+    def rows(self) -> Iterator[tuple[int, str, dict]]:
+        """(index, external id, record) for every snapshot."""
+        table = np.concatenate(self.values) if self.values else np.zeros((0, 6), dtype=np.int64)
+        month_text = months.first_day(self.month).isoformat()
+        label = months.fmt(self.month)
+        fmt, ratio = money.fmt, money.ratio_text
+        for i, (f0, f1, exp, con, churn, n) in enumerate(table.tolist()):
+            view, root = self.views[i], self.roots[i]
+            yield i, f"{view}:{root}:{label}", {
+                KEY: f"{view}:{root}:{label}", "View__c": view, "Family_Root__c": root, "Month__c": month_text,
+                "Starting_ARR__c": fmt(f0), "Ending_ARR__c": fmt(f1), "Expansion_ARR__c": fmt(exp),
+                "Contraction_ARR__c": fmt(con), "Churn_ARR__c": fmt(churn), "NRR__c": ratio(f1, f0),
+                "GRR__c": ratio(f0 - con - churn, f0), "Account_Count__c": str(n)}
+
+
+def same(old: str | None, new: str | None) -> bool:
+    """Equal up to formatting (Decimal-exact for numbers)."""
+    if old == new:
+        return True
+    if old is None or new is None:
+        return False
+    try:
+        return money.parse_units(old) == money.parse_units(new)
+    except money.MoneyError:
+        return False
+
+
+@dataclass
+class SnapshotChanges:
+    """The snapshots to upsert, as the ledger stores them: existing Id, old and new record as JSON."""
+
+    object: str
+    keys: list[str] = field(default_factory=list)
+    ids: list[str | None] = field(default_factory=list)
+    old: list[str | None] = field(default_factory=list)
+    new: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __iter__(self) -> Iterator[Change]:
+        obj = self.object
+        for key, rid, old, new in zip(self.keys, self.ids, self.old, self.new):
+            yield Change(obj, rid, UPSERT, old, new, "snapshot", key=key)
+
+    def records(self) -> Iterator[dict]:
+        return (json.loads(n) for n in self.new)
+
+
+def diff(snapshots: SnapshotSet, existing: Iterator[tuple], obj: str) -> SnapshotChanges:
+    """Compare against existing records ((Id, key, *FIELDS) rows); keep the new and the changed ones."""
+    index = {snapshots.key(i): i for i in range(len(snapshots))}
+    current = {row[1]: row for row in existing if row[1] in index}
+    del index
+    out = SnapshotChanges(obj)
+    dumps = json.dumps
+    for _, key, rec in snapshots.rows():
+        old = current.get(key)
+        if old is not None and all(same(v, rec[f]) for f, v in zip(FIELDS, old[2:])):
+            continue
+        out.keys.append(key)
+        out.ids.append(old[0] if old else None)
+        out.old.append(dumps(dict(zip((KEY, *FIELDS), old[1:])), sort_keys=True) if old else None)
+        out.new.append(dumps(rec, sort_keys=True))
+    return out
