@@ -143,7 +143,8 @@ class Engine:
             for i, c in enumerate(plan.all_changes()):
                 fh.write(("," if i else "") + "\n  " + json.dumps(c.as_dict(), sort_keys=True))
             fh.write('],\n "review": [],\n "flags": [],\n "snapshots": [')
-            for i, key, s in plan.snapshots.rows():
+            for i, (key, values) in enumerate(plan.snapshots.rows()):
+                s = dict(zip(pipeline.SNAPSHOT_FIELDS, values))
                 fh.write(("," if i else "") + "\n  " + json.dumps(
                     {"external_id": key, "ending_arr": s["Ending_ARR__c"], "starting_arr": s["Starting_ARR__c"],
                      "nrr": s["NRR__c"], "grr": s["GRR__c"]}, sort_keys=True))
@@ -159,10 +160,10 @@ class Engine:
         """NRR/GRR for a period and window, recomputed from the org and the stored history (writes nothing)."""
         settings = self.settings
         v = settings.view(view) if view else settings.views[0]
-        if by and by != "cohort":
-            pipeline._require_columns(self.org, "Account", [by], "--by")
         ctx = RunContext.new(self.clock, as_of or self.today(), dry_run=True)
         self.org.sync(["Account", *([settings.arr.subscriptions.object] if settings.arr.source == "subscriptions" else [])])
+        if by and by != "cohort":
+            pipeline._require_columns(self.org, "Account", [by], "--by")
         accounts = pipeline.fetch_accounts(settings, self.org)
         if by and by != "cohort":
             accounts.fields[by] = [r[0] for r in self.org.read("Account", [by])]

@@ -13,6 +13,7 @@ from pathlib import Path
 import sqlite_utils
 
 from .errors import Location, SourceUnavailable
+from .metrics.snapshot import UPSERT, SnapshotChanges
 from .model import FieldChanges
 
 
@@ -128,6 +129,12 @@ class Ledger:
                     consts = ", ".join(_literal(v) for v in (run_id, batch.object, batch.field, status, batch.rule))
                     conn.executemany(f"INSERT INTO changes (run_id, object, field, status, rule, record_id, old, new) "
                                      f"VALUES ({consts}, ?, ?, ?)", zip(batch.ids, batch.old, batch.new))
+                    continue
+                if isinstance(batch, SnapshotChanges):
+                    consts = ", ".join(_literal(v) for v in (run_id, batch.object, UPSERT, status, "snapshot"))
+                    conn.executemany(f"INSERT INTO changes (run_id, object, field, status, rule, record_id, external_id, "
+                                     f"old, new) VALUES ({consts}, ?, ?, ?, ?)",
+                                     zip(batch.ids, batch.keys, batch.old, batch.new))
                     continue
                 conn.executemany(sql, ((run_id, c.object, c.id, c.key, c.field, c.old, c.new, status, c.rule,
                                         c.confidence, json.dumps(c.evidence, sort_keys=True) if c.evidence else None)

@@ -1,7 +1,7 @@
 """Plain data passed between stages: accounts, findings, planned changes."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -64,15 +64,18 @@ class Change(NamedTuple):
 
 @dataclass
 class FieldChanges:
-    """Changes of one field of one object, column by column: ids, old and new values, one rule."""
+    """Changes of one field of one object, column by column: ids, old and new values, one rule.
+
+    The columns are sequences (numpy object arrays in runs, lists in rollback); `rows` holds the account
+    index of each change, ascending, so batches of one object can be merged per record."""
 
     object: str
     field: str
     rule: str
-    ids: list[str] = field(default_factory=list)
-    old: list[str | None] = field(default_factory=list)
-    new: list[str | None] = field(default_factory=list)
-    rows: list[int] = field(default_factory=list)  # account index of each change, ascending
+    ids: Sequence[str] = ()
+    old: Sequence[str | None] = ()
+    new: Sequence[str | None] = ()
+    rows: Any = ()
 
     def __len__(self) -> int:
         return len(self.ids)

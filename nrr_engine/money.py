@@ -45,14 +45,16 @@ def parse_units(text: str | None) -> int | None:
 
 
 def parse_units_fast(text: str | None) -> int | None:
-    """parse_units with an exact integer fast path for plain decimals ("1200", "1200.5", "-3.25")."""
+    """parse_units for bulk data: one C-level Decimal parse on the common path, the full checks otherwise."""
     if text:
-        whole, dot, frac = text.partition(".")
-        digits = whole[1:] if whole[:1] == "-" else whole
-        if digits.isascii() and digits.isdigit() and len(digits) <= 14 and (
-                not dot or (frac.isascii() and frac.isdigit() and len(frac) <= 4)):
-            units = int(digits) * SCALE + (int(frac.ljust(4, "0")) if frac else 0)
-            return -units if whole[:1] == "-" else units
+        try:
+            scaled = Decimal(text).scaleb(4)
+            if scaled.is_finite():
+                units = int(scaled)
+                if units == scaled and abs(units) <= _MAX_UNITS:
+                    return units
+        except (InvalidOperation, DecimalException):
+            pass
     return parse_units(text)
 
 
@@ -74,6 +76,38 @@ def fmt(units: int) -> str:
     if rest > SCALE // 200 or (rest == SCALE // 200 and cents % 2):
         cents += 1
     return f"{sign}{cents // 100}.{cents % 100:02d}"
+
+
+def fmt_many(units) -> list[str]:
+    """fmt over an int64 array (vectorised rounding; one f-string per value)."""
+    import numpy as np
+
+    u = np.asarray(units, dtype=np.int64)
+    step = SCALE // 100
+    cents, rest = np.divmod(np.abs(u), step)
+    cents = cents + ((rest > step // 2) | ((rest == step // 2) & (cents % 2 == 1)))
+    whole, frac = np.divmod(cents, 100)
+    signs = np.where(u < 0, "-", "")
+    if not (u < 0).any():
+        return [f"{w}.{f:02d}" for w, f in zip(whole.tolist(), frac.tolist())]
+    return [f"{s}{w}.{f:02d}" for s, w, f in zip(signs.tolist(), whole.tolist(), frac.tolist())]
+
+
+def ratio_many(numerators, denominators) -> list[str | None]:
+    """ratio_text over int64 arrays; exact in int64 while |numerator| < 9.2e14 units, else per value."""
+    import numpy as np
+
+    num = np.asarray(numerators, dtype=np.int64)
+    den = np.asarray(denominators, dtype=np.int64)
+    if len(num) == 0:
+        return []
+    if np.abs(num).max() >= 9 * 10**14 or (num < 0).any() or (den < 0).any():
+        return [ratio_text(a, b) for a, b in zip(num.tolist(), den.tolist())]
+    safe = np.where(den == 0, 1, den)
+    q, r = np.divmod(num * 10_000, safe)
+    q = q + ((2 * r > safe) | ((2 * r == safe) & (q % 2 == 1)))
+    whole, frac = np.divmod(q, 10_000)
+    return [None if d == 0 else f"{w}.{f:04d}" for w, f, d in zip(whole.tolist(), frac.tolist(), den.tolist())]
 
 
 def ratio(numerator: int, denominator: int, places: int = 4) -> Decimal | None:

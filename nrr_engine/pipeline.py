@@ -241,29 +241,38 @@ def _arr_matrix(settings, org, accounts, stored, first, count, cur):
     return matrix, fs
 
 
+_SMALL = [str(i) for i in range(10_000)]  # depth and child counts: shared strings, not a million new ones
+
+
+def _count_text(values: np.ndarray) -> list[str]:
+    return [_SMALL[v] if v < 10_000 else str(v) for v in values.tolist()]
+
+
 def _rollup_changes(view, tree: Tree, current: np.ndarray, accounts: Accounts) -> list[FieldChanges]:
     """One batch per rollup field: the accounts whose stored value differs from the computed one."""
     f = view.fields
     ids = accounts.ids
     computed = {
         "ultimate_parent": lambda: [ids[r] for r in tree.root.tolist()],
-        "depth": lambda: [str(d) for d in tree.depth.tolist()],
-        "arr": lambda: [money.fmt(u) for u in tree.subtree_sum(current).tolist()],
-        "child_count": lambda: [str(c) for c in tree.child_count().tolist()],
+        "depth": lambda: _count_text(tree.depth),
+        "arr": lambda: money.fmt_many(tree.subtree_sum(current)),
+        "child_count": lambda: _count_text(tree.child_count()),
     }
     out = []
+    id_array = None
     for kind, make in computed.items():
         fname = f.get(kind)
         if not fname:
             continue
-        batch = FieldChanges("Account", fname, f"rollup:{view.name}")
-        for i, (old, new) in enumerate(zip(accounts.column(fname), make())):
-            if old != new and (old is None or not _same(kind, old, new)):
-                batch.rows.append(i)
-                batch.ids.append(ids[i])
-                batch.old.append(old)
-                batch.new.append(new)
-        out.append(batch)
+        new = np.array(make(), dtype=object)
+        old = np.array(accounts.column(fname), dtype=object)
+        differ = np.flatnonzero(old != new)  # object comparison in C; formatting-only differences checked below
+        rows = np.array([i for i in differ.tolist() if old[i] is None or not _same(kind, old[i], new[i])],
+                        dtype=np.int64) if len(differ) else np.zeros(0, dtype=np.int64)
+        if id_array is None:
+            id_array = np.array(ids, dtype=object)
+        out.append(FieldChanges("Account", fname, f"rollup:{view.name}", ids=id_array[rows], old=old[rows],
+                                new=new[rows], rows=rows))
     return out
 
 
@@ -443,23 +452,22 @@ def write_changes(org: LocalOrg, plan: Plan, settings: Settings) -> dict[int, st
         # (4 fields in one statement cost what 1 field does; per-field updates would cost 4x).
         mask = np.zeros(len(plan.accounts), dtype=np.int64)
         for bit, batch in enumerate(batches):
-            mask[np.asarray(batch.rows, dtype=np.int64)] |= 1 << bit
+            mask[batch.rows] |= 1 << bit
         for value in np.unique(mask[mask > 0]).tolist():
             rows = np.flatnonzero(mask == value)
             chosen = [bit for bit in range(len(batches)) if value >> bit & 1]
-            positions = [np.searchsorted(np.asarray(batches[bit].rows), rows).tolist() for bit in chosen]
-            fields = [batches[bit].field for bit in chosen]
-            ids = [batches[chosen[0]].ids[p] for p in positions[0]]
-            columns = [[batches[bit].new[p] for p in pos] for bit, pos in zip(chosen, positions)]
-            failed = dict(org.update_fields(obj, fields, ids, columns))
+            positions = [np.searchsorted(batches[bit].rows, rows) for bit in chosen]
+            ids = batches[chosen[0]].ids[positions[0]]
+            failed = dict(org.update_fields(obj, [batches[bit].field for bit in chosen], ids,
+                                            [batches[bit].new[pos] for bit, pos in zip(chosen, positions)]))
             if failed:
                 for bit, pos in zip(chosen, positions):
                     batch, start = batches[bit], starts[members[bit]]
-                    failures.update({start + p: failed[batch.ids[p]] for p in pos if batch.ids[p] in failed})
+                    failures.update({start + int(p): failed[batch.ids[p]] for p in pos if batch.ids[p] in failed})
     sc = plan.snapshot_changes
     if len(sc):
-        results = org.upsert(sc.object, SNAPSHOT_KEY, list(sc.records()), settings.snapshot_prefix)
-        failures.update({seq + i: res.error for i, res in enumerate(results) if not res.ok})
+        for pos, error in org.upsert_json(sc.object, SNAPSHOT_KEY, SNAPSHOT_FIELDS, sc.new, settings.snapshot_prefix):
+            failures[seq + pos] = error
     return failures
 
 

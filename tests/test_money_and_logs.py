@@ -45,3 +45,22 @@ def test_json_logs_carry_run_id_and_redact_secrets(monkeypatch):
     event = json.loads(stream.getvalue().splitlines()[-1])
     assert event["run_id"] == "R1" and event["event"] == "auth.failed"
     assert "hunter2" not in stream.getvalue() and "[redacted]" in event["detail"]
+
+
+from hypothesis import given, strategies as st  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+@given(st.lists(st.integers(-10**15, 10**15), max_size=50))
+def test_vectorised_fmt_equals_scalar_fmt(values):
+    """fmt_many gives exactly what fmt gives, value by value (same half-even rounding)."""
+    assert money.fmt_many(np.array(values, dtype=np.int64)) == [money.fmt(v) for v in values]
+
+
+@given(st.lists(st.tuples(st.integers(0, 10**15), st.integers(0, 10**15)), max_size=50))
+def test_vectorised_ratio_equals_scalar_ratio(pairs):
+    """ratio_many gives exactly what ratio_text gives, including None for a zero denominator."""
+    num = np.array([p[0] for p in pairs], dtype=np.int64)
+    den = np.array([p[1] for p in pairs], dtype=np.int64)
+    assert money.ratio_many(num, den) == [money.ratio_text(a, b) for a, b in pairs]
+    assert [money.ratio_text(a, b) for a, b in pairs] == [None if b == 0 else str(money.ratio(a, b)) for a, b in pairs]

@@ -1,6 +1,9 @@
 """DESIGN §5 worked examples 1-4, reproduced exactly through the CLI on small local orgs."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 
 def family(report: dict) -> dict:
     return report["family"]
@@ -72,3 +75,19 @@ def test_example_4_trailing_twelve_months(org, cli):
     r = cli.json("report", "nrr", "--period", "2026-10", "--window", "12", "--format", "json", "--as-of", "2026-11-15")
     assert (r["window"], r["family"]["nrr"], r["family"]["expansion"]) == (12, "1.2", "20000.00")
     assert (r["naive"]["nrr"], r["naive"]["new_logo"]) == ("1", "20000.00")
+
+
+GOLDEN = Path(__file__).parent / "files" / "example2_report.json"
+
+
+def test_example_2_report_json_matches_golden(org, cli):
+    """The full `report nrr --format json` of example 2, segmented by region, equals the reviewed golden file."""
+    d = _disney(org)
+    org.sub(org.account("001HUL", "Hulu, LLC", d), "2025-01-01", "2026-09-30", "100000")
+    org.sub(org.account("001FOX", "Fox Entertainment", d, region="EMEA"), "2026-10-01", "", "100000")
+    org.sub(org.account("001ACM", "Acme", region="EMEA"), "2025-01-01", "2026-09-30", "5000")
+    org.write()
+    r = cli.json("report", "nrr", "--period", "2026-10", "--format", "json", "--by", "Region__c", "--as-of", "2026-11-15")
+    if not GOLDEN.exists():  # first run writes it; review the file before committing
+        GOLDEN.write_text(json.dumps(r, indent=2) + "\n")
+    assert r == json.loads(GOLDEN.read_text())

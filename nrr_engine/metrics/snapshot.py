@@ -45,19 +45,32 @@ class SnapshotSet:
     def key(self, i: int) -> str:
         return f"{self.views[i]}:{self.roots[i]}:{months.fmt(self.month)}"
 
-    def rows(self) -> Iterator[tuple[int, str, dict]]:
-        """(index, external id, record) for every snapshot."""
+    def rows(self) -> Iterator[tuple[str, tuple]]:
+        """(external id, values in FIELDS order) for every snapshot; formatting is vectorised."""
         table = np.concatenate(self.values) if self.values else np.zeros((0, 6), dtype=np.int64)
+        f0, f1, exp, con, churn, n = table.T
         month_text = months.first_day(self.month).isoformat()
         label = months.fmt(self.month)
-        fmt, ratio = money.fmt, money.ratio_text
-        for i, (f0, f1, exp, con, churn, n) in enumerate(table.tolist()):
-            view, root = self.views[i], self.roots[i]
-            yield i, f"{view}:{root}:{label}", {
-                KEY: f"{view}:{root}:{label}", "View__c": view, "Family_Root__c": root, "Month__c": month_text,
-                "Starting_ARR__c": fmt(f0), "Ending_ARR__c": fmt(f1), "Expansion_ARR__c": fmt(exp),
-                "Contraction_ARR__c": fmt(con), "Churn_ARR__c": fmt(churn), "NRR__c": ratio(f1, f0),
-                "GRR__c": ratio(f0 - con - churn, f0), "Account_Count__c": str(n)}
+        cols = [money.fmt_many(c) for c in (f0, f1, exp, con, churn)]
+        nrr, grr = money.ratio_many(f1, f0), money.ratio_many(f0 - con - churn, f0)
+        for i, (view, root, n_i) in enumerate(zip(self.views, self.roots, n.tolist())):
+            yield f"{view}:{root}:{label}", (view, root, month_text, cols[0][i], cols[1][i], cols[2][i], cols[3][i],
+                                            cols[4][i], nrr[i], grr[i], str(n_i))
+
+
+def to_json(key: str, values: tuple) -> str:
+    """One snapshot record as a JSON object (fields in a fixed order; values escaped only when needed)."""
+    parts = [f'"{KEY}": {_js(key)}']
+    parts.extend(f'"{f}": {_js(v)}' for f, v in zip(FIELDS, values))
+    return "{" + ", ".join(parts) + "}"
+
+
+def _js(value: str | None) -> str:
+    if value is None:
+        return "null"
+    if value.isascii() and value.replace(".", "").replace(":", "").replace("-", "").replace("_", "").isalnum():
+        return f'"{value}"'
+    return json.dumps(value)
 
 
 def same(old: str | None, new: str | None) -> bool:
@@ -90,23 +103,20 @@ class SnapshotChanges:
         for key, rid, old, new in zip(self.keys, self.ids, self.old, self.new):
             yield Change(obj, rid, UPSERT, old, new, "snapshot", key=key)
 
-    def records(self) -> Iterator[dict]:
-        return (json.loads(n) for n in self.new)
 
 
 def diff(snapshots: SnapshotSet, existing: Iterator[tuple], obj: str) -> SnapshotChanges:
     """Compare against existing records ((Id, key, *FIELDS) rows); keep the new and the changed ones."""
-    index = {snapshots.key(i): i for i in range(len(snapshots))}
+    index = {snapshots.key(i) for i in range(len(snapshots))}
     current = {row[1]: row for row in existing if row[1] in index}
     del index
     out = SnapshotChanges(obj)
-    dumps = json.dumps
-    for _, key, rec in snapshots.rows():
+    for key, values in snapshots.rows():
         old = current.get(key)
-        if old is not None and all(same(v, rec[f]) for f, v in zip(FIELDS, old[2:])):
+        if old is not None and all(same(o, v) for o, v in zip(old[2:], values)):
             continue
         out.keys.append(key)
         out.ids.append(old[0] if old else None)
-        out.old.append(dumps(dict(zip((KEY, *FIELDS), old[1:])), sort_keys=True) if old else None)
-        out.new.append(dumps(rec, sort_keys=True))
+        out.old.append(to_json(key, tuple(old[2:])) if old else None)
+        out.new.append(to_json(key, values))
     return out

@@ -12,6 +12,7 @@ import sqlite3
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import islice
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ KEY_PREFIXES = {"Account": "001", "Contact": "003", "Opportunity": "006", "Task"
 _API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _SUFFIX = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+_UPPER_BITS = {c: ord("1") if "A" <= chr(c) <= "Z" else ord("0") for c in range(128)}
 _BATCH = 20_000
 
 
@@ -41,11 +43,8 @@ def sf_id(prefix: str, n: int) -> str:
 
 def id18(id15: str) -> str:
     """The 18-character form of a 15-character Id: one checksum letter per 5 characters (upper-case bits)."""
-    suffix = ""
-    for chunk in range(3):
-        bits = sum(1 << i for i, ch in enumerate(id15[chunk * 5:chunk * 5 + 5]) if "A" <= ch <= "Z")
-        suffix += _SUFFIX[bits]
-    return id15 + suffix
+    flags = id15.translate(_UPPER_BITS)  # "1" for A-Z, "0" otherwise; bit i of a chunk is its i-th character
+    return id15 + "".join(_SUFFIX[int(flags[k:k + 5][::-1], 2)] for k in (0, 5, 10))
 
 
 @dataclass(frozen=True)
@@ -55,6 +54,10 @@ class WriteResult:
     id: str
     ok: bool
     error: str | None = None
+
+
+def _literal_path(field: str) -> str:
+    return "'$." + field.replace("'", "''") + "'"
 
 
 def _q(name: str) -> str:
@@ -259,7 +262,7 @@ class LocalOrg:
     def update_fields(self, obj: str, fields: Sequence[str], ids: Sequence[str],
                       columns: Sequence[Sequence[str | None]]) -> list[tuple[str, str]]:
         """Set `fields` on the records `ids` (values column by column); return (Id, error) of records not found."""
-        if not ids:
+        if len(ids) == 0:
             return []
         with self.transaction():
             self.ensure_fields(obj, fields)
@@ -282,49 +285,44 @@ class LocalOrg:
                 failed.update(self.update_fields(obj, shape, ids, [[vals[f] for _, vals in group] for f in shape]))
         return [WriteResult(rid, rid not in failed, failed.get(rid)) for rid, _ in records]
 
-    def upsert(self, obj: str, key_field: str, records: Sequence[dict[str, str | None]], prefix: str) -> list[WriteResult]:
-        """Upsert by external id; new records get 18-character Ids with `prefix`."""
+    def upsert_json(self, obj: str, key_field: str, fields: Sequence[str], records: Iterable[str], prefix: str,
+                    chunk: int = 50_000) -> list[tuple[int, str]]:
+        """Upsert records given as JSON objects by external id, a chunk at a time.
+
+        SQLite extracts the fields from the JSON (json_extract, in C), so each record binds two values.
+        New records get 18-character Ids with `prefix`. Returns (position, error) of records that failed."""
         db = self.db
+        it = iter(records)
         with self.transaction():
-            self.ensure_fields(obj, sorted({f for r in records for f in r} | {key_field}))
-            keys = [r[key_field] for r in records]
-            existing: dict[str, str] = {}
-            for i in range(0, len(keys), 500):
-                chunk = keys[i:i + 500]
-                for rid, key in db.execute(f"SELECT Id, {_q(key_field)} FROM {_q(obj)} WHERE {_q(key_field)} IN "
-                                           f"({', '.join('?' * len(chunk))})", chunk):
-                    existing[key] = rid
-            results, inserts, updates = [], [], []
+            self.ensure_fields(obj, [key_field, *fields])
+            db.execute(f"CREATE INDEX IF NOT EXISTS {_q('_nrr_key_' + obj)} ON {_q(obj)} ({_q(key_field)})")
             n = (db.execute("SELECT n FROM _nrr_sequences WHERE prefix=?", (prefix,)).fetchone() or (0,))[0]
-            for r in records:
-                rid = existing.get(r[key_field])
-                if rid is None:
-                    n += 1
-                    rid = sf_id(prefix, n)
-                    inserts.append((rid, r))
-                else:
-                    updates.append((rid, r))
-                results.append(WriteResult(rid, True))
-            for rows, make in ((inserts, self._insert_sql), (updates, self._update_sql)):
-                shapes: dict[tuple, list] = {}
-                for rid, r in rows:
-                    shapes.setdefault(tuple(r), []).append((rid, r))
-                for shape, group in shapes.items():
-                    sql, params = make(obj, shape)
-                    db.executemany(sql, (params(rid, r) for rid, r in group))
+            cols = [key_field, *fields]
+            extract = ", ".join(f"json_extract(?2, '$.{f}')" for f in cols)
+            insert = f"INSERT INTO {_q(obj)} (Id, {', '.join(map(_q, cols))}) VALUES (?1, {extract})"
+            update = (f"UPDATE {_q(obj)} SET {', '.join(f'{_q(f)} = json_extract(?2, {_literal_path(f)})' for f in fields)} "
+                      f"WHERE Id = ?1")
+            while part := list(islice(it, chunk)):
+                keys = [json_key for (json_key,) in db.execute(
+                    f"SELECT json_extract(value, '$.{key_field}') FROM json_each(?)", ("[" + ",".join(part) + "]",))]
+                existing: dict[str, str] = {}
+                for i in range(0, len(keys), 500):
+                    sub = keys[i:i + 500]
+                    existing.update((k, rid) for rid, k in db.execute(
+                        f"SELECT Id, {_q(key_field)} FROM {_q(obj)} WHERE {_q(key_field)} IN ({', '.join('?' * len(sub))})",
+                        sub))
+                inserts, updates = [], []
+                for key, rec in zip(keys, part):
+                    rid = existing.get(key)
+                    if rid is None:
+                        n += 1
+                        inserts.append((sf_id(prefix, n), rec))
+                    else:
+                        updates.append((rid, rec))
+                db.executemany(insert, inserts)
+                db.executemany(update, updates)
             db.execute("INSERT OR REPLACE INTO _nrr_sequences VALUES (?, ?)", (prefix, n))
-        return results
-
-    @staticmethod
-    def _insert_sql(obj: str, shape: tuple):
-        cols = ["Id", *shape]
-        sql = f"INSERT INTO {_q(obj)} ({', '.join(map(_q, cols))}) VALUES ({', '.join('?' * len(cols))})"
-        return sql, lambda rid, r: [rid, *(r[f] for f in shape)]
-
-    @staticmethod
-    def _update_sql(obj: str, shape: tuple):
-        sql = f"UPDATE {_q(obj)} SET {', '.join(f'{_q(f)} = ?' for f in shape)} WHERE Id = ?"
-        return sql, lambda rid, r: [*(r[f] for f in shape), rid]
+        return []
 
     def delete(self, obj: str, ids: Sequence[str]) -> list[WriteResult]:
         """Delete records by Id (used by rollback of inserts)."""
