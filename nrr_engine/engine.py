@@ -9,6 +9,7 @@ import datetime as dt
 import fcntl
 import json
 import os
+import sys
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -87,6 +88,9 @@ class Engine:
         """Plan (dry_run) or run the job; the run is recorded in the ledger either way."""
         ctx = RunContext.new(self.clock, as_of or self.today(), job=job, dry_run=dry_run, should_stop=should_stop)
         structlog.contextvars.bind_contextvars(run_id=ctx.run_id)
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+            ctx.progress = tqdm(total=7 if dry_run else 10, unit="stage", leave=False)
         try:
             with self.lock():
                 recovered = pipeline.recover(self.org, self.ledger)
@@ -119,6 +123,8 @@ class Engine:
                 log.info("run.end", status=status, **{k: v for k, v in counts.items()})
                 return Outcome(ctx.run_id, summary, ExitCode.RECORD_FAILURES if failed else ExitCode.OK, plan)
         finally:
+            if ctx.progress is not None:
+                ctx.progress.close()
             structlog.contextvars.unbind_contextvars("run_id")
 
     def summary(self, plan: pipeline.Plan, counts: dict) -> dict:
@@ -168,6 +174,8 @@ class Engine:
         if by and by != "cohort":
             accounts.fields[by] = [r[0] for r in self.org.read("Account", [by])]
         tree, _ = pipeline.build_tree(accounts.ids, accounts.index, accounts.column(v.parent_field), v.parent_field)
+        ids = accounts.ids
+        self.ledger.stage_membership(v.name, zip(ids, (ids[r] for r in tree.root.tolist())))
         cur = months.of(ctx.as_of)
         count = settings.arr.history_months
         first = cur - count + 1

@@ -11,6 +11,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +46,7 @@ class RunContext:
     job: str = "nightly"
     dry_run: bool = False
     should_stop: Callable[[], bool] = lambda: False
-    progress: bool = False
+    progress: Any = None  # a tqdm bar over the stages when stderr is a terminal
     stage_times: dict[str, float] = field(default_factory=dict)
 
     def check_stop(self, stage: str) -> None:
@@ -67,6 +68,8 @@ class _Stage:
         self.ctx.check_stop(self.name)
         self.t0 = time.perf_counter()
         log.info("stage.start", stage=self.name)
+        if self.ctx.progress is not None:
+            self.ctx.progress.set_description(self.name)
         return self
 
     def __exit__(self, *exc):
@@ -74,6 +77,8 @@ class _Stage:
         self.ctx.stage_times[self.name] = round(self.ctx.stage_times.get(self.name, 0) + took, 3)
         if exc[0] is None:
             log.info("stage.end", stage=self.name, seconds=round(took, 3))
+            if self.ctx.progress is not None:
+                self.ctx.progress.update(1)
 
 
 @dataclass
@@ -143,11 +148,7 @@ def fetch_accounts(settings: Settings, org: LocalOrg) -> Accounts:
     if settings.arr.source == "account_field":
         _require_columns(org, "Account", [settings.arr.account_field], "arr.account_field")
     fields = ["Id", *settings.account_fields_read()]
-    cols: list[list] = [[] for _ in fields]
-    appends = [c.append for c in cols]
-    for row in org.read("Account", fields):
-        for app, v in zip(appends, row):
-            app(v)
+    cols = org.read_columns("Account", fields)
     return Accounts(ids=cols[0], fields={f: cols[i] for i, f in enumerate(fields) if i})
 
 
@@ -290,16 +291,15 @@ def _same(kind: str, old: str, new: str) -> bool:
 
 def family_labels(ledger: Ledger, accounts: Accounts, tree: Tree, view: str, month: int,
                   current_month: int) -> np.ndarray:
-    """Family (root account index, or a negative id for roots no longer present) of every account at `month`."""
+    """Family (root account index, or a negative id for roots no longer present) of every account at `month`.
+
+    The current tree, overridden where the recorded membership of `month` differs (needs stage_membership)."""
     labels = tree.root.copy()
     if month >= current_month:
         return labels
-    recorded = ledger.membership_at(view, months.fmt(month))
-    if not recorded:
-        return labels
     index = accounts.index
     unknown: dict[str, int] = {}
-    for rid, root in recorded.items():
+    for rid, root in ledger.membership_overrides(view, months.fmt(month)).items():
         i = index.get(rid)
         if i is None:
             continue
@@ -371,7 +371,7 @@ def _snapshots(settings: Settings, org: LocalOrg, ledger: Ledger, accounts: Acco
                       members[rows])
     existing: Iterator[tuple] = iter(())
     if org.has_table(obj) and SNAPSHOT_KEY.lower() in {c.lower() for c in org.columns(obj)}:
-        existing = org.read(obj, ["Id", SNAPSHOT_KEY, *SNAPSHOT_FIELDS])
+        existing = org.read(obj, ["Id", SNAPSHOT_KEY, *SNAPSHOT_FIELDS], order_by=SNAPSHOT_KEY)
     return snaps, snapshot.diff(snaps, existing, obj)
 
 

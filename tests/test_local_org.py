@@ -181,3 +181,15 @@ def test_failed_load_leaves_previous_copy(tmp_path):
     with pytest.raises(DataError, match="duplicate Id"):
         lo.sync(["Account"])
     assert list(lo.read("Account", ["Id", "Name"])) == [("001A", "A")]
+
+
+def test_blank_lines_are_skipped_on_both_load_paths(tmp_path):
+    """Empty and whitespace-only lines are ignored, whether or not the file needs the careful path."""
+    (tmp_path / "org").mkdir()
+    (tmp_path / "org" / "Account.csv").write_text("Id,Name\n001A,A\n\n001B,B\n")
+    lo = LocalOrg(tmp_path / "org", tmp_path / "wc.db")
+    lo.sync(["Account"])
+    assert [r[0] for r in lo.read("Account", ["Id"])] == ["001A", "001B"]
+    (tmp_path / "org" / "Account.csv").write_text("Id,Name\n001A,A\n   \n001C,C\n")
+    lo.sync(["Account"])
+    assert [r[0] for r in lo.read("Account", ["Id"])] == ["001A", "001C"]

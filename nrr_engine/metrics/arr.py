@@ -165,25 +165,28 @@ def iter_segments(matrix: np.ndarray, rows: np.ndarray, first: int, ids: list[st
 
 def from_segments(segments: Iterable[tuple[str, str, str, int]], index: dict[str, int], first: int,
                   count: int) -> np.ndarray:
-    """Stored (account_id, start, end, units) runs -> matrix over [first, first+count); unknown Ids skipped."""
-    acc, lo, hi, val = [], [], [], []
-    get = index.get
-    cache: dict[str, int] = {}
-    for rid, start, end, units in segments:
-        a = get(rid)
-        if a is None:
-            continue
-        s = cache.get(start) or cache.setdefault(start, months.parse(start))
-        e = cache.get(end) or cache.setdefault(end, months.parse(end))
-        acc.append(a)
-        lo.append(s - first)
-        hi.append(e + 1 - first)
-        val.append(units)
+    """Stored (account_id, start, end, units) runs -> matrix over [first, first+count); unknown Ids skipped.
+
+    Consumed a chunk at a time into numpy, so millions of stored runs never become Python int lists."""
     matrix = np.zeros((len(index), count + 1), dtype=np.int64)
-    if acc:
-        a = np.asarray(acc, dtype=np.int64)
-        v = np.asarray(val, dtype=np.int64)
-        np.add.at(matrix, (a, np.clip(np.asarray(lo), 0, count)), v)
-        np.add.at(matrix, (a, np.clip(np.asarray(hi), 0, count)), -v)
-        np.cumsum(matrix, axis=1, out=matrix)
+    get = index.get
+    month_index: dict[str, int] = {}
+
+    def m(text: str) -> int:
+        v = month_index.get(text)
+        if v is None:
+            v = month_index[text] = months.parse(text)
+        return v
+
+    it = iter(segments)
+    while chunk := list(islice(it, _CHUNK)):
+        rid, start, end, units = zip(*chunk)
+        acc = np.fromiter((get(r, -1) for r in rid), dtype=np.int64, count=len(rid))
+        lo = np.fromiter((m(s) for s in start), dtype=np.int64, count=len(rid)) - first
+        hi = np.fromiter((m(e) for e in end), dtype=np.int64, count=len(rid)) + 1 - first
+        v = np.fromiter(units, dtype=np.int64, count=len(rid))
+        known = acc >= 0
+        np.add.at(matrix, (acc[known], np.clip(lo[known], 0, count)), v[known])
+        np.add.at(matrix, (acc[known], np.clip(hi[known], 0, count)), -v[known])
+    np.cumsum(matrix, axis=1, out=matrix)
     return matrix[:, :count]

@@ -46,16 +46,20 @@ class SnapshotSet:
         return f"{self.views[i]}:{self.roots[i]}:{months.fmt(self.month)}"
 
     def rows(self) -> Iterator[tuple[str, tuple]]:
-        """(external id, values in FIELDS order) for every snapshot; formatting is vectorised."""
+        """(external id, values in FIELDS order) for every snapshot, in external-id order."""
         table = np.concatenate(self.values) if self.values else np.zeros((0, 6), dtype=np.int64)
+        label = months.fmt(self.month)
+        keys = [f"{v}:{r}:{label}" for v, r in zip(self.views, self.roots)]
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        table = table[order]
         f0, f1, exp, con, churn, n = table.T
         month_text = months.first_day(self.month).isoformat()
-        label = months.fmt(self.month)
         cols = [money.fmt_many(c) for c in (f0, f1, exp, con, churn)]
         nrr, grr = money.ratio_many(f1, f0), money.ratio_many(f0 - con - churn, f0)
-        for i, (view, root, n_i) in enumerate(zip(self.views, self.roots, n.tolist())):
-            yield f"{view}:{root}:{label}", (view, root, month_text, cols[0][i], cols[1][i], cols[2][i], cols[3][i],
-                                            cols[4][i], nrr[i], grr[i], str(n_i))
+        counts = [str(c) for c in n.tolist()]
+        for k, i in enumerate(order):
+            yield keys[i], (self.views[i], self.roots[i], month_text, cols[0][k], cols[1][k], cols[2][k], cols[3][k],
+                            cols[4][k], nrr[k], grr[k], counts[k])
 
 
 def to_json(key: str, values: tuple) -> str:
@@ -106,17 +110,17 @@ class SnapshotChanges:
 
 
 def diff(snapshots: SnapshotSet, existing: Iterator[tuple], obj: str) -> SnapshotChanges:
-    """Compare against existing records ((Id, key, *FIELDS) rows); keep the new and the changed ones."""
-    index = {snapshots.key(i) for i in range(len(snapshots))}
-    current = {row[1]: row for row in existing if row[1] in index}
-    del index
+    """Merge-join with existing records ((Id, key, *FIELDS) rows, in key order); keep new and changed ones."""
     out = SnapshotChanges(obj)
+    old = next(existing, None)
     for key, values in snapshots.rows():
-        old = current.get(key)
-        if old is not None and all(same(o, v) for o, v in zip(old[2:], values)):
+        while old is not None and (old[1] or "") < key:
+            old = next(existing, None)
+        match = old if old is not None and old[1] == key else None
+        if match is not None and (match[2:] == values or all(same(o, v) for o, v in zip(match[2:], values))):
             continue
         out.keys.append(key)
-        out.ids.append(old[0] if old else None)
-        out.old.append(to_json(key, tuple(old[2:])) if old else None)
+        out.ids.append(match[0] if match else None)
+        out.old.append(to_json(key, tuple(match[2:])) if match else None)
         out.new.append(to_json(key, values))
     return out
