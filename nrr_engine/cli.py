@@ -283,7 +283,7 @@ def runs_list(ctx, limit):
 @click.pass_context
 @guarded
 def runs_show(ctx, run_id, show_changes):
-    """One run: summary, change counts by status, findings, the first changes."""
+    """One run: summary, change counts by status, data-quality findings, the first changes."""
     from .errors import DataError
     from .ledger import Ledger
     ledger = Ledger(_settings(ctx).state)
@@ -292,6 +292,7 @@ def runs_show(ctx, run_id, show_changes):
         raise DataError(f"no run {run_id!r}; see `nrr-engine runs list`")
     out = {k: (json.loads(v) if k in ("counts", "summary", "api_usage") and v else v) for k, v in r.items()}
     out["change_status"] = ledger.change_counts(r["id"])
+    out["findings"] = [{k: f[k] for k in ("kind", "message", "record_count")} for f in ledger.findings(r["id"])]
     out["changes"] = [{k: c[k] for k in ("object", "record_id", "field", "old", "new", "status", "error", "rule")}
                       for _, c in zip(range(show_changes), ledger.changes(r["id"]))]
     click.echo(report_mod.dumps(out))

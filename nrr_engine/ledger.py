@@ -199,9 +199,6 @@ class Ledger:
         while rows := cur.fetchmany(50_000):
             yield from rows
 
-    def arr_months(self) -> tuple[str | None, str | None]:
-        return tuple(self.db.execute("SELECT min(start_month), max(end_month) FROM arr_history").fetchone())
-
     def replace_arr(self, account_ids: Sequence[str], segments: Iterable[tuple[str, str, str, int]]) -> None:
         """Replace the history of the given accounts by `segments`, atomically."""
         conn = self.db.conn

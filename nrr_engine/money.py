@@ -130,11 +130,3 @@ def ratio_text(numerator: int, denominator: int) -> str | None:
     return f"{sign}{q // 10_000}.{q % 10_000:04d}"
 
 
-def same_amount(old: str | None, new_units: int | None) -> bool:
-    """True when a stored text value equals `new_units` (Decimal-exact, ignoring formatting)."""
-    if new_units is None:
-        return old is None or old.strip() == ""
-    try:
-        return parse_units(old) == new_units
-    except MoneyError:
-        return False

@@ -111,3 +111,32 @@ def test_movements_always_add_up(accounts):
     prior = np.zeros(len(a0), dtype=bool)
     assert movements(family_table(a0, a1, prior, family)).balanced()
     assert movements(family_table(a0, a1, prior, np.arange(len(a0)))).balanced()
+
+
+def test_cycle_in_source_data_through_a_run(org, cli):
+    """A ParentId cycle in Account.csv: the run succeeds, reports the cycle's Ids, and rolls up one family."""
+    org.sub(org.account("001A", "Alpha", "001C"), "2025-01-01", "", "300")
+    org.sub(org.account("001B", "Beta", "001A"), "2025-01-01", "", "200")
+    org.sub(org.account("001C", "Gamma", "001B"), "2025-01-01", "", "100")
+    org.write()
+    out = cli("run", "--as-of", "2026-11-15").stdout
+    assert "[cycle]" in out and "broken at 001A" in out
+    import sqlite3
+    db = sqlite3.connect(org.root / "state" / "local-org.db")
+    rows = dict(db.execute("SELECT Id, Hierarchy_ARR__c FROM Account").fetchall())
+    assert rows == {"001A": "600.00", "001B": "300.00", "001C": "100.00"}
+
+
+def test_ten_thousand_deep_chain_through_a_run(org, cli):
+    """A 10,000-deep chain runs to the end: a too_deep finding, the root carries all the ARR."""
+    prev = ""
+    for i in range(10_000):
+        prev = org.account(f"001D{i:05d}", f"Deep {i}", prev)
+    org.sub("001D00000", "2025-01-01", "", "1")
+    org.sub("001D09999", "2025-01-01", "", "2")
+    org.write()
+    r = cli("run", "--as-of", "2026-11-15")
+    assert "[too_deep]" in r.stdout and "deepest 9999" in r.stdout and "Traceback" not in r.stderr
+    import sqlite3
+    db = sqlite3.connect(org.root / "state" / "local-org.db")
+    assert db.execute("SELECT Hierarchy_ARR__c FROM Account WHERE Id = '001D00000'").fetchone()[0] == "3.00"

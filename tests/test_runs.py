@@ -85,12 +85,16 @@ def test_rollback_leaves_values_edited_since_and_reports_them(family, cli):
 
 
 def test_runs_list_and_show(family, cli):
-    """The ledger lists runs and shows one with its changes, statuses and findings."""
+    """The ledger lists runs and shows one with its changes, statuses and data-quality findings."""
+    family.account("001ORP", "Orphan Ltd", "001GONE")
+    family.write()
     run_id = cli("run", "--as-of", "2026-11-15").stdout.split()[1]
     assert run_id in cli("runs", "list").stdout
     shown = cli.json("runs", "show", run_id[:20])
     assert shown["status"] == "succeeded" and shown["change_status"]["applied"] > 0
     assert shown["changes"][0]["status"] == "applied" and shown["config_hash"]
+    assert shown["findings"] == [{"kind": "dangling_parent", "record_count": 1,
+                                  "message": "1 account(s) have a ParentId that matches no account; treated as roots"}]
 
 
 # fetch, hierarchy, arr, rollup, nrr, snapshot, gates, apply, ledger, write, history: 11 stop checks.

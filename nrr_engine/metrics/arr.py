@@ -15,13 +15,6 @@ from ..config import SubscriptionSource
 from ..errors import DataError, Location
 from ..model import Finding
 
-_ONE_DAY = dt.timedelta(days=1)
-
-
-def _parse_date(text: str) -> dt.date:
-    return dt.date.fromisoformat(text.strip()[:10])
-
-
 _CHUNK = 200_000
 
 

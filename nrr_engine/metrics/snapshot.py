@@ -45,21 +45,23 @@ class SnapshotSet:
     def key(self, i: int) -> str:
         return f"{self.views[i]}:{self.roots[i]}:{months.fmt(self.month)}"
 
-    def rows(self) -> Iterator[tuple[str, tuple]]:
-        """(external id, values in FIELDS order) for every snapshot, in external-id order."""
+    def rows(self, chunk: int = 50_000) -> Iterator[tuple[str, tuple]]:
+        """(external id, values in FIELDS order) for every snapshot, in external-id order.
+
+        Formatting is vectorised a chunk at a time, so strings for half a million rows never coexist."""
         table = np.concatenate(self.values) if self.values else np.zeros((0, 6), dtype=np.int64)
         label = months.fmt(self.month)
         keys = [f"{v}:{r}:{label}" for v, r in zip(self.views, self.roots)]
-        order = sorted(range(len(keys)), key=keys.__getitem__)
-        table = table[order]
-        f0, f1, exp, con, churn, n = table.T
+        order = np.array(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
         month_text = months.first_day(self.month).isoformat()
-        cols = [money.fmt_many(c) for c in (f0, f1, exp, con, churn)]
-        nrr, grr = money.ratio_many(f1, f0), money.ratio_many(f0 - con - churn, f0)
-        counts = [str(c) for c in n.tolist()]
-        for k, i in enumerate(order):
-            yield keys[i], (self.views[i], self.roots[i], month_text, cols[0][k], cols[1][k], cols[2][k], cols[3][k],
-                            cols[4][k], nrr[k], grr[k], counts[k])
+        for start in range(0, len(order), chunk):
+            part = order[start:start + chunk]
+            f0, f1, exp, con, churn, n = table[part].T
+            cols = [money.fmt_many(c) for c in (f0, f1, exp, con, churn)]
+            nrr, grr = money.ratio_many(f1, f0), money.ratio_many(f0 - con - churn, f0)
+            for k, (i, count) in enumerate(zip(part.tolist(), n.tolist())):
+                yield keys[i], (self.views[i], self.roots[i], month_text, cols[0][k], cols[1][k], cols[2][k],
+                                cols[3][k], cols[4][k], nrr[k], grr[k], str(count))
 
 
 def to_json(key: str, values: tuple) -> str:

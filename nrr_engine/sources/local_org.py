@@ -218,9 +218,6 @@ class LocalOrg:
         """Field API names of an object (as the CSV header spells them)."""
         return [r[1] for r in self.db.execute(f"PRAGMA table_info({_q(obj)})")]
 
-    def count(self, obj: str) -> int:
-        return self.db.execute(f"SELECT count(*) FROM {_q(obj)}").fetchone()[0] if self.has_table(obj) else 0
-
     def read(self, obj: str, fields: Sequence[str], order_by: str = "Id") -> Iterator[tuple]:
         """Stream rows of `fields` (missing columns read as None), ordered by Id (or `order_by`)."""
         have = {c.lower() for c in self.columns(obj)}
