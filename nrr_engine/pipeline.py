@@ -417,8 +417,9 @@ def apply(plan: Plan, org: LocalOrg, ledger: Ledger, settings: Settings) -> dict
     ctx.check_stop("apply")
     run_id = ctx.run_id
     ledger.finish_run(run_id, status="applying")
-    with _Stage(ctx, "write"), org.transaction():
-        failures = write_changes(org, plan, settings)
+    with org.transaction():  # commits after the ledger has
+        with _Stage(ctx, "write"):
+            failures = write_changes(org, plan, settings)
         with _Stage(ctx, "ledger"):
             ledger.record_changes(run_id, plan.batches(), "applied", failures)
     with _Stage(ctx, "history"):
