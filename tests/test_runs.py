@@ -135,15 +135,19 @@ def _clean_state(org, tmp_path):
     return state_of(twin)
 
 
+def _started_plan(e: Engine, org) -> pipeline.Plan:
+    """A run recorded as started and its computed plan: the state a process is in just before it writes."""
+    ctx = pipeline.RunContext.new(CLOCK, AS_OF)
+    e.ledger.start_run({"id": ctx.run_id, "job": "nightly", "mode": "run", "as_of": "2026-11-15",
+                        "started": CLOCK().isoformat()})
+    return pipeline.compute(config_mod.load(org.config), e.org, e.ledger, ctx)
+
+
 def test_crash_in_the_middle_of_writes_is_recovered(family, tmp_path):
     """A process that died after writing part of a run: the next run settles the ledger and converges."""
-    settings = config_mod.load(family.config)
     with engine(family) as e:
-        ctx = pipeline.RunContext.new(CLOCK, AS_OF)
-        e.ledger.start_run({"id": ctx.run_id, "job": "nightly", "mode": "run", "as_of": "2026-11-15",
-                            "started": CLOCK().isoformat()})
-        plan = pipeline.compute(settings, e.org, e.ledger, ctx)
-        total = plan.change_count()
+        plan = _started_plan(e, family)
+        ctx, total = plan.ctx, plan.change_count()
         e.ledger.record_changes(ctx.run_id, plan.batches(), "pending")
         batch = plan.changes[0]
         half = len(batch) // 2
@@ -175,12 +179,9 @@ def test_migrations_are_recorded(family, cli):
 
 def test_crash_between_ledger_commit_and_org_commit_is_recovered(family, tmp_path):
     """Ledger says applied but the org transaction never committed: the next run marks them not applied."""
-    settings = config_mod.load(family.config)
     with engine(family) as e:
-        ctx = pipeline.RunContext.new(CLOCK, AS_OF)
-        e.ledger.start_run({"id": ctx.run_id, "job": "nightly", "mode": "run", "as_of": "2026-11-15",
-                            "started": CLOCK().isoformat()})
-        plan = pipeline.compute(settings, e.org, e.ledger, ctx)
+        plan = _started_plan(e, family)
+        ctx = plan.ctx
         e.ledger.finish_run(ctx.run_id, status="applying")
         e.ledger.record_changes(ctx.run_id, plan.batches(), "applied")   # ... and the org never commits
         total, crashed = plan.change_count(), ctx.run_id
