@@ -23,7 +23,8 @@ from .config import Settings
 from .errors import DataError, ExitCode, Location, NrrError, SourceUnavailable
 from .ledger import Ledger
 from .metrics import arr as arr_mod
-from .pipeline import UPSERT, SNAPSHOT_KEY, RunContext
+from .metrics.snapshot import same as snapshot_same
+from .pipeline import SNAPSHOT_KEY, UPSERT, RunContext
 
 log = structlog.get_logger("nrr_engine")
 
@@ -169,7 +170,7 @@ class Engine:
         ctx = RunContext.new(self.clock, as_of or self.today(), dry_run=True)
         self.org.sync(["Account", *([settings.arr.subscriptions.object] if settings.arr.source == "subscriptions" else [])])
         if by and by != "cohort":
-            pipeline._require_columns(self.org, "Account", [by], "--by")
+            pipeline.require_columns(self.org, "Account", [by], "--by")
         accounts = pipeline.fetch_accounts(settings, self.org)
         if by and by != "cohort":
             accounts.fields[by] = [r[0] for r in self.org.read("Account", [by])]
@@ -180,7 +181,7 @@ class Engine:
         count = settings.arr.history_months
         first = cur - count + 1
         stored = arr_mod.from_segments(self.ledger.arr_segments(), accounts.index, first, count)
-        matrix, _ = pipeline._arr_matrix(settings, self.org, accounts, stored, first, count, cur)
+        matrix, _ = pipeline.arr_matrix(settings, self.org, accounts, stored, first, count, cur)
         p = months.parse(period) if period else cur - 1
         if p > cur:
             raise DataError(f"--period {period} is in the future (as of {ctx.as_of})")
@@ -222,7 +223,7 @@ class Engine:
                     if c["field"] == UPSERT:
                         new = json.loads(c["new"])
                         now = dict(zip(fields + snap_fields, row)) if row else None
-                        if now is None or not all(pipeline._snap_same(now.get(f), new[f]) for f in pipeline.SNAPSHOT_FIELDS):
+                        if now is None or not all(snapshot_same(now.get(f), new[f]) for f in pipeline.SNAPSHOT_FIELDS):
                             conflicts.append({"object": obj, "id": c["record_id"] or c["external_id"], "field": UPSERT,
                                               "expected": c["new"], "found": json.dumps(now) if now else None})
                         elif c["old"] is None:
@@ -231,7 +232,7 @@ class Engine:
                             restores.append((c, json.loads(c["old"])))
                         continue
                     now = row[fields.index(c["field"])] if row else None
-                    if now == c["new"] or (now is not None and c["new"] is not None and pipeline._snap_same(now, c["new"])):
+                    if now == c["new"] or (now is not None and c["new"] is not None and snapshot_same(now, c["new"])):
                         restores.append((c, {c["field"]: c["old"]}))
                     else:
                         conflicts.append({"object": obj, "id": c["record_id"], "field": c["field"],

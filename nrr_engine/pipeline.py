@@ -11,8 +11,8 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -110,10 +110,6 @@ class Plan:
     def current_month(self) -> int:
         return months.of(self.ctx.as_of)
 
-    @property
-    def period(self) -> int:
-        return self.current_month - 1
-
     def batches(self) -> list:
         """The changes in plan order, as batches (one per field, then the snapshot upserts)."""
         return [*self.changes, self.snapshot_changes]
@@ -132,7 +128,7 @@ def open_org(settings: Settings) -> LocalOrg:
     return LocalOrg(settings.org_path, settings.working_copy)
 
 
-def _require_columns(org: LocalOrg, obj: str, fields: list[str], what: str) -> None:
+def require_columns(org: LocalOrg, obj: str, fields: list[str], what: str) -> None:
     if not org.has_table(obj):
         raise DataError(f"no {obj}.csv in the org folder; expected a Data Loader export of {obj}",
                         Location(str(org.folder / f"{obj}.csv")))
@@ -144,9 +140,9 @@ def _require_columns(org: LocalOrg, obj: str, fields: list[str], what: str) -> N
 
 
 def fetch_accounts(settings: Settings, org: LocalOrg) -> Accounts:
-    _require_columns(org, "Account", [v.parent_field for v in settings.views], "views.parent_field")
+    require_columns(org, "Account", [v.parent_field for v in settings.views], "views.parent_field")
     if settings.arr.source == "account_field":
-        _require_columns(org, "Account", [settings.arr.account_field], "arr.account_field")
+        require_columns(org, "Account", [settings.arr.account_field], "arr.account_field")
     fields = ["Id", *settings.account_fields_read()]
     cols = org.read_columns("Account", fields)
     return Accounts(ids=cols[0], fields={f: cols[i] for i, f in enumerate(fields) if i})
@@ -183,7 +179,7 @@ def compute(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunContext) 
         count = settings.arr.history_months
         first = cur - count + 1
         stored = arr_mod.from_segments(ledger.arr_segments(), accounts.index, first, count)
-        matrix, fs = _arr_matrix(settings, org, accounts, stored, first, count, cur)
+        matrix, fs = arr_matrix(settings, org, accounts, stored, first, count, cur)
         findings.extend(fs)
         changed_rows = np.flatnonzero((matrix != stored).any(axis=1))
         del stored
@@ -224,11 +220,11 @@ def compute(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunContext) 
     return plan
 
 
-def _arr_matrix(settings, org, accounts, stored, first, count, cur):
+def arr_matrix(settings, org, accounts, stored, first, count, cur):
     a = settings.arr
     if a.source == "subscriptions":
         s = a.subscriptions
-        _require_columns(org, s.object, [s.account, s.start, s.end, s.amount, s.currency], f"arr.subscriptions")
+        require_columns(org, s.object, [s.account, s.start, s.end, s.amount, s.currency], f"arr.subscriptions")
         rows = org.read(s.object, ["Id", s.account, s.start, s.end, s.amount, s.currency or "__none__"])
         matrix, fs = arr_mod.from_subscriptions(rows, accounts.index, s, settings.currency, first, count,
                                                 str(org.folder / f"{s.object}.csv"))
@@ -375,8 +371,6 @@ def _snapshots(settings: Settings, org: LocalOrg, ledger: Ledger, accounts: Acco
     return snaps, snapshot.diff(snaps, existing, obj)
 
 
-_snap_same = snapshot.same
-
 
 # ---- gates --------------------------------------------------------------------------------------
 
@@ -497,7 +491,7 @@ def recover(org: LocalOrg, ledger: Ledger) -> list[str]:
                 new = json.loads(ch["new"])
                 rid = snap_ids[obj].get(new[SNAPSHOT_KEY])
                 now = org.get(obj, [rid], list(new)).get(rid) if rid else None
-                done = now is not None and all(_snap_same(v, new[f]) for f, v in zip(new, now))
+                done = now is not None and all(snapshot.same(v, new[f]) for f, v in zip(new, now))
                 exceptions.append((ch["seq"], "applied" if done else "not_applied", None, rid))
                 continue
             now = current[(ch["object"], ch["field"])].get(ch["record_id"])

@@ -74,7 +74,7 @@ class Daemon:
         return due
 
     def stop(self, *_):
-        log.info("scheduler.stopping")
+        # Signal-handler safe: no logging here (the log writer holds a lock the interrupted frame may own).
         self.stop_event.set()
 
     def serve(self, install_signals: bool = True) -> None:
@@ -94,6 +94,7 @@ class Daemon:
         try:
             while not self.stop_event.wait(0.2):
                 pass
+            log.info("scheduler.stopping")
         finally:
             sched.shutdown(wait=True)
             log.info("scheduler.stopped")
