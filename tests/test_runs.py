@@ -190,3 +190,24 @@ def test_crash_between_ledger_commit_and_org_commit_is_recovered(family, tmp_pat
         assert e.ledger.change_counts(crashed) == {"not_applied": total}
         assert e.ledger.run(crashed)["status"] == "interrupted"
     assert state_of(family) == _clean_state(family, tmp_path)
+
+
+def test_record_deleted_during_the_run_is_a_record_failure(family):
+    """An account deleted by someone while the run computes: its changes fail with the error, exit code 1."""
+    calls = []
+
+    def someone_deletes_acme() -> bool:
+        calls.append(1)
+        if len(calls) == 8:  # just before the apply stage
+            db = sqlite3.connect(family.root / "state" / "local-org.db")
+            db.execute("DELETE FROM Account WHERE Id = '001ACM'")
+            db.commit()
+            db.close()
+        return False
+
+    with engine(family) as e:
+        out = e.execute(as_of=AS_OF, should_stop=someone_deletes_acme)
+        failed = list(e.ledger.changes(out.run_id, status="failed"))
+        assert int(out.exit_code) == 1 and e.ledger.run(out.run_id)["status"] == "failed_records"
+    assert {c["record_id"] for c in failed} == {"001ACM"} and out.summary["changes"]["failed"] == len(failed)
+    assert all(c["error"].startswith("ENTITY_IS_DELETED") for c in failed)

@@ -91,3 +91,18 @@ def test_example_2_report_json_matches_golden(org, cli):
     if not GOLDEN.exists():  # first run writes it; review the file before committing
         GOLDEN.write_text(json.dumps(r, indent=2) + "\n")
     assert r == json.loads(GOLDEN.read_text())
+
+
+def test_quarterly_window_and_cohort_segments(org, cli):
+    """--window 3 uses m1-3 -> m1; --by cohort groups families by their first month with ARR."""
+    s = org.account("001STE", "Steady Co")
+    org.sub(s, "2024-01-01", "", "100000")
+    org.sub(org.account("001SUK", "Steady Co UK", s), "2026-03-01", "", "20000")
+    org.sub(org.account("001NEW", "Newer Ltd"), "2025-06-01", "2026-08-31", "7000")
+    org.write()
+    r = cli.json("report", "nrr", "--period", "2026-10", "--window", "3", "--format", "json", "--by", "cohort",
+                 "--as-of", "2026-11-15")
+    assert (r["window"], r["family"]["start"], r["family"]["end"], r["family"]["churn"]) == (3, "127000.00", "120000.00",
+                                                                                             "7000.00")
+    cohorts = {s["value"]: s["family"]["nrr"] for s in r["segments"]}
+    assert cohorts == {"2024-01": "1", "2025-06": "0"}  # Steady Co first billed 2024-01, Newer Ltd 2025-06
