@@ -165,28 +165,17 @@ class Engine:
     def report_nrr(self, period: str | None, window: int, view: str | None, by: str | None,
                    as_of_start: bool = False, as_of: dt.date | None = None) -> dict:
         """NRR/GRR for a period and window, recomputed from the org and the stored history (writes nothing)."""
-        settings = self.settings
-        v = settings.view(view) if view else settings.views[0]
+        v = self.settings.view(view) if view else self.settings.views[0]
         ctx = RunContext.new(self.clock, as_of or self.today(), dry_run=True)
-        self.org.sync(["Account", *([settings.arr.subscriptions.object] if settings.arr.source == "subscriptions" else [])])
-        if by and by != "cohort":
-            pipeline.require_columns(self.org, "Account", [by], "--by")
-        accounts = pipeline.fetch_accounts(settings, self.org)
-        if by and by != "cohort":
-            accounts.fields[by] = [r[0] for r in self.org.read("Account", [by])]
-        tree, _ = pipeline.build_tree(accounts.ids, accounts.index, accounts.column(v.parent_field), v.parent_field)
-        ids = accounts.ids
-        self.ledger.stage_membership(v.name, zip(ids, (ids[r] for r in tree.root.tolist())))
         cur = months.of(ctx.as_of)
-        count = settings.arr.history_months
-        first = cur - count + 1
-        stored = arr_mod.from_segments(self.ledger.arr_segments(), accounts.index, first, count)
-        matrix, _ = pipeline.arr_matrix(settings, self.org, accounts, stored, first, count, cur)
         p = months.parse(period) if period else cur - 1
         if p > cur:
             raise DataError(f"--period {period} is in the future (as of {ctx.as_of})")
-        return pipeline.window_figures(settings, self.ledger, accounts, matrix, first, tree, v.name, p, window,
-                                       current_month=cur, as_of_start=as_of_start, by=by)
+        inputs = pipeline.load_inputs(self.settings, self.org, self.ledger, ctx,
+                                      extra_fields=(by,) if by and by != "cohort" else ())
+        return pipeline.window_figures(self.settings, self.ledger, inputs.accounts, inputs.matrix, inputs.first,
+                                       inputs.views[v.name].tree, v.name, p, window, current_month=cur,
+                                       as_of_start=as_of_start, by=by)
 
     # ---- rollback -------------------------------------------------------------------------------
     def rollback(self, run_id: str) -> dict:
@@ -288,8 +277,7 @@ class Engine:
                 matrix[index[a], m - lo] = units
                 touched.add(index[a])
             rows_idx = np.array(sorted(touched), dtype=np.int64)
-            segments = [(ids[r], s, e, u) for r, s, e, u in arr_mod.to_segments(matrix, rows_idx, lo)]
-            self.ledger.replace_arr([ids[r] for r in rows_idx.tolist()], segments)
+            self.ledger.replace_arr([ids[r] for r in rows_idx.tolist()], arr_mod.iter_segments(matrix, rows_idx, lo, ids))
         return {"rows": len(rows), "accounts": len(touched), "months": f"{months.fmt(lo)}..{months.fmt(hi)}"}
 
     # ---- export ---------------------------------------------------------------------------------

@@ -139,31 +139,47 @@ def require_columns(org: LocalOrg, obj: str, fields: list[str], what: str) -> No
                               Location(str(org.folder / f"{obj}.csv"), 1, field=f))
 
 
-def fetch_accounts(settings: Settings, org: LocalOrg) -> Accounts:
+def fetch_accounts(settings: Settings, org: LocalOrg, extra_fields: tuple[str, ...] = ()) -> Accounts:
     require_columns(org, "Account", [v.parent_field for v in settings.views], "views.parent_field")
     if settings.arr.source == "account_field":
         require_columns(org, "Account", [settings.arr.account_field], "arr.account_field")
-    fields = ["Id", *settings.account_fields_read()]
+    fields = ["Id", *dict.fromkeys([*settings.account_fields_read(), *extra_fields])]
     cols = org.read_columns("Account", fields)
     return Accounts(ids=cols[0], fields={f: cols[i] for i, f in enumerate(fields) if i})
 
 
 # ---- compute ------------------------------------------------------------------------------------
 
-def compute(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunContext) -> Plan:
-    """Everything short of writing: changes, snapshots, NRR, findings. Raises GateFailed on a broken gate."""
+@dataclass
+class Inputs:
+    """What every computation starts from: accounts, a tree per view, monthly ARR, findings so far."""
+
+    accounts: Accounts
+    views: dict[str, ViewResult]
+    first: int                  # month index of the matrix's first column
+    matrix: np.ndarray          # accounts x months ARR units
+    changed_rows: np.ndarray    # accounts whose stored ARR history differs from `matrix`
+    staged: dict[str, int]      # view -> accounts whose family differs from the recorded one
+    findings: list[Finding]
+
+
+def load_inputs(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunContext,
+                extra_fields: tuple[str, ...] = ()) -> Inputs:
+    """Fetch, build each view's tree (staging its membership in the ledger), and compute monthly ARR."""
     with _Stage(ctx, "fetch"):
         objects = ["Account"]
         if settings.arr.subscriptions and settings.arr.source == "subscriptions":
             objects.append(settings.arr.subscriptions.object)
         objects.append(settings.snapshot_object)
         org.sync(objects)
-        accounts = fetch_accounts(settings, org)
+        require_columns(org, "Account", list(extra_fields), "--by")
+        accounts = fetch_accounts(settings, org, extra_fields)
     findings: list[Finding] = []
     cur = months.of(ctx.as_of)
 
     with _Stage(ctx, "hierarchy"):
         views: dict[str, ViewResult] = {}
+        staged: dict[str, int] = {}
         for v in settings.views:
             tree, fs = build_tree(accounts.ids, accounts.index, accounts.column(v.parent_field), v.parent_field)
             findings.extend(fs)
@@ -174,6 +190,8 @@ def compute(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunContext) 
                                         tuple(accounts.ids[i] for i in deep[:1000])))
             views[v.name] = ViewResult(v.name, tree, int((tree.parent < 0).sum()),
                                        int(tree.depth.max()) if len(tree.depth) else 0)
+            ids = accounts.ids
+            staged[v.name] = ledger.stage_membership(v.name, zip(ids, (ids[r] for r in tree.root.tolist())))
 
     with _Stage(ctx, "arr"):
         count = settings.arr.history_months
@@ -182,8 +200,16 @@ def compute(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunContext) 
         matrix, fs = arr_matrix(settings, org, accounts, stored, first, count, cur)
         findings.extend(fs)
         changed_rows = np.flatnonzero((matrix != stored).any(axis=1))
-        del stored
-        arr_rewrite = ([accounts.ids[r] for r in changed_rows.tolist()], changed_rows)
+    return Inputs(accounts, views, first, matrix, changed_rows, staged, findings)
+
+
+def compute(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunContext) -> Plan:
+    """Everything short of writing: changes, snapshots, NRR, findings. Raises GateFailed on a broken gate."""
+    inputs = load_inputs(settings, org, ledger, ctx)
+    accounts, views, first, matrix = inputs.accounts, inputs.views, inputs.first, inputs.matrix
+    findings = inputs.findings
+    cur = months.of(ctx.as_of)
+    arr_rewrite = ([accounts.ids[r] for r in inputs.changed_rows.tolist()], inputs.changed_rows)
 
     with _Stage(ctx, "rollup"):
         changes = []
@@ -199,9 +225,7 @@ def compute(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunContext) 
                 findings.append(Finding("as_of_in_past", f"view {v.name}: membership is recorded up to {latest}; "
                                         f"this run (as of {ctx.as_of}) does not record it", ()))
                 continue
-            ids = accounts.ids
-            membership[v.name] = ledger.stage_membership(
-                v.name, zip(ids, (ids[r] for r in views[v.name].tree.root.tolist())))
+            membership[v.name] = inputs.staged[v.name]
         nrr = {}
         for v in settings.views:
             nrr[v.name] = {w: window_figures(settings, ledger, accounts, matrix, first, views[v.name].tree, v.name,
