@@ -74,16 +74,17 @@ as_of_option = click.option("--as-of", "as_of", metavar="YYYY-MM-DD",
 @click.version_option(__version__, prog_name="nrr-engine")
 @click.option("--config", "config", type=click.Path(dir_okay=False), envvar=None,
               help="Config file (default: $NRR_ENGINE_CONFIG, else ./config/nrr.yaml).")
-@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]),
-              help="Log verbosity (logs go to stderr; JSON when stderr is not a terminal).")
+@click.option("--log-level", default=None, type=click.Choice(["debug", "info", "warning", "error"]),
+              help="Log verbosity (stderr; JSON when stderr is not a terminal). Default: info for cron and "
+                   "pipes, warning on a terminal (where a progress bar shows the stages).")
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
 def main(config, log_level, debug):
     """nrr-engine: repair account hierarchies, roll up ARR and report true family-level NRR.
 
     Exit codes: 0 ok, 1 record-level failures, 2 invalid config/rules/input,
-    3 source or sink unavailable, 4 reconciliation gate failed.
+    3 source or sink unavailable, 4 reconciliation gate failed (70: an internal error, a bug to report).
     """
-    log_mod.configure(log_level)
+    log_mod.configure(log_level or ("warning" if sys.stderr.isatty() else "info"))
 
 
 @main.command()
