@@ -20,7 +20,7 @@ import structlog
 
 from . import money, months, pipeline
 from .config import Settings
-from .errors import DataError, ExitCode, Location, NrrError, SourceUnavailable
+from .errors import DataError, ExitCode, Interrupted, Location, NrrError, SourceUnavailable
 from .ledger import Ledger
 from .metrics import arr as arr_mod
 from .metrics.snapshot import same as snapshot_same
@@ -108,8 +108,9 @@ class Engine:
                     if not dry_run:
                         counts.update(pipeline.apply(plan, self.org, self.ledger, self.settings))
                 except NrrError as exc:
-                    self.ledger.finish_run(ctx.run_id, status="failed", ended=self.clock().isoformat(),
-                                           error=str(exc), counts={"stages": ctx.stage_times})
+                    self.ledger.finish_run(ctx.run_id, status="stopped" if isinstance(exc, Interrupted) else "failed",
+                                           ended=self.clock().isoformat(), error=str(exc),
+                                           counts={"stages": ctx.stage_times})
                     raise
                 except BaseException as exc:
                     self.ledger.finish_run(ctx.run_id, status="failed", ended=self.clock().isoformat(),

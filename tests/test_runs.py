@@ -113,7 +113,7 @@ def test_run_stopped_at_any_stage_then_rerun_equals_one_clean_run(family, tmp_pa
     with engine(family) as e:
         with pytest.raises(Interrupted, match="stop requested"):
             e.execute(as_of=AS_OF, should_stop=should_stop)
-        assert e.ledger.runs(1)[0]["status"] == "failed"
+        assert e.ledger.runs(1)[0]["status"] == "stopped"
         e.execute(as_of=AS_OF)
         assert e.execute(as_of=AS_OF).summary["changes"] == {"planned": 0}
     assert state_of(family) == _clean_state(family, tmp_path)
