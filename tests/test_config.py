@@ -63,6 +63,14 @@ def test_each_error_names_file_line_and_expectation(cfg_dir, text, line, words):
     assert words in message, message
 
 
+def test_non_utf8_config_is_a_clear_error(cfg_dir):
+    """A config saved as Latin-1 names the file and line of the first bad byte."""
+    path = cfg_dir / "config" / "nrr.yaml"
+    path.write_bytes(GOOD.replace("currency: USD", "# Soci\xe9t\xe9\ncurrency: USD").encode("latin-1"))
+    with pytest.raises(ConfigErrors, match=r"nrr\.yaml:3: not UTF-8 \(byte 0xe9\)"):
+        config_mod.load(path)
+
+
 def test_validate_collects_every_problem(cfg_dir):
     """`validate` prints all schema problems at once and exits 2."""
     path = write(cfg_dir, GOOD.replace("currency: USD", "currency: dollars").replace("kind: local", "kind: local, extra: 1"))
