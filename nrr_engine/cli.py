@@ -294,7 +294,8 @@ def runs_show(ctx, run_id, show_changes):
     out = {k: (json.loads(v) if k in ("counts", "summary", "api_usage") and v else v) for k, v in r.items()}
     out["change_status"] = ledger.change_counts(r["id"])
     out["findings"] = [{k: f[k] for k in ("kind", "message", "record_count")} for f in ledger.findings(r["id"])]
-    out["changes"] = [{k: c[k] for k in ("object", "record_id", "field", "old", "new", "status", "error", "rule")}
+    out["changes"] = [{k: c[k] for k in ("object", "record_id", "external_id", "field", "old", "new", "status", "error",
+                                         "rule")}
                       for _, c in zip(range(show_changes), ledger.changes(r["id"]))]
     click.echo(report_mod.dumps(out))
 

@@ -83,3 +83,20 @@ def test_synthetic_demo_via_cli(tmp_path):
     """`demo --accounts N` generates an org of N accounts and runs on it."""
     out = Cli(None)("demo", "--accounts", "800", "--dir", str(tmp_path / "s")).stdout
     assert "generated 800 accounts" in out and "accounts read: 800" in out
+
+
+def test_rollback_of_the_demo_run_then_plan_shows_the_same_changes(tmp_path):
+    """Bar: rollback of the demo run restores the org, and the next plan lists exactly the changes it had applied."""
+    import json
+    Cli(None)("demo", "--dir", str(tmp_path / "d"))
+    cli = Cli(tmp_path / "d" / "config" / "nrr.yaml")
+    run_id = cli("runs", "list").stdout.split()[0]
+    applied = cli.json("runs", "show", run_id, "--changes", "100000")["changes"]
+    cli("rollback", run_id)
+    cli("plan", "--out", str(tmp_path / "plan.json"), "--as-of", "2026-11-15")
+    planned = json.loads((tmp_path / "plan.json").read_text())["changes"]
+    key = lambda c: (c["object"], c.get("external_id") or c.get("id") or c.get("record_id"), c["field"])  # noqa: E731
+    assert len(applied) == len(planned) > 6000
+    assert sorted(map(key, applied)) == sorted(map(key, planned))
+    assert {key(c): c["new"] for c in planned if c["field"] != "(upsert)"} == \
+           {key(c): c["new"] for c in applied if c["field"] != "(upsert)"}
