@@ -313,6 +313,8 @@ def rollback(ctx, run_id):
     for c in result["conflicts"]:
         click.echo(f"  left alone (edited since): {c['object']} {c['id']} {c['field']}: expected {c['expected']!r}, "
                    f"found {c['found']!r}")
+    if result["conflict_count"] > len(result["conflicts"]):
+        click.echo(f"  ... and {result['conflict_count'] - len(result['conflicts'])} more left alone")
 
 
 @main.group()

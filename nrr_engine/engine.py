@@ -18,13 +18,12 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from . import money, months, pipeline
+from . import money, months, pipeline, reconcile
 from .config import Settings
 from .errors import DataError, ExitCode, Interrupted, Location, NrrError, SourceUnavailable
 from .ledger import Ledger
 from .metrics import arr as arr_mod
-from .metrics.snapshot import same as snapshot_same
-from .pipeline import SNAPSHOT_KEY, UPSERT, RunContext
+from .pipeline import UPSERT, RunContext
 
 log = structlog.get_logger("nrr_engine")
 
@@ -94,7 +93,7 @@ class Engine:
             ctx.progress = tqdm(total=7 if dry_run else 10, unit="stage", leave=False)
         try:
             with self.lock():
-                recovered = pipeline.recover(self.org, self.ledger)
+                recovered = reconcile.recover(self.org, self.ledger)
                 if recovered:
                     log.warning("run.recovered", runs=recovered)
                 self.ledger.start_run({"id": ctx.run_id, "job": job, "mode": "plan" if dry_run else "run",
@@ -192,62 +191,15 @@ class Engine:
             self.org.sync(["Account", self.settings.snapshot_object])
             self.ledger.start_run({"id": ctx.run_id, "job": "rollback", "mode": "rollback", "as_of": ctx.as_of.isoformat(),
                                    "started": self.clock().isoformat()})
-            applied = list(self.ledger.changes(run["id"], status="applied"))
-            restores, deletes, conflicts = [], [], []
-            by_obj: dict[str, list[dict]] = {}
-            for ch in applied:
-                by_obj.setdefault(ch["object"], []).append(ch)
-            for obj, chs in by_obj.items():
-                fields = sorted({c["field"] for c in chs if c["field"] != UPSERT})
-                snap_fields = [SNAPSHOT_KEY, *pipeline.SNAPSHOT_FIELDS]
-                if any(c["field"] == UPSERT for c in chs):  # inserted records: find their Ids by external id
-                    keys = {c["external_id"] for c in chs if c["field"] == UPSERT}
-                    by_key = {k: rid for rid, k in self.org.read(obj, ["Id", SNAPSHOT_KEY]) if k in keys}
-                    for c in chs:
-                        if c["field"] == UPSERT and not c["record_id"]:
-                            c["record_id"] = by_key.get(c["external_id"])
-                ids = sorted({c["record_id"] for c in chs if c["record_id"]})
-                current = self.org.get(obj, ids, fields + snap_fields) if ids else {}
-                for c in reversed(chs):
-                    row = current.get(c["record_id"])
-                    if c["field"] == UPSERT:
-                        new = json.loads(c["new"])
-                        now = dict(zip(fields + snap_fields, row)) if row else None
-                        if now is None or not all(snapshot_same(now.get(f), new[f]) for f in pipeline.SNAPSHOT_FIELDS):
-                            conflicts.append({"object": obj, "id": c["record_id"] or c["external_id"], "field": UPSERT,
-                                              "expected": c["new"], "found": json.dumps(now) if now else None})
-                        elif c["old"] is None:
-                            deletes.append(c)
-                        else:
-                            restores.append((c, json.loads(c["old"])))
-                        continue
-                    now = row[fields.index(c["field"])] if row else None
-                    if now == c["new"] or (now is not None and c["new"] is not None and snapshot_same(now, c["new"])):
-                        restores.append((c, {c["field"]: c["old"]}))
-                    else:
-                        conflicts.append({"object": obj, "id": c["record_id"], "field": c["field"],
-                                          "expected": c["new"], "found": now})
-            changes = [pipeline.Change(c["object"], c["record_id"], f, c["new"] if c["field"] != UPSERT else None, v,
-                                       f"rollback:{run['id']}") for c, vals in restores for f, v in vals.items()
-                       if f != SNAPSHOT_KEY]
-            updates: dict[tuple[str, str], dict] = {}
-            for ch in changes:
-                updates.setdefault((ch.object, ch.id), {})[ch.field] = ch.new
-            by_object: dict[str, list] = {}
-            for (obj, rid), vals in updates.items():
-                by_object.setdefault(obj, []).append((rid, vals))
-            with self.org.transaction():  # write-ahead as in a run: the ledger commits before the org does
-                failures = {r.id: r.error for obj, recs in by_object.items() for r in self.org.update(obj, recs)
-                            if not r.ok}
-                for obj in {c["object"] for c in deletes}:
-                    self.org.delete(obj, [c["record_id"] for c in deletes if c["object"] == obj])
-                self.ledger.record_changes(ctx.run_id, [changes], "applied",
-                                           {i: failures[c.id] for i, c in enumerate(changes) if c.id in failures})
-            result = {"run_id": ctx.run_id, "rolled_back": run["id"], "restored_fields": len(changes),
-                      "deleted_records": len(deletes), "conflicts": conflicts}
+            try:
+                result = reconcile.rollback(self.org, self.ledger, run["id"], ctx.run_id, self.settings.snapshot_prefix)
+            except BaseException as exc:
+                self.ledger.finish_run(ctx.run_id, status="failed", ended=self.clock().isoformat(),
+                                       error=f"{type(exc).__name__}: {exc}")
+                raise
             self.ledger.finish_run(ctx.run_id, status="succeeded", ended=self.clock().isoformat(),
-                                   counts={"applied": len(changes), "deleted": len(deletes), "conflicts": len(conflicts)},
-                                   summary=result)
+                                   counts={"applied": result["restored_fields"], "deleted": result["deleted_records"],
+                                           "conflicts": result["conflict_count"]}, summary=result)
             self.ledger.finish_run(run["id"], status="rolled_back")
             return result
 

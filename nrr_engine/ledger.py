@@ -131,7 +131,7 @@ class Ledger:
                                      f"VALUES ({consts}, ?, ?, ?)", zip(batch.ids, batch.old, batch.new))
                     continue
                 if isinstance(batch, SnapshotChanges):
-                    consts = ", ".join(_literal(v) for v in (run_id, batch.object, UPSERT, status, "snapshot"))
+                    consts = ", ".join(_literal(v) for v in (run_id, batch.object, UPSERT, status, batch.rule))
                     conn.executemany(f"INSERT INTO changes (run_id, object, field, status, rule, record_id, external_id, "
                                      f"old, new) VALUES ({consts}, ?, ?, ?, ?)",
                                      zip(batch.ids, batch.keys, batch.old, batch.new))
@@ -167,6 +167,26 @@ class Ledger:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def change_groups(self, run_id: str, statuses: Sequence[str]) -> list[tuple[str, str]]:
+        """The distinct (object, field) pairs among a run's changes with one of `statuses`."""
+        first, last = self._range(run_id)
+        marks = ", ".join("?" * len(statuses))
+        return [tuple(r) for r in self.db.conn.execute(
+            f"SELECT DISTINCT object, field FROM changes WHERE rowid BETWEEN ? AND ? AND status IN ({marks}) "
+            "ORDER BY object, field", [first, last, *statuses])]
+
+    def iter_changes(self, run_id: str, obj: str, field: str,
+                     statuses: Sequence[str]) -> Iterator[tuple[int, str | None, str | None, str | None, str | None]]:
+        """(seq, record_id, external_id, old, new) of one (object, field) of a run, in plan order, streamed."""
+        first, last = self._range(run_id)
+        marks = ", ".join("?" * len(statuses))
+        cur = self.db.conn.execute(
+            f"SELECT rowid - ?, record_id, external_id, old, new FROM changes WHERE rowid BETWEEN ? AND ? "
+            f"AND object = ? AND field = ? AND status IN ({marks}) ORDER BY rowid",
+            [first, first, last, obj, field, *statuses])
+        while rows := cur.fetchmany(20_000):
+            yield from rows
 
     def changes(self, run_id: str, status: str | None = None) -> Iterator[dict]:
         """A run's changes in plan order, each with its `seq` (0-based position in the run)."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -248,7 +247,7 @@ def arr_matrix(settings, org, accounts, stored, first, count, cur):
     a = settings.arr
     if a.source == "subscriptions":
         s = a.subscriptions
-        require_columns(org, s.object, [s.account, s.start, s.end, s.amount, s.currency], f"arr.subscriptions")
+        require_columns(org, s.object, [s.account, s.start, s.end, s.amount, s.currency], "arr.subscriptions")
         rows = org.read(s.object, ["Id", s.account, s.start, s.end, s.amount, s.currency or "__none__"])
         matrix, fs = arr_mod.from_subscriptions(rows, accounts.index, s, settings.currency, first, count,
                                                 str(org.folder / f"{s.object}.csv"))
@@ -488,43 +487,6 @@ def write_changes(org: LocalOrg, plan: Plan, settings: Settings) -> dict[int, st
         for pos, error in org.upsert_json(sc.object, SNAPSHOT_KEY, SNAPSHOT_FIELDS, sc.new, settings.snapshot_prefix):
             failures[seq + pos] = error
     return failures
-
-
-def recover(org: LocalOrg, ledger: Ledger) -> list[str]:
-    """Settle runs that died mid-way: each pending change becomes applied, not_applied or conflict."""
-    settled = []
-    for run in ledger.interrupted_runs():
-        # 'pending' rows (written before the org) and rows of a run that died between its two commits
-        pending = [c for c in ledger.changes(run["id"]) if c["status"] in ("pending", "applied")]
-        exceptions = []
-        current: dict[tuple[str, str], dict] = {}
-        for ch in pending:
-            if ch["field"] == UPSERT:
-                continue
-            key = (ch["object"], ch["field"])
-            if key not in current:
-                current[key] = {rid: v for rid, v in org.read(ch["object"], ["Id", ch["field"]])} \
-                    if org.has_table(ch["object"]) else {}
-        snap_ids: dict[str, dict[str, str]] = {}
-        for ch in pending:
-            if ch["field"] == UPSERT:
-                obj = ch["object"]
-                if obj not in snap_ids:
-                    has_key = org.has_table(obj) and SNAPSHOT_KEY.lower() in {c.lower() for c in org.columns(obj)}
-                    snap_ids[obj] = {k: rid for rid, k in org.read(obj, ["Id", SNAPSHOT_KEY])} if has_key else {}
-                new = json.loads(ch["new"])
-                rid = snap_ids[obj].get(new[SNAPSHOT_KEY])
-                now = org.get(obj, [rid], list(new)).get(rid) if rid else None
-                done = now is not None and all(snapshot.same(v, new[f]) for f, v in zip(new, now))
-                exceptions.append((ch["seq"], "applied" if done else "not_applied", None, rid))
-                continue
-            now = current[(ch["object"], ch["field"])].get(ch["record_id"])
-            st = "applied" if now == ch["new"] else "not_applied" if now == ch["old"] else "conflict"
-            exceptions.append((ch["seq"], st, None, None))
-        ledger.settle_changes(run["id"], exceptions)
-        ledger.finish_run(run["id"], status="interrupted", error="the process stopped before the run finished")
-        settled.append(run["id"])
-    return settled
 
 
 def file_hash(paths: list[Path]) -> str:

@@ -211,3 +211,18 @@ def test_record_deleted_during_the_run_is_a_record_failure(family):
         assert int(out.exit_code) == 1 and e.ledger.run(out.run_id)["status"] == "failed_records"
     assert {c["record_id"] for c in failed} == {"001ACM"} and out.summary["changes"]["failed"] == len(failed)
     assert all(c["error"].startswith("ENTITY_IS_DELETED") for c in failed)
+
+
+def test_crash_after_all_writes_before_settling_is_recovered(family, tmp_path):
+    """Every write (rollups and snapshot upserts) reached the org, then the process died: all settle as applied."""
+    with engine(family) as e:
+        plan = _started_plan(e, family)
+        e.ledger.record_changes(plan.ctx.run_id, plan.batches(), "pending")
+        with e.org.transaction():
+            pipeline.write_changes(e.org, plan, config_mod.load(family.config))
+        total, crashed = plan.change_count(), plan.ctx.run_id            # ... and then the process dies
+    with engine(family) as e:
+        assert e.execute(as_of=AS_OF).summary["changes"] == {"planned": 0}
+        assert e.ledger.change_counts(crashed) == {"applied": total}
+        assert len(list(e.ledger.changes(crashed, status="applied"))) == total
+    assert state_of(family) == _clean_state(family, tmp_path)

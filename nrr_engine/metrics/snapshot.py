@@ -96,6 +96,7 @@ class SnapshotChanges:
     """The snapshots to upsert, as the ledger stores them: existing Id, old and new record as JSON."""
 
     object: str
+    rule: str = "snapshot"
     keys: list[str] = field(default_factory=list)
     ids: list[str | None] = field(default_factory=list)
     old: list[str | None] = field(default_factory=list)
@@ -107,7 +108,7 @@ class SnapshotChanges:
     def __iter__(self) -> Iterator[Change]:
         obj = self.object
         for key, rid, old, new in zip(self.keys, self.ids, self.old, self.new):
-            yield Change(obj, rid, UPSERT, old, new, "snapshot", key=key)
+            yield Change(obj, rid, UPSERT, old, new, self.rule, key=key)
 
 
 

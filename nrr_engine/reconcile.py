@@ -1,0 +1,134 @@
+"""Ledger against org: settle runs that died mid-way, and roll a run back. Both stream.
+
+A first run at a million accounts records millions of changes; these work one (object, field) at a time
+against a dict of that field's current values, so memory stays at one field's worth.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from itertools import islice
+
+from .ledger import Ledger
+from .metrics import snapshot
+from .metrics.snapshot import FIELDS as SNAPSHOT_FIELDS, KEY as SNAPSHOT_KEY, UPSERT, SnapshotChanges
+from .model import FieldChanges
+from .sources import LocalOrg
+
+_CHUNK = 50_000
+SAMPLE = 1_000  # conflicts listed one by one; the rest are counted
+
+
+def _field_values(org: LocalOrg, obj: str, field: str) -> dict[str, str | None]:
+    if not org.has_table(obj) or field.lower() not in {c.lower() for c in org.columns(obj)}:
+        return {}
+    return dict(org.read(obj, ["Id", field]))
+
+
+def _snapshots_by_key(org: LocalOrg, obj: str) -> Iterator[tuple]:
+    """(Id, key, *FIELDS) rows in key order, or nothing if the object has no snapshots yet."""
+    if not org.has_table(obj) or SNAPSHOT_KEY.lower() not in {c.lower() for c in org.columns(obj)}:
+        return iter(())
+    return org.read(obj, ["Id", SNAPSHOT_KEY, *SNAPSHOT_FIELDS], order_by=SNAPSHOT_KEY)
+
+
+def _matches(row: tuple | None, record_json: str | None) -> bool:
+    """The org row holds exactly the values of the snapshot record (up to number formatting)."""
+    if row is None or record_json is None:
+        return False
+    rec = json.loads(record_json)
+    return all(snapshot.same(v, rec.get(f)) for f, v in zip(SNAPSHOT_FIELDS, row[2:]))
+
+
+def _joined(changes: Iterator[tuple], org_rows: Iterator[tuple]) -> Iterator[tuple[tuple, tuple | None]]:
+    """Pair each upsert change (ordered by external id, as plans are) with the org row of that key."""
+    row = next(org_rows, None)
+    for ch in changes:
+        key = ch[2]
+        while row is not None and (row[1] or "") < key:
+            row = next(org_rows, None)
+        yield ch, (row if row is not None and row[1] == key else None)
+
+
+def recover(org: LocalOrg, ledger: Ledger) -> list[str]:
+    """Settle runs that died mid-way: each pending (or not yet confirmed) change becomes applied,
+    not_applied or conflict by reading the org."""
+    settled = []
+    for run in ledger.interrupted_runs():
+        run_id = run["id"]
+        open_statuses = ("pending", "applied")
+        for obj, field in ledger.change_groups(run_id, open_statuses):
+            changes = ledger.iter_changes(run_id, obj, field, open_statuses)
+            if field == UPSERT:
+                statuses = ((seq, "applied" if _matches(row, new) else "not_applied", None, row[0] if row else None)
+                            for (seq, _, _, _, new), row in _joined(changes, _snapshots_by_key(org, obj)))
+            else:
+                current = _field_values(org, obj, field)
+                statuses = ((seq, _settled(current.get(rid), old, new), None, None)
+                            for seq, rid, _, old, new in changes)
+            while part := list(islice(statuses, _CHUNK)):
+                ledger.settle_changes(run_id, part)
+        ledger.finish_run(run_id, status="interrupted", error="the process stopped before the run finished")
+        settled.append(run_id)
+    return settled
+
+
+def _settled(now: str | None, old: str | None, new: str | None) -> str:
+    if now == new or (now is not None and new is not None and snapshot.same(now, new)):
+        return "applied"
+    return "not_applied" if now == old else "conflict"
+
+
+def rollback(org: LocalOrg, ledger: Ledger, run_id: str, rollback_id: str, snapshot_prefix: str) -> dict:
+    """Restore the old values of `run_id`'s applied changes, recorded as run `rollback_id`.
+
+    A value edited since the run is left alone and reported (a sample of them, and how many)."""
+    conflicts: list[dict] = []
+    n_conflicts = restored = deleted = 0
+    batches: list = []
+
+    def conflict(obj, rid, field, expected, found):
+        nonlocal n_conflicts
+        n_conflicts += 1
+        if len(conflicts) < SAMPLE:
+            conflicts.append({"object": obj, "id": rid, "field": field, "expected": expected, "found": found})
+
+    with org.transaction():  # write-ahead as in a run: the ledger commits before the org does
+        for obj, field in ledger.change_groups(run_id, ("applied",)):
+            changes = ledger.iter_changes(run_id, obj, field, ("applied",))
+            if field == UPSERT:
+                undo = SnapshotChanges(obj, rule=f"rollback:{run_id}")
+                gone: list[str] = []
+                for (_, _, key, old, new), row in _joined(changes, _snapshots_by_key(org, obj)):
+                    if not _matches(row, new):
+                        conflict(obj, row[0] if row else key, UPSERT, new, json.dumps(row[2:]) if row else None)
+                        continue
+                    if old is None:
+                        gone.append(row[0])
+                    undo.keys.append(key)
+                    undo.ids.append(row[0])
+                    undo.old.append(new)
+                    undo.new.append(old)
+                org.delete(obj, gone)
+                org.upsert_json(obj, SNAPSHOT_KEY, SNAPSHOT_FIELDS, [n for n in undo.new if n is not None],
+                                snapshot_prefix)
+                deleted += len(gone)
+                batches.append(undo)
+                continue
+            current = _field_values(org, obj, field)
+            undo = FieldChanges(obj, field, f"rollback:{run_id}", ids=[], old=[], new=[])
+            for _, rid, _, old, new in changes:
+                now = current.get(rid)
+                if now == new or (now is not None and new is not None and snapshot.same(now, new)):
+                    undo.ids.append(rid)
+                    undo.old.append(now)
+                    undo.new.append(old)
+                else:
+                    conflict(obj, rid, field, new, now)
+            del current
+            org.update_fields(obj, [field], undo.ids, [undo.new])
+            restored += len(undo)
+            batches.append(undo)
+        ledger.record_changes(rollback_id, batches, "applied")
+    return {"run_id": rollback_id, "rolled_back": run_id, "restored_fields": restored, "deleted_records": deleted,
+            "conflicts": conflicts, "conflict_count": n_conflicts}
