@@ -106,3 +106,16 @@ def test_quarterly_window_and_cohort_segments(org, cli):
                                                                                              "7000.00")
     cohorts = {s["value"]: s["family"]["nrr"] for s in r["segments"]}
     assert cohorts == {"2024-01": "1", "2025-06": "0"}  # Steady Co first billed 2024-01, Newer Ltd 2025-06
+
+
+def test_reactivation_is_new_business_not_a_new_logo(org, cli):
+    """A family with ARR before m0, none at m0 and some at m1 is a reactivation, outside NRR; a first-timer is a new logo."""
+    org.sub(org.account("001BAK", "Comeback Inc"), "2025-01-01", "2026-03-31", "12000")
+    org.sub("001BAK", "2026-10-01", "", "15000")
+    org.sub(org.account("001NEW", "First Timer LLC"), "2026-10-01", "", "9000")
+    org.sub(org.account("001STY", "Steady AG"), "2025-01-01", "", "50000")
+    org.write()
+    r = cli.json("report", "nrr", "--period", "2026-10", "--format", "json", "--as-of", "2026-11-15")
+    f, n = r["family"], r["naive"]
+    assert (f["reactivation"], f["new_logo"], f["start"], f["nrr"]) == ("15000.00", "9000.00", "50000.00", "1")
+    assert (n["reactivation"], n["new_logo"]) == ("15000.00", "9000.00")
