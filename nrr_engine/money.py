@@ -118,6 +118,18 @@ def ratio(numerator: int, denominator: int, places: int = 4) -> Decimal | None:
     return q.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN)
 
 
+def same(old: str | None, new: str | None) -> bool:
+    """Two stored values are equal up to formatting ("1000" == "1000.00"; Decimal-exact for numbers)."""
+    if old == new:
+        return True
+    if old is None or new is None:
+        return False
+    try:
+        return parse_units(old) == parse_units(new)
+    except MoneyError:
+        return False
+
+
 def ratio_text(numerator: int, denominator: int) -> str | None:
     """numerator / denominator rounded half-even to 4 places, as text ("1.0300"); exact integer arithmetic."""
     if denominator == 0:

@@ -131,9 +131,8 @@ def require_columns(org: LocalOrg, obj: str, fields: list[str], what: str) -> No
     if not org.has_table(obj):
         raise DataError(f"no {obj}.csv in the org folder; expected a Data Loader export of {obj}",
                         Location(str(org.folder / f"{obj}.csv")))
-    have = {c.lower() for c in org.columns(obj)}
     for f in fields:
-        if f and f.lower() not in have:
+        if f and not org.has_field(obj, f):
             raise ConfigError(f"{what}: field {f} is not a column of {obj}.csv (columns: {', '.join(org.columns(obj)[:12])})",
                               Location(str(org.folder / f"{obj}.csv"), 1, field=f))
 
@@ -297,13 +296,8 @@ def _rollup_changes(view, tree: Tree, current: np.ndarray, accounts: Accounts) -
 
 
 def _same(kind: str, old: str, new: str) -> bool:
-    """Equal up to formatting (Decimal-exact for money and numbers, Id case-sensitive)."""
-    if kind == "ultimate_parent":
-        return old.strip() == new
-    try:
-        return money.parse_units(old) == money.parse_units(new)
-    except money.MoneyError:
-        return False
+    """Equal up to formatting (Decimal-exact for numbers; an Id only up to surrounding spaces)."""
+    return old.strip() == new if kind == "ultimate_parent" else money.same(old, new)
 
 
 # ---- NRR ----------------------------------------------------------------------------------------
@@ -389,7 +383,7 @@ def _snapshots(settings: Settings, org: LocalOrg, ledger: Ledger, accounts: Acco
             snaps.add(vname, [accounts.ids[k] for k in table.labels[rows].tolist()], table.f0[rows], table.f1[rows],
                       members[rows])
     existing: Iterator[tuple] = iter(())
-    if org.has_table(obj) and SNAPSHOT_KEY.lower() in {c.lower() for c in org.columns(obj)}:
+    if org.has_field(obj, SNAPSHOT_KEY):
         existing = org.read(obj, ["Id", SNAPSHOT_KEY, *SNAPSHOT_FIELDS], order_by=SNAPSHOT_KEY)
     return snaps, snapshot.diff(snaps, existing, obj)
 

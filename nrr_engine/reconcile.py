@@ -20,14 +20,14 @@ SAMPLE = 1_000  # conflicts listed one by one; the rest are counted
 
 
 def _field_values(org: LocalOrg, obj: str, field: str) -> dict[str, str | None]:
-    if not org.has_table(obj) or field.lower() not in {c.lower() for c in org.columns(obj)}:
+    if not org.has_field(obj, field):
         return {}
     return dict(org.read(obj, ["Id", field]))
 
 
 def _snapshots_by_key(org: LocalOrg, obj: str) -> Iterator[tuple]:
     """(Id, key, *FIELDS) rows in key order, or nothing if the object has no snapshots yet."""
-    if not org.has_table(obj) or SNAPSHOT_KEY.lower() not in {c.lower() for c in org.columns(obj)}:
+    if not org.has_field(obj, SNAPSHOT_KEY):
         return iter(())
     return org.read(obj, ["Id", SNAPSHOT_KEY, *SNAPSHOT_FIELDS], order_by=SNAPSHOT_KEY)
 
@@ -74,7 +74,7 @@ def recover(org: LocalOrg, ledger: Ledger) -> list[str]:
 
 
 def _settled(now: str | None, old: str | None, new: str | None) -> str:
-    if now == new or (now is not None and new is not None and snapshot.same(now, new)):
+    if snapshot.same(now, new):
         return "applied"
     return "not_applied" if now == old else "conflict"
 
@@ -119,7 +119,7 @@ def rollback(org: LocalOrg, ledger: Ledger, run_id: str, rollback_id: str, snaps
             undo = FieldChanges(obj, field, f"rollback:{run_id}", ids=[], old=[], new=[])
             for _, rid, _, old, new in changes:
                 now = current.get(rid)
-                if now == new or (now is not None and new is not None and snapshot.same(now, new)):
+                if snapshot.same(now, new):
                     undo.ids.append(rid)
                     undo.old.append(now)
                     undo.new.append(old)

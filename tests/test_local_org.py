@@ -166,9 +166,9 @@ def test_update_of_a_deleted_record_fails_individually(tmp_path):
     write_csv(tmp_path / "org" / "Account.csv", [{"Id": "001A", "Name": "A"}])
     lo = LocalOrg(tmp_path / "org", tmp_path / "wc.db")
     lo.sync(["Account"])
-    res = lo.update("Account", [("001A", {"X__c": "1"}), ("001GONE", {"X__c": "2"})])
-    assert [(r.id, r.ok) for r in res] == [("001A", True), ("001GONE", False)]
-    assert res[1].error.startswith("ENTITY_IS_DELETED")
+    failed = lo.update_fields("Account", ["X__c"], ["001A", "001GONE"], [["1", "2"]])
+    assert [rid for rid, _ in failed] == ["001GONE"] and list(lo.read("Account", ["Id", "X__c"])) == [("001A", "1")]
+    assert failed[0][1].startswith("ENTITY_IS_DELETED")
 
 
 def test_failed_load_leaves_previous_copy(tmp_path):

@@ -79,16 +79,7 @@ def _js(value: str | None) -> str:
     return json.dumps(value)
 
 
-def same(old: str | None, new: str | None) -> bool:
-    """Equal up to formatting (Decimal-exact for numbers)."""
-    if old == new:
-        return True
-    if old is None or new is None:
-        return False
-    try:
-        return money.parse_units(old) == money.parse_units(new)
-    except money.MoneyError:
-        return False
+same = money.same
 
 
 @dataclass

@@ -214,6 +214,10 @@ class LocalOrg:
     def has_table(self, obj: str) -> bool:
         return self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (obj,)).fetchone() is not None
 
+    def has_field(self, obj: str, field: str) -> bool:
+        """The object exists and has the field (API names are case-insensitive, as in Salesforce)."""
+        return self.has_table(obj) and field.lower() in {c.lower() for c in self.columns(obj)}
+
     def columns(self, obj: str) -> list[str]:
         """Field API names of an object (as the CSV header spells them)."""
         return [r[1] for r in self.db.execute(f"PRAGMA table_info({_q(obj)})")]
@@ -291,18 +295,6 @@ class LocalOrg:
             existing = self.get(obj, ids, [])
             return [(rid, "ENTITY_IS_DELETED: record does not exist") for rid in ids if rid not in existing]
 
-    def update(self, obj: str, records: Sequence[tuple[str, dict[str, str | None]]]) -> list[WriteResult]:
-        """Update records (Id, {field: value}); missing records fail individually."""
-        by_shape: dict[tuple, list] = {}
-        for rid, vals in records:
-            by_shape.setdefault(tuple(sorted(vals)), []).append((rid, vals))
-        failed: dict[str, str] = {}
-        with self.transaction():
-            for shape, group in by_shape.items():
-                ids = [rid for rid, _ in group]
-                failed.update(self.update_fields(obj, shape, ids, [[vals[f] for _, vals in group] for f in shape]))
-        return [WriteResult(rid, rid not in failed, failed.get(rid)) for rid, _ in records]
-
     def upsert_json(self, obj: str, key_field: str, fields: Sequence[str], records: Iterable[str], prefix: str,
                     chunk: int = 50_000) -> list[tuple[int, str]]:
         """Upsert records given as JSON objects by external id, a chunk at a time.
@@ -343,13 +335,11 @@ class LocalOrg:
         return []
 
     def delete(self, obj: str, ids: Sequence[str]) -> list[WriteResult]:
-        """Delete records by Id (used by rollback of inserts)."""
-        results = []
+        """Delete records by Id (used by rollback of inserts); Ids already gone fail individually."""
         with self.transaction():
-            for rid in ids:
-                cur = self.db.execute(f"DELETE FROM {_q(obj)} WHERE Id = ?", (rid,))
-                results.append(WriteResult(rid, cur.rowcount == 1, None if cur.rowcount else "ENTITY_IS_DELETED"))
-        return results
+            existing = self.get(obj, ids, []) if ids else {}
+            self.db.executemany(f"DELETE FROM {_q(obj)} WHERE Id = ?", ((rid,) for rid in existing))
+        return [WriteResult(rid, rid in existing, None if rid in existing else "ENTITY_IS_DELETED") for rid in ids]
 
     # ---- export --------------------------------------------------------------------------------
     def objects(self) -> list[str]:
