@@ -38,6 +38,10 @@ def guarded(fn):
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", ExitCode.UNAVAILABLE)
+        except BrokenPipeError:  # `nrr-engine review list | head`: the reader left; nothing to report
+            import os
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
         except OSError as exc:
             _fail(f"{exc.strerror or exc}: {getattr(exc, 'filename', '') or ''}", ExitCode.UNAVAILABLE)
         except Exception as exc:  # a bug: say so plainly, keep the traceback out of ops' logs unless asked
@@ -98,7 +102,7 @@ def init(directory, force):
     target = root / "config" / "nrr.yaml"
     if target.exists() and not force:
         _fail(f"{target} exists; pass --force to overwrite", ExitCode.INVALID_INPUT)
-    generator.write_demo_config(root)
+    generator.write_demo_config(root, overwrite_rules=force)
     org = root / "org"
     org.mkdir(parents=True, exist_ok=True)
     for item in resources.files("nrr_engine").joinpath("demo/org").iterdir():
@@ -113,28 +117,32 @@ def init(directory, force):
 @guarded
 def validate(ctx):
     """Check the config and rule files; print every problem with file:line."""
-    from . import yamlsource
     path = config_mod.find(ctx.find_root().params.get("config"))
     settings, errors = config_mod.check(path)
+    n_rules = 0
     if settings:
-        for rule_file in settings.rule_files:
-            try:
-                yamlsource.load(rule_file)
-            except NrrError as exc:
-                errors.append(exc)
+        from . import rules as rules_mod
+        ruleset, rule_errors = rules_mod.check(settings.rule_files, [v.name for v in settings.lookup_views])
+        errors.extend(rule_errors)
+        n_rules = len(ruleset.match)
     for e in errors:
         click.echo(f"error: {e}", err=True)
     if errors:
         click.echo(f"{len(errors)} problem(s) found", err=True)
         sys.exit(int(ExitCode.INVALID_INPUT))
-    click.echo(f"{path}: ok ({len(settings.views)} view(s), {len(settings.rule_files)} rule file(s))")
+    click.echo(f"{path}: ok ({len(settings.views)} view(s), {len(settings.rule_files)} rule file(s), "
+               f"{n_rules} matching rule(s))")
 
 
 @main.command()
+@click.argument("which", default="config", type=click.Choice(["config", "match"]))
 @guarded
-def schema():
-    """Print the JSON Schema of the config file (point your editor's YAML plugin at it)."""
-    click.echo(json.dumps(config_mod.schema(), indent=2))
+def schema(which):
+    """Print a JSON Schema: of the config file (default) or of matching-rule files (match).
+
+    Point your editor's YAML plugin at it."""
+    from . import rules as rules_mod
+    click.echo(json.dumps(config_mod.schema() if which == "config" else rules_mod.schemas()[which], indent=2))
 
 
 def _print_summary(summary: dict) -> None:
@@ -150,6 +158,10 @@ def _print_summary(summary: dict) -> None:
             click.echo(f"  {view} {fig['period']} {label}: NRR {_pct(f['nrr'])} GRR {_pct(f['grr'])} "
                        f"(naive account level: NRR {_pct(n['nrr'])} GRR {_pct(n['grr'])}); "
                        f"internal transfers {f['internal_transfers']}, new logo {f['new_logo']} (naive {n['new_logo']})")
+    for view, st in (summary.get("repair") or {}).items():
+        click.echo(f"  {view} repair: {st['applied']} link(s) applied, {st['review']} to review, {st['blocked']} "
+                   f"refused by guards, {st['placeholders']} placeholder parent(s) proposed"
+                   + (f"; see `nrr-engine review list`" if st["review"] or st["placeholders"] else ""))
     for fnd in summary["findings"]:
         click.echo(f"  data quality [{fnd['kind']}]: {fnd['message']}" +
                    (f" e.g. {', '.join(fnd['records'][:3])}" if fnd["records"] else ""))
@@ -257,6 +269,81 @@ def report_nrr(ctx, period, window, view, by, as_of_start, fmt, out, as_of):
         click.echo(f"written to {out}")
     else:
         click.echo(text)
+
+
+@main.group()
+def review():
+    """The review queue: proposed parent links below auto_apply, ties and placeholder parents.
+
+    Approved links are applied on the next run (still through the guards); rejected pairs are never
+    proposed again.
+    """
+
+
+@review.command("list")
+@click.option("--status", default="pending", show_default=True,
+              type=click.Choice(["pending", "approved", "rejected", "applied", "expired", "blocked", "all"]))
+@click.option("--view", help="Only this view.")
+@click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "json", "csv"]))
+@click.pass_context
+@guarded
+def review_list(ctx, status, view, fmt):
+    """Review items, most confident first: id, confidence, rule, child -> proposed parent, why."""
+    with _engine(ctx) as engine:
+        items = engine.review_list(None if status == "all" else status, view)
+    if fmt == "json":
+        click.echo(json.dumps(items, indent=2, sort_keys=True))
+        return
+    cols = ["id", "status", "confidence", "rule", "view", "child_id", "child_name", "parent_id", "parent_name", "reason"]
+    if fmt == "csv":
+        import csv as csv_mod
+        w = csv_mod.writer(sys.stdout)
+        w.writerow(cols)
+        for i in items:
+            w.writerow([i.get(c) if c != "parent_id" else (i["parent_id"] or i["parent_ref"]) for c in cols])
+        return
+    if not items:
+        click.echo(f"no {'' if status == 'all' else status + ' '}review items")
+        return
+    for i in items:
+        child = f"{i['child_id']} {_short(i['child_name'])}" if i["child_id"] else \
+            f"{len(i['members'] or [])} accounts ({', '.join(_short(m, 18) for m in (i['members'] or [])[:3])}...)"
+        parent = f"{i['parent_id']} {_short(i['parent_name'])}" if i["parent_id"] else f"NEW {_short(i['parent_name'])}"
+        click.echo(f"#{i['id']:<5} {i['status']:<8} {i['confidence']:.2f}  {i['rule']:<22} {child}  ->  {parent}"
+                   + (f"   [{i['reason']}]" if i["reason"] else ""))
+
+
+def _short(text, width: int = 30) -> str:
+    text = "" if text is None else str(text).replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@review.command("approve")
+@click.argument("ids", nargs=-1, type=int, required=True)
+@click.option("--note", help="Why (kept in the ledger).")
+@click.option("--by", "by", envvar="USER", help="Who decides (default: $USER).")
+@click.pass_context
+@guarded
+def review_approve(ctx, ids, note, by):
+    """Approve review items by id: the links are applied on the next run."""
+    with _engine(ctx) as engine:
+        done = engine.review_decide(list(ids), approve=True, note=note, by=by)
+    for i in done:
+        click.echo(f"#{i['id']} approved: applied on the next run")
+
+
+@review.command("reject")
+@click.argument("ids", nargs=-1, type=int, required=True)
+@click.option("--note", help="Why (kept in the ledger).")
+@click.option("--by", "by", envvar="USER", help="Who decides (default: $USER).")
+@click.pass_context
+@guarded
+def review_reject(ctx, ids, note, by):
+    """Reject review items by id: the pairs are never proposed again."""
+    with _engine(ctx) as engine:
+        done = engine.review_decide(list(ids), approve=False, note=note, by=by)
+    for i in done:
+        click.echo(f"#{i['id']} rejected: never proposed again")
 
 
 @main.group()

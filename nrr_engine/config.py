@@ -54,9 +54,26 @@ class ArrSettings:
 
 @dataclass(frozen=True)
 class View:
+    """A lookup view (parent_field) or a partition of another view's families by a field (partition_of, by)."""
+
     name: str
-    parent_field: str
+    parent_field: str | None
     fields: dict[str, str] = field(default_factory=dict)
+    partition_of: str | None = None
+    by: str | None = None
+
+
+@dataclass(frozen=True)
+class HierarchySettings:
+    max_depth: int = 100
+    auto_apply: float = 0.95
+    child_limit: int = 10_000
+    locked_field: str | None = "Hierarchy_Locked__c"
+    locked_field_required: bool = False     # named in config: the org must have it
+    missing_parents: str = "placeholder"
+    placeholder_auto_apply: bool = False
+    placeholder_key_field: str = "Family_Key__c"
+    duplicates: bool = True
 
 
 @dataclass(frozen=True)
@@ -78,7 +95,15 @@ class Settings:
     snapshot_object: str = "KPI_Snapshot__c"
     snapshot_prefix: str = "a0K"
     segments: tuple[str, ...] = ()
-    max_depth: int = 100
+    hierarchy: HierarchySettings = HierarchySettings()
+
+    @property
+    def max_depth(self) -> int:
+        return self.hierarchy.max_depth
+
+    @property
+    def lookup_views(self) -> tuple[View, ...]:
+        return tuple(v for v in self.views if v.parent_field)
 
     def view(self, name: str) -> View:
         for v in self.views:
@@ -89,7 +114,7 @@ class Settings:
 
     def account_fields_read(self) -> list[str]:
         """Account fields the engine reads (besides Id and Name)."""
-        names = {v.parent_field for v in self.views}
+        names = {v.parent_field for v in self.lookup_views} | {v.by for v in self.views if v.by}
         if self.arr.source == "account_field" and self.arr.account_field:
             names.add(self.arr.account_field)
         names.update(self.segments)
@@ -172,7 +197,17 @@ def _build(doc: yamlsource.Document, path: Path, errors: list[ConfigError]) -> S
         seen[v["name"]] = i
         fields = dict(DEFAULT_VIEW_FIELDS) if v["name"] == "legal" and "fields" not in v else {}
         fields.update({k: val for k, val in (v.get("fields") or {}).items()})
-        views.append(View(v["name"], v["parent_field"], {k: val for k, val in fields.items() if val}))
+        views.append(View(v["name"], v.get("parent_field"), {k: val for k, val in fields.items() if val},
+                          v.get("partition_of"), v.get("by")))
+    names = [v.name for v in views]
+    for i, v in enumerate(views):
+        if v.partition_of is None:
+            continue
+        base = next((b for b in views if b.name == v.partition_of), None)
+        if base is None or base.parent_field is None or names.index(base.name) > i:
+            errors.append(ConfigError(f"views: partition_of {v.partition_of!r} must name a lookup view listed before "
+                                      f"{v.name!r} (lookup views: {', '.join(b.name for b in views if b.parent_field)})",
+                                      doc.location(("views", i, "partition_of"))))
     targets: dict[str, tuple] = {}
     for i, v in enumerate(views):
         for kind, fname in v.fields.items():
@@ -205,8 +240,20 @@ def _build(doc: yamlsource.Document, path: Path, errors: list[ConfigError]) -> S
         snapshots_enabled=snaps.get("enabled", True), snapshot_object=snaps.get("object", "KPI_Snapshot__c"),
         snapshot_prefix=snaps.get("key_prefix", "a0K"),
         segments=tuple(d.get("report", {}).get("segments", [])),
-        max_depth=d.get("hierarchy", {}).get("max_depth", 100),
+        hierarchy=_hierarchy(d.get("hierarchy", {})),
     )
+
+
+def _hierarchy(h: dict) -> HierarchySettings:
+    default = HierarchySettings()
+    return HierarchySettings(
+        max_depth=h.get("max_depth", default.max_depth), auto_apply=h.get("auto_apply", default.auto_apply),
+        child_limit=h.get("child_limit", default.child_limit),
+        locked_field=h.get("locked_field", default.locked_field), locked_field_required="locked_field" in h,
+        missing_parents=h.get("missing_parents", default.missing_parents),
+        placeholder_auto_apply=h.get("placeholder_auto_apply", False),
+        placeholder_key_field=h.get("placeholder_key_field", default.placeholder_key_field),
+        duplicates=h.get("duplicates", True))
 
 
 def cron_problem(expr: str, tz: str) -> str | None:

@@ -23,6 +23,7 @@ from .config import Settings
 from .errors import DataError, ExitCode, Interrupted, Location, NrrError, SourceUnavailable
 from .ledger import Ledger
 from .metrics import arr as arr_mod
+from .model import INSERT
 from .pipeline import UPSERT, RunContext
 
 log = structlog.get_logger("nrr_engine")
@@ -90,7 +91,7 @@ class Engine:
         structlog.contextvars.bind_contextvars(run_id=ctx.run_id)
         if sys.stderr.isatty():
             from tqdm import tqdm
-            ctx.progress = tqdm(total=7 if dry_run else 10, unit="stage", leave=False)
+            ctx.progress = tqdm(total=8 if dry_run else 11, unit="stage", leave=False)
         try:
             with self.lock():
                 recovered = reconcile.recover(self.org, self.ledger)
@@ -139,7 +140,8 @@ class Engine:
                 "families": {v: r.families for v, r in plan.views.items()},
                 "max_depth": {v: r.depth_max for v, r in plan.views.items()},
                 "changes": counts, "snapshots": len(plan.snapshots),
-                "findings": [f.as_dict() for f in plan.findings], "nrr": nrr, "stages": ctx.stage_times}
+                "findings": [f.as_dict() for f in plan.findings], "nrr": nrr, "stages": ctx.stage_times,
+                "repair": plan.rule_stats}
 
     def write_plan(self, plan: pipeline.Plan, out: Path) -> None:
         """plan.json (DESIGN §8), streamed so a million changes do not need a million dicts at once."""
@@ -149,7 +151,14 @@ class Engine:
                                                                     json.dumps(plan.ctx.as_of.isoformat())))
             for i, c in enumerate(plan.all_changes()):
                 fh.write(("," if i else "") + "\n  " + json.dumps(c.as_dict(), sort_keys=True))
-            fh.write('],\n "review": [],\n "flags": [],\n "snapshots": [')
+            fh.write('],\n "review": [')
+            n = 0
+            for items in plan.review_queue(self.settings).values():
+                for item in items:
+                    shown = {k: v for k, v in item.items() if k not in ("child_id", "parent_ref", "parent_id")}
+                    fh.write(("," if n else "") + "\n  " + json.dumps(shown, sort_keys=True))
+                    n += 1
+            fh.write('],\n "duplicates": %s,\n "flags": [],\n "snapshots": [' % json.dumps(plan.duplicates))
             for i, (key, values) in enumerate(plan.snapshots.rows()):
                 s = dict(zip(pipeline.SNAPSHOT_FIELDS, values))
                 fh.write(("," if i else "") + "\n  " + json.dumps(
@@ -158,7 +167,7 @@ class Engine:
             fh.write('],\n "findings": %s,\n "summary": %s}\n' % (
                 json.dumps([f.as_dict() for f in plan.findings]),
                 json.dumps({k: v for k, v in self.summary(plan, {"planned": plan.change_count()}).items()
-                            if k in ("accounts", "families", "nrr", "changes")})))
+                            if k in ("accounts", "families", "nrr", "changes", "repair")})))
         os.replace(tmp, out)
 
     # ---- report ---------------------------------------------------------------------------------
@@ -176,6 +185,49 @@ class Engine:
         return pipeline.window_figures(self.settings, self.ledger, inputs.accounts, inputs.matrix, inputs.first,
                                        inputs.views[v.name].tree, v.name, p, window, current_month=cur,
                                        as_of_start=as_of_start, by=by)
+
+    # ---- review queue ---------------------------------------------------------------------------
+    def review_list(self, status: str | None = "pending", view: str | None = None) -> list[dict]:
+        """Review items (links below auto_apply, ties, placeholder parents) with account names for reading."""
+        if view:
+            self.settings.view(view)
+        items = self.ledger.review_items(status=status, view=view)
+        wanted = {i["child_id"] for i in items if i["child_id"]} | {i["parent_id"] for i in items if i["parent_id"]}
+        names = {}
+        if wanted and self.org.has_table("Account") and self.org.has_field("Account", "Name"):
+            names = {rid: row[0] for rid, row in self.org.get("Account", sorted(wanted), ["Name"]).items()}
+        for i in items:
+            i["child_name"] = names.get(i["child_id"])
+            i["parent_name"] = names.get(i["parent_id"]) if i["parent_id"] else i["placeholder_name"]
+        return items
+
+    def review_decide(self, ids: list[int], approve: bool, note: str | None = None, by: str | None = None) -> list[dict]:
+        """Approve (applied on the next run, still through the guards) or reject (never proposed again)."""
+        found = {i["id"]: i for i in self.ledger.review_items(ids=ids)}
+        unknown = [i for i in ids if i not in found]
+        if unknown:
+            raise DataError(f"no review item {', '.join(map(str, unknown))}; see `nrr-engine review list --status all`")
+        final = [i for i in ids if found[i]["status"] in ("applied", "rejected" if approve else "applied")]
+        if final:
+            raise DataError(f"review item {final[0]} is already {found[final[0]]['status']}; it cannot be "
+                            f"{'approved' if approve else 'rejected'}")
+        if approve and self.settings.hierarchy.missing_parents != "placeholder" and any(
+                found[i]["parent_ref"].startswith("placeholder:") for i in ids):
+            raise DataError("hierarchy.missing_parents is not placeholder: approving a placeholder parent would "
+                            "create nothing", Location(str(self.settings.config_file)))
+        when = self.clock().isoformat()
+        with self.lock():
+            decided = self.ledger.decide_review(ids, "approved" if approve else "rejected", when, by, note)
+            if approve:  # one parent per child: the other candidates of an approved child are rejected
+                for item in decided:
+                    if not item["child_id"]:
+                        continue
+                    rivals = [r["id"] for r in self.ledger.review_items(view=item["view"])
+                              if r["child_id"] == item["child_id"] and r["id"] != item["id"]
+                              and r["status"] in ("pending", "expired", "blocked", "approved")]
+                    if rivals:
+                        self.ledger.decide_review(rivals, "rejected", when, by, f"another parent was approved (#{item['id']})")
+        return decided
 
     # ---- rollback -------------------------------------------------------------------------------
     def rollback(self, run_id: str) -> dict:
@@ -296,10 +348,10 @@ def _read_history(path: Path, currency: str) -> tuple[list[tuple[str, int, int]]
 
 def _write_change_set(ledger: Ledger, run_id: str, folder: Path) -> list[Path]:
     updates: dict[str, dict[str, dict]] = {}
-    upserts: dict[str, list[dict]] = {}
+    upserts: dict[tuple[str, str], list[dict]] = {}
     for ch in ledger.changes(run_id, status="applied"):
-        if ch["field"] == UPSERT:
-            upserts.setdefault(ch["object"], []).append({"Id": ch["record_id"], **json.loads(ch["new"])})
+        if ch["field"] in (UPSERT, INSERT):  # records to create (Data Loader insert/upsert with these values)
+            upserts.setdefault((ch["object"], ch["field"]), []).append({"Id": ch["record_id"], **json.loads(ch["new"])})
         else:
             updates.setdefault(ch["object"], {}).setdefault(ch["record_id"], {})[ch["field"]] = ch["new"]
     folder.mkdir(parents=True, exist_ok=True)
@@ -313,9 +365,10 @@ def _write_change_set(ledger: Ledger, run_id: str, folder: Path) -> list[Path]:
             name = f"{obj}.update.csv" if len(shapes) == 1 else f"{obj}.update.{n}.csv"
             written.append(_write_csv(folder / name, ["Id", *fields],
                                       ([rid, *[_dl_value(vals[f]) for f in fields]] for rid, vals in group)))
-    for obj, recs in upserts.items():
+    for (obj, kind), recs in upserts.items():
         fields = sorted({f for r in recs for f in r})
-        written.append(_write_csv(folder / f"{obj}.upsert.csv", fields, ([r.get(f) for f in fields] for r in recs)))
+        name = f"{obj}.upsert.csv" if kind == UPSERT else f"{obj}.insert.csv"
+        written.append(_write_csv(folder / name, fields, ([r.get(f) for f in fields] for r in recs)))
     return written
 
 

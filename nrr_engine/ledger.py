@@ -46,7 +46,21 @@ def _literal(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-MIGRATIONS = [(1, "runs, changes, findings, arr_history, membership, snapshots", _m1)]
+def _m2(db: sqlite_utils.Database) -> None:
+    # The review queue: one row per (view, child, proposed parent); a placeholder parent has child_id ''
+    # and parent_ref 'placeholder:<key>'. Rejected rows stay, so the pair is never proposed again.
+    db.execute("CREATE TABLE review (id INTEGER PRIMARY KEY AUTOINCREMENT, view TEXT NOT NULL, child_id TEXT NOT NULL, "
+               "parent_ref TEXT NOT NULL, parent_id TEXT, placeholder_name TEXT, members TEXT, rule TEXT NOT NULL, "
+               "confidence REAL NOT NULL, evidence TEXT, reason TEXT, status TEXT NOT NULL, first_run TEXT NOT NULL, "
+               "last_run TEXT NOT NULL, decided_at TEXT, decided_by TEXT, note TEXT, applied_run TEXT, "
+               "UNIQUE (view, child_id, parent_ref))")
+    db.execute("CREATE INDEX review_status ON review (status)")
+
+
+MIGRATIONS = [(1, "runs, changes, findings, arr_history, membership, snapshots", _m1),
+              (2, "review queue", _m2)]
+
+REVIEW_STATUSES = ("pending", "approved", "rejected", "applied", "expired", "blocked")
 
 
 class Ledger:
@@ -123,7 +137,7 @@ class Ledger:
         try:
             first = (conn.execute("SELECT max(rowid) FROM changes").fetchone()[0] or 0) + 1
             for batch in batches:
-                if isinstance(batch, FieldChanges):
+                if isinstance(batch, FieldChanges) and batch.meta is None:
                     # Columnar batch: the per-batch constants are SQL literals, so each row binds only 3 values
                     # (binding costs ~0.3 us a value; a first run records millions of rows).
                     consts = ", ".join(_literal(v) for v in (run_id, batch.object, batch.field, status, batch.rule))
@@ -306,6 +320,86 @@ class Ledger:
                              f"VALUES (?1, substr(?1, 1, instr(?1, ':') - 1), "
                              f"substr(?1, instr(?1, ':') + 1, length(?1) - instr(?1, ':') - 8), substr(?1, -7), ?2, "
                              f"{_literal(run_id)})", zip(keys, data))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # ---- review queue ---------------------------------------------------------------------------
+    def sync_review(self, run_id: str, view: str, items: Sequence[dict]) -> dict[str, int]:
+        """Record this run's proposals for review: new ones pending, known ones refreshed; pending ones
+        the run no longer proposes expire. Decided rows (approved, rejected, applied) keep their status."""
+        conn = self.db.conn
+        conn.execute("BEGIN")
+        try:
+            before = conn.execute("SELECT count(*) FROM review WHERE view = ?", (view,)).fetchone()[0]
+            conn.executemany(
+                "INSERT INTO review (view, child_id, parent_ref, parent_id, placeholder_name, members, rule, confidence, "
+                "evidence, reason, status, first_run, last_run) VALUES (?,?,?,?,?,?,?,?,?,?,'pending',?,?) "
+                "ON CONFLICT (view, child_id, parent_ref) DO UPDATE SET confidence = excluded.confidence, "
+                "evidence = excluded.evidence, reason = excluded.reason, rule = excluded.rule, members = excluded.members, "
+                "last_run = excluded.last_run, status = CASE WHEN status = 'expired' THEN 'pending' ELSE status END",
+                ((view, it["child_id"], it["parent_ref"], it.get("parent_id"), it.get("placeholder_name"),
+                  json.dumps(it.get("members")) if it.get("members") else None, it["rule"], it["confidence"],
+                  json.dumps(it.get("evidence") or {}, sort_keys=True), it.get("reason"), run_id, run_id)
+                 for it in items))
+            new = conn.execute("SELECT count(*) FROM review WHERE view = ?", (view,)).fetchone()[0] - before
+            # every row this run proposed carries last_run = run_id; older pending rows are no longer proposed
+            expired = conn.execute("UPDATE review SET status = 'expired' WHERE view = ? AND status = 'pending' "
+                                   "AND last_run != ?", (view, run_id)).rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return {"new": new, "expired": expired}
+
+    def review_items(self, status: str | None = None, view: str | None = None, ids: Sequence[int] = ()) -> list[dict]:
+        where, args = [], []
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if view:
+            where.append("view = ?")
+            args.append(view)
+        if ids:
+            where.append(f"id IN ({', '.join('?' * len(ids))})")
+            args.extend(ids)
+        rows = self.db["review"].rows_where(" AND ".join(where) or None, args, order_by="confidence DESC, id")
+        out = []
+        for r in rows:
+            r["evidence"] = json.loads(r["evidence"]) if r["evidence"] else {}
+            r["members"] = json.loads(r["members"]) if r["members"] else None
+            out.append(r)
+        return out
+
+    def rejected_pairs(self, view: str) -> set[tuple[str, str]]:
+        return {(c, p) for c, p in self.db.execute(
+            "SELECT child_id, parent_ref FROM review WHERE view = ? AND status = 'rejected'", [view])}
+
+    def decide_review(self, ids: Sequence[int], status: str, when: str, by: str | None = None,
+                      note: str | None = None) -> list[dict]:
+        """Approve or reject review items; only pending (or expired/blocked) items can be decided."""
+        conn = self.db.conn
+        conn.execute("BEGIN")
+        try:
+            for rid in ids:
+                conn.execute("UPDATE review SET status = ?, decided_at = ?, decided_by = ?, note = ? WHERE id = ?",
+                             (status, when, by, note, rid))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return self.review_items(ids=ids)
+
+    def settle_review(self, run_id: str, applied: Sequence[int], blocked: Sequence[tuple[int, str]]) -> None:
+        """Approved items the run applied become 'applied'; those a guard refused become 'blocked' (with why)."""
+        conn = self.db.conn
+        conn.execute("BEGIN")
+        try:
+            conn.executemany("UPDATE review SET status = 'applied', applied_run = ? WHERE id = ?",
+                             ((run_id, i) for i in applied))
+            conn.executemany("UPDATE review SET status = 'blocked', note = ? WHERE id = ?",
+                             ((f"run {run_id}: {why}", i) for i, why in blocked))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

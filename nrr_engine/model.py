@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 
+INSERT = "__insert__"   # the `field` of a change that creates a record (new = the record as JSON)
+
+
 @dataclass(frozen=True)
 class Finding:
     """A data-quality problem reported in the run summary (not fatal)."""
@@ -33,6 +36,22 @@ class Accounts:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def append(self, rid: str, values: dict[str, Any]) -> int:
+        """Add a record (a placeholder parent the run creates); returns its index."""
+        i = len(self.ids)
+        self.ids.append(rid)
+        self.index[rid] = i
+        for name in values:
+            if not self.has(name):
+                self.fields[name] = [None] * i
+        lower = {k.lower(): v for k, v in values.items()}
+        for key, column in self.fields.items():
+            column.append(lower.get(key.lower()))
+        return i
+
+    def has(self, name: str) -> bool:
+        return any(key.lower() == name.lower() for key in self.fields)
 
     def column(self, name: str) -> list[Any]:
         for key, values in self.fields.items():
@@ -76,11 +95,18 @@ class FieldChanges:
     old: Sequence[str | None] = ()
     new: Sequence[str | None] = ()
     rows: Any = ()
+    meta: Sequence[tuple[str, float, Any]] | None = None  # per change (rule, confidence, evidence), for links
+    explain: Any = None   # evidence -> dict, applied one change at a time as they are read
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __iter__(self) -> Iterator[Change]:
         obj, fname, rule = self.object, self.field, self.rule
+        if self.meta is not None:
+            explain = self.explain or (lambda ev: ev)
+            for rid, old, new, (r, conf, ev) in zip(self.ids, self.old, self.new, self.meta):
+                yield Change(obj, rid, fname, old, new, r, confidence=conf, evidence=explain(ev))
+            return
         for rid, old, new in zip(self.ids, self.old, self.new):
             yield Change(obj, rid, fname, old, new, rule)

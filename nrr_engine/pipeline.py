@@ -5,8 +5,10 @@ module sees sources, transforms, ledger and sinks together.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
+import json
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -20,12 +22,16 @@ import structlog
 from . import money, months
 from .config import Settings
 from .errors import ConfigError, DataError, GateFailed, Interrupted, Location
-from .hierarchy import Tree, build_tree
+from . import rules as rules_mod
+from .hierarchy import Tree, build_tree, forest, partition
+from .hierarchy import link as link_mod
+from .hierarchy import match as match_mod
+from .hierarchy import normalise
 from .ledger import Ledger
 from .metrics import arr as arr_mod
 from .metrics import snapshot
 from .metrics.nrr import FamilyTable, Movement, family_table, movements
-from .model import Accounts, Change, FieldChanges, Finding
+from .model import INSERT, Accounts, Change, FieldChanges, Finding
 from .sources import LocalOrg
 
 log = structlog.get_logger("nrr_engine")
@@ -86,6 +92,7 @@ class ViewResult:
     tree: Tree
     families: int
     depth_max: int
+    repair: link_mod.Repair | None = None
 
 
 @dataclass
@@ -104,14 +111,17 @@ class Plan:
     arr_rewrite: tuple[list[str], np.ndarray]     # accounts whose stored history changes, and their rows
     membership: dict[str, int]                    # view -> accounts whose family changed (staged in the ledger)
     snapshots: snapshot.SnapshotSet
+    duplicates: list[dict] = field(default_factory=list)
+    rule_stats: dict = field(default_factory=dict)
+    inserts: list[Change] = field(default_factory=list)   # records the run creates (placeholder parents)
 
     @property
     def current_month(self) -> int:
         return months.of(self.ctx.as_of)
 
     def batches(self) -> list:
-        """The changes in plan order, as batches (one per field, then the snapshot upserts)."""
-        return [*self.changes, self.snapshot_changes]
+        """The changes in plan order, as batches: inserts, one batch per field, then the snapshot upserts."""
+        return [self.inserts, *self.changes, self.snapshot_changes]
 
     def change_count(self) -> int:
         return sum(len(b) for b in self.batches())
@@ -119,6 +129,29 @@ class Plan:
     def all_changes(self) -> Iterator[Change]:
         for batch in self.batches():
             yield from batch
+
+    def review_queue(self, settings: Settings) -> dict[str, list[dict]]:
+        """Per view, the links (and placeholder parents) that need a person's decision, as plan.json shows them."""
+        ids = self.accounts.ids
+        out: dict[str, list[dict]] = {}
+        for v in settings.lookup_views:
+            rep = self.views[v.name].repair
+            if rep is None:
+                continue
+            parents = self.accounts.column(v.parent_field)
+            items = [{"object": "Account", "id": ids[l.child], "field": v.parent_field, "old": parents[l.child] or None,
+                      "new": ids[l.parent], "rule": l.rule, "confidence": l.confidence,
+                      "evidence": match_mod.explain(l.evidence),
+                      "reason": l.reason, "view": v.name, "child_id": ids[l.child], "parent_ref": ids[l.parent],
+                      "parent_id": ids[l.parent]} for l in rep.review]
+            for h in rep.placeholders:
+                items.append({"object": "Account", "id": None, "field": v.parent_field, "old": None,
+                              "new": f"placeholder:{h.key}", "rule": h.rule.name, "confidence": h.confidence,
+                              "evidence": h.evidence, "reason": "no account holds this family key; approve to create "
+                              f"the parent {h.name!r}", "view": v.name, "child_id": "", "parent_ref": f"placeholder:{h.key}",
+                              "placeholder_name": h.name, "members": [ids[m] for m in h.members]})
+            out[v.name] = items
+        return out
 
 
 # ---- fetch --------------------------------------------------------------------------------------
@@ -138,7 +171,8 @@ def require_columns(org: LocalOrg, obj: str, fields: list[str], what: str) -> No
 
 
 def fetch_accounts(settings: Settings, org: LocalOrg, extra_fields: tuple[str, ...] = ()) -> Accounts:
-    require_columns(org, "Account", [v.parent_field for v in settings.views], "views.parent_field")
+    require_columns(org, "Account", [v.parent_field for v in settings.lookup_views], "views.parent_field")
+    require_columns(org, "Account", [v.by for v in settings.views if v.by], "views.by")
     if settings.arr.source == "account_field":
         require_columns(org, "Account", [settings.arr.account_field], "arr.account_field")
     fields = ["Id", *dict.fromkeys([*settings.account_fields_read(), *extra_fields])]
@@ -159,11 +193,78 @@ class Inputs:
     changed_rows: np.ndarray    # accounts whose stored ARR history differs from `matrix`
     staged: dict[str, int]      # view -> accounts whose family differs from the recorded one
     findings: list[Finding]
+    duplicates: list[dict] = field(default_factory=list)
+    rule_stats: dict = field(default_factory=dict)
+    inserts: list[Change] = field(default_factory=list)
+
+
+def _rule_fields(settings: Settings, org: LocalOrg, ruleset, findings: list[Finding]) -> tuple[list, list[str]]:
+    """The rules whose fields the org has, and the Account fields they (and the guards) read.
+
+    A missing field stops the run with the rule's file:line, unless the rule says when_fields_missing: skip
+    (then it is reported as not evaluated, never as "nothing found")."""
+    usable, fields = [], []
+    for rule in ruleset.match:
+        if rule.extra.get("default_country_field") and not org.has_field("Account", rule.country_field):
+            rule = dataclasses.replace(rule, country_field=None)  # no country to check qualifiers against
+        wanted = rule.fields() + (["Name"] if rule.type == "mapping" and rule.match_by == "name" else [])
+        missing = [f for f in wanted if not org.has_field("Account", f)]
+        if missing and rule.skip_when_missing:
+            findings.append(Finding("rule_not_evaluated", f"rule {rule.name} ({rule.location.file}:{rule.location.line}) "
+                                    f"not evaluated: Account has no field {', '.join(missing)}", ()))
+            continue
+        if missing:
+            raise ConfigError(f"field {missing[0]} is not a column of Account (the org's columns include: "
+                              f"{', '.join(org.columns('Account')[:15])}); fix the rule or set when_fields_missing: skip",
+                              rule.location)
+        usable.append(rule)
+        fields.extend(wanted)
+        if any(t.kind == "oldest" for t in rule.tie_break) and org.has_field("Account", "CreatedDate"):
+            fields.append("CreatedDate")
+    h = settings.hierarchy
+    if h.locked_field:
+        if org.has_field("Account", h.locked_field):
+            fields.append(h.locked_field)
+        elif h.locked_field_required:
+            raise ConfigError(f"hierarchy.locked_field: {h.locked_field} is not a column of Account",
+                              Location(str(settings.config_file), field=h.locked_field))
+    if h.duplicates:
+        fields.extend(f for f in ("Name", "Website", "BillingCountry") if org.has_field("Account", f))
+    if h.missing_parents == "placeholder" and org.has_field("Account", h.placeholder_key_field):
+        fields.append(h.placeholder_key_field)
+    return usable, fields
+
+
+def _placeholder_parents(settings: Settings, org: LocalOrg, ledger: Ledger, accounts: Accounts,
+                         ctx: RunContext) -> tuple[dict[int, int], list[Change]]:
+    """Approved placeholder parents: {review id: account index}, creating (in the plan) those not in the org yet.
+
+    A placeholder is found again by its family key in `placeholder_key_field`, so it is created once."""
+    h = settings.hierarchy
+    items = [it for v in settings.lookup_views for it in ledger.review_items(status="approved", view=v.name)
+             if it["parent_ref"].startswith("placeholder:")]
+    if not items:
+        return {}, []
+    key_field = h.placeholder_key_field
+    by_key = {str(k): i for i, k in enumerate(accounts.column(key_field)) if k} if accounts.has(key_field) else {}
+    missing = list(dict.fromkeys(it["parent_ref"] for it in items if it["parent_ref"] not in by_key))
+    inserts = []
+    for rid, ref in zip(org.free_ids("Account", "001", len(missing)), missing):
+        item = next(it for it in items if it["parent_ref"] == ref)
+        record = {"Name": item["placeholder_name"], key_field: ref}
+        by_key[ref] = accounts.append(rid, record)
+        inserts.append(Change("Account", rid, INSERT, None, json.dumps(record, sort_keys=True),
+                              f"placeholder:{item['rule']}", confidence=item["confidence"],
+                              evidence={"review_id": item["id"], "members": item["members"]}))
+    return {it["id"]: by_key[it["parent_ref"]] for it in items}, inserts
 
 
 def load_inputs(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunContext,
-                extra_fields: tuple[str, ...] = ()) -> Inputs:
-    """Fetch, build each view's tree (staging its membership in the ledger), and compute monthly ARR."""
+                extra_fields: tuple[str, ...] = (), repair: bool = False) -> Inputs:
+    """Fetch, compute monthly ARR, repair parent links (when `repair`), build each view's tree and stage its
+    membership in the ledger."""
+    findings: list[Finding] = []
+    ruleset, rule_fields = rules_mod.RuleSet(), []
     with _Stage(ctx, "fetch"):
         objects = ["Account"]
         if settings.arr.subscriptions and settings.arr.source == "subscriptions":
@@ -171,39 +272,185 @@ def load_inputs(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunConte
         objects.append(settings.snapshot_object)
         org.sync(objects)
         require_columns(org, "Account", list(extra_fields), "--by")
-        accounts = fetch_accounts(settings, org, extra_fields)
-    findings: list[Finding] = []
+        if repair:
+            ruleset = rules_mod.load(settings.rule_files, [v.name for v in settings.lookup_views])
+            usable, rule_fields = _rule_fields(settings, org, ruleset, findings)
+            ruleset = rules_mod.RuleSet(tuple(usable), ruleset.files)
+        accounts = fetch_accounts(settings, org, (*extra_fields, *rule_fields))
     cur = months.of(ctx.as_of)
 
+    placeholder_parents, inserts = {}, []
+    if repair and settings.hierarchy.missing_parents == "placeholder":
+        # placeholder parents approved in review join the accounts now; they have no ARR history
+        placeholder_parents, inserts = _placeholder_parents(settings, org, ledger, accounts, ctx)
+
+    def arr_stage():
+        with _Stage(ctx, "arr"):
+            count = settings.arr.history_months
+            first = cur - count + 1
+            stored = arr_mod.from_segments(ledger.arr_segments(), accounts.index, first, count)
+            matrix, fs = arr_matrix(settings, org, accounts, stored, first, count, cur)
+            findings.extend(fs)
+            return first, matrix, np.flatnonzero((matrix != stored).any(axis=1))
+
+    # Matching runs before the ARR matrix is built unless a rule reads ARR (largest_arr, $arr): its name keys
+    # and indexes are freed before the matrix and subscription rows need the memory.
+    needs_arr = any(t.kind == "largest_arr" for r in ruleset.match for t in r.tie_break) or any(
+        c.field == "$arr" for r in ruleset.match for c in (*r.child, *r.candidate))
+    if needs_arr:
+        first, matrix, changed_rows = arr_stage()
+        current = matrix[:, cur - first]
+    else:
+        current = np.zeros(len(accounts), dtype=np.int64)
+    views, rule_stats, duplicates = _match_stage(settings, ledger, ctx, accounts, ruleset, current, findings,
+                                                 placeholder_parents, extra_fields, repair)
+    if not needs_arr:
+        first, matrix, changed_rows = arr_stage()
+
     with _Stage(ctx, "hierarchy"):
-        views: dict[str, ViewResult] = {}
         staged: dict[str, int] = {}
         for v in settings.views:
-            tree, fs = build_tree(accounts.ids, accounts.index, accounts.column(v.parent_field), v.parent_field)
-            findings.extend(fs)
+            if v.partition_of:
+                tree = partition(views[v.partition_of].tree, accounts.column(v.by), accounts.ids, accounts.index)
+                views[v.name] = ViewResult(v.name, tree, 0, 0)
+            vr = views[v.name]
+            tree = vr.tree
             deep = np.flatnonzero(tree.depth > settings.max_depth)
             if len(deep):
                 findings.append(Finding("too_deep", f"view {v.name}: {len(deep)} account(s) deeper than "
                                         f"hierarchy.max_depth {settings.max_depth} (deepest {int(tree.depth.max())})",
                                         tuple(accounts.ids[i] for i in deep[:1000])))
-            views[v.name] = ViewResult(v.name, tree, int((tree.parent < 0).sum()),
-                                       int(tree.depth.max()) if len(tree.depth) else 0)
+            vr.families = int((tree.parent < 0).sum())
+            vr.depth_max = int(tree.depth.max()) if len(tree.depth) else 0
             ids = accounts.ids
-            staged[v.name] = ledger.stage_membership(v.name, zip(ids, (ids[r] for r in tree.root.tolist())))
+            staged[v.name] = ledger.stage_membership(
+                v.name, zip(ids, (tree.family_id(ids, r) for r in tree.families().tolist())))
+    return Inputs(accounts, views, first, matrix, changed_rows, staged, findings, duplicates, rule_stats, inserts)
 
-    with _Stage(ctx, "arr"):
-        count = settings.arr.history_months
-        first = cur - count + 1
-        stored = arr_mod.from_segments(ledger.arr_segments(), accounts.index, first, count)
-        matrix, fs = arr_matrix(settings, org, accounts, stored, first, count, cur)
-        findings.extend(fs)
-        changed_rows = np.flatnonzero((matrix != stored).any(axis=1))
-    return Inputs(accounts, views, first, matrix, changed_rows, staged, findings)
+
+def _match_stage(settings: Settings, ledger: Ledger, ctx: RunContext, accounts: Accounts, ruleset, current: np.ndarray,
+                 findings: list[Finding], placeholder_parents: dict, extra_fields: tuple, repair: bool):
+    """Each lookup view's tree from the org, repaired by its rules when `repair`; duplicates flagged."""
+    views: dict[str, ViewResult] = {}
+    rule_stats: dict = {}
+    duplicates: list[dict] = []
+    shared: dict = {}  # name keys, sites and countries, computed once for every view and the duplicate check
+    with _Stage(ctx, "match"):
+        for v in settings.lookup_views:
+            tree, fs = build_tree(accounts.ids, accounts.index, accounts.column(v.parent_field), v.parent_field)
+            findings.extend(fs)
+            rep = None
+            view_rules = ruleset.for_view(v.name)
+            if repair and view_rules:
+                rep, stats = repair_view(settings, ledger, accounts, tree, current, v.name, view_rules, findings,
+                                         shared, placeholder_parents)
+                rule_stats[v.name] = stats
+                repaired, fs = forest(rep.parent, accounts.ids, accounts.index, v.parent_field)
+                findings.extend(fs)
+                tree = repaired
+                if rep.virtual:  # families grouped under virtual roots: NRR and membership only, nothing written
+                    tree = tree.with_virtual_roots([(f"virtual:{h.key}", list(h.members)) for h in rep.virtual])
+            views[v.name] = ViewResult(v.name, tree, 0, 0, rep)
+        if repair and settings.hierarchy.duplicates:
+            duplicates = find_duplicates(accounts, shared)
+            if duplicates:
+                findings.append(Finding("duplicate", f"{len(duplicates)} group(s) of accounts share a normalised name, "
+                                        "website domain and country: possible duplicates for a data steward (never "
+                                        "merged)", tuple(rid for g in duplicates for rid in g["ids"])))
+        # Matching's name keys, indexes and columns are not needed by the later stages: let them go now.
+        shared.clear()
+        keep = {f.lower() for f in (*settings.account_fields_read(), *extra_fields)}
+        for name in [f for f in accounts.fields if f.lower() not in keep]:
+            del accounts.fields[name]
+    return views, rule_stats, duplicates
+
+
+def repair_view(settings: Settings, ledger: Ledger, accounts: Accounts, tree: Tree, current: np.ndarray, view: str,
+                view_rules, findings: list[Finding], shared: dict | None = None,
+                placeholder_parents: dict[int, int] | None = None) -> tuple[link_mod.Repair, dict]:
+    """Propose links with the view's rules, then decide them through the guards and the review queue."""
+    h = settings.hierarchy
+    locked = np.zeros(len(accounts), dtype=bool)
+    if h.locked_field and accounts.has(h.locked_field):
+        truthy = rules_mod.model.TRUE_TEXT
+        locked = np.fromiter(((str(x).strip().lower() in truthy) if x else False
+                              for x in accounts.column(h.locked_field)), dtype=bool, count=len(accounts))
+    unlocked = ~locked
+    pop = match_mod.Population(accounts.ids, accounts.column, tree.parent, current, tree.child_count(), tree.depth,
+                               eligible=(tree.parent < 0) & unlocked, unlocked=unlocked,
+                               _cache=shared if shared is not None else {})
+    proposals, holders, notes = match_mod.propose(pop, view_rules, h.missing_parents != "off")
+    if notes:
+        findings.append(Finding("mapping_unresolved", f"view {view}: {len(notes)} mapping entr(ies) name no account, "
+                                f"e.g. {notes[0]}", ()))
+    approved, index = [], accounts.index
+    for item in ledger.review_items(status="approved", view=view):
+        if item["parent_ref"].startswith("placeholder:"):
+            p = (placeholder_parents or {}).get(item["id"])
+            for member in item["members"] or []:
+                c = index.get(member)
+                if c is not None and p is not None:
+                    approved.append(link_mod.Approved(item["id"], c, p, f"placeholder:{item['rule']}",
+                                                      item["confidence"], {"placeholder": item["parent_ref"]}))
+            continue
+        c, p = index.get(item["child_id"]), index.get(item["parent_id"] or "")
+        if c is not None and p is not None:
+            approved.append(link_mod.Approved(item["id"], c, p, item["rule"], item["confidence"], item["evidence"]))
+    guards = link_mod.Guards(h.auto_apply, h.max_depth, h.child_limit, h.missing_parents, h.placeholder_auto_apply)
+    rep = link_mod.repair(view, pop, proposals, holders, guards, approved, ledger.rejected_pairs(view))
+    blocked: dict[str, list[str]] = {}
+    for b in rep.blocked:
+        blocked.setdefault(b.reason or "blocked", []).append(accounts.ids[b.child])
+    for reason, recs in blocked.items():
+        findings.append(Finding(f"link_blocked_{reason}", f"view {view}: {len(recs)} proposed link(s) refused by the "
+                                f"{reason} guard", tuple(recs)))
+    if int(locked.sum()):
+        findings.append(Finding("locked", f"view {view}: {int(locked.sum())} locked account(s) ({h.locked_field}) "
+                                "left untouched", ()))
+    stats = {"proposals": len(proposals), "applied": len(rep.applied), "review": len(rep.review),
+             "blocked": len(rep.blocked), "kept_existing_parent": rep.kept_existing,
+             "placeholders": len(rep.placeholders), "virtual_roots": len(rep.virtual),
+             "by_rule": _count_by_rule(rep)}
+    return rep, stats
+
+
+def _count_by_rule(rep: link_mod.Repair) -> dict:
+    out: dict[str, dict[str, int]] = {}
+    for kind, links in (("applied", rep.applied), ("review", rep.review), ("blocked", rep.blocked)):
+        for l in links:
+            d = out.setdefault(l.rule, {})
+            d[kind] = d.get(kind, 0) + 1
+    return out
+
+
+def find_duplicates(accounts: Accounts, shared: dict | None = None) -> list[dict]:
+    """Accounts with the same normalised name + registrable domain + country (DESIGN §3): flagged, never merged."""
+    if not accounts.has("Name"):
+        return []
+    n = len(accounts)
+    pop = match_mod.Population(accounts.ids, accounts.column, np.full(n, -1), np.zeros(n, dtype=np.int64),
+                               np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool),
+                               np.ones(n, dtype=bool), _cache=shared if shared is not None else {})
+    full, _ = pop.name_index("Name")
+    domains = pop.sites("Website")[0] if accounts.has("Website") else [None] * n
+    countries = pop.countries("BillingCountry") if accounts.has("BillingCountry") else [None] * n
+    raw_countries = accounts.column("BillingCountry")
+    out = []
+    for key, same_name in full.items():
+        if not isinstance(same_name, list):
+            continue  # only accounts that share a normalised name can be duplicates
+        groups: dict[tuple, list[int]] = {}
+        for i in same_name:
+            country = countries[i] or (raw_countries[i] or "").strip().casefold()
+            groups.setdefault((domains[i] or "", country), []).append(i)
+        out.extend({"name": key, "domain": domain, "country": country, "ids": [accounts.ids[i] for i in members]}
+                   for (domain, country), members in groups.items() if len(members) > 1)
+    return out
 
 
 def compute(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunContext) -> Plan:
     """Everything short of writing: changes, snapshots, NRR, findings. Raises GateFailed on a broken gate."""
-    inputs = load_inputs(settings, org, ledger, ctx)
+    inputs = load_inputs(settings, org, ledger, ctx, repair=True)
     accounts, views, first, matrix = inputs.accounts, inputs.views, inputs.first, inputs.matrix
     findings = inputs.findings
     cur = months.of(ctx.as_of)
@@ -211,6 +458,10 @@ def compute(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunContext) 
 
     with _Stage(ctx, "rollup"):
         changes = []
+        for v in settings.lookup_views:
+            rep = views[v.name].repair
+            if rep is not None:
+                changes.append(_link_changes(v.parent_field, rep, accounts))
         current = matrix[:, cur - first]
         for v in settings.views:
             changes.extend(_rollup_changes(v, views[v.name].tree, current, accounts))
@@ -236,7 +487,7 @@ def compute(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunContext) 
             snapshots, snapshot_changes = _snapshots(settings, org, ledger, accounts, matrix, first, views, cur - 1)
 
     plan = Plan(ctx, accounts, first, matrix, views, changes, snapshot_changes, findings, nrr, arr_rewrite,
-                membership, snapshots)
+                membership, snapshots, inputs.duplicates, inputs.rule_stats, inputs.inserts)
     with _Stage(ctx, "gates"):
         check_gates(plan)
     return plan
@@ -258,6 +509,18 @@ def arr_matrix(settings, org, accounts, stored, first, count, cur):
                                                 str(org.folder / "Account.csv"))
         matrix[:, cur - first] = column
     return matrix, fs
+
+
+def _link_changes(parent_field: str, rep: link_mod.Repair, accounts: Accounts) -> FieldChanges:
+    """The repaired parent links as one batch, each change with its rule, confidence and evidence."""
+    ids, raw = accounts.ids, accounts.column(parent_field)
+    links = sorted((l for l in rep.applied if l.parent != l.old_parent), key=lambda l: l.child)
+    return FieldChanges("Account", parent_field, "repair",
+                        ids=np.array([ids[l.child] for l in links], dtype=object),
+                        old=np.array([raw[l.child] or None for l in links], dtype=object),
+                        new=np.array([ids[l.parent] for l in links], dtype=object),
+                        rows=np.array([l.child for l in links], dtype=np.int64),
+                        meta=[(l.rule, l.confidence, l.evidence) for l in links], explain=match_mod.explain)
 
 
 _SMALL = [str(i) for i in range(10_000)]  # depth and child counts: shared strings, not a million new ones
@@ -307,18 +570,18 @@ def family_labels(ledger: Ledger, accounts: Accounts, tree: Tree, view: str, mon
     """Family (root account index, or a negative id for roots no longer present) of every account at `month`.
 
     The current tree, overridden where the recorded membership of `month` differs (needs stage_membership)."""
-    labels = tree.root.copy()
+    labels = tree.families().copy()
     if month >= current_month:
         return labels
     index = accounts.index
-    unknown: dict[str, int] = {}
+    unknown: dict[str, int] = {name: label for label, name in (tree.virtual or {}).items()}
     for rid, root in ledger.membership_overrides(view, months.fmt(month)).items():
         i = index.get(rid)
         if i is None:
             continue
         j = index.get(root)
         if j is None:
-            j = unknown.setdefault(root, -1 - len(unknown))
+            j = unknown.setdefault(root, -10_000_000 - len(unknown))
         labels[i] = j
     return labels
 
@@ -442,6 +705,11 @@ def apply(plan: Plan, org: LocalOrg, ledger: Ledger, settings: Settings) -> dict
             ledger.commit_membership(vname, months.fmt(cur), months.fmt(cur - 1))
         if len(plan.snapshot_changes):
             ledger.upsert_snapshots(run_id, plan.snapshot_changes.keys, plan.snapshot_changes.new)
+        for vname, items in plan.review_queue(settings).items():
+            ledger.sync_review(run_id, vname, items)
+            rep = plan.views[vname].repair
+            ledger.settle_review(run_id, [l.review_id for l in rep.applied if l.review_id is not None],
+                                 [(l.review_id, l.reason or "blocked") for l in rep.blocked if l.review_id is not None])
     total = plan.change_count()
     counts = {"applied": total - len(failures), "failed": len(failures)}
     return {k: v for k, v in counts.items() if v}
@@ -450,7 +718,11 @@ def apply(plan: Plan, org: LocalOrg, ledger: Ledger, settings: Settings) -> dict
 def write_changes(org: LocalOrg, plan: Plan, settings: Settings) -> dict[int, str]:
     """Apply the plan's changes inside the caller's transaction; returns {seq: error} of records that failed."""
     failures: dict[int, str] = {}
-    starts, seq = [], 0
+    if plan.inserts:  # first, so the plan's updates of new records find them
+        by_id = {c.id: n for n, c in enumerate(plan.inserts)}
+        for rid, error in org.insert("Account", [{"Id": c.id, **json.loads(c.new)} for c in plan.inserts]):
+            failures[by_id[rid]] = error
+    starts, seq = [], len(plan.inserts)
     for batch in plan.changes:
         starts.append(seq)
         seq += len(batch)

@@ -12,7 +12,7 @@ from itertools import islice
 from .ledger import Ledger
 from .metrics import snapshot
 from .metrics.snapshot import FIELDS as SNAPSHOT_FIELDS, KEY as SNAPSHOT_KEY, UPSERT, SnapshotChanges
-from .model import FieldChanges
+from .model import INSERT, FieldChanges
 from .sources import LocalOrg
 
 _CHUNK = 50_000
@@ -62,6 +62,11 @@ def recover(org: LocalOrg, ledger: Ledger) -> list[str]:
             if field == UPSERT:
                 statuses = ((seq, "applied" if _matches(row, new) else "not_applied", None, row[0] if row else None)
                             for (seq, _, _, _, new), row in _joined(changes, _snapshots_by_key(org, obj)))
+            elif field == INSERT:
+                rows = list(changes)
+                there = org.get(obj, [r[1] for r in rows], []) if org.has_table(obj) else {}
+                statuses = iter([(seq, "applied" if rid in there else "not_applied", None, None)
+                                 for seq, rid, _, _, _ in rows])
             else:
                 current = _field_values(org, obj, field)
                 statuses = ((seq, _settled(current.get(rid), old, new), None, None)
@@ -113,6 +118,20 @@ def rollback(org: LocalOrg, ledger: Ledger, run_id: str, rollback_id: str, snaps
                 org.upsert_json(obj, SNAPSHOT_KEY, SNAPSHOT_FIELDS, [n for n in undo.new if n is not None],
                                 snapshot_prefix)
                 deleted += len(gone)
+                batches.append(undo)
+                continue
+            if field == INSERT:  # records the run created: deleted, unless already gone
+                rows = list(changes)
+                results = org.delete(obj, [r[1] for r in rows])
+                undo = FieldChanges(obj, INSERT, f"rollback:{run_id}", ids=[], old=[], new=[])
+                for (_, rid, _, _, new), res in zip(rows, results):
+                    if res.ok:
+                        undo.ids.append(rid)
+                        undo.old.append(new)
+                        undo.new.append(None)
+                    else:
+                        conflict(obj, rid, INSERT, new, None)
+                deleted += len(undo)
                 batches.append(undo)
                 continue
             current = _field_values(org, obj, field)

@@ -20,10 +20,10 @@ arr:
 views:
   - name: legal
     parent_field: ParentId
-rules: []
+rules: {rules}
 schedule: {{nightly: "0 2 * * *"}}
 report: {{segments: [Region__c]}}
-"""
+{extra}"""
 
 SUBS_ARR = """\
   source: subscriptions
@@ -43,6 +43,8 @@ class Org:
     accounts: list[dict] = field(default_factory=list)
     subs: list[dict] = field(default_factory=list)
     arr: str = SUBS_ARR
+    rules: dict[str, str] = field(default_factory=dict)   # file name in rules/ -> text
+    extra: str = ""                                        # more top-level config (hierarchy:, views: ...)
 
     @property
     def config(self) -> Path:
@@ -64,7 +66,16 @@ class Org:
     def write(self) -> "Org":
         self.org.mkdir(parents=True, exist_ok=True)
         (self.root / "config").mkdir(parents=True, exist_ok=True)
-        self.config.write_text(CONFIG.format(arr=self.arr), encoding="utf-8")
+        rules = "[]"
+        if self.rules:
+            (self.root / "rules").mkdir(parents=True, exist_ok=True)
+            for name, text in self.rules.items():
+                (self.root / "rules" / name).write_text(text, encoding="utf-8")
+            rules = "[../rules/*.yaml]"
+        config = CONFIG.format(arr=self.arr, rules=rules, extra=self.extra)
+        if ("\n" + self.extra).count("\nviews:"):  # the test defines its own views
+            config = config.replace("views:\n  - name: legal\n    parent_field: ParentId\n", "")
+        self.config.write_text(config, encoding="utf-8")
         write_csv(self.org / "Account.csv", self.accounts)
         if self.subs or self.arr == SUBS_ARR:
             write_csv(self.org / "Subscription__c.csv", self.subs,

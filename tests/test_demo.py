@@ -29,15 +29,17 @@ def snapshot(root, name: str) -> dict:
 def test_demo_prints_the_run_summary(demo):
     """The summary shows accounts, families, changes and NRR/GRR family next to naive, month and T12M."""
     _, out = demo
-    assert "accounts read: 1476" in out and "families: legal" in out and "applied" in out
+    assert "accounts read: 1665" in out and "families: legal" in out and "applied" in out
     assert "2026-10 last month: NRR" in out and "2026-10 trailing 12 months: NRR" in out and "naive account level" in out
 
 
-def test_disney_transfer_is_not_churn(demo):
-    """Hulu, LLC -> Fox Entertainment (100k) plus Disney -20k: the family contracts 20k, no churn."""
+def test_disney_transfer_is_not_churn_and_the_repaired_hulu_deal_is_expansion(demo):
+    """Hulu, LLC -> Fox (100k) is an internal transfer; Disney -20k plus the 60k deal on the unlinked Hulu
+    record, which the mapping links under Disney, is a 40k family expansion (worked example 3), no churn."""
     s = snapshot(demo[0], "The Walt Disney Company")
-    assert (s["Starting_ARR__c"], s["Ending_ARR__c"]) == ("400000.00", "380000.00")
-    assert (s["Contraction_ARR__c"], s["Churn_ARR__c"], s["NRR__c"]) == ("20000.00", "0.00", "0.9500")
+    assert (s["Starting_ARR__c"], s["Ending_ARR__c"]) == ("400000.00", "440000.00")
+    assert (s["Expansion_ARR__c"], s["Contraction_ARR__c"], s["Churn_ARR__c"], s["NRR__c"]) == \
+        ("40000.00", "0.00", "0.00", "1.1000")
 
 
 def test_enterprise_east_growth_offsets_west_churn(demo):
@@ -47,17 +49,22 @@ def test_enterprise_east_growth_offsets_west_churn(demo):
     assert s["Account_Count__c"] == "3"
 
 
-def test_unlinked_subsidiaries_stand_alone_until_repaired(demo):
-    """Acme US / Acme eComm and the unlinked Hulu record are still their own families in the legal view."""
-    assert snapshot(demo[0], "Acme US")["Ending_ARR__c"] == "50000.00"
-    assert snapshot(demo[0], "Hulu")["Starting_ARR__c"] == "0.00"
+def test_repair_links_the_reference_subsidiaries(demo):
+    """The demo run links Acme US / Acme eComm under Acme HQ, Hulu under Disney and UOG Singapore under Corp."""
+    db = sqlite3.connect(demo[0] / "state" / "local-org.db")
+    parent = dict(db.execute("SELECT a.Name, p.Name FROM Account a LEFT JOIN Account p ON p.Id = a.ParentId "
+                             "WHERE a.Name IN ('Acme US', 'Acme eComm', 'Hulu', 'United Oil & Gas (Singapore)')"))
+    assert parent == {"Acme US": "Acme HQ", "Acme eComm": "Acme HQ", "Hulu": "The Walt Disney Company",
+                      "United Oil & Gas (Singapore)": "United Oil & Gas Corp."}
+    acme = snapshot(demo[0], "Acme HQ")
+    assert acme["Ending_ARR__c"] == "280000.00" and acme["Account_Count__c"] == "3"
 
 
 def test_demo_rollups_reach_the_ultimate_parent(demo):
-    """United Oil & Gas Corp. carries its UK subsidiary's ARR; the UK account points at it."""
+    """United Oil & Gas Corp. carries its UK and (repaired) Singapore subsidiaries' ARR."""
     db = sqlite3.connect(demo[0] / "state" / "local-org.db")
     rows = dict(db.execute("SELECT Name, Hierarchy_ARR__c FROM Account WHERE Name LIKE 'United Oil%'").fetchall())
-    assert rows == {"United Oil & Gas Corp.": "380000.00", "United Oil & Gas, UK": "80000.00",
+    assert rows == {"United Oil & Gas Corp.": "420000.00", "United Oil & Gas, UK": "80000.00",
                     "United Oil & Gas (Singapore)": "40000.00"}
 
 

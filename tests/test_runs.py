@@ -97,8 +97,8 @@ def test_runs_list_and_show(family, cli):
                                   "message": "1 account(s) have a ParentId that matches no account; treated as roots"}]
 
 
-# fetch, hierarchy, arr, rollup, nrr, snapshot, gates, apply, ledger, write, history: 11 stop checks.
-STOP_CHECKS = 11
+# fetch, arr, match, hierarchy, rollup, nrr, snapshot, gates, apply, write, ledger, history: 12 stop checks.
+STOP_CHECKS = 12
 
 
 @pytest.mark.parametrize("stop_at", range(STOP_CHECKS))
@@ -174,7 +174,7 @@ def test_migrations_are_recorded(family, cli):
     """The state store records each schema migration once."""
     cli("run", "--as-of", "2026-11-15")
     db = sqlite3.connect(family.root / "state" / "nrr.db")
-    assert db.execute("SELECT id FROM migrations").fetchall() == [(1,)]
+    assert db.execute("SELECT id FROM migrations").fetchall() == [(1,), (2,)]
 
 
 def test_crash_between_ledger_commit_and_org_commit_is_recovered(family, tmp_path):

@@ -43,18 +43,19 @@ class _Org:
     def __init__(self, as_of: dt.date, history: int):
         self.accounts: list[list] = []
         self.subs: list[list] = []
-        self.truth: list[tuple[str, str]] = []
+        self.truth: list[tuple[str, str, str]] = []
+        self.stems: list[str] = []
         self.cur = months.of(as_of)
         self.first = self.cur - history
         self.n_acc = 0
         self.n_sub = 0
 
     def account(self, name, parent_id, true_parent, country, region, industry="Technology", website="",
-                owner="005000000000001AAA", duns="") -> str:
+                owner="005000000000001AAA", duns="", evidence="name") -> str:
         self.n_acc += 1
         rid = sf_id("001", self.n_acc)
         self.accounts.append([rid, name, parent_id or "", website, country, region, industry, owner, duns])
-        self.truth.append((rid, true_parent or ""))
+        self.truth.append((rid, true_parent or "", evidence if true_parent else ""))
         return rid
 
     def sub(self, account, product, start_m, end_m, annual) -> None:
@@ -74,7 +75,8 @@ def _reference_stories(org: _Org) -> None:
     org.sub(hulu, "Analytics", s, p - 1, 100_000) # 100k ARR moves ...
     fox = org.account("Fox Entertainment", d, d, "United States", "NA", "Media", "https://foxentertainment.com")
     org.sub(fox, "Analytics", p, None, 100_000)   # ... to Fox in the same month: an internal transfer
-    hulu2 = org.account("Hulu", "", d, "United States", "NA", "Media", "https://www.hulu.com")
+    hulu2 = org.account("Hulu", "", d, "United States", "NA", "Media", "https://www.hulu.com",
+                        evidence="mapping")
     org.sub(hulu2, "Seats", p, None, 60_000)      # 60k deal on an unlinked Hulu record: looks like a new logo
     acme = org.account("Acme HQ", "", "", "United States", "NA", "Retail", "https://acme.com")
     org.sub(acme, "Core", s, None, 200_000)
@@ -97,25 +99,78 @@ def _reference_stories(org: _Org) -> None:
     org.sub(sg, "Support", s + 12, None, 40_000)
 
 
+_SUB = ["North", "South", "East", "West", "Central"]
+_TRAP_WORDS = ["Dental", "Air Lines", "Bakery", "Realty", "Marine", "Textiles", "Aviation", "Hotels", "Brewing", "Optics"]
+_TYPO = {"a": "e", "e": "a", "o": "u", "i": "y", "n": "m", "r": "l", "t": "d"}
+
+
+def _base(k: int, rnd: random.Random) -> str:
+    """A family name unique to k: a random syllable, then k spelled in syllables (no two families collide
+    by accident; the collisions the matcher must survive are made on purpose, as traps)."""
+    out = [rnd.choice(_SYL)]
+    while True:
+        k, r = divmod(k, len(_SYL))
+        out.append(_SYL[r])
+        if k == 0:
+            break
+    return "".join(out).capitalize()
+
+
+def _typo(word: str, rnd: random.Random) -> str:
+    spots = [i for i in range(2, len(word)) if word[i] in _TYPO]
+    if not spots:
+        return word + "e"
+    i = rnd.choice(spots)
+    return word[:i] + _TYPO[word[i]] + word[i + 1:]
+
+
 def _family(org: _Org, rnd: random.Random, k: int) -> None:
-    base = "".join(rnd.choice(_SYL) for _ in range(rnd.randint(2, 3))).capitalize()
-    word = rnd.choice(_WORDS) if rnd.random() < 0.5 else ""
-    stem = f"{base} {word}".strip()
+    """One family: a root plus subsidiaries named root + qualifier (country, division), some nested under a
+    subsidiary (its name + a region), some acquired under unrelated names, some misspelt; a few families are
+    traps that borrow another family's name ("Delta Dental" next to "Delta Air Lines")."""
+    trap = org.stems and rnd.random() < 0.03
+    if trap:
+        other = rnd.choice(org.stems)
+        stem = f"{other} {rnd.choice(_TRAP_WORDS)}" if rnd.random() < 0.8 else other
+    else:
+        base = _base(k, rnd)
+        word = rnd.choice(_WORDS) if rnd.random() < 0.5 else ""
+        stem = f"{base} {word}".strip()
+        org.stems.append(stem)
     industry = rnd.choice(_INDUSTRY)
     q0 = rnd.choice(_QUAL)
     size = 1 if rnd.random() < 0.55 else rnd.choice((2, 2, 3, 3, 4, 5, 6, 8)) if rnd.random() < 0.93 else rnd.randint(10, 40)
-    domain = f"{base.lower()}{k}.com"
+    domain = f"{stem.split()[0].lower()}{k}.com"
     root = org.account(f"{stem} {rnd.choice(_SUFFIX)}".strip(), "", "", q0[1], q0[2], industry, f"https://www.{domain}",
-                       duns=f"{100000000 + k}")
-    members = [root]
+                       duns=f"{100000000 + k}", evidence="")
+    members = [(root, stem, q0[1])]
+    subs_used: dict[int, int] = {}
     for j in range(1, size):
         q = _QUAL[(j + k) % len(_QUAL)]
-        true_parent = members[0] if j < 4 or rnd.random() < 0.7 else rnd.choice(members[1:])
-        name = f"{stem} {q[0]}" if rnd.random() < 0.7 else f"{stem}, {q[0]}" if rnd.random() < 0.5 else f"{stem} ({q[0]})"
+        roll = rnd.random()
+        if j >= len(_QUAL) or (j >= 4 and roll < 0.25):        # nested under an earlier subsidiary
+            p = rnd.randrange(1, min(j, len(_QUAL)))
+            used = subs_used.get(p, 0)
+            if used >= len(_SUB):
+                continue
+            subs_used[p] = used + 1
+            parent_id, parent_name, country = members[p]
+            name, true_parent, evidence = f"{parent_name} {_SUB[used]}", parent_id, "name"
+            q = (q[0], country, q[2])
+        elif roll < 0.05:                                        # acquired: nothing in the name says so
+            name, true_parent, evidence = f"{_base(k * 7919 + j, rnd)} {rnd.choice(_WORDS)} {rnd.choice(_SUFFIX)}".strip(), root, "none"
+        elif roll < 0.08:                                        # misspelt parent name
+            name, true_parent, evidence = f"{_typo(stem, rnd)} {q[0]}", root, "fuzzy"
+        else:
+            sep = rnd.random()
+            name = f"{stem} {q[0]}" if sep < 0.7 else f"{stem}, {q[0]}" if sep < 0.85 else f"{stem} ({q[0]})"
+            true_parent, evidence = root, "name"
         linked = true_parent if rnd.random() < 0.6 else ""
-        members.append(org.account(name, linked, true_parent, q[1], q[2], industry,
-                                   f"https://{q[0].lower().replace(' ', '')}.{domain}" if rnd.random() < 0.5 else ""))
-    _revenue(org, rnd, members)
+        rid = org.account(name, linked, true_parent, q[1], q[2], industry,
+                          f"https://{q[0].lower().replace(' ', '')}.{domain}" if rnd.random() < 0.5 else "",
+                          evidence=evidence)
+        members.append((rid, name, q[1]))
+    _revenue(org, rnd, [m[0] for m in members])
 
 
 def _revenue(org: _Org, rnd: random.Random, members: list[str]) -> None:
@@ -164,7 +219,7 @@ def generate(folder: Path, accounts: int | None = None, seed: int = 7, as_of: dt
         org.accounts = org.accounts[:accounts]
         org.truth = org.truth[:accounts]
         org.subs = [s for s in org.subs if s[1] in keep]
-        for row, (rid, tp) in zip(org.accounts, org.truth):
+        for row, (rid, tp, _) in zip(org.accounts, org.truth):
             if row[2] and row[2] not in keep:
                 row[2] = ""
     folder = Path(folder)
@@ -173,7 +228,9 @@ def generate(folder: Path, accounts: int | None = None, seed: int = 7, as_of: dt
     _write(folder / "Subscription__c.csv", SUB_FIELDS, org.subs)
     _write(folder / "User.csv", ["Id", "Name", "Email"], [["005000000000001AAA", "Demo Owner", "owner@example.com"]])
     keep = {row[0] for row in org.accounts}
-    _write(folder.parent / "truth.csv", ["Id", "TrueParentId"], [(a, t if t in keep else "") for a, t in org.truth])
+    # Evidence: what reveals the true parent — name (name + qualifier), fuzzy (a misspelt name), mapping, none
+    _write(folder.parent / "truth.csv", ["Id", "TrueParentId", "Evidence"],
+           [(a, t, e) if t in keep else (a, "", "") for a, t, e in org.truth])
     return {"accounts": len(org.accounts), "subscriptions": len(org.subs), "families": k + 5,
             "as_of": as_of.isoformat()}
 
@@ -203,17 +260,32 @@ views:
     parent_field: ParentId
     fields: {{ultimate_parent: Ultimate_Parent__c, depth: Hierarchy_Depth__c, arr: Hierarchy_ARR__c,
              child_count: Child_Count__c}}
-rules: [../rules/*.yaml]
+rules: [../rules/*.yaml]                # matching rules: parent-link repair (nrr-engine schema prints theirs)
+hierarchy: {{auto_apply: 0.95, child_limit: 10000, max_depth: 100, missing_parents: placeholder}}
 schedule: {{nightly: "0 2 * * *", month_close: "0 4 1 * *"}}
 snapshots: {{enabled: true, object: KPI_Snapshot__c}}
 report: {{segments: [Region__c]}}
 """
 
 
-def write_demo_config(folder: Path, history: int = 36) -> Path:
-    """config/nrr.yaml + empty rules/ for an org generated into folder/org."""
+def write_demo_config(folder: Path, history: int = 36, overwrite_rules: bool = True) -> Path:
+    """config/nrr.yaml + the shipped rules/ (matching rules, mapping table) for an org in folder/org."""
     (folder / "config").mkdir(parents=True, exist_ok=True)
-    (folder / "rules").mkdir(parents=True, exist_ok=True)
+    copy_rules(folder / "rules", overwrite_rules)
     path = folder / "config" / "nrr.yaml"
     path.write_text(DEMO_CONFIG.format(history=history), encoding="utf-8")
     return path
+
+
+def copy_rules(target: Path, overwrite: bool = True) -> list[Path]:
+    """Copy the shipped rule files (the repository's rules/ folder) into `target`."""
+    from importlib import resources
+
+    target.mkdir(parents=True, exist_ok=True)
+    written = []
+    for item in resources.files("nrr_engine").joinpath("scaffold/rules").iterdir():
+        dest = target / item.name
+        if item.is_file() and (overwrite or not dest.exists()):
+            dest.write_bytes(item.read_bytes())
+            written.append(dest)
+    return written

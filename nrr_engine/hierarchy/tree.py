@@ -19,6 +19,27 @@ class Tree:
     parent: np.ndarray  # int64
     root: np.ndarray    # int64, index of the ultimate parent (self for roots)
     depth: np.ndarray   # int64, 0 for roots
+    # Families for NRR when they differ from the roots: virtual roots (no record in the org) group several
+    # trees; their labels are negative and `virtual` names them ("virtual:<family key>").
+    family: np.ndarray | None = None
+    virtual: dict[int, str] | None = None
+
+    def families(self) -> np.ndarray:
+        return self.root if self.family is None else self.family
+
+    def family_id(self, ids: list[str], label: int) -> str:
+        return ids[label] if label >= 0 else self.virtual[label]
+
+    def with_virtual_roots(self, groups: list[tuple[str, list[int]]]) -> "Tree":
+        """The same tree, its families merged under virtual roots: [(name, member accounts)]."""
+        family = self.root.copy()
+        virtual: dict[int, str] = {}
+        for k, (name, members) in enumerate(groups):
+            label = -2 - k   # -1 is "no parent" elsewhere; keep labels distinct from it
+            virtual[label] = name
+            roots = np.unique(self.root[np.asarray(members, dtype=np.int64)])
+            family[np.isin(self.root, roots)] = label
+        return Tree(self.parent, self.root, self.depth, family, virtual)
 
     def subtree_sum(self, values: np.ndarray) -> np.ndarray:
         """Sum of `values` over each node's subtree (itself and all descendants)."""
@@ -64,6 +85,14 @@ def build_tree(ids: list[str], index: dict[str, int], parent_ids: list[str | Non
     if dangling:
         findings.append(Finding("dangling_parent", f"{len(dangling)} account(s) have a {field} that matches no account; "
                                                    "treated as roots", tuple(dangling)))
+    tree, more = forest(parent, ids, index, field)
+    return tree, findings + more
+
+
+def forest(parent: np.ndarray, ids: list[str], index: dict[str, int], field: str = "ParentId") -> tuple[Tree, list[Finding]]:
+    """The forest of a parent-index array (-1 = root); cycles are reported and broken at the smallest Id."""
+    parent = parent.copy()
+    findings = []
     while True:
         root, depth, stuck = _jump(parent)
         if not stuck.any():
@@ -108,3 +137,28 @@ def _cycles(parent: np.ndarray, candidates: np.ndarray) -> list[list[int]]:
         if node >= 0 and state[node] == walk:
             cycles.append(path[path.index(node):])
     return cycles
+
+
+def partition(base: Tree, values: list, ids: list[str], index: dict[str, int]) -> Tree:
+    """Split each family of `base` by a field: an account's parent is its nearest ancestor with the same value;
+    the shallowest account of each (family, value) heads the accounts that have none."""
+    n = len(base.parent)
+    if n == 0:
+        return base
+    _, code = np.unique(np.array(["" if v is None else str(v).strip() for v in values], dtype=object).astype(str),
+                        return_inverse=True)
+    anc = base.parent.copy()
+    while True:
+        climb = np.flatnonzero((anc >= 0) & (code[np.maximum(anc, 0)] != code))
+        if not len(climb):
+            break
+        anc[climb] = base.parent[anc[climb]]
+    top = np.flatnonzero(anc < 0)
+    order = top[np.lexsort((top, base.depth[top], code[top], base.root[top]))]
+    group_start = np.ones(len(order), dtype=bool)
+    group_start[1:] = (base.root[order][1:] != base.root[order][:-1]) | (code[order][1:] != code[order][:-1])
+    heads = order[np.maximum.accumulate(np.where(group_start, np.arange(len(order)), 0))]
+    parent = anc
+    parent[order] = np.where(heads == order, -1, heads)
+    tree, _ = forest(parent, ids, index)
+    return tree

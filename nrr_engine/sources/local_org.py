@@ -41,6 +41,14 @@ def sf_id(prefix: str, n: int) -> str:
     return id18(id15)
 
 
+def _decode(rid: str) -> int:
+    """The counter inside an Id made by sf_id."""
+    n = 0
+    for ch in rid[3:15]:
+        n = n * 62 + _B62.index(ch)
+    return n
+
+
 def id18(id15: str) -> str:
     """The 18-character form of a 15-character Id: one checksum letter per 5 characters (upper-case bits)."""
     flags = id15.translate(_UPPER_BITS)  # "1" for A-Z, "0" otherwise; bit i of a chunk is its i-th character
@@ -333,6 +341,42 @@ class LocalOrg:
                 db.executemany(update, updates)
             db.execute("INSERT OR REPLACE INTO _nrr_sequences VALUES (?, ?)", (prefix, n))
         return []
+
+    def free_ids(self, obj: str, prefix: str, count: int) -> list[str]:
+        """`count` new Ids for `obj` that no record holds yet (read-only: a plan can name records it will create)."""
+        n = (self.db.execute("SELECT n FROM _nrr_sequences WHERE prefix=?", (prefix,)).fetchone() or (0,))[0]
+        if self.has_table(obj):
+            # base-62 digits sort like their values in byte order, so the largest Id holds the largest counter
+            top = self.db.execute(f"SELECT max(Id) FROM {_q(obj)} WHERE Id >= ? AND Id < ?",
+                                  (prefix, prefix + "\x7f")).fetchone()[0]
+            if top and len(top) >= 15 and all(c in _B62 for c in top[3:15]):
+                n = max(n, _decode(top))
+        out: list[str] = []
+        while len(out) < count:
+            batch = [sf_id(prefix, n + k + 1) for k in range(count - len(out))]
+            n += len(batch)
+            taken = self.get(obj, batch, []) if self.has_table(obj) else {}
+            out.extend(i for i in batch if i not in taken)
+        return out
+
+    def insert(self, obj: str, records: Sequence[dict]) -> list[tuple[str, str]]:
+        """Insert records that carry their own Id; return (Id, error) of those that could not be inserted."""
+        failed = []
+        with self.transaction():
+            self.ensure_fields(obj, sorted({f for r in records for f in r if f != "Id"}))
+            for r in records:
+                cols = list(r)
+                try:
+                    self.db.execute(f"INSERT INTO {_q(obj)} ({', '.join(map(_q, cols))}) VALUES "
+                                    f"({', '.join('?' * len(cols))})", [r[c] for c in cols])
+                except sqlite3.IntegrityError:
+                    failed.append((r["Id"], "DUPLICATE_VALUE: a record with this Id exists"))
+            top = max((_decode(r["Id"]) for r in records), default=None)
+            if top is not None:
+                prefix = records[0]["Id"][:3]
+                self.db.execute("INSERT INTO _nrr_sequences VALUES (?, ?) ON CONFLICT(prefix) DO UPDATE SET "
+                                "n = max(n, excluded.n)", (prefix, top))
+        return failed
 
     def delete(self, obj: str, ids: Sequence[str]) -> list[WriteResult]:
         """Delete records by Id (used by rollback of inserts); Ids already gone fail individually."""

@@ -1,0 +1,576 @@
+"""Matching rules -> proposed (child, parent) links, each with its rule, confidence and evidence.
+
+Blocking, never all pairs: key, domain, mapping and name-qualifier rules look candidates up in hash indexes
+(O(n)); fuzzy name rules compare each child with its neighbours in the sorted list of names (O(n log n)).
+"""
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+from rapidfuzz import fuzz, process
+
+from .. import money
+from ..rules.model import MatchRule
+from ..sources.local_org import id18
+from . import normalise
+
+FUZZY_WINDOW = 8  # neighbours on each side of a child's name in the sorted candidate names
+
+
+class NameEvidence(NamedTuple):
+    """Why a name rule proposed a link. Evidence stays a small tuple until someone reads it (explain):
+    a million-account run holds hundreds of thousands of proposals. The compared key and the qualifier
+    are recomputed from the child's name then."""
+
+    child_name: str
+    qualifier_tokens: int   # how many trailing tokens of the child's normalised name are the qualifier
+    kind: str               # country | code | region | division | head | unknown
+    country: str | None
+    grade: str              # which confidence of the rule applied
+    fuzzy: tuple | None = None  # (similar_to, score) for fuzzy matches
+
+    def as_dict(self) -> dict:
+        tokens = normalise.name_key(self.child_name)
+        n = self.qualifier_tokens
+        q = {"words": " ".join(tokens[-n:]), "kind": self.kind, **({"country": self.country} if self.country else {})}
+        name = _name(self.child_name)
+        if self.fuzzy:
+            return {"child_name": name, "stem": " ".join(tokens[:-n]), "similar_to": self.fuzzy[0],
+                    "score": self.fuzzy[1], "qualifier": q, "grade": self.grade}
+        return {"child_name": name, "key": " ".join(tokens[:-n]), "qualifier": q, "grade": self.grade}
+
+
+class KeyEvidence(NamedTuple):
+    field: str
+    value: str
+    candidate_field: str
+
+    def as_dict(self) -> dict:
+        return self._asdict()
+
+
+class DomainEvidence(NamedTuple):
+    field: str
+    domain: str
+    child_site: str
+
+    def as_dict(self) -> dict:
+        return self._asdict()
+
+
+class MappingEvidence(NamedTuple):
+    table: str
+    child: str
+    parent: str
+
+    def as_dict(self) -> dict:
+        return self._asdict()
+
+
+def explain(evidence) -> dict:
+    """Evidence as a plain dict (for plan.json, the ledger and the review queue)."""
+    if evidence is None:
+        return {}
+    return evidence if isinstance(evidence, dict) else evidence.as_dict()
+
+
+def _name(value) -> str:
+    text = str(value)
+    return text if len(text) <= 200 else text[:200]
+
+
+class Proposal(NamedTuple):
+    child: int
+    parent: int
+    rule: MatchRule
+    confidence: float
+    evidence: Any        # NameEvidence | KeyEvidence | DomainEvidence | MappingEvidence | dict (see explain)
+
+
+class Placeholder(NamedTuple):
+    """Accounts that share a family key no account holds: a parent to create (or a virtual root)."""
+
+    key: str            # e.g. name:acme, domain:acme.com, Parent_DUNS__c:123456789
+    name: str           # display name of the parent to create
+    members: tuple[int, ...]
+    rule: MatchRule
+    confidence: float
+    evidence: Any
+
+
+@dataclass
+class Population:
+    """The accounts of one view as matching sees them; derived columns are computed once per run."""
+
+    ids: list[str]
+    column: Callable[[str], list]
+    parent: np.ndarray
+    arr: np.ndarray
+    child_count: np.ndarray
+    depth: np.ndarray
+    eligible: np.ndarray                 # may get a new parent (no parent yet, not locked)
+    unlocked: np.ndarray                 # not locked (override rules may re-parent these)
+    _cache: dict = field(default_factory=dict)
+
+    def value(self, name: str, i: int) -> Any:
+        if name == "$is_root":
+            return "true" if self.parent[i] < 0 else "false"
+        if name == "$arr":
+            return money.fmt(int(self.arr[i]))
+        if name == "$child_count":
+            return str(int(self.child_count[i]))
+        if name == "$depth":
+            return str(int(self.depth[i]))
+        return self.col(name)[i]
+
+    def col(self, name: str) -> list:
+        k = ("col", name)
+        if k not in self._cache:
+            self._cache[k] = self.column(name)
+        return self._cache[k]
+
+    def keys(self, name_field: str) -> list[str]:
+        """Normalised names, tokens joined by single spaces ("" when a name has none)."""
+        k = ("keys", name_field)
+        if k not in self._cache:
+            key = normalise.name_key
+            self._cache[k] = [" ".join(key(n)) if n else "" for n in self.col(name_field)]
+        return self._cache[k]
+
+    def name_index(self, name_field: str) -> tuple[dict, dict]:
+        """(full key -> account, key without head words such as HQ/Group -> account). A key several accounts
+        share maps to a list (most keys are unique: an int each keeps a million keys small)."""
+        k = ("index", name_field)
+        if k not in self._cache:
+            full: dict[str, Any] = {}
+            head: dict[str, Any] = {}
+            markers = normalise.HEAD_MARKERS
+            for i, key in enumerate(self.keys(name_field)):
+                if not key:
+                    continue
+                _add(full, key, i)
+                last = key.rfind(" ")
+                if last > 0 and key[last + 1:] in markers:
+                    cut = last
+                    while True:
+                        prev = key.rfind(" ", 0, cut)
+                        if prev <= 0 or key[prev + 1:cut] not in markers:
+                            break
+                        cut = prev
+                    _add(head, key[:cut], i)
+            self._cache[k] = (full, head)
+        return self._cache[k]
+
+    def sites(self, site_field: str) -> tuple[list[str | None], np.ndarray]:
+        """Registrable domain of each account's website (None when it has none), and whether the site is the
+        domain itself (acme.com, www.acme.com) rather than a subdomain."""
+        k = ("sites", site_field)
+        if k not in self._cache:
+            values = self.col(site_field)
+            domains: list[str | None] = [None] * len(values)
+            apex = np.zeros(len(values), dtype=bool)
+            site = normalise.site
+            for i, w in enumerate(values):
+                if w:
+                    s = site(w)
+                    if s is not None:
+                        domains[i] = s.domain
+                        apex[i] = s.apex
+            self._cache[k] = (domains, apex)
+        return self._cache[k]
+
+    def countries(self, country_field: str) -> list[str | None]:
+        k = ("countries", country_field)
+        if k not in self._cache:
+            cache: dict = {}
+            out = []
+            for v in self.col(country_field):
+                if v not in cache:
+                    cache[v] = normalise.country_code(v)
+                out.append(cache[v])
+            self._cache[k] = out
+        return self._cache[k]
+
+
+def _add(index: dict, key: str, i: int) -> None:
+    have = index.get(key)
+    if have is None:
+        index[key] = i
+    elif isinstance(have, list):
+        have.append(i)
+    else:
+        index[key] = [have, i]
+
+
+def as_list(hit) -> list[int]:
+    """An index entry as a list of accounts."""
+    return [] if hit is None else hit if isinstance(hit, list) else [hit]
+
+
+# ---- choosing among candidates ------------------------------------------------------------------
+
+def _passes(pop: Population, conditions, i: int) -> bool:
+    return all(c.test(pop.value(c.field, i)) for c in conditions)
+
+
+def choose(pop: Population, rule: MatchRule, child: int, candidates: list[int]) -> tuple[list[int], list[str]]:
+    """Candidates left after conditions and tie-breakers (one = decided), and the tie-breakers used."""
+    cands = [j for j in dict.fromkeys(candidates) if j != child and _passes(pop, rule.candidate, j)]
+    used: list[str] = []
+    for tb in rule.tie_break:
+        if len(cands) < 2:
+            break
+        if tb.kind == "same_as_child":
+            want = _text(pop.value(tb.field, child))
+            same = [j for j in cands if want and _text(pop.value(tb.field, j)) == want]
+            best = same or cands
+        else:
+            scores = [_score(pop, tb, j) for j in cands]
+            top = max(scores)
+            best = [j for j, s in zip(cands, scores) if s == top]
+        if len(best) < len(cands):
+            used.append(tb.describe())
+        cands = best
+    return cands, used
+
+
+def _text(v) -> str:
+    return str(v).strip().casefold() if v is not None else ""
+
+
+def _score(pop: Population, tb, j: int):
+    if tb.kind == "largest_arr":
+        return int(pop.arr[j])
+    if tb.kind == "most_children":
+        return int(pop.child_count[j])
+    if tb.kind == "oldest":
+        created = pop.value("CreatedDate", j)  # blank when the org has no CreatedDate: then Id order
+        return _Desc((created or "9999", pop.ids[j]))
+    v = pop.value(tb.field, j)
+    key = (1, _number(v)) if _number(v) is not None else (0, _text(v))
+    return key if tb.descending else _Desc(key)
+
+
+def _number(v):
+    try:
+        return float(str(v).strip()) if v not in (None, "") else None
+    except ValueError:
+        return None
+
+
+class _Desc:
+    """Inverts ordering so max() picks the smallest (oldest, or field order asc)."""
+
+    __slots__ = ("v",)
+
+    def __init__(self, v):
+        self.v = v
+
+    def __lt__(self, other):
+        return self.v > other.v
+
+    def __gt__(self, other):
+        return self.v < other.v
+
+    def __eq__(self, other):
+        return self.v == other.v
+
+    def __ge__(self, other):
+        return self.v <= other.v
+
+    def __le__(self, other):
+        return self.v >= other.v
+
+
+def _decide(pop: Population, rule: MatchRule, child: int, candidates: list[int], confidence: float,
+            evidence) -> Iterator[Proposal]:
+    """One proposal when the candidates narrow to one; a tie goes to review with every candidate listed."""
+    if len(candidates) == 1 and not rule.child and not rule.candidate:  # the common case, kept cheap
+        if candidates[0] != child:
+            yield Proposal(child, candidates[0], rule, confidence, evidence)
+        return
+    if not _passes(pop, rule.child, child):
+        return
+    cands, used = choose(pop, rule, child, candidates)
+    if not cands:
+        return
+    if used:
+        evidence = {**explain(evidence), "tie_break": used}
+    if len(cands) == 1:
+        yield Proposal(child, cands[0], rule, confidence, evidence)
+        return
+    shown = cands[:10]
+    for j in shown:  # ambiguous: every remaining candidate to review, none applied
+        yield Proposal(child, j, rule, min(confidence, 0.5),
+                       {**explain(evidence), "tie": [pop.ids[k] for k in shown], "tie_count": len(cands)})
+
+
+# ---- the rule kinds -----------------------------------------------------------------------------
+
+def _key_value(v) -> str:
+    return str(v).strip().casefold() if v not in (None, "") else ""
+
+
+def match_key(pop: Population, rule: MatchRule) -> tuple[list[Proposal], list[Placeholder]]:
+    """child_field equals a candidate's candidate_field (Parent_DUNS__c = DunsNumber, global ultimate keys)."""
+    index: dict[str, list[int]] = {}
+    for j, v in enumerate(pop.col(rule.candidate_field)):
+        k = _key_value(v)
+        if k:
+            index.setdefault(k, []).append(j)
+    out, orphans = [], {}
+    allowed = pop.unlocked if rule.override else pop.eligible
+    for i, v in enumerate(pop.col(rule.child_field)):
+        k = _key_value(v)
+        if not k or not allowed[i]:
+            continue
+        cands = index.get(k)
+        if cands is None:
+            orphans.setdefault(k, []).append(i)
+            continue
+        out.extend(_decide(pop, rule, i, cands, float(rule.confidence),
+                           KeyEvidence(rule.child_field, str(v).strip(), rule.candidate_field)))
+    holders = [Placeholder(f"{rule.child_field}:{k}", f"{str(pop.col(rule.child_field)[m[0]]).strip()} (family)",
+                           tuple(m), rule, float(rule.confidence), {"field": rule.child_field, "value": k})
+               for k, m in orphans.items() if len(m) > 1]
+    return out, holders
+
+
+def match_domain(pop: Population, rule: MatchRule) -> tuple[list[Proposal], list[Placeholder]]:
+    """A subdomain site (us.acme.com) belongs under the account whose site is the registrable domain itself."""
+    domains, apex = pop.sites(rule.field)
+    heads: dict[str, list[int]] = {}
+    for j in np.flatnonzero(apex).tolist():
+        d = domains[j]
+        if d not in rule.ignore:
+            heads.setdefault(d, []).append(j)
+    out, orphans = [], {}
+    allowed = pop.unlocked if rule.override else pop.eligible
+    sites = pop.col(rule.field)
+    for i in np.flatnonzero(allowed & ~apex).tolist():
+        d = domains[i]
+        if d is None or d in rule.ignore:
+            continue
+        cands = heads.get(d)
+        if cands is None:
+            orphans.setdefault(d, []).append(i)
+            continue
+        out.extend(_decide(pop, rule, i, cands, float(rule.confidence),
+                           DomainEvidence(rule.field, d, _name(sites[i]))))
+    holders = [Placeholder(f"domain:{d}", d, tuple(m), rule, float(rule.confidence), {"domain": d})
+               for d, m in orphans.items() if len(m) > 1]
+    return out, holders
+
+
+def _grade(q: normalise.Qualifier, mine: str | None, theirs: str | None) -> str:
+    """Which confidence of a name rule applies: what the qualifier is, checked against the countries."""
+    if q.kind in ("country", "code"):
+        if mine is None:
+            return "unconfirmed" if q.kind == "country" else "unknown"
+        return q.kind if mine == q.country else "conflict"
+    if q.kind in ("region", "division"):
+        return "unit_same_country" if mine is not None and mine == theirs else "unit"
+    return "unknown"
+
+
+def _qualifier_confidence(pop: Population, rule: MatchRule, child: int, parent: int | None,
+                          q: normalise.Qualifier) -> tuple[float, str]:
+    countries = pop.countries(rule.country_field) if rule.country_field else None
+    mine = countries[child] if countries else None
+    theirs = countries[parent] if countries and parent is not None else None
+    grade = _grade(q, mine, theirs)
+    return rule.confidence_for(grade), grade
+
+
+def match_name(pop: Population, rule: MatchRule) -> tuple[list[Proposal], list[Placeholder]]:
+    """Child = candidate's normalised name + a qualifier (country, region, division); the longest name wins."""
+    keys = pop.keys(rule.field)
+    full, head = pop.name_index(rule.field)
+    allowed = pop.unlocked if rule.override else pop.eligible
+    names = pop.col(rule.field)
+    countries = pop.countries(rule.country_field) if rule.country_field else None
+    confidence = {g: rule.confidence_for(g) for g in ("country", "code", "unit_same_country", "unit",
+                                                        "unconfirmed", "unknown", "conflict")}
+    simple = not rule.child and not rule.candidate and not rule.tie_break
+    words = normalise.classify_words
+    out: list[Proposal] = []
+    append = out.append
+    for i in np.flatnonzero(allowed).tolist():
+        key = keys[i]
+        cut = key.rfind(" ")
+        hit = None
+        while cut > 0:  # every proper prefix of the name, longest first: one hash lookup each
+            prefix = key[:cut]
+            hit = full.get(prefix)
+            if hit is None:
+                hit = head.get(prefix)
+            if hit is not None:
+                break
+            cut = key.rfind(" ", 0, cut)
+        if hit is None:
+            continue
+        if isinstance(hit, list):
+            narrowed = [j for j in hit if j != i]
+            if not narrowed:
+                continue
+        elif hit == i:
+            continue
+        else:
+            narrowed = None
+        q = words(key[cut + 1:])
+        mine = countries[i] if countries else None
+        if narrowed is None:
+            grade = _grade(q, mine, countries[hit] if countries else None)
+        else:
+            grade = _grade(q, mine, None)
+        evidence = NameEvidence(names[i], key.count(" ", cut), q.kind, q.country, grade)
+        if narrowed is None and simple:
+            append(Proposal(i, hit, rule, confidence[grade], evidence))
+        else:
+            out.extend(_decide(pop, rule, i, narrowed or [hit], confidence[grade], evidence))
+    return out, []
+
+
+def unmatched(pop: Population, name_field: str, allowed: np.ndarray) -> list[tuple[int, list[int]]]:
+    """(account, qualifier lengths in tokens) of accounts whose name ends in a place (country, ISO code,
+    region) but matches no candidate: the input of fuzzy matching and of placeholder parents. Division
+    words are left out here: "Acme Software" is far more often a company of its own than a division."""
+    k = ("unmatched", name_field, hash(allowed.tobytes()))
+    if k in pop._cache:
+        return pop._cache[k]
+    keys = pop.keys(name_field)
+    full, head = pop.name_index(name_field)
+    out = []
+    places = normalise.geo_last_tokens()
+    for i in np.flatnonzero(allowed).tolist():
+        key = keys[i]
+        cut = key.rfind(" ")
+        if cut <= 0 or key[cut + 1:] not in places:
+            continue
+        while cut > 0 and key[:cut] not in full and key[:cut] not in head:
+            cut = key.rfind(" ", 0, cut)
+        if cut > 0:
+            continue  # a candidate exists: the qualifier rule's case
+        cuts = normalise.qualifier_cuts(tuple(key.split()), geographic=True)
+        if cuts:
+            out.append((i, cuts))
+    pop._cache[k] = out
+    return out
+
+
+def match_fuzzy(pop: Population, rule: MatchRule) -> tuple[list[Proposal], list[Placeholder]]:
+    """Child stem (name minus qualifier) within `threshold` of a candidate's name (sorted-neighbourhood blocking)."""
+    keys = pop.keys(rule.field)
+    full, head = pop.name_index(rule.field)
+    allowed = pop.unlocked if rule.override else pop.eligible
+    todo = unmatched(pop, rule.field, allowed)
+    if not todo:
+        return [], []
+    # Sorted neighbourhood, twice: by the name and by the name reversed, so a typo near either end still
+    # leaves the true name among the neighbours.
+    texts = sorted(k for k in {*full, *head} if len(k.replace(" ", "")) >= 4)
+    backwards = sorted(t[::-1] for t in texts)
+    names = pop.col(rule.field)
+    cap = float(rule.confidence)
+    out = []
+    for i, cuts in todo:
+        tokens = keys[i].split()
+        best, best_n = None, 0
+        for n in cuts:  # every way to read the name's end as a qualifier; the closest stem wins
+            s = " ".join(tokens[:-n])
+            if len(s) < 4:
+                continue
+            at = bisect.bisect_left(texts, s)
+            window = texts[max(0, at - FUZZY_WINDOW): at + FUZZY_WINDOW]
+            at = bisect.bisect_left(backwards, s[::-1])
+            window += [t[::-1] for t in backwards[max(0, at - FUZZY_WINDOW): at + FUZZY_WINDOW]]
+            hit = process.extractOne(s, window, scorer=fuzz.ratio, score_cutoff=rule.threshold)
+            if hit is not None and (best is None or hit[1] > best[1]):
+                best, best_n = hit, n
+        if best is None:
+            continue
+        cands = as_list(full.get(best[0])) or as_list(head.get(best[0]))
+        q = normalise.classify(tokens[-best_n:])
+        conf, grade = _qualifier_confidence(pop, rule, i, cands[0] if len(cands) == 1 else None, q)
+        out.extend(_decide(pop, rule, i, cands, min(cap, conf),
+                           NameEvidence(names[i], best_n, q.kind, q.country, grade, (best[0], round(best[1], 1)))))
+    return out, []
+
+
+def name_placeholders(pop: Population, rule: MatchRule) -> list[Placeholder]:
+    """Two or more accounts named stem + different qualifiers ("Acme US", "Acme UK") and no "Acme"."""
+    allowed = pop.unlocked if rule.override else pop.eligible
+    names, keys = pop.col(rule.field), pop.keys(rule.field)
+    stems: dict[str, list[tuple[int, str]]] = {}
+    for i, cuts in unmatched(pop, rule.field, allowed):
+        tokens = keys[i].split()
+        # the shortest qualifier: the most specific stem
+        stems.setdefault(" ".join(tokens[:-cuts[0]]), []).append((i, " ".join(tokens[-cuts[0]:])))
+    out = []
+    for stem, members in stems.items():
+        if len(members) < 2 or len(stem) < 3 or len({q for _, q in members}) < 2:
+            continue  # the same qualifier twice is a duplicate, not a family
+        first = str(names[members[0][0]])
+        display = " ".join(first.split()[: stem.count(" ") + 1]).rstrip(",;:-(") or stem
+        out.append(Placeholder(f"name:{stem}", display, tuple(i for i, _ in members), rule,
+                               rule.confidence_for("unit"), {"stem": stem,
+                                                             "members": [str(names[i])[:100] for i, _ in members[:10]]}))
+    return out
+
+
+def match_mapping(pop: Population, rule: MatchRule) -> tuple[list[Proposal], list[Placeholder], list[str]]:
+    """RevOps' table of known links (acquisitions); entries name accounts by normalised name or by Id."""
+    allowed = pop.unlocked if rule.override else pop.eligible
+    if rule.match_by == "id":
+        index = {rid: i for i, rid in enumerate(pop.ids)}
+
+        def find(ref: str) -> list[int]:
+            ref = ref.strip()
+            i = index.get(id18(ref) if len(ref) == 15 else ref)
+            return [i] if i is not None else []
+    else:
+        full, _ = pop.name_index("Name")
+
+        def find(ref: str) -> list[int]:
+            return as_list(full.get(" ".join(normalise.name_key(ref))))
+    out, unresolved = [], []
+    for e in rule.entries:
+        children, parents = find(e.child), find(e.parent)
+        if not children or not parents:
+            unresolved.append(f"{e.location.file}:{e.location.line} {e.child!r} -> {e.parent!r}: "
+                              f"{'child' if not children else 'parent'} matches no account")
+            continue
+        for i in children:
+            if allowed[i]:
+                out.extend(_decide(pop, rule, i, parents, float(rule.confidence),
+                                   MappingEvidence(f"{e.location.file}:{e.location.line}", e.child, e.parent)))
+    return out, [], unresolved
+
+
+def propose(pop: Population, rules, placeholders: bool) -> tuple[list[Proposal], list[Placeholder], list[str]]:
+    """Run every rule of one view; returns proposals, placeholder parents and notes on unresolved entries."""
+    proposals: list[Proposal] = []
+    holders: list[Placeholder] = []
+    notes: list[str] = []
+    for rule in rules:
+        if rule.type == "key":
+            p, h = match_key(pop, rule)
+        elif rule.type == "domain":
+            p, h = match_domain(pop, rule)
+        elif rule.type == "name" and rule.method == "fuzzy":
+            p, h = match_fuzzy(pop, rule)
+        elif rule.type == "name":
+            p, h = match_name(pop, rule)
+            if placeholders:
+                h = name_placeholders(pop, rule)
+        else:
+            p, h, unresolved = match_mapping(pop, rule)
+            notes.extend(unresolved)
+        proposals.extend(p)
+        if placeholders:
+            holders.extend(h)
+    return proposals, holders, notes
