@@ -137,7 +137,17 @@ class Ledger:
         try:
             first = (conn.execute("SELECT max(rowid) FROM changes").fetchone()[0] or 0) + 1
             for batch in batches:
-                if isinstance(batch, FieldChanges) and batch.meta is None:
+                if isinstance(batch, FieldChanges) and batch.meta is not None:
+                    # Links: rule, confidence and evidence per change (evidence explained one at a time)
+                    consts = ", ".join(_literal(v) for v in (run_id, batch.object, batch.field, status))
+                    explain = batch.explain or (lambda ev: ev)
+                    conn.executemany(f"INSERT INTO changes (run_id, object, field, status, record_id, old, new, rule, "
+                                     f"confidence, evidence) VALUES ({consts}, ?, ?, ?, ?, ?, ?)",
+                                     ((rid, old, new, rule, conf, json.dumps(explain(ev), sort_keys=True) if ev else None)
+                                      for rid, old, new, (rule, conf, ev) in zip(batch.ids, batch.old, batch.new,
+                                                                                 batch.meta)))
+                    continue
+                if isinstance(batch, FieldChanges):
                     # Columnar batch: the per-batch constants are SQL literals, so each row binds only 3 values
                     # (binding costs ~0.3 us a value; a first run records millions of rows).
                     consts = ", ".join(_literal(v) for v in (run_id, batch.object, batch.field, status, batch.rule))

@@ -303,3 +303,24 @@ def test_partition_view_must_name_an_earlier_lookup_view(org, cli):
     org.write()
     err = cli("validate", expect=2).stderr
     assert "nrr.yaml:" in err and "partition_of 'sales' must name a lookup view" in err
+
+
+def test_virtual_root_groups_a_family_for_nrr_without_writing(org, cli):
+    """missing_parents: virtual_root: "Zeta US" -> "Zeta UK" revenue moving within the family no account holds
+    is an internal transfer, not churn plus a new logo; no parent link and no snapshot record is written."""
+    org.account("001A", "Zeta US", BillingCountry="US")
+    org.account("001B", "Zeta UK", BillingCountry="United Kingdom")
+    org.sub("001A", "2025-01-01", "2026-09-30", "1000")
+    org.sub("001B", "2026-10-01", "", "1000")
+    org.rules = {"r.yaml": NAME_RULE}
+    org.extra = "hierarchy: {missing_parents: virtual_root}\n"
+    org.write()
+    cli("run", *AS_OF)
+    assert parents(org) == {"Zeta US": None, "Zeta UK": None}
+    assert cli.json("review", "list", "--format", "json") == []
+    fig = cli.json("report", "nrr", "--period", "2026-10", "--window", "1", "--format", "json", "--as-of", "2026-11-15")
+    assert fig["family"]["churn"] == "0.00" and fig["family"]["internal_transfers"] == "1000.00"
+    assert fig["naive"]["churn"] == "1000.00" and fig["naive"]["new_logo"] == "1000.00"
+    db = sqlite3.connect(org.root / "state" / "local-org.db")
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "KPI_Snapshot__c" not in tables  # the only family is virtual: no record to hang a snapshot on

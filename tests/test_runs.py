@@ -97,7 +97,7 @@ def test_runs_list_and_show(family, cli):
                                   "message": "1 account(s) have a ParentId that matches no account; treated as roots"}]
 
 
-# fetch, arr, match, hierarchy, rollup, nrr, snapshot, gates, apply, write, ledger, history: 12 stop checks.
+# fetch, match, arr, hierarchy, rollup, nrr, snapshot, gates, apply, write, ledger, history: 12 stop checks.
 STOP_CHECKS = 12
 
 

@@ -208,8 +208,11 @@ def consolidate(pop: Population, proposals: list[Proposal], guards: Guards,
             evidence = LinkEvidence(lead.evidence, best if len(best) > 1 else None,
                                     (ids[nested[1]], nested[2].rule.name, nested[0]) if nested is not None else None,
                                     others or None)
-        names = tuple(p.rule.name for p in sorted(best, key=lambda p: -p.confidence))
-        rule_name = rule_names.get(names) or rule_names.setdefault(names, "+".join(names))
+        if len(best) == 1:
+            rule_name = lead.rule.name
+        else:
+            names = tuple(p.rule.name for p in sorted(best, key=lambda p: -p.confidence))
+            rule_name = rule_names.get(names) or rule_names.setdefault(names, "+".join(names))
         link = Link(child, parent, rule_name, conf, evidence, old_parent=old)
         if tie:
             link.reason = "tie"

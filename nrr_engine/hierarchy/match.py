@@ -472,7 +472,9 @@ def match_fuzzy(pop: Population, rule: MatchRule) -> tuple[list[Proposal], list[
         return [], []
     # Sorted neighbourhood, twice: by the name and by the name reversed, so a typo near either end still
     # leaves the true name among the neighbours.
-    texts = sorted(k for k in {*full, *head} if len(k.replace(" ", "")) >= 4)
+    # Candidate names: not those ending in a place ("acme uk" is a subsidiary, not a misspelt group)
+    places = normalise.geo_last_tokens()
+    texts = sorted(k for k in {*full, *head} if len(k) >= 4 and k[k.rfind(" ") + 1:] not in places)
     backwards = sorted(t[::-1] for t in texts)
     names = pop.col(rule.field)
     cap = float(rule.confidence)

@@ -55,7 +55,9 @@ def fold(text: str | None) -> list[str]:
         if "&" in s:
             s = s.replace("&", " & ")
         return s.encode().translate(_ASCII, _ASCII_DROP).decode().split()
+    # compatibility forms first (full-width and mathematical letters become plain ones), then case again
     s = "".join(NON_NFKD_MAP.get(c, c) for c in unicodedata.normalize("NFKD", s) if not unicodedata.combining(c))
+    s = s.casefold()
     s = s.translate(_DROP).replace("&", " & ").replace("_", " ")
     return [t for t in _SPLIT.split(s) if t]
 
