@@ -140,10 +140,10 @@ class Ledger:
                 if isinstance(batch, FieldChanges) and batch.meta is not None:
                     # Links: rule, confidence and evidence per change (evidence explained one at a time)
                     consts = ", ".join(_literal(v) for v in (run_id, batch.object, batch.field, status))
-                    explain = batch.explain or (lambda ev: ev)
+                    to_json = batch.to_json or (lambda ev: json.dumps(ev, sort_keys=True) if ev else None)
                     conn.executemany(f"INSERT INTO changes (run_id, object, field, status, record_id, old, new, rule, "
                                      f"confidence, evidence) VALUES ({consts}, ?, ?, ?, ?, ?, ?)",
-                                     ((rid, old, new, rule, conf, json.dumps(explain(ev), sort_keys=True) if ev else None)
+                                     ((rid, old, new, rule, conf, to_json(ev))
                                       for rid, old, new, (rule, conf, ev) in zip(batch.ids, batch.old, batch.new,
                                                                                  batch.meta)))
                     continue

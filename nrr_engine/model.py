@@ -97,6 +97,7 @@ class FieldChanges:
     rows: Any = ()
     meta: Sequence[tuple[str, float, Any]] | None = None  # per change (rule, confidence, evidence), for links
     explain: Any = None   # evidence -> dict, applied one change at a time as they are read
+    to_json: Any = None   # evidence -> JSON text, for the ledger
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -266,11 +266,12 @@ def load_inputs(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunConte
     findings: list[Finding] = []
     ruleset, rule_fields = rules_mod.RuleSet(), []
     with _Stage(ctx, "fetch"):
-        objects = ["Account"]
+        objects, background = ["Account"], []
         if settings.arr.subscriptions and settings.arr.source == "subscriptions":
-            objects.append(settings.arr.subscriptions.object)
-        objects.append(settings.snapshot_object)
-        org.sync(objects)
+            # loaded by a second process while this one reads accounts and matches (its first read waits)
+            background.append(settings.arr.subscriptions.object)
+        objects += [*background, settings.snapshot_object]
+        org.sync(objects, background=background)
         require_columns(org, "Account", list(extra_fields), "--by")
         if repair:
             ruleset = rules_mod.load(settings.rule_files, [v.name for v in settings.lookup_views])
@@ -520,7 +521,8 @@ def _link_changes(parent_field: str, rep: link_mod.Repair, accounts: Accounts) -
                         old=np.array([raw[l.child] or None for l in links], dtype=object),
                         new=np.array([ids[l.parent] for l in links], dtype=object),
                         rows=np.array([l.child for l in links], dtype=np.int64),
-                        meta=[(l.rule, l.confidence, l.evidence) for l in links], explain=match_mod.explain)
+                        meta=[(l.rule, l.confidence, l.evidence) for l in links], explain=match_mod.explain,
+                        to_json=match_mod.to_json)
 
 
 _SMALL = [str(i) for i in range(10_000)]  # depth and child counts: shared strings, not a million new ones

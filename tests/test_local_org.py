@@ -193,3 +193,22 @@ def test_blank_lines_are_skipped_on_both_load_paths(tmp_path):
     (tmp_path / "org" / "Account.csv").write_text("Id,Name\n001A,A\n   \n001C,C\n")
     lo.sync(["Account"])
     assert [r[0] for r in lo.read("Account", ["Id"])] == ["001A", "001C"]
+
+
+def test_subscriptions_load_beside_the_run_and_their_errors_still_name_the_line(small, cli):
+    """Subscription__c.csv loads in a second process: a duplicate Id there still stops the run (exit 2) with
+    file:line, the previous working copy keeps its subscriptions, and a fixed file loads on the next run."""
+    cli("run", *AS_OF)
+    before = _working_copy(small).execute("SELECT count(*) FROM Subscription__c").fetchone()[0]
+    small.subs.append(dict(small.subs[0]))
+    small.write()
+    r = cli("run", *AS_OF, expect=2)
+    assert re.search(r"Subscription__c\.csv:\d+: duplicate Id", r.stderr) and "Traceback" not in r.stderr
+    assert _working_copy(small).execute("SELECT count(*) FROM Subscription__c").fetchone()[0] == before
+    assert not list(small.root.glob("state/*.load-*"))  # no side file left behind
+    small.subs.pop()
+    small.subs[0]["Amount__c"] = "99999"
+    small.write()
+    cli("run", *AS_OF)
+    assert _working_copy(small).execute("SELECT Amount__c FROM Subscription__c WHERE Id = ?",
+                                        (small.subs[0]["Id"],)).fetchone() == ("99999",)

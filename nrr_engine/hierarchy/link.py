@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import json
+
 import numpy as np
 
-from .match import Placeholder, Population, Proposal, explain
+from .match import Placeholder, Population, Proposal, explain, to_json
 
 
 @dataclass(frozen=True)
@@ -73,8 +75,24 @@ class LinkEvidence(NamedTuple):
     more_specific_than: tuple | None  # (parent Id, rule, confidence) of the rival this link is nested under
     others: tuple | None            # (parent Id, rule, confidence) of the other candidates
 
-    def as_dict(self) -> dict:
-        out = dict(explain(self.lead))
+    def to_json(self) -> str:
+        """Written directly: about 100,000 links a million-account run carry agreeing rules."""
+        parts = [to_json(self.lead)[:-1]]
+        if self.agreeing:
+            parts.append('"agreeing_rules": {' + ", ".join(
+                f'"{p.rule.type}": {{"rule": {json.dumps(p.rule.name)}, "confidence": {p.confidence}}}'
+                for p in self.agreeing) + "}")
+        if self.more_specific_than:
+            pid, rule, conf = self.more_specific_than
+            parts.append(f'"more_specific_than": {{"parent": "{pid}", "rule": {json.dumps(rule)}, "confidence": {conf}}}')
+        if self.others:
+            parts.append('"other_candidates": [' + ", ".join(
+                f'{{"parent": "{pid}", "rule": {json.dumps(rule)}, "confidence": {conf}}}'
+                for pid, rule, conf in self.others) + "]")
+        return ", ".join(parts) + "}"
+
+    def as_dict(self, lead: dict | None = None) -> dict:
+        out = dict(explain(self.lead)) if lead is None else lead
         if self.agreeing:
             out["agreeing_rules"] = {p.rule.type: {"rule": p.rule.name, "confidence": p.confidence}
                                      for p in self.agreeing}

@@ -6,6 +6,7 @@ Blocking, never all pairs: key, domain, mapping and name-qualifier rules look ca
 from __future__ import annotations
 
 import bisect
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -32,6 +33,19 @@ class NameEvidence(NamedTuple):
     country: str | None
     grade: str              # which confidence of the rule applied
     fuzzy: tuple | None = None  # (similar_to, score) for fuzzy matches
+
+    def to_json(self) -> str:
+        """The evidence as JSON, written directly (the ledger stores one per repaired link)."""
+        tokens = normalise.name_key(self.child_name)
+        n, dumps = self.qualifier_tokens, json.dumps
+        country = f', "country": "{self.country}"' if self.country else ""
+        q = f'{{"words": {dumps(" ".join(tokens[-n:]))}, "kind": "{self.kind}"{country}}}'
+        if self.fuzzy:
+            return (f'{{"child_name": {dumps(_name(self.child_name))}, "stem": {dumps(" ".join(tokens[:-n]))}, '
+                    f'"similar_to": {dumps(self.fuzzy[0])}, "score": {self.fuzzy[1]}, "qualifier": {q}, '
+                    f'"grade": "{self.grade}"}}')
+        return (f'{{"child_name": {dumps(_name(self.child_name))}, "key": {dumps(" ".join(tokens[:-n]))}, '
+                f'"qualifier": {q}, "grade": "{self.grade}"}}')
 
     def as_dict(self) -> dict:
         tokens = normalise.name_key(self.child_name)
@@ -69,6 +83,17 @@ class MappingEvidence(NamedTuple):
 
     def as_dict(self) -> dict:
         return self._asdict()
+
+
+def to_json(evidence) -> str | None:
+    """Evidence as JSON for the ledger; the common kinds write their JSON directly."""
+    if evidence is None:
+        return None
+    if isinstance(evidence, NameEvidence):
+        return evidence.to_json()
+    if hasattr(evidence, "to_json"):
+        return evidence.to_json()
+    return json.dumps(explain(evidence), sort_keys=True)
 
 
 def explain(evidence) -> dict:

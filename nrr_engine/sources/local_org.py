@@ -6,6 +6,7 @@ columns the engine added (rollup fields) for records that still exist.
 from __future__ import annotations
 
 import csv
+import multiprocessing
 import os
 import re
 import sqlite3
@@ -39,6 +40,28 @@ def sf_id(prefix: str, n: int) -> str:
     if len(id15) != 15:
         raise ValueError(f"Id counter too large for prefix {prefix}")
     return id18(id15)
+
+
+def _side_load(folder: Path, side: Path, obj: str, conn) -> None:
+    """In a forked child: load one CSV into its own SQLite file and report the outcome (None or the error)."""
+    try:
+        org = LocalOrg(folder, side)
+        path = folder / f"{obj}.csv"
+        org._load(obj, path, path.stat())
+        org.db.close()
+        conn.send(None)
+    except BaseException as exc:  # sent to the parent, which raises it
+        try:
+            conn.send(exc)
+        except Exception:
+            conn.send(SourceUnavailable(f"loading {obj}.csv failed: {exc}"))
+    finally:
+        conn.close()
+
+
+def _remove(path: Path) -> None:
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"), path.with_name(path.name + "-journal")):
+        p.unlink(missing_ok=True)
 
 
 def _decode(rid: str) -> int:
@@ -87,10 +110,17 @@ class LocalOrg:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("CREATE TABLE IF NOT EXISTS _nrr_files (object TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER)")
             self.db.execute("CREATE TABLE IF NOT EXISTS _nrr_sequences (prefix TEXT PRIMARY KEY, n INTEGER)")
+            self._pending: dict[str, tuple] = {}
         except sqlite3.Error as exc:
             raise SourceUnavailable(f"cannot open the local org working copy: {exc}", Location(str(working_copy))) from None
 
     def close(self) -> None:
+        for proc, recv, side, *_ in self._pending.values():  # a run that stopped early: drop its side loads
+            proc.terminate()
+            proc.join()
+            recv.close()
+            _remove(side)
+        self._pending.clear()
         self.db.close()
 
     # ---- loading -------------------------------------------------------------------------------
@@ -98,20 +128,80 @@ class LocalOrg:
         """Objects present as <SObject>.csv in the folder."""
         return sorted(p.stem for p in self.folder.glob("*.csv") if _API_NAME.match(p.stem))
 
-    def sync(self, objects: Iterable[str]) -> list[str]:
-        """(Re)load each object's CSV if it changed since its last load; return the objects loaded."""
+    def sync(self, objects: Iterable[str], background: Iterable[str] = ()) -> list[str]:
+        """(Re)load each object's CSV if it changed since its last load; return the objects loaded.
+
+        Objects in `background` load in a forked process into a side file while this one goes on; the first
+        read of the working copy (or `finish_sync`) waits for them and adopts the table."""
         loaded = []
+        background = set(background) if "fork" in multiprocessing.get_all_start_methods() else set()
         for obj in objects:
             path = self.folder / f"{obj}.csv"
             if not path.exists():
                 continue
             st = path.stat()
             row = self.db.execute("SELECT size, mtime_ns FROM _nrr_files WHERE object=?", (obj,)).fetchone()
-            if row == (st.st_size, st.st_mtime_ns) and self.has_table(obj):
+            if row == (st.st_size, st.st_mtime_ns) and obj in self._tables():
                 continue
-            self._load(obj, path, st)
+            if obj in background:
+                self._start_side_load(obj, st)
+            else:
+                self._load(obj, path, st)
             loaded.append(obj)
         return loaded
+
+    def _start_side_load(self, obj: str, st: os.stat_result) -> None:
+        side = self.path.with_name(f"{self.path.name}.load-{obj}")
+        _remove(side)
+        ctx = multiprocessing.get_context("fork")
+        recv, send = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_side_load, args=(self.folder, side, obj, send), name=f"nrr-load-{obj}", daemon=True)
+        proc.start()
+        send.close()
+        self._pending[obj] = (proc, recv, side, st)
+
+    def finish_sync(self) -> None:
+        """Wait for background loads and move their tables into the working copy (a page copy in SQLite)."""
+        pending, self._pending = self._pending, {}
+        for obj, (proc, recv, side, st) in pending.items():
+            try:
+                try:
+                    outcome = recv.recv()
+                except EOFError:
+                    outcome = SourceUnavailable(f"loading {obj}.csv stopped unexpectedly (exit {proc.exitcode})",
+                                                Location(str(self.folder / f"{obj}.csv")))
+                proc.join()
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                self._adopt(obj, side, st)
+            finally:
+                recv.close()
+                _remove(side)
+
+    def _adopt(self, obj: str, side: Path, st: os.stat_result) -> None:
+        db = self.db
+        tmp = f"_nrr_loading_{obj}"
+        db.execute("ATTACH DATABASE ? AS side", (str(side),))
+        try:
+            header = [r[1] for r in db.execute(f"PRAGMA side.table_info({_q(obj)})")]
+            id_col = next(i for i, h in enumerate(header) if h.lower() == "id")
+            db.execute("BEGIN")
+            try:
+                db.execute(f"DROP TABLE IF EXISTS {_q(tmp)}")
+                cols = ", ".join(f"{_q(h)} TEXT" + (" NOT NULL PRIMARY KEY" if i == id_col else "")
+                                 for i, h in enumerate(header))
+                db.execute(f"CREATE TABLE {_q(tmp)} ({cols})")
+                db.execute(f"INSERT INTO {_q(tmp)} SELECT * FROM side.{_q(obj)}")
+                self._swap(obj, tmp, header, st)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        finally:
+            db.execute("DETACH DATABASE side")
+
+    def _tables(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
     def _load(self, obj: str, path: Path, st: os.stat_result) -> None:
         tmp = f"_nrr_loading_{obj}"
@@ -144,21 +234,26 @@ class LocalOrg:
                     db.execute("ROLLBACK TO fast")
                     db.execute("RELEASE fast")
                     self._load_checked(path, insert, header, id_col)  # re-read, naming the exact line
-                if self.has_table(obj):
-                    # Keep engine-written columns the CSV does not carry (rollup fields), by Id.
-                    keep = [c for c in self.columns(obj) if c.lower() not in {h.lower() for h in header}]
-                    for c in keep:
-                        db.execute(f"ALTER TABLE {_q(tmp)} ADD COLUMN {_q(c)} TEXT")
-                    if keep:
-                        sets = ", ".join(f"{_q(c)} = o.{_q(c)}" for c in keep)
-                        db.execute(f"UPDATE {_q(tmp)} AS t SET {sets} FROM {_q(obj)} AS o WHERE o.Id = t.Id")
-                    db.execute(f"DROP TABLE {_q(obj)}")
-                db.execute(f"ALTER TABLE {_q(tmp)} RENAME TO {_q(obj)}")
-                db.execute("INSERT OR REPLACE INTO _nrr_files VALUES (?, ?, ?)", (obj, st.st_size, st.st_mtime_ns))
+                self._swap(obj, tmp, header, st)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+
+    def _swap(self, obj: str, tmp: str, header: list[str], st: os.stat_result) -> None:
+        """Replace the object's table by the freshly loaded one, inside the caller's transaction."""
+        db = self.db
+        if obj in self._tables():
+            # Keep engine-written columns the CSV does not carry (rollup fields), by Id.
+            keep = [c for c in self.columns(obj) if c.lower() not in {h.lower() for h in header}]
+            for c in keep:
+                db.execute(f"ALTER TABLE {_q(tmp)} ADD COLUMN {_q(c)} TEXT")
+            if keep:
+                sets = ", ".join(f"{_q(c)} = o.{_q(c)}" for c in keep)
+                db.execute(f"UPDATE {_q(tmp)} AS t SET {sets} FROM {_q(obj)} AS o WHERE o.Id = t.Id")
+            db.execute(f"DROP TABLE {_q(obj)}")
+        db.execute(f"ALTER TABLE {_q(tmp)} RENAME TO {_q(obj)}")
+        db.execute("INSERT OR REPLACE INTO _nrr_files VALUES (?, ?, ?)", (obj, st.st_size, st.st_mtime_ns))
 
     def _load_checked(self, path: Path, insert: str, header: list[str], id_col: int) -> None:
         """The careful load: check each row's width and encoding so an error names its line."""
@@ -220,6 +315,8 @@ class LocalOrg:
 
     # ---- reading -------------------------------------------------------------------------------
     def has_table(self, obj: str) -> bool:
+        if obj in self._pending:
+            self.finish_sync()
         return self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (obj,)).fetchone() is not None
 
     def has_field(self, obj: str, field: str) -> bool:
@@ -228,9 +325,13 @@ class LocalOrg:
 
     def columns(self, obj: str) -> list[str]:
         """Field API names of an object (as the CSV header spells them)."""
+        if obj in self._pending:
+            self.finish_sync()
         return [r[1] for r in self.db.execute(f"PRAGMA table_info({_q(obj)})")]
 
     def read(self, obj: str, fields: Sequence[str], order_by: str = "Id") -> Iterator[tuple]:
+        if obj in self._pending:
+            self.finish_sync()
         """Stream rows of `fields` (missing columns read as None), ordered by Id (or `order_by`)."""
         have = {c.lower() for c in self.columns(obj)}
         cols = ", ".join(_q(f) if f.lower() in have else "NULL" for f in fields)
