@@ -8,6 +8,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
+# the shipped rules: nrr_engine/scaffold/rules links to them (init and demo copy them)
+COPY rules ./rules
 COPY nrr_engine ./nrr_engine
 RUN pip install --no-cache-dir . \
     && useradd --create-home --uid 10001 --user-group nrr \

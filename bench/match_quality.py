@@ -68,6 +68,8 @@ def main() -> None:
         "review_items": len(review), "review_children": len(review_children),
         "precision_review": ratio(len(review_right), len(review)),
         "recall_review_of_missing": ratio(len(found_by_review), len(missing)),
+        # of the missing links not auto-applied correctly, the share a reviewer finds in the queue
+        "recall_review_of_rest": ratio(len(found_by_review - set(correct)), len(set(missing) - set(correct))),
         "recall_auto_or_review_of_missing": ratio(len(set(correct) | found_by_review), len(missing)),
         "fuzzy_links_found_in_review": sum(1 for a in found_by_review if missing[a]["Evidence"] == "fuzzy"),
         "fuzzy_links": sum(1 for t in missing.values() if t["Evidence"] == "fuzzy"),

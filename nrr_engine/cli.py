@@ -318,32 +318,26 @@ def _short(text, width: int = 30) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-@review.command("approve")
-@click.argument("ids", nargs=-1, type=int, required=True)
-@click.option("--note", help="Why (kept in the ledger).")
-@click.option("--by", "by", envvar="USER", help="Who decides (default: $USER).")
-@click.pass_context
-@guarded
-def review_approve(ctx, ids, note, by):
-    """Approve review items by id: the links are applied on the next run."""
-    with _engine(ctx) as engine:
-        done = engine.review_decide(list(ids), approve=True, note=note, by=by)
-    for i in done:
-        click.echo(f"#{i['id']} approved: applied on the next run")
+def _decision(approve: bool, outcome: str, doc: str):
+    """review approve / review reject: the same command but for the decision."""
+    @click.argument("ids", nargs=-1, type=int, required=True)
+    @click.option("--note", help="Why (kept in the ledger).")
+    @click.option("--by", "by", envvar="USER", help="Who decides (default: $USER).")
+    @click.pass_context
+    @guarded
+    def command(ctx, ids, note, by):
+        with _engine(ctx) as engine:
+            done = engine.review_decide(list(ids), approve=approve, note=note, by=by)
+        for i in done:
+            click.echo(f"#{i['id']} {outcome}")
+    command.__doc__ = doc
+    return command
 
 
-@review.command("reject")
-@click.argument("ids", nargs=-1, type=int, required=True)
-@click.option("--note", help="Why (kept in the ledger).")
-@click.option("--by", "by", envvar="USER", help="Who decides (default: $USER).")
-@click.pass_context
-@guarded
-def review_reject(ctx, ids, note, by):
-    """Reject review items by id: the pairs are never proposed again."""
-    with _engine(ctx) as engine:
-        done = engine.review_decide(list(ids), approve=False, note=note, by=by)
-    for i in done:
-        click.echo(f"#{i['id']} rejected: never proposed again")
+review.command("approve")(_decision(True, "approved: applied on the next run",
+                                    "Approve review items by id: the links are applied on the next run."))
+review.command("reject")(_decision(False, "rejected: never proposed again",
+                                   "Reject review items by id: the pairs are never proposed again."))
 
 
 @main.group()

@@ -1,7 +1,8 @@
 """Deterministic synthetic orgs: realistic families with name variants, missing links and ARR movements.
 
 `generate(folder, accounts=N, seed=S)` writes Account.csv, Subscription__c.csv and User.csv, and the truth
-(true parent of every account) to truth.csv beside the org folder, for tests and benchmarks.
+(true parent of every account and what reveals it) to truth.csv beside the org folder. The demo org shipped
+in the package is generate(folder, families=500, seed=7); a test keeps it so.
 """
 from __future__ import annotations
 

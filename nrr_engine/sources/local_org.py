@@ -187,10 +187,7 @@ class LocalOrg:
             id_col = next(i for i, h in enumerate(header) if h.lower() == "id")
             db.execute("BEGIN")
             try:
-                db.execute(f"DROP TABLE IF EXISTS {_q(tmp)}")
-                cols = ", ".join(f"{_q(h)} TEXT" + (" NOT NULL PRIMARY KEY" if i == id_col else "")
-                                 for i, h in enumerate(header))
-                db.execute(f"CREATE TABLE {_q(tmp)} ({cols})")
+                self._create_loading(tmp, header, id_col)
                 db.execute(f"INSERT INTO {_q(tmp)} SELECT * FROM side.{_q(obj)}")
                 self._swap(obj, tmp, header, st)
                 db.execute("COMMIT")
@@ -219,10 +216,7 @@ class LocalOrg:
             id_col = next(i for i, h in enumerate(header) if h.lower() == "id")
             db.execute("BEGIN")
             try:
-                db.execute(f"DROP TABLE IF EXISTS {_q(tmp)}")
-                cols = ", ".join(f"{_q(h)} TEXT" + (" NOT NULL PRIMARY KEY" if i == id_col else "")
-                                 for i, h in enumerate(header))
-                db.execute(f"CREATE TABLE {_q(tmp)} ({cols})")
+                self._create_loading(tmp, header, id_col)
                 # Empty cells are NULL, as in Salesforce; trimming and NULLIF run in SQLite, not per cell in Python.
                 values = ", ".join("NULLIF(TRIM(?), '')" if i == id_col else "NULLIF(?, '')" for i in range(len(header)))
                 insert = f"INSERT INTO {_q(tmp)} VALUES ({values})"
@@ -239,6 +233,12 @@ class LocalOrg:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+
+    def _create_loading(self, tmp: str, header: list[str], id_col: int) -> None:
+        """The table a load fills before it replaces the object's: every column TEXT, Id the primary key."""
+        self.db.execute(f"DROP TABLE IF EXISTS {_q(tmp)}")
+        cols = ", ".join(f"{_q(h)} TEXT" + (" NOT NULL PRIMARY KEY" if i == id_col else "") for i, h in enumerate(header))
+        self.db.execute(f"CREATE TABLE {_q(tmp)} ({cols})")
 
     def _swap(self, obj: str, tmp: str, header: list[str], st: os.stat_result) -> None:
         """Replace the object's table by the freshly loaded one, inside the caller's transaction."""
