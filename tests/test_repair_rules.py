@@ -324,3 +324,19 @@ def test_virtual_root_groups_a_family_for_nrr_without_writing(org, cli):
     db = sqlite3.connect(org.root / "state" / "local-org.db")
     tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "KPI_Snapshot__c" not in tables  # the only family is virtual: no record to hang a snapshot on
+
+
+def test_rules_repair_the_lookup_view_they_name(org, cli):
+    """A rule with view: sales repairs Sales_Parent__c and leaves ParentId alone; each view has its own roots."""
+    org.account("001A", "Acme Inc.", Sales_Parent__c="", BillingCountry="US")
+    org.account("001B", "Acme UK", Sales_Parent__c="", BillingCountry="United Kingdom")
+    org.sub("001B", "2025-01-01", "", "500")
+    org.rules = rules_text("  - {name: names, type: name, view: sales}\n")
+    org.extra = ("views:\n  - {name: legal, parent_field: ParentId}\n"
+                 "  - {name: sales, parent_field: Sales_Parent__c}\n")
+    org.write()
+    cli("run", *AS_OF)
+    db = sqlite3.connect(org.root / "state" / "local-org.db")
+    assert db.execute("SELECT ParentId, Sales_Parent__c FROM Account WHERE Id = '001B'").fetchone() == (None, "001A")
+    snaps = dict(db.execute("SELECT External_Id__c, Ending_ARR__c FROM KPI_Snapshot__c"))
+    assert snaps == {"legal:001B:2026-10": "500.00", "sales:001A:2026-10": "500.00"}

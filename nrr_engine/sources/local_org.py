@@ -11,6 +11,7 @@ import os
 import re
 import sqlite3
 import sys
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import islice
@@ -134,7 +135,10 @@ class LocalOrg:
         Objects in `background` load in a forked process into a side file while this one goes on; the first
         read of the working copy (or `finish_sync`) waits for them and adopts the table."""
         loaded = []
-        background = set(background) if "fork" in multiprocessing.get_all_start_methods() else set()
+        # Forking a process that runs other threads (the scheduler daemon) can copy a lock mid-use: load inline
+        # there, and where fork does not exist.
+        forkable = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
+        background = set(background) if forkable else set()
         for obj in objects:
             path = self.folder / f"{obj}.csv"
             if not path.exists():
