@@ -235,8 +235,8 @@ def _rule_fields(settings: Settings, org: LocalOrg, ruleset, findings: list[Find
     return usable, fields
 
 
-def _placeholder_parents(settings: Settings, org: LocalOrg, ledger: Ledger, accounts: Accounts,
-                         ctx: RunContext) -> tuple[dict[int, int], list[Change]]:
+def _placeholder_parents(settings: Settings, org: LocalOrg, ledger: Ledger,
+                         accounts: Accounts) -> tuple[dict[int, int], list[Change]]:
     """Approved placeholder parents: {review id: account index}, creating (in the plan) those not in the org yet.
 
     A placeholder is found again by its family key in `placeholder_key_field`, so it is created once."""
@@ -283,7 +283,7 @@ def load_inputs(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunConte
     placeholder_parents, inserts = {}, []
     if repair and settings.hierarchy.missing_parents == "placeholder":
         # placeholder parents approved in review join the accounts now; they have no ARR history
-        placeholder_parents, inserts = _placeholder_parents(settings, org, ledger, accounts, ctx)
+        placeholder_parents, inserts = _placeholder_parents(settings, org, ledger, accounts)
 
     def arr_stage():
         with _Stage(ctx, "arr"):

@@ -160,9 +160,6 @@ class Qualifier:
     country: str | None       # ISO alpha-2 the words name, if any
     words: str
 
-    def as_dict(self) -> dict:
-        return {"words": self.words, "kind": self.kind, **({"country": self.country} if self.country else {})}
-
 
 _RANK = {"country": 4, "code": 3, "region": 2, "division": 1, "head": 0}
 
