@@ -180,7 +180,6 @@ def _classify(tokens: tuple[str, ...]) -> Qualifier:
     words = " ".join(tokens)
     countries, codes = _countries(), _codes()
     best, country, i, n = None, None, 0, len(tokens)
-    legal_tokens = LEGAL.get(1, frozenset())
     found_any = False
     while i < n:
         for size in range(min(4, n - i), 0, -1):
@@ -188,8 +187,8 @@ def _classify(tokens: tuple[str, ...]) -> Qualifier:
             kind = None
             if phrase in countries:
                 kind, country = "country", countries[phrase]
-            elif size == 1 and (phrase in FILLER or (phrase,) in legal_tokens):
-                kind = "filler"   # a legal form before the qualifier ("Acme S.A. North"), not Saudi Arabia
+            elif (size == 1 and phrase in FILLER) or tuple(tokens[i:i + size]) in LEGAL.get(size, ()):
+                kind = "filler"   # a legal form before the qualifier ("Acme S.A. North", "Pty Ltd"), not Saudi Arabia
             elif size == 1 and phrase in codes:
                 kind, country = "code", codes[phrase]
             elif phrase in REGIONS:
