@@ -340,3 +340,49 @@ def test_rules_repair_the_lookup_view_they_name(org, cli):
     assert db.execute("SELECT ParentId, Sales_Parent__c FROM Account WHERE Id = '001B'").fetchone() == (None, "001A")
     snaps = dict(db.execute("SELECT External_Id__c, Ending_ARR__c FROM KPI_Snapshot__c"))
     assert snaps == {"legal:001B:2026-10": "500.00", "sales:001A:2026-10": "500.00"}
+
+
+@pytest.mark.parametrize("op, value, raw, expected", [
+    ("equals", "Subsidiary", " subsidiary ", True), ("equals", True, "TRUE", True), ("equals", True, "", False),
+    ("not_equals", "Partner", None, True), ("in", ["A", "B"], "b", True), ("not_in", ["A", "B"], "C", True),
+    ("blank", None, "  ", True), ("not_blank", None, "x", True), ("contains", "dent", "Delta Dental", True),
+    ("not_contains", "dent", "Delta Air", True), ("starts_with", "del", "Delta", True),
+    ("gt", 100, "100.5", True), ("gte", 100, "100", True), ("lt", 100, "abc", False), ("lte", 5, "", False),
+    ("equals", 12, "12.00", True),
+])
+def test_conditions_compare_text_numbers_and_booleans(op, value, raw, expected):
+    """Rule conditions read org text: case-insensitive text, numbers as Decimals, checkboxes as booleans;
+    a blank or non-numeric value fails a numeric comparison."""
+    from nrr_engine.rules.model import Condition
+    assert Condition("F", op, value).test(raw) is expected
+
+
+def _pop_with(values: dict[str, list], children: list[int]) -> Population:
+    n = len(children)
+    ids = [f"001{i:06d}" for i in range(n)]
+    return Population(ids, lambda name: values.get(name, [None] * n), np.full(n, -1), np.array([0, 5, 9, 9]),
+                      np.array(children), np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool), np.ones(n, dtype=bool))
+
+
+@pytest.mark.parametrize("tie_break, expected", [
+    (["largest_arr"], [2, 3]), (["largest_arr", "most_children"], [3]), (["most_children"], [3]),
+    (["oldest"], [1]), ([{"field": "Tier__c", "order": "desc"}], [2]), ([{"field": "Tier__c"}], [3]),
+    ([{"same_as_child": "BillingCountry"}], [1, 3]),
+])
+def test_tie_breakers_narrow_the_candidates(tie_break, expected):
+    """Each tie-breaker keeps the best candidates; the next one decides among those left."""
+    from nrr_engine.hierarchy.match import choose
+    from nrr_engine.rules.loader import _tie_break
+    pop = _pop_with({"Tier__c": [None, "2", "10", "1"], "BillingCountry": ["DE", "DE", "US", "de"],
+                     "CreatedDate": [None, "2019-01-01", "2020-01-01", "2021-01-01"]}, [0, 1, 2, 5])
+    rule = MatchRule("t", "key", "legal", Location("r.yaml", 1), tie_break=tuple(_tie_break(t) for t in tie_break))
+    assert choose(pop, rule, 0, [1, 2, 3])[0] == expected
+
+
+def test_a_configured_locked_field_must_exist(org, cli):
+    """hierarchy.locked_field named in config but absent from Account: exit 2 naming the field."""
+    org.account("001A", "Acme")
+    org.rules = {"r.yaml": NAME_RULE}
+    org.extra = "hierarchy: {locked_field: Frozen__c}\n"
+    org.write()
+    assert "hierarchy.locked_field: Frozen__c is not a column of Account" in cli("run", *AS_OF, expect=2).stderr
