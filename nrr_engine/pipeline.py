@@ -463,6 +463,9 @@ def compute(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunContext) 
             rep = views[v.name].repair
             if rep is not None:
                 changes.append(_link_changes(v.parent_field, rep, accounts))
+                # the batch now carries what the applied links said; keep only those a review approved
+                # (their items are settled after the write): a million-account run frees ~250,000 objects
+                rep.applied = [l for l in rep.applied if l.review_id is not None]
         current = matrix[:, cur - first]
         for v in settings.views:
             changes.extend(_rollup_changes(v, views[v.name].tree, current, accounts))
