@@ -384,7 +384,7 @@ def repair_view(settings: Settings, ledger: Ledger, accounts: Accounts, tree: Tr
     if notes:
         findings.append(Finding("mapping_unresolved", f"view {view}: {len(notes)} mapping entr(ies) name no account, "
                                 f"e.g. {notes[0]}", ()))
-    approved, index = [], accounts.index
+    approved, gone, index = [], [], accounts.index
     for item in ledger.review_items(status="approved", view=view):
         if item["parent_ref"].startswith("placeholder:"):
             p = (placeholder_parents or {}).get(item["id"])
@@ -397,8 +397,11 @@ def repair_view(settings: Settings, ledger: Ledger, accounts: Accounts, tree: Tr
         c, p = index.get(item["child_id"]), index.get(item["parent_id"] or "")
         if c is not None and p is not None:
             approved.append(link_mod.Approved(item["id"], c, p, item["rule"], item["confidence"], item["evidence"]))
+        else:
+            gone.append(item["id"])
     guards = link_mod.Guards(h.auto_apply, h.max_depth, h.child_limit, h.missing_parents, h.placeholder_auto_apply)
     rep = link_mod.repair(view, pop, proposals, holders, guards, approved, ledger.rejected_pairs(view))
+    rep.gone = gone
     blocked: dict[str, list[str]] = {}
     for b in rep.blocked:
         blocked.setdefault(b.reason or "blocked", []).append(accounts.ids[b.child])
@@ -714,7 +717,8 @@ def apply(plan: Plan, org: LocalOrg, ledger: Ledger, settings: Settings) -> dict
             ledger.sync_review(run_id, vname, items)
             rep = plan.views[vname].repair
             ledger.settle_review(run_id, [l.review_id for l in rep.applied if l.review_id is not None],
-                                 [(l.review_id, l.reason or "blocked") for l in rep.blocked if l.review_id is not None])
+                                 [(l.review_id, l.reason or "blocked") for l in rep.blocked if l.review_id is not None]
+                                 + [(i, "the child or the parent is no longer in the org") for i in rep.gone])
     total = plan.change_count()
     counts = {"applied": total - len(failures), "failed": len(failures)}
     return {k: v for k, v in counts.items() if v}

@@ -186,3 +186,18 @@ def test_duplicates_are_flagged_never_merged(org, cli, tmp_path):
     assert plan["duplicates"] == [{"name": "hulu", "domain": "hulu.com", "country": "US", "ids": ["001A", "001B"]}]
     assert any(f["kind"] == "duplicate" and f["records"] == ["001A", "001B"] for f in plan["findings"])
     assert not [c for c in plan["changes"] if c["field"] == "ParentId"]
+
+
+def test_an_approved_link_whose_account_is_gone_is_settled_as_blocked(org, cli):
+    """Approve, then the child disappears from the org before the next run: the item ends 'blocked' with why."""
+    org.account("001D", "Delta", BillingCountry="United States")
+    org.account("001DDE", "Delta Dental", BillingCountry="United States")
+    org.rules = shipped_rules()
+    org.write()
+    cli("run", *AS_OF)
+    cli("review", "approve", "1")
+    org.accounts = [a for a in org.accounts if a["Id"] != "001DDE"]
+    org.write()
+    cli("run", *AS_OF)
+    [item] = cli.json("review", "list", "--status", "all", "--format", "json")
+    assert item["status"] == "blocked" and "no longer in the org" in item["note"]

@@ -64,6 +64,7 @@ class Repair:
     placeholders: list[Placeholder] = field(default_factory=list)
     virtual: list[Placeholder] = field(default_factory=list)
     kept_existing: int = 0      # proposals for accounts that already have another parent (no override)
+    gone: list[int] = field(default_factory=list)  # approved review items whose accounts no longer exist
 
 
 class LinkEvidence(NamedTuple):
