@@ -71,7 +71,6 @@ class HierarchySettings:
     locked_field: str | None = "Hierarchy_Locked__c"
     locked_field_required: bool = False     # named in config: the org must have it
     missing_parents: str = "placeholder"
-    placeholder_auto_apply: bool = False
     placeholder_key_field: str = "Family_Key__c"
     duplicates: bool = True
 
@@ -251,7 +250,6 @@ def _hierarchy(h: dict) -> HierarchySettings:
         child_limit=h.get("child_limit", default.child_limit),
         locked_field=h.get("locked_field", default.locked_field), locked_field_required="locked_field" in h,
         missing_parents=h.get("missing_parents", default.missing_parents),
-        placeholder_auto_apply=h.get("placeholder_auto_apply", False),
         placeholder_key_field=h.get("placeholder_key_field", default.placeholder_key_field),
         duplicates=h.get("duplicates", True))
 

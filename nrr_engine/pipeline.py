@@ -399,7 +399,7 @@ def repair_view(settings: Settings, ledger: Ledger, accounts: Accounts, tree: Tr
             approved.append(link_mod.Approved(item["id"], c, p, item["rule"], item["confidence"], item["evidence"]))
         else:
             gone.append(item["id"])
-    guards = link_mod.Guards(h.auto_apply, h.max_depth, h.child_limit, h.missing_parents, h.placeholder_auto_apply)
+    guards = link_mod.Guards(h.auto_apply, h.max_depth, h.child_limit, h.missing_parents)
     rep = link_mod.repair(view, pop, proposals, holders, guards, approved, ledger.rejected_pairs(view))
     rep.gone = gone
     blocked: dict[str, list[str]] = {}

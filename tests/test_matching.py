@@ -42,6 +42,15 @@ def reference(org):
     return org.write()
 
 
+@pytest.fixture
+def delta(org):
+    """"Delta" and "Delta Dental" (no known qualifier: a link for review only), with the shipped rules."""
+    org.account("001D", "Delta", BillingCountry="United States")
+    org.account("001DDE", "Delta Dental", BillingCountry="United States")
+    org.rules = shipped_rules()
+    return org.write()
+
+
 def test_shipped_rules_repair_the_reference_cases(reference, cli):
     """Acme US / Acme eComm -> Acme HQ, Hulu, LLC -> Disney (mapping), United Oil & Gas, UK -> Corp.; the
     two Deltas stay apart; names and billing countries are the only signals."""
@@ -120,12 +129,8 @@ def test_review_approve_applies_on_the_next_run_and_reject_is_final(org, cli):
     assert cli.json("review", "list", "--format", "json") == []
 
 
-def test_review_decisions_refuse_unknown_and_final_items(org, cli):
+def test_review_decisions_refuse_unknown_and_final_items(delta, cli):
     """Approving an unknown id or re-deciding an applied item is a clear error (exit 2)."""
-    org.account("001D", "Delta", BillingCountry="United States")
-    org.account("001DDE", "Delta Dental", BillingCountry="United States")
-    org.rules = shipped_rules()
-    org.write()
     cli("run", *AS_OF)
     err = cli("review", "approve", "999", expect=2).stderr
     assert "no review item 999" in err
@@ -134,12 +139,8 @@ def test_review_decisions_refuse_unknown_and_final_items(org, cli):
     assert "already applied" in cli("review", "reject", "1", expect=2).stderr
 
 
-def test_review_list_shows_names_and_reasons(org, cli):
+def test_review_list_shows_names_and_reasons(delta, cli):
     """The table names child and proposed parent and says why the link waits for a person."""
-    org.account("001D", "Delta", BillingCountry="United States")
-    org.account("001DDE", "Delta Dental", BillingCountry="United States")
-    org.rules = shipped_rules()
-    org.write()
     cli("run", *AS_OF)
     out = cli("review", "list").stdout
     assert "#1" in out and "001DDE Delta Dental  ->  001D Delta" in out and "below auto_apply 0.95" in out
@@ -147,12 +148,8 @@ def test_review_list_shows_names_and_reasons(org, cli):
     assert csv_out[0].startswith("id,status,confidence,rule") and len(csv_out) == 2
 
 
-def test_plan_records_nothing_in_the_review_queue(org, cli, tmp_path):
+def test_plan_records_nothing_in_the_review_queue(delta, cli, tmp_path):
     """`plan` shows review items in plan.json but leaves the queue untouched."""
-    org.account("001D", "Delta", BillingCountry="United States")
-    org.account("001DDE", "Delta Dental", BillingCountry="United States")
-    org.rules = shipped_rules()
-    org.write()
     cli("plan", *AS_OF, "--out", str(tmp_path / "p.json"))
     review = json.loads((tmp_path / "p.json").read_text())["review"]
     assert [(r["id"], r["new"], r["rule"]) for r in review] == [("001DDE", "001D", "name-qualifier")]
@@ -188,16 +185,12 @@ def test_duplicates_are_flagged_never_merged(org, cli, tmp_path):
     assert not [c for c in plan["changes"] if c["field"] == "ParentId"]
 
 
-def test_an_approved_link_whose_account_is_gone_is_settled_as_blocked(org, cli):
+def test_an_approved_link_whose_account_is_gone_is_settled_as_blocked(delta, cli):
     """Approve, then the child disappears from the org before the next run: the item ends 'blocked' with why."""
-    org.account("001D", "Delta", BillingCountry="United States")
-    org.account("001DDE", "Delta Dental", BillingCountry="United States")
-    org.rules = shipped_rules()
-    org.write()
     cli("run", *AS_OF)
     cli("review", "approve", "1")
-    org.accounts = [a for a in org.accounts if a["Id"] != "001DDE"]
-    org.write()
+    delta.accounts = [a for a in delta.accounts if a["Id"] != "001DDE"]
+    delta.write()
     cli("run", *AS_OF)
     [item] = cli.json("review", "list", "--status", "all", "--format", "json")
     assert item["status"] == "blocked" and "no longer in the org" in item["note"]

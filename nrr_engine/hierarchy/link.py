@@ -22,7 +22,6 @@ class Guards:
     max_depth: int = 100
     child_limit: int = 10_000
     missing_parents: str = "placeholder"     # placeholder | virtual_root | off
-    placeholder_auto_apply: bool = False
 
 
 @dataclass(slots=True)

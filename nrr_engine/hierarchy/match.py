@@ -58,39 +58,28 @@ class NameEvidence(NamedTuple):
         return {"child_name": name, "key": " ".join(tokens[:-n]), "qualifier": q, "grade": self.grade}
 
 
-class KeyEvidence(NamedTuple):
+class KeyEvidence(NamedTuple):  # explained with _asdict()
     field: str
     value: str
     candidate_field: str
 
-    def as_dict(self) -> dict:
-        return self._asdict()
 
-
-class DomainEvidence(NamedTuple):
+class DomainEvidence(NamedTuple):  # explained with _asdict()
     field: str
     domain: str
     child_site: str
 
-    def as_dict(self) -> dict:
-        return self._asdict()
 
-
-class MappingEvidence(NamedTuple):
+class MappingEvidence(NamedTuple):  # explained with _asdict()
     table: str
     child: str
     parent: str
-
-    def as_dict(self) -> dict:
-        return self._asdict()
 
 
 def to_json(evidence) -> str | None:
     """Evidence as JSON for the ledger; the common kinds write their JSON directly."""
     if evidence is None:
         return None
-    if isinstance(evidence, NameEvidence):
-        return evidence.to_json()
     if hasattr(evidence, "to_json"):
         return evidence.to_json()
     return json.dumps(explain(evidence), sort_keys=True)
@@ -100,7 +89,9 @@ def explain(evidence) -> dict:
     """Evidence as a plain dict (for plan.json, the ledger and the review queue)."""
     if evidence is None:
         return {}
-    return evidence if isinstance(evidence, dict) else evidence.as_dict()
+    if isinstance(evidence, dict):
+        return evidence
+    return evidence.as_dict() if hasattr(evidence, "as_dict") else evidence._asdict()
 
 
 def _name(value) -> str:
