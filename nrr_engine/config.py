@@ -4,6 +4,7 @@ Validation collects every problem (for `validate`); `load` raises them all at on
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -76,6 +77,37 @@ class HierarchySettings:
 
 
 @dataclass(frozen=True)
+class SalesforceSettings:
+    """How to reach a Salesforce org; secrets are named by environment variable, never held in config."""
+
+    auth: str                                   # jwt | password | session
+    instance_url: str | None = None
+    domain: str = "login"
+    username: str | None = None
+    username_env: str = "SF_USERNAME"
+    password_env: str = "SF_PASSWORD"
+    security_token_env: str = "SF_SECURITY_TOKEN"
+    consumer_key_env: str = "SF_CONSUMER_KEY"
+    private_key_file: Path | None = None
+    private_key_file_env: str = "SF_PRIVATE_KEY_FILE"
+    session_id_env: str = "SF_SESSION_ID"
+    api_version: str = "59.0"
+    timeout_s: float = 120.0
+    api_reserve: int = 5000
+    bulk_write_min: int = 2000
+    bulk_query_min: int = 10_000
+    page_size: int = 100_000
+    poll_s: float = 2.0
+    job_timeout_s: float = 3600.0
+    retries: int = 5
+    backoff_s: float = 1.0
+
+    def secret_vars(self) -> tuple[str, ...]:
+        """Environment variables whose values must never reach a log line."""
+        return (self.password_env, self.security_token_env, self.consumer_key_env, self.session_id_env)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything a run needs from config; per-run state lives in RunContext, never here."""
 
@@ -95,6 +127,7 @@ class Settings:
     snapshot_prefix: str = "a0K"
     segments: tuple[str, ...] = ()
     hierarchy: HierarchySettings = HierarchySettings()
+    salesforce: SalesforceSettings | None = None
 
     @property
     def max_depth(self) -> int:
@@ -169,12 +202,17 @@ def _build(doc: yamlsource.Document, path: Path, errors: list[ConfigError]) -> S
     state = rel(d["state"])
     org_path = rel(src["path"]) if src.get("path") else None
     working_copy = rel(src["working_copy"]) if src.get("working_copy") else state.parent / "local-org.db"
+    salesforce = None
     if src["kind"] == "local" and org_path is not None and not org_path.is_dir():
         errors.append(ConfigError(f"source.path: folder {org_path} does not exist; expected a folder of <SObject>.csv files",
                                   doc.location(("source", "path"))))
     if src["kind"] == "salesforce":
-        errors.append(ConfigError("source.kind: salesforce is not available in this version yet; use kind: local",
-                                  doc.location(("source", "kind"))))
+        known = {f.name for f in dataclasses.fields(SalesforceSettings)}
+        opts = {k: v for k, v in src.items() if k in known}
+        if src.get("private_key_file"):
+            opts["private_key_file"] = rel(src["private_key_file"])
+        salesforce = SalesforceSettings(**opts)
+        working_copy = rel(src["mirror"]) if src.get("mirror") else state.parent / "salesforce-mirror.db"
 
     tz = d.get("timezone", "UTC")
     try:
@@ -239,7 +277,7 @@ def _build(doc: yamlsource.Document, path: Path, errors: list[ConfigError]) -> S
         snapshots_enabled=snaps.get("enabled", True), snapshot_object=snaps.get("object", "KPI_Snapshot__c"),
         snapshot_prefix=snaps.get("key_prefix", "a0K"),
         segments=tuple(d.get("report", {}).get("segments", [])),
-        hierarchy=_hierarchy(d.get("hierarchy", {})),
+        hierarchy=_hierarchy(d.get("hierarchy", {})), salesforce=salesforce,
     )
 
 

@@ -92,6 +92,7 @@ class Engine:
         if sys.stderr.isatty():
             from tqdm import tqdm
             ctx.progress = tqdm(total=8 if dry_run else 11, unit="stage", leave=False)
+        calls_before = dict((self.org.api_usage() or {}).get("calls", {}))
         try:
             with self.lock():
                 recovered = reconcile.recover(self.org, self.ledger)
@@ -110,24 +111,33 @@ class Engine:
                 except NrrError as exc:
                     self.ledger.finish_run(ctx.run_id, status="stopped" if isinstance(exc, Interrupted) else "failed",
                                            ended=self.clock().isoformat(), error=str(exc),
-                                           counts={"stages": ctx.stage_times})
+                                           counts={"stages": ctx.stage_times}, api_usage=self._usage(calls_before))
                     raise
                 except BaseException as exc:
                     self.ledger.finish_run(ctx.run_id, status="failed", ended=self.clock().isoformat(),
-                                           error=f"{type(exc).__name__}: {exc}")
+                                           error=f"{type(exc).__name__}: {exc}", api_usage=self._usage(calls_before))
                     raise
                 self.ledger.record_findings(ctx.run_id, plan.findings)
+                plan.api_calls = self._usage(calls_before)
                 summary = self.summary(plan, counts)
                 failed = counts.get("failed", 0)
                 status = "planned" if dry_run else ("failed_records" if failed else "succeeded")
                 self.ledger.finish_run(ctx.run_id, status=status, ended=self.clock().isoformat(),
-                                       counts=counts, summary=summary)
+                                       counts=counts, summary=summary, api_usage=plan.api_calls)
                 log.info("run.end", status=status, **{k: v for k, v in counts.items()})
                 return Outcome(ctx.run_id, summary, ExitCode.RECORD_FAILURES if failed else ExitCode.OK, plan)
         finally:
             if ctx.progress is not None:
                 ctx.progress.close()
             structlog.contextvars.unbind_contextvars("run_id")
+
+    def _usage(self, before: dict) -> dict | None:
+        """Salesforce API calls made since `before` (this run's), by kind; None for a local org."""
+        usage = self.org.api_usage()
+        if usage is None:
+            return None
+        calls = {k: v - before.get(k, 0) for k, v in usage["calls"].items() if v - before.get(k, 0)}
+        return {**usage, "calls": calls, "total": sum(calls.values())}
 
     def summary(self, plan: pipeline.Plan, counts: dict) -> dict:
         ctx = plan.ctx
@@ -141,7 +151,7 @@ class Engine:
                 "max_depth": {v: r.depth_max for v, r in plan.views.items()},
                 "changes": counts, "snapshots": len(plan.snapshots),
                 "findings": [f.as_dict() for f in plan.findings], "nrr": nrr, "stages": ctx.stage_times,
-                "repair": plan.rule_stats}
+                "repair": plan.rule_stats, **({"api_calls": plan.api_calls} if plan.api_calls else {})}
 
     def write_plan(self, plan: pipeline.Plan, out: Path) -> None:
         """plan.json (DESIGN §8), streamed so a million changes do not need a million dicts at once."""
@@ -240,7 +250,10 @@ class Engine:
                             "wrote changes can be rolled back (and only once)")
         ctx = RunContext.new(self.clock, self.today(), job="rollback")
         with self.lock():
-            self.org.sync(["Account", self.settings.snapshot_object])
+            if self.org.remote:
+                reconcile.refresh(self.org, self.ledger, run["id"], ("applied",))
+            else:
+                self.org.sync(["Account", self.settings.snapshot_object])
             self.ledger.start_run({"id": ctx.run_id, "job": "rollback", "mode": "rollback", "as_of": ctx.as_of.isoformat(),
                                    "started": self.clock().isoformat()})
             try:

@@ -111,3 +111,17 @@ class FieldChanges:
             return
         for rid, old, new in zip(self.ids, self.old, self.new):
             yield Change(obj, rid, fname, old, new, rule)
+
+
+@dataclass(frozen=True)
+class FieldNeed:
+    """A field the run reads or writes, checked against the org's schema (Salesforce describe) at start."""
+
+    object: str
+    field: str
+    why: str                          # where it is configured, e.g. "views[legal].fields.arr"
+    types: tuple[str, ...] = ()       # accepted Salesforce field types (empty: any)
+    write: bool = False               # the run updates it
+    create: bool = False              # the run creates records that set it
+    external_id: bool = False         # upserts match on it
+    optional: bool = False            # absent is fine (the run skips what needs it)

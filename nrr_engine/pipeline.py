@@ -31,7 +31,8 @@ from .ledger import Ledger
 from .metrics import arr as arr_mod
 from .metrics import snapshot
 from .metrics.nrr import FamilyTable, Movement, family_table, movements
-from .model import INSERT, Accounts, Change, FieldChanges, Finding
+from .model import INSERT, Accounts, Change, FieldChanges, FieldNeed, Finding
+from .sinks import writeback
 from .sources import LocalOrg
 
 log = structlog.get_logger("nrr_engine")
@@ -114,6 +115,8 @@ class Plan:
     duplicates: list[dict] = field(default_factory=list)
     rule_stats: dict = field(default_factory=dict)
     inserts: list[Change] = field(default_factory=list)   # records the run creates (placeholder parents)
+    merged_away: list[str] = field(default_factory=list)
+    api_calls: dict | None = None                         # Salesforce calls of this run, by kind
 
     @property
     def current_month(self) -> int:
@@ -157,17 +160,75 @@ class Plan:
 # ---- fetch --------------------------------------------------------------------------------------
 
 def open_org(settings: Settings) -> LocalOrg:
+    if settings.salesforce is not None:
+        from .sources.salesforce import SalesforceOrg  # only a Salesforce source loads the client
+        return SalesforceOrg(settings.salesforce, settings.working_copy, settings.config_file)
     return LocalOrg(settings.org_path, settings.working_copy)
 
 
 def require_columns(org: LocalOrg, obj: str, fields: list[str], what: str) -> None:
     if not org.has_table(obj):
+        if org.remote:
+            raise ConfigError(f"{what}: object {obj} does not exist in the org (or the integration user cannot see it)",
+                              Location(org.where(obj)))
         raise DataError(f"no {obj}.csv in the org folder; expected a Data Loader export of {obj}",
-                        Location(str(org.folder / f"{obj}.csv")))
+                        Location(org.where(obj)))
     for f in fields:
         if f and not org.has_field(obj, f):
-            raise ConfigError(f"{what}: field {f} is not a column of {obj}.csv (columns: {', '.join(org.columns(obj)[:12])})",
-                              Location(str(org.folder / f"{obj}.csv"), 1, field=f))
+            where = f"a field of {obj} in Salesforce" if org.remote else f"a column of {obj}.csv"
+            raise ConfigError(f"{what}: field {f} is not {where} (fields: {', '.join(org.columns(obj)[:12])})",
+                              Location(org.where(obj), None if org.remote else 1, field=f))
+
+
+_NUMBER = ("double", "currency", "int", "percent", "long")
+_DATE = ("date", "datetime")
+
+
+def field_needs(settings: Settings, ruleset, extra_fields: tuple[str, ...] = ()) -> list[FieldNeed]:
+    """Every field the run reads or writes, with the types it accepts (checked against describe at start)."""
+    needs = [FieldNeed("Account", "Name", "accounts"), FieldNeed("Account", "ParentId", "views", optional=True)]
+    repaired = {r.view for r in ruleset.match}
+    for v in settings.views:
+        where = f"views[{v.name}]"
+        if v.parent_field:
+            needs.append(FieldNeed("Account", v.parent_field, f"{where}.parent_field", ("reference",),
+                                   write=v.name in repaired))
+        if v.by:
+            needs.append(FieldNeed("Account", v.by, f"{where}.by"))
+        types = {"ultimate_parent": ("reference", "string"), "depth": _NUMBER, "child_count": _NUMBER,
+                 "arr": ("currency", "double")}
+        for kind, fname in v.fields.items():
+            needs.append(FieldNeed("Account", fname, f"{where}.fields.{kind}", types.get(kind, ()), write=True))
+    a = settings.arr
+    if a.source == "account_field" and a.account_field:
+        needs.append(FieldNeed("Account", a.account_field, "arr.account_field", _NUMBER))
+    if a.source == "subscriptions" and a.subscriptions:
+        sub = a.subscriptions
+        for key, fname, types in (("account", sub.account, ("reference", "string")), ("start", sub.start, _DATE),
+                                  ("end", sub.end, _DATE), ("amount", sub.amount, _NUMBER),
+                                  ("product", sub.product, ()), ("currency", sub.currency, ())):
+            if fname:
+                needs.append(FieldNeed(sub.object, fname, f"arr.subscriptions.{key}", types))
+    for f in (*settings.segments, *extra_fields):
+        needs.append(FieldNeed("Account", f, "report.segments"))
+    for rule in ruleset.match:
+        for f in rule.fields():
+            needs.append(FieldNeed("Account", f, f"rule {rule.name} ({rule.location.file}:{rule.location.line})",
+                                   optional=rule.skip_when_missing))
+    h = settings.hierarchy
+    if h.locked_field:
+        needs.append(FieldNeed("Account", h.locked_field, "hierarchy.locked_field", ("boolean",),
+                               optional=not h.locked_field_required))
+    if ruleset.match and h.missing_parents == "placeholder":
+        needs.append(FieldNeed("Account", h.placeholder_key_field, "hierarchy.placeholder_key_field", ("string",),
+                               create=True, external_id=True, optional=True))
+    needs += [FieldNeed("Account", f, "hierarchy", optional=True) for f in ("Website", "BillingCountry", "CreatedDate")]
+    if settings.snapshots_enabled:
+        obj = settings.snapshot_object
+        needs.append(FieldNeed(obj, SNAPSHOT_KEY, "snapshots.object", ("string",), write=True, create=True,
+                               external_id=True))
+        needs += [FieldNeed(obj, f, "snapshots.object", write=True, create=True) for f in SNAPSHOT_FIELDS]
+    return needs
 
 
 def fetch_accounts(settings: Settings, org: LocalOrg, extra_fields: tuple[str, ...] = ()) -> Accounts:
@@ -196,6 +257,7 @@ class Inputs:
     duplicates: list[dict] = field(default_factory=list)
     rule_stats: dict = field(default_factory=dict)
     inserts: list[Change] = field(default_factory=list)
+    merged_away: list[str] = field(default_factory=list)   # their stored history now lives under the survivor
 
 
 def _rule_fields(settings: Settings, org: LocalOrg, ruleset, findings: list[Finding]) -> tuple[list, list[str]]:
@@ -271,10 +333,12 @@ def load_inputs(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunConte
             # loaded by a second process while this one reads accounts and matches (its first read waits)
             background.append(settings.arr.subscriptions.object)
         objects += [*background, settings.snapshot_object]
+        if repair:
+            ruleset = rules_mod.load(settings.rule_files, [v.name for v in settings.lookup_views])
+        org.prepare(field_needs(settings, ruleset, extra_fields))  # Salesforce: budget and describe checks
         org.sync(objects, background=background)
         require_columns(org, "Account", list(extra_fields), "--by")
         if repair:
-            ruleset = rules_mod.load(settings.rule_files, [v.name for v in settings.lookup_views])
             usable, rule_fields = _rule_fields(settings, org, ruleset, findings)
             ruleset = rules_mod.RuleSet(tuple(usable), ruleset.files)
         accounts = fetch_accounts(settings, org, (*extra_fields, *rule_fields))
@@ -285,14 +349,27 @@ def load_inputs(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunConte
         # placeholder parents approved in review join the accounts now; they have no ARR history
         placeholder_parents, inserts = _placeholder_parents(settings, org, ledger, accounts)
 
+    merged = {loser: survivor for loser, survivor in org.merged().items()
+              if survivor in accounts.index and loser not in accounts.index}
+    if merged:
+        findings.append(Finding("merged_accounts", f"{len(merged)} merged-away account(s) carry their ARR history to "
+                                "the surviving account (MasterRecordId)", tuple(sorted(merged))))
+
     def arr_stage():
         with _Stage(ctx, "arr"):
             count = settings.arr.history_months
             first = cur - count + 1
-            stored = arr_mod.from_segments(ledger.arr_segments(), accounts.index, first, count)
+            # merged-away accounts (queryAll's MasterRecordId) carry their stored history to the survivor
+            index = accounts.index
+            if merged:
+                index = {**index, **{loser: index[survivor] for loser, survivor in merged.items()}}
+            stored = arr_mod.from_segments(ledger.arr_segments(), index, first, count, size=len(accounts))
             matrix, fs = arr_matrix(settings, org, accounts, stored, first, count, cur)
             findings.extend(fs)
-            return first, matrix, np.flatnonzero((matrix != stored).any(axis=1))
+            changed = np.flatnonzero((matrix != stored).any(axis=1))
+            if merged:  # stored again under the survivor, so the history outlives the recycle bin
+                changed = np.union1d(changed, np.array(sorted({index[s] for s in merged.values()}), dtype=np.int64))
+            return first, matrix, changed
 
     # Matching runs before the ARR matrix is built unless a rule reads ARR (largest_arr, $arr): its name keys
     # and indexes are freed before the matrix and subscription rows need the memory.
@@ -326,7 +403,8 @@ def load_inputs(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunConte
             ids = accounts.ids
             staged[v.name] = ledger.stage_membership(
                 v.name, zip(ids, (tree.family_id(ids, r) for r in tree.families().tolist())))
-    return Inputs(accounts, views, first, matrix, changed_rows, staged, findings, duplicates, rule_stats, inserts)
+    return Inputs(accounts, views, first, matrix, changed_rows, staged, findings, duplicates, rule_stats, inserts,
+                  sorted(merged))
 
 
 def _match_stage(settings: Settings, ledger: Ledger, ctx: RunContext, accounts: Accounts, ruleset, current: np.ndarray,
@@ -494,7 +572,7 @@ def compute(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunContext) 
             snapshots, snapshot_changes = _snapshots(settings, org, ledger, accounts, matrix, first, views, cur - 1)
 
     plan = Plan(ctx, accounts, first, matrix, views, changes, snapshot_changes, findings, nrr, arr_rewrite,
-                membership, snapshots, inputs.duplicates, inputs.rule_stats, inputs.inserts)
+                membership, snapshots, inputs.duplicates, inputs.rule_stats, inputs.inserts, inputs.merged_away)
     with _Stage(ctx, "gates"):
         check_gates(plan)
     return plan
@@ -507,13 +585,13 @@ def arr_matrix(settings, org, accounts, stored, first, count, cur):
         require_columns(org, s.object, [s.account, s.start, s.end, s.amount, s.currency], "arr.subscriptions")
         rows = org.read(s.object, ["Id", s.account, s.start, s.end, s.amount, s.currency or "__none__"])
         matrix, fs = arr_mod.from_subscriptions(rows, accounts.index, s, settings.currency, first, count,
-                                                str(org.folder / f"{s.object}.csv"))
+                                                org.where(s.object))
         return matrix, fs
     matrix = stored.copy()
     fs = []
     if a.source == "account_field":
         column, fs = arr_mod.from_account_field(accounts.column(a.account_field), accounts.ids, a.account_field,
-                                                str(org.folder / "Account.csv"))
+                                                org.where("Account"))
         matrix[:, cur - first] = column
     return matrix, fs
 
@@ -699,15 +777,19 @@ def apply(plan: Plan, org: LocalOrg, ledger: Ledger, settings: Settings) -> dict
     ctx.check_stop("apply")
     run_id = ctx.run_id
     ledger.finish_run(run_id, status="applying")
-    with org.transaction():  # commits after the ledger has
-        with _Stage(ctx, "write"):
-            failures = write_changes(org, plan, settings)
-        with _Stage(ctx, "ledger"):
-            ledger.record_changes(run_id, plan.batches(), "applied", failures)
+    if org.remote:
+        failures = _write_remote(plan, org, ledger, settings)
+    else:
+        with org.transaction():  # commits after the ledger has
+            with _Stage(ctx, "write"):
+                failures = write_changes(org, plan, settings)
+            with _Stage(ctx, "ledger"):
+                ledger.record_changes(run_id, plan.batches(), "applied", failures)
     with _Stage(ctx, "history"):
         ids, rows = plan.arr_rewrite
-        if ids:
-            ledger.replace_arr(ids, arr_mod.iter_segments(plan.matrix, rows, plan.first_month, plan.accounts.ids))
+        if ids or plan.merged_away:
+            ledger.replace_arr([*ids, *plan.merged_away],
+                               arr_mod.iter_segments(plan.matrix, rows, plan.first_month, plan.accounts.ids))
         cur = plan.current_month
         for vname in plan.membership:
             ledger.commit_membership(vname, months.fmt(cur), months.fmt(cur - 1))
@@ -722,6 +804,37 @@ def apply(plan: Plan, org: LocalOrg, ledger: Ledger, settings: Settings) -> dict
     total = plan.change_count()
     counts = {"applied": total - len(failures), "failed": len(failures)}
     return {k: v for k, v in counts.items() if v}
+
+
+def _write_remote(plan: Plan, org, ledger: Ledger, settings: Settings) -> dict[int, str]:
+    """Salesforce has no transaction to hold back: record the changes first (the run stays 'applying' until
+    it ends, so a crash is settled against the org by `recover`), write, then mark what failed."""
+    ctx = plan.ctx
+    failures: dict[int, str] = {}
+    if plan.inserts:  # phase 1: create placeholder parents and learn their Ids before anything points at them
+        with _Stage(ctx, "write"):
+            mapping, failures = writeback.create_records(org, "Account", settings.hierarchy.placeholder_key_field,
+                                                         plan.inserts)
+            plan.inserts = [c._replace(id=mapping.get(c.id, c.id)) for c in plan.inserts]
+            writeback.remap(plan.changes, mapping)
+    with _Stage(ctx, "ledger"):
+        ledger.record_changes(ctx.run_id, plan.batches(), "applied", failures)
+    with _Stage(ctx, "write"):
+        starts, seq = [], len(plan.inserts)
+        for batch in plan.changes:
+            starts.append(seq)
+            seq += len(batch)
+        lookup = settings.lookup_views
+        parent_of = {}
+        if lookup:
+            parents, index = plan.accounts.column(lookup[0].parent_field), plan.accounts.index
+            parent_of["Account"] = lambda rid: parents[index[rid]] if rid in index else None
+        failed = writeback.write_changes(org, plan.changes, starts, {v.parent_field for v in lookup}, parent_of)
+        sc = plan.snapshot_changes
+        failed.update(writeback.upsert_snapshots(org, sc.object, SNAPSHOT_KEY, SNAPSHOT_FIELDS, sc.new, seq))
+    with _Stage(ctx, "ledger"):
+        ledger.settle_changes(ctx.run_id, [(s, "failed", err, None) for s, err in sorted(failed.items())])
+    return {**failures, **failed}
 
 
 def write_changes(org: LocalOrg, plan: Plan, settings: Settings) -> dict[int, str]:

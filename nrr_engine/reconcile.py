@@ -50,6 +50,14 @@ def _joined(changes: Iterator[tuple], org_rows: Iterator[tuple]) -> Iterator[tup
         yield ch, (row if row is not None and row[1] == key else None)
 
 
+def refresh(org: LocalOrg, ledger: Ledger, run_id: str, statuses: tuple[str, ...]) -> None:
+    """Read afresh the objects and fields a run changed (a remote org selects the fields it reads)."""
+    groups = ledger.change_groups(run_id, statuses)
+    for obj, field in groups:
+        org.want(obj, [SNAPSHOT_KEY, *SNAPSHOT_FIELDS] if field == UPSERT else [] if field == INSERT else [field])
+    org.sync(sorted({obj for obj, _ in groups}))
+
+
 def recover(org: LocalOrg, ledger: Ledger) -> list[str]:
     """Settle runs that died mid-way: each pending (or not yet confirmed) change becomes applied,
     not_applied or conflict by reading the org."""
@@ -57,6 +65,8 @@ def recover(org: LocalOrg, ledger: Ledger) -> list[str]:
     for run in ledger.interrupted_runs():
         run_id = run["id"]
         open_statuses = ("pending", "applied")
+        if org.remote:  # read what Salesforce holds now, not what the mirror held before the crash
+            refresh(org, ledger, run_id, open_statuses)
         for obj, field in ledger.change_groups(run_id, open_statuses):
             changes = ledger.iter_changes(run_id, obj, field, open_statuses)
             if field == UPSERT:

@@ -157,11 +157,11 @@ def iter_segments(matrix: np.ndarray, rows: np.ndarray, first: int, ids: list[st
 
 
 def from_segments(segments: Iterable[tuple[str, str, str, int]], index: dict[str, int], first: int,
-                  count: int) -> np.ndarray:
+                  count: int, size: int | None = None) -> np.ndarray:
     """Stored (account_id, start, end, units) runs -> matrix over [first, first+count); unknown Ids skipped.
 
     Consumed a chunk at a time into numpy, so millions of stored runs never become Python int lists."""
-    matrix = np.zeros((len(index), count + 1), dtype=np.int64)
+    matrix = np.zeros((len(index) if size is None else size, count + 1), dtype=np.int64)
     get = index.get
     month_index: dict[str, int] = {}
 

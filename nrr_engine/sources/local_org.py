@@ -100,6 +100,7 @@ class LocalOrg:
     """The local org: CSV folder + working copy. Only this class touches the working copy's SQL."""
 
     kind = "local"
+    remote = False
 
     def __init__(self, folder: Path, working_copy: Path):
         self.folder = Path(folder)
@@ -123,6 +124,23 @@ class LocalOrg:
             _remove(side)
         self._pending.clear()
         self.db.close()
+
+    def where(self, obj: str) -> str:
+        """Where an object's records come from, for error messages."""
+        return str(self.folder / f"{obj}.csv")
+
+    def prepare(self, needs) -> None:
+        """Nothing to check ahead: a local org's columns are checked as they are read."""
+
+    def want(self, obj: str, fields: Iterable[str]) -> None:
+        """A local org reads whole CSVs; nothing to select."""
+
+    def merged(self) -> dict[str, str]:
+        """{merged-away Id: survivor Id}: Data Loader exports hold no deleted records."""
+        return {}
+
+    def api_usage(self) -> dict | None:
+        return None
 
     # ---- loading -------------------------------------------------------------------------------
     def csv_objects(self) -> list[str]:

@@ -1,0 +1,102 @@
+"""Writing a plan's changes to a remote org (Salesforce) as few jobs as possible.
+
+Parent-link changes go in their own job per field (sorted by the new parent), every other field of an
+object in one job with a row per record (sorted by parent, against lock contention), snapshots in one
+upsert by external id. Failures come back per change sequence number; nothing is raised for a record.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..model import Change, FieldChanges
+
+KEEP = ""   # a cell left empty in an update row: Bulk API 2.0 leaves the field as it is
+
+
+def create_records(org, obj: str, key_field: str, inserts: list[Change]) -> tuple[dict[str, str], dict[int, str]]:
+    """Create the plan's new records by upsert on their key (so a rerun after a crash finds them, not
+    duplicates them). Returns {provisional Id: real Id} and {position: error}."""
+    if not inserts:
+        return {}, {}
+    records = [json.loads(c.new) for c in inserts]
+    fields = [key_field, *sorted({f for r in records for f in r if f not in ("Id", key_field)})]
+    rows = [tuple(r.get(f) for f in fields) for r in records]
+    job = org.write(obj, "upsert", fields, rows, external_id=key_field)
+    mapping = {c.id: rid for c, rid, err in zip(inserts, job.created_ids, job.errors) if err is None and rid}
+    failures = {i: err for i, err in enumerate(job.errors) if err is not None}
+    return mapping, failures
+
+
+def remap(batches: Sequence[FieldChanges], mapping: dict[str, str]) -> None:
+    """Replace provisional Ids (records created this run) by the Ids Salesforce gave them, in place."""
+    if not mapping:
+        return
+    keys = list(mapping)
+    for b in batches:
+        for column in (b.ids, b.new):
+            if isinstance(column, np.ndarray) and len(column):
+                hit = np.flatnonzero(np.isin(column, keys))
+                for i in hit.tolist():
+                    column[i] = mapping[column[i]]
+
+
+def write_changes(org, batches: Sequence[FieldChanges], starts: Sequence[int], link_fields: set[str],
+                  parent_of: dict[str, Any]) -> dict[int, str]:
+    """Write field batches; `starts[b]` is the sequence number of batch b's first change. Returns {seq: error}."""
+    failures: dict[int, str] = {}
+    by_object: dict[str, list[int]] = {}
+    for b, batch in enumerate(batches):
+        if len(batch):
+            by_object.setdefault(batch.object, []).append(b)
+    for obj, members in by_object.items():
+        links = [b for b in members if batches[b].field in link_fields and batches[b].rule == "repair"]
+        for b in links:  # each parent field in its own job, children of one parent together
+            batch = batches[b]
+            order = sorted(range(len(batch)), key=lambda i: (batch.new[i] or "", batch.ids[i]))
+            rows = [(batch.ids[i], batch.new[i]) for i in order]
+            job = org.write(obj, "update", ["Id", batch.field], rows)
+            failures.update({starts[b] + order[k]: err for k, err in enumerate(job.errors) if err})
+        rest = [b for b in members if b not in links]
+        if rest:
+            failures.update(_merged_write(org, obj, [batches[b] for b in rest], [starts[b] for b in rest],
+                                          parent_of.get(obj)))
+    return failures
+
+
+def _merged_write(org, obj: str, batches: list[FieldChanges], starts: list[int], parent) -> dict[int, str]:
+    """One row per record carrying every field that changes on it."""
+    fields = [b.field for b in batches]
+    position: dict[str, int] = {}
+    cells: list[list] = []
+    seqs: list[list[int]] = []
+    for k, (b, start) in enumerate(zip(batches, starts)):
+        for i, (rid, new) in enumerate(zip(b.ids, b.new)):
+            r = position.get(rid)
+            if r is None:
+                r = position[rid] = len(cells)
+                cells.append([rid] + [KEEP] * len(fields))
+                seqs.append([])
+            cells[r][k + 1] = new
+            seqs[r].append(start + i)
+    order = sorted(range(len(cells)), key=lambda r: ((parent(cells[r][0]) if parent else "") or "", cells[r][0]))
+    job = org.write(obj, "update", ["Id", *fields], [tuple(cells[r]) for r in order])
+    failures: dict[int, str] = {}
+    for k, err in enumerate(job.errors):
+        if err:
+            failures.update((s, err) for s in seqs[order[k]])
+    return failures
+
+
+def upsert_snapshots(org, obj: str, key_field: str, fields: Sequence[str], records: Sequence[str],
+                     first_seq: int) -> dict[int, str]:
+    """Upsert snapshot records (JSON text each) by external id; {seq: error} of those that failed."""
+    if not records:
+        return {}
+    docs = [json.loads(r) for r in records]
+    rows = [tuple(None if d.get(f) is None else str(d[f]) for f in (key_field, *fields)) for d in docs]
+    job = org.write(obj, "upsert", [key_field, *fields], rows, external_id=key_field)
+    return {first_seq + i: err for i, err in enumerate(job.errors) if err}

@@ -1,0 +1,1 @@
+"""Test doubles shipped with the package (used by the tests and bench/)."""
