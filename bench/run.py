@@ -1,6 +1,11 @@
 """Benchmark the nightly job on a generated org (DESIGN §9). Run by hand, not in CI.
 
     python bench/run.py --accounts 100000 --months 24
+    python bench/run.py --accounts 1000000 --months 24 --source salesforce-double   # needs pip install -e '.[test]'
+
+With --source salesforce-double the org is served by the Salesforce test double (in the run's own process,
+so its peak RSS includes the double) and the API calls of the run, the rerun and the naive approach
+(REST query_all + one update call per changed record) are printed.
 
 Generates the org (not timed), runs `nrr-engine run` in a child process (so peak RSS is the run's own),
 then reruns it (expects 0 writes). Prints stage times and, as its last line, one JSON object.
@@ -24,12 +29,15 @@ sys.path.insert(0, str(ROOT))
 from nrr_engine.demo import DEMO_AS_OF, generate, write_demo_config  # noqa: E402
 
 
-def run_job(config: Path) -> tuple[float, float, dict]:
+def run_job(config: Path, double_store: Path | None = None) -> tuple[float, float, dict]:
     """Run the nightly job in a child; return wall seconds, peak RSS (MB) and the ledger summary."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "nrr_engine", "--config", str(config), "--log-level", "warning",
-                             "run", "--as-of", DEMO_AS_OF.isoformat()], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=ROOT)
+    args = ["--config", str(config), "--log-level", "warning", "run", "--as-of", DEMO_AS_OF.isoformat()]
+    prefix = [sys.executable, "-m", "nrr_engine"]
+    if double_store is not None:
+        prefix = [sys.executable, "-m", "nrr_engine.testing.salesforce_double", str(double_store),
+                  str(ROOT / "salesforce"), "--"]
+    proc = subprocess.Popen(prefix + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     out, err = proc.stdout.read(), proc.stderr.read()
@@ -41,6 +49,39 @@ def run_job(config: Path) -> tuple[float, float, dict]:
     return wall, usage.ru_maxrss / 1024, json.loads(row[0])
 
 
+def seed_double(work: Path, config: Path) -> Path:
+    """Load the generated org into the double's store; point the config at Salesforce (password auth)."""
+    from nrr_engine.testing.salesforce_double import SalesforceDouble
+
+    store = work / "salesforce-double.db"
+    for p in work.glob("salesforce-double.db*"):
+        p.unlink()
+    t0 = time.perf_counter()
+    SalesforceDouble.seed(store, work / "org")
+    SalesforceDouble(store, metadata=ROOT / "salesforce").db.close()  # adds the custom fields' columns once
+    text = config.read_text().replace("source: {kind: local, path: ../org}",
+                                      "source: {kind: salesforce, auth: password, poll_s: 0.05, api_reserve: 1000}")
+    config.write_text(text)
+    print(f"seeded the Salesforce double in {time.perf_counter() - t0:.1f}s", flush=True)
+    return store
+
+
+def naive_calls(state: Path, store: Path) -> dict:
+    """API calls the naive approach needs on the same data: REST query_all of every object the run reads
+    (2,000 records a page) plus one update call per record the run changed. Counted from the double's
+    record counts and the run's ledger (executing 1.5 M single-record calls would take the double hours)."""
+    db = sqlite3.connect(store)
+    pages = {}
+    for obj in ("Account", "Subscription__c", "KPI_Snapshot__c"):
+        n = db.execute(f'SELECT count(*) FROM "{obj}"').fetchone()[0]
+        pages[obj] = max(1, -(-n // 2000))
+    run = sqlite3.connect(state)
+    changed = run.execute("SELECT count(DISTINCT object || coalesce(record_id, external_id)) FROM changes "
+                          "WHERE run_id = (SELECT id FROM runs WHERE mode = 'run' ORDER BY started LIMIT 1)").fetchone()[0]
+    calls = {"auth": 1, "rest_query": sum(pages.values()), "record": changed}
+    return {"calls": calls, "total": sum(calls.values()), "query_pages": pages}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--accounts", type=int, default=100_000)
@@ -50,8 +91,6 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, help="build in this folder and keep it (default: a temp dir, removed)")
     ap.add_argument("--reuse", action="store_true", help="with --keep: reuse the org already generated there")
     args = ap.parse_args()
-    if args.source != "local":
-        sys.exit("--source salesforce-double: the Salesforce connector and its test double are not built yet")
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="nrr-bench-"))
     try:
@@ -68,18 +107,34 @@ def main() -> None:
         gen = time.perf_counter() - t0
         config = write_demo_config(work, history=args.months + 1)
         print(f"generated {info['accounts']} accounts, {info['subscriptions']} subscriptions in {gen:.1f}s", flush=True)
+        store = None
+        if args.source == "salesforce-double":
+            store = seed_double(work, config)
 
-        wall, rss, summary = run_job(config)
+        wall, rss, summary = run_job(config, store)
         stages = summary["stages"]
         writes = summary["changes"].get("applied", 0) + summary["changes"].get("failed", 0)
         print(f"run: {wall:.1f}s wall, peak RSS {rss:.0f} MB, {writes} writes", flush=True)
         for name, secs in stages.items():
             print(f"  {name:<10} {secs:8.2f}s")
-        re_wall, re_rss, re_summary = run_job(config)
+        api, re_api, naive = {}, {}, {}
+        if store is not None:
+            api = summary.get("api_calls", {})
+            print(f"  API calls: {api.get('total')} {api.get('calls')}", flush=True)
+            naive = naive_calls(work / "state" / "nrr.db", store)
+        re_wall, re_rss, re_summary = run_job(config, store)
         re_writes = re_summary["changes"].get("applied", 0) + re_summary["changes"].get("failed", 0)
         print(f"rerun: {re_wall:.1f}s wall, peak RSS {re_rss:.0f} MB, {re_writes} writes", flush=True)
+        if store is not None:
+            re_api = re_summary.get("api_calls", {})
+            print(f"  rerun API calls: {re_api.get('total')} {re_api.get('calls')}", flush=True)
+            print(f"naive approach (REST query_all, one update call per changed record): {naive['total']} calls "
+                  f"{naive['calls']}; ratio naive / engine = {naive['total'] / api['total']:.0f}x", flush=True)
         print(json.dumps({"accounts": info["accounts"], "months": args.months, "source": args.source,
-                          "wall_s": round(wall, 2), "peak_rss_mb": round(rss), "stages": stages, "api_calls": {},
+                          "wall_s": round(wall, 2), "peak_rss_mb": round(rss), "stages": stages,
+                          "api_calls": api.get("calls", {}), "api_calls_total": api.get("total"),
+                          "rerun_api_calls": re_api.get("calls", {}), "naive_api_calls": naive.get("calls", {}),
+                          "naive_api_calls_total": naive.get("total"),
                           "writes": writes, "rerun_wall_s": round(re_wall, 2), "rerun_peak_rss_mb": round(re_rss),
                           "rerun_writes": re_writes}))
     finally:

@@ -311,3 +311,27 @@ def test_merged_accounts_carry_their_history_to_the_survivor(sf):
     out = sf.cli("plan", "--as-of", AS_OF).stdout
     assert "merged_accounts" in out or "merged-away" in out
     assert "accounts read: 1664" in out
+
+
+def test_placeholder_parent_is_created_first_then_linked_with_its_salesforce_id(tmp_path, monkeypatch):
+    """An approved placeholder parent is upserted on Family_Key__c, then its members link to the Id Salesforce gave it."""
+    org = tmp_path / "org"
+    shutil.copytree(DEMO_ORG, org)
+    with open(org / "Account.csv", "a", encoding="utf-8") as fh:
+        fh.write("001Z00000000001AAA,Zeta US,,,US,NA,,,\n001Z00000000002AAA,Zeta UK,,,United Kingdom,EMEA,,,\n")
+    p = make_project(tmp_path / "p", monkeypatch, org=org)
+    with p.double.serve():
+        p.cli("run", "--as-of", AS_OF)
+        items = p.cli.json("review", "list", "--format", "json")
+        [zeta] = [i for i in items if i["parent_ref"] == "placeholder:name:zeta"]
+        p.cli("review", "approve", str(zeta["id"]))
+        p.cli("run", "--as-of", AS_OF)
+        made = [(rid, v) for rid, v in p.double.records("Account", ["Name", "Family_Key__c"]).items() if v[0] == "Zeta"]
+        [(zid, (_, key))] = made
+        assert key == "placeholder:name:zeta" and not zid.startswith("001zzzzzzzzz")
+        links = p.double.records("Account", ["ParentId", "Ultimate_Parent__c"])
+        assert links["001Z00000000001AAA"] == (zid, zid) and links["001Z00000000002AAA"] == (zid, zid)
+        recorded = p.ledger("SELECT record_id FROM changes WHERE field = '__insert__'")
+        assert recorded == [(zid,)]
+        p.cli("run", "--as-of", AS_OF)
+        assert sum(1 for v in p.double.records("Account", ["Name"]).values() if v[0] == "Zeta") == 1

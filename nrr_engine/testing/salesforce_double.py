@@ -632,3 +632,33 @@ def _json_default(v):
 
 def _json(status: int, payload) -> tuple[int, dict, bytes]:
     return status, {"Content-Type": "application/json"}, json.dumps(payload, default=_json_default).encode()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m nrr_engine.testing.salesforce_double STORE METADATA -- <nrr-engine arguments>
+
+    Runs nrr-engine in this process with every *.salesforce.com call answered by the double over STORE
+    (credentials are put in SF_USERNAME / SF_PASSWORD / SF_SECURITY_TOKEN). Used by bench/run.py."""
+    import os
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) < 3 or args[2] != "--":
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    double = SalesforceDouble(Path(args[0]), metadata=Path(args[1]))
+    os.environ.update(SF_USERNAME=double.username, SF_PASSWORD=double.password, SF_SECURITY_TOKEN=double.security_token)
+    from ..cli import main as cli_main
+
+    with double.serve():
+        try:
+            cli_main(args[3:], standalone_mode=False)
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    print(json.dumps({"double_calls": len(double.calls)}), file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
