@@ -171,9 +171,11 @@ class SalesforceDouble:
             pattern = re.compile(r"https://[A-Za-z0-9.-]+\.salesforce\.com/.*")
             for method in ("GET", "POST", "PATCH", "PUT", "DELETE"):
                 rsps.add_callback(method, pattern, callback=self._callback)
+            self._recorded = rsps.calls
             yield self
 
     def _callback(self, request):
+        self._recorded.reset()  # responses keeps every request and body; `calls` above is what tests read
         self.timeouts.append(getattr(request, "req_kwargs", {}).get("timeout"))
         body = request.body
         if isinstance(body, str):
