@@ -212,3 +212,22 @@ def test_subscriptions_load_beside_the_run_and_their_errors_still_name_the_line(
     cli("run", *AS_OF)
     assert _working_copy(small).execute("SELECT Amount__c FROM Subscription__c WHERE Id = ?",
                                         (small.subs[0]["Id"],)).fetchone() == ("99999",)
+
+
+def test_a_background_load_left_by_a_stopped_run_is_reused_or_replaced_never_doubled(tmp_path):
+    """Syncing again while an object's side load still runs keeps one loader per object: the same one for an
+    unchanged file, a fresh one (the old stopped) for an edited file; the adopted table is the newest file."""
+    import multiprocessing
+    (tmp_path / "org").mkdir()
+    path = tmp_path / "org" / "Subscription__c.csv"
+    write_csv(path, [{"Id": f"a0S{i:015d}", "Amount__c": "1"} for i in range(200_000)])
+    lo = LocalOrg(tmp_path / "org", tmp_path / "wc.db")
+    lo.sync(["Subscription__c"], background=["Subscription__c"])
+    lo.sync(["Subscription__c"], background=["Subscription__c"])       # a stopped run, then the next one
+    assert len(multiprocessing.active_children()) == 1
+    write_csv(path, [{"Id": "a0S000000000000001", "Amount__c": "2"}])
+    lo.sync(["Subscription__c"], background=["Subscription__c"])
+    assert len(multiprocessing.active_children()) == 1
+    lo.finish_sync()
+    assert list(lo.read("Subscription__c", ["Id", "Amount__c"])) == [("a0S000000000000001", "2")]
+    lo.close()

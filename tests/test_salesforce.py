@@ -111,6 +111,18 @@ def test_bulk_paths_end_in_the_same_state_and_parent_links_go_in_their_own_job(s
     assert usage["calls"]["bulk_ingest"] > 0 and usage["calls"]["bulk_query"] > 0 and "record" not in usage["calls"]
 
 
+def test_collections_send_numbers_as_exact_json_numbers(sf):
+    """Collections bodies are typed by describe: rollups go as JSON numbers with their exact decimals, Ids as strings."""
+    from decimal import Decimal
+    sf.cli("run", "--as-of", AS_OF)
+    sent = [json.loads(body, parse_float=Decimal)["records"] for method, path, body in sf.double.bodies
+            if method == "PATCH" and path.endswith("/composite/sobjects")]
+    records = [r for batch in sent for r in batch if "Hierarchy_ARR__c" in r]
+    assert records, "rollups were written through Collections"
+    assert all(isinstance(r["Hierarchy_ARR__c"], Decimal) for r in records if r["Hierarchy_ARR__c"] is not None)
+    assert any(str(r["Hierarchy_ARR__c"]).endswith(".00") for r in records), "the Decimal text goes out as is"
+    assert all(isinstance(r["Id"], str) and isinstance(r.get("Ultimate_Parent__c", ""), (str, type(None))) for r in records)
+
 def test_rerun_writes_nothing_and_opens_no_ingest_job(sf_bulk):
     """A rerun with no changes writes 0 records: no ingest job, no Collections call."""
     sf_bulk.cli("run", "--as-of", AS_OF)
@@ -304,7 +316,7 @@ def test_rollback_restores_salesforce(sf_bulk):
     assert "planned 7563" in sf_bulk.cli("plan", "--as-of", AS_OF).stdout
 
 
-def test_merged_accounts_carry_their_history_to_the_survivor(sf):
+def test_merged_accounts_are_not_live_and_are_reported(sf):
     """An account merged away (queryAll: IsDeleted + MasterRecordId) is not a live account; it is reported."""
     db = sf.double.db
     db.execute("UPDATE Account SET IsDeleted = 'true', MasterRecordId = '001000000000001AAA' WHERE Id = '001000000000009AAA'")
@@ -335,3 +347,43 @@ def test_placeholder_parent_is_created_first_then_linked_with_its_salesforce_id(
         assert recorded == [(zid,)]
         p.cli("run", "--as-of", AS_OF)
         assert sum(1 for v in p.double.records("Account", ["Name"]).values() if v[0] == "Zeta") == 1
+
+
+def test_merged_away_history_moves_to_the_survivor_so_the_merge_is_not_churn(org, tmp_path, monkeypatch):
+    """ARR from an Account field: after Acme Labs is merged into Acme, its stored months count under Acme (no churn)."""
+    from conftest import FIELD_ARR
+    org.arr = FIELD_ARR
+    org.account("001A00000000001AAA", "Acme", ARR__c="1000")
+    org.account("001A00000000002AAA", "Acme UK", "001A00000000001AAA", ARR__c="500")
+    org.account("001A00000000003AAA", "Acme Labs", ARR__c="300")
+    org.write()
+    cfg = org.config
+    cfg.write_text(cfg.read_text().replace(
+        "source: {kind: local, path: ../org}",
+        "source: {kind: salesforce, auth: password, poll_s: 0.001, backoff_s: 0.001, api_reserve: 100}"))
+    SalesforceDouble.seed(tmp_path / "sf.db", org.org)
+    double = SalesforceDouble(tmp_path / "sf.db", metadata=ROOT / "salesforce")
+    double.define("Account", "ARR__c", "currency")
+    for var, value in (("SF_USERNAME", double.username), ("SF_PASSWORD", double.password),
+                       ("SF_SECURITY_TOKEN", double.security_token)):
+        monkeypatch.setenv(var, value)
+    cli = Cli(cfg)
+
+    def stored(rid):
+        with sqlite3.connect(org.root / "state" / "nrr.db") as db:
+            return db.execute("SELECT count(*) FROM arr_history WHERE account_id = ?", (rid,)).fetchone()[0]
+
+    with double.serve():
+        cli("run", "--as-of", "2026-10-20")
+        assert stored("001A00000000003AAA") > 0
+        # the merge in Salesforce: the loser goes to the recycle bin pointing at the survivor, which takes its ARR
+        double.db.execute("UPDATE Account SET IsDeleted = 'true', MasterRecordId = '001A00000000001AAA' "
+                          "WHERE Id = '001A00000000003AAA'")
+        double.db.execute("UPDATE Account SET ARR__c = '1300' WHERE Id = '001A00000000001AAA'")
+        out = cli("run", "--as-of", "2026-11-03").stdout
+        assert "merged_accounts" in out
+        report = cli.json("report", "nrr", "--period", "2026-11", "--format", "json", "--as-of", "2026-11-20")
+    fam, naive = report["family"], report["naive"]
+    assert (fam["start"], fam["end"], fam["churn"], fam["expansion"]) == ("1800.00", "1800.00", "0.00", "0.00")
+    assert (naive["start"], naive["churn"], naive["new_logo"]) == ("1800.00", "0.00", "0.00")
+    assert stored("001A00000000003AAA") == 0, "the loser's history now lives under the survivor, outliving the recycle bin"

@@ -117,13 +117,16 @@ class LocalOrg:
             raise SourceUnavailable(f"cannot open the local org working copy: {exc}", Location(str(working_copy))) from None
 
     def close(self) -> None:
-        for proc, recv, side, *_ in self._pending.values():  # a run that stopped early: drop its side loads
-            proc.terminate()
-            proc.join()
-            recv.close()
-            _remove(side)
-        self._pending.clear()
+        for obj in list(self._pending):  # a run that stopped early: drop its side loads
+            self._drop_side_load(obj)
         self.db.close()
+
+    def _drop_side_load(self, obj: str) -> None:
+        proc, recv, side, _ = self._pending.pop(obj)
+        proc.terminate()
+        proc.join()
+        recv.close()
+        _remove(side)
 
     def where(self, obj: str) -> str:
         """Where an object's records come from, for error messages."""
@@ -173,6 +176,11 @@ class LocalOrg:
         return loaded
 
     def _start_side_load(self, obj: str, st: os.stat_result) -> None:
+        if obj in self._pending:
+            # a stopped run left this load going: keep it if the file is the same, else it must not write on
+            if (self._pending[obj][3].st_size, self._pending[obj][3].st_mtime_ns) == (st.st_size, st.st_mtime_ns):
+                return
+            self._drop_side_load(obj)
         side = self.path.with_name(f"{self.path.name}.load-{obj}")
         _remove(side)
         ctx = multiprocessing.get_context("fork")

@@ -41,6 +41,7 @@ _LOCK = "UNABLE_TO_LOCK_ROW"
 _PROVISIONAL = "zzzzzzzzz"          # marks Ids a plan names for records Salesforce has not created yet
 _NUMBER_TYPES = ("double", "currency", "int", "percent", "long")
 _TEXT_TYPES = ("string", "textarea", "picklist", "url", "email", "phone", "id", "reference")
+_NUMBER_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")  # a valid JSON number
 
 
 def call_kind(method: str, url: str) -> str:
@@ -581,7 +582,7 @@ class SalesforceOrg(LocalOrg):
                                     params={"ids": ",".join(r[0] for r in part), "allOrNone": "false"})
             else:
                 # an empty cell means "leave as is" (as in Bulk CSV): the field is left out of the record
-                records = [{"attributes": {"type": obj}, **{f: v for f, v in zip(fields, r) if v != ""}} for r in part]
+                records = [{f: v for f, v in zip(fields, r) if v != ""} for r in part]
                 if operation == "insert":
                     path, method = "composite/sobjects", "POST"
                 elif operation == "upsert":
@@ -589,7 +590,7 @@ class SalesforceOrg(LocalOrg):
                 else:
                     path, method = "composite/sobjects", "PATCH"
                 result = self._call(f"{operation} of {obj}", self.sf.restful, path, method=method,
-                                    data=json.dumps({"allOrNone": False, "records": records}))
+                                    data=self._collection_body(obj, records))
             for r in result:
                 if r.get("success"):
                     errors.append(None)
@@ -599,6 +600,27 @@ class SalesforceOrg(LocalOrg):
                     errors.append(f"{e.get('statusCode', 'UNKNOWN_ERROR')}: {str(e.get('message', ''))[:300]}")
                     created.append(None)
         return Job(errors, created)
+
+    def _collection_body(self, obj: str, records: list[dict]) -> str:
+        """The JSON of a Collections request, each value typed as describe says: numbers as exact JSON numbers
+        (the engine's Decimal text, never through float), checkboxes as booleans, the rest as strings."""
+        spec = self.describe(obj)
+        types = {name: f["type"] for name, f in spec.fields.items()} if spec else {}
+
+        def value(field: str, v) -> str:
+            kind = types.get(field.lower())
+            if v is None:
+                return "null"
+            if kind in _NUMBER_TYPES and _NUMBER_TEXT.fullmatch(str(v)):
+                return str(v)
+            if kind == "boolean" and str(v).lower() in ("true", "false"):
+                return str(v).lower()
+            return json.dumps(str(v))
+
+        body = ",".join("{" + ",".join([f'"attributes":{{"type":{json.dumps(obj)}}}',
+                                        *(f"{json.dumps(k)}:{value(k, v)}" for k, v in rec.items())]) + "}"
+                        for rec in records)
+        return '{"allOrNone":false,"records":[' + body + "]}"
 
     # ---- the local-org write interface, for rollback and recovery ----------------------------------
     def update_fields(self, obj, fields, ids, columns):

@@ -21,7 +21,7 @@ import re
 import secrets
 import sqlite3
 import xml.etree.ElementTree as ET
-from collections import Counter
+from collections import Counter, deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -90,9 +90,12 @@ class SalesforceDouble:
         self.faults: list[Fault] = []
         self.calls: list[tuple[str, str]] = []     # (method, path) of every request
         self.timeouts: list[object] = []           # the timeout each request was sent with
+        # (method, path, body) of the last requests; Bulk uploads (up to 100 MB each) are kept without their body
+        self.bodies: deque[tuple[str, str, bytes]] = deque(maxlen=200)
         self.jobs: dict[str, dict] = {}
         self.cursors: dict[str, tuple[list[dict], int]] = {}
         self.schema: dict[str, dict[str, dict]] = {}
+        self._next_id: dict[str, int] = {}
         self._load_schema(metadata)
 
     # ---- setup ----------------------------------------------------------------------------------------
@@ -141,6 +144,15 @@ class SalesforceDouble:
                     self.db.execute(f'ALTER TABLE "{obj}" ADD COLUMN "{f["name"]}" TEXT')
             if "isdeleted" in spec:
                 self.db.execute(f'UPDATE "{obj}" SET IsDeleted = \'false\' WHERE IsDeleted IS NULL')
+            for f in spec.values():  # Salesforce indexes External ID fields; an upsert must not scan the table
+                if f["externalId"]:
+                    self.db.execute(f'CREATE INDEX IF NOT EXISTS "_ext_{obj}_{f["name"]}" ON "{obj}" ("{f["name"]}")')
+
+    def define(self, obj: str, name: str, type_: str, **kw) -> None:
+        """Describe a field as the org's admin would have created it (e.g. a currency ARR field)."""
+        self.schema.setdefault(obj, {"id": _f("Id", "id", False)})[name.lower()] = _f(name, type_, **kw)
+        if name.lower() not in {c.lower() for c in self._columns(obj)}:
+            self.db.execute(f'ALTER TABLE "{obj}" ADD COLUMN "{name}" TEXT')
 
     def fault(self, kind: str, **kw) -> Fault:
         f = Fault(kind, **kw)
@@ -187,6 +199,7 @@ class SalesforceDouble:
         parts = urlsplit(url)
         path, query = unquote(parts.path), parse_qs(parts.query)
         self.calls.append((method, path))
+        self.bodies.append((method, path, body if "/jobs/" not in path else b""))
         for f in self.faults:
             if f.kind in ("http_500", "limit_exceeded", "expire_session") and f.times > 0 and re.search(f.path, path) \
                     and (f.method is None or f.method == method) and "/services/data/" in path:
@@ -451,9 +464,11 @@ class SalesforceDouble:
                                 "WHERE Id = ?", [*values.values(), rid])
                 return rid, False, None
         prefix = PREFIXES.get(obj, "a0X")
-        n = self.db.execute(f'SELECT count(*) FROM "{obj}"').fetchone()[0] + 1
+        if obj not in self._next_id:  # counted once per object, not per insert (count(*) scans the table)
+            self._next_id[obj] = self.db.execute(f'SELECT count(*) FROM "{obj}"').fetchone()[0] + 1
         while rid is None or self.db.execute(f'SELECT 1 FROM "{obj}" WHERE Id = ?', (rid,)).fetchone():
-            rid, n = sf_id(prefix, 10_000_000 + n), n + 1
+            rid = sf_id(prefix, 10_000_000 + self._next_id[obj])
+            self._next_id[obj] += 1
         cols = ["Id", *values]
         self.db.execute(f'INSERT INTO "{obj}" ({", ".join(chr(34) + c + chr(34) for c in cols)}) VALUES '
                         f'({", ".join("?" * len(cols))})', [rid, *values.values()])
