@@ -18,8 +18,11 @@ install-test: $(BIN)/python
 demo: install
 	$(BIN)/nrr-engine demo --dir nrr-demo --fresh
 
-test: install-test
+test: install-test lint
 	$(BIN)/python -m pytest -q
+
+lint: install-test
+	$(BIN)/python -m pyflakes nrr_engine tests bench
 
 bench: install
 	$(BIN)/python bench/run.py --accounts 100000 --months 24

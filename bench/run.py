@@ -3,9 +3,9 @@
     python bench/run.py --accounts 100000 --months 24
     python bench/run.py --accounts 1000000 --months 24 --source salesforce-double   # needs pip install -e '.[test]'
 
-With --source salesforce-double the org is served by the Salesforce test double (in the run's own process,
-so its peak RSS includes the double) and the API calls of the run, the rerun and the naive approach
-(REST query_all + one update call per changed record) are printed.
+With --source salesforce-double the org is served by the Salesforce test double, in a process of its own
+(the run's requests reach it over a Unix socket, so the run's peak RSS is the engine's), and the API calls of
+the run, the rerun and the naive approach (REST query_all + one update call per changed record) are printed.
 
 Generates the org (not timed), runs `nrr-engine run` in a child process (so peak RSS is the run's own),
 then reruns it (expects 0 writes). Prints stage times and, as its last line, one JSON object.
@@ -29,14 +29,13 @@ sys.path.insert(0, str(ROOT))
 from nrr_engine.demo import DEMO_AS_OF, generate, write_demo_config  # noqa: E402
 
 
-def run_job(config: Path, double_store: Path | None = None) -> tuple[float, float, dict]:
+def run_job(config: Path, double_socket: str | None = None) -> tuple[float, float, dict]:
     """Run the nightly job in a child; return wall seconds, peak RSS (MB) and the ledger summary."""
     t0 = time.perf_counter()
     args = ["--config", str(config), "--log-level", "warning", "run", "--as-of", DEMO_AS_OF.isoformat()]
     prefix = [sys.executable, "-m", "nrr_engine"]
-    if double_store is not None:
-        prefix = [sys.executable, "-m", "nrr_engine.testing.salesforce_double", str(double_store),
-                  str(ROOT / "salesforce"), "--"]
+    if double_socket is not None:
+        prefix = [sys.executable, "-m", "nrr_engine.testing.salesforce_double", "connect", double_socket, "--"]
     proc = subprocess.Popen(prefix + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
@@ -66,6 +65,27 @@ def seed_double(work: Path, config: Path) -> Path:
     return store
 
 
+def start_double(store: Path) -> tuple[subprocess.Popen, str]:
+    """The double in a process of its own (so the run's peak RSS is the engine's), serving on a Unix socket."""
+    socket = str(store.with_suffix(".sock"))
+    Path(socket).unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "nrr_engine.testing.salesforce_double", "serve", str(store),
+                             str(ROOT / "salesforce"), socket], cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while not Path(socket).exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            sys.exit(f"the Salesforce double did not start (exit {proc.poll()})")
+        time.sleep(0.1)
+    return proc, socket
+
+
+def stop_double(proc: subprocess.Popen) -> float:
+    """Stop the double; return its peak RSS (MB)."""
+    proc.terminate()
+    _, _, usage = os.wait4(proc.pid, 0)
+    return usage.ru_maxrss / 1024
+
+
 def naive_calls(state: Path, store: Path) -> dict:
     """API calls the naive approach needs on the same data: REST query_all of every object the run reads
     (2,000 records a page) plus one update call per record the run changed. Counted from the double's
@@ -93,6 +113,7 @@ def main() -> None:
     args = ap.parse_args()
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="nrr-bench-"))
+    double = None
     try:
         if work.exists():
             shutil.rmtree(work / "state", ignore_errors=True)
@@ -107,11 +128,12 @@ def main() -> None:
         gen = time.perf_counter() - t0
         config = write_demo_config(work, history=args.months + 1)
         print(f"generated {info['accounts']} accounts, {info['subscriptions']} subscriptions in {gen:.1f}s", flush=True)
-        store = None
+        store = socket = None
         if args.source == "salesforce-double":
             store = seed_double(work, config)
+            double, socket = start_double(store)
 
-        wall, rss, summary = run_job(config, store)
+        wall, rss, summary = run_job(config, socket)
         stages = summary["stages"]
         writes = summary["changes"].get("applied", 0) + summary["changes"].get("failed", 0)
         print(f"run: {wall:.1f}s wall, peak RSS {rss:.0f} MB, {writes} writes", flush=True)
@@ -122,7 +144,8 @@ def main() -> None:
             api = summary.get("api_calls", {})
             print(f"  API calls: {api.get('total')} {api.get('calls')}", flush=True)
             naive = naive_calls(work / "state" / "nrr.db", store)
-        re_wall, re_rss, re_summary = run_job(config, store)
+        re_wall, re_rss, re_summary = run_job(config, socket)
+        double_rss = stop_double(double) if double is not None else None
         re_writes = re_summary["changes"].get("applied", 0) + re_summary["changes"].get("failed", 0)
         print(f"rerun: {re_wall:.1f}s wall, peak RSS {re_rss:.0f} MB, {re_writes} writes", flush=True)
         if store is not None:
@@ -130,14 +153,17 @@ def main() -> None:
             print(f"  rerun API calls: {re_api.get('total')} {re_api.get('calls')}", flush=True)
             print(f"naive approach (REST query_all, one update call per changed record): {naive['total']} calls "
                   f"{naive['calls']}; ratio naive / engine = {naive['total'] / api['total']:.0f}x", flush=True)
+            print(f"the double's own process (not included above): peak RSS {double_rss:.0f} MB", flush=True)
         print(json.dumps({"accounts": info["accounts"], "months": args.months, "source": args.source,
                           "wall_s": round(wall, 2), "peak_rss_mb": round(rss), "stages": stages,
                           "api_calls": api.get("calls", {}), "api_calls_total": api.get("total"),
                           "rerun_api_calls": re_api.get("calls", {}), "naive_api_calls": naive.get("calls", {}),
                           "naive_api_calls_total": naive.get("total"),
                           "writes": writes, "rerun_wall_s": round(re_wall, 2), "rerun_peak_rss_mb": round(re_rss),
-                          "rerun_writes": re_writes}))
+                          "rerun_writes": re_writes, "double_peak_rss_mb": double_rss and round(double_rss)}))
     finally:
+        if double is not None and double.poll() is None:  # the run failed: do not leave the double serving
+            double.kill()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -161,7 +161,7 @@ def _print_summary(summary: dict) -> None:
     for view, st in (summary.get("repair") or {}).items():
         click.echo(f"  {view} repair: {st['applied']} link(s) applied, {st['review']} to review, {st['blocked']} "
                    f"refused by guards, {st['placeholders']} placeholder parent(s) proposed"
-                   + (f"; see `nrr-engine review list`" if st["review"] or st["placeholders"] else ""))
+                   + ("; see `nrr-engine review list`" if st["review"] or st["placeholders"] else ""))
     for fnd in summary["findings"]:
         click.echo(f"  data quality [{fnd['kind']}]: {fnd['message']}" +
                    (f" e.g. {', '.join(fnd['records'][:3])}" if fnd["records"] else ""))

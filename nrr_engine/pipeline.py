@@ -26,7 +26,6 @@ from . import rules as rules_mod
 from .hierarchy import Tree, build_tree, forest, partition
 from .hierarchy import link as link_mod
 from .hierarchy import match as match_mod
-from .hierarchy import normalise
 from .ledger import Ledger
 from .metrics import arr as arr_mod
 from .metrics import snapshot
@@ -66,6 +65,15 @@ class RunContext:
         return RunContext(run_id=run_id, as_of=as_of or now.date(), clock=clock, **kw)
 
 
+def _peak_rss_mb() -> int | None:
+    """This process's peak resident memory so far (MiB), for the stage log; None where it cannot be read."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
 class _Stage:
     def __init__(self, ctx: RunContext, name: str):
         self.ctx, self.name = ctx, name
@@ -82,7 +90,7 @@ class _Stage:
         took = time.perf_counter() - self.t0
         self.ctx.stage_times[self.name] = round(self.ctx.stage_times.get(self.name, 0) + took, 3)
         if exc[0] is None:
-            log.info("stage.end", stage=self.name, seconds=round(took, 3))
+            log.info("stage.end", stage=self.name, seconds=round(took, 3), peak_rss_mb=_peak_rss_mb())
             if self.ctx.progress is not None:
                 self.ctx.progress.update(1)
 
@@ -826,9 +834,10 @@ def _write_remote(plan: Plan, org, ledger: Ledger, settings: Settings) -> dict[i
             seq += len(batch)
         lookup = settings.lookup_views
         parent_of = {}
-        if lookup:
-            parents, index = plan.accounts.column(lookup[0].parent_field), plan.accounts.index
-            parent_of["Account"] = lambda rid: parents[index[rid]] if rid in index else None
+        if lookup:  # each account's parent once this run's links are written: the record its update locks
+            up = plan.views[lookup[0].name].tree.parent
+            ids = np.array(plan.accounts.ids, dtype=object)
+            parent_of["Account"] = np.where(up >= 0, ids[np.maximum(up, 0)], "")
         failed = writeback.write_changes(org, plan.changes, starts, {v.parent_field for v in lookup}, parent_of)
         sc = plan.snapshot_changes
         failed.update(writeback.upsert_snapshots(org, sc.object, SNAPSHOT_KEY, SNAPSHOT_FIELDS, sc.new, seq))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Cli, Org
+from conftest import Org
 
 REPO = Path(__file__).resolve().parents[1]
 AS_OF = ("--as-of", "2026-11-15")

@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from conftest import Org
 from nrr_engine.errors import Location
 from nrr_engine.hierarchy import build_tree
 from nrr_engine.hierarchy.link import Approved, Guards, repair
 from nrr_engine.hierarchy.match import Population, Proposal
 from nrr_engine.rules.model import MatchRule
-from test_matching import AS_OF, parents, shipped_rules
+from test_matching import AS_OF, parents
 
 NAME_RULE = """\
 kind: match

@@ -106,6 +106,10 @@ def test_bulk_paths_end_in_the_same_state_and_parent_links_go_in_their_own_job(s
     parent_job = next(j for j in ingest_jobs(sf_bulk) if j["data"].startswith("Id,ParentId\n"))
     parents = [line.split(",")[1] for line in parent_job["data"].splitlines()[1:]]
     assert parents == sorted(parents), "children of one parent are written together"
+    rollup_job = next(j for j in ingest_jobs(sf_bulk) if "Hierarchy_ARR__c" in j["data"].split("\n", 1)[0])
+    final_parent = {rid: v[0] or "" for rid, v in sf_bulk.double.records("Account", ["ParentId"]).items()}
+    rollup_parents = [final_parent[line.split(",")[0]] for line in rollup_job["data"].splitlines()[1:]]
+    assert rollup_parents == sorted(rollup_parents), "rollup rows are grouped by parent too"
     calls = sf_bulk.ledger("SELECT api_usage FROM runs WHERE mode = 'run'")
     usage = json.loads(calls[0][0])
     assert usage["calls"]["bulk_ingest"] > 0 and usage["calls"]["bulk_query"] > 0 and "record" not in usage["calls"]
@@ -225,6 +229,9 @@ def test_record_failures_are_recorded_not_raised_and_the_next_run_retries(sf_bul
     rows = sf_bulk.ledger("SELECT record_id, error FROM changes WHERE status = 'failed'")
     assert rows and {rid for rid, _ in rows} == bad
     assert all(err == "FIELD_CUSTOM_VALIDATION_EXCEPTION:rejected by a validation rule" for _, err in rows)
+    changed = sf_bulk.ledger("SELECT field FROM changes WHERE record_id = ? ORDER BY field", *bad)
+    failed = sf_bulk.ledger("SELECT field FROM changes WHERE status = 'failed' ORDER BY field")
+    assert len(changed) > 1 and failed == changed, "every change of the rejected record is failed, no other"
     out = sf_bulk.cli("run", "--as-of", AS_OF).stdout
     assert f"planned {len(rows)}" in out
 
@@ -235,6 +242,7 @@ def test_a_failed_job_loses_nothing(sf_bulk, local_end_state):
     r = sf_bulk.cli("run", "--as-of", AS_OF, expect=1)
     failed = sf_bulk.ledger("SELECT count(*), min(error) FROM changes WHERE status = 'failed'")[0]
     assert failed[0] > 0 and failed[1].startswith("JOB_FAILED: InternalServerError")
+    assert f"failed {failed[0]}" in r.stdout
     sf_bulk.cli("run", "--as-of", AS_OF, expect=0)
     assert end_state(sf_bulk) == local_end_state
 
@@ -387,3 +395,36 @@ def test_merged_away_history_moves_to_the_survivor_so_the_merge_is_not_churn(org
     assert (fam["start"], fam["end"], fam["churn"], fam["expansion"]) == ("1800.00", "1800.00", "0.00", "0.00")
     assert (naive["start"], naive["churn"], naive["new_logo"]) == ("1800.00", "0.00", "0.00")
     assert stored("001A00000000003AAA") == 0, "the loser's history now lives under the survivor, outliving the recycle bin"
+
+
+def test_the_double_serves_another_process_over_a_socket(tmp_path, monkeypatch):
+    """`serve` runs the double alone and `connect` runs nrr-engine against it: the run lands in the double's store."""
+    import subprocess
+    import sys
+    import time
+    p = make_project(tmp_path, monkeypatch)
+    p.double.db.close()
+    socket = str(tmp_path / "sf.sock")
+    module = [sys.executable, "-m", "nrr_engine.testing.salesforce_double"]
+    server = subprocess.Popen([*module, "serve", str(tmp_path / "sf.db"), str(ROOT / "salesforce"), socket])
+    try:
+        for _ in range(300):
+            if Path(socket).exists() or server.poll() is not None:
+                break
+            time.sleep(0.05)
+        run = subprocess.run([*module, "connect", socket, "--", "--config", str(p.cli.config), "run", "--as-of", AS_OF],
+                             capture_output=True, text=True, timeout=300)
+    finally:
+        server.kill()
+        server.wait()
+    assert run.returncode == 0, run.stderr
+    assert "applied 7563" in run.stdout
+    served = SalesforceDouble(tmp_path / "sf.db")
+    assert len(served.records("KPI_Snapshot__c", ["External_Id__c"])) == 450
+
+
+def test_the_double_command_without_its_arguments_prints_its_usage(capsys):
+    """A wrong command line exits 2 with the three ways to call it."""
+    from nrr_engine.testing.salesforce_double import main
+    assert main(["serve", "only-a-store"]) == 2
+    assert "connect SOCKET -- <nrr-engine arguments>" in capsys.readouterr().err

@@ -281,20 +281,3 @@ def site(url: str | None) -> Site | None:
         return None       # no known suffix, or the host is itself a public suffix
     sub = labels[:n - best - 1]
     return Site(".".join(labels[n - best - 1:]), not sub or sub == ["www"])
-    return None
-    labels = m.group(1).strip(".").split(".")
-    if len(labels) < 2 or not all(labels) or labels[-1].isdigit():
-        return None       # no dot, an empty label, or an IP address
-    # The longest public suffix the host ends with (tldextract's bundled list); wildcard rules, which
-    # are rare, go through tldextract itself.
-    for k in range(min(len(labels) - 1, 5), 0, -1):
-        suffix = ".".join(labels[-k:])
-        if suffix in _WILD or (k < len(labels) - 1 and ".".join(labels[-k - 1:]) in _WILD):
-            r = _EXTRACT(m.group(1))
-            if not r.domain or not r.suffix:
-                return None
-            return Site(f"{r.domain}.{r.suffix}", r.subdomain in ("", "www"))
-        if suffix in _SUFFIXES:
-            sub = labels[:-k - 1]
-            return Site(".".join(labels[-k - 1:]), not sub or sub == ["www"])
-    return None

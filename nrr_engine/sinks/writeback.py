@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -45,8 +44,9 @@ def remap(batches: Sequence[FieldChanges], mapping: dict[str, str]) -> None:
 
 
 def write_changes(org, batches: Sequence[FieldChanges], starts: Sequence[int], link_fields: set[str],
-                  parent_of: dict[str, Any]) -> dict[int, str]:
-    """Write field batches; `starts[b]` is the sequence number of batch b's first change. Returns {seq: error}."""
+                  parent_of: dict[str, np.ndarray]) -> dict[int, str]:
+    """Write field batches; `starts[b]` is the sequence number of batch b's first change; `parent_of[obj]`
+    is each record's parent Id by row (the batches' `rows`), "" for none. Returns {seq: error}."""
     failures: dict[int, str] = {}
     by_object: dict[str, list[int]] = {}
     for b, batch in enumerate(batches):
@@ -67,28 +67,49 @@ def write_changes(org, batches: Sequence[FieldChanges], starts: Sequence[int], l
     return failures
 
 
-def _merged_write(org, obj: str, batches: list[FieldChanges], starts: list[int], parent) -> dict[int, str]:
-    """One row per record carrying every field that changes on it."""
+def _merged_write(org, obj: str, batches: list[FieldChanges], starts: list[int],
+                  parent: np.ndarray | None) -> dict[int, str]:
+    """One row per record carrying every field that changes on it.
+
+    Records are aligned by account index (each batch's `rows`, ascending) into one numpy column per field,
+    and rows are made as the upload reads them: a million records cost a few arrays, not a million lists."""
     fields = [b.field for b in batches]
-    position: dict[str, int] = {}
-    cells: list[list] = []
-    seqs: list[list[int]] = []
-    for k, (b, start) in enumerate(zip(batches, starts)):
-        for i, (rid, new) in enumerate(zip(b.ids, b.new)):
-            r = position.get(rid)
-            if r is None:
-                r = position[rid] = len(cells)
-                cells.append([rid] + [KEEP] * len(fields))
-                seqs.append([])
-            cells[r][k + 1] = new
-            seqs[r].append(start + i)
-    order = sorted(range(len(cells)), key=lambda r: ((parent(cells[r][0]) if parent else "") or "", cells[r][0]))
-    job = org.write(obj, "update", ["Id", *fields], [tuple(cells[r]) for r in order])
+    records = np.unique(np.concatenate([np.asarray(b.rows, dtype=np.int64) for b in batches]))
+    ids = np.empty(len(records), dtype=object)
+    columns = []
+    for b in batches:
+        at = np.searchsorted(records, np.asarray(b.rows, dtype=np.int64))
+        ids[at] = b.ids
+        column = np.full(len(records), KEEP, dtype=object)
+        column[at] = b.new
+        columns.append(column)
+    # children of one parent together, against lock contention
+    order = np.argsort(parent[records], kind="stable") if parent is not None else np.arange(len(records))
+    job = org.write(obj, "update", ["Id", *fields], _Rows([ids, *columns], order))
     failures: dict[int, str] = {}
     for k, err in enumerate(job.errors):
         if err:
-            failures.update((s, err) for s in seqs[order[k]])
+            r = order[k]
+            for b, start, column in zip(batches, starts, columns):
+                if column[r] is not KEEP:
+                    failures[start + int(np.searchsorted(np.asarray(b.rows, dtype=np.int64), records[r]))] = err
     return failures
+
+
+class _Rows(Sequence):
+    """Rows of aligned columns in a given order, each made when read."""
+
+    def __init__(self, columns: list[np.ndarray], order: np.ndarray):
+        self.columns, self.order = columns, order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        r = self.order[k]
+        return tuple(c[r] for c in self.columns)
 
 
 def upsert_snapshots(org, obj: str, key_field: str, fields: Sequence[str], records: Sequence[str],
@@ -96,7 +117,7 @@ def upsert_snapshots(org, obj: str, key_field: str, fields: Sequence[str], recor
     """Upsert snapshot records (JSON text each) by external id; {seq: error} of those that failed."""
     if not records:
         return {}
-    docs = [json.loads(r) for r in records]
-    rows = [tuple(None if d.get(f) is None else str(d[f]) for f in (key_field, *fields)) for d in docs]
+    keys = (key_field, *fields)
+    rows = [tuple(None if d.get(f) is None else str(d[f]) for f in keys) for d in map(json.loads, records)]
     job = org.write(obj, "upsert", [key_field, *fields], rows, external_id=key_field)
     return {first_seq + i: err for i, err in enumerate(job.errors) if err}

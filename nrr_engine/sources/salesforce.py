@@ -498,7 +498,7 @@ class SalesforceOrg(LocalOrg):
             if attempt:
                 self._sleep(min(60.0, self.settings.backoff_s * 2 ** (attempt - 1)))
                 log.warning("salesforce.lock_retry", object=obj, records=len(todo), attempt=attempt)
-            part = [rows[i] for i in todo]
+            part = rows if len(todo) == len(rows) else [rows[i] for i in todo]  # retries: the locked rows
             if len(part) >= self.settings.bulk_write_min:
                 job = self._bulk_write(obj, operation, fields, part, external_id)
             else:

@@ -177,23 +177,31 @@ class SalesforceDouble:
     @contextmanager
     def serve(self):
         """Answer every https://*.salesforce.com request of this process (responses intercepts requests' adapter)."""
-        import responses
+        def answer(method, url, headers, body, timeout):
+            self.timeouts.append(timeout)
+            return self.handle(method, url, headers, body)
 
-        with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-            pattern = re.compile(r"https://[A-Za-z0-9.-]+\.salesforce\.com/.*")
-            for method in ("GET", "POST", "PATCH", "PUT", "DELETE"):
-                rsps.add_callback(method, pattern, callback=self._callback)
-            self._recorded = rsps.calls
+        with intercept(answer):
             yield self
 
-    def _callback(self, request):
-        self._recorded.reset()  # responses keeps every request and body; `calls` above is what tests read
-        self.timeouts.append(getattr(request, "req_kwargs", {}).get("timeout"))
-        body = request.body
-        if isinstance(body, str):
-            body = body.encode("utf-8")
-        status, headers, payload = self.handle(request.method, request.url, dict(request.headers), body or b"")
-        return status, headers, payload
+    def serve_socket(self, address: str) -> None:
+        """Answer requests that `connect` forwards from another process, one client after another, until killed.
+
+        The double then runs beside the engine, so the engine's process holds only its own memory."""
+        from multiprocessing.connection import Listener
+
+        Path(address).unlink(missing_ok=True)  # left by a double that was killed
+        with Listener(address, family="AF_UNIX") as listener:
+            while True:
+                with listener.accept() as conn:
+                    conn.send((self.username, self.password, self.security_token))
+                    while True:
+                        try:
+                            method, url, headers, body, timeout = conn.recv()
+                        except EOFError:
+                            break
+                        self.timeouts.append(timeout)
+                        conn.send(self.handle(method, url, headers, body))
 
     def handle(self, method: str, url: str, headers: dict, body: bytes) -> tuple[int, dict, bytes]:
         parts = urlsplit(url)
@@ -618,6 +626,48 @@ class SalesforceDouble:
             job["errorMessage"] = "InternalServerError : the job failed while processing records"
 
 
+@contextmanager
+def intercept(answer):
+    """Route every https://*.salesforce.com request of this process to answer(method, url, headers, body, timeout)."""
+    import responses
+
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        registered = []
+
+        def callback(request):
+            # responses keeps every request and response, with bodies, in its own list and in each registered
+            # response's: gigabytes at 1M records. Only the previous call is kept.
+            rsps.calls.reset()
+            for r in registered:
+                r.calls.reset()
+            body = request.body
+            if isinstance(body, str):
+                body = body.encode("utf-8")
+            timeout = getattr(request, "req_kwargs", {}).get("timeout")
+            return answer(request.method, request.url, dict(request.headers), body or b"", timeout)
+
+        pattern = re.compile(r"https://[A-Za-z0-9.-]+\.salesforce\.com/.*")
+        registered += [rsps.add_callback(method, pattern, callback=callback)
+                       for method in ("GET", "POST", "PATCH", "PUT", "DELETE")]
+        yield
+
+
+@contextmanager
+def connect(address: str):
+    """Forward this process's Salesforce requests to a double serving on `address`; yields its credentials."""
+    from multiprocessing.connection import Client
+
+    with Client(address, family="AF_UNIX") as conn:
+        credentials = conn.recv()
+
+        def answer(*request):
+            conn.send(request)
+            return conn.recv()
+
+        with intercept(answer):
+            yield credentials
+
+
 class _SoqlError(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
@@ -652,29 +702,47 @@ def _json(status: int, payload) -> tuple[int, dict, bytes]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m nrr_engine.testing.salesforce_double STORE METADATA -- <nrr-engine arguments>
+    """python -m nrr_engine.testing.salesforce_double seed STORE ORG_FOLDER
+       python -m nrr_engine.testing.salesforce_double STORE METADATA -- <nrr-engine arguments>
+       python -m nrr_engine.testing.salesforce_double serve STORE METADATA SOCKET
+       python -m nrr_engine.testing.salesforce_double connect SOCKET -- <nrr-engine arguments>
 
-    Runs nrr-engine in this process with every *.salesforce.com call answered by the double over STORE
-    (credentials are put in SF_USERNAME / SF_PASSWORD / SF_SECURITY_TOKEN). Used by bench/run.py."""
-    import os
+    `seed` loads a folder of Data Loader CSVs into STORE (the org the double serves; METADATA is an SFDX
+    folder such as salesforce/). The second runs nrr-engine in this process with every *.salesforce.com
+    call answered by the double over STORE. `serve` runs the double alone on a Unix socket until killed; `connect` runs nrr-engine with its
+    calls forwarded there, so the engine's process holds only its own memory. The credentials are put in
+    SF_USERNAME / SF_PASSWORD / SF_SECURITY_TOKEN. Used by bench/run.py."""
     import sys
 
     args = sys.argv[1:] if argv is None else argv
-    if len(args) < 3 or args[2] != "--":
-        print(main.__doc__, file=sys.stderr)
-        return 2
-    double = SalesforceDouble(Path(args[0]), metadata=Path(args[1]))
-    os.environ.update(SF_USERNAME=double.username, SF_PASSWORD=double.password, SF_SECURITY_TOKEN=double.security_token)
+    if len(args) == 3 and args[0] == "seed":
+        SalesforceDouble.seed(Path(args[1]), Path(args[2]))
+        return 0
+    if len(args) == 4 and args[0] == "serve":
+        SalesforceDouble(Path(args[1]), metadata=Path(args[2])).serve_socket(args[3])
+        return 0
+    if len(args) >= 3 and args[0] == "connect" and args[2] == "--":
+        with connect(args[1]) as credentials:
+            return _run_cli(credentials, args[3:])
+    if len(args) >= 3 and args[2] == "--":
+        double = SalesforceDouble(Path(args[0]), metadata=Path(args[1]))
+        with double.serve():
+            return _run_cli((double.username, double.password, double.security_token), args[3:])
+    print(main.__doc__, file=sys.stderr)
+    return 2
+
+
+def _run_cli(credentials: tuple[str, str, str], args: list[str]) -> int:
+    import os
+
     from ..cli import main as cli_main
 
-    with double.serve():
-        try:
-            cli_main(args[3:], standalone_mode=False)
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-    print(json.dumps({"double_calls": len(double.calls)}), file=sys.stderr)
-    return code
+    os.environ.update(zip(("SF_USERNAME", "SF_PASSWORD", "SF_SECURITY_TOKEN"), credentials))
+    try:
+        cli_main(args, standalone_mode=False)
+        return 0
+    except SystemExit as exc:
+        return int(exc.code or 0)
 
 
 if __name__ == "__main__":
