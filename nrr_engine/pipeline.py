@@ -340,7 +340,9 @@ def load_inputs(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunConte
         if settings.arr.subscriptions and settings.arr.source == "subscriptions":
             # loaded by a second process while this one reads accounts and matches (its first read waits)
             background.append(settings.arr.subscriptions.object)
-        objects += [*background, settings.snapshot_object]
+        objects += background
+        if repair:  # a plan compares its snapshots with the org's; a report reads none (on Salesforce: API calls)
+            objects.append(settings.snapshot_object)
         if repair:
             ruleset = rules_mod.load(settings.rule_files, [v.name for v in settings.lookup_views])
         org.prepare(field_needs(settings, ruleset, extra_fields))  # Salesforce: budget and describe checks

@@ -428,3 +428,13 @@ def test_the_double_command_without_its_arguments_prints_its_usage(capsys):
     from nrr_engine.testing.salesforce_double import main
     assert main(["serve", "only-a-store"]) == 2
     assert "connect SOCKET -- <nrr-engine arguments>" in capsys.readouterr().err
+
+
+def test_report_reads_no_snapshot_records(sf):
+    """`report nrr` on Salesforce reads accounts and subscriptions, not the KPI snapshot records it never uses."""
+    sf.cli("run", "--as-of", AS_OF)
+    assert any("FROM KPI_Snapshot__c" in q for q in sf.double.queries), "a run reads them"
+    sf.double.queries.clear()
+    report = sf.cli.json("report", "nrr", "--period", "2026-10", "--format", "json", "--as-of", AS_OF)
+    assert report["family"]["start"] != "0.00"
+    assert [q.split(" FROM ")[1].split()[0] for q in sf.double.queries] == ["Account", "Subscription__c"]

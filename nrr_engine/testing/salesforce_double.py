@@ -93,6 +93,7 @@ class SalesforceDouble:
         # (method, path, body) of the last requests; Bulk uploads (up to 100 MB each) are kept without their body
         self.bodies: deque[tuple[str, str, bytes]] = deque(maxlen=200)
         self.jobs: dict[str, dict] = {}
+        self.queries: list[str] = []               # the SOQL of every REST and Bulk query
         self.cursors: dict[str, tuple[list[dict], int]] = {}
         self.schema: dict[str, dict[str, dict]] = {}
         self._next_id: dict[str, int] = {}
@@ -322,6 +323,7 @@ class SalesforceDouble:
 
     def _select(self, soql: str, all_rows: bool):
         """(object, fields, SQL) for the SOQL subset the engine emits: SELECT f, ... FROM Obj [WHERE a = 'v' [AND ...]]."""
+        self.queries.append(soql)
         m = re.fullmatch(r"\s*SELECT\s+(.+?)\s+FROM\s+(\w+)(?:\s+WHERE\s+(.+?))?(?:\s+LIMIT\s+(\d+))?\s*", soql, re.I | re.S)
         if not m:
             raise _SoqlError("MALFORMED_QUERY", "unexpected token in query")
