@@ -41,10 +41,15 @@ def make_project(root: Path, monkeypatch, source: str = "", org: Path = DEMO_ORG
     cfg.write_text(cfg.read_text().replace("source: {kind: local, path: ../org}", "source: {" + opts + "}"))
     SalesforceDouble.seed(root / "sf.db", root / "org")
     double = SalesforceDouble(root / "sf.db", metadata=ROOT / "salesforce", **double_kw)
+    use_credentials(monkeypatch, double)
+    return SfProject(root, double, Cli(cfg))
+
+
+def use_credentials(monkeypatch, double: SalesforceDouble) -> None:
+    """The integration user's secrets in the environment variables the config names."""
     monkeypatch.setenv("SF_USERNAME", double.username)
     monkeypatch.setenv("SF_PASSWORD", double.password)
     monkeypatch.setenv("SF_SECURITY_TOKEN", double.security_token)
-    return SfProject(root, double, Cli(cfg))
 
 
 @pytest.fixture
@@ -372,9 +377,7 @@ def test_merged_away_history_moves_to_the_survivor_so_the_merge_is_not_churn(org
     SalesforceDouble.seed(tmp_path / "sf.db", org.org)
     double = SalesforceDouble(tmp_path / "sf.db", metadata=ROOT / "salesforce")
     double.define("Account", "ARR__c", "currency")
-    for var, value in (("SF_USERNAME", double.username), ("SF_PASSWORD", double.password),
-                       ("SF_SECURITY_TOKEN", double.security_token)):
-        monkeypatch.setenv(var, value)
+    use_credentials(monkeypatch, double)
     cli = Cli(cfg)
 
     def stored(rid):

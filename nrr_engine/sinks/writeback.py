@@ -74,11 +74,12 @@ def _merged_write(org, obj: str, batches: list[FieldChanges], starts: list[int],
     Records are aligned by account index (each batch's `rows`, ascending) into one numpy column per field,
     and rows are made as the upload reads them: a million records cost a few arrays, not a million lists."""
     fields = [b.field for b in batches]
-    records = np.unique(np.concatenate([np.asarray(b.rows, dtype=np.int64) for b in batches]))
+    rows = [np.asarray(b.rows, dtype=np.int64) for b in batches]
+    records = np.unique(np.concatenate(rows))
     ids = np.empty(len(records), dtype=object)
     columns = []
-    for b in batches:
-        at = np.searchsorted(records, np.asarray(b.rows, dtype=np.int64))
+    for b, b_rows in zip(batches, rows):
+        at = np.searchsorted(records, b_rows)
         ids[at] = b.ids
         column = np.full(len(records), KEEP, dtype=object)
         column[at] = b.new
@@ -90,9 +91,9 @@ def _merged_write(org, obj: str, batches: list[FieldChanges], starts: list[int],
     for k, err in enumerate(job.errors):
         if err:
             r = order[k]
-            for b, start, column in zip(batches, starts, columns):
+            for b_rows, start, column in zip(rows, starts, columns):
                 if column[r] is not KEEP:
-                    failures[start + int(np.searchsorted(np.asarray(b.rows, dtype=np.int64), records[r]))] = err
+                    failures[start + int(np.searchsorted(b_rows, records[r]))] = err
     return failures
 
 

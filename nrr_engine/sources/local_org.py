@@ -178,7 +178,8 @@ class LocalOrg:
     def _start_side_load(self, obj: str, st: os.stat_result) -> None:
         if obj in self._pending:
             # a stopped run left this load going: keep it if the file is the same, else it must not write on
-            if (self._pending[obj][3].st_size, self._pending[obj][3].st_mtime_ns) == (st.st_size, st.st_mtime_ns):
+            started = self._pending[obj][3]
+            if (started.st_size, started.st_mtime_ns) == (st.st_size, st.st_mtime_ns):
                 return
             self._drop_side_load(obj)
         side = self.path.with_name(f"{self.path.name}.load-{obj}")

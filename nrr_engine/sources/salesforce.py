@@ -605,10 +605,9 @@ class SalesforceOrg(LocalOrg):
         """The JSON of a Collections request, each value typed as describe says: numbers as exact JSON numbers
         (the engine's Decimal text, never through float), checkboxes as booleans, the rest as strings."""
         spec = self.describe(obj)
-        types = {name: f["type"] for name, f in spec.fields.items()} if spec else {}
 
         def value(field: str, v) -> str:
-            kind = types.get(field.lower())
+            kind = (spec.get(field) or {}).get("type") if spec else None
             if v is None:
                 return "null"
             if kind in _NUMBER_TYPES and _NUMBER_TEXT.fullmatch(str(v)):
