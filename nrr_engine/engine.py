@@ -19,12 +19,15 @@ import numpy as np
 import structlog
 
 from . import money, months, pipeline, reconcile
+from .fetch import open_org
 from .config import Settings
 from .errors import DataError, ExitCode, Interrupted, Location, NrrError, SourceUnavailable
 from .ledger import Ledger
 from .metrics import arr as arr_mod
+from .metrics import snapshot
 from .model import INSERT
-from .pipeline import UPSERT, RunContext
+from .model import UPSERT
+from .pipeline import RunContext
 
 log = structlog.get_logger("nrr_engine")
 
@@ -50,7 +53,7 @@ class Engine:
         self.settings = settings
         self.clock = clock
         self.ledger = Ledger(settings.state)
-        self.org = pipeline.open_org(settings)
+        self.org = open_org(settings)
 
     def close(self) -> None:
         self.org.close()
@@ -170,7 +173,7 @@ class Engine:
                     n += 1
             fh.write('],\n "duplicates": %s,\n "flags": [],\n "snapshots": [' % json.dumps(plan.duplicates))
             for i, (key, values) in enumerate(plan.snapshots.rows()):
-                s = dict(zip(pipeline.SNAPSHOT_FIELDS, values))
+                s = dict(zip(snapshot.FIELDS, values))
                 fh.write(("," if i else "") + "\n  " + json.dumps(
                     {"external_id": key, "ending_arr": s["Ending_ARR__c"], "starting_arr": s["Starting_ARR__c"],
                      "nrr": s["NRR__c"], "grr": s["GRR__c"]}, sort_keys=True))
@@ -190,11 +193,7 @@ class Engine:
         p = months.parse(period) if period else cur - 1
         if p > cur:
             raise DataError(f"--period {period} is in the future (as of {ctx.as_of})")
-        inputs = pipeline.load_inputs(self.settings, self.org, self.ledger, ctx,
-                                      extra_fields=(by,) if by and by != "cohort" else ())
-        return pipeline.window_figures(self.settings, self.ledger, inputs.accounts, inputs.matrix, inputs.first,
-                                       inputs.views[v.name].tree, v.name, p, window, current_month=cur,
-                                       as_of_start=as_of_start, by=by)
+        return pipeline.report(self.settings, self.org, self.ledger, ctx, v.name, p, window, as_of_start, by)
 
     # ---- review queue ---------------------------------------------------------------------------
     def review_list(self, status: str | None = "pending", view: str | None = None) -> list[dict]:
@@ -258,6 +257,8 @@ class Engine:
                                    "started": self.clock().isoformat()})
             try:
                 result = reconcile.rollback(self.org, self.ledger, run["id"], ctx.run_id, self.settings.snapshot_prefix)
+                # the families the run recorded go too: reports and the next run see those recorded before it
+                result["membership"] = self.ledger.undo_membership(run["id"])
             except BaseException as exc:
                 self.ledger.finish_run(ctx.run_id, status="failed", ended=self.clock().isoformat(),
                                        error=f"{type(exc).__name__}: {exc}")

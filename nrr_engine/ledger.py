@@ -13,8 +13,7 @@ from pathlib import Path
 import sqlite_utils
 
 from .errors import Location, SourceUnavailable
-from .metrics.snapshot import UPSERT, SnapshotChanges
-from .model import FieldChanges
+from .model import UPSERT, FieldChanges, SnapshotChanges
 
 
 def _m1(db: sqlite_utils.Database) -> None:
@@ -57,8 +56,19 @@ def _m2(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX review_status ON review (status)")
 
 
+def _m3(db: sqlite_utils.Database) -> None:
+    # Findings carry a severity and an outcome (found / not_evaluated). Every membership segment a run inserts,
+    # deletes or closes is logged, so `rollback` restores the families as they were recorded before the run.
+    db.execute("ALTER TABLE findings ADD COLUMN severity TEXT")
+    db.execute("ALTER TABLE findings ADD COLUMN outcome TEXT")
+    db.execute("CREATE TABLE membership_log (run_id TEXT NOT NULL, op TEXT NOT NULL, view TEXT NOT NULL, "
+               "account_id TEXT NOT NULL, start_month TEXT NOT NULL, end_month TEXT, root_id TEXT NOT NULL)")
+    db.execute("CREATE INDEX membership_log_run ON membership_log (run_id)")
+
+
 MIGRATIONS = [(1, "runs, changes, findings, arr_history, membership, snapshots", _m1),
-              (2, "review queue", _m2)]
+              (2, "review queue", _m2),
+              (3, "finding severity and outcome; membership log", _m3)]
 
 REVIEW_STATUSES = ("pending", "approved", "rejected", "applied", "expired", "blocked")
 
@@ -76,7 +86,6 @@ class Ledger:
             raise SourceUnavailable(f"cannot open the state store: {exc}", Location(str(path))) from None
         self.path = path
         self.db = sqlite_utils.Database(conn)
-        self._membership_cache: dict[tuple[str, str], dict[str, str]] = {}
         self.migrate()
 
     def migrate(self) -> list[int]:
@@ -232,7 +241,7 @@ class Ledger:
 
     def record_findings(self, run_id: str, findings: Iterable) -> None:
         self.db["findings"].insert_all(({"run_id": run_id, **{**f.as_dict(), "records": json.dumps(f.as_dict()["records"])}}
-                                        for f in findings), batch_size=500)
+                                        for f in findings), batch_size=500, alter=True)
 
     def findings(self, run_id: str) -> list[dict]:
         return list(self.db["findings"].rows_where("run_id = ?", [run_id]))
@@ -256,35 +265,31 @@ class Ledger:
             conn.execute("ROLLBACK")
             raise
 
-    # ---- membership -----------------------------------------------------------------------------
-    def stage_membership(self, view: str, pairs: Iterable[tuple[str, str]]) -> int:
-        """Load this run's (account, root) pairs into a temp table; return how many differ from the record.
+    # ---- membership ----------------------------------------------------------------------------
+    def membership_segments(self, view: str) -> Iterator[tuple[str, str, str | None, str]]:
+        """Every recorded (account, start month, end month or None, root) of a view, streamed."""
+        cur = self.db.conn.execute("SELECT account_id, start_month, end_month, root_id FROM membership WHERE view = ?",
+                                   [view])
+        while rows := cur.fetchmany(50_000):
+            yield from rows
 
-        Nothing is persisted until commit_membership; comparing in SQL keeps a million pairs out of Python dicts."""
-        self._membership_cache.clear()
-        conn = self.db.conn
-        table = f"temp.stage_membership_{_ident(view)}"
-        conn.execute(f"DROP TABLE IF EXISTS {table}")
-        conn.execute(f"CREATE TABLE {table} (account_id TEXT PRIMARY KEY, root_id TEXT NOT NULL) WITHOUT ROWID")
-        with conn:
-            conn.executemany(f"INSERT INTO {table} VALUES (?, ?)", pairs)
-        return conn.execute(self._changed_membership_sql(view, "count(*)"), [view]).fetchone()[0]
-
-    @staticmethod
-    def _changed_membership_sql(view: str, what: str) -> str:
-        return (f"SELECT {what} FROM temp.stage_membership_{_ident(view)} s LEFT JOIN membership m "
-                "ON m.view = ? AND m.account_id = s.account_id AND m.end_month IS NULL "
-                "WHERE m.root_id IS NULL OR m.root_id != s.root_id")
-
-    def commit_membership(self, view: str, month: str, prev_month: str) -> int:
-        """Persist the staged membership for `month`: close changed open segments, open new ones."""
-        self._membership_cache.clear()
+    def commit_membership(self, run_id: str, view: str, month: str, prev_month: str,
+                          changed: Iterable[tuple[str, str]]) -> int:
+        """Record the families a run saw in `month` for the accounts whose family changed ((account, root)
+        pairs): an open segment that began this month is replaced, an older one ends last month. Every
+        segment inserted, deleted or closed is logged under the run, so `undo_membership` can restore it."""
         conn = self.db.conn
         conn.execute("BEGIN")
         try:
-            conn.execute(f"CREATE TEMP TABLE changed_membership AS "
-                         f"{self._changed_membership_sql(view, 's.account_id, s.root_id')}", [view])
-            # an open segment that began this month is replaced; an older one ends last month
+            conn.execute("DROP TABLE IF EXISTS temp.changed_membership")
+            conn.execute("CREATE TEMP TABLE changed_membership (account_id TEXT PRIMARY KEY, root_id TEXT NOT NULL) "
+                         "WITHOUT ROWID")
+            conn.executemany("INSERT INTO temp.changed_membership VALUES (?, ?)", changed)
+            log = ("INSERT INTO membership_log (run_id, op, view, account_id, start_month, end_month, root_id) "
+                   f"SELECT {_literal(run_id)}, ?, view, account_id, start_month, end_month, root_id FROM membership "
+                   "WHERE view = ? AND end_month IS NULL AND account_id IN (SELECT account_id FROM temp.changed_membership) ")
+            conn.execute(log + "AND start_month >= ?", ["deleted", view, month])
+            conn.execute(log + "AND start_month < ?", ["closed", view, month])
             conn.execute("DELETE FROM membership WHERE view = ? AND end_month IS NULL AND start_month >= ? "
                          "AND account_id IN (SELECT account_id FROM temp.changed_membership)", [view, month])
             conn.execute("UPDATE membership SET end_month = ? WHERE view = ? AND end_month IS NULL "
@@ -292,6 +297,9 @@ class Ledger:
             n = conn.execute("INSERT INTO membership (view, account_id, start_month, end_month, root_id) "
                              "SELECT ?, account_id, ?, NULL, root_id FROM temp.changed_membership",
                              [view, month]).rowcount
+            conn.execute("INSERT INTO membership_log (run_id, op, view, account_id, start_month, end_month, root_id) "
+                         "SELECT ?, 'inserted', ?, account_id, ?, NULL, root_id FROM temp.changed_membership",
+                         [run_id, view, month])
             conn.execute("DROP TABLE temp.changed_membership")
             conn.execute("COMMIT")
         except BaseException:
@@ -299,37 +307,54 @@ class Ledger:
             raise
         return n
 
-    def membership_overrides(self, view: str, month: str) -> dict[str, str]:
-        """account -> root recorded for `month`, only where it differs from the staged (current) root.
-
-        An account first recorded after `month` keeps its earliest recorded root. Done in SQL, so a run asks
-        for a handful of differences instead of a million pairs. Cached until membership is next recorded."""
-        key = (view, month)
-        if key not in self._membership_cache:
-            stage = f"temp.stage_membership_{_ident(view)}"
-            sql = (f"SELECT s.account_id, coalesce(cov.root_id, early.root_id) AS root FROM {stage} s "
-                   "LEFT JOIN membership cov ON cov.view = ?1 AND cov.account_id = s.account_id "
-                   "AND cov.start_month <= ?2 AND (cov.end_month IS NULL OR cov.end_month >= ?2) "
-                   "LEFT JOIN membership early ON cov.root_id IS NULL AND early.view = ?1 "
-                   "AND early.account_id = s.account_id AND early.start_month = (SELECT min(start_month) "
-                   "FROM membership WHERE view = ?1 AND account_id = s.account_id) "
-                   "WHERE root IS NOT NULL AND root != s.root_id")
-            self._membership_cache[key] = dict(self.db.conn.execute(sql, [view, month]))
-        return self._membership_cache[key]
+    def undo_membership(self, run_id: str) -> dict[str, int]:
+        """Restore the membership a run replaced: its inserted segments go, the ones it deleted come back and the
+        ones it closed are open again. An account whose segment a later run replaced is left alone (counted)."""
+        conn = self.db.conn
+        conn.execute("BEGIN")
+        try:
+            conn.execute("DROP TABLE IF EXISTS temp.undo_membership")
+            # accounts whose open segment is still the one this run inserted
+            conn.execute("CREATE TEMP TABLE undo_membership AS SELECT l.view, l.account_id FROM membership_log l "
+                         "JOIN membership m ON m.view = l.view AND m.account_id = l.account_id "
+                         "AND m.start_month = l.start_month AND m.end_month IS NULL AND m.root_id = l.root_id "
+                         "WHERE l.run_id = ? AND l.op = 'inserted'", [run_id])
+            total = conn.execute("SELECT count(*) FROM membership_log WHERE run_id = ? AND op = 'inserted'",
+                                 [run_id]).fetchone()[0]
+            mine = "(view, account_id) IN (SELECT view, account_id FROM temp.undo_membership)"
+            conn.execute(f"DELETE FROM membership WHERE end_month IS NULL AND {mine} AND (view, account_id, start_month) "
+                         "IN (SELECT view, account_id, start_month FROM membership_log WHERE run_id = ? AND op = 'inserted')",
+                         [run_id])
+            conn.execute(f"UPDATE membership SET end_month = NULL WHERE {mine} AND (view, account_id, start_month) IN "
+                         "(SELECT view, account_id, start_month FROM membership_log WHERE run_id = ? AND op = 'closed')",
+                         [run_id])
+            conn.execute(f"INSERT OR REPLACE INTO membership (view, account_id, start_month, end_month, root_id) "
+                         f"SELECT view, account_id, start_month, end_month, root_id FROM membership_log "
+                         f"WHERE run_id = ? AND op = 'deleted' AND {mine}", [run_id])
+            restored = conn.execute("SELECT count(*) FROM temp.undo_membership").fetchone()[0]
+            conn.execute("DROP TABLE temp.undo_membership")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return {"restored": restored, "replaced_since": total - restored}
 
     def latest_membership_month(self, view: str) -> str | None:
         return self.db.execute("SELECT max(start_month) FROM membership WHERE view = ?", [view]).fetchone()[0]
 
     # ---- snapshots ------------------------------------------------------------------------------
-    def upsert_snapshots(self, run_id: str, keys: Sequence[str], data: Sequence[str]) -> None:
-        """Latest value of each KPI snapshot (external id <view>:<root>:<YYYY-MM>) as JSON, with its run."""
+    def upsert_snapshots(self, run_id: str, keys: Sequence[str], data: Sequence[str | None]) -> None:
+        """Latest value of each KPI snapshot (external id <view>:<root>:<YYYY-MM>) as JSON, with its run;
+        a key whose data is None is a snapshot the run deleted (its family no longer exists)."""
         conn = self.db.conn
         conn.execute("BEGIN")
         try:
+            conn.executemany("DELETE FROM snapshots WHERE external_id = ?", ((k,) for k, d in zip(keys, data) if d is None))
+            pairs = [(k, d) for k, d in zip(keys, data) if d is not None]
             conn.executemany(f"INSERT OR REPLACE INTO snapshots (external_id, view, root_id, month, data, run_id) "
                              f"VALUES (?1, substr(?1, 1, instr(?1, ':') - 1), "
                              f"substr(?1, instr(?1, ':') + 1, length(?1) - instr(?1, ':') - 8), substr(?1, -7), ?2, "
-                             f"{_literal(run_id)})", zip(keys, data))
+                             f"{_literal(run_id)})", pairs)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -338,7 +363,8 @@ class Ledger:
     # ---- review queue ---------------------------------------------------------------------------
     def sync_review(self, run_id: str, view: str, items: Sequence[dict]) -> dict[str, int]:
         """Record this run's proposals for review: new ones pending, known ones refreshed; pending ones
-        the run no longer proposes expire. Decided rows (approved, rejected, applied) keep their status."""
+        the run no longer proposes expire (saying so in `note`). Approved and rejected rows keep their status; an
+        applied one proposed again (its link has left the org) is pending again, with the reason in `note`."""
         conn = self.db.conn
         conn.execute("BEGIN")
         try:
@@ -348,20 +374,29 @@ class Ledger:
                 "evidence, reason, status, first_run, last_run) VALUES (?,?,?,?,?,?,?,?,?,?,'pending',?,?) "
                 "ON CONFLICT (view, child_id, parent_ref) DO UPDATE SET confidence = excluded.confidence, "
                 "evidence = excluded.evidence, reason = excluded.reason, rule = excluded.rule, members = excluded.members, "
-                "last_run = excluded.last_run, status = CASE WHEN status = 'expired' THEN 'pending' ELSE status END",
+                "last_run = excluded.last_run, "
+                # an applied link proposed again is no longer in the org: it comes back to review, saying why
+                "note = CASE WHEN status = 'applied' THEN 'proposed again by run ' || excluded.last_run || "
+                "': the link applied by run ' || coalesce(applied_run, '?') || ' is no longer in the org' "
+                "WHEN status = 'expired' THEN NULL ELSE note END, "
+                "status = CASE WHEN status IN ('expired', 'applied') THEN 'pending' ELSE status END",
                 ((view, it["child_id"], it["parent_ref"], it.get("parent_id"), it.get("placeholder_name"),
                   json.dumps(it.get("members")) if it.get("members") else None, it["rule"], it["confidence"],
                   json.dumps(it.get("evidence") or {}, sort_keys=True), it.get("reason"), run_id, run_id)
                  for it in items))
             new = conn.execute("SELECT count(*) FROM review WHERE view = ?", (view,)).fetchone()[0] - before
             # every row this run proposed carries last_run = run_id; older pending rows are no longer proposed
-            expired = conn.execute("UPDATE review SET status = 'expired' WHERE view = ? AND status = 'pending' "
-                                   "AND last_run != ?", (view, run_id)).rowcount
+            expired = conn.execute("UPDATE review SET status = 'expired', note = 'not proposed by run ' || ? || "
+                                   "' (the child has a parent now, or no rule proposes this link any more)' "
+                                   "WHERE view = ? AND status = 'pending' AND last_run != ?",
+                                   (run_id, view, run_id)).rowcount
+            reopened = conn.execute("SELECT count(*) FROM review WHERE view = ? AND note LIKE "
+                                    "'proposed again by run ' || ? || ':%'", (view, run_id)).fetchone()[0]
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return {"new": new, "expired": expired}
+        return {"new": new, "expired": expired, "reopened": reopened}
 
     def review_items(self, status: str | None = None, view: str | None = None, ids: Sequence[int] = ()) -> list[dict]:
         where, args = [], []

@@ -1,25 +1,70 @@
 """Plain data passed between stages: accounts, findings, planned changes."""
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 
 INSERT = "__insert__"   # the `field` of a change that creates a record (new = the record as JSON)
+UPSERT = "(upsert)"     # the `field` of a change upserted by external id (new = the record as JSON, None = delete)
+
+
+class Severity(enum.IntEnum):
+    """How much a finding matters; `validate` and the summary sort by it."""
+
+    INFO = 10
+    WARNING = 20
+    ERROR = 30
+
+
+class Outcome(str, enum.Enum):
+    """What a check found: a problem, or nothing it could say (inputs missing): never read as "fine"."""
+
+    FOUND = "found"
+    NOT_EVALUATED = "not_evaluated"
+
+
+# Every kind of finding the engine reports, with its severity (a blocked link names its guard after the
+# prefix). Kinds are data: the summary, the ledger and `runs show` carry them as they are.
+FINDING_KINDS: dict[str, Severity] = {
+    "arr_not_a_number": Severity.ERROR, "negative_arr": Severity.ERROR, "bad_date": Severity.ERROR,
+    "orphan_subscription": Severity.WARNING, "ends_before_start": Severity.ERROR,
+    "cycle": Severity.ERROR, "self_parent": Severity.ERROR, "dangling_parent": Severity.WARNING,
+    "too_deep": Severity.WARNING, "duplicate": Severity.INFO, "locked": Severity.INFO,
+    "mapping_unresolved": Severity.WARNING, "merged_accounts": Severity.INFO, "as_of_in_past": Severity.WARNING,
+    "rule_not_evaluated": Severity.WARNING, "link_blocked": Severity.INFO, "reload_conflict": Severity.WARNING,
+    "review_reopened": Severity.INFO,
+}
+
+
+def severity_of(kind: str) -> Severity:
+    base = "link_blocked" if kind.startswith("link_blocked") else kind
+    if base not in FINDING_KINDS:
+        raise ValueError(f"unknown finding kind {kind!r}; add it to model.FINDING_KINDS")
+    return FINDING_KINDS[base]
 
 
 @dataclass(frozen=True)
 class Finding:
-    """A data-quality problem reported in the run summary (not fatal)."""
+    """A data-quality problem reported in the run summary (not fatal), or a check that could not run."""
 
     kind: str
     message: str
     records: tuple[str, ...] = ()
+    outcome: Outcome = Outcome.FOUND
+
+    def __post_init__(self):
+        severity_of(self.kind)  # a misspelt kind fails where it is made, not in a report
+
+    @property
+    def severity(self) -> Severity:
+        return severity_of(self.kind)
 
     def as_dict(self) -> dict:
-        return {"kind": self.kind, "message": self.message, "records": list(self.records[:20]),
-                "record_count": len(self.records)}
+        return {"kind": self.kind, "severity": self.severity.name.lower(), "outcome": self.outcome.value,
+                "message": self.message, "records": list(self.records[:20]), "record_count": len(self.records)}
 
 
 @dataclass
@@ -125,3 +170,30 @@ class FieldNeed:
     create: bool = False              # the run creates records that set it
     external_id: bool = False         # upserts match on it
     optional: bool = False            # absent is fine (the run skips what needs it)
+
+
+@dataclass
+class SnapshotChanges:
+    """KPI snapshot records to upsert (new JSON) or delete (new None), as the ledger stores them."""
+
+    object: str
+    rule: str = "snapshot"
+    keys: list[str] = field(default_factory=list)
+    ids: list[str | None] = field(default_factory=list)
+    old: list[str | None] = field(default_factory=list)
+    new: list[str | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __iter__(self) -> Iterator[Change]:
+        obj = self.object
+        for key, rid, old, new in zip(self.keys, self.ids, self.old, self.new):
+            yield Change(obj, rid, UPSERT, old, new, self.rule, key=key)
+
+    def upserts(self) -> list[str]:
+        return [n for n in self.new if n is not None]
+
+    def deletes(self) -> list[tuple[int, str]]:
+        """(position, record Id) of the records to delete (snapshots of families that no longer exist)."""
+        return [(i, rid) for i, (rid, n) in enumerate(zip(self.ids, self.new)) if n is None]

@@ -11,8 +11,8 @@ from itertools import islice
 
 from .ledger import Ledger
 from .metrics import snapshot
-from .metrics.snapshot import FIELDS as SNAPSHOT_FIELDS, KEY as SNAPSHOT_KEY, UPSERT, SnapshotChanges
-from .model import INSERT, FieldChanges
+from .metrics.snapshot import FIELDS as SNAPSHOT_FIELDS, KEY as SNAPSHOT_KEY
+from .model import INSERT, UPSERT, FieldChanges, SnapshotChanges
 from .sources import LocalOrg
 
 _CHUNK = 50_000
@@ -70,7 +70,7 @@ def recover(org: LocalOrg, ledger: Ledger) -> list[str]:
         for obj, field in ledger.change_groups(run_id, open_statuses):
             changes = ledger.iter_changes(run_id, obj, field, open_statuses)
             if field == UPSERT:
-                statuses = ((seq, "applied" if _matches(row, new) else "not_applied", None, row[0] if row else None)
+                statuses = ((seq, _upsert_settled(row, new), None, row[0] if row else None)
                             for (seq, _, _, _, new), row in _joined(changes, _snapshots_by_key(org, obj)))
             elif field == INSERT:
                 rows = list(changes)
@@ -86,6 +86,13 @@ def recover(org: LocalOrg, ledger: Ledger) -> list[str]:
         ledger.finish_run(run_id, status="interrupted", error="the process stopped before the run finished")
         settled.append(run_id)
     return settled
+
+
+def _upsert_settled(row: tuple | None, new: str | None) -> str:
+    """An upsert is applied when the org holds its record; a delete (new None) when the org holds none."""
+    if new is None:
+        return "applied" if row is None else "not_applied"
+    return "applied" if _matches(row, new) else "not_applied"
 
 
 def _settled(now: str | None, old: str | None, new: str | None) -> str:
@@ -115,6 +122,15 @@ def rollback(org: LocalOrg, ledger: Ledger, run_id: str, rollback_id: str, snaps
                 undo = SnapshotChanges(obj, rule=f"rollback:{run_id}")
                 gone: list[str] = []
                 for (_, _, key, old, new), row in _joined(changes, _snapshots_by_key(org, obj)):
+                    if new is None:  # the run deleted this snapshot: put it back, unless a record of the key is there
+                        if row is not None:
+                            conflict(obj, row[0], UPSERT, None, json.dumps(row[2:]))
+                            continue
+                        undo.keys.append(key)
+                        undo.ids.append(None)
+                        undo.old.append(None)
+                        undo.new.append(old)
+                        continue
                     if not _matches(row, new):
                         conflict(obj, row[0] if row else key, UPSERT, new, json.dumps(row[2:]) if row else None)
                         continue

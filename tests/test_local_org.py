@@ -8,7 +8,8 @@ import pytest
 
 from conftest import read_csv, write_csv
 from nrr_engine.errors import DataError
-from nrr_engine.sources.local_org import LocalOrg, id18, sf_id
+from nrr_engine.ids import id18, sf_id
+from nrr_engine.sources.local_org import LocalOrg
 
 AS_OF = ("--as-of", "2026-11-15")
 
@@ -52,9 +53,13 @@ def test_reload_picks_up_csv_edits_and_keeps_engine_fields(small, cli):
     run_id = cli("run", *AS_OF).stdout.split()[1]
     rows = dict(_working_copy(small).execute("SELECT Id, Hierarchy_ARR__c FROM Account").fetchall())
     assert rows["001ACM"] == "100000.00" and rows["001AUS"] == "50000.00"
-    changed = {(c["record_id"], c["field"]) for c in cli.json("runs", "show", run_id)["changes"]}
+    shown = cli.json("runs", "show", run_id)["changes"]
+    changed = {(c["record_id"], c["field"]) for c in shown if c["field"] != "(upsert)"}
     assert changed == {("001ACM", "Hierarchy_ARR__c"), ("001ACM", "Child_Count__c"),
                        ("001AUS", "Ultimate_Parent__c"), ("001AUS", "Hierarchy_Depth__c")}
+    # the same run's October snapshots describe the families it sees: Acme without Acme US, and Acme US alone
+    assert {c["external_id"] for c in shown if c["field"] == "(upsert)"} == {"legal:001ACM:2026-10",
+                                                                             "legal:001AUS:2026-10"}
     ids = dict(_working_copy(small).execute("SELECT Id, Ultimate_Parent__c FROM Account").fetchall())
     assert ids["001AUS"] == "001AUS"
 

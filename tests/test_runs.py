@@ -11,6 +11,7 @@ from nrr_engine import config as config_mod
 from nrr_engine.engine import Engine
 from nrr_engine.errors import Interrupted, SourceUnavailable
 from nrr_engine import pipeline
+from nrr_engine.sinks.local import write_changes
 
 AS_OF = dt.date(2026, 11, 15)
 CLOCK = lambda: dt.datetime(2026, 11, 15, 2, 0, tzinfo=dt.timezone.utc)  # noqa: E731
@@ -174,7 +175,7 @@ def test_migrations_are_recorded(family, cli):
     """The state store records each schema migration once."""
     cli("run", "--as-of", "2026-11-15")
     db = sqlite3.connect(family.root / "state" / "nrr.db")
-    assert db.execute("SELECT id FROM migrations").fetchall() == [(1,), (2,)]
+    assert db.execute("SELECT id FROM migrations").fetchall() == [(1,), (2,), (3,)]
 
 
 def test_crash_between_ledger_commit_and_org_commit_is_recovered(family, tmp_path):
@@ -219,7 +220,7 @@ def test_crash_after_all_writes_before_settling_is_recovered(family, tmp_path):
         plan = _started_plan(e, family)
         e.ledger.record_changes(plan.ctx.run_id, plan.batches(), "pending")
         with e.org.transaction():
-            pipeline.write_changes(e.org, plan, config_mod.load(family.config))
+            write_changes(e.org, plan, config_mod.load(family.config).snapshot_prefix)
         total, crashed = plan.change_count(), plan.ctx.run_id            # ... and then the process dies
     with engine(family) as e:
         assert e.execute(as_of=AS_OF).summary["changes"] == {"planned": 0}

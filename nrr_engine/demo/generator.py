@@ -12,7 +12,7 @@ import random
 from pathlib import Path
 
 from .. import months
-from ..sources.local_org import sf_id
+from ..ids import sf_id
 
 DEMO_AS_OF = dt.date(2026, 11, 15)
 

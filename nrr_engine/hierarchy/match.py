@@ -16,7 +16,7 @@ from rapidfuzz import fuzz, process
 
 from .. import money
 from ..rules.model import MatchRule
-from ..sources.local_org import id18
+from ..ids import id18
 from . import normalise
 
 FUZZY_WINDOW = 8  # neighbours on each side of a child's name in the sorted candidate names

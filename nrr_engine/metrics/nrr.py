@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import money
+from .. import money, months
+from ..errors import DataError
 
 
 @dataclass(frozen=True)
@@ -108,3 +109,42 @@ def movements(t: FamilyTable, mask: np.ndarray | None = None) -> Movement:
         reactivation=int(f1[new & t.had_before].sum()),
         families=int(cohort.sum()),
     )
+
+
+def window_figures(ids: list[str], column, matrix: np.ndarray, first: int, labels_at, view: str, period: int,
+                   window: int, as_of_start: bool = False, by: str | None = None) -> dict:
+    """Family and naive movements of window period-window -> period, plus segments by a root field or cohort.
+
+    `labels_at(month)` gives every account's family in a month; `column(name)` an account field."""
+    m0, m1 = period - window, period
+    if m0 < first or m1 - first >= matrix.shape[1]:
+        raise DataError(f"no ARR history for {months.fmt(m0)}..{months.fmt(m1)} (history covers "
+                        f"{months.fmt(first)}..{months.fmt(first + matrix.shape[1] - 1)}); import history with "
+                        "`nrr-engine history import` or pick a later period")
+    a0, a1 = matrix[:, m0 - first], matrix[:, m1 - first]
+    prior = (matrix[:, : m0 - first] > 0).any(axis=1)
+    fam1, fam0 = labels_at(m1), labels_at(m0)
+    table = family_table(a0, a1, prior, fam0 if as_of_start else fam1, fam0 != fam1)
+    naive_table = family_table(a0, a1, prior, np.arange(len(a0)), None)
+    out = {"view": view, "period": months.fmt(period), "window": window, "family": movements(table),
+           "naive": movements(naive_table), "segments": []}
+    if by:
+        out["segments"] = segment_figures(table, column, by, matrix, first)
+    return out
+
+
+def segment_figures(table: FamilyTable, column, by: str, matrix: np.ndarray, first: int) -> list[dict]:
+    """Movements per value of a root account field, or per cohort (first month the family had ARR)."""
+    if by == "cohort":
+        has = matrix > 0
+        start = np.where(has.any(axis=1), has.argmax(axis=1), matrix.shape[1])
+        fam_start = np.full(len(table.labels), matrix.shape[1], dtype=np.int64)
+        np.minimum.at(fam_start, table.inv, start)
+        values = np.array([months.fmt(first + int(s)) if s < matrix.shape[1] else "(none)" for s in fam_start.tolist()],
+                          dtype=object)
+    else:
+        col = column(by)
+        values = np.array([(col[lab] if lab >= 0 else None) or "(blank)" for lab in table.labels.tolist()],
+                          dtype=object)
+    return [{"by": by, "value": value, "family": movements(table, values == value)}
+            for value in sorted(set(values.tolist()))]

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import money, months
-from ..model import Change
+from ..model import UPSERT, SnapshotChanges
+from .nrr import family_table
 
 KEY = "External_Id__c"
 FIELDS = ("View__c", "Family_Root__c", "Month__c", "Starting_ARR__c", "Ending_ARR__c", "Expansion_ARR__c",
           "Contraction_ARR__c", "Churn_ARR__c", "NRR__c", "GRR__c", "Account_Count__c")
-UPSERT = "(upsert)"
+__all__ = ["KEY", "FIELDS", "UPSERT", "SnapshotSet", "SnapshotChanges", "ExistingSnapshots", "diff", "month_snapshots"]
 
 
 @dataclass
@@ -80,41 +81,86 @@ def _js(value: str | None) -> str:
 
 
 same = money.same
+SEP = "\x1f"  # joins a stored record's values into one string (a third of the memory of a tuple of strings)
 
 
-@dataclass
-class SnapshotChanges:
-    """The snapshots to upsert, as the ledger stores them: existing Id, old and new record as JSON."""
+@dataclass(frozen=True)
+class ExistingSnapshots:
+    """The org's snapshot records of one month, in external-id order: Id, key, values joined by SEP."""
 
-    object: str
-    rule: str = "snapshot"
-    keys: list[str] = field(default_factory=list)
-    ids: list[str | None] = field(default_factory=list)
-    old: list[str | None] = field(default_factory=list)
-    new: list[str] = field(default_factory=list)
+    month: int | None = None
+    keys: tuple[str, ...] = ()
+    ids: tuple[str, ...] = ()
+    values: tuple[str, ...] = ()
 
-    def __len__(self) -> int:
-        return len(self.keys)
+    @staticmethod
+    def from_rows(month: int, rows) -> "ExistingSnapshots":
+        """(Id, key, *FIELDS) rows, ordered by key."""
+        keys, ids, values = [], [], []
+        for row in rows:
+            ids.append(row[0])
+            keys.append(row[1] or "")
+            values.append(SEP.join("" if v is None else str(v) for v in row[2:]))
+        return ExistingSnapshots(month, tuple(keys), tuple(ids), tuple(values))
 
-    def __iter__(self) -> Iterator[Change]:
-        obj = self.object
-        for key, rid, old, new in zip(self.keys, self.ids, self.old, self.new):
-            yield Change(obj, rid, UPSERT, old, new, self.rule, key=key)
+    def record(self, i: int) -> tuple[str | None, ...]:
+        return tuple(v or None for v in self.values[i].split(SEP))
 
 
+def _same_values(stored: str, values: tuple) -> bool:
+    if stored == SEP.join("" if v is None else v for v in values):
+        return True
+    return all(same(o or None, v) for o, v in zip(stored.split(SEP), values))
 
-def diff(snapshots: SnapshotSet, existing: Iterator[tuple], obj: str) -> SnapshotChanges:
-    """Merge-join with existing records ((Id, key, *FIELDS) rows, in key order); keep new and changed ones."""
+
+def diff(snapshots: SnapshotSet, existing: ExistingSnapshots, obj: str) -> SnapshotChanges:
+    """Merge-join with the existing records of the month: new and changed snapshots are upserted; a record of
+    a view this set covers whose family no longer exists (absorbed into another) is deleted, so the month's
+    records sum to the month's total."""
     out = SnapshotChanges(obj)
-    old = next(existing, None)
+    covered = {f"{v}:" for v in set(snapshots.views)}
+    keys, n, k = existing.keys, len(existing.keys), 0
+
+    def drop_until(key: str | None) -> None:
+        nonlocal k
+        while k < n and (key is None or keys[k] < key):
+            if keys[k][:keys[k].find(":") + 1] in covered:
+                out.keys.append(keys[k])
+                out.ids.append(existing.ids[k])
+                out.old.append(to_json(keys[k], existing.record(k)))
+                out.new.append(None)
+            k += 1
+
     for key, values in snapshots.rows():
-        while old is not None and (old[1] or "") < key:
-            old = next(existing, None)
-        match = old if old is not None and old[1] == key else None
-        if match is not None and (match[2:] == values or all(same(o, v) for o, v in zip(match[2:], values))):
-            continue
+        drop_until(key)
+        match = k if k < n and keys[k] == key else None
+        if match is not None:
+            k += 1
+            if _same_values(existing.values[match], values):
+                continue
         out.keys.append(key)
-        out.ids.append(match[0] if match else None)
-        out.old.append(to_json(key, tuple(match[2:])) if match else None)
+        out.ids.append(existing.ids[match] if match is not None else None)
+        out.old.append(to_json(key, existing.record(match)) if match is not None else None)
         out.new.append(to_json(key, values))
+    drop_until(None)
     return out
+
+
+def month_snapshots(views: dict, accounts_ids: list[str], matrix: np.ndarray, first: int, period: int,
+                    labels_at) -> SnapshotSet:
+    """KPI snapshots of `period` (its monthly window) for every view: one row per family that exists.
+
+    `labels_at(view, month)` gives each account's family in a month."""
+    snaps = SnapshotSet(period)
+    m0, m1 = period - 1, period
+    if m0 < first:
+        return snaps
+    a0, a1 = matrix[:, m0 - first], matrix[:, m1 - first]
+    for vname in views:
+        fam = labels_at(vname, m1)
+        table = family_table(a0, a1, np.zeros(len(a0), dtype=bool), fam, None)
+        members = np.bincount(table.inv, minlength=len(table.labels))
+        rows = np.flatnonzero(((table.f0 > 0) | (table.f1 > 0)) & (table.labels >= 0))
+        snaps.add(vname, [accounts_ids[k] for k in table.labels[rows].tolist()], table.f0[rows], table.f1[rows],
+                  members[rows])
+    return snaps

@@ -1,11 +1,15 @@
 """A local org: a folder of Data Loader CSVs (<SObject>.csv) loaded into a SQLite working copy.
 
-Reads and writes go to the working copy; a CSV edited since its last load is reloaded, keeping the
-columns the engine added (rollup fields) for records that still exist.
+Reads and writes go to the working copy. A CSV whose content changed since its last load is reloaded as a
+three-way merge per field: a value the engine wrote survives unless the CSV's value changed since the last
+load (then the CSV wins and the conflict is reported); columns the CSV lacks and records the engine created are
+kept. Touching or copying a file changes nothing.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import multiprocessing
 import os
 import re
@@ -19,28 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError, Location, SourceUnavailable
+from ..model import Finding
+from ..ids import counter as _decode, is_counter_id, sf_id
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
-KEY_PREFIXES = {"Account": "001", "Contact": "003", "Opportunity": "006", "Task": "00T", "User": "005",
-                "Case": "500", "Lead": "00Q"}
 _API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-_B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_SUFFIX = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
-_UPPER_BITS = {c: ord("1") if "A" <= chr(c) <= "Z" else ord("0") for c in range(128)}
 _BATCH = 20_000
-
-
-def sf_id(prefix: str, n: int) -> str:
-    """An 18-character Salesforce-style Id: 3-char key prefix, 12 base-62 digits, 3-char case checksum."""
-    body = ""
-    while n:
-        n, r = divmod(n, 62)
-        body = _B62[r] + body
-    id15 = prefix + body.rjust(12, "0")
-    if len(id15) != 15:
-        raise ValueError(f"Id counter too large for prefix {prefix}")
-    return id18(id15)
 
 
 def _side_load(folder: Path, side: Path, obj: str, conn) -> None:
@@ -65,20 +54,6 @@ def _remove(path: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def _decode(rid: str) -> int:
-    """The counter inside an Id made by sf_id."""
-    n = 0
-    for ch in rid[3:15]:
-        n = n * 62 + _B62.index(ch)
-    return n
-
-
-def id18(id15: str) -> str:
-    """The 18-character form of a 15-character Id: one checksum letter per 5 characters (upper-case bits)."""
-    flags = id15.translate(_UPPER_BITS)  # "1" for A-Z, "0" otherwise; bit i of a chunk is its i-th character
-    return id15 + "".join(_SUFFIX[int(flags[k:k + 5][::-1], 2)] for k in (0, 5, 10))
-
-
 @dataclass(frozen=True)
 class WriteResult:
     """Outcome of one record write: ok, or Salesforce-like error code and message."""
@@ -86,6 +61,14 @@ class WriteResult:
     id: str
     ok: bool
     error: str | None = None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _literal_path(field: str) -> str:
@@ -112,7 +95,17 @@ class LocalOrg:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("CREATE TABLE IF NOT EXISTS _nrr_files (object TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER)")
             self.db.execute("CREATE TABLE IF NOT EXISTS _nrr_sequences (prefix TEXT PRIMARY KEY, n INTEGER)")
+            # The three-way merge: the CSV header and content hash of each load; the CSV's value (the base) of
+            # every field the engine changed since; the records the engine created.
+            if "sha256" not in {r[1] for r in self.db.execute("PRAGMA table_info(_nrr_files)")}:
+                self.db.execute("ALTER TABLE _nrr_files ADD COLUMN sha256 TEXT")
+                self.db.execute("ALTER TABLE _nrr_files ADD COLUMN header TEXT")
+            self.db.execute("CREATE TABLE IF NOT EXISTS _nrr_base (object TEXT NOT NULL, id TEXT NOT NULL, "
+                            "field TEXT NOT NULL, value TEXT, PRIMARY KEY (object, id, field)) WITHOUT ROWID")
+            self.db.execute("CREATE TABLE IF NOT EXISTS _nrr_created (object TEXT NOT NULL, id TEXT NOT NULL, "
+                            "PRIMARY KEY (object, id)) WITHOUT ROWID")
             self._pending: dict[str, tuple] = {}
+            self._conflicts: list[Finding] = []
         except sqlite3.Error as exc:
             raise SourceUnavailable(f"cannot open the local org working copy: {exc}", Location(str(working_copy))) from None
 
@@ -165,9 +158,13 @@ class LocalOrg:
             if not path.exists():
                 continue
             st = path.stat()
-            row = self.db.execute("SELECT size, mtime_ns FROM _nrr_files WHERE object=?", (obj,)).fetchone()
-            if row == (st.st_size, st.st_mtime_ns) and obj in self._tables():
-                continue
+            row = self.db.execute("SELECT size, mtime_ns, sha256 FROM _nrr_files WHERE object=?", (obj,)).fetchone()
+            if row is not None and obj in self._tables():
+                if row[:2] == (st.st_size, st.st_mtime_ns):
+                    continue
+                if row[0] == st.st_size and row[2] and row[2] == _sha256(path):  # touched or copied: same content
+                    self.db.execute("UPDATE _nrr_files SET mtime_ns = ? WHERE object = ?", (st.st_mtime_ns, obj))
+                    continue
             if obj in background:
                 self._start_side_load(obj, st)
             else:
@@ -272,19 +269,84 @@ class LocalOrg:
         self.db.execute(f"CREATE TABLE {_q(tmp)} ({cols})")
 
     def _swap(self, obj: str, tmp: str, header: list[str], st: os.stat_result) -> None:
-        """Replace the object's table by the freshly loaded one, inside the caller's transaction."""
+        """Replace the object's table by the freshly loaded one, merged three ways with what the engine wrote,
+        inside the caller's transaction."""
         db = self.db
         if obj in self._tables():
-            # Keep engine-written columns the CSV does not carry (rollup fields), by Id.
-            keep = [c for c in self.columns(obj) if c.lower() not in {h.lower() for h in header}]
-            for c in keep:
-                db.execute(f"ALTER TABLE {_q(tmp)} ADD COLUMN {_q(c)} TEXT")
-            if keep:
-                sets = ", ".join(f"{_q(c)} = o.{_q(c)}" for c in keep)
-                db.execute(f"UPDATE {_q(tmp)} AS t SET {sets} FROM {_q(obj)} AS o WHERE o.Id = t.Id")
+            self._merge(obj, tmp, header)
             db.execute(f"DROP TABLE {_q(obj)}")
         db.execute(f"ALTER TABLE {_q(tmp)} RENAME TO {_q(obj)}")
-        db.execute("INSERT OR REPLACE INTO _nrr_files VALUES (?, ?, ?)", (obj, st.st_size, st.st_mtime_ns))
+        db.execute("INSERT OR REPLACE INTO _nrr_files (object, size, mtime_ns, sha256, header) VALUES (?, ?, ?, ?, ?)",
+                   (obj, st.st_size, st.st_mtime_ns, _sha256(self.folder / f"{obj}.csv"), json.dumps(header)))
+
+    def _merge(self, obj: str, tmp: str, header: list[str]) -> None:
+        """Carry the engine's writes into the fresh load `tmp` (the CSV as it is now, 'theirs').
+
+        Per field the engine changed since the last load (its CSV value kept in _nrr_base): theirs still equal
+        to that base -> the engine's value stays; theirs changed -> theirs wins and, where the engine's value
+        differs from it, a conflict is reported. Columns the CSV lacks (rollup fields) and records the engine
+        created are kept, by Id."""
+        db = self.db
+        lowered = {h.lower(): h for h in header}
+        keep = [c for c in self.columns(obj) if c.lower() not in lowered]
+        for c in keep:
+            db.execute(f"ALTER TABLE {_q(tmp)} ADD COLUMN {_q(c)} TEXT")
+        if keep:
+            sets = ", ".join(f"{_q(c)} = o.{_q(c)}" for c in keep)
+            db.execute(f"UPDATE {_q(tmp)} AS t SET {sets} FROM {_q(obj)} AS o WHERE o.Id = t.Id")
+        fields = [f for (f,) in db.execute("SELECT DISTINCT field FROM _nrr_base WHERE object = ?", (obj,))]
+        for f in fields:
+            col = lowered.get(f.lower())
+            if col is None:
+                continue  # the CSV no longer has the column: the engine's value is kept with the column above
+            base = "SELECT id, value FROM _nrr_base WHERE object = ? AND field = ?"
+            conflicts = [rid for (rid,) in db.execute(
+                f"SELECT t.Id FROM {_q(tmp)} t JOIN {_q(obj)} o ON o.Id = t.Id JOIN ({base}) b ON b.id = t.Id "
+                f"WHERE t.{_q(col)} IS NOT b.value AND o.{_q(col)} IS NOT t.{_q(col)} ORDER BY t.Id", (obj, f))]
+            if conflicts:
+                self._conflicts.append(Finding(
+                    "reload_conflict", f"{obj}.csv: {len(conflicts)} record(s) have a {col} the engine changed and the "
+                    "CSV changed too since its last load; the CSV's value is kept (the engine proposes again)",
+                    tuple(conflicts)))
+            # the CSV changed (theirs won) or the record left it: the CSV is the base again
+            db.execute(f"DELETE FROM _nrr_base WHERE object = ? AND field = ? AND id NOT IN (SELECT b.id FROM "
+                       f"({base}) b JOIN {_q(tmp)} t ON t.Id = b.id WHERE t.{_q(col)} IS b.value)", (obj, f, obj, f))
+            db.execute(f"UPDATE {_q(tmp)} AS t SET {_q(col)} = o.{_q(col)} FROM {_q(obj)} AS o, ({base}) AS b "
+                       f"WHERE o.Id = t.Id AND b.id = t.Id AND t.{_q(col)} IS b.value", (obj, f))
+        created = "SELECT id FROM _nrr_created WHERE object = ?"
+        if db.execute(created + " LIMIT 1", (obj,)).fetchone():
+            cols = [_q(c) for c in self.columns(obj) if c.lower() in lowered or c in keep]
+            db.execute(f"INSERT INTO {_q(tmp)} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM {_q(obj)} "
+                       f"WHERE Id IN ({created}) AND Id NOT IN (SELECT Id FROM {_q(tmp)})", (obj,))
+
+    def reload_findings(self) -> list[Finding]:
+        """Conflicts the three-way merge of the last reloads found (each reported once)."""
+        out, self._conflicts = self._conflicts, []
+        return out
+
+    def _csv_fields(self, obj: str, fields: Sequence[str]) -> list[str]:
+        """Those of `fields` that are columns of the object's CSV (the fields whose base a reload needs)."""
+        row = self.db.execute("SELECT header FROM _nrr_files WHERE object = ?", (obj,)).fetchone()
+        if row is None:
+            return []
+        if row[0] is None:  # a working copy made before headers were kept: read the file's header once
+            path = self.folder / f"{obj}.csv"
+            try:
+                with open(path, newline="", encoding="utf-8-sig") as fh:
+                    header = [h.strip() for h in next(csv.reader(fh), [])]
+            except (OSError, UnicodeDecodeError):
+                return []
+            self.db.execute("UPDATE _nrr_files SET header = ? WHERE object = ?", (json.dumps(header), obj))
+        else:
+            header = json.loads(row[0])
+        have = {h.lower() for h in header}
+        return [f for f in fields if f.lower() in have]
+
+    def _keep_base(self, obj: str, fields: Sequence[str], ids: Sequence[str]) -> None:
+        """Before the engine changes `fields` of `ids`: remember the CSV's value, unless already remembered."""
+        for f in self._csv_fields(obj, fields):
+            self.db.executemany(f"INSERT OR IGNORE INTO _nrr_base (object, id, field, value) "
+                                f"SELECT ?, Id, ?, {_q(f)} FROM {_q(obj)} WHERE Id = ?", ((obj, f, rid) for rid in ids))
 
     def _load_checked(self, path: Path, insert: str, header: list[str], id_col: int) -> None:
         """The careful load: check each row's width and encoding so an error names its line."""
@@ -360,13 +422,18 @@ class LocalOrg:
             self.finish_sync()
         return [r[1] for r in self.db.execute(f"PRAGMA table_info({_q(obj)})")]
 
-    def read(self, obj: str, fields: Sequence[str], order_by: str = "Id") -> Iterator[tuple]:
+    def read(self, obj: str, fields: Sequence[str], order_by: str = "Id",
+             like: tuple[str, str] | None = None) -> Iterator[tuple]:
+        """Stream rows of `fields` (missing columns read as None), ordered by Id (or `order_by`); with
+        `like` = (field, pattern) only the rows whose field matches the SQL LIKE pattern."""
         if obj in self._pending:
             self.finish_sync()
-        """Stream rows of `fields` (missing columns read as None), ordered by Id (or `order_by`)."""
         have = {c.lower() for c in self.columns(obj)}
         cols = ", ".join(_q(f) if f.lower() in have else "NULL" for f in fields)
-        cur = self.db.execute(f"SELECT {cols} FROM {_q(obj)} ORDER BY {_q(order_by)}")
+        where, args = "", []
+        if like is not None:
+            where, args = f" WHERE {_q(like[0])} LIKE ?", [like[1]]
+        cur = self.db.execute(f"SELECT {cols} FROM {_q(obj)}{where} ORDER BY {_q(order_by)}", args)
         while True:
             rows = cur.fetchmany(_BATCH)
             if not rows:
@@ -428,6 +495,7 @@ class LocalOrg:
             return []
         with self.transaction():
             self.ensure_fields(obj, fields)
+            self._keep_base(obj, fields, ids)
             sets = ", ".join(f"{_q(f)} = ?" for f in fields)
             cur = self.db.executemany(f"UPDATE {_q(obj)} SET {sets} WHERE Id = ?", zip(*columns, ids))
             if cur.rowcount == len(ids):
@@ -481,7 +549,7 @@ class LocalOrg:
             # base-62 digits sort like their values in byte order, so the largest Id holds the largest counter
             top = self.db.execute(f"SELECT max(Id) FROM {_q(obj)} WHERE Id >= ? AND Id < ?",
                                   (prefix, prefix + "\x7f")).fetchone()[0]
-            if top and len(top) >= 15 and all(c in _B62 for c in top[3:15]):
+            if is_counter_id(top):
                 n = max(n, _decode(top))
         out: list[str] = []
         while len(out) < count:
@@ -503,6 +571,8 @@ class LocalOrg:
                                     f"({', '.join('?' * len(cols))})", [r[c] for c in cols])
                 except sqlite3.IntegrityError:
                     failed.append((r["Id"], "DUPLICATE_VALUE: a record with this Id exists"))
+                else:
+                    self.db.execute("INSERT OR IGNORE INTO _nrr_created VALUES (?, ?)", (obj, r["Id"]))
             top = max((_decode(r["Id"]) for r in records), default=None)
             if top is not None:
                 prefix = records[0]["Id"][:3]
@@ -511,10 +581,15 @@ class LocalOrg:
         return failed
 
     def delete(self, obj: str, ids: Sequence[str]) -> list[WriteResult]:
-        """Delete records by Id (used by rollback of inserts); Ids already gone fail individually."""
+        """Delete records by Id (rollback of inserts, snapshots of absorbed families); Ids already gone fail
+        individually."""
+        if not ids:
+            return []
         with self.transaction():
-            existing = self.get(obj, ids, []) if ids else {}
-            self.db.executemany(f"DELETE FROM {_q(obj)} WHERE Id = ?", ((rid,) for rid in existing))
+            existing = self.get(obj, ids, [])
+            if existing:
+                self.db.executemany(f"DELETE FROM {_q(obj)} WHERE Id = ?", ((rid,) for rid in existing))
+            self.db.executemany("DELETE FROM _nrr_created WHERE object = ? AND id = ?", ((obj, rid) for rid in existing))
         return [WriteResult(rid, rid in existing, None if rid in existing else "ENTITY_IS_DELETED") for rid in ids]
 
     # ---- export --------------------------------------------------------------------------------

@@ -469,9 +469,9 @@ class SalesforceOrg(LocalOrg):
         if obj not in self._fetched and not super().has_table(obj):
             self.sync([obj])
 
-    def read(self, obj: str, fields: Sequence[str], order_by: str = "Id"):
+    def read(self, obj: str, fields: Sequence[str], order_by: str = "Id", like: tuple[str, str] | None = None):
         self._ensure_read(obj)
-        return super().read(obj, fields, order_by)
+        return super().read(obj, fields, order_by, like)
 
     def get(self, obj: str, ids: Sequence[str], fields: Sequence[str]) -> dict[str, tuple]:
         if not super().has_table(obj):

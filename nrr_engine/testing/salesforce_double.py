@@ -28,7 +28,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from ..sources.local_org import LocalOrg, sf_id
+from ..ids import sf_id
+from ..sources.local_org import LocalOrg
 
 HOST = "acme.my.salesforce.com"
 PREFIXES = {"Account": "001", "User": "005", "KPI_Snapshot__c": "a0K", "Subscription__c": "a0S"}
@@ -735,16 +736,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_cli(credentials: tuple[str, str, str], args: list[str]) -> int:
+    """Run the installed program's entry point (`python -m nrr_engine ARGS`) in this process, as any caller
+    would: the double depends on no module of the engine beyond the Id helpers."""
     import os
-
-    from ..cli import main as cli_main
+    import runpy
+    import sys
 
     os.environ.update(zip(("SF_USERNAME", "SF_PASSWORD", "SF_SECURITY_TOKEN"), credentials))
+    saved = sys.argv
+    sys.argv = ["nrr-engine", *args]
     try:
-        cli_main(args, standalone_mode=False)
+        runpy.run_module("nrr_engine", run_name="__main__", alter_sys=True)
         return 0
     except SystemExit as exc:
-        return int(exc.code or 0)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = saved
 
 
 if __name__ == "__main__":

@@ -1,0 +1,255 @@
+"""The fetch stage: every read a run makes, done once, before anything is computed.
+
+Org records (accounts, and ARR from subscriptions, an Account field or stored history), the stored ARR history
+and family membership, the review decisions, and the org's KPI snapshots of the month: all read here into a
+`State`, so the stages after it compute from data and none of them reads the ledger or the org.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+
+from . import months
+from . import rules as rules_mod
+from .config import Settings
+from .errors import ConfigError, DataError, Location
+from .hierarchy.membership import Membership
+from .hierarchy.repair import Decisions
+from .ledger import Ledger
+from .metrics import arr as arr_mod
+from .metrics import snapshot
+from .model import INSERT, Accounts, Change, FieldNeed, Finding, Outcome
+from .sources import LocalOrg
+from .state import State
+
+_NUMBER = ("double", "currency", "int", "percent", "long")
+_DATE = ("date", "datetime")
+
+
+def open_org(settings: Settings) -> LocalOrg:
+    if settings.salesforce is not None:
+        from .sources.salesforce import SalesforceOrg  # only a Salesforce source loads the client
+        return SalesforceOrg(settings.salesforce, settings.working_copy, settings.config_file)
+    return LocalOrg(settings.org_path, settings.working_copy)
+
+
+def require_columns(org: LocalOrg, obj: str, fields: list[str], what: str) -> None:
+    if not org.has_table(obj):
+        if org.remote:
+            raise ConfigError(f"{what}: object {obj} does not exist in the org (or the integration user cannot see it)",
+                              Location(org.where(obj)))
+        raise DataError(f"no {obj}.csv in the org folder; expected a Data Loader export of {obj}",
+                        Location(org.where(obj)))
+    for f in fields:
+        if f and not org.has_field(obj, f):
+            where = f"a field of {obj} in Salesforce" if org.remote else f"a column of {obj}.csv"
+            raise ConfigError(f"{what}: field {f} is not {where} (fields: {', '.join(org.columns(obj)[:12])})",
+                              Location(org.where(obj), None if org.remote else 1, field=f))
+
+
+def field_needs(settings: Settings, ruleset, extra_fields: tuple[str, ...] = ()) -> list[FieldNeed]:
+    """Every field the run reads or writes, with the types it accepts (checked against describe at start)."""
+    needs = [FieldNeed("Account", "Name", "accounts"), FieldNeed("Account", "ParentId", "views", optional=True)]
+    repaired = {r.view for r in ruleset.match}
+    for v in settings.views:
+        where = f"views[{v.name}]"
+        if v.parent_field:
+            needs.append(FieldNeed("Account", v.parent_field, f"{where}.parent_field", ("reference",),
+                                   write=v.name in repaired))
+        if v.by:
+            needs.append(FieldNeed("Account", v.by, f"{where}.by"))
+        types = {"ultimate_parent": ("reference", "string"), "depth": _NUMBER, "child_count": _NUMBER,
+                 "arr": ("currency", "double")}
+        for kind, fname in v.fields.items():
+            needs.append(FieldNeed("Account", fname, f"{where}.fields.{kind}", types.get(kind, ()), write=True))
+    a = settings.arr
+    if a.source == "account_field" and a.account_field:
+        needs.append(FieldNeed("Account", a.account_field, "arr.account_field", _NUMBER))
+    if a.source == "subscriptions" and a.subscriptions:
+        sub = a.subscriptions
+        for key, fname, types in (("account", sub.account, ("reference", "string")), ("start", sub.start, _DATE),
+                                  ("end", sub.end, _DATE), ("amount", sub.amount, _NUMBER),
+                                  ("product", sub.product, ()), ("currency", sub.currency, ())):
+            if fname:
+                needs.append(FieldNeed(sub.object, fname, f"arr.subscriptions.{key}", types))
+    for f in (*settings.segments, *extra_fields):
+        needs.append(FieldNeed("Account", f, "report.segments"))
+    for rule in ruleset.match:
+        for f in rule.fields():
+            needs.append(FieldNeed("Account", f, f"rule {rule.name} ({rule.location.file}:{rule.location.line})",
+                                   optional=rule.skip_when_missing))
+    h = settings.hierarchy
+    if h.locked_field:
+        needs.append(FieldNeed("Account", h.locked_field, "hierarchy.locked_field", ("boolean",),
+                               optional=not h.locked_field_required))
+    if ruleset.match and h.missing_parents == "placeholder":
+        needs.append(FieldNeed("Account", h.placeholder_key_field, "hierarchy.placeholder_key_field", ("string",),
+                               create=True, external_id=True, optional=True))
+    needs += [FieldNeed("Account", f, "hierarchy", optional=True) for f in ("Website", "BillingCountry", "CreatedDate")]
+    if settings.snapshots_enabled:
+        obj = settings.snapshot_object
+        needs.append(FieldNeed(obj, snapshot.KEY, "snapshots.object", ("string",), write=True, create=True,
+                               external_id=True))
+        needs += [FieldNeed(obj, f, "snapshots.object", write=True, create=True) for f in snapshot.FIELDS]
+    return needs
+
+
+def _rule_fields(settings: Settings, org: LocalOrg, ruleset, findings: list[Finding]) -> tuple[list, list[str]]:
+    """The rules whose fields the org has, and the Account fields they (and the guards) read.
+
+    A missing field stops the run with the rule's file:line, unless the rule says when_fields_missing: skip
+    (then it is reported as not evaluated, never as "nothing found")."""
+    usable, fields = [], []
+    for rule in ruleset.match:
+        if rule.extra.get("default_country_field") and not org.has_field("Account", rule.country_field):
+            rule = dataclasses.replace(rule, country_field=None)  # no country to check qualifiers against
+        wanted = rule.fields() + (["Name"] if rule.type == "mapping" and rule.match_by == "name" else [])
+        missing = [f for f in wanted if not org.has_field("Account", f)]
+        if missing and rule.skip_when_missing:
+            findings.append(Finding("rule_not_evaluated", f"rule {rule.name} ({rule.location.file}:{rule.location.line}) "
+                                    f"not evaluated: Account has no field {', '.join(missing)}", (),
+                                    Outcome.NOT_EVALUATED))
+            continue
+        if missing:
+            raise ConfigError(f"field {missing[0]} is not a column of Account (the org's columns include: "
+                              f"{', '.join(org.columns('Account')[:15])}); fix the rule or set when_fields_missing: skip",
+                              rule.location)
+        usable.append(rule)
+        fields.extend(wanted)
+        if any(t.kind == "oldest" for t in rule.tie_break) and org.has_field("Account", "CreatedDate"):
+            fields.append("CreatedDate")
+    h = settings.hierarchy
+    if h.locked_field:
+        if org.has_field("Account", h.locked_field):
+            fields.append(h.locked_field)
+        elif h.locked_field_required:
+            raise ConfigError(f"hierarchy.locked_field: {h.locked_field} is not a column of Account",
+                              Location(str(settings.config_file), field=h.locked_field))
+    if h.duplicates:
+        fields.extend(f for f in ("Name", "Website", "BillingCountry") if org.has_field("Account", f))
+    if h.missing_parents == "placeholder" and org.has_field("Account", h.placeholder_key_field):
+        fields.append(h.placeholder_key_field)
+    return usable, fields
+
+
+def fetch_accounts(settings: Settings, org: LocalOrg, extra_fields: tuple[str, ...] = ()) -> Accounts:
+    require_columns(org, "Account", [v.parent_field for v in settings.lookup_views], "views.parent_field")
+    require_columns(org, "Account", [v.by for v in settings.views if v.by], "views.by")
+    if settings.arr.source == "account_field":
+        require_columns(org, "Account", [settings.arr.account_field], "arr.account_field")
+    fields = ["Id", *dict.fromkeys([*settings.account_fields_read(), *extra_fields])]
+    cols = org.read_columns("Account", fields)
+    return Accounts(ids=cols[0], fields={f: cols[i] for i, f in enumerate(fields) if i})
+
+
+def _placeholder_parents(settings: Settings, org: LocalOrg, approved: list[dict],
+                         accounts: Accounts) -> tuple[dict[int, int], list[Change]]:
+    """Approved placeholder parents: {review id: account index}, creating (in the plan) those not in the org yet.
+
+    A placeholder is found again by its family key in `placeholder_key_field`, so it is created once."""
+    items = [it for it in approved if it["parent_ref"].startswith("placeholder:")]
+    if not items:
+        return {}, []
+    key_field = settings.hierarchy.placeholder_key_field
+    by_key = {str(k): i for i, k in enumerate(accounts.column(key_field)) if k} if accounts.has(key_field) else {}
+    missing = list(dict.fromkeys(it["parent_ref"] for it in items if it["parent_ref"] not in by_key))
+    inserts = []
+    for rid, ref in zip(org.free_ids("Account", "001", len(missing)), missing):
+        item = next(it for it in items if it["parent_ref"] == ref)
+        record = {"Name": item["placeholder_name"], key_field: ref}
+        by_key[ref] = accounts.append(rid, record)
+        inserts.append(Change("Account", rid, INSERT, None, json.dumps(record, sort_keys=True),
+                              f"placeholder:{item['rule']}", confidence=item["confidence"],
+                              evidence={"review_id": item["id"], "members": item["members"]}))
+    return {it["id"]: by_key[it["parent_ref"]] for it in items}, inserts
+
+
+def arr_matrix(settings: Settings, org: LocalOrg, accounts: Accounts, stored: np.ndarray, first: int, count: int,
+               cur: int) -> tuple[np.ndarray, list[Finding]]:
+    a = settings.arr
+    if a.source == "subscriptions":
+        s = a.subscriptions
+        require_columns(org, s.object, [s.account, s.start, s.end, s.amount, s.currency], "arr.subscriptions")
+        rows = org.read(s.object, ["Id", s.account, s.start, s.end, s.amount, s.currency or "__none__"])
+        return arr_mod.from_subscriptions(rows, accounts.index, s, settings.currency, first, count, org.where(s.object))
+    matrix = stored.copy()
+    fs: list[Finding] = []
+    if a.source == "account_field":
+        column, fs = arr_mod.from_account_field(accounts.column(a.account_field), accounts.ids, a.account_field,
+                                                org.where("Account"))
+        matrix[:, cur - first] = column
+    return matrix, fs
+
+
+def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: tuple[str, ...] = (),
+          repair: bool = True) -> State:
+    """Read everything a run (repair=True) or a report (repair=False: no rules, decisions or snapshots) needs."""
+    findings: list[Finding] = []
+    ruleset, rule_fields = rules_mod.RuleSet(), []
+    cur = months.of(ctx.as_of)
+    with ctx.stage("fetch"):
+        objects, background = ["Account"], []
+        if settings.arr.subscriptions and settings.arr.source == "subscriptions":
+            # loaded by a second process while this one reads accounts (its first read waits)
+            background.append(settings.arr.subscriptions.object)
+        objects += background
+        if repair:  # a plan compares its snapshots with the org's; a report reads none (on Salesforce: API calls)
+            objects.append(settings.snapshot_object)
+            ruleset = rules_mod.load(settings.rule_files, [v.name for v in settings.lookup_views])
+        org.prepare(field_needs(settings, ruleset, extra_fields))  # Salesforce: budget and describe checks
+        org.sync(objects, background=background)
+        findings.extend(org.reload_findings())
+        require_columns(org, "Account", list(extra_fields), "--by")
+        if repair:
+            usable, rule_fields = _rule_fields(settings, org, ruleset, findings)
+            ruleset = rules_mod.RuleSet(tuple(usable), ruleset.files)
+        accounts = fetch_accounts(settings, org, (*extra_fields, *rule_fields))
+
+        decisions = Decisions()
+        inserts: list[Change] = []
+        if repair:
+            approved = {v.name: ledger.review_items(status="approved", view=v.name) for v in settings.lookup_views}
+            placeholder_parents: dict[int, int] = {}
+            if settings.hierarchy.missing_parents == "placeholder":
+                # placeholder parents approved in review join the accounts now; they have no ARR history
+                placeholder_parents, inserts = _placeholder_parents(
+                    settings, org, [it for items in approved.values() for it in items], accounts)
+            decisions = Decisions(approved, {v.name: ledger.rejected_pairs(v.name) for v in settings.lookup_views},
+                                  placeholder_parents)
+
+        merged = {loser: survivor for loser, survivor in org.merged().items()
+                  if survivor in accounts.index and loser not in accounts.index}
+        if merged:
+            findings.append(Finding("merged_accounts", f"{len(merged)} merged-away account(s) carry their ARR history "
+                                    "to the surviving account (MasterRecordId)", tuple(sorted(merged))))
+        membership = {v.name: Membership.from_segments(v.name, ledger.membership_segments(v.name), accounts.index)
+                      for v in settings.views}
+        latest = {v.name: ledger.latest_membership_month(v.name) for v in settings.views}
+        existing = snapshot.ExistingSnapshots()
+        obj = settings.snapshot_object
+        if repair and settings.snapshots_enabled and org.has_field(obj, snapshot.KEY):
+            label = months.fmt(cur - 1)
+            existing = snapshot.ExistingSnapshots.from_rows(cur - 1, org.read(
+                obj, ["Id", snapshot.KEY, *snapshot.FIELDS], order_by=snapshot.KEY, like=(snapshot.KEY, f"%:{label}")))
+
+    with ctx.stage("arr"):
+        count = settings.arr.history_months
+        first = cur - count + 1
+        # merged-away accounts (queryAll's MasterRecordId) carry their stored history to the survivor
+        index = accounts.index
+        if merged:
+            index = {**index, **{loser: index[survivor] for loser, survivor in merged.items()}}
+        stored = arr_mod.from_segments(ledger.arr_segments(), index, first, count, size=len(accounts))
+        matrix, fs = arr_matrix(settings, org, accounts, stored, first, count, cur)
+        findings.extend(fs)
+        changed = np.flatnonzero((matrix != stored).any(axis=1))
+        del stored
+        if merged:  # stored again under the survivor, so the history outlives the recycle bin
+            changed = np.union1d(changed, np.array(sorted({index[s] for s in merged.values()}), dtype=np.int64))
+
+    return State(accounts=accounts, ruleset=ruleset, first=first, matrix=matrix, arr_rows_changed=changed,
+                 membership=membership, latest_membership=latest, decisions=decisions, inserts=tuple(inserts),
+                 merged_away=tuple(sorted(merged)), existing_snapshots=existing, findings=tuple(findings),
+                 repair=repair, extra_fields=tuple(extra_fields))

@@ -1,0 +1,120 @@
+"""Family membership over time: the families each month's runs saw, as arrays, and what a run adds to them.
+
+Pure: the recorded segments come in as data (read by the fetch stage); the changes go out as data (written
+by the state sink). A run records the families it sees for its own month, replacing what an earlier run of the
+same month recorded, so figures of past months use what was seen then and a run never lags behind its own repair.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import months
+from .tree import Tree
+
+OPEN = 1 << 40          # the end month of a segment still open
+_UNKNOWN = -10_000_000  # labels of recorded roots that are not accounts of this run (counting down)
+
+
+@dataclass(frozen=True)
+class Membership:
+    """Recorded segments of one view: account `account[k]` was in the family of `root[k]` from month
+    `start[k]` to `end[k]` (inclusive). Accounts no longer in the org have account -1; roots that are not
+    accounts of this run have negative labels, named in `unknown`."""
+
+    view: str
+    account: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    root: np.ndarray
+    unknown: dict[int, str] = field(default_factory=dict)
+    _cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @staticmethod
+    def empty(view: str) -> "Membership":
+        z = np.zeros(0, dtype=np.int64)
+        return Membership(view, z, z, z, z)
+
+    @staticmethod
+    def from_segments(view: str, segments: Iterable[tuple[str, str, str | None, str]],
+                      index: dict[str, int]) -> "Membership":
+        """(account Id, start YYYY-MM, end YYYY-MM or None, root Id) rows -> arrays."""
+        month_of: dict[str | None, int] = {None: OPEN}
+        names: dict[str, int] = {}
+        acc, start, end, root = [], [], [], []
+        get = index.get
+        for a, s, e, r in segments:
+            acc.append(get(a, -1))
+            for text, out in ((s, start), (e, end)):
+                m = month_of.get(text)
+                if m is None:
+                    m = month_of[text] = months.parse(text)
+                out.append(m)
+            j = get(r)
+            if j is None:
+                j = names.get(r)
+                if j is None:
+                    j = names[r] = _UNKNOWN - len(names)
+            root.append(j)
+        arr = lambda xs: np.array(xs, dtype=np.int64)  # noqa: E731
+        return Membership(view, arr(acc), arr(start), arr(end), arr(root), {v: k for k, v in names.items()})
+
+    def __len__(self) -> int:
+        return len(self.account)
+
+    def _roots_in(self, tree: Tree) -> np.ndarray:
+        """Root labels translated to `tree`'s labels (a recorded virtual root is the tree's virtual root of
+        that name, when the tree still has it)."""
+        if not self.unknown or not tree.virtual:
+            return self.root
+        by_name = {name: label for label, name in tree.virtual.items()}
+        out = self.root.copy()
+        for label, name in self.unknown.items():
+            if name in by_name:
+                out[out == label] = by_name[name]
+        return out
+
+    def labels_at(self, month: int, tree: Tree, current_month: int, own_month: bool = True) -> np.ndarray:
+        """Family label of every account in `month`: what the runs of that month saw (or, for a month before
+        an account was first recorded, what was first recorded of it); `tree` for the current month and later,
+        and for accounts never recorded.
+
+        A run (`own_month`) supersedes what earlier runs of its month recorded: its tree is what it records. A
+        report (not own_month) reads the org without the rules, so the last run's record of the month stands."""
+        labels = tree.families().copy()
+        if month >= current_month or not len(self):
+            return labels
+        roots = self._roots_in(tree)
+        through = current_month if own_month else current_month + 1
+        valid = (self.account >= 0) & (self.start < through)
+        cover = valid & (self.start <= month) & (self.end >= month)
+        labels[self.account[cover]] = roots[cover]
+        first = self._first_segments(through)
+        later = first[self.start[first] > month]
+        labels[self.account[later]] = roots[later]
+        return labels
+
+    def _first_segments(self, through: int) -> np.ndarray:
+        """Per account, its earliest segment that starts before month `through` (positions into the arrays)."""
+        key = ("first", through)
+        if key not in self._cache:
+            pos = np.flatnonzero((self.account >= 0) & (self.start < through))
+            order = pos[np.lexsort((self.start[pos], self.account[pos]))]
+            _, at = np.unique(self.account[order], return_index=True)
+            self._cache[key] = order[at]
+        return self._cache[key]
+
+    def changed(self, tree: Tree, ids: list[str]) -> list[tuple[str, str]]:
+        """(account Id, root Id) of the accounts whose family in `tree` differs from their open segment (or
+        that have none): what recording `tree` for this month changes."""
+        families = tree.families()
+        recorded = np.full(len(families), np.iinfo(np.int64).min, dtype=np.int64)
+        if len(self):
+            roots = self._roots_in(tree)
+            live = (self.account >= 0) & (self.end == OPEN)
+            recorded[self.account[live]] = roots[live]
+        rows = np.flatnonzero(recorded != families)
+        labels = families[rows].tolist()
+        return [(ids[a], tree.family_id(ids, f)) for a, f in zip(rows.tolist(), labels)]

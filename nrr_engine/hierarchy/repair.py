@@ -1,0 +1,206 @@
+"""The repair stage's work: each view's tree from the org, its parent links repaired by the view's rules and
+the decisions already taken in review, partitions built, duplicates flagged. Pure: accounts, rules and
+decisions in (as data), trees, links and findings out; nothing here reads or writes the ledger or the org."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..model import Accounts, FieldChanges, Finding
+from ..rules.model import TRUE_TEXT
+from . import link as link_mod
+from . import match as match_mod
+from .tree import Tree, build_tree, forest, partition
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """What people decided in review, per view: approved items (ledger rows) and rejected (child, parent) pairs.
+
+    `placeholder_parents` maps an approved placeholder item's id to the account index of its parent
+    (created by this run's plan when the org does not hold it yet)."""
+
+    approved: dict[str, list[dict]] = field(default_factory=dict)
+    rejected: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
+    placeholder_parents: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ViewResult:
+    """One view after the repair stage: its tree, counts, and (for repaired lookup views) the repair."""
+
+    name: str
+    tree: Tree
+    families: int
+    depth_max: int
+    repair: link_mod.Repair | None = None
+    stats: dict | None = None
+
+
+def lookup_trees(settings, accounts: Accounts, ruleset, current: np.ndarray, decisions: Decisions,
+                 repair: bool, findings: list[Finding]) -> tuple[dict[str, ViewResult], list[dict]]:
+    """Each lookup view's tree from the org, repaired by its rules when `repair`; duplicates flagged."""
+    views: dict[str, ViewResult] = {}
+    duplicates: list[dict] = []
+    shared: dict = {}  # name keys, sites and countries, computed once for every view and the duplicate check
+    for v in settings.lookup_views:
+        tree, fs = build_tree(accounts.ids, accounts.index, accounts.column(v.parent_field), v.parent_field)
+        findings.extend(fs)
+        rep, stats = None, None
+        view_rules = ruleset.for_view(v.name)
+        if repair and view_rules:
+            rep, stats = repair_view(settings, accounts, tree, current, v.name, view_rules, decisions, findings, shared)
+            tree, fs = forest(rep.parent, accounts.ids, accounts.index, v.parent_field)
+            findings.extend(fs)
+            if rep.virtual:  # families grouped under virtual roots: NRR and membership only, nothing written
+                tree = tree.with_virtual_roots([(f"virtual:{h.key}", list(h.members)) for h in rep.virtual])
+        views[v.name] = ViewResult(v.name, tree, 0, 0, rep, stats)
+    if repair and settings.hierarchy.duplicates:
+        duplicates = find_duplicates(accounts, shared)
+        if duplicates:
+            findings.append(Finding("duplicate", f"{len(duplicates)} group(s) of accounts share a normalised name, "
+                                    "website domain and country: possible duplicates for a data steward (never "
+                                    "merged)", tuple(rid for g in duplicates for rid in g["ids"])))
+    return views, duplicates
+
+
+def all_views(settings, accounts: Accounts, lookup: dict[str, ViewResult], findings: list[Finding]) -> dict[str, ViewResult]:
+    """Every configured view: the lookup views, plus partitions of them by a field; depth checked on each."""
+    views: dict[str, ViewResult] = {}
+    for v in settings.views:
+        if v.partition_of:
+            base = views.get(v.partition_of) or lookup[v.partition_of]
+            vr = ViewResult(v.name, partition(base.tree, accounts.column(v.by), accounts.ids, accounts.index), 0, 0)
+        else:
+            vr = lookup[v.name]
+        tree = vr.tree
+        deep = np.flatnonzero(tree.depth > settings.max_depth)
+        if len(deep):
+            findings.append(Finding("too_deep", f"view {v.name}: {len(deep)} account(s) deeper than "
+                                    f"hierarchy.max_depth {settings.max_depth} (deepest {int(tree.depth.max())})",
+                                    tuple(accounts.ids[i] for i in deep[:1000])))
+        views[v.name] = ViewResult(v.name, tree, int((tree.parent < 0).sum()),
+                                   int(tree.depth.max()) if len(tree.depth) else 0, vr.repair, vr.stats)
+    return views
+
+
+def repair_view(settings, accounts: Accounts, tree: Tree, current: np.ndarray, view: str, view_rules,
+                decisions: Decisions, findings: list[Finding], shared: dict | None = None) -> tuple[link_mod.Repair, dict]:
+    """Propose links with the view's rules, then decide them through the guards and the review queue."""
+    h = settings.hierarchy
+    locked = np.zeros(len(accounts), dtype=bool)
+    if h.locked_field and accounts.has(h.locked_field):
+        locked = np.fromiter(((str(x).strip().lower() in TRUE_TEXT) if x else False
+                              for x in accounts.column(h.locked_field)), dtype=bool, count=len(accounts))
+    unlocked = ~locked
+    pop = match_mod.Population(accounts.ids, accounts.column, tree.parent, current, tree.child_count(), tree.depth,
+                               eligible=(tree.parent < 0) & unlocked, unlocked=unlocked,
+                               _cache=shared if shared is not None else {})
+    proposals, holders, notes = match_mod.propose(pop, view_rules, h.missing_parents != "off")
+    if notes:
+        findings.append(Finding("mapping_unresolved", f"view {view}: {len(notes)} mapping entr(ies) name no account, "
+                                f"e.g. {notes[0]}", ()))
+    approved, gone, index = [], [], accounts.index
+    for item in decisions.approved.get(view, []):
+        if item["parent_ref"].startswith("placeholder:"):
+            p = decisions.placeholder_parents.get(item["id"])
+            for member in item["members"] or []:
+                c = index.get(member)
+                if c is not None and p is not None:
+                    approved.append(link_mod.Approved(item["id"], c, p, f"placeholder:{item['rule']}",
+                                                      item["confidence"], {"placeholder": item["parent_ref"]}))
+            continue
+        c, p = index.get(item["child_id"]), index.get(item["parent_id"] or "")
+        if c is not None and p is not None:
+            approved.append(link_mod.Approved(item["id"], c, p, item["rule"], item["confidence"], item["evidence"]))
+        else:
+            gone.append(item["id"])
+    guards = link_mod.Guards(h.auto_apply, h.max_depth, h.child_limit, h.missing_parents)
+    rep = link_mod.repair(view, pop, proposals, holders, guards, approved, decisions.rejected.get(view, set()))
+    rep.gone = gone
+    blocked: dict[str, list[str]] = {}
+    for b in rep.blocked:
+        blocked.setdefault(b.reason or "blocked", []).append(accounts.ids[b.child])
+    for reason, recs in blocked.items():
+        findings.append(Finding(f"link_blocked_{reason}", f"view {view}: {len(recs)} proposed link(s) refused by the "
+                                f"{reason} guard", tuple(recs)))
+    if int(locked.sum()):
+        findings.append(Finding("locked", f"view {view}: {int(locked.sum())} locked account(s) ({h.locked_field}) "
+                                "left untouched", ()))
+    stats = {"proposals": len(proposals), "applied": len(rep.applied), "review": len(rep.review),
+             "blocked": len(rep.blocked), "kept_existing_parent": rep.kept_existing,
+             "placeholders": len(rep.placeholders), "virtual_roots": len(rep.virtual),
+             "by_rule": _count_by_rule(rep)}
+    return rep, stats
+
+
+def _count_by_rule(rep: link_mod.Repair) -> dict:
+    out: dict[str, dict[str, int]] = {}
+    for kind, links in (("applied", rep.applied), ("review", rep.review), ("blocked", rep.blocked)):
+        for l in links:
+            d = out.setdefault(l.rule, {})
+            d[kind] = d.get(kind, 0) + 1
+    return out
+
+
+def find_duplicates(accounts: Accounts, shared: dict | None = None) -> list[dict]:
+    """Accounts with the same normalised name + registrable domain + country (DESIGN §3): flagged, never merged."""
+    if not accounts.has("Name"):
+        return []
+    n = len(accounts)
+    pop = match_mod.Population(accounts.ids, accounts.column, np.full(n, -1), np.zeros(n, dtype=np.int64),
+                               np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool),
+                               np.ones(n, dtype=bool), _cache=shared if shared is not None else {})
+    full, _ = pop.name_index("Name")
+    domains = pop.sites("Website")[0] if accounts.has("Website") else [None] * n
+    countries = pop.countries("BillingCountry") if accounts.has("BillingCountry") else [None] * n
+    raw_countries = accounts.column("BillingCountry")
+    out = []
+    for key, same_name in full.items():
+        if not isinstance(same_name, list):
+            continue  # only accounts that share a normalised name can be duplicates
+        groups: dict[tuple, list[int]] = {}
+        for i in same_name:
+            country = countries[i] or (raw_countries[i] or "").strip().casefold()
+            groups.setdefault((domains[i] or "", country), []).append(i)
+        out.extend({"name": key, "domain": domain, "country": country, "ids": [accounts.ids[i] for i in members]}
+                   for (domain, country), members in groups.items() if len(members) > 1)
+    return out
+
+
+def link_changes(parent_field: str, rep: link_mod.Repair, accounts: Accounts) -> FieldChanges:
+    """The repaired parent links as one batch, each change with its rule, confidence and evidence."""
+    ids, raw = accounts.ids, accounts.column(parent_field)
+    links = sorted((l for l in rep.applied if l.parent != l.old_parent), key=lambda l: l.child)
+    return FieldChanges("Account", parent_field, "repair",
+                        ids=np.array([ids[l.child] for l in links], dtype=object),
+                        old=np.array([raw[l.child] or None for l in links], dtype=object),
+                        new=np.array([ids[l.parent] for l in links], dtype=object),
+                        rows=np.array([l.child for l in links], dtype=np.int64),
+                        meta=[(l.rule, l.confidence, l.evidence) for l in links], explain=match_mod.explain,
+                        to_json=match_mod.to_json)
+
+
+def review_items(settings, views: dict[str, ViewResult], accounts: Accounts) -> dict[str, list[dict]]:
+    """Per view, the links (and placeholder parents) that need a person's decision, as plan.json shows them."""
+    ids = accounts.ids
+    out: dict[str, list[dict]] = {}
+    for v in settings.lookup_views:
+        rep = views[v.name].repair
+        if rep is None:
+            continue
+        parents = accounts.column(v.parent_field)
+        items = [{"object": "Account", "id": ids[l.child], "field": v.parent_field, "old": parents[l.child] or None,
+                  "new": ids[l.parent], "rule": l.rule, "confidence": l.confidence,
+                  "evidence": match_mod.explain(l.evidence),
+                  "reason": l.reason, "view": v.name, "child_id": ids[l.child], "parent_ref": ids[l.parent],
+                  "parent_id": ids[l.parent]} for l in rep.review]
+        for h in rep.placeholders:
+            items.append({"object": "Account", "id": None, "field": v.parent_field, "old": None,
+                          "new": f"placeholder:{h.key}", "rule": h.rule.name, "confidence": h.confidence,
+                          "evidence": h.evidence, "reason": "no account holds this family key; approve to create "
+                          f"the parent {h.name!r}", "view": v.name, "child_id": "", "parent_ref": f"placeholder:{h.key}",
+                          "placeholder_name": h.name, "members": [ids[m] for m in h.members]})
+        out[v.name] = items
+    return out

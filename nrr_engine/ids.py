@@ -1,0 +1,42 @@
+"""Salesforce record Ids: the 18-character form, key prefixes, and Ids for records the engine creates.
+
+Plain functions over strings, imported by sources, transforms and the test double alike.
+"""
+from __future__ import annotations
+
+KEY_PREFIXES = {"Account": "001", "Contact": "003", "Opportunity": "006", "Task": "00T", "User": "005",
+                "Case": "500", "Lead": "00Q"}
+B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_SUFFIX = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+_UPPER_BITS = {c: ord("1") if "A" <= chr(c) <= "Z" else ord("0") for c in range(128)}
+
+
+def sf_id(prefix: str, n: int) -> str:
+    """An 18-character Salesforce-style Id: 3-char key prefix, 12 base-62 digits, 3-char case checksum."""
+    body = ""
+    while n:
+        n, r = divmod(n, 62)
+        body = B62[r] + body
+    id15 = prefix + body.rjust(12, "0")
+    if len(id15) != 15:
+        raise ValueError(f"Id counter too large for prefix {prefix}")
+    return id18(id15)
+
+
+def id18(id15: str) -> str:
+    """The 18-character form of a 15-character Id: one checksum letter per 5 characters (upper-case bits)."""
+    flags = id15.translate(_UPPER_BITS)  # "1" for A-Z, "0" otherwise; bit i of a chunk is its i-th character
+    return id15 + "".join(_SUFFIX[int(flags[k:k + 5][::-1], 2)] for k in (0, 5, 10))
+
+
+def counter(rid: str) -> int:
+    """The counter inside an Id made by sf_id."""
+    n = 0
+    for ch in rid[3:15]:
+        n = n * 62 + B62.index(ch)
+    return n
+
+
+def is_counter_id(rid: str | None) -> bool:
+    """An Id whose 12 middle characters are base-62 digits (so `counter` can read it)."""
+    return bool(rid) and len(rid) >= 15 and all(c in B62 for c in rid[3:15])

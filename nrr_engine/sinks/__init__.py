@@ -1,0 +1,43 @@
+"""Sinks write a finished plan: the org (local working copy or Salesforce), then the state store's history.
+
+Every org sink has one method, `write(ctx, plan, journal) -> {seq: error}`, and records the plan's changes in
+the run ledger through the journal in the order its org needs (write-ahead). A new place to write to (a
+Salesforce Task, a webhook, a file) is a new class with that method, registered by the org kind it serves.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+from .local import LocalOrgSink
+from .salesforce import SalesforceSink
+from .state import StateSink
+
+
+class Journal:
+    """A run's change records in the ledger, for sinks: record once, settle failures after the write."""
+
+    def __init__(self, ledger, run_id: str):
+        self.ledger, self.run_id = ledger, run_id
+
+    def record(self, batches: Iterable, failures: dict[int, str] | None = None) -> None:
+        self.ledger.record_changes(self.run_id, batches, "applied", failures)
+
+    def settle_failed(self, failed: dict[int, str]) -> None:
+        self.ledger.settle_changes(self.run_id, [(s, "failed", err, None) for s, err in sorted(failed.items())])
+
+
+class OrgSink(Protocol):
+    def write(self, ctx, plan, journal: Journal) -> dict[int, str]:
+        """Write the plan's changes; return {change seq: error} of records that failed."""
+
+
+ORG_SINKS: dict[str, type] = {"local": LocalOrgSink, "salesforce": SalesforceSink}
+
+
+def org_sink(org, settings) -> OrgSink:
+    """The sink that writes to `org` (chosen by the org's kind)."""
+    return ORG_SINKS[org.kind](org, settings)
+
+
+__all__ = ["Journal", "OrgSink", "org_sink", "LocalOrgSink", "SalesforceSink", "StateSink", "ORG_SINKS"]

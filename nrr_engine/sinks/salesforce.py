@@ -1,0 +1,50 @@
+"""The Salesforce sink: no transaction to hold back, so the changes are recorded first (the run stays
+'applying' until it ends, and `recover` settles a crash against the org), then written, then failures marked.
+Placeholder parents are created first, so the links that point at them carry the Ids Salesforce gave them."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..metrics import snapshot
+from . import writeback
+
+
+class SalesforceSink:
+    def __init__(self, org, settings):
+        self.org, self.settings = org, settings
+
+    def write(self, ctx, plan, journal) -> dict[int, str]:
+        org, settings = self.org, self.settings
+        failures: dict[int, str] = {}
+        if plan.inserts:  # phase 1: create placeholder parents and learn their Ids before anything points at them
+            with ctx.stage("write"):
+                mapping, failures = writeback.create_records(org, "Account", settings.hierarchy.placeholder_key_field,
+                                                             plan.inserts)
+                plan.inserts = [c._replace(id=mapping.get(c.id, c.id)) for c in plan.inserts]
+                writeback.remap(plan.changes, mapping)
+        with ctx.stage("ledger"):
+            journal.record(plan.batches(), failures)
+        with ctx.stage("write"):
+            starts, seq = [], len(plan.inserts)
+            for batch in plan.changes:
+                starts.append(seq)
+                seq += len(batch)
+            lookup = settings.lookup_views
+            parent_of = {}
+            if lookup:  # each account's parent once this run's links are written: the record its update locks
+                up = plan.views[lookup[0].name].tree.parent
+                ids = np.array(plan.accounts.ids, dtype=object)
+                parent_of["Account"] = np.where(up >= 0, ids[np.maximum(up, 0)], "")
+            failed = writeback.write_changes(org, plan.changes, starts, {v.parent_field for v in lookup}, parent_of)
+            sc = plan.snapshot_changes
+            gone = sc.deletes()
+            for (pos, _), result in zip(gone, org.delete(sc.object, [rid for _, rid in gone])):
+                if not result.ok:
+                    failed[seq + pos] = result.error
+            upserts = [i for i, n in enumerate(sc.new) if n is not None]
+            for k, err in writeback.upsert_snapshots(org, sc.object, snapshot.KEY, snapshot.FIELDS, sc.upserts(),
+                                                     0).items():
+                failed[seq + upserts[k]] = err
+        with ctx.stage("ledger"):
+            journal.settle_failed(failed)
+        return {**failures, **failed}

@@ -1,0 +1,113 @@
+"""What a run carries from stage to stage: the RunContext (who, when, the clock) and the State (data).
+
+`State` is frozen: the fetch stage fills its inputs, each later stage returns a new State with its outputs
+added (dataclasses.replace), and the sinks write what the last one holds.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import structlog
+
+from . import months
+from .errors import Interrupted
+from .model import Accounts, Change, FieldChanges, Finding, SnapshotChanges
+
+log = structlog.get_logger("nrr_engine")
+
+
+def _peak_rss_mb() -> int | None:
+    """This process's peak resident memory so far (MiB), for the stage log; None where it cannot be read."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+@dataclass
+class RunContext:
+    """Per-run state: identity, the date the run acts as of, and the injected clock."""
+
+    run_id: str
+    as_of: dt.date
+    clock: Callable[[], dt.datetime]
+    job: str = "nightly"
+    dry_run: bool = False
+    should_stop: Callable[[], bool] = lambda: False
+    progress: Any = None  # a tqdm bar over the stages when stderr is a terminal
+    stage_times: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def current_month(self) -> int:
+        return months.of(self.as_of)
+
+    def check_stop(self, stage: str) -> None:
+        if self.should_stop():
+            raise Interrupted(f"stop requested; run stopped before stage {stage!r}, nothing half-written")
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a stage (added up when a name recurs), log its start and end, and stop before it if asked."""
+        self.check_stop(name)
+        t0 = time.perf_counter()
+        log.info("stage.start", stage=name)
+        if self.progress is not None:
+            self.progress.set_description(name)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            took = time.perf_counter() - t0
+            self.stage_times[name] = round(self.stage_times.get(name, 0) + took, 3)
+            if ok:
+                log.info("stage.end", stage=name, seconds=round(took, 3), peak_rss_mb=_peak_rss_mb())
+                if self.progress is not None:
+                    self.progress.update(1)
+
+    @staticmethod
+    def new(clock: Callable[[], dt.datetime], as_of: dt.date | None = None, **kw) -> "RunContext":
+        now = clock()
+        run_id = now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+        return RunContext(run_id=run_id, as_of=as_of or now.date(), clock=clock, **kw)
+
+
+@dataclass(frozen=True)
+class State:
+    """A run's data. Inputs (set by fetch) come first; each stage adds its outputs."""
+
+    # ---- inputs: every read of the run, made by the fetch stage
+    accounts: Accounts
+    ruleset: Any
+    first: int                                  # month index of the matrix's first column
+    matrix: np.ndarray                          # accounts x months ARR units
+    arr_rows_changed: np.ndarray                # accounts whose stored ARR history differs from `matrix`
+    membership: dict                            # view -> hierarchy.membership.Membership (recorded families)
+    latest_membership: dict                     # view -> latest month with recorded membership (YYYY-MM)
+    decisions: Any                              # hierarchy.repair.Decisions (review decisions)
+    inserts: tuple[Change, ...] = ()            # records the run creates (placeholder parents)
+    merged_away: tuple[str, ...] = ()           # their stored history now lives under the survivor
+    existing_snapshots: Any = None              # metrics.snapshot.ExistingSnapshots of the month
+    findings: tuple[Finding, ...] = ()
+    repair: bool = True                         # False for a report: trees as the org has them
+    extra_fields: tuple[str, ...] = ()
+    # ---- outputs of the stages
+    views: dict = field(default_factory=dict)   # view -> hierarchy.repair.ViewResult (repair)
+    duplicates: tuple[dict, ...] = ()           # (repair)
+    changes: tuple[FieldChanges, ...] = ()      # link batches (repair), rollup batches (rollup)
+    membership_changes: dict = field(default_factory=dict)  # view -> [(account Id, root Id)] (membership)
+    nrr: dict = field(default_factory=dict)     # view -> window -> figures (nrr)
+    snapshots: Any = None                       # metrics.snapshot.SnapshotSet (snapshots)
+    snapshot_changes: SnapshotChanges | None = None  # (snapshots)
+
+    def labels_at(self, view: str, month: int, current_month: int) -> np.ndarray:
+        """Every account's family in `month` for a view (recorded history; this run's tree from its own month)."""
+        return self.membership[view].labels_at(month, self.views[view].tree, current_month, own_month=self.repair)
