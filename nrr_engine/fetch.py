@@ -234,6 +234,25 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
             existing = snapshot.ExistingSnapshots.from_rows(cur - 1, org.read(
                 obj, ["Id", snapshot.KEY, *snapshot.FIELDS], order_by=snapshot.KEY, like=(snapshot.KEY, f"%:{label}")))
 
+    return State(accounts=accounts, ruleset=ruleset, first=cur - settings.arr.history_months + 1, matrix=None,
+                 arr_rows_changed=np.zeros(0, dtype=np.int64), membership=membership, latest_membership=latest,
+                 decisions=decisions, inserts=tuple(inserts), merged_away=tuple(sorted(merged)),
+                 existing_snapshots=existing, findings=tuple(findings), repair=repair,
+                 extra_fields=tuple(extra_fields), merged=merged)
+
+
+def needs_arr(ruleset) -> bool:
+    """Whether a matching rule reads ARR (largest_arr tie-break, $arr condition)."""
+    return any(t.kind == "largest_arr" for r in ruleset.match for t in r.tie_break) or any(
+        c.field == "$arr" for r in ruleset.match for c in (*r.child, *r.candidate))
+
+
+def fetch_arr(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, state: State) -> State:
+    """Monthly ARR of every account (subscriptions, an Account field or the stored history) and the accounts whose
+    stored history differs. Part of fetch; the pipeline runs it after matching when no rule reads ARR, so the
+    matching's indexes are freed before the matrices need the memory. Reads only what fetch synced."""
+    accounts, merged, cur = state.accounts, state.merged, ctx.current_month
+    findings = list(state.findings)
     with ctx.stage("arr"):
         count = settings.arr.history_months
         first = cur - count + 1
@@ -248,8 +267,4 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
         del stored
         if merged:  # stored again under the survivor, so the history outlives the recycle bin
             changed = np.union1d(changed, np.array(sorted({index[s] for s in merged.values()}), dtype=np.int64))
-
-    return State(accounts=accounts, ruleset=ruleset, first=first, matrix=matrix, arr_rows_changed=changed,
-                 membership=membership, latest_membership=latest, decisions=decisions, inserts=tuple(inserts),
-                 merged_away=tuple(sorted(merged)), existing_snapshots=existing, findings=tuple(findings),
-                 repair=repair, extra_fields=tuple(extra_fields))
+    return dataclasses.replace(state, first=first, matrix=matrix, arr_rows_changed=changed, findings=tuple(findings))

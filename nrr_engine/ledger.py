@@ -57,10 +57,12 @@ def _m2(db: sqlite_utils.Database) -> None:
 
 
 def _m3(db: sqlite_utils.Database) -> None:
-    # Findings carry a severity and an outcome (found / not_evaluated). Every membership segment a run inserts,
-    # deletes or closes is logged, so `rollback` restores the families as they were recorded before the run.
+    # Findings carry a severity and an outcome (found / not_evaluated). Membership segments name the run that
+    # recorded them, and every segment a run deletes or closes is logged, so `rollback` restores the families as
+    # they were recorded before the run.
     db.execute("ALTER TABLE findings ADD COLUMN severity TEXT")
     db.execute("ALTER TABLE findings ADD COLUMN outcome TEXT")
+    db.execute("ALTER TABLE membership ADD COLUMN run_id TEXT")  # the run that recorded the segment
     db.execute("CREATE TABLE membership_log (run_id TEXT NOT NULL, op TEXT NOT NULL, view TEXT NOT NULL, "
                "account_id TEXT NOT NULL, start_month TEXT NOT NULL, end_month TEXT, root_id TEXT NOT NULL)")
     db.execute("CREATE INDEX membership_log_run ON membership_log (run_id)")
@@ -276,8 +278,9 @@ class Ledger:
     def commit_membership(self, run_id: str, view: str, month: str, prev_month: str,
                           changed: Iterable[tuple[str, str]]) -> int:
         """Record the families a run saw in `month` for the accounts whose family changed ((account, root)
-        pairs): an open segment that began this month is replaced, an older one ends last month. Every
-        segment inserted, deleted or closed is logged under the run, so `undo_membership` can restore it."""
+        pairs): an open segment that began this month is replaced, an older one ends last month. New segments
+        carry the run's id and every segment deleted or closed is logged under it, so `undo_membership` can
+        restore them."""
         conn = self.db.conn
         conn.execute("BEGIN")
         try:
@@ -294,12 +297,9 @@ class Ledger:
                          "AND account_id IN (SELECT account_id FROM temp.changed_membership)", [view, month])
             conn.execute("UPDATE membership SET end_month = ? WHERE view = ? AND end_month IS NULL "
                          "AND account_id IN (SELECT account_id FROM temp.changed_membership)", [prev_month, view])
-            n = conn.execute("INSERT INTO membership (view, account_id, start_month, end_month, root_id) "
-                             "SELECT ?, account_id, ?, NULL, root_id FROM temp.changed_membership",
-                             [view, month]).rowcount
-            conn.execute("INSERT INTO membership_log (run_id, op, view, account_id, start_month, end_month, root_id) "
-                         "SELECT ?, 'inserted', ?, account_id, ?, NULL, root_id FROM temp.changed_membership",
-                         [run_id, view, month])
+            n = conn.execute("INSERT INTO membership (view, account_id, start_month, end_month, root_id, run_id) "
+                             "SELECT ?, account_id, ?, NULL, root_id, ? FROM temp.changed_membership",
+                             [view, month, run_id]).rowcount
             conn.execute("DROP TABLE temp.changed_membership")
             conn.execute("COMMIT")
         except BaseException:
@@ -308,23 +308,17 @@ class Ledger:
         return n
 
     def undo_membership(self, run_id: str) -> dict[str, int]:
-        """Restore the membership a run replaced: its inserted segments go, the ones it deleted come back and the
-        ones it closed are open again. An account whose segment a later run replaced is left alone (counted)."""
+        """Restore the membership a run replaced: its segments go, the ones it deleted come back and the ones it
+        closed are open again. An account whose segment a later run replaced is left alone (counted)."""
         conn = self.db.conn
         conn.execute("BEGIN")
         try:
             conn.execute("DROP TABLE IF EXISTS temp.undo_membership")
-            # accounts whose open segment is still the one this run inserted
-            conn.execute("CREATE TEMP TABLE undo_membership AS SELECT l.view, l.account_id FROM membership_log l "
-                         "JOIN membership m ON m.view = l.view AND m.account_id = l.account_id "
-                         "AND m.start_month = l.start_month AND m.end_month IS NULL AND m.root_id = l.root_id "
-                         "WHERE l.run_id = ? AND l.op = 'inserted'", [run_id])
-            total = conn.execute("SELECT count(*) FROM membership_log WHERE run_id = ? AND op = 'inserted'",
-                                 [run_id]).fetchone()[0]
+            # accounts whose open segment is still the one this run recorded
+            conn.execute("CREATE TEMP TABLE undo_membership AS SELECT view, account_id FROM membership "
+                         "WHERE run_id = ? AND end_month IS NULL", [run_id])
             mine = "(view, account_id) IN (SELECT view, account_id FROM temp.undo_membership)"
-            conn.execute(f"DELETE FROM membership WHERE end_month IS NULL AND {mine} AND (view, account_id, start_month) "
-                         "IN (SELECT view, account_id, start_month FROM membership_log WHERE run_id = ? AND op = 'inserted')",
-                         [run_id])
+            conn.execute(f"DELETE FROM membership WHERE run_id = ? AND end_month IS NULL AND {mine}", [run_id])
             conn.execute(f"UPDATE membership SET end_month = NULL WHERE {mine} AND (view, account_id, start_month) IN "
                          "(SELECT view, account_id, start_month FROM membership_log WHERE run_id = ? AND op = 'closed')",
                          [run_id])
@@ -332,12 +326,14 @@ class Ledger:
                          f"SELECT view, account_id, start_month, end_month, root_id FROM membership_log "
                          f"WHERE run_id = ? AND op = 'deleted' AND {mine}", [run_id])
             restored = conn.execute("SELECT count(*) FROM temp.undo_membership").fetchone()[0]
+            left = conn.execute(f"SELECT count(DISTINCT view || ':' || account_id) FROM membership_log WHERE run_id = ? "
+                                f"AND NOT {mine}", [run_id]).fetchone()[0]
             conn.execute("DROP TABLE temp.undo_membership")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return {"restored": restored, "replaced_since": total - restored}
+        return {"restored": restored, "replaced_since": left}
 
     def latest_membership_month(self, view: str) -> str | None:
         return self.db.execute("SELECT max(start_month) FROM membership WHERE view = ?", [view]).fetchone()[0]

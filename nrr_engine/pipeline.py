@@ -11,10 +11,12 @@ import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
+
 from . import months
 from . import sinks as sinks_mod
 from .config import Settings
-from .fetch import fetch
+from .fetch import fetch, fetch_arr, needs_arr
 from .hierarchy import repair as repair_mod
 from .ledger import Ledger
 from .metrics import gates, snapshot
@@ -36,7 +38,9 @@ def _repair(settings: Settings) -> Stage:
         """Trees of every view after this run's repair; the link changes it decided; duplicates flagged."""
         findings = list(state.findings)
         accounts = state.accounts
-        current = state.matrix[:, ctx.current_month - state.first]
+        # ARR for rules that read it (largest_arr, $arr); otherwise it is fetched after this stage
+        current = (state.matrix[:, ctx.current_month - state.first] if state.matrix is not None
+                   else np.zeros(len(accounts), dtype=np.int64))
         lookup, duplicates = repair_mod.lookup_trees(settings, accounts, state.ruleset, current, state.decisions,
                                                      state.repair, findings)
         views = repair_mod.all_views(settings, accounts, lookup, findings)
@@ -175,11 +179,22 @@ class Plan:
 
 def compute(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunContext) -> Plan:
     """Fetch, then every stage; nothing is written. Raises GateFailed on a broken gate."""
-    state = fetch(settings, org, ledger, ctx, repair=True)
-    for name, stage in stages(settings):
+    state = run_stages(settings, org, ledger, ctx, fetch(settings, org, ledger, ctx, repair=True), stages(settings))
+    return Plan(ctx, state)
+
+
+def run_stages(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunContext, state: State,
+               todo: list[tuple[str, Stage]]) -> State:
+    """Run the stages in order, timed; ARR is read before them when a rule needs it, else right after matching."""
+    early = needs_arr(state.ruleset)
+    if early:
+        state = fetch_arr(settings, org, ledger, ctx, state)
+    for name, stage in todo:
         with ctx.stage(name):
             state = stage(ctx, state)
-    return Plan(ctx, state)
+        if name == "match" and not early:
+            state = fetch_arr(settings, org, ledger, ctx, state)
+    return state
 
 
 def apply(plan: Plan, org: LocalOrg, ledger: Ledger, settings: Settings) -> dict[str, int]:
@@ -199,8 +214,7 @@ def report(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunContext, v
            as_of_start: bool = False, by: str | None = None) -> dict:
     """NRR figures recomputed from the org as it is and the stored history (no rules, nothing written)."""
     state = fetch(settings, org, ledger, ctx, extra_fields=(by,) if by and by != "cohort" else (), repair=False)
-    with ctx.stage("match"):
-        state = _repair(settings)(ctx, state)
+    state = run_stages(settings, org, ledger, ctx, state, [("match", _repair(settings))])
     return figures(state, view, period, window, ctx.current_month, as_of_start, by)
 
 

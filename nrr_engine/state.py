@@ -88,7 +88,7 @@ class State:
     accounts: Accounts
     ruleset: Any
     first: int                                  # month index of the matrix's first column
-    matrix: np.ndarray                          # accounts x months ARR units
+    matrix: np.ndarray | None                   # accounts x months ARR units (None until fetch_arr)
     arr_rows_changed: np.ndarray                # accounts whose stored ARR history differs from `matrix`
     membership: dict                            # view -> hierarchy.membership.Membership (recorded families)
     latest_membership: dict                     # view -> latest month with recorded membership (YYYY-MM)
@@ -99,6 +99,7 @@ class State:
     findings: tuple[Finding, ...] = ()
     repair: bool = True                         # False for a report: trees as the org has them
     extra_fields: tuple[str, ...] = ()
+    merged: dict = field(default_factory=dict)  # merged-away account Id -> surviving account Id
     # ---- outputs of the stages
     views: dict = field(default_factory=dict)   # view -> hierarchy.repair.ViewResult (repair)
     duplicates: tuple[dict, ...] = ()           # (repair)
