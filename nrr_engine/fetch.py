@@ -103,9 +103,8 @@ def _rule_fields(settings: Settings, org: LocalOrg, ruleset, findings: list[Find
     (then it is reported as not evaluated, never as "nothing found")."""
     usable, fields = [], []
     for rule in ruleset.match:
-        if rule.extra.get("default_country_field") and not org.has_field("Account", rule.country_field):
-            rule = dataclasses.replace(rule, country_field=None)  # no country to check qualifiers against
-        wanted = rule.fields() + (["Name"] if rule.type == "mapping" and rule.match_by == "name" else [])
+        rule = rule.for_org(lambda f: org.has_field("Account", f))
+        wanted = rule.fields()
         missing = [f for f in wanted if not org.has_field("Account", f)]
         if missing and rule.skip_when_missing:
             findings.append(Finding("rule_not_evaluated", f"rule {rule.name} ({rule.location.file}:{rule.location.line}) "
@@ -224,15 +223,15 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
         if merged:
             findings.append(Finding("merged_accounts", f"{len(merged)} merged-away account(s) carry their ARR history "
                                     "to the surviving account (MasterRecordId)", tuple(sorted(merged))))
-        membership = {v.name: Membership.from_segments(v.name, ledger.membership_segments(v.name), accounts.index)
-                      for v in settings.views}
+        membership = {v.name: Membership.from_segments(v.name, ledger.membership_segments(v.name), accounts.index,
+                                                       ledger.membership_count(v.name)) for v in settings.views}
         latest = {v.name: ledger.latest_membership_month(v.name) for v in settings.views}
         existing = snapshot.ExistingSnapshots()
         obj = settings.snapshot_object
         if repair and settings.snapshots_enabled and org.has_field(obj, snapshot.KEY):
             label = months.fmt(cur - 1)
-            existing = snapshot.ExistingSnapshots.from_rows(cur - 1, org.read(
-                obj, ["Id", snapshot.KEY, *snapshot.FIELDS], order_by=snapshot.KEY, like=(snapshot.KEY, f"%:{label}")))
+            existing = snapshot.ExistingSnapshots(cur - 1, *org.read_packed(
+                obj, [["Id"], [snapshot.KEY], snapshot.FIELDS], order_by=snapshot.KEY, like=(snapshot.KEY, f"%:{label}")))
 
     return State(accounts=accounts, ruleset=ruleset, first=cur - settings.arr.history_months + 1, matrix=None,
                  arr_rows_changed=np.zeros(0, dtype=np.int64), membership=membership, latest_membership=latest,

@@ -275,6 +275,9 @@ class Ledger:
         while rows := cur.fetchmany(50_000):
             yield from rows
 
+    def membership_count(self, view: str) -> int:
+        return self.db.execute("SELECT count(*) FROM membership WHERE view = ?", [view]).fetchone()[0]
+
     def commit_membership(self, run_id: str, view: str, month: str, prev_month: str,
                           changed: Iterable[tuple[str, str]]) -> int:
         """Record the families a run saw in `month` for the accounts whose family changed ((account, root)

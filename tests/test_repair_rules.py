@@ -12,7 +12,7 @@ from nrr_engine.errors import Location
 from nrr_engine.hierarchy import build_tree
 from nrr_engine.hierarchy.link import Approved, Guards, repair
 from nrr_engine.hierarchy.match import Population, Proposal
-from nrr_engine.rules.model import MatchRule
+from nrr_engine.rules.kinds import KeyRule, MappingRule
 from test_matching import AS_OF, parents
 
 NAME_RULE = """\
@@ -201,7 +201,7 @@ def _population(parent: list[int]) -> Population:
                       tree.depth, eligible=tree.parent < 0, unlocked=np.ones(n, dtype=bool))
 
 
-RULE = MatchRule("prop", "mapping", "legal", Location("r.yaml", 1, rule="prop"), confidence=0.99, override=True)
+RULE = MappingRule("prop", "legal", Location("r.yaml", 1, rule="prop"), confidence=0.99, override=True)
 
 
 @settings(max_examples=150, deadline=None)
@@ -374,7 +374,7 @@ def test_tie_breakers_narrow_the_candidates(tie_break, expected):
     from nrr_engine.rules.loader import _tie_break
     pop = _pop_with({"Tier__c": [None, "2", "10", "1"], "BillingCountry": ["DE", "DE", "US", "de"],
                      "CreatedDate": [None, "2019-01-01", "2020-01-01", "2021-01-01"]}, [0, 1, 2, 5])
-    rule = MatchRule("t", "key", "legal", Location("r.yaml", 1), tie_break=tuple(_tie_break(t) for t in tie_break))
+    rule = KeyRule("t", "legal", Location("r.yaml", 1), tie_break=tuple(_tie_break(t) for t in tie_break))
     assert choose(pop, rule, 0, [1, 2, 3])[0] == expected
 
 

@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
+
+from nrr_engine.hierarchy.match import Proposal
+from nrr_engine.rules import KINDS, MatchRule
 
 from conftest import Cli
 from test_matching import AS_OF, parents, shipped_rules
@@ -112,3 +117,40 @@ def test_hostile_names_never_break_a_run(org, cli, tmp_path, name):
     assert {(c["id"], c["new"]) for c in plan["changes"] if c["field"] == "ParentId"} == {("001U", "001A")}
     cli("run", *AS_OF)
     assert parents(org)["Acme UK"] == "Acme Inc."
+
+
+def test_a_new_rule_kind_is_one_class_in_the_registry(org, cli, monkeypatch):
+    """A kind registered in rules.KINDS gets its YAML setting schema-checked, its typed field built and its own
+    proposals applied by a run: nothing else changes (here: a toy kind linking accounts that name their parent)."""
+    @dataclass(frozen=True)
+    class NamedParentRule(MatchRule):
+        type: ClassVar[str] = "named_parent"
+        settings: ClassVar[dict] = {"parent_name_field": {"$ref": "#/$defs/fieldName"}}
+        required: ClassVar[tuple] = ("parent_name_field",)
+        parent_name_field: str = ""
+
+        @classmethod
+        def build(cls, common, raw, src):
+            return cls(**common, parent_name_field=raw["parent_name_field"])
+
+        def own_fields(self):
+            return [self.parent_name_field, "Name"]
+
+        def propose(self, pop, placeholders):
+            by_name = {n: j for j, n in enumerate(pop.col("Name"))}
+            return [Proposal(i, by_name[v], self, 0.99, {"named": v}) for i, v in enumerate(pop.col(self.parent_name_field))
+                    if v in by_name and pop.eligible[i]], [], []
+
+    monkeypatch.setitem(KINDS, "named_parent", NamedParentRule)
+    org.account("001P", "Parent Co")
+    org.account("001C", "Subsidiary Ltd", Parent_Name__c="Parent Co")
+    org.rules = {"r.yaml": "kind: match\nrules:\n  - {name: np, type: named_parent}\n"}
+    org.write()
+    err = cli("validate", expect=2).stderr
+    assert "r.yaml:3" in err and "'parent_name_field' is a required property" in err
+    org.rules = {"r.yaml": "kind: match\nrules:\n  - {name: np, type: named_parent, parent_name_field: Parent_Name__c}\n"}
+    org.write()
+    cli("validate")
+    cli("run", *AS_OF)
+    assert parents(org) == {"Parent Co": None, "Subsidiary Ltd": "Parent Co"}
+    assert "named_parent" in json.dumps(cli.json("schema", "match"))

@@ -39,7 +39,7 @@ def world(accounts: dict[str, str], arr: dict[str, dict[str, str]], segments=())
         for month, amount in sorted(arr.get(rid, {}).items()):
             matrix[k, months.parse(month) - FIRST:] = money.parse_units(amount)
     return State(accounts=acc, ruleset=RuleSet(), first=FIRST, matrix=matrix, arr_rows_changed=np.zeros(0, np.int64),
-                 membership={"legal": Membership.from_segments("legal", segments, acc.index)},
+                 membership={"legal": Membership.from_segments("legal", segments, acc.index, len(segments))},
                  latest_membership={"legal": None}, decisions=Decisions(), existing_snapshots=ExistingSnapshots())
 
 

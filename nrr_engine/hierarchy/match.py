@@ -570,25 +570,15 @@ def match_mapping(pop: Population, rule: MatchRule) -> tuple[list[Proposal], lis
 
 
 def propose(pop: Population, rules, placeholders: bool) -> tuple[list[Proposal], list[Placeholder], list[str]]:
-    """Run every rule of one view; returns proposals, placeholder parents and notes on unresolved entries."""
+    """Run every rule of one view (each kind proposes in its own way, rules/kinds.py); returns proposals,
+    placeholder parents and notes on unresolved entries."""
     proposals: list[Proposal] = []
     holders: list[Placeholder] = []
     notes: list[str] = []
     for rule in rules:
-        if rule.type == "key":
-            p, h = match_key(pop, rule)
-        elif rule.type == "domain":
-            p, h = match_domain(pop, rule)
-        elif rule.type == "name" and rule.method == "fuzzy":
-            p, h = match_fuzzy(pop, rule)
-        elif rule.type == "name":
-            p, h = match_name(pop, rule)
-            if placeholders:
-                h = name_placeholders(pop, rule)
-        else:
-            p, h, unresolved = match_mapping(pop, rule)
-            notes.extend(unresolved)
+        p, h, unresolved = rule.propose(pop, placeholders)
         proposals.extend(p)
+        notes.extend(unresolved)
         if placeholders:
             holders.extend(h)
     return proposals, holders, notes

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import islice
 
 import numpy as np
 
 from .. import months
 from .tree import Tree
 
-OPEN = 1 << 40          # the end month of a segment still open
+OPEN = 2**31 - 1         # the end month of a segment still open (columns are int32: 16 bytes a segment)
 _UNKNOWN = -10_000_000  # labels of recorded roots that are not accounts of this run (counting down)
 
 
@@ -34,32 +35,43 @@ class Membership:
 
     @staticmethod
     def empty(view: str) -> "Membership":
-        z = np.zeros(0, dtype=np.int64)
+        z = np.zeros(0, dtype=np.int32)
         return Membership(view, z, z, z, z)
 
     @staticmethod
-    def from_segments(view: str, segments: Iterable[tuple[str, str, str | None, str]],
-                      index: dict[str, int]) -> "Membership":
-        """(account Id, start YYYY-MM, end YYYY-MM or None, root Id) rows -> arrays."""
+    def from_segments(view: str, segments: Iterable[tuple[str, str, str | None, str]], index: dict[str, int],
+                      size: int, chunk: int = 50_000) -> "Membership":
+        """`size` (account Id, start YYYY-MM, end YYYY-MM or None, root Id) rows -> arrays, filled a chunk at a
+        time (a million segments never become a million Python objects at once)."""
         month_of: dict[str | None, int] = {None: OPEN}
         names: dict[str, int] = {}
-        acc, start, end, root = [], [], [], []
         get = index.get
-        for a, s, e, r in segments:
-            acc.append(get(a, -1))
-            for text, out in ((s, start), (e, end)):
-                m = month_of.get(text)
-                if m is None:
-                    m = month_of[text] = months.parse(text)
-                out.append(m)
+
+        def month(text: str | None) -> int:
+            m = month_of.get(text)
+            if m is None:
+                m = month_of[text] = months.parse(text)
+            return m
+
+        def root(r: str) -> int:
             j = get(r)
             if j is None:
                 j = names.get(r)
                 if j is None:
                     j = names[r] = _UNKNOWN - len(names)
-            root.append(j)
-        arr = lambda xs: np.array(xs, dtype=np.int64)  # noqa: E731
-        return Membership(view, arr(acc), arr(start), arr(end), arr(root), {v: k for k, v in names.items()})
+            return j
+
+        cols = [np.empty(size, dtype=np.int32) for _ in range(4)]
+        it, at = iter(segments), 0
+        while rows := list(islice(it, chunk)):
+            n = len(rows)
+            if at + n > size:
+                raise ValueError(f"membership of view {view} holds more segments than the {size} counted")
+            for col, values in zip(cols, ((get(r[0], -1) for r in rows), (month(r[1]) for r in rows),
+                                          (month(r[2]) for r in rows), (root(r[3]) for r in rows))):
+                col[at:at + n] = np.fromiter(values, dtype=np.int32, count=n)
+            at += n
+        return Membership(view, *(c[:at] for c in cols), {v: k for k, v in names.items()})
 
     def __len__(self) -> int:
         return len(self.account)

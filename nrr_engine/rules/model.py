@@ -1,9 +1,9 @@
 """Typed, frozen rules: what a YAML rule says, and nothing that can run code or reach the network."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import Location
 
@@ -103,10 +103,15 @@ class Qualified:
 
 @dataclass(frozen=True)
 class MatchRule:
-    """A matching rule: proposes (child, parent) links for one view, with confidence and evidence."""
+    """A matching rule: proposes (child, parent) links for one view, with confidence and evidence.
+
+    The settings every kind shares; each kind (rules/kinds.py, by YAML `type:`) adds its own typed fields."""
+
+    type: ClassVar[str] = ""                 # the YAML type: of the kind
+    settings: ClassVar[dict] = {}            # the kind's own YAML settings -> their JSON Schema
+    default_confidence: ClassVar[float] = 1.0
 
     name: str
-    type: str                       # key | domain | name | mapping
     view: str
     location: Location
     confidence: dict[str, float] | float = 1.0
@@ -116,24 +121,31 @@ class MatchRule:
     override: bool = False
     skip_when_missing: bool = False
     auto_apply: float | None = None
-    child_field: str | None = None
-    candidate_field: str | None = None
-    field: str | None = None
-    ignore: frozenset[str] = frozenset()
-    method: str = "qualifier"
-    threshold: float = 90.0
-    country_field: str | None = None
-    entries: tuple[Qualified, ...] = ()
-    match_by: str = "name"
-    extra: dict = dc_field(default_factory=dict, compare=False, hash=False)
 
     def confidence_for(self, kind: str) -> float:
         c = self.confidence
         return c.get(kind, NAME_CONFIDENCE[kind]) if isinstance(c, dict) else float(c)
 
+    @classmethod
+    def confidence_setting(cls, conf, raw: dict, src) -> dict[str, float] | float:
+        """The rule's confidence from its YAML value (a number; the kind's default when absent)."""
+        return float(conf) if conf is not None else cls.default_confidence
+
+    def own_fields(self) -> list[str]:
+        """Account fields the kind's own settings read."""
+        return []
+
     def fields(self) -> list[str]:
         """Account fields the rule reads (pseudo fields excluded)."""
         names = [c.field for c in (*self.child, *self.candidate)]
         names += [t.field for t in self.tie_break if t.field]
-        names += [f for f in (self.child_field, self.candidate_field, self.field, self.country_field) if f]
-        return [n for n in dict.fromkeys(names) if not n.startswith("$")]
+        names += self.own_fields()
+        return [n for n in dict.fromkeys(names) if n and not n.startswith("$")]
+
+    def for_org(self, has_field) -> "MatchRule":
+        """The rule as it runs on an org with these Account fields (a kind may drop an optional default)."""
+        return self
+
+    def propose(self, pop, placeholders: bool) -> tuple[list, list, list[str]]:
+        """(proposals, placeholder parents, notes on unresolved entries) over a matching Population."""
+        raise NotImplementedError(f"rule kind {self.type!r} does not propose links")
