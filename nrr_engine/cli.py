@@ -162,8 +162,10 @@ def _print_summary(summary: dict) -> None:
         click.echo(f"  {view} repair: {st['applied']} link(s) applied, {st['review']} to review, {st['blocked']} "
                    f"refused by guards, {st['placeholders']} placeholder parent(s) proposed"
                    + ("; see `nrr-engine review list`" if st["review"] or st["placeholders"] else ""))
-    for fnd in summary["findings"]:
-        click.echo(f"  data quality [{fnd['kind']}]: {fnd['message']}" +
+    order = {"error": 0, "warning": 1, "info": 2}
+    for fnd in sorted(summary["findings"], key=lambda f: order.get(f.get("severity"), 1)):
+        label = "not evaluated" if fnd.get("outcome") == "not_evaluated" else fnd.get("severity", "warning")
+        click.echo(f"  data quality {label} [{fnd['kind']}]: {fnd['message']}" +
                    (f" e.g. {', '.join(fnd['records'][:3])}" if fnd["records"] else ""))
     click.echo("  stages: " + ", ".join(f"{k} {v}s" for k, v in summary["stages"].items()))
 
@@ -374,7 +376,8 @@ def runs_show(ctx, run_id, show_changes):
         raise DataError(f"no run {run_id!r}; see `nrr-engine runs list`")
     out = {k: (json.loads(v) if k in ("counts", "summary", "api_usage") and v else v) for k, v in r.items()}
     out["change_status"] = ledger.change_counts(r["id"])
-    out["findings"] = [{k: f[k] for k in ("kind", "message", "record_count")} for f in ledger.findings(r["id"])]
+    out["findings"] = [{k: f.get(k) for k in ("kind", "severity", "outcome", "message", "record_count")}
+                       for f in ledger.findings(r["id"])]
     out["changes"] = [{k: c[k] for k in ("object", "record_id", "external_id", "field", "old", "new", "status", "error",
                                          "rule")}
                       for _, c in zip(range(show_changes), ledger.changes(r["id"]))]

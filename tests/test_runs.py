@@ -94,7 +94,7 @@ def test_runs_list_and_show(family, cli):
     shown = cli.json("runs", "show", run_id[:20])
     assert shown["status"] == "succeeded" and shown["change_status"]["applied"] > 0
     assert shown["changes"][0]["status"] == "applied" and shown["config_hash"]
-    assert shown["findings"] == [{"kind": "dangling_parent", "record_count": 1,
+    assert shown["findings"] == [{"kind": "dangling_parent", "record_count": 1, "severity": "warning", "outcome": "found",
                                   "message": "1 account(s) have a ParentId that matches no account; treated as roots"}]
 
 
