@@ -296,7 +296,8 @@ def review_list(ctx, status, view, fmt):
     if fmt == "json":
         click.echo(json.dumps(items, indent=2, sort_keys=True))
         return
-    cols = ["id", "status", "confidence", "rule", "view", "child_id", "child_name", "parent_id", "parent_name", "reason"]
+    cols = ["id", "status", "confidence", "rule", "view", "child_id", "child_name", "parent_id", "parent_name", "reason",
+            "note"]
     if fmt == "csv":
         import csv as csv_mod
         w = csv_mod.writer(sys.stdout)
@@ -313,6 +314,8 @@ def review_list(ctx, status, view, fmt):
         parent = f"{i['parent_id']} {_short(i['parent_name'])}" if i["parent_id"] else f"NEW {_short(i['parent_name'])}"
         click.echo(f"#{i['id']:<5} {i['status']:<8} {i['confidence']:.2f}  {i['rule']:<22} {child}  ->  {parent}"
                    + (f"   [{i['reason']}]" if i["reason"] else ""))
+        if i.get("note"):
+            click.echo(f"       note: {i['note']}")
 
 
 def _short(text, width: int = 30) -> str:
@@ -392,8 +395,10 @@ def rollback(ctx, run_id):
     """Restore the old values of RUN_ID's changes; values edited since are reported and left alone."""
     with _engine(ctx) as engine:
         result = engine.rollback(run_id)
+    m = result.get("membership") or {}
     click.echo(f"rolled back {result['rolled_back']} as run {result['run_id']}: restored {result['restored_fields']} "
-               f"field(s), deleted {result['deleted_records']} record(s)")
+               f"field(s) and {result.get('restored_records', 0)} record(s), deleted {result['deleted_records']} "
+               f"record(s); family membership of {m.get('restored', 0)} account(s) restored")
     for c in result["conflicts"]:
         click.echo(f"  left alone (edited since): {c['object']} {c['id']} {c['field']}: expected {c['expected']!r}, "
                    f"found {c['found']!r}")

@@ -305,7 +305,8 @@ class Engine:
         self.org.sync(self.org.csv_objects())
         full = self.org.export_full(out / "full")
         run = self.ledger.run(run_id) if run_id else next(
-            (r for r in self.ledger.runs(500) if r["mode"] == "run" and r["status"] in ("succeeded", "failed_records")), None)
+            (r for r in self.ledger.runs(500) if r["mode"] == "run" and r["status"] in ("succeeded", "failed_records")
+             and r["change_last"] is not None), None)  # the latest run that changed something
         if run_id and run is None:
             raise DataError(f"no run {run_id!r}; see `nrr-engine runs list`")
         written = []
@@ -363,8 +364,11 @@ def _read_history(path: Path, currency: str) -> tuple[list[tuple[str, int, int]]
 def _write_change_set(ledger: Ledger, run_id: str, folder: Path) -> list[Path]:
     updates: dict[str, dict[str, dict]] = {}
     upserts: dict[tuple[str, str], list[dict]] = {}
+    deletes: dict[str, list[str]] = {}
     for ch in ledger.changes(run_id, status="applied"):
-        if ch["field"] in (UPSERT, INSERT):  # records to create (Data Loader insert/upsert with these values)
+        if ch["field"] == UPSERT and ch["new"] is None:  # a record the run deleted (Data Loader delete by Id)
+            deletes.setdefault(ch["object"], []).append(ch["record_id"])
+        elif ch["field"] in (UPSERT, INSERT):  # records to create (Data Loader insert/upsert with these values)
             upserts.setdefault((ch["object"], ch["field"]), []).append({"Id": ch["record_id"], **json.loads(ch["new"])})
         else:
             updates.setdefault(ch["object"], {}).setdefault(ch["record_id"], {})[ch["field"]] = ch["new"]
@@ -383,6 +387,8 @@ def _write_change_set(ledger: Ledger, run_id: str, folder: Path) -> list[Path]:
         fields = sorted({f for r in recs for f in r})
         name = f"{obj}.upsert.csv" if kind == UPSERT else f"{obj}.insert.csv"
         written.append(_write_csv(folder / name, fields, ([r.get(f) for f in fields] for r in recs)))
+    for obj, ids in deletes.items():
+        written.append(_write_csv(folder / f"{obj}.delete.csv", ["Id"], ([rid] for rid in ids)))
     return written
 
 

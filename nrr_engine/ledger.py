@@ -378,6 +378,7 @@ class Ledger:
                 "note = CASE WHEN status = 'applied' THEN 'proposed again by run ' || excluded.last_run || "
                 "': the link applied by run ' || coalesce(applied_run, '?') || ' is no longer in the org' "
                 "WHEN status = 'expired' THEN NULL ELSE note END, "
+                "applied_run = CASE WHEN status = 'applied' THEN NULL ELSE applied_run END, "
                 "status = CASE WHEN status IN ('expired', 'applied') THEN 'pending' ELSE status END",
                 ((view, it["child_id"], it["parent_ref"], it.get("parent_id"), it.get("placeholder_name"),
                   json.dumps(it.get("members")) if it.get("members") else None, it["rule"], it["confidence"],

@@ -106,7 +106,7 @@ def rollback(org: LocalOrg, ledger: Ledger, run_id: str, rollback_id: str, snaps
 
     A value edited since the run is left alone and reported (a sample of them, and how many)."""
     conflicts: list[dict] = []
-    n_conflicts = restored = deleted = 0
+    n_conflicts = restored = deleted = recreated = 0
     batches: list = []
 
     def conflict(obj, rid, field, expected, found):
@@ -144,6 +144,7 @@ def rollback(org: LocalOrg, ledger: Ledger, run_id: str, rollback_id: str, snaps
                 org.upsert_json(obj, SNAPSHOT_KEY, SNAPSHOT_FIELDS, [n for n in undo.new if n is not None],
                                 snapshot_prefix)
                 deleted += len(gone)
+                recreated += sum(1 for rid, n in zip(undo.ids, undo.new) if rid is None and n is not None)
                 batches.append(undo)
                 continue
             if field == INSERT:  # records the run created: deleted, unless already gone
@@ -175,5 +176,6 @@ def rollback(org: LocalOrg, ledger: Ledger, run_id: str, rollback_id: str, snaps
             restored += len(undo)
             batches.append(undo)
         ledger.record_changes(rollback_id, batches, "applied")
-    return {"run_id": rollback_id, "rolled_back": run_id, "restored_fields": restored, "deleted_records": deleted,
+    return {"run_id": rollback_id, "rolled_back": run_id, "restored_fields": restored, "restored_records": recreated,
+            "deleted_records": deleted,
             "conflicts": conflicts, "conflict_count": n_conflicts}

@@ -236,3 +236,11 @@ def test_a_background_load_left_by_a_stopped_run_is_reused_or_replaced_never_dou
     lo.finish_sync()
     assert list(lo.read("Subscription__c", ["Id", "Amount__c"])) == [("a0S000000000000001", "2")]
     lo.close()
+
+
+def test_a_csv_that_went_away_stops_the_run_instead_of_using_the_stale_copy(small, cli):
+    """Deleting Subscription__c.csv after a load is exit 2 naming the file, not a run on the old working copy."""
+    cli("run", *AS_OF)
+    (small.org / "Subscription__c.csv").unlink()
+    err = cli("run", *AS_OF, expect=2).stderr
+    assert "Subscription__c.csv was loaded before but is no longer in the org folder" in err

@@ -158,3 +158,30 @@ def test_a_csv_edit_merges_with_the_engines_writes(globex):
     conflict = [f for f in s["findings"] if f["kind"] == "reload_conflict"]
     assert len(conflict) == 1 and conflict[0]["records"] == [UK] and conflict[0]["severity"] == "warning"
     assert parents(globex)[JAPAN] == CORP and parents(globex)[INITECH] == CORP
+
+
+def test_export_writes_the_deleted_snapshots_as_a_delete_file(globex, tmp_path):
+    """The repair run's change set has KPI_Snapshot__c.delete.csv with the absorbed families' snapshot Ids; a
+    no-op run after it does not hide it from `export`."""
+    globex("run", *AS_OF)
+    approve_true_links(globex)
+    run_id = globex("run", *AS_OF).stdout.split()[1]
+    deleted = {c["record_id"] for c in globex.json("runs", "show", run_id)["changes"]
+               if c["field"] == "(upsert)" and c["new"] is None}
+    globex("run", *AS_OF)                                  # writes nothing
+    globex("export", "--out", str(tmp_path / "out"))
+    rows = read_csv(tmp_path / "out" / "changes" / run_id / "KPI_Snapshot__c.delete.csv")
+    assert {r["Id"] for r in rows} == deleted and len(deleted) == 2
+
+
+def test_review_list_shows_why_an_item_came_back(globex):
+    """After a rollback, the reopened items say why in the table view too."""
+    globex("run", *AS_OF)
+    approve_true_links(globex)
+    run_id = globex("run", *AS_OF).stdout.split()[1]
+    out = globex("rollback", run_id).stdout
+    assert "restored 11 field(s) and 2 record(s)" in out and "family membership of 3 account(s) restored" in out
+    globex("run", *AS_OF)
+    shown = globex("review", "list").stdout
+    assert shown.count("is no longer in the org") == 3
+    assert all(i["applied_run"] is None for i in globex.json("review", "list", "--format", "json"))

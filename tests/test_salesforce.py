@@ -441,3 +441,40 @@ def test_report_reads_no_snapshot_records(sf):
     report = sf.cli.json("report", "nrr", "--period", "2026-10", "--format", "json", "--as-of", AS_OF)
     assert report["family"]["start"] != "0.00"
     assert [q.split(" FROM ")[1].split()[0] for q in sf.double.queries] == ["Account", "Subscription__c"]
+
+
+GLOBEX = ROOT.parent / "shared" / "data" / "globex"
+
+
+def test_absorbed_family_snapshots_are_deleted_in_salesforce_and_rollback_restores_them(tmp_path, monkeypatch):
+    """On the hand-built Globex org served by the double: once Initech and Globex Japan join Globex Corporation,
+    their 2026-10 KPI_Snapshot__c records are deleted in Salesforce (the month's records sum to 482,000); a
+    rollback of that run puts them back as they were."""
+    if not GLOBEX.is_dir():
+        pytest.skip(f"the hand-built Globex org is not at {GLOBEX} (it ships in ../shared/data)")
+    org = tmp_path / "globex"
+    org.mkdir()
+    for name in ("Account.csv", "Subscription__c.csv"):
+        shutil.copy(GLOBEX / name, org / name)
+    p = make_project(tmp_path / "p", monkeypatch, org=org)
+    shutil.copy(GLOBEX / "mappings.csv", tmp_path / "p" / "rules" / "mappings.csv")
+
+    def october():
+        rows = p.double.records("KPI_Snapshot__c", ["External_Id__c", "Ending_ARR__c"]).values()
+        return {k: float(v) for k, v in rows if k.endswith(":2026-10")}
+
+    with p.double.serve():
+        p.cli("run", "--as-of", AS_OF)
+        before = october()
+        assert "legal:001000000000G05AAA:2026-10" in before and "legal:001000000000G06AAA:2026-10" in before
+        items = p.cli.json("review", "list", "--format", "json")
+        true = {"001000000000G02AAA", "001000000000G05AAA", "001000000000G06AAA"}
+        p.cli("review", "approve", *[str(i["id"]) for i in items
+                                     if i["child_id"] in true and i["parent_id"] == "001000000000G01AAA"])
+        run_id = p.cli("run", "--as-of", AS_OF).stdout.split()[1]
+        after = october()
+        assert sum(after.values()) == 482_000 and len(after) == 6
+        assert "legal:001000000000G05AAA:2026-10" not in after and "legal:001000000000G06AAA:2026-10" not in after
+        assert "changes: planned 0" in p.cli("run", "--as-of", AS_OF).stdout
+        p.cli("rollback", run_id)
+        assert october() == before

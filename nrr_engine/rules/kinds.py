@@ -194,7 +194,7 @@ def rule_schema(base: dict) -> dict:
     conditions = list(base.get("allOf", []))
     for kind in KINDS.values():
         rule["properties"].update(kind.settings)
-        when = {"if": {"properties": {"type": {"const": kind.type}}}}
+        when = {"if": {"properties": {"type": {"const": kind.type}}, "required": ["type"]}}
         if getattr(kind, "required", ()):
             conditions.append({**when, "then": {"required": list(kind.required)}})
         if getattr(kind, "one_of", ()):

@@ -158,6 +158,10 @@ class LocalOrg:
         for obj in objects:
             path = self.folder / f"{obj}.csv"
             if not path.exists():
+                if self.db.execute("SELECT 1 FROM _nrr_files WHERE object = ?", (obj,)).fetchone():
+                    # never run on a stale copy of a file that went away
+                    raise DataError(f"{obj}.csv was loaded before but is no longer in the org folder; put it back "
+                                    f"(an export of {obj} with its Id column)", Location(str(path)))
                 continue
             st = path.stat()
             row = self.db.execute("SELECT size, mtime_ns, sha256 FROM _nrr_files WHERE object=?", (obj,)).fetchone()
