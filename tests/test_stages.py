@@ -7,6 +7,7 @@ import datetime as dt
 from pathlib import Path
 
 import numpy as np
+from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 from nrr_engine import money, months
 from nrr_engine.config import ArrSettings, Settings, View
@@ -137,3 +138,48 @@ def test_snapshot_stage_deletes_the_snapshot_of_an_absorbed_family():
     assert sc.keys == ["legal:DIS:2026-10", "legal:HUL:2026-10"]
     assert sc.ids == ["a0K1", "a0K2"] and sc.new[1] is None and sc.deletes() == [(1, "a0K2")]
     assert '"Ending_ARR__c": "600000.00"' in sc.new[0]
+
+
+@st.composite
+def monthly_hierarchies(draw):
+    """A few accounts and, for three consecutive months, one to three runs, each with a parent for every account
+    (an earlier account or none: no cycles)."""
+    n = draw(st.integers(2, 7))
+    ids = [f"A{i}" for i in range(n)]
+    tree = st.builds(lambda *ps: list(ps), *[st.one_of(st.none(), st.integers(0, i - 1)) if i else st.none()
+                                             for i in range(n)])
+    return ids, [draw(st.lists(tree, min_size=1, max_size=3)) for _ in range(3)]
+
+
+@given(monthly_hierarchies())
+@hypothesis_settings(max_examples=80, deadline=None)
+def test_recording_a_month_keeps_the_past_and_a_rerun_records_nothing(tmp_path_factory, case):
+    """Runs in three months, several a month: a run's figures for months no run saw use its own tree (never an
+    earlier run's of the same month); a month keeps the families its last run saw; a rerun records nothing."""
+    from nrr_engine.hierarchy.tree import build_tree
+    from nrr_engine.ledger import Ledger
+
+    ids, runs_by_month = case
+    index = {r: i for i, r in enumerate(ids)}
+    ledger = Ledger(tmp_path_factory.mktemp("m") / "nrr.db")
+
+    def recorded() -> Membership:
+        segs = list(ledger.membership_segments("legal"))
+        return Membership.from_segments("legal", segs, index, len(segs))
+
+    seen: dict[int, list[int]] = {}
+    for k, runs in enumerate(runs_by_month):
+        month = CUR - 2 + k
+        for r, parents in enumerate(runs):
+            tree, _ = build_tree(ids, index, [ids[p] if p is not None else None for p in parents])
+            m = recorded()
+            for past, labels in seen.items():
+                assert m.labels_at(past, tree, month).tolist() == labels, f"month {past} changed"
+            if not seen:  # no month before this one was seen: the run's own tree stands for it
+                assert m.labels_at(month - 1, tree, month).tolist() == tree.families().tolist()
+            ledger.commit_membership(f"run{k}.{r}", "legal", months.fmt(month), months.fmt(month - 1),
+                                     m.changed(tree, ids))
+            assert recorded().changed(tree, ids) == []          # a rerun of the same tree records nothing
+        assert recorded().labels_at(month, tree, month + 1).tolist() == tree.families().tolist()
+        seen[month] = tree.families().tolist()
+    ledger.close()

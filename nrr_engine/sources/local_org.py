@@ -350,9 +350,12 @@ class LocalOrg:
 
     def _keep_base(self, obj: str, fields: Sequence[str], ids: Sequence[str]) -> None:
         """Before the engine changes `fields` of `ids`: remember the CSV's value, unless already remembered."""
-        for f in self._csv_fields(obj, fields):
-            self.db.executemany(f"INSERT OR IGNORE INTO _nrr_base (object, id, field, value) "
-                                f"SELECT ?, Id, ?, {_q(f)} FROM {_q(obj)} WHERE Id = ?", ((obj, f, rid) for rid in ids))
+        fields = self._csv_fields(obj, fields)
+        for start in range(0, len(ids) if fields else 0, 50_000):
+            chunk = json.dumps([str(rid) for rid in ids[start:start + 50_000]])  # one statement per chunk, not per Id
+            for f in fields:
+                self.db.execute(f"INSERT OR IGNORE INTO _nrr_base (object, id, field, value) SELECT ?, o.Id, ?, "
+                                f"o.{_q(f)} FROM json_each(?) j JOIN {_q(obj)} o ON o.Id = j.value", (obj, f, chunk))
 
     def _load_checked(self, path: Path, insert: str, header: list[str], id_col: int) -> None:
         """The careful load: check each row's width and encoding so an error names its line."""
