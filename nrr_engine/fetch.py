@@ -20,7 +20,7 @@ from .hierarchy.repair import Decisions
 from .ledger import Ledger
 from .metrics import arr as arr_mod
 from .metrics import snapshot
-from .model import INSERT, Accounts, Change, FieldNeed, Finding, Outcome
+from .model import INSERT, Accounts, Change, CheckOutcome, FieldNeed, Finding
 from .sources import LocalOrg
 from .state import State
 
@@ -109,7 +109,7 @@ def _rule_fields(settings: Settings, org: LocalOrg, ruleset, findings: list[Find
         if missing and rule.skip_when_missing:
             findings.append(Finding("rule_not_evaluated", f"rule {rule.name} ({rule.location.file}:{rule.location.line}) "
                                     f"not evaluated: Account has no field {', '.join(missing)}", (),
-                                    Outcome.NOT_EVALUATED))
+                                    CheckOutcome.NOT_EVALUATED))
             continue
         if missing:
             raise ConfigError(f"field {missing[0]} is not a column of Account (the org's columns include: "

@@ -19,7 +19,7 @@ class Severity(enum.IntEnum):
     ERROR = 30
 
 
-class Outcome(str, enum.Enum):
+class CheckOutcome(str, enum.Enum):
     """What a check found: a problem, or nothing it could say (inputs missing): never read as "fine"."""
 
     FOUND = "found"
@@ -53,7 +53,7 @@ class Finding:
     kind: str
     message: str
     records: tuple[str, ...] = ()
-    outcome: Outcome = Outcome.FOUND
+    outcome: CheckOutcome = CheckOutcome.FOUND
 
     def __post_init__(self):
         severity_of(self.kind)  # a misspelt kind fails where it is made, not in a report

@@ -183,3 +183,18 @@ def test_recording_a_month_keeps_the_past_and_a_rerun_records_nothing(tmp_path_f
         assert recorded().labels_at(month, tree, month + 1).tolist() == tree.families().tolist()
         seen[month] = tree.families().tolist()
     ledger.close()
+
+
+def test_findings_are_data_with_a_severity_and_not_evaluated_is_its_own_outcome():
+    """A finding's kind is known (a misspelt kind fails where it is made); a skipped rule is not_evaluated."""
+    import pytest
+
+    from nrr_engine.model import CheckOutcome, Finding, Severity
+
+    f = Finding("rule_not_evaluated", "rule x not evaluated", (), CheckOutcome.NOT_EVALUATED)
+    assert f.severity is Severity.WARNING and f.as_dict()["outcome"] == "not_evaluated"
+    assert Finding("link_blocked_cycle", "m").as_dict()["severity"] == "info"
+    assert Finding("cycle", "m").as_dict() | {"message": ""} == {"kind": "cycle", "severity": "error", "outcome": "found",
+                                                                "message": "", "records": [], "record_count": 0}
+    with pytest.raises(ValueError, match="unknown finding kind 'cylce'"):
+        Finding("cylce", "m")
