@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 
+TRUE_TEXT = frozenset({"true", "1", "yes", "y", "t"})   # checkbox values read as true (CSV and API text)
 INSERT = "__insert__"   # the `field` of a change that creates a record (new = the record as JSON)
 UPSERT = "(upsert)"     # the `field` of a change upserted by external id (new = the record as JSON, None = delete)
 

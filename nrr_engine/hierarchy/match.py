@@ -15,7 +15,6 @@ import numpy as np
 from rapidfuzz import fuzz, process
 
 from .. import money
-from ..rules.model import MatchRule
 from ..ids import id18
 from . import normalise
 
@@ -102,7 +101,7 @@ def _name(value) -> str:
 class Proposal(NamedTuple):
     child: int
     parent: int
-    rule: MatchRule
+    rule: Any            # the rules.MatchRule that proposed it (rules are handed in as data)
     confidence: float
     evidence: Any        # NameEvidence | KeyEvidence | DomainEvidence | MappingEvidence | dict (see explain)
 
@@ -113,7 +112,7 @@ class Placeholder(NamedTuple):
     key: str            # e.g. name:acme, domain:acme.com, Parent_DUNS__c:123456789
     name: str           # display name of the parent to create
     members: tuple[int, ...]
-    rule: MatchRule
+    rule: Any            # the rules.MatchRule that proposed it (rules are handed in as data)
     confidence: float
     evidence: Any
 
@@ -233,7 +232,7 @@ def _passes(pop: Population, conditions, i: int) -> bool:
     return all(c.test(pop.value(c.field, i)) for c in conditions)
 
 
-def choose(pop: Population, rule: MatchRule, child: int, candidates: list[int]) -> tuple[list[int], list[str]]:
+def choose(pop: Population, rule, child: int, candidates: list[int]) -> tuple[list[int], list[str]]:
     """Candidates left after conditions and tie-breakers (one = decided), and the tie-breakers used."""
     cands = [j for j in dict.fromkeys(candidates) if j != child and _passes(pop, rule.candidate, j)]
     used: list[str] = []
@@ -302,7 +301,7 @@ class _Desc:
         return self.v >= other.v
 
 
-def _decide(pop: Population, rule: MatchRule, child: int, candidates: list[int], confidence: float,
+def _decide(pop: Population, rule, child: int, candidates: list[int], confidence: float,
             evidence) -> Iterator[Proposal]:
     """One proposal when the candidates narrow to one; a tie goes to review with every candidate listed."""
     if len(candidates) == 1 and not rule.child and not rule.candidate:  # the common case, kept cheap
@@ -331,7 +330,7 @@ def _key_value(v) -> str:
     return str(v).strip().casefold() if v not in (None, "") else ""
 
 
-def match_key(pop: Population, rule: MatchRule) -> tuple[list[Proposal], list[Placeholder]]:
+def match_key(pop: Population, rule) -> tuple[list[Proposal], list[Placeholder]]:
     """child_field equals a candidate's candidate_field (Parent_DUNS__c = DunsNumber, global ultimate keys)."""
     index: dict[str, list[int]] = {}
     for j, v in enumerate(pop.col(rule.candidate_field)):
@@ -356,7 +355,7 @@ def match_key(pop: Population, rule: MatchRule) -> tuple[list[Proposal], list[Pl
     return out, holders
 
 
-def match_domain(pop: Population, rule: MatchRule) -> tuple[list[Proposal], list[Placeholder]]:
+def match_domain(pop: Population, rule) -> tuple[list[Proposal], list[Placeholder]]:
     """A subdomain site (us.acme.com) belongs under the account whose site is the registrable domain itself."""
     domains, apex = pop.sites(rule.field)
     heads: dict[str, list[int]] = {}
@@ -393,7 +392,7 @@ def _grade(q: normalise.Qualifier, mine: str | None, theirs: str | None) -> str:
     return "unknown"
 
 
-def _qualifier_confidence(pop: Population, rule: MatchRule, child: int, parent: int | None,
+def _qualifier_confidence(pop: Population, rule, child: int, parent: int | None,
                           q: normalise.Qualifier) -> tuple[float, str]:
     countries = pop.countries(rule.country_field) if rule.country_field else None
     mine = countries[child] if countries else None
@@ -402,7 +401,7 @@ def _qualifier_confidence(pop: Population, rule: MatchRule, child: int, parent: 
     return rule.confidence_for(grade), grade
 
 
-def match_name(pop: Population, rule: MatchRule) -> tuple[list[Proposal], list[Placeholder]]:
+def match_name(pop: Population, rule) -> tuple[list[Proposal], list[Placeholder]]:
     """Child = candidate's normalised name + a qualifier (country, region, division); the longest name wins."""
     keys = pop.keys(rule.field)
     full, head = pop.name_index(rule.field)
@@ -478,7 +477,7 @@ def unmatched(pop: Population, name_field: str, allowed: np.ndarray) -> list[tup
     return out
 
 
-def match_fuzzy(pop: Population, rule: MatchRule) -> tuple[list[Proposal], list[Placeholder]]:
+def match_fuzzy(pop: Population, rule) -> tuple[list[Proposal], list[Placeholder]]:
     """Child stem (name minus qualifier) within `threshold` of a candidate's name (sorted-neighbourhood blocking)."""
     keys = pop.keys(rule.field)
     full, head = pop.name_index(rule.field)
@@ -519,7 +518,7 @@ def match_fuzzy(pop: Population, rule: MatchRule) -> tuple[list[Proposal], list[
     return out, []
 
 
-def name_placeholders(pop: Population, rule: MatchRule) -> list[Placeholder]:
+def name_placeholders(pop: Population, rule) -> list[Placeholder]:
     """Two or more accounts named stem + different qualifiers ("Acme US", "Acme UK") and no "Acme"."""
     allowed = pop.unlocked if rule.override else pop.eligible
     names, keys = pop.col(rule.field), pop.keys(rule.field)
@@ -540,7 +539,7 @@ def name_placeholders(pop: Population, rule: MatchRule) -> list[Placeholder]:
     return out
 
 
-def match_mapping(pop: Population, rule: MatchRule) -> tuple[list[Proposal], list[Placeholder], list[str]]:
+def match_mapping(pop: Population, rule) -> tuple[list[Proposal], list[Placeholder], list[str]]:
     """RevOps' table of known links (acquisitions); entries name accounts by normalised name or by Id."""
     allowed = pop.unlocked if rule.override else pop.eligible
     if rule.match_by == "id":

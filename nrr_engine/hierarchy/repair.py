@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..model import Accounts, FieldChanges, Finding
-from ..rules.model import TRUE_TEXT
+from ..model import TRUE_TEXT, Accounts, FieldChanges, Finding
 from . import link as link_mod
 from . import match as match_mod
 from .tree import Tree, build_tree, forest, partition

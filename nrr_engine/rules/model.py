@@ -6,9 +6,9 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar
 
 from ..errors import Location
+from ..model import TRUE_TEXT
 
 PSEUDO_FIELDS = ("$is_root", "$arr", "$child_count", "$depth")
-TRUE_TEXT = {"true", "1", "yes", "y", "t"}
 
 # Confidence of a name match by what the child's extra words are (DESIGN §3: names with a qualifier).
 NAME_CONFIDENCE = {
