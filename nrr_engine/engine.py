@@ -8,7 +8,6 @@ import csv
 import datetime as dt
 import fcntl
 import json
-import os
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -24,10 +23,10 @@ from .config import Settings
 from .errors import DataError, ExitCode, Interrupted, Location, NrrError, SourceUnavailable
 from .ledger import Ledger
 from .metrics import arr as arr_mod
-from .metrics import snapshot
 from .model import INSERT
 from .model import UPSERT
 from .pipeline import RunContext
+from .sinks import PlanFileSink
 
 log = structlog.get_logger("nrr_engine")
 
@@ -157,31 +156,10 @@ class Engine:
                 "repair": plan.rule_stats, **({"api_calls": plan.api_calls} if plan.api_calls else {})}
 
     def write_plan(self, plan: pipeline.Plan, out: Path) -> None:
-        """plan.json (DESIGN §8), streamed so a million changes do not need a million dicts at once."""
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write('{"run_id": %s, "as_of": %s,\n "changes": [' % (json.dumps(plan.ctx.run_id),
-                                                                    json.dumps(plan.ctx.as_of.isoformat())))
-            for i, c in enumerate(plan.all_changes()):
-                fh.write(("," if i else "") + "\n  " + json.dumps(c.as_dict(), sort_keys=True))
-            fh.write('],\n "review": [')
-            n = 0
-            for items in plan.review_queue(self.settings).values():
-                for item in items:
-                    shown = {k: v for k, v in item.items() if k not in ("child_id", "parent_ref", "parent_id")}
-                    fh.write(("," if n else "") + "\n  " + json.dumps(shown, sort_keys=True))
-                    n += 1
-            fh.write('],\n "duplicates": %s,\n "flags": [],\n "snapshots": [' % json.dumps(plan.duplicates))
-            for i, (key, values) in enumerate(plan.snapshots.rows()):
-                s = dict(zip(snapshot.FIELDS, values))
-                fh.write(("," if i else "") + "\n  " + json.dumps(
-                    {"external_id": key, "ending_arr": s["Ending_ARR__c"], "starting_arr": s["Starting_ARR__c"],
-                     "nrr": s["NRR__c"], "grr": s["GRR__c"]}, sort_keys=True))
-            fh.write('],\n "findings": %s,\n "summary": %s}\n' % (
-                json.dumps([f.as_dict() for f in plan.findings]),
-                json.dumps({k: v for k, v in self.summary(plan, {"planned": plan.change_count()}).items()
-                            if k in ("accounts", "families", "nrr", "changes", "repair")})))
-        os.replace(tmp, out)
+        """plan.json (DESIGN §8), through the plan-file sink."""
+        summary = {k: v for k, v in self.summary(plan, {"planned": plan.change_count()}).items()
+                   if k in ("accounts", "families", "nrr", "changes", "repair")}
+        PlanFileSink(out, self.settings).write(plan.ctx, plan, summary)
 
     # ---- report ---------------------------------------------------------------------------------
     def report_nrr(self, period: str | None, window: int, view: str | None, by: str | None,

@@ -1,4 +1,5 @@
-"""Sinks write a finished plan: the org (local working copy or Salesforce), then the state store's history.
+"""Sinks write a finished plan: the org (local working copy or Salesforce), then the state store's history; a
+plan can also go to a file (plan.json).
 
 Every org sink has one method, `write(ctx, plan, journal) -> {seq: error}`, and records the plan's changes in
 the run ledger through the journal in the order its org needs (write-ahead). A new place to write to (a
@@ -10,6 +11,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from .local import LocalOrgSink
+from .plan_file import PlanFileSink
 from .salesforce import SalesforceSink
 from .state import StateSink
 
@@ -40,4 +42,4 @@ def org_sink(org, settings) -> OrgSink:
     return ORG_SINKS[org.kind](org, settings)
 
 
-__all__ = ["Journal", "OrgSink", "org_sink", "LocalOrgSink", "SalesforceSink", "StateSink", "ORG_SINKS"]
+__all__ = ["Journal", "OrgSink", "org_sink", "LocalOrgSink", "SalesforceSink", "StateSink", "PlanFileSink", "ORG_SINKS"]

@@ -1,0 +1,40 @@
+"""The plan-file sink: plan.json (DESIGN §8) for `nrr-engine plan --out`, streamed so a million changes never
+need a million dicts at once, and written to a temporary file first (a reader never sees half a plan)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..metrics import snapshot
+
+
+class PlanFileSink:
+    def __init__(self, out: Path, settings):
+        self.out, self.settings = Path(out), settings
+
+    def write(self, ctx, plan, summary: dict) -> Path:
+        out = self.out
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write('{"run_id": %s, "as_of": %s,\n "changes": [' % (json.dumps(ctx.run_id),
+                                                                    json.dumps(ctx.as_of.isoformat())))
+            for i, c in enumerate(plan.all_changes()):
+                fh.write(("," if i else "") + "\n  " + json.dumps(c.as_dict(), sort_keys=True))
+            fh.write('],\n "review": [')
+            n = 0
+            for items in plan.review_queue(self.settings).values():
+                for item in items:
+                    shown = {k: v for k, v in item.items() if k not in ("child_id", "parent_ref", "parent_id")}
+                    fh.write(("," if n else "") + "\n  " + json.dumps(shown, sort_keys=True))
+                    n += 1
+            fh.write('],\n "duplicates": %s,\n "flags": [],\n "snapshots": [' % json.dumps(plan.duplicates))
+            for i, (key, values) in enumerate(plan.snapshots.rows()):
+                s = dict(zip(snapshot.FIELDS, values))
+                fh.write(("," if i else "") + "\n  " + json.dumps(
+                    {"external_id": key, "ending_arr": s["Ending_ARR__c"], "starting_arr": s["Starting_ARR__c"],
+                     "nrr": s["NRR__c"], "grr": s["GRR__c"]}, sort_keys=True))
+            fh.write('],\n "findings": %s,\n "summary": %s}\n' % (
+                json.dumps([f.as_dict() for f in plan.findings]), json.dumps(summary)))
+        os.replace(tmp, out)
+        return out
