@@ -225,7 +225,6 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
                                     "to the surviving account (MasterRecordId)", tuple(sorted(merged))))
         membership = {v.name: Membership.from_segments(v.name, ledger.membership_segments(v.name), accounts.index,
                                                        ledger.membership_count(v.name)) for v in settings.views}
-        latest = {v.name: ledger.latest_membership_month(v.name) for v in settings.views}
         existing = snapshot.ExistingSnapshots()
         obj = settings.snapshot_object
         if repair and settings.snapshots_enabled and org.has_field(obj, snapshot.KEY):
@@ -234,8 +233,8 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
                 obj, [["Id"], [snapshot.KEY], snapshot.FIELDS], order_by=snapshot.KEY, like=(snapshot.KEY, f"%:{label}")))
 
     return State(accounts=accounts, ruleset=ruleset, first=cur - settings.arr.history_months + 1, matrix=None,
-                 arr_rows_changed=np.zeros(0, dtype=np.int64), membership=membership, latest_membership=latest,
-                 decisions=decisions, inserts=tuple(inserts), merged_away=tuple(sorted(merged)),
+                 arr_rows_changed=np.zeros(0, dtype=np.int64), membership=membership,
+                 decisions=decisions, inserts=tuple(inserts),
                  existing_snapshots=existing, findings=tuple(findings), repair=repair,
                  extra_fields=tuple(extra_fields), merged=merged)
 
@@ -253,8 +252,7 @@ def fetch_arr(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, state: Sta
     accounts, merged, cur = state.accounts, state.merged, ctx.current_month
     findings = list(state.findings)
     with ctx.stage("arr"):
-        count = settings.arr.history_months
-        first = cur - count + 1
+        first, count = state.first, settings.arr.history_months
         # merged-away accounts (queryAll's MasterRecordId) carry their stored history to the survivor
         index = accounts.index
         if merged:

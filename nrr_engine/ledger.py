@@ -35,11 +35,6 @@ def _m1(db: sqlite_utils.Database) -> None:
                             "run_id": str}, pk="external_id")
 
 
-def _ident(name: str) -> str:
-    """A view name as part of an SQL identifier (config restricts views to [a-z][a-z0-9_]*)."""
-    return "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name)
-
-
 def _literal(value: str) -> str:
     """A string as an SQL literal (single quotes doubled)."""
     return "'" + str(value).replace("'", "''") + "'"
@@ -337,9 +332,6 @@ class Ledger:
             conn.execute("ROLLBACK")
             raise
         return {"restored": restored, "replaced_since": left}
-
-    def latest_membership_month(self, view: str) -> str | None:
-        return self.db.execute("SELECT max(start_month) FROM membership WHERE view = ?", [view]).fetchone()[0]
 
     # ---- snapshots ------------------------------------------------------------------------------
     def upsert_snapshots(self, run_id: str, keys: Sequence[str], data: Sequence[str | None]) -> None:

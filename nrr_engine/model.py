@@ -192,9 +192,21 @@ class SnapshotChanges:
         for key, rid, old, new in zip(self.keys, self.ids, self.old, self.new):
             yield Change(obj, rid, UPSERT, old, new, self.rule, key=key)
 
-    def upserts(self) -> list[str]:
-        return [n for n in self.new if n is not None]
-
     def deletes(self) -> list[tuple[int, str]]:
         """(position, record Id) of the records to delete (snapshots of families that no longer exist)."""
         return [(i, rid) for i, (rid, n) in enumerate(zip(self.ids, self.new)) if n is None]
+
+    def write(self, delete, upsert) -> dict[int, str]:
+        """Delete, then upsert, through an org's calls: `delete(ids)` -> results with .ok/.error in order,
+        `upsert(records)` -> (index among the records, error) of failures. Returns {position: error}."""
+        failures: dict[int, str] = {}
+        gone = self.deletes()
+        if gone:
+            for (pos, _), result in zip(gone, delete([rid for _, rid in gone])):
+                if not result.ok:
+                    failures[pos] = result.error
+        kept = [i for i, n in enumerate(self.new) if n is not None]
+        if kept:
+            for k, error in upsert([self.new[i] for i in kept]):
+                failures[kept[k]] = error
+        return failures

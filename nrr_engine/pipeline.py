@@ -73,11 +73,11 @@ def _membership(settings: Settings) -> Stage:
     def membership(ctx: RunContext, state: State) -> State:
         """The families this run saw, recorded for its month where they differ from the open record."""
         findings, out = list(state.findings), {}
-        cur = months.fmt(ctx.current_month)
         for v in settings.views:
-            latest = state.latest_membership.get(v.name)
-            if latest and latest > cur:
-                findings.append(Finding("as_of_in_past", f"view {v.name}: membership is recorded up to {latest}; "
+            latest = state.membership[v.name].latest_month()
+            if latest is not None and latest > ctx.current_month:
+                findings.append(Finding("as_of_in_past", f"view {v.name}: membership is recorded up to "
+                                        f"{months.fmt(latest)}; "
                                         f"this run (as of {ctx.as_of}) does not record it", ()))
                 continue
             out[v.name] = state.membership[v.name].changed(state.views[v.name].tree, state.accounts.ids)

@@ -91,10 +91,8 @@ class State:
     matrix: np.ndarray | None                   # accounts x months ARR units (None until fetch_arr)
     arr_rows_changed: np.ndarray                # accounts whose stored ARR history differs from `matrix`
     membership: dict                            # view -> hierarchy.membership.Membership (recorded families)
-    latest_membership: dict                     # view -> latest month with recorded membership (YYYY-MM)
     decisions: Any                              # hierarchy.repair.Decisions (review decisions)
     inserts: tuple[Change, ...] = ()            # records the run creates (placeholder parents)
-    merged_away: tuple[str, ...] = ()           # their stored history now lives under the survivor
     existing_snapshots: Any = None              # metrics.snapshot.ExistingSnapshots of the month
     findings: tuple[Finding, ...] = ()
     repair: bool = True                         # False for a report: trees as the org has them
@@ -108,6 +106,11 @@ class State:
     nrr: dict = field(default_factory=dict)     # view -> window -> figures (nrr)
     snapshots: Any = None                       # metrics.snapshot.SnapshotSet (snapshots)
     snapshot_changes: SnapshotChanges | None = None  # (snapshots)
+
+    @property
+    def merged_away(self) -> tuple[str, ...]:
+        """Merged-away accounts: their stored history now lives under the survivor."""
+        return tuple(sorted(self.merged))
 
     def labels_at(self, view: str, month: int, current_month: int) -> np.ndarray:
         """Every account's family in `month` for a view (recorded history; this run's tree from its own month)."""

@@ -41,7 +41,7 @@ def world(accounts: dict[str, str], arr: dict[str, dict[str, str]], segments=())
             matrix[k, months.parse(month) - FIRST:] = money.parse_units(amount)
     return State(accounts=acc, ruleset=RuleSet(), first=FIRST, matrix=matrix, arr_rows_changed=np.zeros(0, np.int64),
                  membership={"legal": Membership.from_segments("legal", segments, acc.index, len(segments))},
-                 latest_membership={"legal": None}, decisions=Decisions(), existing_snapshots=ExistingSnapshots())
+                 decisions=Decisions(), existing_snapshots=ExistingSnapshots())
 
 
 def run_stages(state: State, until: str = "gates") -> State:

@@ -34,11 +34,6 @@ class Membership:
     _cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
-    def empty(view: str) -> "Membership":
-        z = np.zeros(0, dtype=np.int32)
-        return Membership(view, z, z, z, z)
-
-    @staticmethod
     def from_segments(view: str, segments: Iterable[tuple[str, str, str | None, str]], index: dict[str, int],
                       size: int, chunk: int = 50_000) -> "Membership":
         """`size` (account Id, start YYYY-MM, end YYYY-MM or None, root Id) rows -> arrays, filled a chunk at a
@@ -75,6 +70,10 @@ class Membership:
 
     def __len__(self) -> int:
         return len(self.account)
+
+    def latest_month(self) -> int | None:
+        """The latest month any run recorded, or None when nothing is recorded."""
+        return int(self.start.max()) if len(self) else None
 
     def _roots_in(self, tree: Tree) -> np.ndarray:
         """Root labels translated to `tree`'s labels (a recorded virtual root is the tree's virtual root of

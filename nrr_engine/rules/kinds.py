@@ -7,6 +7,7 @@ Proposing delegates to the matchers in hierarchy.match (imported when a rule run
 from __future__ import annotations
 
 import csv
+import dataclasses
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -143,7 +144,7 @@ class NameRule(MatchRule):
     def for_org(self, has_field) -> "NameRule":
         """Without the default country field when the org has none (no country to check qualifiers against)."""
         if not self.country_field_given and self.country_field and not has_field(self.country_field):
-            return _replace(self, country_field=None)
+            return dataclasses.replace(self, country_field=None)
         return self
 
     def propose(self, pop, placeholders: bool):
@@ -202,11 +203,6 @@ def rule_schema(base: dict) -> dict:
     if conditions:
         rule["allOf"] = conditions
     return rule
-
-
-def _replace(rule, **changes):
-    import dataclasses
-    return dataclasses.replace(rule, **changes)
 
 
 def _mapping_entries(src: Source, raw: dict) -> list[Qualified]:

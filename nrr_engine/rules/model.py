@@ -1,6 +1,7 @@
 """Typed, frozen rules: what a YAML rule says, and nothing that can run code or reach the network."""
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar
@@ -102,7 +103,7 @@ class Qualified:
 
 
 @dataclass(frozen=True)
-class MatchRule:
+class MatchRule(abc.ABC):
     """A matching rule: proposes (child, parent) links for one view, with confidence and evidence.
 
     The settings every kind shares; each kind (rules/kinds.py, by YAML `type:`) adds its own typed fields."""
@@ -146,6 +147,7 @@ class MatchRule:
         """The rule as it runs on an org with these Account fields (a kind may drop an optional default)."""
         return self
 
+    @abc.abstractmethod
     def propose(self, pop, placeholders: bool) -> tuple[list, list, list[str]]:
-        """(proposals, placeholder parents, notes on unresolved entries) over a matching Population."""
-        raise NotImplementedError(f"rule kind {self.type!r} does not propose links")
+        """(proposals, placeholder parents, notes on unresolved entries) over a matching Population; every kind
+        (rules/kinds.py) says how."""

@@ -56,12 +56,7 @@ def write_changes(org, plan, snapshot_prefix: str) -> dict[int, str]:
                     batch, start = batches[bit], starts[members[bit]]
                     failures.update({start + int(p): failed[batch.ids[p]] for p in pos if batch.ids[p] in failed})
     sc = plan.snapshot_changes
-    if len(sc):
-        gone = sc.deletes()
-        for (pos, _), result in zip(gone, org.delete(sc.object, [rid for _, rid in gone])):
-            if not result.ok:
-                failures[seq + pos] = result.error
-        upserts = [i for i, n in enumerate(sc.new) if n is not None]
-        for k, error in org.upsert_json(sc.object, snapshot.KEY, snapshot.FIELDS, sc.upserts(), snapshot_prefix):
-            failures[seq + upserts[k]] = error
+    failed = sc.write(lambda ids: org.delete(sc.object, ids),
+                      lambda recs: org.upsert_json(sc.object, snapshot.KEY, snapshot.FIELDS, recs, snapshot_prefix))
+    failures.update({seq + pos: err for pos, err in failed.items()})
     return failures

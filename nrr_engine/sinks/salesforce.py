@@ -37,14 +37,9 @@ class SalesforceSink:
                 parent_of["Account"] = np.where(up >= 0, ids[np.maximum(up, 0)], "")
             failed = writeback.write_changes(org, plan.changes, starts, {v.parent_field for v in lookup}, parent_of)
             sc = plan.snapshot_changes
-            gone = sc.deletes()
-            for (pos, _), result in zip(gone, org.delete(sc.object, [rid for _, rid in gone])):
-                if not result.ok:
-                    failed[seq + pos] = result.error
-            upserts = [i for i, n in enumerate(sc.new) if n is not None]
-            for k, err in writeback.upsert_snapshots(org, sc.object, snapshot.KEY, snapshot.FIELDS, sc.upserts(),
-                                                     0).items():
-                failed[seq + upserts[k]] = err
+            done = sc.write(lambda ids: org.delete(sc.object, ids), lambda recs: writeback.upsert_snapshots(
+                org, sc.object, snapshot.KEY, snapshot.FIELDS, recs, 0).items())
+            failed.update({seq + pos: err for pos, err in done.items()})
         with ctx.stage("ledger"):
             journal.settle_failed(failed)
         return {**failures, **failed}

@@ -431,18 +431,13 @@ class LocalOrg:
             self.finish_sync()
         return [r[1] for r in self.db.execute(f"PRAGMA table_info({_q(obj)})")]
 
-    def read(self, obj: str, fields: Sequence[str], order_by: str = "Id",
-             like: tuple[str, str] | None = None) -> Iterator[tuple]:
-        """Stream rows of `fields` (missing columns read as None), ordered by Id (or `order_by`); with
-        `like` = (field, pattern) only the rows whose field matches the SQL LIKE pattern."""
+    def read(self, obj: str, fields: Sequence[str], order_by: str = "Id") -> Iterator[tuple]:
+        """Stream rows of `fields` (missing columns read as None), ordered by Id (or `order_by`)."""
         if obj in self._pending:
             self.finish_sync()
         have = {c.lower() for c in self.columns(obj)}
         cols = ", ".join(_q(f) if f.lower() in have else "NULL" for f in fields)
-        where, args = "", []
-        if like is not None:
-            where, args = f" WHERE {_q(like[0])} LIKE ?", [like[1]]
-        cur = self.db.execute(f"SELECT {cols} FROM {_q(obj)}{where} ORDER BY {_q(order_by)}", args)
+        cur = self.db.execute(f"SELECT {cols} FROM {_q(obj)} ORDER BY {_q(order_by)}")
         while True:
             rows = cur.fetchmany(_BATCH)
             if not rows:

@@ -469,9 +469,13 @@ class SalesforceOrg(LocalOrg):
         if obj not in self._fetched and not super().has_table(obj):
             self.sync([obj])
 
-    def read(self, obj: str, fields: Sequence[str], order_by: str = "Id", like: tuple[str, str] | None = None):
+    def read(self, obj: str, fields: Sequence[str], order_by: str = "Id"):
         self._ensure_read(obj)
-        return super().read(obj, fields, order_by, like)
+        return super().read(obj, fields, order_by)
+
+    def read_packed(self, obj, columns, order_by, like=None):
+        self._ensure_read(obj)
+        return super().read_packed(obj, columns, order_by, like)
 
     def get(self, obj: str, ids: Sequence[str], fields: Sequence[str]) -> dict[str, tuple]:
         if not super().has_table(obj):
