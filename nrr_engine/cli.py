@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from . import __version__, config as config_mod, log as log_mod, report as report_mod
-from .errors import ConfigErrors, ExitCode, NrrError
+from .errors import ConfigErrors, ExitCode, NrrError, storage_cause
 
 INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug in nrr-engine, never a user mistake
 
@@ -45,6 +45,9 @@ def guarded(fn):
         except OSError as exc:
             _fail(f"{exc.strerror or exc}: {getattr(exc, 'filename', '') or ''}", ExitCode.UNAVAILABLE)
         except Exception as exc:  # a bug: say so plainly, keep the traceback out of ops' logs unless asked
+            cause = storage_cause(exc)
+            if cause is not None:  # a full disk the library did not name (it names it where it can)
+                _fail(f"cannot write ({cause}); free some space and run again", ExitCode.UNAVAILABLE)
             ctx = click.get_current_context(silent=True)
             if ctx and ctx.find_root().params.get("debug"):
                 raise

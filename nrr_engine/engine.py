@@ -20,7 +20,8 @@ import structlog
 from . import money, months, pipeline, reconcile
 from .fetch import open_org
 from .config import Settings
-from .errors import DataError, ExitCode, Interrupted, Location, NrrError, SourceUnavailable
+from .errors import (DataError, ExitCode, Interrupted, Location, NrrError, SourceUnavailable, disk_full,
+                     storage_cause)
 from .ledger import Ledger
 from .metrics import arr as arr_mod
 from .model import INSERT
@@ -29,6 +30,8 @@ from .pipeline import RunContext
 from .sinks import PlanFileSink
 
 log = structlog.get_logger("nrr_engine")
+
+_SETTLED = ". Nothing is lost: what was written is in the ledger, and the next run settles the rest against the org"
 
 
 def utc_now() -> dt.datetime:
@@ -51,12 +54,28 @@ class Engine:
     def __init__(self, settings: Settings, clock: Callable[[], dt.datetime] = utc_now):
         self.settings = settings
         self.clock = clock
-        self.ledger = Ledger(settings.state)
-        self.org = open_org(settings)
+        self._ledger: Ledger | None = None
+        self._org = None
+
+    # Opened on first use, so a command that takes the run lock creates and migrates the state store and the
+    # working copy only once it holds the lock (two first-ever runs at once: the loser waits for nothing).
+    @property
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            self._ledger = Ledger(self.settings.state)
+        return self._ledger
+
+    @property
+    def org(self):
+        if self._org is None:
+            self._org = open_org(self.settings)
+        return self._org
 
     def close(self) -> None:
-        self.org.close()
-        self.ledger.close()
+        if self._org is not None:
+            self._org.close()
+        if self._ledger is not None:
+            self._ledger.close()
 
     def __enter__(self):
         return self
@@ -68,7 +87,11 @@ class Engine:
     def lock(self):
         """One run at a time, across processes (flock on <state>.lock)."""
         path = self.settings.state.with_suffix(".lock")
-        fh = open(path, "a+")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(path, "a+")
+        except OSError as exc:
+            raise SourceUnavailable(f"cannot create the run lock: {exc.strerror}", Location(str(path))) from None
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -80,6 +103,20 @@ class Engine:
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
             fh.close()
+
+    @contextmanager
+    def storage(self, what: str, *paths: Path, note: str = ""):
+        """A write the file system refused (full device, file size limit), however deep it surfaced, becomes
+        DiskFull (exit 3) naming the file and the space it needs, not an internal error."""
+        try:
+            yield
+        except NrrError:
+            raise
+        except BaseException as exc:
+            cause = storage_cause(exc)
+            if cause is None:
+                raise
+            raise disk_full(cause, [*paths, self.settings.state, self.settings.working_copy], what, note) from None
 
     def today(self) -> dt.date:
         import zoneinfo
@@ -94,9 +131,9 @@ class Engine:
         if sys.stderr.isatty():
             from tqdm import tqdm
             ctx.progress = tqdm(total=8 if dry_run else 11, unit="stage", leave=False)
-        calls_before = dict((self.org.api_usage() or {}).get("calls", {}))
         try:
-            with self.lock():
+            with self.lock(), self.storage("the run", note=_SETTLED):
+                calls_before = dict((self.org.api_usage() or {}).get("calls", {}))
                 recovered = reconcile.recover(self.org, self.ledger)
                 if recovered:
                     log.warning("run.recovered", runs=recovered)
@@ -106,18 +143,19 @@ class Engine:
                                        "rules_hash": pipeline.file_hash(list(self.settings.rule_files))})
                 log.info("run.start", job=job, as_of=ctx.as_of.isoformat(), dry_run=dry_run)
                 try:
-                    plan = pipeline.compute(self.settings, self.org, self.ledger, ctx)
-                    counts = {"planned": plan.change_count()}
-                    if not dry_run:
-                        counts.update(pipeline.apply(plan, self.org, self.ledger, self.settings))
+                    with self.storage("the run", note=_SETTLED):
+                        plan = pipeline.compute(self.settings, self.org, self.ledger, ctx)
+                        counts = {"planned": plan.change_count()}
+                        if not dry_run:
+                            counts.update(pipeline.apply(plan, self.org, self.ledger, self.settings))
                 except NrrError as exc:
-                    self.ledger.finish_run(ctx.run_id, status="stopped" if isinstance(exc, Interrupted) else "failed",
-                                           ended=self.clock().isoformat(), error=str(exc),
-                                           counts={"stages": ctx.stage_times}, api_usage=self._usage(calls_before))
+                    self._record_failure(ctx.run_id, status="stopped" if isinstance(exc, Interrupted) else "failed",
+                                         ended=self.clock().isoformat(), error=str(exc),
+                                         counts={"stages": ctx.stage_times}, api_usage=self._usage(calls_before))
                     raise
                 except BaseException as exc:
-                    self.ledger.finish_run(ctx.run_id, status="failed", ended=self.clock().isoformat(),
-                                           error=f"{type(exc).__name__}: {exc}", api_usage=self._usage(calls_before))
+                    self._record_failure(ctx.run_id, status="failed", ended=self.clock().isoformat(),
+                                         error=f"{type(exc).__name__}: {exc}", api_usage=self._usage(calls_before))
                     raise
                 self.ledger.record_findings(ctx.run_id, plan.findings)
                 plan.api_calls = self._usage(calls_before)
@@ -125,13 +163,21 @@ class Engine:
                 failed = counts.get("failed", 0)
                 status = "planned" if dry_run else ("failed_records" if failed else "succeeded")
                 self.ledger.finish_run(ctx.run_id, status=status, ended=self.clock().isoformat(),
-                                       counts=counts, summary=summary, api_usage=plan.api_calls)
+                                       counts=counts, summary=summary, api_usage=plan.api_calls, unsettled=None)
                 log.info("run.end", status=status, **{k: v for k, v in counts.items()})
                 return Outcome(ctx.run_id, summary, ExitCode.RECORD_FAILURES if failed else ExitCode.OK, plan)
         finally:
             if ctx.progress is not None:
                 ctx.progress.close()
             structlog.contextvars.unbind_contextvars("run_id")
+
+    def _record_failure(self, run_id: str, **fields) -> None:
+        """Record why a run stopped; if even that cannot be written (a full disk), the run stays running or
+        applying and the next run settles it: the error that stopped it is what the caller raises."""
+        try:
+            self.ledger.finish_run(run_id, **fields)
+        except Exception as exc:
+            log.error("run.unrecorded", error=str(exc))
 
     def _usage(self, before: dict) -> dict | None:
         """Salesforce API calls made since `before` (this run's), by kind; None for a local org."""
@@ -159,7 +205,9 @@ class Engine:
         """plan.json (DESIGN §8), through the plan-file sink."""
         summary = {k: v for k, v in self.summary(plan, {"planned": plan.change_count()}).items()
                    if k in ("accounts", "families", "nrr", "changes", "repair")}
-        PlanFileSink(out, self.settings).write(plan.ctx, plan, summary)
+        with self.storage("the plan file", out, note=f" (the plan is recorded in the ledger as run {plan.ctx.run_id}; "
+                          f"{out} was left as it was)"):
+            PlanFileSink(out, self.settings).write(plan.ctx, plan, summary)
 
     # ---- report ---------------------------------------------------------------------------------
     def report_nrr(self, period: str | None, window: int, view: str | None, by: str | None,
@@ -203,7 +251,7 @@ class Engine:
             raise DataError("hierarchy.missing_parents is not placeholder: approving a placeholder parent would "
                             "create nothing", Location(str(self.settings.config_file)))
         when = self.clock().isoformat()
-        with self.lock():
+        with self.lock(), self.storage("the review decision"):
             decided = self.ledger.decide_review(ids, "approved" if approve else "rejected", when, by, note)
             if approve:  # one parent per child: the other candidates of an approved child are rejected
                 for item in decided:
@@ -219,14 +267,19 @@ class Engine:
     # ---- rollback -------------------------------------------------------------------------------
     def rollback(self, run_id: str) -> dict:
         """Restore the old values of a run's applied changes; values edited since are reported, not touched."""
-        run = self.ledger.run(run_id)
-        if run is None:
-            raise DataError(f"no run {run_id!r}; see `nrr-engine runs list`")
-        if run["mode"] != "run" or run["status"] in ("running", "applying", "rolled_back"):
-            raise DataError(f"run {run['id']} is a {run['mode']} with status {run['status']}; only finished runs that "
-                            "wrote changes can be rolled back (and only once)")
         ctx = RunContext.new(self.clock, self.today(), job="rollback")
-        with self.lock():
+        with self.lock(), self.storage("the rollback", note=_SETTLED):
+            run = self.ledger.run(run_id)
+            if run is None:
+                raise DataError(f"no run {run_id!r}; see `nrr-engine runs list`")
+            if run["mode"] != "run" or run["status"] in ("rolled_back",):
+                raise DataError(f"run {run['id']} is a {run['mode']} with status {run['status']}; only runs that "
+                                "wrote changes can be rolled back (and only once)")
+            # a run killed or failed part-way is settled against the org first: only what it wrote is undone
+            recovered = reconcile.recover(self.org, self.ledger)
+            if recovered:
+                log.warning("run.recovered", runs=recovered)
+                run = self.ledger.run(run["id"])
             if self.org.remote:
                 reconcile.refresh(self.org, self.ledger, run["id"], ("applied",))
             else:
@@ -262,7 +315,7 @@ class Engine:
         if not rows:
             raise DataError("no rows; expected a header account_id,month,arr[,currency] and one row per account-month",
                             Location(str(path)))
-        with self.lock():
+        with self.lock(), self.storage("the history import", note=" (nothing was imported)"):
             existing = list(self.ledger.arr_segments())
             ids = sorted({r[0] for r in existing} | {r[0] for r in rows})
             index = {a: i for i, a in enumerate(ids)}
@@ -280,6 +333,10 @@ class Engine:
     # ---- export ---------------------------------------------------------------------------------
     def export(self, out: Path, run_id: str | None = None) -> dict:
         """Full object CSVs of the working copy plus the change set of one run as Data Loader CSVs."""
+        with self.storage("the export", out, note=" (export again once there is room: every file is written anew)"):
+            return self._export(out, run_id)
+
+    def _export(self, out: Path, run_id: str | None) -> dict:
         self.org.sync(self.org.csv_objects())
         full = self.org.export_full(out / "full")
         run = self.ledger.run(run_id) if run_id else next(

@@ -82,6 +82,57 @@ class Interrupted(NrrError):
     exit_code = ExitCode.UNAVAILABLE
 
 
+def close_match(word: str, options, cutoff: float = 0.6) -> str | None:
+    """The option most like `word` (case folded), for "did you mean ...?"; None when nothing is close."""
+    import difflib
+
+    by_folded = {}
+    for o in options:
+        by_folded.setdefault(str(o).casefold(), str(o))
+    hits = difflib.get_close_matches(str(word).casefold(), list(by_folded), n=1, cutoff=cutoff)
+    return by_folded[hits[0]] if hits else None
+
+
+def did_you_mean(word: str, options, cutoff: float = 0.6) -> str:
+    """"; did you mean X?" when an option is close to `word`, else ""."""
+    hit = close_match(word, options, cutoff)
+    return f"; did you mean {hit}?" if hit else ""
+
+
+def not_utf8(path, chunk: int = 1 << 20) -> "DataError | None":
+    """Where a file stops being UTF-8: the line, column and byte offset of the first bad byte, and the fix.
+
+    Read in chunks with an incremental decoder (a text reader's error points at its read-ahead buffer, not at
+    the line); None when the whole file decodes."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    offset, line, last_nl = 0, 1, -1          # bytes before this block; line number; offset of the last newline
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(chunk)
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:
+                # exc.object is the decoder's held-back bytes (an unfinished character, never a newline) + block
+                base = offset - (len(exc.object) - len(block))
+                before = exc.object[:exc.start]
+                at = base + exc.start
+                if b"\n" in before:
+                    line += before.count(b"\n")
+                    last_nl = base + before.rindex(b"\n")
+                return DataError(f"not UTF-8: byte 0x{exc.object[exc.start]:02x} at line {line}, column "
+                                 f"{at - last_nl}, byte offset {at} (a Windows-1252 or Latin-1 file, as Excel's "
+                                 "\"CSV (Comma delimited)\" saves?); re-save it as UTF-8 (Excel: \"CSV UTF-8\")",
+                                 Location(str(path), line))
+            if not block:
+                return None
+            if b"\n" in block:
+                line += block.count(b"\n")
+                last_nl = offset + block.rindex(b"\n")
+            offset += len(block)
+
+
 class ConfigErrors(ConfigError):
     """Several config/rule problems collected at once (for `validate`)."""
 
@@ -91,3 +142,78 @@ class ConfigErrors(ConfigError):
 
     def __str__(self) -> str:
         return "\n".join(str(e) for e in self.errors)
+
+
+class DiskFull(SourceUnavailable):
+    """A file could not be written: its device is full or the process's file size limit was reached."""
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+_SQLITE_STORAGE = ("database or disk is full", "disk i/o error")
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """ENOSPC / EFBIG (and SQLite's words for them): a write the file system refused, not a bug."""
+    import errno
+    import sqlite3
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+    return isinstance(exc, sqlite3.OperationalError) and any(w in str(exc).lower() for w in _SQLITE_STORAGE)
+
+
+def storage_cause(exc: BaseException) -> BaseException | None:
+    """The storage error behind `exc`, if any: SQLite answers a full disk and then "cannot rollback - no
+    transaction is active", which would hide it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if is_storage_error(exc):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def disk_full(exc: BaseException, paths, what: str, note: str = "") -> DiskFull:
+    """A DiskFull naming the file that could not be written and the space it needs.
+
+    `paths` are the files the failed step was writing (the first for an OSError that names none); the one on
+    a full device, or at the process's file size limit (RLIMIT_FSIZE), is named."""
+    import os
+    import resource
+    import shutil
+    from pathlib import Path
+
+    candidates = [Path(p) for p in ([getattr(exc, "filename", None)] if getattr(exc, "filename", None) else []) + list(paths)]
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+
+    def written(p: Path) -> int:  # the file and SQLite's log beside it
+        return sum(q.stat().st_size for q in (p, p.with_name(p.name + "-wal"), p.with_name(p.name + "-journal"))
+                   if q.exists())
+
+    def free(p: Path) -> int:
+        d = p if p.is_dir() else p.parent
+        while not d.exists() and d != d.parent:
+            d = d.parent
+        return shutil.disk_usage(d).free
+
+    def at_limit(p: Path) -> bool:
+        return limit != resource.RLIM_INFINITY and any(
+            q.exists() and q.stat().st_size >= limit - 8192 for q in (p, p.with_name(p.name + "-wal")))
+
+    import errno
+    too_big = isinstance(exc, OSError) and exc.errno == errno.EFBIG
+    chosen = next((p for p in candidates if at_limit(p)), candidates[0] if too_big and candidates else None)
+    if chosen is not None:
+        return DiskFull(f"{what} stopped at the file size limit of this process ({_size(limit)}, ulimit -f): "
+                        "it needs a larger file than that; raise the limit and run again" + note, Location(str(chosen)))
+    chosen = min(candidates, key=free) if candidates else Path(os.getcwd())
+    need = max(written(chosen), 1 << 20)  # SQLite can copy every page of a file into its log once
+    return DiskFull(f"no space left on the device for {what} ({_size(free(chosen))} free; it needs about "
+                    f"{_size(need)} more): free some space and run again" + note, Location(str(chosen)))

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import sqlite_utils
 
-from .errors import Location, SourceUnavailable
+from .errors import Location, SourceUnavailable, disk_full, is_storage_error
 from .model import UPSERT, FieldChanges, SnapshotChanges
 
 
@@ -63,9 +65,16 @@ def _m3(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX membership_log_run ON membership_log (run_id)")
 
 
+def _m4(db: sqlite_utils.Database) -> None:
+    # A run whose write began and did not end cleanly (killed, or failed part-way) is `unsettled` until the
+    # next run has settled its changes against the org and caught the state store up with what it wrote.
+    db.execute("ALTER TABLE runs ADD COLUMN unsettled INTEGER")
+
+
 MIGRATIONS = [(1, "runs, changes, findings, arr_history, membership, snapshots", _m1),
               (2, "review queue", _m2),
-              (3, "finding severity and outcome; membership log", _m3)]
+              (3, "finding severity and outcome; membership log", _m3),
+              (4, "runs.unsettled: runs whose write did not end cleanly", _m4)]
 
 REVIEW_STATUSES = ("pending", "approved", "rejected", "applied", "expired", "blocked")
 
@@ -74,33 +83,69 @@ class Ledger:
     """Runs, changes and history; every write method commits its own transaction."""
 
     def __init__(self, path: Path):
+        self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(path, isolation_level=None, timeout=30)
-            conn.execute("PRAGMA journal_mode=WAL")
+            for attempt in range(100):  # two processes creating the store at once: switching to WAL can be busy
+                try:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or attempt == 99:
+                        raise
+                    time.sleep(0.05)
             conn.execute("PRAGMA synchronous=NORMAL")
         except (sqlite3.Error, OSError) as exc:
+            if is_storage_error(exc):
+                raise disk_full(exc, [path], "the state store") from None
             raise SourceUnavailable(f"cannot open the state store: {exc}", Location(str(path))) from None
-        self.path = path
         self.db = sqlite_utils.Database(conn)
         self.migrate()
 
+    @contextmanager
+    def _tx(self, begin: str = "BEGIN"):
+        """One transaction. A write the file system refuses (full device, file size limit) becomes DiskFull
+        naming the file; SQLite may have rolled back already, so ROLLBACK only when one is still open."""
+        conn = self.db.conn
+        with self._storage():
+            conn.execute(begin)
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # the cause is what is raised, not the failed rollback
+                raise
+
+    @contextmanager
+    def _storage(self):
+        try:
+            yield
+        except (sqlite3.OperationalError, OSError) as exc:
+            if is_storage_error(exc):
+                raise disk_full(exc, [self.path], "the state store (ledger)",
+                                ". Nothing was lost: the next run settles this one") from None
+            raise
+
     def migrate(self) -> list[int]:
-        """Apply pending migrations in order; return the ids applied."""
+        """Apply pending migrations in order, in one transaction that holds the write lock from the start
+        (two processes opening a new store at once: one migrates, the other waits and finds it done)."""
         db = self.db
-        if "migrations" not in db.table_names():
-            db["migrations"].create({"id": int, "name": str, "applied_at": str}, pk="id")
-        done = {r["id"] for r in db["migrations"].rows}
         applied = []
-        for mid, name, fn in MIGRATIONS:
-            if mid in done:
-                continue
-            with db.conn:
-                db.execute("BEGIN")
+        with self._tx("BEGIN IMMEDIATE"):
+            if "migrations" not in db.table_names():
+                db.execute("CREATE TABLE migrations (id INTEGER PRIMARY KEY, name TEXT, applied_at TEXT)")
+            done = {r[0] for r in db.execute("SELECT id FROM migrations")}
+            for mid, name, fn in MIGRATIONS:
+                if mid in done:
+                    continue
                 fn(db)
-                db["migrations"].insert({"id": mid, "name": name,
-                                         "applied_at": db.execute("SELECT datetime('now')").fetchone()[0]})
-            applied.append(mid)
+                db.execute("INSERT INTO migrations (id, name, applied_at) VALUES (?, ?, datetime('now'))", [mid, name])
+                applied.append(mid)
         return applied
 
     def close(self) -> None:
@@ -108,13 +153,15 @@ class Ledger:
 
     # ---- runs -----------------------------------------------------------------------------------
     def start_run(self, run: dict) -> None:
-        self.db["runs"].insert({**run, "status": "running"})
+        with self._storage():
+            self.db["runs"].insert({**run, "status": "running"})
 
     def finish_run(self, run_id: str, **fields) -> None:
         for k in ("counts", "api_usage", "summary"):
             if k in fields and not isinstance(fields[k], str):
                 fields[k] = json.dumps(fields[k], sort_keys=True, default=str)
-        self.db["runs"].update(run_id, fields)
+        with self._storage():
+            self.db["runs"].update(run_id, fields)
 
     def run(self, run_id: str) -> dict | None:
         rows = list(self.db["runs"].rows_where("id = ? OR id LIKE ?", [run_id, f"{run_id}%"], limit=2))
@@ -129,7 +176,8 @@ class Ledger:
         return rows[0] if rows else None
 
     def interrupted_runs(self) -> list[dict]:
-        return list(self.db["runs"].rows_where("status IN ('running', 'applying')", order_by="started"))
+        """Runs to settle: those the process left running (killed) and those whose write did not end cleanly."""
+        return list(self.db["runs"].rows_where("status IN ('running', 'applying') OR unsettled = 1", order_by="started"))
 
     # ---- changes --------------------------------------------------------------------------------
     def record_changes(self, run_id: str, batches: Iterable[Iterable], status: str,
@@ -139,8 +187,7 @@ class Ledger:
         conn = self.db.conn
         sql = ("INSERT INTO changes (run_id, object, record_id, external_id, field, old, new, status, rule, confidence, "
                "evidence) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
-        conn.execute("BEGIN")
-        try:
+        with self._tx():
             first = (conn.execute("SELECT max(rowid) FROM changes").fetchone()[0] or 0) + 1
             for batch in batches:
                 if isinstance(batch, FieldChanges) and batch.meta is not None:
@@ -175,10 +222,6 @@ class Ledger:
                                  ((err, first + seq) for seq, err in failures.items()))
             if last >= first:
                 conn.execute("UPDATE runs SET change_first = ?, change_last = ? WHERE id = ?", (first, last, run_id))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return first, last
 
     def _range(self, run_id: str) -> tuple[int, int]:
@@ -189,14 +232,9 @@ class Ledger:
         """Set (seq, status, error, record_id) on changes of the run."""
         first, _ = self._range(run_id)
         conn = self.db.conn
-        conn.execute("BEGIN")
-        try:
+        with self._tx():
             conn.executemany("UPDATE changes SET status = ?, error = ?, record_id = coalesce(?, record_id) WHERE rowid = ?",
                              ((st, err, rid, first + seq) for seq, st, err, rid in statuses))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def change_groups(self, run_id: str, statuses: Sequence[str]) -> list[tuple[str, str]]:
         """The distinct (object, field) pairs among a run's changes with one of `statuses`."""
@@ -236,7 +274,19 @@ class Ledger:
         return {r[0]: r[1] for r in self.db.execute(
             "SELECT status, count(*) FROM changes WHERE rowid BETWEEN ? AND ? GROUP BY status", [first, last])}
 
+    def mark_changes(self, run_id: str, old: str, new: str) -> int:
+        """Set every change of the run with status `old` to `new` (pending -> applied once a write is confirmed,
+        applied -> pending when the write it was recorded ahead of failed); returns how many."""
+        first, last = self._range(run_id)
+        with self._tx() as conn:
+            return conn.execute("UPDATE changes SET status = ? WHERE rowid BETWEEN ? AND ? AND status = ?",
+                                [new, first, last, old]).rowcount
+
     def record_findings(self, run_id: str, findings: Iterable) -> None:
+        with self._storage():
+            self._record_findings(run_id, findings)
+
+    def _record_findings(self, run_id: str, findings: Iterable) -> None:
         self.db["findings"].insert_all(({"run_id": run_id, **{**f.as_dict(), "records": json.dumps(f.as_dict()["records"])}}
                                         for f in findings), batch_size=500, alter=True)
 
@@ -252,15 +302,10 @@ class Ledger:
     def replace_arr(self, account_ids: Sequence[str], segments: Iterable[tuple[str, str, str, int]]) -> None:
         """Replace the history of the given accounts by `segments`, atomically."""
         conn = self.db.conn
-        conn.execute("BEGIN")
-        try:
+        with self._tx():
             if conn.execute("SELECT 1 FROM arr_history LIMIT 1").fetchone():
                 conn.executemany("DELETE FROM arr_history WHERE account_id = ?", ((a,) for a in account_ids))
             conn.executemany("INSERT INTO arr_history VALUES (?, ?, ?, ?)", segments)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     # ---- membership ----------------------------------------------------------------------------
     def membership_segments(self, view: str) -> Iterator[tuple[str, str, str | None, str]]:
@@ -280,8 +325,7 @@ class Ledger:
         carry the run's id and every segment deleted or closed is logged under it, so `undo_membership` can
         restore them."""
         conn = self.db.conn
-        conn.execute("BEGIN")
-        try:
+        with self._tx():
             conn.execute("DROP TABLE IF EXISTS temp.changed_membership")
             conn.execute("CREATE TEMP TABLE changed_membership (account_id TEXT PRIMARY KEY, root_id TEXT NOT NULL) "
                          "WITHOUT ROWID")
@@ -299,18 +343,13 @@ class Ledger:
                              "SELECT ?, account_id, ?, NULL, root_id, ? FROM temp.changed_membership",
                              [view, month, run_id]).rowcount
             conn.execute("DROP TABLE temp.changed_membership")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return n
 
     def undo_membership(self, run_id: str) -> dict[str, int]:
         """Restore the membership a run replaced: its segments go, the ones it deleted come back and the ones it
         closed are open again. An account whose segment a later run replaced is left alone (counted)."""
         conn = self.db.conn
-        conn.execute("BEGIN")
-        try:
+        with self._tx():
             conn.execute("DROP TABLE IF EXISTS temp.undo_membership")
             # accounts whose open segment is still the one this run recorded
             conn.execute("CREATE TEMP TABLE undo_membership AS SELECT view, account_id FROM membership "
@@ -327,10 +366,6 @@ class Ledger:
             left = conn.execute(f"SELECT count(DISTINCT view || ':' || account_id) FROM membership_log WHERE run_id = ? "
                                 f"AND NOT {mine}", [run_id]).fetchone()[0]
             conn.execute("DROP TABLE temp.undo_membership")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return {"restored": restored, "replaced_since": left}
 
     # ---- snapshots ------------------------------------------------------------------------------
@@ -338,18 +373,13 @@ class Ledger:
         """Latest value of each KPI snapshot (external id <view>:<root>:<YYYY-MM>) as JSON, with its run;
         a key whose data is None is a snapshot the run deleted (its family no longer exists)."""
         conn = self.db.conn
-        conn.execute("BEGIN")
-        try:
+        with self._tx():
             conn.executemany("DELETE FROM snapshots WHERE external_id = ?", ((k,) for k, d in zip(keys, data) if d is None))
             pairs = [(k, d) for k, d in zip(keys, data) if d is not None]
             conn.executemany(f"INSERT OR REPLACE INTO snapshots (external_id, view, root_id, month, data, run_id) "
                              f"VALUES (?1, substr(?1, 1, instr(?1, ':') - 1), "
                              f"substr(?1, instr(?1, ':') + 1, length(?1) - instr(?1, ':') - 8), substr(?1, -7), ?2, "
                              f"{_literal(run_id)})", pairs)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     # ---- review queue ---------------------------------------------------------------------------
     def sync_review(self, run_id: str, view: str, items: Sequence[dict]) -> dict[str, int]:
@@ -357,8 +387,7 @@ class Ledger:
         the run no longer proposes expire (saying so in `note`). Approved and rejected rows keep their status; an
         applied one proposed again (its link has left the org) is pending again, with the reason in `note`."""
         conn = self.db.conn
-        conn.execute("BEGIN")
-        try:
+        with self._tx():
             before = conn.execute("SELECT count(*) FROM review WHERE view = ?", (view,)).fetchone()[0]
             conn.executemany(
                 "INSERT INTO review (view, child_id, parent_ref, parent_id, placeholder_name, members, rule, confidence, "
@@ -384,10 +413,6 @@ class Ledger:
                                    (run_id, view, run_id)).rowcount
             reopened = conn.execute("SELECT count(*) FROM review WHERE view = ? AND note LIKE "
                                     "'proposed again by run ' || ? || ':%'", (view, run_id)).fetchone()[0]
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return {"new": new, "expired": expired, "reopened": reopened}
 
     def review_items(self, status: str | None = None, view: str | None = None, ids: Sequence[int] = ()) -> list[dict]:
@@ -417,27 +442,17 @@ class Ledger:
                       note: str | None = None) -> list[dict]:
         """Approve or reject review items; only pending (or expired/blocked) items can be decided."""
         conn = self.db.conn
-        conn.execute("BEGIN")
-        try:
+        with self._tx():
             for rid in ids:
                 conn.execute("UPDATE review SET status = ?, decided_at = ?, decided_by = ?, note = ? WHERE id = ?",
                              (status, when, by, note, rid))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return self.review_items(ids=ids)
 
     def settle_review(self, run_id: str, applied: Sequence[int], blocked: Sequence[tuple[int, str]]) -> None:
         """Approved items the run applied become 'applied'; those a guard refused become 'blocked' (with why)."""
         conn = self.db.conn
-        conn.execute("BEGIN")
-        try:
+        with self._tx():
             conn.executemany("UPDATE review SET status = 'applied', applied_run = ? WHERE id = ?",
                              ((run_id, i) for i in applied))
             conn.executemany("UPDATE review SET status = 'blocked', note = ? WHERE id = ?",
                              ((f"run {run_id}: {why}", i) for i, why in blocked))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise

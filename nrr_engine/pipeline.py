@@ -201,7 +201,7 @@ def apply(plan: Plan, org: LocalOrg, ledger: Ledger, settings: Settings) -> dict
     """Write the plan through the org's sink (which records the changes, write-ahead), then the state store."""
     ctx = plan.ctx
     ctx.check_stop("apply")
-    ledger.finish_run(ctx.run_id, status="applying")
+    ledger.finish_run(ctx.run_id, status="applying", unsettled=1)  # until the run ends cleanly
     failures = sinks_mod.org_sink(org, settings).write(ctx, plan, sinks_mod.Journal(ledger, ctx.run_id))
     with ctx.stage("history"):
         sinks_mod.StateSink(ledger, settings).write(ctx, plan)

@@ -59,8 +59,9 @@ def refresh(org: LocalOrg, ledger: Ledger, run_id: str, statuses: tuple[str, ...
 
 
 def recover(org: LocalOrg, ledger: Ledger) -> list[str]:
-    """Settle runs that died mid-way: each pending (or not yet confirmed) change becomes applied,
-    not_applied or conflict by reading the org."""
+    """Settle runs that died mid-way or whose write failed part-way: each pending (or not yet confirmed)
+    change becomes applied, not_applied or conflict by reading the org, and the KPI snapshots it did write
+    go into the state store (a later run sees them in the org and so would never record them there)."""
     settled = []
     for run in ledger.interrupted_runs():
         run_id = run["id"]
@@ -70,8 +71,12 @@ def recover(org: LocalOrg, ledger: Ledger) -> list[str]:
         for obj, field in ledger.change_groups(run_id, open_statuses):
             changes = ledger.iter_changes(run_id, obj, field, open_statuses)
             if field == UPSERT:
-                statuses = ((seq, _upsert_settled(row, new), None, row[0] if row else None)
-                            for (seq, _, _, _, new), row in _joined(changes, _snapshots_by_key(org, obj)))
+                done = [(seq, key, new, row) for (seq, _, key, _, new), row in
+                        _joined(changes, _snapshots_by_key(org, obj))]
+                written = [(key, new) for _, key, new, row in done if _upsert_settled(row, new) == "applied"]
+                ledger.upsert_snapshots(run_id, [k for k, _ in written], [d for _, d in written])
+                statuses = iter([(seq, _upsert_settled(row, new), None, row[0] if row else None)
+                                 for seq, _, new, row in done])
             elif field == INSERT:
                 rows = list(changes)
                 there = org.get(obj, [r[1] for r in rows], []) if org.has_table(obj) else {}
@@ -83,7 +88,11 @@ def recover(org: LocalOrg, ledger: Ledger) -> list[str]:
                             for seq, rid, _, old, new in changes)
             while part := list(islice(statuses, _CHUNK)):
                 ledger.settle_changes(run_id, part)
-        ledger.finish_run(run_id, status="interrupted", error="the process stopped before the run finished")
+        if run["status"] in ("running", "applying"):
+            ledger.finish_run(run_id, status="interrupted", unsettled=None,
+                              error=run["error"] or "the process stopped before the run finished")
+        else:  # failed part-way: it keeps its status and error, its changes are settled now
+            ledger.finish_run(run_id, unsettled=None)
         settled.append(run_id)
     return settled
 

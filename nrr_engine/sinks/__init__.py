@@ -17,16 +17,27 @@ from .state import StateSink
 
 
 class Journal:
-    """A run's change records in the ledger, for sinks: record once, settle failures after the write."""
+    """A run's change records in the ledger, for sinks: record once (write-ahead), then settle.
+
+    A change recorded `pending` is confirmed `applied` only once its write is known to be done; a write that
+    fails part-way leaves it pending, and the next run settles it by reading the org (`reconcile.recover`)."""
 
     def __init__(self, ledger, run_id: str):
         self.ledger, self.run_id = ledger, run_id
 
-    def record(self, batches: Iterable, failures: dict[int, str] | None = None) -> None:
-        self.ledger.record_changes(self.run_id, batches, "applied", failures)
+    def record(self, batches: Iterable, failures: dict[int, str] | None = None, status: str = "applied") -> None:
+        self.ledger.record_changes(self.run_id, batches, status, failures)
 
     def settle_failed(self, failed: dict[int, str]) -> None:
         self.ledger.settle_changes(self.run_id, [(s, "failed", err, None) for s, err in sorted(failed.items())])
+
+    def confirm(self) -> None:
+        """Every change still pending was written: applied."""
+        self.ledger.mark_changes(self.run_id, "pending", "applied")
+
+    def reopen(self) -> None:
+        """The write the changes were recorded `applied` ahead of did not happen: pending, to be settled."""
+        self.ledger.mark_changes(self.run_id, "applied", "pending")
 
 
 class OrgSink(Protocol):

@@ -1,5 +1,6 @@
 """The local org sink: the plan written into the SQLite working copy in one transaction, which commits only
-after the ledger has recorded the changes (a crash before that rolls the working copy back)."""
+after the ledger has recorded the changes (a crash before that rolls the working copy back; a commit that
+fails puts the changes back to pending, for the next run to settle)."""
 from __future__ import annotations
 
 import json
@@ -14,11 +15,21 @@ class LocalOrgSink:
         self.org, self.settings = org, settings
 
     def write(self, ctx, plan, journal) -> dict[int, str]:
-        with self.org.transaction():  # commits after the ledger has
-            with ctx.stage("write"):
-                failures = write_changes(self.org, plan, self.settings.snapshot_prefix)
-            with ctx.stage("ledger"):
-                journal.record(plan.batches(), failures)
+        recorded = False
+        try:
+            with self.org.transaction():  # commits after the ledger has
+                with ctx.stage("write"):
+                    failures = write_changes(self.org, plan, self.settings.snapshot_prefix)
+                with ctx.stage("ledger"):
+                    journal.record(plan.batches(), failures)
+                    recorded = True
+        except BaseException:
+            if recorded:  # the ledger says applied but the working copy did not commit (a full disk)
+                try:
+                    journal.reopen()
+                except Exception:
+                    pass  # the run stays unsettled: the next run settles its changes by reading the org
+            raise
         return failures
 
 

@@ -16,6 +16,15 @@ class PlanFileSink:
     def write(self, ctx, plan, summary: dict) -> Path:
         out = self.out
         tmp = out.with_suffix(out.suffix + ".tmp")
+        try:
+            self._write(tmp, ctx, plan, summary)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk: no half plan left beside the old one
+            raise
+        os.replace(tmp, out)
+        return out
+
+    def _write(self, tmp: Path, ctx, plan, summary: dict) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write('{"run_id": %s, "as_of": %s,\n "changes": [' % (json.dumps(ctx.run_id),
                                                                     json.dumps(ctx.as_of.isoformat())))
@@ -36,5 +45,3 @@ class PlanFileSink:
                      "nrr": s["NRR__c"], "grr": s["GRR__c"]}, sort_keys=True))
             fh.write('],\n "findings": %s,\n "summary": %s}\n' % (
                 json.dumps([f.as_dict() for f in plan.findings]), json.dumps(summary)))
-        os.replace(tmp, out)
-        return out

@@ -1,5 +1,6 @@
-"""The Salesforce sink: no transaction to hold back, so the changes are recorded first (the run stays
-'applying' until it ends, and `recover` settles a crash against the org), then written, then failures marked.
+"""The Salesforce sink: no transaction to hold back, so the changes are recorded first as pending (the run stays
+'applying' until it ends), then written, then failures marked and the rest confirmed applied. A write that
+stops part-way (a crash, retries spent) leaves them pending and the next run settles them against the org.
 Placeholder parents are created first, so the links that point at them carry the Ids Salesforce gave them."""
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ class SalesforceSink:
                 plan.inserts = [c._replace(id=mapping.get(c.id, c.id)) for c in plan.inserts]
                 writeback.remap(plan.changes, mapping)
         with ctx.stage("ledger"):
-            journal.record(plan.batches(), failures)
+            journal.record(plan.batches(), failures, status="pending")
         with ctx.stage("write"):
             starts, seq = [], len(plan.inserts)
             for batch in plan.changes:
@@ -42,4 +43,5 @@ class SalesforceSink:
             failed.update({seq + pos: err for pos, err in done.items()})
         with ctx.stage("ledger"):
             journal.settle_failed(failed)
+            journal.confirm()
         return {**failures, **failed}

@@ -51,6 +51,28 @@ def _side_load(folder: Path, side: Path, obj: str, conn) -> None:
         conn.close()
 
 
+def _side_load_child(parent: int, *args) -> None:
+    """The side load's process: it dies with the engine, so a killed run never leaves it writing beside the
+    run that follows (PR_SET_PDEATHSIG on Linux; elsewhere a thread that watches for the parent to go)."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the engine died before the line above took effect
+        os._exit(1)
+
+    def watch() -> None:
+        import time
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="nrr-load-watch", daemon=True).start()
+    _side_load(*args)
+
+
 def _remove(path: Path) -> None:
     for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"), path.with_name(path.name + "-journal")):
         p.unlink(missing_ok=True)
@@ -189,7 +211,8 @@ class LocalOrg:
         _remove(side)
         ctx = multiprocessing.get_context("fork")
         recv, send = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_side_load, args=(self.folder, side, obj, send), name=f"nrr-load-{obj}", daemon=True)
+        proc = ctx.Process(target=_side_load_child, args=(os.getpid(), self.folder, side, obj, send),
+                           name=f"nrr-load-{obj}", daemon=True)
         proc.start()
         send.close()
         self._pending[obj] = (proc, recv, side, st)
@@ -509,7 +532,8 @@ class LocalOrg:
         try:
             yield
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # SQLite rolls back by itself on a full disk: keep its error, not ours
+                self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
 
