@@ -21,7 +21,7 @@ from . import money, months, pipeline, reconcile
 from .fetch import open_org
 from .config import Settings
 from .errors import (DataError, ExitCode, Interrupted, Location, NrrError, SourceUnavailable, disk_full,
-                     storage_cause)
+                     is_storage_error, storage_cause)
 from .ledger import Ledger
 from .metrics import arr as arr_mod
 from .model import INSERT
@@ -433,9 +433,15 @@ def _dl_value(value: str | None) -> str:
 
 
 def _write_csv(path: Path, header: list[str], rows) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        for r in rows:
-            w.writerow(["" if v is None else v for v in r])
+    try:
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(header)
+            for r in rows:
+                w.writerow(["" if v is None else v for v in r])
+    except OSError as exc:
+        if is_storage_error(exc):
+            raise disk_full(exc, [path], "the export", " (export again once there is room: every file is written "
+                            "anew)") from None
+        raise
     return path

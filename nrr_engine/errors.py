@@ -82,7 +82,7 @@ class Interrupted(NrrError):
     exit_code = ExitCode.UNAVAILABLE
 
 
-def close_match(word: str, options, cutoff: float = 0.6) -> str | None:
+def close_match(word: str, options, cutoff: float = 0.75) -> str | None:
     """The option most like `word` (case folded), for "did you mean ...?"; None when nothing is close."""
     import difflib
 
@@ -93,12 +93,6 @@ def close_match(word: str, options, cutoff: float = 0.6) -> str | None:
     return by_folded[hits[0]] if hits else None
 
 
-def did_you_mean(word: str, options, cutoff: float = 0.6) -> str:
-    """"; did you mean X?" when an option is close to `word`, else ""."""
-    hit = close_match(word, options, cutoff)
-    return f"; did you mean {hit}?" if hit else ""
-
-
 def not_utf8(path, chunk: int = 1 << 20) -> "DataError | None":
     """Where a file stops being UTF-8: the line, column and byte offset of the first bad byte, and the fix.
 
@@ -106,7 +100,7 @@ def not_utf8(path, chunk: int = 1 << 20) -> "DataError | None":
     the line); None when the whole file decodes."""
     import codecs
 
-    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    decoder = codecs.getincrementaldecoder("utf-8")()  # a BOM is valid UTF-8
     offset, line, last_nl = 0, 1, -1          # bytes before this block; line number; offset of the last newline
     with open(path, "rb") as fh:
         while True:
@@ -190,7 +184,12 @@ def disk_full(exc: BaseException, paths, what: str, note: str = "") -> DiskFull:
     import shutil
     from pathlib import Path
 
-    candidates = [Path(p) for p in ([getattr(exc, "filename", None)] if getattr(exc, "filename", None) else []) + list(paths)]
+    given = [Path(p) for p in ([getattr(exc, "filename", None)] if getattr(exc, "filename", None) else []) + list(paths)]
+    candidates = []
+    for p in given:  # a folder being written (an export): the files in it, newest first, then the folder
+        if p.is_dir():
+            candidates += sorted((q for q in p.rglob("*") if q.is_file()), key=lambda q: -q.stat().st_mtime_ns)[:200]
+        candidates.append(p)
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
 
     def written(p: Path) -> int:  # the file and SQLite's log beside it
@@ -203,13 +202,19 @@ def disk_full(exc: BaseException, paths, what: str, note: str = "") -> DiskFull:
             d = d.parent
         return shutil.disk_usage(d).free
 
-    def at_limit(p: Path) -> bool:
-        return limit != resource.RLIM_INFINITY and any(
-            q.exists() and q.stat().st_size >= limit - 8192 for q in (p, p.with_name(p.name + "-wal")))
+    def at_limit(p: Path, exactly: bool) -> bool:  # a file (or its log) that stopped growing at the limit
+        if limit == resource.RLIM_INFINITY:
+            return False
+        sizes = [q.stat().st_size for q in (p, p.with_name(p.name + "-wal")) if q.exists()]
+        return any(limit - 8192 <= n <= limit if exactly else n >= limit for n in sizes)
 
     import errno
     too_big = isinstance(exc, OSError) and exc.errno == errno.EFBIG
-    chosen = next((p for p in candidates if at_limit(p)), candidates[0] if too_big and candidates else None)
+    # a file that stopped at the limit; else the file the caller was writing (a plain write names none)
+    chosen = next((p for p in candidates if at_limit(p, True)), None)
+    if chosen is None and too_big and given:
+        chosen = given[0]
+    chosen = chosen or next((p for p in candidates if at_limit(p, False)), None)
     if chosen is not None:
         return DiskFull(f"{what} stopped at the file size limit of this process ({_size(limit)}, ulimit -f): "
                         "it needs a larger file than that; raise the limit and run again" + note, Location(str(chosen)))

@@ -70,7 +70,26 @@ def _side_load_child(parent: int, *args) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="nrr-load-watch", daemon=True).start()
-    _side_load(*args)
+    folder, side, obj, conn = args
+    _side_load(folder, side, obj, _StorageNamed(conn, side, obj))
+
+
+class _StorageNamed:
+    """The side load's end of the pipe: a full disk is sent as the DiskFull naming the side file (the cause
+    behind an exception does not cross the pipe)."""
+
+    def __init__(self, conn, side: Path, obj: str):
+        self.conn, self.side, self.obj = conn, side, obj
+
+    def send(self, outcome) -> None:
+        from ..errors import disk_full, storage_cause
+        cause = storage_cause(outcome) if isinstance(outcome, BaseException) else None
+        if cause is not None:
+            outcome = disk_full(cause, [self.side], f"loading {self.obj}.csv into the working copy")
+        self.conn.send(outcome)
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def _remove(path: Path) -> None:
