@@ -5,6 +5,7 @@ million families do not become half a million dicts.
 """
 from __future__ import annotations
 
+import heapq
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,7 +19,10 @@ from .nrr import family_table
 KEY = "External_Id__c"
 FIELDS = ("View__c", "Family_Root__c", "Month__c", "Starting_ARR__c", "Ending_ARR__c", "Expansion_ARR__c",
           "Contraction_ARR__c", "Churn_ARR__c", "NRR__c", "GRR__c", "Account_Count__c")
-__all__ = ["KEY", "FIELDS", "UPSERT", "SnapshotSet", "SnapshotChanges", "ExistingSnapshots", "diff", "month_snapshots"]
+MONTH = FIELDS.index("Month__c")   # YYYY-MM, as the key ends: the shipped field is Text(7)
+LEGACY_MONTH = "____-__-__"        # (a LIKE pattern) the first day of the month, which earlier releases wrote
+__all__ = ["KEY", "FIELDS", "UPSERT", "SnapshotSet", "SnapshotChanges", "ExistingSnapshots", "diff", "month_snapshots",
+           "read_existing"]
 
 
 @dataclass
@@ -54,7 +58,7 @@ class SnapshotSet:
         label = months.fmt(self.month)
         keys = [f"{v}:{r}:{label}" for v, r in zip(self.views, self.roots)]
         order = np.array(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
-        month_text = months.first_day(self.month).isoformat()
+        month_text = label
         for start in range(0, len(order), chunk):
             part = order[start:start + chunk]
             f0, f1, exp, con, churn, n = table[part].T
@@ -95,14 +99,16 @@ class ExistingSnapshots:
     _ids: tuple[bytes, np.ndarray] = (b"", np.zeros(1, dtype=np.int64))
     _keys: tuple[bytes, np.ndarray] = (b"", np.zeros(1, dtype=np.int64))
     _values: tuple[bytes, np.ndarray] = (b"", np.zeros(1, dtype=np.int64))
+    # records of any month whose Month__c still holds a date (LEGACY_MONTH), in key order: rewritten in place
+    legacy: "ExistingSnapshots | None" = None
 
     @staticmethod
-    def from_rows(month: int, rows) -> "ExistingSnapshots":
+    def from_rows(month: int | None, rows, legacy: "ExistingSnapshots | None" = None) -> "ExistingSnapshots":
         """(Id, key, *FIELDS) rows, ordered by key (small sets and tests; runs read packed buffers)."""
         rows = list(rows)
         cols = [[r[0] or "" for r in rows], [r[1] or "" for r in rows],
                 [SEP.join("" if v is None else str(v) for v in r[2:]) for r in rows]]
-        return ExistingSnapshots(month, *(_pack(c) for c in cols))
+        return ExistingSnapshots(month, *(_pack(c) for c in cols), legacy=legacy)
 
     def __len__(self) -> int:
         return len(self._ids[1]) - 1
@@ -139,10 +145,71 @@ def _same_values(stored: str, values: tuple) -> bool:
     return all(same(o or None, v) for o, v in zip(stored.split(SEP), values))
 
 
+def read_existing(org, obj: str, month: int) -> ExistingSnapshots:
+    """The org's snapshot records of `month`, and those of any month whose Month__c still holds a date
+    (LEGACY_MONTH: earlier releases wrote the month's first day, which the shipped Text(7) field rejects)."""
+    columns = [["Id"], [KEY], FIELDS]
+    current = org.read_packed(obj, columns, order_by=KEY, like=(KEY, f"%:{months.fmt(month)}"))
+    legacy = None
+    if org.has_field(obj, FIELDS[MONTH]):
+        old = org.read_packed(obj, columns, order_by=KEY, like=(FIELDS[MONTH], LEGACY_MONTH))
+        if len(old[0][1]) > 1:
+            legacy = ExistingSnapshots(None, *old)
+    return ExistingSnapshots(month, *current, legacy=legacy)
+
+
+def _month_fixes(existing: ExistingSnapshots, obj: str) -> SnapshotChanges:
+    """Records of other months whose Month__c holds a date, rewritten in place (same Id, same key) with the
+    key's YYYY-MM: an org or ledger written by an older engine converges, no record duplicated. The current
+    month's records are compared (and so rewritten) by diff itself."""
+    out = SnapshotChanges(obj)
+    old = existing.legacy
+    label = months.fmt(existing.month) if existing.month is not None else None
+    for i in range(len(old) if old is not None else 0):
+        key = old.key(i)
+        if key.endswith(f":{label}"):
+            continue
+        record = old.record(i)
+        month = key[key.rfind(":") + 1:]
+        fixed = record[:MONTH] + (month if _is_month(month) else (record[MONTH] or "")[:7],) + record[MONTH + 1:]
+        out.keys.append(key)
+        out.ids.append(old.id(i))
+        out.old.append(to_json(key, record))
+        out.new.append(to_json(key, fixed))
+    return out
+
+
+def _is_month(text: str) -> bool:
+    try:
+        months.parse(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _merged(a: SnapshotChanges, b: SnapshotChanges) -> SnapshotChanges:
+    """Two key-ordered change sets as one, in key order (the ledger's changes are settled in that order)."""
+    if not len(b):
+        return a
+    rows = heapq.merge(zip(a.keys, a.ids, a.old, a.new), zip(b.keys, b.ids, b.old, b.new), key=lambda r: r[0])
+    out = SnapshotChanges(a.object, a.rule)
+    for key, rid, old, new in rows:
+        out.keys.append(key)
+        out.ids.append(rid)
+        out.old.append(old)
+        out.new.append(new)
+    return out
+
+
 def diff(snapshots: SnapshotSet, existing: ExistingSnapshots, obj: str) -> SnapshotChanges:
     """Merge-join with the existing records of the month: new and changed snapshots are upserted; a record of
     a view this set covers whose family no longer exists (absorbed into another) is deleted, so the month's
-    records sum to the month's total."""
+    records sum to the month's total. Records of other months still holding a date in Month__c are
+    rewritten with their YYYY-MM (see _month_fixes)."""
+    return _merged(_diff_month(snapshots, existing, obj), _month_fixes(existing, obj))
+
+
+def _diff_month(snapshots: SnapshotSet, existing: ExistingSnapshots, obj: str) -> SnapshotChanges:
     out = SnapshotChanges(obj)
     covered = {f"{v}:" for v in set(snapshots.views)}
     n, k = len(existing), 0

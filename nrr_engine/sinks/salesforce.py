@@ -31,12 +31,14 @@ class SalesforceSink:
                 starts.append(seq)
                 seq += len(batch)
             lookup = settings.lookup_views
-            parent_of = {}
-            if lookup:  # each account's parent once this run's links are written: the record its update locks
-                up = plan.views[lookup[0].name].tree.parent
+            parent_of, root_of = {}, {}
+            if lookup:  # each account's parent and root once this run's links are written: what its update locks
+                tree = plan.views[lookup[0].name].tree
                 ids = np.array(plan.accounts.ids, dtype=object)
-                parent_of["Account"] = np.where(up >= 0, ids[np.maximum(up, 0)], "")
-            failed = writeback.write_changes(org, plan.changes, starts, {v.parent_field for v in lookup}, parent_of)
+                parent_of["Account"] = np.where(tree.parent >= 0, ids[np.maximum(tree.parent, 0)], "")
+                root_of["Account"] = ids[tree.root]
+            failed = writeback.write_changes(org, plan.changes, starts, {v.parent_field for v in lookup}, parent_of,
+                                             root_of)
             sc = plan.snapshot_changes
             done = sc.write(lambda ids: org.delete(sc.object, ids), lambda recs: writeback.upsert_snapshots(
                 org, sc.object, snapshot.KEY, snapshot.FIELDS, recs, 0).items())
