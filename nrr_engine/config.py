@@ -12,8 +12,9 @@ import zoneinfo
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from .errors import ConfigError, ConfigErrors, Location
+from .errors import ConfigError, ConfigErrors, Location, close_match
 from . import yamlsource
 
 ENV_VAR = "NRR_ENGINE_CONFIG"
@@ -25,6 +26,15 @@ DEFAULT_VIEW_FIELDS = {
     "arr": "Hierarchy_ARR__c",
     "child_count": "Child_Count__c",
 }
+
+
+# The engine's own fields and object, as salesforce/ ships them (tests/test_validate.py keeps the two in step).
+# A local org's CSVs lack them until they are exported with them (a first run, the demo org): the working copy
+# gets them as columns, the local equivalent of deploying salesforce/. Any other field the config names must be
+# a column of the org's CSV (a rollup target too: add an empty column to declare one).
+ENGINE_FIELDS = {"Account": ("Ultimate_Parent__c", "Hierarchy_Depth__c", "Hierarchy_ARR__c", "Child_Count__c",
+                             "Family_Key__c")}
+ENGINE_OBJECTS = ("KPI_Snapshot__c",)
 
 
 def schema() -> dict:
@@ -80,7 +90,7 @@ class HierarchySettings:
 class SalesforceSettings:
     """How to reach a Salesforce org; secrets are named by environment variable, never held in config."""
 
-    auth: str                                   # jwt | password | session
+    auth: str                                   # jwt | client_credentials | password | session
     instance_url: str | None = None
     domain: str = "login"
     username: str | None = None
@@ -88,6 +98,7 @@ class SalesforceSettings:
     password_env: str = "SF_PASSWORD"
     security_token_env: str = "SF_SECURITY_TOKEN"
     consumer_key_env: str = "SF_CONSUMER_KEY"
+    consumer_secret_env: str = "SF_CONSUMER_SECRET"   # client_credentials
     private_key_file: Path | None = None
     private_key_file_env: str = "SF_PRIVATE_KEY_FILE"
     session_id_env: str = "SF_SESSION_ID"
@@ -104,7 +115,29 @@ class SalesforceSettings:
 
     def secret_vars(self) -> tuple[str, ...]:
         """Environment variables whose values must never reach a log line."""
-        return (self.password_env, self.security_token_env, self.consumer_key_env, self.session_id_env)
+        return (self.password_env, self.security_token_env, self.consumer_key_env, self.consumer_secret_env,
+                self.session_id_env)
+
+    def my_domain(self) -> str | None:
+        """The org's My Domain host without .salesforce.com ("acme.my", "acme--uat.sandbox.my"), from instance_url or
+        a domain that is not login/test; None when neither names one."""
+        if self.instance_url:
+            host = (urlsplit(self.instance_url).hostname or "").removesuffix(".salesforce.com")
+            if host and host not in ("login", "test"):
+                return host
+        return self.domain if self.domain not in ("login", "test") else None
+
+
+@dataclass(frozen=True)
+class FieldRef:
+    """A field (or, with `name` None, an object) the config names: where it is written and whether the run writes
+    it, so the field can be checked against the org (CSV headers or describe) at its own line."""
+
+    object: str
+    name: str | None
+    key: str                  # the setting, e.g. views[legal].fields.arr
+    location: Location
+    write: bool = False       # a rollup target, the placeholder key, the snapshot object
 
 
 @dataclass(frozen=True)
@@ -128,6 +161,8 @@ class Settings:
     segments: tuple[str, ...] = ()
     hierarchy: HierarchySettings = HierarchySettings()
     salesforce: SalesforceSettings | None = None
+    max_shrink: float = 0.2                 # guards.max_shrink: share of accounts or ARR a run may lose
+    field_refs: tuple[FieldRef, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def max_depth(self) -> int:
@@ -142,6 +177,17 @@ class Settings:
             if v.name == name:
                 return v
         raise ConfigError(f"unknown view {name!r}; configured views: {', '.join(v.name for v in self.views)}",
+                          Location(str(self.config_file)))
+
+    def job(self, name: str) -> str:
+        """`name` if it is a job of this config (under schedule:, or nightly, the job of a manual run), else an error
+        listing the jobs."""
+        if name in self.schedule or name == "nightly":
+            return name
+        jobs = ", ".join(dict.fromkeys(["nightly", *self.schedule]))
+        hint = close_match(name, ["nightly", *self.schedule])
+        raise ConfigError(f"--job {name}: no such job" + (f"; did you mean {hint}?" if hint else "")
+                          + f" (jobs: {jobs}; a scheduled job is one under schedule:)",
                           Location(str(self.config_file)))
 
     def account_fields_read(self) -> list[str]:
@@ -185,14 +231,17 @@ def check(path: Path) -> tuple[Settings | None, list[ConfigError]]:
         return None, [exc]
     if not isinstance(doc.data, dict):
         return None, [ConfigError("expected a mapping of settings (source:, state:, arr:, ...)", doc.location())]
-    errors = yamlsource.schema_errors(doc, schema())
-    if errors:
+    problems = yamlsource.schema_problems(doc, schema())
+    errors = [p.error for p in problems]
+    # the rest is still checked (and rules and org with it) when the bad values can be left out
+    data = yamlsource.usable(doc.data, schema(), problems) if problems else doc.data
+    if data is None:
         return None, errors
-    return _build(doc, path, errors), errors
+    return _build(doc, data, path, errors), errors
 
 
-def _build(doc: yamlsource.Document, path: Path, errors: list[ConfigError]) -> Settings | None:
-    d = doc.data
+def _build(doc: yamlsource.Document, d: dict, path: Path, errors: list[ConfigError]) -> Settings:
+    """Settings from schema-valid data `d` (doc.data, or what is left of it without its bad values)."""
     base = path.resolve().parent
 
     def rel(p: str) -> Path:
@@ -212,12 +261,19 @@ def _build(doc: yamlsource.Document, path: Path, errors: list[ConfigError]) -> S
         if src.get("private_key_file"):
             opts["private_key_file"] = rel(src["private_key_file"])
         salesforce = SalesforceSettings(**opts)
+        if salesforce.auth == "client_credentials" and salesforce.my_domain() is None:
+            # the client credentials flow is served on the org's My Domain, not login/test.salesforce.com
+            errors.append(ConfigError("source.auth client_credentials needs the org's My Domain: set source.domain: "
+                                      "<mydomain>.my (or source.instance_url: https://<mydomain>.my.salesforce.com)",
+                                      doc.location(("source", "auth"))))
         working_copy = rel(src["mirror"]) if src.get("mirror") else state.parent / "salesforce-mirror.db"
 
     tz = d.get("timezone", "UTC")
+    tz_ok = True
     try:
         zoneinfo.ZoneInfo(tz)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        tz_ok = False
         errors.append(ConfigError(f"timezone: {tz!r} is not an IANA time zone (e.g. UTC, Europe/Paris)",
                                   doc.location(("timezone",))))
 
@@ -240,8 +296,8 @@ def _build(doc: yamlsource.Document, path: Path, errors: list[ConfigError]) -> S
     for i, v in enumerate(views):
         if v.partition_of is None:
             continue
-        base = next((b for b in views if b.name == v.partition_of), None)
-        if base is None or base.parent_field is None or names.index(base.name) > i:
+        of = next((b for b in views if b.name == v.partition_of), None)
+        if of is None or of.parent_field is None or names.index(of.name) > i:
             errors.append(ConfigError(f"views: partition_of {v.partition_of!r} must name a lookup view listed before "
                                       f"{v.name!r} (lookup views: {', '.join(b.name for b in views if b.parent_field)})",
                                       doc.location(("views", i, "partition_of"))))
@@ -262,14 +318,14 @@ def _build(doc: yamlsource.Document, path: Path, errors: list[ConfigError]) -> S
 
     schedule = dict(d.get("schedule", {}))
     for job, expr in schedule.items():
-        problem = cron_problem(expr, tz if not errors else "UTC")
+        problem = cron_problem(expr, tz if tz_ok else "UTC")
         if problem:
             errors.append(ConfigError(f"schedule.{job}: {expr!r} is not a 5-field cron expression ({problem})",
                                       doc.location(("schedule", job))))
 
     snaps = d.get("snapshots", {})
-    if errors:
-        return None
+    hierarchy = _hierarchy(d.get("hierarchy", {}))
+    refs = _field_refs(doc, d, views, arr, hierarchy, snaps)
     return Settings(
         config_file=path.resolve(), source_kind=src["kind"], org_path=org_path, working_copy=working_copy,
         state=state, currency=d.get("currency", "USD"), timezone=tz, arr=arr, views=tuple(views),
@@ -277,8 +333,47 @@ def _build(doc: yamlsource.Document, path: Path, errors: list[ConfigError]) -> S
         snapshots_enabled=snaps.get("enabled", True), snapshot_object=snaps.get("object", "KPI_Snapshot__c"),
         snapshot_prefix=snaps.get("key_prefix", "a0K"),
         segments=tuple(d.get("report", {}).get("segments", [])),
-        hierarchy=_hierarchy(d.get("hierarchy", {})), salesforce=salesforce,
+        hierarchy=hierarchy, salesforce=salesforce, field_refs=refs,
+        max_shrink=d.get("guards", {}).get("max_shrink", 0.2),
     )
+
+
+def _field_refs(doc: yamlsource.Document, d: dict, views: list[View], arr: ArrSettings, h: HierarchySettings,
+                snaps: dict) -> tuple[FieldRef, ...]:
+    """Every field and object the config names, at its line (a default at the line of its section)."""
+    refs: list[FieldRef] = []
+
+    def ref(obj: str, name: str | None, key: str, at: tuple, write: bool = False) -> None:
+        while at and at not in doc.lines:  # a default: the line of the section that leaves it out
+            at = at[:-1]
+        refs.append(FieldRef(obj, name, key, doc.location(at), write))
+
+    for i, v in enumerate(views):
+        at = ("views", i) if d.get("views") else ("views",)
+        if v.parent_field:
+            ref("Account", v.parent_field, f"views[{v.name}].parent_field", (*at, "parent_field"))
+        if v.by:
+            ref("Account", v.by, f"views[{v.name}].by", (*at, "by"))
+        for kind, fname in v.fields.items():
+            ref("Account", fname, f"views[{v.name}].fields.{kind}", (*at, "fields", kind), write=True)
+    if arr.source == "account_field" and arr.account_field:
+        ref("Account", arr.account_field, "arr.account_field", ("arr", "account_field"))
+    if arr.source == "subscriptions" and arr.subscriptions:
+        s = arr.subscriptions
+        ref(s.object, None, "arr.subscriptions.object", ("arr", "subscriptions", "object"))
+        for key in ("account", "start", "end", "amount", "product", "currency"):
+            if getattr(s, key):
+                ref(s.object, getattr(s, key), f"arr.subscriptions.{key}", ("arr", "subscriptions", key))
+    for j, f in enumerate(d.get("report", {}).get("segments", [])):
+        ref("Account", f, "report.segments", ("report", "segments", j))
+    if h.locked_field_required and h.locked_field:
+        ref("Account", h.locked_field, "hierarchy.locked_field", ("hierarchy", "locked_field"))
+    if h.missing_parents == "placeholder":
+        ref("Account", h.placeholder_key_field, "hierarchy.placeholder_key_field",
+            ("hierarchy", "placeholder_key_field"), write=True)
+    if snaps.get("enabled", True):
+        ref(snaps.get("object", "KPI_Snapshot__c"), None, "snapshots.object", ("snapshots", "object"), write=True)
+    return tuple(refs)
 
 
 def _hierarchy(h: dict) -> HierarchySettings:

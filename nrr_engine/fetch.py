@@ -12,9 +12,10 @@ import json
 import numpy as np
 
 from . import months
+from . import orgcheck
 from . import rules as rules_mod
 from .config import Settings
-from .errors import ConfigError, DataError, Location
+from .errors import ConfigError, ConfigErrors, DataError, Location
 from .hierarchy.membership import Membership
 from .hierarchy.repair import Decisions
 from .ledger import Ledger
@@ -200,6 +201,9 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
         org.prepare(field_needs(settings, ruleset, extra_fields))  # Salesforce: budget and describe checks
         org.sync(objects, background=background)
         findings.extend(org.reload_findings())
+        problems = orgcheck.local_problems(settings, ruleset)  # what validate says, at the config's lines
+        if problems:  # (a Salesforce org was checked against describe by prepare)
+            raise ConfigErrors(problems)
         require_columns(org, "Account", list(extra_fields), "--by")
         if repair:
             usable, rule_fields = _rule_fields(settings, org, ruleset, findings)

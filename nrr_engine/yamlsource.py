@@ -12,7 +12,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .errors import ConfigError, Location
+from .errors import ConfigError, Location, close_match
 
 Path_ = tuple  # a JSON path: keys and list indexes
 
@@ -99,27 +99,91 @@ def load(path: Path) -> Document:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise ConfigError(f"not UTF-8 (byte 0x{raw[exc.start]:02x})", Location(str(path), line)) from None
+        column = exc.start - raw.rfind(b"\n", 0, exc.start)
+        raise ConfigError(f"not UTF-8 (byte 0x{raw[exc.start]:02x} at line {line}, column {column}, byte offset "
+                          f"{exc.start}); re-save the file as UTF-8", Location(str(path), line)) from None
     return parse(text, str(path))
+
+
+@dataclass(frozen=True)
+class SchemaProblem:
+    """One JSON-Schema violation: the JSON path it is at (keys and list indexes) and the error to report."""
+
+    path: Path_
+    error: ConfigError
+
+
+def schema_problems(doc: Document, schema: dict) -> list[SchemaProblem]:
+    """Every JSON-Schema violation in `doc` with its path, each error at its own file:line; an unknown key is
+    reported at the key's line, one error per key, with the close match of the keys allowed there."""
+    validator = jsonschema.Draft202012Validator(schema)
+    out = []
+    for err in validator.iter_errors(doc.data):
+        path = tuple(err.absolute_path)
+        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+            allowed = sorted(err.schema.get("properties", {}))
+            for key in [k for k in err.instance if k not in allowed]:
+                where = "/".join(str(p) for p in path) or "(top level)"
+                hit = close_match(key, allowed)
+                out.append(SchemaProblem(path + (key,), ConfigError(
+                    f"{where}: unknown key {key!r}" + (f"; did you mean {hit!r}?" if hit else "")
+                    + f" (expected one of: {', '.join(allowed)})", doc.location(path + (key,)))))
+            continue
+        out.append(SchemaProblem(path, ConfigError(_describe(err), doc.location(path))))
+    out.sort(key=lambda p: p.error.location.line or 0)
+    return out
 
 
 def schema_errors(doc: Document, schema: dict) -> list[ConfigError]:
     """Every JSON-Schema violation in `doc`, each with file:line and what was expected."""
+    return [p.error for p in schema_problems(doc, schema)]
+
+
+def usable(data: Any, schema: dict, problems: list[SchemaProblem], rounds: int = 8) -> Any:
+    """A copy of `data` without the values the problems point at, if what is left is valid; else None.
+
+    So one bad value does not hide the checks of the rest (validate reports everything at once); a problem at the
+    top level or at a list item leaves nothing to build on (removing a list item would shift the lines of the
+    next ones)."""
+    import copy
+
+    data = copy.deepcopy(data)
     validator = jsonschema.Draft202012Validator(schema)
-    out = []
-    for err in sorted(validator.iter_errors(doc.data), key=lambda e: (doc.line_of(tuple(e.absolute_path)) or 0)):
-        out.append(ConfigError(_describe(err), doc.location(tuple(err.absolute_path))))
-    return out
+    paths = [p.path for p in problems]
+    for _ in range(rounds):
+        for path in paths:
+            if not path or isinstance(path[-1], int):
+                return None
+            parent = data
+            for step in path[:-1]:
+                try:
+                    parent = parent[step]
+                except (KeyError, IndexError, TypeError):
+                    parent = None
+                    break
+            if isinstance(parent, dict):
+                parent.pop(path[-1], None)
+        paths = [q for e in validator.iter_errors(data) for q in _paths(e)]
+        if not paths:
+            return data
+    return None
+
+
+def _paths(err: jsonschema.ValidationError) -> list[Path_]:
+    path = tuple(err.absolute_path)
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = err.schema.get("properties", {})
+        return [path + (k,) for k in err.instance if k not in allowed]
+    return [path]
 
 
 def _describe(err: jsonschema.ValidationError) -> str:
     where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
     hint = err.schema.get("description") if isinstance(err.schema, dict) else None
-    if err.validator == "additionalProperties":
-        allowed = sorted(err.schema.get("properties", {}))
-        extra = sorted(set(err.instance) - set(allowed)) if isinstance(err.instance, dict) else []
-        return f"{where}: unknown key(s) {', '.join(map(repr, extra))}; expected one of: {', '.join(allowed)}"
     if err.validator == "enum":
-        return f"{where}: {err.instance!r} is not allowed; expected one of: {', '.join(map(str, err.validator_value))}"
+        options = [str(v) for v in err.validator_value]
+        hit = close_match(str(err.instance), options)
+        return (f"{where}: {err.instance!r} is not allowed; expected one of: {', '.join(options)}"
+                + (f" (did you mean {hit}?)" if hit else ""))
     msg = f"{where}: {err.message}"
     return f"{msg} (expected: {hint})" if hint else msg

@@ -23,9 +23,10 @@ schedule: {nightly: "0 2 * * *"}
 
 @pytest.fixture
 def cfg_dir(tmp_path):
-    """A folder with config/ and an empty org/."""
+    """A folder with config/ and an org/ whose Account.csv has the fields GOOD names (and no records)."""
     (tmp_path / "config").mkdir()
     (tmp_path / "org").mkdir()
+    (tmp_path / "org" / "Account.csv").write_text("Id,Name,ParentId,ARR__c\n", encoding="utf-8")
     return tmp_path
 
 
@@ -45,7 +46,8 @@ def test_good_config_loads_with_paths_relative_to_the_file(cfg_dir):
 @pytest.mark.parametrize("text, line, words", [
     (GOOD.replace("currency: USD", "currency: USD\ncurrency: EUR"), 4, "duplicate key 'currency'"),
     (GOOD.replace("views: [{name", "views: [{name: legal, name"), 7, "duplicate key"),
-    (GOOD + "surprise: 1\n", 1, "unknown key(s) 'surprise'"),
+    (GOOD + "surprise: 1\n", 9, "unknown key 'surprise'"),
+    (GOOD + "schedul: {}\n", 9, "unknown key 'schedul'; did you mean 'schedule'?"),
     (GOOD.replace("source: account_field", "source: magic"), 5, "expected one of: account_field, subscriptions, history"),
     (GOOD.replace("account_field: ARR__c", "history_months: 3"), 6, "history_months: 3 is less than the minimum"),
     (GOOD.replace('"0 2 * * *"', '"99 * * *"'), 8, "not a 5-field cron expression"),
@@ -64,10 +66,10 @@ def test_each_error_names_file_line_and_expectation(cfg_dir, text, line, words):
 
 
 def test_non_utf8_config_is_a_clear_error(cfg_dir):
-    """A config saved as Latin-1 names the file and line of the first bad byte."""
+    """A config saved as Latin-1 names the file, line, column and byte offset of the first bad byte, and the fix."""
     path = cfg_dir / "config" / "nrr.yaml"
     path.write_bytes(GOOD.replace("currency: USD", "# Soci\xe9t\xe9\ncurrency: USD").encode("latin-1"))
-    with pytest.raises(ConfigErrors, match=r"nrr\.yaml:3: not UTF-8 \(byte 0xe9\)"):
+    with pytest.raises(ConfigErrors, match=r"nrr\.yaml:3: not UTF-8 \(byte 0xe9 at line 3, column 7, byte offset \d+\); re-save the file as UTF-8"):
         config_mod.load(path)
 
 

@@ -97,8 +97,8 @@ def test_rollback_of_the_demo_run_then_plan_shows_the_same_changes(tmp_path):
     import json
     Cli(None)("demo", "--dir", str(tmp_path / "d"))
     cli = Cli(tmp_path / "d" / "config" / "nrr.yaml")
-    run_id = cli("runs", "list").stdout.split()[0]
-    applied = cli.json("runs", "show", run_id, "--changes", "100000")["changes"]
+    run_id = cli.json("runs", "list", "--format", "json")[0]["id"]
+    applied = cli.json("runs", "show", run_id, "--changes", "100000", "--format", "json")["changes"]
     cli("rollback", run_id)
     cli("plan", "--out", str(tmp_path / "plan.json"), "--as-of", "2026-11-15")
     planned = json.loads((tmp_path / "plan.json").read_text())["changes"]

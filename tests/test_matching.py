@@ -159,7 +159,7 @@ def test_plan_records_nothing_in_the_review_queue(delta, cli, tmp_path):
 def test_rollback_restores_repaired_parent_links(reference, cli):
     """Rolling back a repair run puts every ParentId back as it was."""
     cli("run", *AS_OF)
-    run_id = cli("runs", "list").stdout.split()[0]
+    run_id = cli.json("runs", "list", "--format", "json")[0]["id"]
     cli("rollback", run_id)
     assert set(parents(reference).values()) == {None}
 

@@ -47,7 +47,7 @@ def approve_true_links(cli: Cli) -> list[int]:
 def summary(cli: Cli, *args: str) -> dict:
     """The ledger summary of the last run the CLI made (what the run printed)."""
     run_id = cli(*args).stdout.split()[1]
-    return cli.json("runs", "show", run_id)["summary"]
+    return cli.json("runs", "show", run_id, "--format", "json")["summary"]
 
 
 def t12m(cli: Cli) -> dict:
@@ -72,15 +72,15 @@ def test_the_run_that_applies_links_reports_the_repaired_families(globex):
     approve_true_links(globex)
     s = summary(globex, "run", *AS_OF)
     fam = s["nrr"]["legal"]["12"]["family"]
-    assert (fam["start"], fam["end"], fam["nrr"], fam["grr"]) == ("475000.00", "425000.00", "0.8947", "0.8737")
+    assert (fam["start"], fam["end"], fam["nrr"], fam["grr"]) == ("475000.00", "425000.00", "0.894737", "0.873684")
     assert (fam["expansion"], fam["contraction"], fam["churn"]) == ("10000.00", "35000.00", "25000.00")
     assert (fam["internal_transfers"], fam["new_logo"]) == ("70000.00", "45000.00")
     naive = s["nrr"]["legal"]["12"]["naive"]
-    assert (naive["end"], naive["nrr"], naive["churn"], naive["new_logo"]) == ("375000.00", "0.7895", "115000.00",
+    assert (naive["end"], naive["nrr"], naive["churn"], naive["new_logo"]) == ("375000.00", "0.789474", "115000.00",
                                                                                "95000.00")
     assert s["families"]["legal"] == 7
     assert globex("run", *AS_OF).stdout.count("changes: planned 0") == 1
-    assert t12m(globex)["family"]["nrr"] == "0.8947"
+    assert t12m(globex)["family"]["nrr"] == "0.894737"
 
 
 def test_absorbed_families_lose_their_snapshot(globex):
@@ -94,7 +94,7 @@ def test_absorbed_families_lose_their_snapshot(globex):
     assert sum(rows.values()) == 482_000 and len(rows) == 6
     assert f"legal:{INITECH}:2026-10" not in rows and f"legal:{JAPAN}:2026-10" not in rows
     assert rows[f"legal:{CORP}:2026-10"] == 120_000 + 60_000 + 50_000
-    deleted = [c for c in globex.json("runs", "show", run_id)["changes"] if c["field"] == "(upsert)" and c["new"] is None]
+    deleted = [c for c in globex.json("runs", "show", run_id, "--format", "json")["changes"] if c["field"] == "(upsert)" and c["new"] is None]
     assert {c["external_id"] for c in deleted} == {f"legal:{INITECH}:2026-10", f"legal:{JAPAN}:2026-10"}
 
 
@@ -112,7 +112,7 @@ def test_rollback_then_report_equals_the_report_before_the_run(globex):
     s = summary(globex, "run", *AS_OF)
     assert s["changes"] == {"planned": 0}
     assert snapshot_rows(globex) == before_rows
-    assert s["nrr"]["legal"]["12"]["family"]["nrr"] == before_report["family"]["nrr"] == "0.7895"
+    assert s["nrr"]["legal"]["12"]["family"]["nrr"] == before_report["family"]["nrr"] == "0.789474"
     items = {i["id"]: i for i in globex.json("review", "list", "--format", "json")}
     assert set(chosen) <= set(items)
     assert all("is no longer in the org" in items[i]["note"] for i in chosen)
@@ -136,7 +136,7 @@ def test_touching_or_copying_the_csvs_changes_nothing(globex, tmp_path):
         os.utime(p)
     other = Cli(copy / "config" / "nrr.yaml")
     assert "changes: planned 0" in other("run", *AS_OF).stdout
-    assert parents(other) == repaired and t12m(other)["family"]["nrr"] == "0.8947"
+    assert parents(other) == repaired and t12m(other)["family"]["nrr"] == "0.894737"
     assert other.json("review", "list", "--format", "json") == []
 
 
@@ -166,7 +166,7 @@ def test_export_writes_the_deleted_snapshots_as_a_delete_file(globex, tmp_path):
     globex("run", *AS_OF)
     approve_true_links(globex)
     run_id = globex("run", *AS_OF).stdout.split()[1]
-    deleted = {c["record_id"] for c in globex.json("runs", "show", run_id)["changes"]
+    deleted = {c["record_id"] for c in globex.json("runs", "show", run_id, "--format", "json")["changes"]
                if c["field"] == "(upsert)" and c["new"] is None}
     globex("run", *AS_OF)                                  # writes nothing
     globex("export", "--out", str(tmp_path / "out"))

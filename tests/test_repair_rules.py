@@ -271,7 +271,7 @@ def test_missing_parent_is_proposed_as_a_placeholder_and_created_on_approval(org
     assert parents(org) == {"Zeta US": "Zeta", "Zeta UK": "Zeta", "Zeta": None}
     cli("run", *AS_OF)  # created once: the next run finds it by its key
     assert db.execute("SELECT count(*) FROM Account WHERE Name = 'Zeta'").fetchone()[0] == 1
-    runs = [line.split()[0] for line in cli("runs", "list").stdout.splitlines()]
+    runs = [r["id"] for r in cli.json("runs", "list", "--format", "json")]
     cli("rollback", runs[1])
     assert db.execute("SELECT count(*) FROM Account WHERE Name = 'Zeta'").fetchone()[0] == 0
     assert parents(org) == {"Zeta US": None, "Zeta UK": None}
@@ -384,4 +384,4 @@ def test_a_configured_locked_field_must_exist(org, cli):
     org.rules = {"r.yaml": NAME_RULE}
     org.extra = "hierarchy: {locked_field: Frozen__c}\n"
     org.write()
-    assert "hierarchy.locked_field: Frozen__c is not a column of Account" in cli("run", *AS_OF, expect=2).stderr
+    assert "hierarchy.locked_field: field Frozen__c is not a column of Account.csv" in cli("run", *AS_OF, expect=2).stderr

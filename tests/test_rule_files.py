@@ -81,7 +81,7 @@ def test_a_skipped_rule_is_reported_as_not_evaluated(org, cli):
     assert "rule duns (" in out and "r.yaml:3) not evaluated: Account has no field Parent_DUNS__c, DunsNumber" in out
     assert "data quality not evaluated [rule_not_evaluated]" in out
     run_id = out.split()[1]
-    found = [f for f in cli.json("runs", "show", run_id)["findings"] if f["kind"] == "rule_not_evaluated"]
+    found = [f for f in cli.json("runs", "show", run_id, "--format", "json")["findings"] if f["kind"] == "rule_not_evaluated"]
     assert [(f["outcome"], f["severity"]) for f in found] == [("not_evaluated", "warning")]
 
 

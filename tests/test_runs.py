@@ -91,7 +91,7 @@ def test_runs_list_and_show(family, cli):
     family.write()
     run_id = cli("run", "--as-of", "2026-11-15").stdout.split()[1]
     assert run_id in cli("runs", "list").stdout
-    shown = cli.json("runs", "show", run_id[:20])
+    shown = cli.json("runs", "show", run_id[:20], "--format", "json")
     assert shown["status"] == "succeeded" and shown["change_status"]["applied"] > 0
     assert shown["changes"][0]["status"] == "applied" and shown["config_hash"]
     assert shown["findings"] == [{"kind": "dangling_parent", "record_count": 1, "severity": "warning", "outcome": "found",

@@ -246,26 +246,30 @@ def _write(path: Path, header: list[str], rows) -> None:
 
 
 DEMO_CONFIG = """\
-# nrr-engine config for the demo org. Paths are relative to this file.
-source: {{kind: local, path: ../org}}   # a folder of Data Loader CSVs: Account.csv, Subscription__c.csv, ...
-state: ../state/nrr.db                  # ledger, ARR history, family membership
-currency: USD
-timezone: UTC
+# nrr-engine config, as `nrr-engine init` and `nrr-engine demo` write it. Paths are relative to this file.
+# `nrr-engine validate` checks it, the rules and every field they name against the org; `nrr-engine schema`
+# prints its JSON Schema.
+source: {{kind: local, path: ../org}}     # a folder of Data Loader CSVs: Account.csv, Subscription__c.csv, ...
+state: ../state/nrr.db                  # the SQLite ledger, ARR history and family membership
+currency: USD                           # the corporate currency (ISO 4217)
+timezone: UTC                           # for schedules and "today"
 arr:
   source: subscriptions                 # account_field | subscriptions | history
-  history_months: {history}
+  history_months: {history}                    # months of monthly ARR kept and rebuilt
   subscriptions: {{object: Subscription__c, account: Account__c, start: Start_Date__c, end: End_Date__c,
                   amount: Amount__c, amount_period: annual, product: Product__c, currency: CurrencyIsoCode}}
 views:
-  - name: legal
+  - name: legal                         # the ParentId tree; its rollups are written to these Account fields
     parent_field: ParentId
     fields: {{ultimate_parent: Ultimate_Parent__c, depth: Hierarchy_Depth__c, arr: Hierarchy_ARR__c,
              child_count: Child_Count__c}}
-rules: [../rules/*.yaml]                # matching rules: parent-link repair (nrr-engine schema prints theirs)
+  # - {{name: by_region, partition_of: legal, by: Region__c}}   # each legal family split by region
+rules: [../rules/*.yaml]                # matching rules (parent-link repair): `nrr-engine schema match`
 hierarchy: {{auto_apply: 0.95, child_limit: 10000, max_depth: 100, missing_parents: placeholder}}
-schedule: {{nightly: "0 2 * * *", month_close: "0 4 1 * *"}}
-snapshots: {{enabled: true, object: KPI_Snapshot__c}}
-report: {{segments: [Region__c]}}
+guards: {{max_shrink: 0.2}}               # an input that lost more of its accounts or ARR stops the run
+schedule: {{nightly: "0 2 * * *", month_close: "0 4 1 * *"}}   # jobs for `schedule` and `run --job`
+snapshots: {{enabled: true, object: KPI_Snapshot__c}}          # one record per (view, family root, month)
+report: {{segments: [Region__c]}}         # root fields the run summary can break NRR down by
 """
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .. import yamlsource
-from ..errors import ConfigError, Location
+from ..errors import ConfigError, Location, not_utf8
 from .model import NAME_CONFIDENCE, MatchRule, Qualified
 
 FIELD = {"$ref": "#/$defs/fieldName"}
@@ -238,22 +238,38 @@ def _read_table(table: Path, where: Location, errors: list, ref: Location) -> li
         return [Qualified(e["child"].strip(), e["parent"].strip(), Location(str(table), doc.line_of((i,)), rule=where.rule))
                 for i, e in enumerate(items)]
     out = []
+    start = 1  # the line the row being read starts on (a quoted value may span lines)
     try:
         with open(table, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
+            reader = csv.reader(fh, strict=True)  # an unclosed quote is an error, not a row swallowing the rest
             header = [h.strip().lower() for h in next(reader, [])]
             if header[:2] != ["child", "parent"]:
-                errors.append(ConfigError(f"header is {','.join(header)!r}; expected child,parent[,note]",
+                sep = next((s for s in (";", "\t", "|") if len(header) == 1 and s in header[0]), None)
+                why = (f"; it is separated by {sep!r}, not commas: re-save it as \"CSV UTF-8 (Comma delimited)\""
+                       if sep else "")
+                errors.append(ConfigError(f"header is {','.join(header)!r}; expected child,parent[,note]{why}",
                                           Location(str(table), 1, rule=where.rule)))
                 return []
+            start = reader.line_num + 1
             for row in reader:
+                loc = Location(str(table), start, rule=where.rule)
+                spans, start = reader.line_num > loc.line, reader.line_num + 1
                 if not any(c.strip() for c in row) or row[0].lstrip().startswith("#"):
                     continue
-                loc = Location(str(table), reader.line_num, rule=where.rule)
                 if len(row) < 2:
                     errors.append(ConfigError("expected child,parent", loc))
                     continue
+                if spans and any("\n" in c or "\r" in c for c in row[:2]):
+                    errors.append(ConfigError(f"a child or parent name spans lines {loc.line}-{reader.line_num}: a "
+                                              "quote left open? (names are one line)", loc))
+                    continue
                 out.append(Qualified(row[0].strip(), row[1].strip(), loc))
-    except UnicodeDecodeError as exc:
-        errors.append(ConfigError(f"not UTF-8 ({exc.reason}); save the table as UTF-8", Location(str(table), rule=where.rule)))
+    except UnicodeDecodeError:
+        bad = not_utf8(table)
+        errors.append(ConfigError(bad.message if bad else "not UTF-8; re-save the table as UTF-8",
+                                  Location(str(table), bad.location.line if bad else None, rule=where.rule)))
+    except csv.Error as exc:
+        what = ("a quoted value is never closed (the file ends inside it); close the quote or remove it"
+                if "unexpected end of data" in str(exc) else f"malformed CSV: {exc}")
+        errors.append(ConfigError(what, Location(str(table), start, rule=where.rule)))
     return out

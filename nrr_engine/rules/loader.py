@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 from .. import yamlsource
-from ..errors import ConfigError, ConfigErrors, Location
+from ..errors import ConfigError, ConfigErrors, Location, close_match
 from .kinds import KINDS, Source, rule_schema
 from .model import Condition, MatchRule, TieBreak
 
@@ -69,11 +69,14 @@ def check(files: list[Path] | tuple[Path, ...], views: list[str]) -> tuple[RuleS
             errors.append(ConfigError(f"kind: {kind!r} is not a rule kind this version reads; expected one of: "
                                       f"{', '.join(schema_by_kind)}", doc.location(("kind",))))
             continue
-        problems = yamlsource.schema_errors(doc, schema_by_kind[kind])
-        if problems:
-            errors.extend(problems)
-            continue
-        for i, raw in enumerate(doc.data["rules"]):
+        problems = yamlsource.schema_problems(doc, schema_by_kind[kind])
+        errors.extend(p.error for p in problems)
+        # a bad rule hides none of the others: only the rules the problems point into are left out
+        bad = {p.path[1] for p in problems if len(p.path) > 1 and p.path[0] == "rules"}
+        items = doc.data.get("rules")
+        for i, raw in enumerate(items if isinstance(items, list) else []):
+            if i in bad or not isinstance(raw, dict):
+                continue
             rule = _match_rule(doc, path, ("rules", i), raw, views, errors)
             if rule is not None and raw.get("enabled", True):
                 rules.append(rule)
@@ -98,12 +101,15 @@ def _match_rule(doc: yamlsource.Document, path: Path, at: tuple, raw: dict, view
     src = Source(doc, path, at, where, errors)
     n_before = len(errors)
     for key in sorted(set(raw) - _COMMON - set(kind.settings)):
-        errors.append(ConfigError(f"{key}: not a setting of {kind.type} rules (they take: "
-                                  f"{', '.join(sorted(kind.settings))}, plus the common ones)", src.line(key)))
+        hint = close_match(key, kind.settings)
+        errors.append(ConfigError(f"{key}: not a setting of {kind.type} rules" + (f"; did you mean {hint}?" if hint else "")
+                                  + f" (they take: {', '.join(sorted(kind.settings))}, plus the common ones)",
+                                  src.line(key)))
     view = raw.get("view", views[0] if views else "legal")
     if view not in views:
-        errors.append(ConfigError(f"view: {view!r} is not a lookup view in config (views with a parent_field: "
-                                  f"{', '.join(views)})", src.line("view")))
+        hint = close_match(view, views)
+        errors.append(ConfigError(f"view: {view!r} is not a lookup view in config" + (f"; did you mean {hint}?" if hint else "")
+                                  + f" (views with a parent_field: {', '.join(views)})", src.line("view")))
     conf = raw.get("confidence")
     if isinstance(conf, dict) and kind.type != "name":
         errors.append(ConfigError("confidence: a mapping by qualifier kind is only for name rules with method "
@@ -115,9 +121,23 @@ def _match_rule(doc: yamlsource.Document, path: Path, at: tuple, raw: dict, view
         candidate=tuple(Condition(c["field"], c["op"], c.get("value")) for c in raw.get("candidate", [])),
         tie_break=tuple(_tie_break(t) for t in raw.get("tie_break", [])),
         override=raw.get("override", False), skip_when_missing=raw.get("when_fields_missing", "error") == "skip",
-        auto_apply=raw.get("auto_apply"))
+        auto_apply=raw.get("auto_apply"), field_lines=_field_lines(src, raw, kind))
     rule = kind.build(common, raw, src)
     return None if len(errors) > n_before else rule
+
+
+def _field_lines(src: Source, raw: dict, kind) -> tuple[tuple[str, Location], ...]:
+    """(field, location) of every Account field the rule names: conditions, tie-breaks and the kind's settings."""
+    out = []
+    for side in ("child", "candidate"):
+        out += [(c["field"], src.line(side, i, "field")) for i, c in enumerate(raw.get(side, []))]
+    for i, t in enumerate(raw.get("tie_break", [])):
+        if isinstance(t, dict):
+            key = "same_as_child" if "same_as_child" in t else "field"
+            out.append((t[key], src.line("tie_break", i, key)))
+    out += [(raw[k], src.line(k)) for k, s in kind.settings.items()
+            if s.get("$ref") == "#/$defs/fieldName" and isinstance(raw.get(k), str)]
+    return tuple(out)
 
 
 def _tie_break(raw) -> TieBreak:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar
 
@@ -122,6 +122,7 @@ class MatchRule(abc.ABC):
     override: bool = False
     skip_when_missing: bool = False
     auto_apply: float | None = None
+    field_lines: tuple[tuple[str, Location], ...] = field(default=(), compare=False, repr=False)  # where each is named
 
     def confidence_for(self, kind: str) -> float:
         c = self.confidence
@@ -142,6 +143,11 @@ class MatchRule(abc.ABC):
         names += [t.field for t in self.tie_break if t.field]
         names += self.own_fields()
         return [n for n in dict.fromkeys(names) if n and not n.startswith("$")]
+
+    def field_location(self, name: str) -> Location:
+        """Where the rule names Account field `name` (a condition, tie-break or setting); the rule's own line for
+        a default it leaves out."""
+        return next((loc for f, loc in self.field_lines if f == name), self.location)
 
     def for_org(self, has_field) -> "MatchRule":
         """The rule as it runs on an org with these Account fields (a kind may drop an optional default)."""

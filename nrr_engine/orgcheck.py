@@ -1,0 +1,149 @@
+"""The config and rules checked against the org: every field they name must be one the org has (the local org's
+CSV headers, or Salesforce's describe), each problem at the YAML line that names it, with the close match.
+
+`validate` runs it to find what a run would stop on; a run on a local org runs it before it reads anything else,
+so a typo in a rollup target is refused instead of becoming a new column.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import ENGINE_FIELDS, ENGINE_OBJECTS, Settings
+from .errors import ConfigError, DataError, Location, NrrError, close_match
+
+
+class LocalHeaders:
+    """A local org's objects and fields as its <SObject>.csv headers say (first lines only: nothing is loaded)."""
+
+    remote = False
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self._headers: dict[str, list[str] | None] = {}
+        self.unreadable: set[str] = set()
+        self.problems: list[NrrError] = []   # headers that cannot be read (not UTF-8, ';'-separated, no Id)
+
+    def fields(self, obj: str) -> list[str] | None:
+        """The object's field names, or None when the folder has no such CSV (or its header cannot be read)."""
+        if obj not in self._headers:
+            from .sources.local_org import read_header
+
+            path = self.folder / f"{obj}.csv"
+            header = None
+            if path.is_file():
+                try:
+                    header = read_header(path)
+                except DataError as exc:
+                    self.problems.append(exc)
+                    self.unreadable.add(obj)
+                except OSError as exc:
+                    self.problems.append(DataError(f"cannot read: {exc.strerror}", Location(str(path))))
+                    self.unreadable.add(obj)
+            self._headers[obj] = header
+        return self._headers[obj]
+
+    def objects(self) -> list[str]:
+        return sorted(p.stem for p in self.folder.glob("*.csv"))
+
+    def no_object(self, obj: str) -> str:
+        hint = close_match(obj, self.objects())
+        return (f"no {obj}.csv in the org folder {self.folder}" + (f"; did you mean {hint}?" if hint else "")
+                + f" (its CSVs: {', '.join(self.objects()) or 'none'})")
+
+    def not_a_field(self, obj: str) -> str:
+        return f"a column of {obj}.csv"
+
+
+class DescribedFields:
+    """A Salesforce org's objects and fields as describe tells the integration user (one call per object)."""
+
+    remote = True
+
+    def __init__(self, org):
+        self.org = org
+        self.unreadable: set[str] = set()
+        self.problems: list[NrrError] = []
+
+    def fields(self, obj: str) -> list[str] | None:
+        d = self.org.describe(obj)
+        return None if d is None else [f["name"] for f in d.fields.values()]
+
+    def no_object(self, obj: str) -> str:
+        return (f"object {obj} does not exist in the Salesforce org (or the integration user cannot see it); deploy "
+                "salesforce/ or fix the object name")
+
+    def not_a_field(self, obj: str) -> str:
+        return f"a field of {obj} in Salesforce (or field-level security hides it from the integration user)"
+
+
+def check(settings: Settings, ruleset, org) -> tuple[list[NrrError], list[str]]:
+    """(problems, notes): every field and object the config and the rules name that `org` (LocalHeaders or
+    DescribedFields) lacks, at its own line; notes for rules that will not be evaluated (when_fields_missing: skip)."""
+    problems: list[NrrError] = []
+    missing_objects: set[str] = set()
+    cache: dict[str, dict[str, str] | None] = {}
+
+    def columns(obj: str) -> dict[str, str] | None:
+        if obj not in cache:
+            names = org.fields(obj)
+            cache[obj] = None if names is None else {n.lower(): n for n in names}
+        return cache[obj]
+
+    def has(obj: str, name: str) -> bool:
+        cols = columns(obj)
+        return cols is not None and name.lower() in cols
+
+    created = not org.remote  # a local working copy gets the engine's own fields and object on the first run
+    for ref in settings.field_refs:
+        cols = columns(ref.object)
+        if cols is None:
+            if ref.object in org.unreadable or ref.object in missing_objects:
+                continue
+            if created and ref.write and ref.object in ENGINE_OBJECTS:
+                continue
+            missing_objects.add(ref.object)
+            problems.append(ConfigError(f"{ref.key}: {org.no_object(ref.object)}", ref.location))
+            continue
+        if ref.name is None or ref.name.lower() in cols:
+            continue
+        own = ENGINE_FIELDS.get(ref.object, ()) if ref.write else ()
+        if created and ref.name in own:
+            continue
+        hint = close_match(ref.name, [*cols.values(), *own])
+        msg = f"{ref.key}: field {ref.name} is not {org.not_a_field(ref.object)}" + (
+            f"; did you mean {hint}?" if hint else f" (its fields include: {', '.join(list(cols.values())[:12])})")
+        if ref.write and created:
+            msg += (f" (the engine writes only to fields the org has: its own, {', '.join(own)}, are added on the "
+                    f"first run; any other must be a column of {ref.object}.csv: add an empty column to declare it)")
+        elif ref.write:
+            msg += " (deploy salesforce/ for the engine's own fields, or fix the field name)"
+        problems.append(ConfigError(msg, ref.location))
+
+    notes = []
+    if columns("Account") is not None:
+        for rule in ruleset.match:
+            rule = rule.for_org(lambda f: has("Account", f))
+            missing = [f for f in rule.fields() if not has("Account", f)]
+            hints = {f: close_match(f, columns("Account").values()) for f in missing}
+            if missing and rule.skip_when_missing:
+                notes.append(f"rule {rule.name} ({rule.location.file}:{rule.location.line}) will not be evaluated on "
+                             f"this org: Account has no field {', '.join(missing)}" + "".join(
+                                 f" (did you mean {h} for {f}?)" for f, h in hints.items() if h)
+                             + " (when_fields_missing: skip)")
+                continue
+            for f in missing:
+                loc = rule.field_location(f)
+                problems.append(ConfigError(
+                    f"field {f} is not {org.not_a_field('Account')}" + (
+                        f"; did you mean {hints[f]}?" if hints[f] else
+                        f" (its fields include: {', '.join(list(columns('Account').values())[:12])})")
+                    + (" " if hints[f] else ". ") + "Fix the rule, or set when_fields_missing: skip to run without it.",
+                    Location(loc.file, loc.line, rule=rule.name)))
+    return [*org.problems, *problems], notes
+
+
+def local_problems(settings: Settings, ruleset) -> list[NrrError]:
+    """The problems `check` finds on the settings' local org (empty for a Salesforce source)."""
+    if settings.salesforce is not None or settings.org_path is None:
+        return []
+    return check(settings, ruleset, LocalHeaders(settings.org_path))[0]
