@@ -6,12 +6,14 @@ and family membership, the review decisions, and the org's KPI snapshots of the 
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 
-from . import months
+from . import money, months
 from . import orgcheck
 from . import rules as rules_mod
 from .config import Settings
@@ -20,7 +22,7 @@ from .hierarchy.membership import Membership
 from .hierarchy.repair import Decisions
 from .ledger import Ledger
 from .metrics import arr as arr_mod
-from .metrics import snapshot
+from .metrics import gates, snapshot
 from .model import INSERT, Accounts, Change, CheckOutcome, FieldNeed, Finding
 from .sources import LocalOrg
 from .state import State
@@ -32,7 +34,8 @@ _DATE = ("date", "datetime")
 def open_org(settings: Settings) -> LocalOrg:
     if settings.salesforce is not None:
         from .sources.salesforce import SalesforceOrg  # only a Salesforce source loads the client
-        return SalesforceOrg(settings.salesforce, settings.working_copy, settings.config_file)
+        return SalesforceOrg(settings.salesforce, settings.working_copy, settings.config_file,
+                             currency=settings.currency)
     return LocalOrg(settings.org_path, settings.working_copy)
 
 
@@ -92,7 +95,7 @@ def field_needs(settings: Settings, ruleset, extra_fields: tuple[str, ...] = ())
     if settings.snapshots_enabled:
         obj = settings.snapshot_object
         needs.append(FieldNeed(obj, snapshot.KEY, "snapshots.object", ("string",), write=True, create=True,
-                               external_id=True))
+                               external_id=True, delete=True))  # an absorbed family's snapshots are deleted
         needs += [FieldNeed(obj, f, "snapshots.object", write=True, create=True) for f in snapshot.FIELDS]
     return needs
 
@@ -166,26 +169,88 @@ def _placeholder_parents(settings: Settings, org: LocalOrg, approved: list[dict]
     return {it["id"]: by_key[it["parent_ref"]] for it in items}, inserts
 
 
-def arr_matrix(settings: Settings, org: LocalOrg, accounts: Accounts, stored: np.ndarray, first: int, count: int,
-               cur: int) -> tuple[np.ndarray, list[Finding]]:
+def csv_lines(org: LocalOrg, obj: str) -> arr_mod.Locate | None:
+    """For a local org: record Ids -> the line of their record in <obj>.csv (a re-read of the file, made only
+    for the few records a finding names). None for Salesforce, whose records are named by Id."""
+    if org.remote:
+        return None
+    path = Path(org.where(obj))
+
+    def locate(ids) -> dict[str, int]:
+        wanted, found = set(ids), {}
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as fh:
+                reader = csv.reader(fh)
+                col = [h.strip().lower() for h in next(reader, [])].index("id")
+                line = reader.line_num
+                for row in reader:
+                    if col < len(row) and row[col].strip() in wanted:
+                        found[row[col].strip()] = line + 1  # the record's first line (a cell may span lines)
+                        if len(found) == len(wanted):
+                            break
+                    line = reader.line_num
+        except (OSError, UnicodeDecodeError, ValueError, csv.Error):
+            pass  # the file changed under us: the records are still named by Id
+        return found
+    return locate
+
+
+def arr_matrix(settings: Settings, org: LocalOrg, accounts: Accounts, stored: np.ndarray | None, first: int,
+               count: int, cur: int) -> tuple[np.ndarray, list[Finding], arr_mod.Excluded]:
     a = settings.arr
     if a.source == "subscriptions":
         s = a.subscriptions
         require_columns(org, s.object, [s.account, s.start, s.end, s.amount, s.currency], "arr.subscriptions")
         rows = org.read(s.object, ["Id", s.account, s.start, s.end, s.amount, s.currency or "__none__"])
-        return arr_mod.from_subscriptions(rows, accounts.index, s, settings.currency, first, count, org.where(s.object))
+        return arr_mod.from_subscriptions(rows, accounts.index, s, settings.currency, first, count, org.where(s.object),
+                                          csv_lines(org, s.object))
     matrix = stored.copy()
     fs: list[Finding] = []
+    excluded = arr_mod.Excluded()
     if a.source == "account_field":
-        column, fs = arr_mod.from_account_field(accounts.column(a.account_field), accounts.ids, a.account_field,
-                                                org.where("Account"))
+        column, fs, excluded = arr_mod.from_account_field(accounts.column(a.account_field), accounts.ids,
+                                                          a.account_field, org.where("Account"), cur,
+                                                          csv_lines(org, "Account"))
         matrix[:, cur - first] = column
-    return matrix, fs
+    return matrix, fs, excluded
+
+
+def report_first(settings: Settings, current_month: int, period: int, window: int) -> int | None:
+    """The first month a report of window period-window -> period needs when it lies before the months a run
+    keeps (None: the usual ones). Subscriptions rebuild any month: the matrix then starts where a run made the
+    month after `period` would start it, so the figures are the ones that run reports. Stored history (an
+    Account field, imports) exists only for the months kept: the error names the setting to raise."""
+    m0 = period - window
+    usual = current_month - settings.arr.history_months + 1
+    if m0 >= usual:
+        return None
+    if settings.arr.source != "subscriptions":
+        need = current_month - m0 + 1
+        raise DataError(f"--period {months.fmt(period)} --window {window} needs ARR from {months.fmt(m0)}, but "
+                        f"arr.source {settings.arr.source} keeps arr.history_months ({settings.arr.history_months}) "
+                        f"months, from {months.fmt(usual)}: raise arr.history_months to at least {need} "
+                        + ("(at most 120) " if need <= 120 else "(it can be at most 120: pick a later period) ")
+                        + "and import the older months with `nrr-engine history import FILE`",
+                        Location(str(settings.config_file), field="arr.history_months"))
+    return min(m0, period - settings.arr.history_months + 2)
+
+
+def shrink_baseline(ledger: Ledger) -> dict | None:
+    """Accounts and ARR of the last run that wrote (succeeded or failed_records; not rolled back), or None."""
+    for r in ledger.runs(1000):
+        if r["mode"] == "run" and r["status"] in ("succeeded", "failed_records") and r.get("summary"):
+            s = json.loads(r["summary"])
+            arr = s.get("arr")
+            return {"run_id": r["id"], "as_of": r["as_of"], "accounts": int(s.get("accounts") or 0),
+                    "arr": money.parse_units(arr) if arr is not None else None}
+    return None
 
 
 def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: tuple[str, ...] = (),
-          repair: bool = True) -> State:
-    """Read everything a run (repair=True) or a report (repair=False: no rules, decisions or snapshots) needs."""
+          repair: bool = True, since: int | None = None) -> State:
+    """Read everything a run (repair=True) or a report (repair=False: no rules, decisions or snapshots) needs.
+
+    `since`: a first month earlier than the history a run keeps (a report of an old period; report_first)."""
     findings: list[Finding] = []
     ruleset, rule_fields = rules_mod.RuleSet(), []
     cur = months.of(ctx.as_of)
@@ -232,11 +297,10 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
         existing = snapshot.ExistingSnapshots()
         obj = settings.snapshot_object
         if repair and settings.snapshots_enabled and org.has_field(obj, snapshot.KEY):
-            label = months.fmt(cur - 1)
-            existing = snapshot.ExistingSnapshots(cur - 1, *org.read_packed(
-                obj, [["Id"], [snapshot.KEY], snapshot.FIELDS], order_by=snapshot.KEY, like=(snapshot.KEY, f"%:{label}")))
+            existing = snapshot.read_existing(org, obj, cur - 1)
 
-    return State(accounts=accounts, ruleset=ruleset, first=cur - settings.arr.history_months + 1, matrix=None,
+    first = cur - settings.arr.history_months + 1
+    return State(accounts=accounts, ruleset=ruleset, first=first if since is None else min(first, since), matrix=None,
                  arr_rows_changed=np.zeros(0, dtype=np.int64), membership=membership,
                  decisions=decisions, inserts=tuple(inserts),
                  existing_snapshots=existing, findings=tuple(findings), repair=repair,
@@ -256,16 +320,53 @@ def fetch_arr(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, state: Sta
     accounts, merged, cur = state.accounts, state.merged, ctx.current_month
     findings = list(state.findings)
     with ctx.stage("arr"):
-        first, count = state.first, settings.arr.history_months
+        first = state.first
+        count = cur - first + 1
         # merged-away accounts (queryAll's MasterRecordId) carry their stored history to the survivor
         index = accounts.index
         if merged:
             index = {**index, **{loser: index[survivor] for loser, survivor in merged.items()}}
-        stored = arr_mod.from_segments(ledger.arr_segments(), index, first, count, size=len(accounts))
-        matrix, fs = arr_matrix(settings, org, accounts, stored, first, count, cur)
+        rebuilt = settings.arr.source == "subscriptions"
+        stored = None
+        if state.repair or not rebuilt:  # a report from subscriptions compares nothing with the stored history
+            stored = arr_mod.from_segments(ledger.arr_segments(), index, first, count, size=len(accounts))
+        matrix, fs, excluded = arr_matrix(settings, org, accounts, stored, first, count, cur)
         findings.extend(fs)
-        changed = np.flatnonzero((matrix != stored).any(axis=1))
+        changed = np.zeros(0, dtype=np.int64)
+        if state.repair:
+            changed = np.flatnonzero((matrix != stored).any(axis=1))
         del stored
-        if merged:  # stored again under the survivor, so the history outlives the recycle bin
+        if merged and state.repair:  # stored again under the survivor, so the history outlives the recycle bin
             changed = np.union1d(changed, np.array(sorted({index[s] for s in merged.values()}), dtype=np.int64))
-    return dataclasses.replace(state, first=first, matrix=matrix, arr_rows_changed=changed, findings=tuple(findings))
+        if state.repair:
+            # merged-away accounts are not lost: their ARR and history live on in the survivor
+            findings.extend(_shrink_guard(settings, ledger, ctx, len(accounts) + len(merged),
+                                          int(matrix[:, cur - first].sum()), fs))
+    return dataclasses.replace(state, first=first, matrix=matrix, arr_rows_changed=changed, findings=tuple(findings),
+                               excluded=excluded)
+
+
+def _shrink_guard(settings: Settings, ledger: Ledger, ctx, accounts: int, arr: int,
+                  arr_findings: list[Finding]) -> list[Finding]:
+    """Stop the run (exit 2, before anything is written) when its input lost more than guards.max_shrink of the
+    accounts or the ARR since the last run; with --allow-shrink the loss is a finding and the run goes on."""
+    before = shrink_baseline(ledger)
+    problem = gates.shrink(before, accounts, arr, settings.max_shrink)
+    if problem is None:
+        return []
+    if ctx.allow_shrink:
+        return [Finding("input_shrank", f"{problem}; accepted with --allow-shrink: this run is the new baseline")]
+    left_out = "".join(f"\n  {f.message}" for f in arr_findings if f.kind in _LEFT_OUT)
+    raise DataError(f"{problem}: more than guards.max_shrink ({_pct(settings.max_shrink)}) allows. Nothing was "
+                    "written: the working copy, the ledger's ARR history and the org are as they were. Check the "
+                    "export (a header-only or truncated CSV, a filtered report or query, unreadable values); if the "
+                    "loss is real, run again with --allow-shrink (plan takes it too), or raise guards.max_shrink"
+                    + (f". Records this run left out of ARR:{left_out}" if left_out else ""),
+                    Location(str(settings.config_file), field="guards.max_shrink"))
+
+
+_LEFT_OUT = ("arr_not_a_number", "negative_arr", "bad_date", "orphan_subscription", "ends_before_start")
+
+
+def _pct(share: float) -> str:
+    return f"{share * 100:g} %"

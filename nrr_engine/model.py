@@ -36,7 +36,7 @@ FINDING_KINDS: dict[str, Severity] = {
     "too_deep": Severity.WARNING, "duplicate": Severity.INFO, "locked": Severity.INFO,
     "mapping_unresolved": Severity.WARNING, "merged_accounts": Severity.INFO, "as_of_in_past": Severity.WARNING,
     "rule_not_evaluated": Severity.WARNING, "link_blocked": Severity.INFO, "reload_conflict": Severity.WARNING,
-    "review_reopened": Severity.INFO,
+    "review_reopened": Severity.INFO, "input_shrank": Severity.WARNING,
 }
 
 
@@ -171,6 +171,7 @@ class FieldNeed:
     create: bool = False              # the run creates records that set it
     external_id: bool = False         # upserts match on it
     optional: bool = False            # absent is fine (the run skips what needs it)
+    delete: bool = False              # the run deletes records of the object (checked against describe)
 
 
 @dataclass

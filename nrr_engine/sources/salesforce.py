@@ -8,6 +8,8 @@ streamed page by page into a SQLite mirror that the pipeline reads exactly as it
 from __future__ import annotations
 
 import csv
+import datetime as dt
+import html
 import io
 import json
 import os
@@ -16,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Context, Decimal, InvalidOperation
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -36,8 +38,13 @@ log = structlog.get_logger("nrr_engine.salesforce")
 
 NULL = "#N/A"                       # Bulk API 2.0: the cell value that sets a field to null
 COLLECTION_SIZE = 200               # records per sObject Collections call
-_UPLOAD_MAX = 90 * 1024 * 1024      # bytes of CSV per ingest job (Salesforce accepts 100 MB after encoding)
+# Bytes of UTF-8 CSV per ingest job: Salesforce takes 150 MB of base64 per upload and asks for at most 100 MB
+# before encoding (base64 adds about a third; Upload Job Data, Bulk API 2.0). MB read as 10^6, the smaller.
+UPLOAD_LIMIT = 100_000_000
 _LOCK = "UNABLE_TO_LOCK_ROW"
+_GONE = "ENTITY_IS_DELETED"         # a delete replayed, or of a record already deleted: it is gone, as asked
+_ENDED = ("JobComplete", "Failed", "Aborted")
+_ORPHAN_PAGES = 20                  # pages of Get All Jobs read when looking for an orphan job (1,000 jobs each)
 _PROVISIONAL = "zzzzzzzzz"          # marks Ids a plan names for records Salesforce has not created yet
 _NUMBER_TYPES = ("double", "currency", "int", "percent", "long")
 _TEXT_TYPES = ("string", "textarea", "picklist", "url", "email", "phone", "id", "reference")
@@ -74,6 +81,24 @@ class _Transient(Exception):
     def __init__(self, response: requests.Response):
         super().__init__(response.status_code)
         self.response = response
+
+
+class _Unconfirmed(SourceUnavailable):
+    """A call that is not safe to repeat failed without an answer (5xx, timeout, dropped connection):
+    Salesforce may or may not have done it, so the caller checks (job state, orphan jobs) before going on."""
+
+
+def _idempotent(method: str, url: str) -> bool:
+    """Whether sending the call twice has the effect of sending it once, so a failure can simply be retried.
+
+    Reads and logins are; sObject Collections updates and upserts set the same values again (an upsert
+    finds the record the first attempt created by its key); a Collections delete replayed answers
+    ENTITY_IS_DELETED, which counts as deleted. Creating a Bulk job, uploading its data, changing its
+    state and inserting records are not: a replay leaves an orphan job, doubles the data or fails."""
+    path = urlsplit(url).path
+    if method in ("GET", "HEAD") or "/Soap/u/" in path or "/oauth2/token" in path:
+        return True
+    return "/composite/sobjects" in path and method in ("PATCH", "DELETE")
 
 
 def _error_code(response: requests.Response) -> str | None:
@@ -121,19 +146,37 @@ class ApiSession(requests.Session):
             return response
 
     def _with_retries(self, method, url, args, kwargs) -> requests.Response:
+        """Send, retrying with backoff what is safe to repeat: idempotent calls on 5xx, timeouts and dropped
+        connections; any call on REQUEST_LIMIT_EXCEEDED or a connect timeout (refused, so never done).
+        A call that is not idempotent and got no answer raises _Unconfirmed at once (see _idempotent)."""
         s = self.settings
+        safe = _idempotent(method, url)
+
+        def retry(state: tenacity.RetryCallState) -> bool:
+            exc = state.outcome.exception()
+            if isinstance(exc, requests.ConnectTimeout):
+                return True
+            if isinstance(exc, _Transient):
+                return safe or exc.response.status_code == 403
+            return safe and isinstance(exc, (requests.ConnectionError, requests.Timeout))
+
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(s.retries + 1),
             wait=tenacity.wait_exponential(multiplier=s.backoff_s, max=60) if s.backoff_s else tenacity.wait_none(),
-            retry=tenacity.retry_if_exception_type((_Transient, requests.ConnectionError, requests.Timeout)),
-            sleep=self._sleep, reraise=True,
+            retry=retry, sleep=self._sleep, reraise=True,
             before_sleep=lambda st: log.warning("salesforce.retry", kind=call_kind(method, url),
                                                 attempt=st.attempt_number, reason=_reason(st.outcome.exception())))
         try:
             return retrying(self._send_once, method, url, args, kwargs)
-        except _Transient as exc:  # retries spent: hand the last response to the client, which raises
-            return exc.response
+        except _Transient as exc:
+            if safe or exc.response.status_code == 403:  # retries spent: the client raises on the last response
+                return exc.response
+            raise _Unconfirmed(f"Salesforce gave no answer to a {method} {call_kind(method, url)} call "
+                               f"({_reason(exc)}); it may or may not have been done") from None
         except (requests.ConnectionError, requests.Timeout) as exc:
+            if not safe and not isinstance(exc, requests.ConnectTimeout):
+                raise _Unconfirmed(f"Salesforce gave no answer to a {method} {call_kind(method, url)} call "
+                                   f"({type(exc).__name__}); it may or may not have been done") from None
             raise SourceUnavailable(f"Salesforce did not answer ({type(exc).__name__}) after {s.retries} retries: "
                                     f"{call_kind(method, url)} call to {urlsplit(url).hostname}") from None
 
@@ -167,8 +210,23 @@ def describe_error(exc: Exception) -> str:
     items = content if isinstance(content, list) else [content] if isinstance(content, dict) else []
     for item in items:
         if isinstance(item, dict) and (item.get("errorCode") or item.get("message")):
-            return f"{item.get('errorCode', 'ERROR')}: {str(item.get('message', ''))[:200]}"
+            code = item.get("errorCode", "ERROR")
+            text = f"{code}: {str(item.get('message', ''))[:200]}"
+            return f"{text} ({_ERROR_HINTS[code]})" if code in _ERROR_HINTS else text
     return f"HTTP {getattr(exc, 'status', '?')} {type(exc).__name__}"
+
+
+# The Account fields salesforce/ deploys (its metadata), which exist together or not at all
+_SHIPPED = {"Account": ("Ultimate_Parent__c", "Hierarchy_Depth__c", "Hierarchy_ARR__c", "Child_Count__c",
+                        "Hierarchy_Locked__c", "Family_Key__c")}
+
+# Salesforce's codes whose message does not say what to grant (its text for a user without API Enabled says
+# "The REST API is not enabled for this Organization")
+_ERROR_HINTS = {
+    "API_DISABLED_FOR_ORG": "the integration user needs API Enabled; /limits also needs View Setup and Configuration",
+    "INSUFFICIENT_ACCESS_OR_READONLY": "the integration user lacks the object permission for this operation",
+    "INVALID_FIELD_FOR_INSERT_UPDATE": "field-level security: grant edit access to the field",
+}
 
 
 def _env(name: str, what: str, cfg: Path) -> str:
@@ -180,11 +238,13 @@ def _env(name: str, what: str, cfg: Path) -> str:
 
 
 def connect(s: SalesforceSettings, session: ApiSession, config_file: Path) -> Salesforce:
-    """Log in (JWT bearer, username + password + token, or instance URL + session id) through `session`."""
+    """Log in through `session`: the OAuth 2.0 JWT bearer or client credentials flow, SOAP login()
+    (auth: password; retired by Salesforce in Summer '27), or an instance URL + session id."""
     username = s.username or os.environ.get(s.username_env)
     where = Location(str(config_file), field="source.auth")
     if s.auth in ("jwt", "password") and not username:
         raise ConfigError(f"source.auth {s.auth} needs a username: set source.username or ${s.username_env}", where)
+    secrets: list[str] = []
     if s.auth == "jwt":
         key_file = s.private_key_file or (Path(os.environ[s.private_key_file_env])
                                           if os.environ.get(s.private_key_file_env) else None)
@@ -193,14 +253,38 @@ def connect(s: SalesforceSettings, session: ApiSession, config_file: Path) -> Sa
                               f"${s.private_key_file_env} to a PEM file ({'not found: ' + str(key_file) if key_file else 'unset'})",
                               where)
         consumer_key = _env(s.consumer_key_env, "the connected app's consumer key", config_file)
-        token_host = urlsplit(s.instance_url).hostname.removesuffix(".salesforce.com") if s.instance_url else None
+        # The assertion's audience is the authorization server, https://login.salesforce.com (or
+        # https://test.salesforce.com for a sandbox), never the My Domain; the My Domain is where it is posted
+        # (Salesforce Help: OAuth 2.0 JWT Bearer Flow for Server-to-Server Integration). simple-salesforce
+        # builds the audience from `domain` and the token URL from `instance_url`.
+        mine = s.my_domain()
+        audience = "test" if s.domain == "test" or ".sandbox." in f".{mine or ''}." else "login"
         login = lambda: SalesforceLogin(session=session, username=username, consumer_key=consumer_key,  # noqa: E731
-                                        privatekey_file=str(key_file), domain=s.domain, instance_url=token_host)
+                                        privatekey_file=str(key_file), domain=audience, instance_url=mine)
+    elif s.auth == "client_credentials":
+        mine = s.my_domain()
+        if mine is None:
+            raise ConfigError("source.auth client_credentials needs the org's My Domain: set source.domain: "
+                              "<mydomain>.my (or source.instance_url: https://<mydomain>.my.salesforce.com)", where)
+        consumer_key = _env(s.consumer_key_env, "the connected app's consumer key", config_file)
+        secret = _env(s.consumer_secret_env, "the connected app's consumer secret", config_file)
+        secrets += [consumer_key, secret]
+        # the token is requested from the My Domain with the key and secret (Salesforce Help: OAuth 2.0 Client
+        # Credentials Flow for Server-to-Server Integration); it runs as the connected app's Run As user
+        login = lambda: SalesforceLogin(session=session, consumer_key=consumer_key,  # noqa: E731
+                                        consumer_secret=secret, domain=mine)
     elif s.auth == "password":
         password = _env(s.password_env, "the password", config_file)
         token = os.environ.get(s.security_token_env, "")
+        secrets += [password, token]
+        # SOAP login() is not available from API version 65.0 and is retired for every version in Summer '27
+        # (Salesforce Help 005132110): log in at 64.0 at most (the session serves any REST version) and say so.
+        login_version = s.api_version if _version(s.api_version) < (65, 0) else "64.0"
+        log.warning("salesforce.soap_login_retiring", login_api_version=login_version,
+                    note="auth: password uses SOAP API login(), which Salesforce retires in Summer '27 (unavailable "
+                         "from API version 65.0, disabled in new orgs); move to auth: client_credentials or jwt")
         login = lambda: SalesforceLogin(session=session, username=username, password=password,  # noqa: E731
-                                        security_token=token, domain=s.domain, sf_version=s.api_version)
+                                        security_token=token, domain=s.domain, sf_version=login_version)
     else:
         login = None
     try:
@@ -210,8 +294,7 @@ def connect(s: SalesforceSettings, session: ApiSession, config_file: Path) -> Sa
         else:
             session_id, instance = login()
     except SalesforceAuthenticationFailed as exc:
-        raise SourceUnavailable(f"Salesforce login ({s.auth}) failed: {exc.code}; check the credentials in "
-                                f"the environment and source.domain ({s.domain})", where) from None
+        raise SourceUnavailable(f"Salesforce login ({s.auth}) failed: {login_failure(exc, s, secrets)}", where) from None
     except SalesforceError as exc:
         raise SourceUnavailable(f"Salesforce login ({s.auth}) failed: {describe_error(exc)}", where) from None
     session.token, session.instance_host = session_id, instance.split(":")[0]
@@ -220,6 +303,51 @@ def connect(s: SalesforceSettings, session: ApiSession, config_file: Path) -> Sa
         session.relogin = lambda: login()[0]
     return Salesforce(instance_url=f"https://{instance}", session_id=session_id, session=session,
                       version=s.api_version, parse_float=Decimal)
+
+
+def _version(text: str) -> tuple[int, int]:
+    major, _, minor = text.partition(".")
+    return (int(major), int(minor or 0)) if major.isdigit() and (minor or "0").isdigit() else (0, 0)
+
+
+# what to do about a login failure, by Salesforce's error code or description (OAuth 2.0 Authorization Errors)
+_LOGIN_FIXES = (
+    ("audience is invalid", "the JWT audience must be https://login.salesforce.com (or https://test.salesforce.com "
+                            "for a sandbox): set source.domain: login (or test) and the My Domain in source.instance_url"),
+    ("request not supported on this domain", "request the token from the My Domain: set source.domain: <mydomain>.my"),
+    ("no client credentials user enabled", "set a Run As user for the client credentials flow on the connected app"),
+    ("hasn't approved this consumer", "pre-authorise the connected app for the integration user (Admin approved users "
+                                      "are pre-authorized, and a permission set or profile that grants the app)"),
+    ("invalid_client_id", "check the connected app's consumer key in the environment"),
+    ("invalid_client", "check the connected app's consumer key and secret in the environment"),
+    ("INVALID_OPERATION", "SOAP API login() (auth: password) is not available from API version 65.0, is disabled "
+                          "in new orgs and is retired in Summer '27: use auth: client_credentials or jwt"),
+    ("API_CURRENTLY_DISABLED", "the integration user needs API Enabled (the NRR_Engine_Integration permission set "
+                               "grants it)"),
+    ("INVALID_LOGIN", "check the username, the password and security token in the environment, and source.domain "
+                      "(login for production, test for a sandbox, or the My Domain)"),
+)
+
+
+def login_failure(exc: SalesforceAuthenticationFailed, s: SalesforceSettings, secrets: Sequence[str] = ()) -> str:
+    """Why a login failed, as "CODE: Salesforce's message; what to do", never "None": a SOAP fault without its
+    detail, or a body that is not the JSON an OAuth error is, still gives its faultcode/faultstring or status."""
+    code, message = exc.code, str(getattr(exc, "auth_message", "") or "")
+    fault = re.search(r"<faultcode>(?:\w+:)?([^<]*)</faultcode>.*?<faultstring>([^<]*)</faultstring>", message, re.S)
+    if fault:
+        code = code or fault.group(1)
+        message = html.unescape(fault.group(2)).removeprefix(f"{fault.group(1)}: ")
+    elif message.lstrip().startswith("<"):   # an HTML or XML page: nothing to quote from it
+        message = "the login endpoint answered with a page, not an error; check source.domain and source.instance_url"
+    if isinstance(code, int) or (isinstance(code, str) and code.isdigit()):
+        code = f"HTTP {code}"
+    message = re.sub(r"[\x00-\x1f\x7f]+", " ", message).strip()[:200]
+    for value in secrets:   # an endpoint that echoes what it was sent must not make the message a leak
+        if value and len(value) >= 4:
+            message = message.replace(value, "[redacted]")
+    text = f"{code or 'no error code'}: {message or 'no message'}"
+    fix = next((f for key, f in _LOGIN_FIXES if key in text), None)
+    return f"{text}; {fix}" if fix else f"{text}; check the credentials in the environment and source.domain ({s.domain})"
 
 
 # ---- values ----------------------------------------------------------------------------------------
@@ -245,6 +373,7 @@ def _soql(obj: str, fields: Sequence[str]) -> str:
 class _Described:
     fields: dict[str, dict]         # lower-case name -> describe entry
     label: str
+    may: dict[str, bool] = field(default_factory=dict)   # the user's createable/updateable/deletable on the object
 
     def get(self, name: str) -> dict | None:
         return self.fields.get(name.lower())
@@ -265,9 +394,12 @@ class SalesforceOrg(LocalOrg):
     remote = True
 
     def __init__(self, s: SalesforceSettings, mirror: Path, config_file: Path,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, currency: str | None = None,
+                 upload_limit: int = UPLOAD_LIMIT):
         super().__init__(Path("."), mirror)
         self.settings, self.config_file, self._sleep = s, config_file, sleep
+        self.currency = currency            # the corporate currency: amounts are written in it
+        self.upload_limit = upload_limit    # bytes of CSV per Bulk upload
         self.session = ApiSession(s, sleep)
         self._sf: Salesforce | None = None
         self._described: dict[str, _Described | None] = {}
@@ -275,6 +407,8 @@ class SalesforceOrg(LocalOrg):
         self._fetched: set[str] = set()
         self._counts: dict[str, int] = {}
         self.limits: dict | None = None
+        self.limits_refused: str | None = None    # why /limits was refused (no View Setup), if it was
+        self.header_budget: dict | None = None    # the budget read from Sforce-Limit-Info instead
 
     # ---- connection, limits, describe ------------------------------------------------------------
     @property
@@ -294,12 +428,39 @@ class SalesforceOrg(LocalOrg):
             raise SourceUnavailable(f"Salesforce {what} failed: {describe_error(exc)}",
                                     Location(self.where(what.split()[-1]))) from None
 
-    def check_budget(self) -> dict:
-        """Read /limits; refuse to start (exit 3) when fewer daily API requests remain than the reserve."""
-        self.limits = self._call("limits", self.sf.limits)
+    def check_budget(self) -> dict | None:
+        """Read /limits; refuse to start (exit 3) when fewer daily API requests remain than the reserve.
+
+        /limits (and /limits/recordCount) need View Setup and Configuration (REST API: Limits), which a
+        least-privilege integration user lacks; the org then refuses them (403). The run still starts: the budget
+        comes from the Sforce-Limit-Info header every REST response carries (None here when none was seen yet:
+        `prepare` checks it after describe) and record counts from SELECT COUNT(); the log and the run's summary
+        (api_calls.limits_note) say so."""
+        try:
+            self.limits = self.sf.limits()
+        except SalesforceError as exc:
+            if getattr(exc, "status", None) != 403 or describe_error(exc).startswith("REQUEST_LIMIT_EXCEEDED"):
+                raise SourceUnavailable(f"Salesforce limits failed: {describe_error(exc)}",
+                                        Location(self.where("limits"))) from None
+            self.limits, self.limits_refused = None, describe_error(exc).split(" (", 1)[0]
+            log.warning("salesforce.limits_unavailable", reason=self.limits_refused,
+                        fallback="API budget from the Sforce-Limit-Info header, record counts from SELECT COUNT()",
+                        fix="grant View Setup and Configuration to read /limits")
+            return self._budget_from_header()
         daily = self.limits.get("DailyApiRequests", {})
-        remaining, maximum = int(daily.get("Remaining", 0)), int(daily.get("Max", 0))
-        log.info("salesforce.limits", remaining=remaining, max=maximum, reserve=self.settings.api_reserve)
+        return self._check_reserve(int(daily.get("Remaining", 0)), int(daily.get("Max", 0)), "/limits")
+
+    def _budget_from_header(self) -> dict | None:
+        """The budget from the last Sforce-Limit-Info header ("api-usage=25/15000"); None if none was seen."""
+        m = re.search(r"api-usage=(\d+)/(\d+)", self.session.limit_info or "")
+        if not m:
+            return None
+        used, maximum = int(m.group(1)), int(m.group(2))
+        self.header_budget = {"Remaining": maximum - used, "Max": maximum}
+        return self._check_reserve(maximum - used, maximum, "Sforce-Limit-Info")
+
+    def _check_reserve(self, remaining: int, maximum: int, source: str) -> dict:
+        log.info("salesforce.limits", remaining=remaining, max=maximum, reserve=self.settings.api_reserve, source=source)
         if remaining < self.settings.api_reserve:
             raise SourceUnavailable(f"only {remaining} of {maximum} daily API requests remain, below the reserve of "
                                     f"{self.settings.api_reserve} (source.api_reserve); the run did not start",
@@ -317,27 +478,47 @@ class SalesforceOrg(LocalOrg):
                     return None
                 raise SourceUnavailable(f"Salesforce describe of {obj} failed: {describe_error(exc)}",
                                         Location(self.where(obj))) from None
-            self._described[obj] = _Described({f["name"].lower(): f for f in d["fields"]}, d.get("label", obj))
+            self._described[obj] = _Described({f["name"].lower(): f for f in d["fields"]}, d.get("label", obj),
+                                              {k: d[k] for k in ("createable", "updateable", "deletable") if k in d})
         return self._described[obj]
 
     def prepare(self, needs: Sequence[FieldNeed]) -> None:
-        """Check the API budget and every field the run reads or writes against describe (exit 2 naming the fix)."""
-        self.check_budget()
+        """Check the API budget and every field the run reads or writes, and the object permissions its writes
+        need, against describe (exit 2, every problem at once, each naming the grant or fix)."""
+        budget = self.check_budget()
         problems: list[str] = []
+        ops: dict[str, dict[str, str]] = {}   # object -> {createable|updateable|deletable: why}
         for need in needs:
             d = self.describe(need.object)
             if d is None:
                 if not need.optional:
-                    problems.append(f"{need.why}: object {need.object} does not exist in the org (or the integration "
-                                    f"user cannot see it); deploy salesforce/ or fix the object name")
+                    problems.append(f"{need.why}: object {need.object} does not exist in the org or the integration "
+                                    f"user has no Read on it; deploy salesforce/, grant Read on {need.object}, or fix "
+                                    f"the object name")
                 continue
             f = d.get(need.field)
             if f is None:
+                shipped = _SHIPPED.get(need.object, ())
                 if not need.optional:
-                    problems.append(f"{need.why}: {need.object}.{need.field} does not exist (or field-level security "
-                                    f"hides it from the integration user); deploy salesforce/ or fix the field name")
+                    problems.append(f"{need.why}: {need.object}.{need.field} does not exist or field-level security "
+                                    f"hides it from the integration user; deploy salesforce/, grant read access to "
+                                    f"it, or fix the field name")
+                elif need.field in shipped and any(d.get(g) for g in shipped):
+                    # salesforce/ deploys its fields together: one the org has while this one is not visible is
+                    # hidden by field-level security (a hidden lock field would let the run re-parent locked accounts)
+                    problems.append(f"{need.why}: {need.object}.{need.field} is not visible to the integration user, "
+                                    f"though salesforce/ deploys it with {', '.join(g for g in shipped if d.get(g))}; "
+                                    f"grant read access (field-level security; the NRR_Engine_Integration permission "
+                                    f"set does)")
+                else:
+                    log.info("salesforce.optional_field_absent", object=need.object, field=need.field, why=need.why)
                 continue
             self.want(need.object, [f["name"]])
+            wanted = ops.setdefault(need.object, {})
+            for flag, on in (("updateable", need.write), ("createable", need.create),
+                             ("deletable", getattr(need, "delete", False))):
+                if on:
+                    wanted.setdefault(flag, need.why)
             if need.types and f["type"] not in need.types:
                 problems.append(f"{need.why}: {need.object}.{need.field} is of type {f['type']}; expected "
                                 f"{' or '.join(need.types)}")
@@ -350,9 +531,21 @@ class SalesforceOrg(LocalOrg):
             if need.external_id and not (f.get("externalId") or f.get("idLookup")):
                 problems.append(f"{need.why}: {need.object}.{need.field} is not an External ID field; mark it "
                                 f"External ID (as salesforce/ does) so snapshots can be upserted")
+        verbs = {"createable": ("create", "Create"), "updateable": ("edit", "Edit"), "deletable": ("delete", "Delete")}
+        for obj, wanted in ops.items():
+            d = self.describe(obj)
+            for flag, why in wanted.items():
+                if d is not None and d.may.get(flag) is False:   # object permissions (describe: createable, ...)
+                    verb, grant = verbs[flag]
+                    problems.append(f"{why}: the integration user cannot {verb} {obj} records; grant {grant} on {obj} "
+                                    f"(object permissions; the NRR_Engine_Integration permission set grants what the "
+                                    f"engine needs)")
         if problems:
             raise ConfigError("the Salesforce org does not match the config:\n  " + "\n  ".join(problems),
                               Location(str(self.config_file), field="source"))
+        if budget is None:   # /limits refused and no header seen before describe: the header describe carried
+            if self._budget_from_header() is None:
+                log.warning("salesforce.budget_unknown", reason="no Sforce-Limit-Info header in the answers so far")
 
     # ---- schema questions the pipeline asks -------------------------------------------------------
     def want(self, obj: str, fields: Iterable[str]) -> None:
@@ -385,16 +578,35 @@ class SalesforceOrg(LocalOrg):
             return []
         to_count = [o for o in objects if o not in self._counts]
         if to_count:
-            counts = self._call("record count", self.sf.restful, "limits/recordCount",
-                                params={"sObjects": ",".join(to_count)})
-            self._counts.update({c["name"]: int(c["count"]) for c in counts.get("sObjects", [])})
+            self._counts.update(self._record_counts(to_count))
         for obj in objects:
             self._fetch(obj)
         return objects
 
+    def _record_counts(self, objects: list[str]) -> dict[str, int]:
+        """Records per object, to pick Bulk or REST reads: /limits/recordCount, or, for a user without View Setup
+        and Configuration, one SELECT COUNT() each ("To get an accurate count, use the SOQL query SELECT count()
+        FROM sObject", REST API: Record Count)."""
+        if self.limits_refused is None:
+            try:
+                counts = self.sf.restful("limits/recordCount", params={"sObjects": ",".join(objects)})
+                return {c["name"]: int(c["count"]) for c in counts.get("sObjects", [])}
+            except SalesforceError as exc:
+                if getattr(exc, "status", None) != 403:
+                    raise SourceUnavailable(f"Salesforce record count failed: {describe_error(exc)}",
+                                            Location(self.where("count"))) from None
+                self.limits_refused = describe_error(exc).split(" (", 1)[0]
+                log.warning("salesforce.record_count_unavailable", reason=self.limits_refused,
+                            fallback="SELECT COUNT()", fix="grant View Setup and Configuration")
+        return {obj: int(self._call(f"count of {obj}", self.sf.query, f"SELECT COUNT() FROM {obj}")["totalSize"])
+                for obj in objects}
+
     def _fetch(self, obj: str) -> None:
         d = self.describe(obj)
         fields = [d.get(f)["name"] for f in self._wanted.get(obj, {"Id": None}) if d.get(f)]
+        iso = d.get("CurrencyIsoCode")
+        if iso is not None and iso["name"] not in fields:  # the write path checks each record's currency
+            fields.append(iso["name"])
         merged = obj == "Account" and d.get("MasterRecordId") is not None and d.get("IsDeleted") is not None
         if merged:  # queryAll: merged-away accounts carry their history to the survivor
             fields += [f for f in ("IsDeleted", "MasterRecordId") if f not in fields]
@@ -431,24 +643,28 @@ class SalesforceOrg(LocalOrg):
                  seconds=round(time.perf_counter() - t0, 2))
 
     def _bulk_pages(self, obj: str, soql: str, all_rows: bool):
-        """Bulk API 2.0 query results, page by page (maxRecords), as (header, row iterator)."""
-        bulk = getattr(self.sf.bulk2, obj)
-        query = bulk.query_all if all_rows else bulk.query
-        pages = query(soql, max_records=self.settings.page_size, wait=self.settings.poll_s)
+        """Bulk API 2.0 query results, page by page (maxRecords), as (header, row iterator).
+
+        The job is waited on for at most source.job_timeout_s, then aborted (the client alone waits 24 hours),
+        and its create is not blindly repeated (see _create_job)."""
+        client = getattr(self.sf.bulk2, obj)._client
+        what = f"Bulk query of {obj}"
+        job_id = self._create_job(client, what, "queryAll" if all_rows else "query", query=soql)["id"]
+        info = self._wait(client, job_id, what, is_query=True)
+        if info["state"] != "JobComplete":
+            raise SourceUnavailable(f"Salesforce {what} failed: JOB_{info['state'].upper()}: "
+                                    f"{str(info.get('errorMessage') or 'no result')[:200]}", Location(self.where(obj)))
+        locator = ""
         while True:
-            try:
-                page = next(pages)
-            except StopIteration:
-                return
-            except _CLIENT_ERRORS as exc:
-                raise SourceUnavailable(f"Salesforce Bulk query of {obj} failed: {describe_error(exc)}",
-                                        Location(self.where(obj))) from None
-            reader = csv.reader(io.StringIO(page))
+            result = self._call(what, client.get_query_results, job_id, locator, self.settings.page_size)
+            locator = result["locator"]
+            reader = csv.reader(io.StringIO(result.pop("records")))
             header = next(reader, None)
-            if header is None:
-                continue
-            yield header, reader
-            del page, reader
+            if header is not None:
+                yield header, reader
+            del result, reader
+            if not locator:
+                return
 
     def _rest_pages(self, soql: str, fields: list[str], all_rows: bool):
         """REST query (2,000 records a call), typed values turned to CSV-like text."""
@@ -491,16 +707,20 @@ class SalesforceOrg(LocalOrg):
               external_id: str | None = None) -> Job:
         """Write rows (values in `fields` order; the first field is Id, or the external id for upserts).
 
+        Every value is checked first against its field as describe gives it (length, precision, scale,
+        restricted picklist), and amounts against the record's currency: a row that cannot be written as it
+        is fails with the reason and is never sent (Salesforce would reject it, or round or misread it).
         Bulk API 2.0 ingest from bulk_write_min rows, sObject Collections below; rows that fail with
         UNABLE_TO_LOCK_ROW are retried with backoff; every other failure is returned, never raised."""
         errors: list[str | None] = [None] * len(rows)
         created: list[str | None] = [None] * len(rows)
-        todo = list(range(len(rows)))
+        fields, rows = self._own_currency(obj, operation, fields, rows)
+        todo = self._sendable(obj, operation, fields, rows, errors)
         for attempt in range(self.settings.retries + 1):
             if not todo:
                 break
             if attempt:
-                self._sleep(min(60.0, self.settings.backoff_s * 2 ** (attempt - 1)))
+                self._backoff(attempt)
                 log.warning("salesforce.lock_retry", object=obj, records=len(todo), attempt=attempt)
             part = rows if len(todo) == len(rows) else [rows[i] for i in todo]  # retries: the locked rows
             if len(part) >= self.settings.bulk_write_min:
@@ -515,27 +735,115 @@ class SalesforceOrg(LocalOrg):
             todo = locked
         return Job(errors, created)
 
+    def _backoff(self, attempt: int) -> None:
+        self._sleep(min(60.0, self.settings.backoff_s * 2 ** (attempt - 1)))
+
+    def _own_currency(self, obj, operation, fields, rows):
+        """Records the engine owns are written by upsert on its own key (KPI snapshots, placeholder parents); in a
+        multi-currency org they are put in the corporate currency, so their amounts mean what was computed."""
+        d = self.describe(obj) if operation == "upsert" and self.currency else None
+        iso = d.get("CurrencyIsoCode") if d else None
+        if iso is None or any(f.lower() == "currencyisocode" for f in fields):
+            return fields, rows
+        return [*fields, iso["name"]], [(*r, self.currency) for r in rows]
+
+    def _sendable(self, obj, operation, fields, rows, errors: list) -> list[int]:
+        """Positions of the rows that can be sent; each other row gets its reason in `errors`.
+
+        A value that does not fit its field is a failure of its record (recorded in the ledger, exit 1), not
+        of the run: the other records are written, and a rerun reports it again until config or metadata
+        are fixed. One warning per field says how many records it stopped. Checked column by column: a
+        quick pass picks the values worth a closer look (a million rows cost about a second)."""
+        d = self.describe(obj)
+        if d is None or operation == "delete":
+            return list(range(len(rows)))
+        checks = [(k, d.get(f)["name"], c) for k, f in enumerate(fields) if (c := _fit_check(d.get(f))) is not None]
+        money, currencies = self._record_currencies(obj, operation, fields, rows)
+        if not checks and not money:
+            return list(range(len(rows)))
+        columns = _Columns(rows)
+        keys = columns[0]
+        problems: dict[int, str] = {}
+        stopped: Counter[str] = Counter()
+        for k, name, check in checks:
+            column = columns[k]
+            for i in check.suspects(column):
+                why = None if i in problems else check.problem(column[i])
+                if why:
+                    stopped[name] += 1
+                    problems[i] = (f"VALUE_DOES_NOT_FIT: {obj}.{name} of record {keys[i]}: {_shown(column[i])} {why}; "
+                                   "not sent")
+        for i, rid in enumerate(keys if money else ()):
+            have = currencies.get(rid)
+            if have and have != self.currency and i not in problems:
+                written = [n for k, n in money if columns[k][i] not in (None, "")]
+                if written:
+                    stopped[f"{written[0]} (currency)"] += 1
+                    problems[i] = (f"CURRENCY_MISMATCH: {obj} record {rid} is in {have}, but {written[0]} is computed "
+                                   f"in {self.currency} (the corporate currency) and nrr-engine has no exchange-rate "
+                                   f"setting to convert it; not sent")
+        for name, n in stopped.items():
+            log.warning("salesforce.not_sent", object=obj, field=name, records=n)
+        for i, problem in problems.items():
+            errors[i] = problem
+        return [i for i in range(len(rows)) if i not in problems]
+
+    def _record_currencies(self, obj, operation, fields, rows) -> tuple[list[tuple[int, str]], dict[str, str]]:
+        """The money fields an update writes and each record's CurrencyIsoCode (from the last read), when the
+        object has one. A record not in the mirror was created by this run's upsert, in the corporate currency."""
+        d = self.describe(obj) if operation == "update" and self.currency else None
+        if d is None or d.get("CurrencyIsoCode") is None:
+            return [], {}
+        money = [(k, d.get(f)["name"]) for k, f in enumerate(fields) if (d.get(f) or {}).get("type") == "currency"]
+        if not money:
+            return [], {}
+        self._ensure_read(obj)
+        ids = [row[0] for row in rows]
+        return money, {rid: v[0] for rid, v in self.get(obj, ids, ["CurrencyIsoCode"]).items() if v[0]}
+
     def _bulk_write(self, obj, operation, fields, rows, external_id) -> Job:
         errors: list[str | None] = []
         created: list[str | None] = []
-        for chunk in _csv_chunks(fields, rows):
+        for chunk in _csv_chunks(fields, rows, self.upload_limit):
             job = self._bulk_job(obj, operation, fields, chunk, external_id)
             errors.extend(job.errors)
             created.extend(job.created_ids)
         return Job(errors, created)
 
     def _bulk_job(self, obj, operation, fields, chunk: tuple[str, list], external_id) -> Job:
+        """One ingest job: create, upload, close, wait, read the results.
+
+        Nothing that writes is sent twice blindly (see _idempotent): a create left unanswered is followed by
+        a search for the job it may have made (aborted); an upload left unanswered abandons the job (never
+        closed, so never processed; aborted) for a new one, since a second upload would double the data; a
+        close left unanswered is settled by reading the job's state."""
         data, keys = chunk
         client = getattr(self.sf.bulk2, obj)._client
         what = f"Bulk {operation} of {obj}"
-        job = self._call(what, client.create_job, operation, external_id_field=external_id)
-        job_id = job["id"]
-        try:
-            self._call(what, client.upload_job_data, job_id, data)
-            self._call(what, client.close_job, job_id)
-        except SourceUnavailable:
-            self._try(client.abort_job, job_id, False)
-            raise
+        for attempt in range(self.settings.retries + 1):
+            if attempt:
+                self._backoff(attempt)
+            job_id = self._create_job(client, what, operation, external_id=external_id)["id"]
+            try:
+                self._call(what, client.upload_job_data, job_id, data)
+            except _Unconfirmed:
+                log.warning("salesforce.upload_unconfirmed", job=job_id, object=obj, attempt=attempt + 1)
+                self._try(self._set_state, client, job_id, "Aborted", what)
+                continue
+            except SourceUnavailable:
+                self._try(client.abort_job, job_id, False)
+                raise
+            try:
+                state = self._set_state(client, job_id, "UploadComplete", what)
+            except SourceUnavailable:
+                self._try(client.abort_job, job_id, False)
+                raise
+            if state != "Aborted":
+                break
+        else:
+            raise SourceUnavailable(f"{what}: Salesforce confirmed no upload in {self.settings.retries + 1} attempts "
+                                    "(each job left unconfirmed was aborted, never processed)",
+                                    Location(self.where(obj)))
         info = self._wait(client, job_id, what)
         failed_count = int(info.get("numberRecordsFailed") or 0)
         processed = int(info.get("numberRecordsProcessed") or 0)
@@ -543,7 +851,8 @@ class SalesforceOrg(LocalOrg):
         ids: dict[str, str] = {}
         if failed_count:
             for row in csv.DictReader(io.StringIO(self._call(what, client.get_ingest_results, job_id, "failedResults"))):
-                outcome[row[fields[0]]] = row.get("sf__Error") or "UNKNOWN_ERROR: no error text"
+                err = row.get("sf__Error") or "UNKNOWN_ERROR: no error text"
+                outcome[row[fields[0]]] = None if operation == "delete" and err.startswith(_GONE) else err
         if processed < len(keys):  # a failed or aborted job: what it did not reach is reported, not lost
             reason = f"JOB_{info['state'].upper()}: {str(info.get('errorMessage') or 'not processed')[:200]}"
             for row in csv.DictReader(io.StringIO(self._call(what, client.get_ingest_results, job_id, "unprocessedrecords"))):
@@ -555,19 +864,91 @@ class SalesforceOrg(LocalOrg):
                  failed=failed_count, state=info["state"])
         return Job([outcome.get(k) for k in keys], [ids.get(k) for k in keys])
 
-    def _wait(self, client, job_id: str, what: str) -> dict:
-        deadline = time.monotonic() + self.settings.job_timeout_s
-        delay = self.settings.poll_s
+    def _create_job(self, client, what: str, operation: str, query: str | None = None,
+                    external_id: str | None = None) -> dict:
+        """Create a Bulk job. A create left unanswered may still have made one: once a create is answered,
+        the jobs it may have left (same user, object and operation, made since the first try, still waiting)
+        are looked for and aborted, so no orphan job stays open or runs a second query."""
+        first_try = None
+        for attempt in range(self.settings.retries + 1):
+            if attempt:
+                self._backoff(attempt)
+            try:
+                job = self._call(what, client.create_job, operation, query, external_id_field=external_id)
+            except _Unconfirmed:
+                log.warning("salesforce.create_unconfirmed", what=what, attempt=attempt + 1)
+                first_try = first_try if first_try is not None else time.monotonic()
+                continue
+            if first_try is not None:
+                self._abort_orphans(client, job, operation in ("query", "queryAll"), time.monotonic() - first_try, what)
+            return job
+        raise SourceUnavailable(f"{what}: Salesforce confirmed no job in {self.settings.retries + 1} attempts; "
+                                "nothing was uploaded to any job it may have made")
+
+    def _abort_orphans(self, client, job: dict, is_query: bool, since_s: float, what: str) -> list[str]:
+        """Abort the jobs an unanswered create may have made: the same user (the new job's creator), object and
+        operation, created between the first try and the new job (five minutes' leeway for server clocks),
+        still Open (ingest: never closed, so they hold no data) or queued (query). The run holds the run lock,
+        so no other job of this user's nrr-engine matches."""
+        created, user = _when(job.get("createdDate")), job.get("createdById")
+        if created is None or not user:
+            log.warning("salesforce.orphan_not_checked", what=what, reason="the job shows no creator or creation time")
+            return []
+        earliest = created - dt.timedelta(seconds=since_s + 300)
+        waiting = ("UploadComplete", "InProgress") if is_query else ("Open",)
+        path, found = "jobs/query" if is_query else "jobs/ingest", []
+        try:
+            for _ in range(_ORPHAN_PAGES):  # 1,000 jobs a page, in no order
+                listing = self._call(what, self.sf.restful, path)
+                for j in listing.get("records") or []:
+                    when = _when(j.get("createdDate"))
+                    if (j.get("id") != job["id"] and j.get("createdById") == user and j.get("state") in waiting
+                            and j.get("object") == job.get("object") and j.get("operation") == job.get("operation")
+                            and when is not None and earliest <= when <= created):
+                        found.append(j["id"])
+                if listing.get("done", True) or not listing.get("nextRecordsUrl"):
+                    break
+                path = listing["nextRecordsUrl"].split(f"/v{self.settings.api_version}/", 1)[-1]
+        except SourceUnavailable as exc:
+            log.warning("salesforce.orphan_not_checked", what=what, reason=str(exc)[:200])
+        for orphan in found:
+            log.warning("salesforce.orphan_aborted", job=orphan, what=what)
+            self._try(self._set_state, client, orphan, "Aborted", what, is_query)
+        return found
+
+    def _set_state(self, client, job_id: str, state: str, what: str, is_query: bool = False) -> str:
+        """Move a job to UploadComplete or Aborted; returns the state it is in. A change left unanswered is not
+        simply sent again: the job's state (a GET) says whether it took, and only if not is it sent again."""
+        for attempt in range(self.settings.retries + 1):
+            if attempt:
+                self._backoff(attempt)
+            try:
+                if state == "UploadComplete":
+                    return self._call(what, client.close_job, job_id)["state"]
+                return self._call(what, client.abort_job, job_id, is_query)["state"]
+            except _Unconfirmed:
+                now = self._call(what, client.get_job, job_id, is_query)["state"]
+                if now == state or now in _ENDED or (state == "UploadComplete" and now == "InProgress"):
+                    return now
+        raise SourceUnavailable(f"{what}: Salesforce confirmed no change of job {job_id} to {state} in "
+                                f"{self.settings.retries + 1} attempts")
+
+    def _wait(self, client, job_id: str, what: str, is_query: bool = False) -> dict:
+        """Poll a Bulk job (ingest or query) until it ends, at most source.job_timeout_s; then abort it and stop."""
+        timeout = self.settings.job_timeout_s
+        start, waited, delay = time.monotonic(), 0.0, self.settings.poll_s
         while True:
             self._sleep(delay)
-            info = self._call(what, client.get_job, job_id, False)
-            if info["state"] in ("JobComplete", "Failed", "Aborted"):
+            waited += delay
+            info = self._call(what, client.get_job, job_id, is_query)
+            if info["state"] in _ENDED:
                 return info
-            if time.monotonic() > deadline:
-                self._try(client.abort_job, job_id, False)
-                raise SourceUnavailable(f"{what}: job {job_id} still {info['state']} after "
-                                        f"{self.settings.job_timeout_s:.0f} s (source.job_timeout_s); aborted")
-            delay = min(10.0, delay * 1.5)
+            elapsed = max(waited, time.monotonic() - start)
+            if elapsed >= timeout:
+                self._try(self._set_state, client, job_id, "Aborted", what, is_query)
+                raise SourceUnavailable(f"{what}: job {job_id} still {info['state']} after {elapsed:.1f} s "
+                                        f"(source.job_timeout_s: {timeout:g}); aborted")
+            delay = min(10.0, delay * 1.5, timeout - elapsed)  # never sleeps past the deadline
 
     @staticmethod
     def _try(fn, *args) -> None:
@@ -596,11 +977,11 @@ class SalesforceOrg(LocalOrg):
                 result = self._call(f"{operation} of {obj}", self.sf.restful, path, method=method,
                                     data=self._collection_body(obj, records))
             for r in result:
-                if r.get("success"):
+                e = (r.get("errors") or [{}])[0]
+                if r.get("success") or (operation == "delete" and e.get("statusCode") == _GONE):
                     errors.append(None)
                     created.append(r.get("id"))
                 else:
-                    e = (r.get("errors") or [{}])[0]
                     errors.append(f"{e.get('statusCode', 'UNKNOWN_ERROR')}: {str(e.get('message', ''))[:300]}")
                     created.append(None)
         return Job(errors, created)
@@ -651,30 +1032,166 @@ class SalesforceOrg(LocalOrg):
     def api_usage(self) -> dict:
         """Calls this process made, by kind, and the org's usage header as last seen."""
         calls = dict(sorted(self.session.calls.items()))
-        return {"calls": calls, "total": sum(calls.values()), "limit_info": self.session.limit_info,
-                "daily_remaining_at_start": (self.limits or {}).get("DailyApiRequests", {}).get("Remaining")}
+        usage = {"calls": calls, "total": sum(calls.values()), "limit_info": self.session.limit_info,
+                 "daily_remaining_at_start": (self.limits or {}).get("DailyApiRequests", {}).get("Remaining")}
+        if self.limits_refused is not None:
+            usage["daily_remaining_at_start"] = (self.header_budget or {}).get("Remaining")
+            usage["limits_source"] = "Sforce-Limit-Info"
+            usage["limits_note"] = (f"/limits refused ({self.limits_refused}): the integration user lacks View Setup "
+                                    f"and Configuration; the API budget came from the Sforce-Limit-Info header and "
+                                    f"record counts from SELECT COUNT()")
+        return usage
 
 
 def _cell(value) -> str | None:
     return None if value is None else str(value)
 
 
-def _csv_chunks(fields: Sequence[str], rows: Sequence[Sequence[str | None]]):
-    """CSV upload bodies of at most _UPLOAD_MAX bytes, each with the keys (first column) of its rows.
+def _csv_chunks(fields: Sequence[str], rows: Sequence[Sequence[str | None]], limit: int = UPLOAD_LIMIT):
+    """CSV upload bodies of at most `limit` bytes of UTF-8 each (Salesforce's limits are in bytes, and a
+    character can take four), with the keys (first column) of their rows.
 
     None becomes #N/A (set to null); an empty string would leave the field unchanged."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    lines: list[str] = []
+    w = csv.writer(_Lines(lines), lineterminator="\n")
     w.writerow(fields)
+    header = lines.pop()
+    head_size = size = _utf8_len(header)
+    body: list[str] = [header]
     keys: list[str] = []
     for row in rows:
         w.writerow([NULL if v is None else v for v in row])
+        line = lines.pop()
+        n = _utf8_len(line)
+        if keys and size + n > limit:
+            yield "".join(body), keys
+            body, keys, size = [header], [], head_size
+        body.append(line)
         keys.append(row[0])
-        if buf.tell() >= _UPLOAD_MAX:
-            yield buf.getvalue(), keys
-            buf = io.StringIO()
-            w = csv.writer(buf, lineterminator="\n")
-            w.writerow(fields)
-            keys = []
+        size += n
     if keys:
-        yield buf.getvalue(), keys
+        yield "".join(body), keys
+
+
+class _Lines:
+    """A file that keeps what csv.writer writes as a list of lines."""
+
+    def __init__(self, lines: list[str]):
+        self.write = lines.append
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def _when(text) -> dt.datetime | None:
+    """A Salesforce dateTime ("2026-11-15T02:00:00.000+0000"), or None."""
+    try:
+        return dt.datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%S.%f%z")
+    except ValueError:
+        return None
+
+
+def _shown(value) -> str:
+    text = value if isinstance(value, str) else str(value)
+    return repr(text if len(text) <= 80 else text[:77] + "...")
+
+
+_WIDE = Context(prec=1000)   # digits of any value written, counted without rounding
+
+
+class _Columns:
+    """The columns of rows, each made once when asked for, as text (None stays None). Rows that keep their
+    columns (writeback's lazy rows: `column(k)`) hand them over without a tuple per row."""
+
+    def __init__(self, rows):
+        self.rows, self.made = rows, {}
+
+    def __getitem__(self, k: int) -> list:
+        if k not in self.made:
+            rows = self.rows
+            col = rows.column(k) if hasattr(rows, "column") else [r[k] for r in rows]
+            if any(type(v) is not str for v in col if v is not None):
+                col = [v if v is None or isinstance(v, str) else str(v) for v in col]
+            self.made[k] = col
+        return self.made[k]
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """What a value must be to fit a described field: `problem(value)` says why it does not (None: it fits);
+    `suspects(column)` picks, at C speed, the positions of a column's values worth that closer look."""
+
+    problem: Callable[[str], str | None]
+    suspects: Callable[[Sequence], list[int]]
+
+
+def _fit_check(spec: dict | None) -> _Fit | None:
+    """The check of values against a field as describe gives it (None: describe says nothing to check).
+    Lengths count UTF-16 code units, as Salesforce's Java strings do (a character outside the BMP counts
+    two): never fewer than the characters a user sees."""
+    if not spec:
+        return None
+    kind = spec.get("type")
+    if kind in _NUMBER_TYPES:
+        if kind in ("int", "long"):
+            precision, scale = spec.get("digits") or spec.get("precision") or 0, 0
+        else:
+            precision, scale = spec.get("precision") or 0, spec.get("scale") or 0
+        whole = precision - scale
+        # surely fits: digits after an optional sign and point, at most `whole` before and `scale` after the point
+        fits = re.compile(rf"(?=-?\.?[0-9])-?0*[0-9]{{0,{whole}}}(?:\.[0-9]{{0,{scale}}}0*)?" if precision else
+                          r"(?=-?\.?[0-9])-?[0-9]*(?:\.[0-9]*)?").fullmatch
+
+        def number(v: str) -> str | None:
+            try:
+                d = Decimal(v)
+            except InvalidOperation:
+                return f"is not a number ({kind} field)"
+            if not d.is_finite():
+                return "is not a finite number"
+            if not precision:
+                return None
+            d = d.normalize(_WIDE)
+            digits = max(d.adjusted() + 1, 0)
+            places = max(-d.as_tuple().exponent, 0)
+            if digits > whole:
+                return (f"has {digits} digits before the decimal point; the field ({kind}, precision {precision}, "
+                        f"scale {scale}) holds {whole}")
+            if places > scale:
+                return (f"has {places} decimal places; the field ({kind}, precision {precision}, scale {scale}) "
+                        f"holds {scale} and Salesforce would round it")
+            return None
+        return _Fit(number, lambda col: [i for i, v in enumerate(col) if v and not fits(v)])
+    if kind == "boolean":
+        return _Fit(lambda v: None if v.lower() in ("true", "false") else "is not true or false (checkbox)",
+                    lambda col: [i for i, v in enumerate(col) if v and v not in ("true", "false")])
+    length = spec.get("length") or 0
+    allowed = None
+    if kind in ("picklist", "multipicklist") and spec.get("restrictedPicklist"):
+        allowed = {p.get("value") for p in spec.get("picklistValues") or [] if p.get("active", True)}
+    if not length and allowed is None:
+        return None
+
+    def text(v: str) -> str | None:
+        if length:
+            n = len(v) if v.isascii() or len(v) > length else len(v.encode("utf-16-le")) // 2
+            if n > length:
+                return f"is {n} characters long; the field ({kind}) holds {length}"
+        if allowed is not None:
+            values = v.split(";") if kind == "multipicklist" else [v]
+            bad = [x for x in values if x not in allowed]
+            if bad:
+                return f"is not an active value of the restricted picklist (values: {', '.join(sorted(allowed))[:200]})"
+        return None
+
+    if allowed is not None:
+        return _Fit(text, lambda col: [i for i, v in enumerate(col) if v and (len(v) > length or v not in allowed)]
+                    if length and kind == "picklist" else [i for i, v in enumerate(col) if v])
+    def suspects(col) -> list[int]:
+        longest = max(map(len, filter(None, col)), default=0)
+        if longest * 2 <= length or (longest <= length and "".join(filter(None, col)).isascii()):
+            return []  # (a column at a time, in C) none is past the length, nor may count past it
+        # past the length, or past half of it with characters that may count two
+        return [i for i, v in enumerate(col) if v and (len(v) > length or (2 * len(v) > length and not v.isascii()))]
+    return _Fit(text, suspects)

@@ -1,11 +1,24 @@
 """A test double of the Salesforce APIs nrr-engine uses, served behind HTTP to the real simple-salesforce client.
 
-It answers SOAP and JWT logins, /limits and /limits/recordCount, describe, REST query/queryAll with
-paging, single-record and sObject Collections writes, Bulk API 2.0 query (locator paging with
-Sforce-Locator and Sforce-NumberOfRecords) and ingest (create, upload, close, poll, successfulResults,
-failedResults, unprocessedrecords). Records live in SQLite (seeded from a folder of Data Loader CSVs);
-custom fields come from the SFDX metadata in salesforce/. Faults are injected on demand: lock errors,
-5xx, REQUEST_LIMIT_EXCEEDED, an expired session, per-record failures, a failed job.
+It answers SOAP login, the OAuth 2.0 JWT bearer and client credentials flows, /limits and
+/limits/recordCount, describe, REST query/queryAll with paging (and SELECT COUNT()), single-record and
+sObject Collections writes, Bulk API 2.0 query (locator paging with Sforce-Locator and
+Sforce-NumberOfRecords) and ingest (create, upload, close, poll, successfulResults, failedResults,
+unprocessedrecords). Records live in SQLite (seeded from a folder of Data Loader CSVs); custom fields come
+from the SFDX metadata in salesforce/, standard fields carry their documented sizes.
+
+It is as strict as an org, each rule from Salesforce's documentation (cited where it is enforced): text
+length (STRING_TOO_LONG), the integer digits of number/currency/percent fields (NUMBER_OUTSIDE_VALID_RANGE),
+restricted picklists, required fields, references, field-level security and object permissions from a
+permission model loaded from permission set files (invisible fields vanish from describe and queries,
+read-only ones cannot be written, an object without Delete cannot be deleted from), the JWT audience,
+/limits only with View Setup and Configuration, API Enabled, soft delete (IsDeleted, queryAll), query
+results in no particular order (unless ORDER BY) and numbers as an org prints its doubles (1.2345678E7).
+Not modelled: record sharing (a user who can read an object sees all its records), validation rules and
+triggers (inject them as faults), and uniqueness beyond upsert matching.
+
+Faults are injected on demand: lock errors, 5xx, REQUEST_LIMIT_EXCEEDED, an expired session, per-record
+failures, a failed job.
 
     with SalesforceDouble(store, metadata=ROOT / "salesforce").serve():   # routes *.salesforce.com here
         ...  # run the engine with source.kind: salesforce
@@ -13,10 +26,13 @@ custom fields come from the SFDX metadata in salesforce/. Faults are injected on
 from __future__ import annotations
 
 import base64
+import copy
 import csv
+import datetime as dt
 import html
 import io
 import json
+import math
 import re
 import secrets
 import sqlite3
@@ -33,29 +49,130 @@ from ..sources.local_org import LocalOrg
 
 HOST = "acme.my.salesforce.com"
 PREFIXES = {"Account": "001", "User": "005", "KPI_Snapshot__c": "a0K", "Subscription__c": "a0S"}
+_MD = {"m": "http://soap.sforce.com/2006/04/metadata"}
 _META_TYPES = {"Lookup": "reference", "MasterDetail": "reference", "Number": "double", "Currency": "currency",
                "Checkbox": "boolean", "Text": "string", "Date": "date", "DateTime": "datetime", "Percent": "percent",
-               "Url": "url", "Picklist": "picklist", "LongTextArea": "textarea", "TextArea": "textarea"}
+               "Url": "url", "Picklist": "picklist", "LongTextArea": "textarea", "TextArea": "textarea",
+               "Email": "email", "Phone": "phone", "Html": "textarea"}
 _NUMBERS = {"double", "currency", "int", "percent", "long"}
+_TEXTS = {"string", "textarea", "url", "email", "phone", "picklist", "multipicklist", "combobox", "encryptedstring"}
+_ID = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
+_DEFAULT_LENGTH = {"reference": 18, "id": 18, "textarea": 32768}
+# The integration user's Id (what the login answers); records it creates are owned by it.
+USER_ID = "005000000000001AAA"
 
 
-def _f(name, type_, updateable=True, reference_to=(), external_id=False, createable=None):
-    return {"name": name, "type": type_, "updateable": updateable, "createable": updateable if createable is None else createable,
-            "externalId": external_id, "idLookup": name == "Id" or external_id, "referenceTo": list(reference_to),
-            "nillable": name != "Id", "label": name}
+def _f(name, type_, updateable=True, reference_to=(), external_id=False, createable=None, *, length=None,
+       precision=None, scale=None, picklist=(), restricted=False, label=None, fls=None, nillable=None,
+       unique=False, auto_number=False, defaulted=False):
+    """A describe field entry (the keys the REST describe returns); `_fls` names the field-level security entry
+    that governs it ("" = none: system, required and name fields are not permissionable)."""
+    text_like = type_ in _TEXTS or type_ in ("reference", "id")
+    if type_ in ("double", "percent"):
+        precision, scale = (18 if precision is None else precision), (0 if scale is None else scale)
+    elif type_ == "currency":
+        precision, scale = (18 if precision is None else precision), (2 if scale is None else scale)
+    return {"name": name, "label": label or name, "type": type_, "updateable": updateable,
+            "createable": updateable if createable is None else createable,
+            "externalId": external_id, "idLookup": name == "Id" or external_id, "unique": unique,
+            "referenceTo": list(reference_to), "nillable": (name != "Id") if nillable is None else nillable,
+            "length": (length or _DEFAULT_LENGTH.get(type_, 255)) if text_like else 0,
+            "precision": precision or 0, "scale": scale or 0, "digits": 9 if type_ == "int" else 0,
+            "picklistValues": [{"value": v, "label": v, "active": True, "defaultValue": False} for v in picklist],
+            "restrictedPicklist": restricted, "autoNumber": auto_number, "calculated": False,
+            "defaultedOnCreate": defaulted or type_ == "boolean" or auto_number,
+            "_fls": (name if name.endswith("__c") else "") if fls is None else fls}
 
 
+def _system(name, type_, **kw):
+    return _f(name, type_, False, fls="", **kw)
+
+
+# Standard fields with the sizes Salesforce documents for them (Object Reference: Account, User).
 STANDARD = {
-    "Account": [_f("Id", "id", False), _f("Name", "string"), _f("ParentId", "reference", reference_to=["Account"]),
-                _f("Website", "url"), _f("BillingCountry", "string"), _f("Industry", "picklist"),
-                _f("OwnerId", "reference", reference_to=["User"]), _f("DunsNumber", "string"),
-                _f("CreatedDate", "datetime", False), _f("IsDeleted", "boolean", False),
-                _f("MasterRecordId", "reference", False, ["Account"])],
-    "Subscription__c": [_f("Id", "id", False), _f("Account__c", "reference", reference_to=["Account"]),
-                        _f("Product__c", "string"), _f("Start_Date__c", "date"), _f("End_Date__c", "date"),
-                        _f("Amount__c", "currency"), _f("CurrencyIsoCode", "picklist"), _f("IsDeleted", "boolean", False)],
-    "User": [_f("Id", "id", False), _f("Name", "string"), _f("Email", "email")],
+    "Account": [_system("Id", "id"), _f("Name", "string", length=255, nillable=False, fls="", label="Account Name"),
+                _f("ParentId", "reference", reference_to=["Account"], fls="ParentId", label="Parent Account ID"),
+                _f("Website", "url", length=255, fls="Website"),
+                _f("BillingCountry", "string", length=80, fls="BillingAddress", label="Billing Country"),
+                _f("Industry", "picklist", length=255, fls="Industry"),
+                _f("OwnerId", "reference", reference_to=["User"], fls="", defaulted=True, label="Owner ID"),
+                _f("DunsNumber", "string", length=9, fls="DunsNumber", label="D-U-N-S Number"),
+                _system("CreatedDate", "datetime", defaulted=True), _system("IsDeleted", "boolean"),
+                _system("MasterRecordId", "reference", reference_to=["Account"])],
+    # the demo's subscription object: in a real org the org's own (e.g. SBQQ__Subscription__c), not shipped
+    "Subscription__c": [_system("Id", "id"), _f("Account__c", "reference", reference_to=["Account"], label="Account"),
+                        _f("Product__c", "string", length=255, label="Product"),
+                        _f("Start_Date__c", "date", label="Start Date"), _f("End_Date__c", "date", label="End Date"),
+                        _f("Amount__c", "currency", precision=18, scale=2, label="Amount"),
+                        _f("CurrencyIsoCode", "picklist", length=3, fls="", label="Currency ISO Code"),
+                        _system("IsDeleted", "boolean")],
+    "User": [_system("Id", "id"), _f("Name", "string", length=121, fls="", nillable=False),
+             _f("Email", "email", length=128, fls="")],
 }
+
+
+@dataclass
+class Permissions:
+    """What the integration user may do: the union of its permission sets (the profile, Minimum Access - API
+    Only Integrations, grants nothing). Loaded from `*.permissionset-meta.xml` files; tests add or remove a
+    grant (`grants()` names each one) to prove what a job needs."""
+
+    user: set[str] = field(default_factory=set)                  # ApiEnabled, ViewSetup, ...
+    objects: dict[str, set[str]] = field(default_factory=dict)   # Account -> {allowRead, allowEdit, ...}
+    fields: dict[str, set[str]] = field(default_factory=dict)    # Account.ParentId -> {readable, editable}
+
+    @classmethod
+    def from_files(cls, *paths: Path) -> "Permissions":
+        p = cls()
+        for path in paths:
+            root = ET.parse(path).getroot()
+            for up in root.findall("m:userPermissions", _MD):
+                if up.findtext("m:enabled", "", _MD) == "true":
+                    p.user.add(up.findtext("m:name", "", _MD))
+            for op in root.findall("m:objectPermissions", _MD):
+                flags = {c.tag.split("}")[1] for c in op if c.text == "true"}
+                p.objects.setdefault(op.findtext("m:object", "", _MD), set()).update(flags)
+            for fp in root.findall("m:fieldPermissions", _MD):
+                flags = {c.tag.split("}")[1] for c in fp if c.text == "true"}
+                p.fields.setdefault(fp.findtext("m:field", "", _MD), set()).update(flags)
+        return p
+
+    def grants(self) -> list[str]:
+        """Every grant, as `userPermissions:ApiEnabled`, `objectPermissions:Account:allowEdit`,
+        `fieldPermissions:Account.ParentId:editable`."""
+        out = [f"userPermissions:{u}" for u in sorted(self.user)]
+        out += [f"objectPermissions:{o}:{f}" for o in sorted(self.objects) for f in sorted(self.objects[o])]
+        out += [f"fieldPermissions:{n}:{f}" for n in sorted(self.fields) for f in sorted(self.fields[n])]
+        return out
+
+    def without(self, *grants: str) -> "Permissions":
+        return self._edited(grants, add=False)
+
+    def plus(self, *grants: str) -> "Permissions":
+        return self._edited(grants, add=True)
+
+    def _edited(self, grants, add: bool) -> "Permissions":
+        p = copy.deepcopy(self)
+        for g in grants:
+            kind, _, rest = g.partition(":")
+            if kind == "userPermissions":
+                flags, flag = p.user, rest
+            else:
+                name, _, flag = rest.rpartition(":")
+                flags = (p.objects if kind == "objectPermissions" else p.fields).setdefault(name, set())
+            if add:
+                flags.add(flag)
+            else:
+                flags.discard(flag)
+        return p
+
+    def can(self, obj: str, what: str) -> bool:
+        """Object permission `what` (allowRead, allowCreate, allowEdit, allowDelete); every one needs Read.
+        Modify All implies all four (Salesforce: object permissions)."""
+        granted = self.objects.get(obj, set())
+        if "modifyAllRecords" in granted:
+            return True
+        return "allowRead" in granted and what in granted
 
 
 @dataclass
@@ -63,6 +180,8 @@ class Fault:
     """One injected fault: `kind` on calls whose path matches, `times` times (record faults: per record)."""
 
     kind: str                     # http_500 | limit_exceeded | expire_session | lock | record_error | job_failed
+    #                               | lost_response (the call is done, its answer lost: a 500) | read_timeout (done,
+    #                               then requests.ReadTimeout, in-process only) | job_stuck (Bulk job polls: InProgress)
     path: str = ""                # regex searched in the request path ("" = every call)
     method: str | None = None
     times: int = 1
@@ -74,19 +193,28 @@ class Fault:
 
 
 class SalesforceDouble:
-    """The org behind the fake *.salesforce.com: SQLite records, describe metadata, jobs, faults, counters."""
+    """The org behind the fake *.salesforce.com: SQLite records, describe metadata, jobs, faults, counters.
+
+    `permissions` None is a System Administrator (every object and field, View Setup); a `Permissions` is a
+    least-privilege integration user. `sandbox` makes the org a sandbox (JWT audience test.salesforce.com);
+    `soap_login` False is an org where SOAP API login() is disabled (new orgs: the default since Summer '25)."""
 
     def __init__(self, store: Path, metadata: Path | None = None, *, username: str = "integration@acme.example",
                  password: str = "s3cret-password", security_token: str = "T0KEN-abc123", consumer_key: str = "CONSUMER-KEY",
-                 public_key: bytes | None = None, api_max: int = 100_000, api_version: str = "59.0"):
+                 consumer_secret: str = "CONSUMER-SECRET", public_key: bytes | None = None, api_max: int = 100_000,
+                 api_version: str = "59.0", permissions: Permissions | None = None, sandbox: bool = False,
+                 soap_login: bool = True, client_credentials_user: bool = True, shuffle: bool = True):
         self.store = Path(store)
         self.db = sqlite3.connect(self.store, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=OFF")
         self.username, self.password, self.security_token = username, password, security_token
-        self.consumer_key, self.public_key = consumer_key, public_key
+        self.consumer_key, self.consumer_secret, self.public_key = consumer_key, consumer_secret, public_key
         self.api_max, self.api_used, self.api_remaining_override = api_max, 0, None
         self.version = api_version
+        self.sandbox, self.soap_login, self.client_credentials_user = sandbox, soap_login, client_credentials_user
+        self.shuffle = shuffle
+        self.epoch = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)   # CreatedDate of the first record it creates
         self.tokens: set[str] = set()
         self.faults: list[Fault] = []
         self.calls: list[tuple[str, str]] = []     # (method, path) of every request
@@ -96,9 +224,22 @@ class SalesforceDouble:
         self.jobs: dict[str, dict] = {}
         self.queries: list[str] = []               # the SOQL of every REST and Bulk query
         self.cursors: dict[str, tuple[list[dict], int]] = {}
+        self.token_hosts: list[str] = []           # the host each OAuth token request was posted to
         self.schema: dict[str, dict[str, dict]] = {}
+        self.sobjects: dict[str, dict] = {}        # object-level describe facts (label, key prefix)
         self._next_id: dict[str, int] = {}
+        self._views: dict[str, dict[str, dict] | None] = {}
+        self._permissions = permissions
         self._load_schema(metadata)
+
+    @property
+    def permissions(self) -> Permissions | None:
+        return self._permissions
+
+    @permissions.setter
+    def permissions(self, value: Permissions | None) -> None:
+        self._permissions = value
+        self._views.clear()
 
     # ---- setup ----------------------------------------------------------------------------------------
     @classmethod
@@ -117,26 +258,18 @@ class SalesforceDouble:
     def _load_schema(self, metadata: Path | None) -> None:
         for obj, fields in STANDARD.items():
             self.schema[obj] = {f["name"].lower(): dict(f) for f in fields}
+            self.sobjects[obj] = {"label": obj}
         if metadata is not None:
             for obj_dir in sorted(Path(metadata).glob("**/objects/*")):
-                obj = obj_dir.name
-                spec = self.schema.setdefault(obj, {"id": _f("Id", "id", False), "name": _f("Name", "string")})
-                for meta in sorted(obj_dir.glob("fields/*.field-meta.xml")):
-                    root = ET.parse(meta).getroot()
-                    ns = {"m": "http://soap.sforce.com/2006/04/metadata"}
-                    name = root.findtext("m:fullName", namespaces=ns)
-                    mtype = root.findtext("m:type", namespaces=ns)
-                    ext = root.findtext("m:externalId", default="false", namespaces=ns) == "true"
-                    ref = root.findtext("m:referenceTo", namespaces=ns)
-                    spec[name.lower()] = _f(name, _META_TYPES.get(mtype, "string"), reference_to=[ref] if ref else [],
-                                            external_id=ext)
+                self._load_object(obj_dir)
         tables = self._tables()
         for obj in tables:
             if obj.startswith("_") or obj.startswith("sqlite"):
                 continue
-            spec = self.schema.setdefault(obj, {"id": _f("Id", "id", False)})
+            spec = self.schema.setdefault(obj, {"id": _system("Id", "id"), "isdeleted": _system("IsDeleted", "boolean")})
+            self.sobjects.setdefault(obj, {"label": obj})
             for col in self._columns(obj):
-                spec.setdefault(col.lower(), _f(col, "string"))  # a column of the CSV: a custom text field
+                spec.setdefault(col.lower(), _f(col, "string", length=255))  # a column of the CSV: a text field
         for obj, spec in self.schema.items():  # every described field is a column, so writes can land
             if obj not in tables:
                 self.db.execute(f'CREATE TABLE "{obj}" (Id TEXT NOT NULL PRIMARY KEY)')
@@ -150,11 +283,84 @@ class SalesforceDouble:
                 if f["externalId"]:
                     self.db.execute(f'CREATE INDEX IF NOT EXISTS "_ext_{obj}_{f["name"]}" ON "{obj}" ("{f["name"]}")')
 
+    def _load_object(self, obj_dir: Path) -> None:
+        """A custom object (or custom fields of a standard one) from SFDX source: the sizes, picklist values and
+        External ID flags of `<field>.field-meta.xml` (Metadata API: CustomField)."""
+        obj = obj_dir.name
+        spec = self.schema.get(obj)
+        if spec is None:  # a custom object: its standard fields (Id, Name, Owner, IsDeleted, CreatedDate)
+            spec = self.schema[obj] = {"id": _system("Id", "id")}
+            name_field = _f("Name", "string", length=80, fls="", nillable=False)
+            meta = obj_dir / f"{obj}.object-meta.xml"
+            if meta.is_file():
+                root = ET.parse(meta).getroot()
+                label = root.findtext("m:label", obj, _MD)
+                self.sobjects[obj] = {"label": label}
+                if root.findtext("m:nameField/m:type", "", _MD) == "AutoNumber":  # set by Salesforce, never written
+                    name_field = _system("Name", "string", length=30, auto_number=True, nillable=False)
+            self.sobjects.setdefault(obj, {"label": obj})
+            spec.update({"name": name_field, "ownerid": _f("OwnerId", "reference", reference_to=["User"], fls="",
+                                                           defaulted=True),
+                         "isdeleted": _system("IsDeleted", "boolean"),
+                         "createddate": _system("CreatedDate", "datetime", defaulted=True)})
+        for path in sorted(obj_dir.glob("fields/*.field-meta.xml")):
+            root = ET.parse(path).getroot()
+            text = lambda tag, default="": root.findtext(f"m:{tag}", default, _MD)  # noqa: E731
+            name, mtype = text("fullName"), text("type")
+            sf_type = _META_TYPES.get(mtype, "string")
+            values = [v.findtext("m:fullName", "", _MD)
+                      for v in root.findall("m:valueSet/m:valueSetDefinition/m:value", _MD)]
+            spec[name.lower()] = _f(
+                name, sf_type, reference_to=[text("referenceTo")] if text("referenceTo") else [],
+                external_id=text("externalId", "false") == "true", unique=text("unique", "false") == "true",
+                label=text("label") or name, length=int(text("length") or 0) or None,
+                precision=int(text("precision")) if text("precision") else None,
+                scale=int(text("scale")) if text("scale") else None, picklist=values,
+                restricted=root.findtext("m:valueSet/m:restricted", "false", _MD) == "true",
+                nillable=text("required", "false") != "true",
+                fls="" if mtype == "MasterDetail" or text("required", "false") == "true" else name)
+
     def define(self, obj: str, name: str, type_: str, **kw) -> None:
         """Describe a field as the org's admin would have created it (e.g. a currency ARR field)."""
-        self.schema.setdefault(obj, {"id": _f("Id", "id", False)})[name.lower()] = _f(name, type_, **kw)
+        self.schema.setdefault(obj, {"id": _system("Id", "id")})[name.lower()] = _f(name, type_, **kw)
+        self.sobjects.setdefault(obj, {"label": obj})
+        self._views.clear()
         if name.lower() not in {c.lower() for c in self._columns(obj)}:
             self.db.execute(f'ALTER TABLE "{obj}" ADD COLUMN "{name}" TEXT')
+
+    def visible(self, obj: str) -> dict[str, dict] | None:
+        """The object's fields as the integration user sees them (None: it cannot read the object).
+
+        Field-level security: a field without read access is not in describe and "No such column" in a query;
+        one without edit access describes as not updateable/createable (Salesforce Help: Field-Level Security;
+        REST API: sObject Describe)."""
+        if obj not in self._views:
+            spec, p = self.schema.get(obj), self._permissions
+            if spec is None or p is None:
+                self._views[obj] = spec
+            elif not p.can(obj, "allowRead"):
+                self._views[obj] = None
+            else:
+                view = {}
+                for key, f in spec.items():
+                    edit = True
+                    if f["_fls"]:
+                        flags = p.fields.get(f"{obj}.{f['_fls']}", set())
+                        if "readable" not in flags:
+                            continue
+                        edit = "editable" in flags
+                    g = dict(f)
+                    g["updateable"] = f["updateable"] and edit and p.can(obj, "allowEdit")
+                    g["createable"] = f["createable"] and edit and p.can(obj, "allowCreate")
+                    view[key] = g
+                self._views[obj] = view
+        return self._views[obj]
+
+    def _may(self, obj: str, what: str) -> bool:
+        return self._permissions is None or self._permissions.can(obj, what)
+
+    def _user_has(self, permission: str) -> bool:
+        return self._permissions is None or permission in self._permissions.user
 
     def fault(self, kind: str, **kw) -> Fault:
         f = Fault(kind, **kw)
@@ -166,11 +372,13 @@ class SalesforceDouble:
         self.tokens.add(token)
         return token
 
-    def records(self, obj: str, fields: list[str]) -> dict[str, tuple]:
-        """{Id: values} of live records (for tests comparing end states)."""
-        deleted = " WHERE IsDeleted IS NOT 'true'" if "isdeleted" in self.schema.get(obj, {}) else ""
+    def records(self, obj: str, fields: list[str], deleted: bool = False) -> dict[str, tuple]:
+        """{Id: values} of live records (deleted=True: of the ones in the recycle bin), for tests comparing end states."""
+        where = ""
+        if "isdeleted" in self.schema.get(obj, {}):
+            where = " WHERE IsDeleted = 'true'" if deleted else " WHERE IsDeleted IS NOT 'true'"
         cols = ", ".join(f'"{f}"' for f in fields)
-        return {r[0]: r[1:] for r in self.db.execute(f'SELECT Id, {cols} FROM "{obj}"{deleted}')}
+        return {r[0]: r[1:] for r in self.db.execute(f'SELECT Id, {cols} FROM "{obj}"{where}')}
 
     def count(self, kind: str) -> int:
         return sum(1 for _, path in self.calls if kind in path)
@@ -189,21 +397,47 @@ class SalesforceDouble:
     def serve_socket(self, address: str) -> None:
         """Answer requests that `connect` forwards from another process, one client after another, until killed.
 
-        The double then runs beside the engine, so the engine's process holds only its own memory."""
+        The double then runs beside the engine, so the engine's process holds only its own memory. A client
+        that dies at any point (mid-message, before reading its answer, or sending garbage) ends only its own
+        connection; what it asked for is done or not, as on Salesforce, and the next client is served."""
         from multiprocessing.connection import Listener
 
         Path(address).unlink(missing_ok=True)  # left by a double that was killed
         with Listener(address, family="AF_UNIX") as listener:
             while True:
-                with listener.accept() as conn:
-                    conn.send((self.username, self.password, self.security_token))
-                    while True:
-                        try:
-                            method, url, headers, body, timeout = conn.recv()
-                        except EOFError:
-                            break
-                        self.timeouts.append(timeout)
-                        conn.send(self.handle(method, url, headers, body))
+                try:
+                    conn = listener.accept()
+                except (OSError, EOFError):
+                    continue
+                try:
+                    self._serve_client(conn)
+                except Exception:  # noqa: BLE001 - whatever a dying client leaves behind, the double stays up
+                    pass
+                finally:
+                    try:
+                        conn.close()
+                    except OSError:
+                        pass
+
+    def _serve_client(self, conn) -> None:
+        conn.send((self.username, self.password, self.security_token))
+        while True:
+            try:
+                method, url, headers, body, timeout = conn.recv()
+            except (EOFError, OSError):  # the client closed, was killed, or died mid-message
+                return
+            self.timeouts.append(timeout)
+            conn.send(self.answer(method, url, headers, body))  # a dead client: BrokenPipe/ConnectionReset
+
+    def answer(self, method: str, url: str, headers: dict, body: bytes) -> tuple[int, dict, bytes]:
+        """handle(), with an internal error answered as Salesforce does (500 UNKNOWN_EXCEPTION) instead of raised,
+        and any transaction it left open rolled back."""
+        try:
+            return self.handle(method, url, headers, body)
+        except Exception as exc:  # noqa: BLE001
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            return _json(500, [{"errorCode": "UNKNOWN_EXCEPTION", "message": f"double: {type(exc).__name__}: {exc}"[:200]}])
 
     def handle(self, method: str, url: str, headers: dict, body: bytes) -> tuple[int, dict, bytes]:
         parts = urlsplit(url)
@@ -221,48 +455,80 @@ class SalesforceDouble:
                                         "message": "TotalRequests Limit exceeded."}])
                 self.tokens.clear()
         if path.startswith("/services/Soap/u/"):
-            return self._soap_login(body)
+            return self._soap_login(path, body)
         if path == "/services/oauth2/token":
-            return self._oauth(body)
+            return self._oauth(parts.hostname or "", headers, body)
         if not path.startswith("/services/data/"):
             return _json(404, [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}])
         auth = headers.get("Authorization", "")
         if not auth.startswith("Bearer ") or auth[7:] not in self.tokens:
             return _json(401, [{"errorCode": "INVALID_SESSION_ID", "message": "Session expired or invalid"}])
         self.api_used += 1
-        status, hdrs, payload = self._route(method, path.split("/services/data/v", 1)[1].split("/", 1)[1], query, body)
+        if not self._user_has("ApiEnabled"):
+            # a user without API Enabled: every REST call (salesforcedictionary: API_DISABLED_FOR_ORG; Sequin docs)
+            status, hdrs, payload = _json(403, [{"errorCode": "API_DISABLED_FOR_ORG",
+                                                 "message": "The REST API is not enabled for this Organization."}])
+        else:
+            status, hdrs, payload = self._route(method, path.split("/services/data/v", 1)[1].split("/", 1)[1], query, body)
+            lost = self._fault_on(("lost_response", "read_timeout"), method, path)
+            if lost is not None:  # done, but the answer never reaches the client
+                lost.times -= 1
+                if lost.kind == "read_timeout":
+                    import requests
+                    raise requests.ReadTimeout("double: read timed out after the call was done")
+                return 500, {}, b'[{"errorCode":"UNKNOWN_EXCEPTION","message":"An unexpected error occurred"}]'
         hdrs["Sforce-Limit-Info"] = f"api-usage={self.api_used}/{self.api_max}"
         return status, hdrs, payload
 
+    def _fault_on(self, kinds: tuple[str, ...], method: str, path: str) -> Fault | None:
+        return next((f for f in self.faults if f.kind in kinds and f.times > 0 and re.search(f.path, path)
+                     and (f.method is None or f.method == method)), None)
+
     # ---- auth -----------------------------------------------------------------------------------------
-    def _soap_login(self, body: bytes) -> tuple[int, dict, bytes]:
+    def _soap_login(self, path: str, body: bytes) -> tuple[int, dict, bytes]:
         text = body.decode("utf-8")
+        version = path.rsplit("/", 1)[-1]
         user = re.search(r"<(?:\w+:)?username>(.*?)</(?:\w+:)?username>", text, re.S)
         pw = re.search(r"<(?:\w+:)?password>(.*?)</(?:\w+:)?password>", text, re.S)
+        if _version(version) >= (65, 0):
+            # "SOAP API login() is not available in API versions 65.0 and later" (Salesforce Help 005132110);
+            # the fault as a client reported it (forcedotcom/wsc#363)
+            return _soap_fault("INVALID_OPERATION", f"The SOAP Login operation is not available in the API version "
+                                                    f"specified ({version}). Refer to the documentation for supported "
+                                                    f"versions.")
+        if not self.soap_login:
+            # "SOAP API login() is disabled by default in newly created orgs" (Help 005132110; OpenFn/adaptors#1715)
+            return _soap_fault("INVALID_OPERATION", "SOAP API login() is disabled by default in this org. Contact the "
+                                                    "org administrator to enable SOAP API login().")
         if not user or not pw or html.unescape(user.group(1)) != self.username or \
                 html.unescape(pw.group(1)) != self.password + self.security_token:
-            fault = ('<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/'
-                     'soap/envelope/" xmlns:sf="urn:fault.partner.soap.sforce.com"><soapenv:Body><soapenv:Fault>'
-                     '<faultcode>INVALID_LOGIN</faultcode><faultstring>INVALID_LOGIN: Invalid username, password, '
-                     'security token; or user locked out.</faultstring><detail><sf:LoginFault><sf:exceptionCode>'
-                     'INVALID_LOGIN</sf:exceptionCode><sf:exceptionMessage>Invalid username, password, security token;'
-                     ' or user locked out.</sf:exceptionMessage></sf:LoginFault></detail></soapenv:Fault></soapenv:Body>'
-                     '</soapenv:Envelope>')
-            return 500, {"Content-Type": "text/xml"}, fault.encode()
+            return _soap_fault("INVALID_LOGIN", "Invalid username, password, security token; or user locked out.",
+                               "LoginFault")
+        if not self._user_has("ApiEnabled"):
+            return _soap_fault("API_CURRENTLY_DISABLED", "API is disabled for this User", "LoginFault")
         token = self.issue_token()
         ok = ('<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/'
               'envelope/" xmlns="urn:partner.soap.sforce.com"><soapenv:Body><loginResponse><result>'
-              f'<serverUrl>https://{HOST}/services/Soap/u/{self.version}/00D000000000001</serverUrl>'
-              f'<sessionId>{token}</sessionId><userId>005000000000001AAA</userId></result></loginResponse>'
+              f'<serverUrl>https://{HOST}/services/Soap/u/{version}/00D000000000001</serverUrl>'
+              f'<sessionId>{token}</sessionId><userId>{USER_ID}</userId></result></loginResponse>'
               '</soapenv:Body></soapenv:Envelope>')
         return 200, {"Content-Type": "text/xml"}, ok.encode()
 
-    def _oauth(self, body: bytes) -> tuple[int, dict, bytes]:
+    def _oauth(self, host: str, headers: dict, body: bytes) -> tuple[int, dict, bytes]:
+        """The token endpoint (Salesforce Help: OAuth 2.0 JWT Bearer Flow for Server-to-Server Integration;
+        OAuth 2.0 Client Credentials Flow for Server-to-Server Integration; OAuth 2.0 Authorization Errors)."""
+        form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
+        grant = form.get("grant_type")
+        self.token_hosts.append(host)
+        if grant == "urn:ietf:params:oauth:grant-type:jwt-bearer":
+            return self._jwt(form)
+        if grant == "client_credentials":
+            return self._client_credentials(host, headers, form)
+        return _json(400, {"error": "unsupported_grant_type", "error_description": "grant type not supported"})
+
+    def _jwt(self, form: dict) -> tuple[int, dict, bytes]:
         import jwt
 
-        form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
-        if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer":
-            return _json(400, {"error": "unsupported_grant_type", "error_description": "grant type not supported"})
         try:
             if self.public_key is not None:
                 claims = jwt.decode(form.get("assertion", ""), self.public_key, algorithms=["RS256"],
@@ -271,14 +537,51 @@ class SalesforceDouble:
                 claims = jwt.decode(form.get("assertion", ""), options={"verify_signature": False})
         except jwt.PyJWTError:
             return _json(400, {"error": "invalid_grant", "error_description": "invalid assertion"})
-        if claims.get("iss") != self.consumer_key or claims.get("sub") != self.username:
+        if claims.get("iss") != self.consumer_key:
             return _json(400, {"error": "invalid_client_id", "error_description": "client identifier invalid"})
-        return _json(200, {"access_token": self.issue_token(), "instance_url": f"https://{HOST}",
-                           "token_type": "Bearer", "id": "https://login.salesforce.com/id/00D/005"})
+        # aud: "the authorization server's URL": https://login.salesforce.com, or https://test.salesforce.com for a
+        # sandbox (never the My Domain; that is where the assertion is posted). Otherwise invalid_grant.
+        audience = "https://test.salesforce.com" if self.sandbox else "https://login.salesforce.com"
+        if claims.get("aud") != audience:
+            return _json(400, {"error": "invalid_grant", "error_description": "audience is invalid"})
+        if claims.get("sub") != self.username:
+            return _json(400, {"error": "invalid_grant", "error_description": "user hasn't approved this consumer"})
+        try:
+            if float(claims.get("exp", 0)) < dt.datetime.now(dt.timezone.utc).timestamp():
+                return _json(400, {"error": "invalid_grant", "error_description": "expired authorization code"})
+        except (TypeError, ValueError):
+            return _json(400, {"error": "invalid_grant", "error_description": "invalid assertion"})
+        return self._token()
+
+    def _client_credentials(self, host: str, headers: dict, form: dict) -> tuple[int, dict, bytes]:
+        if host.split(".")[0] in ("login", "test"):  # the flow is served on the org's My Domain only
+            return _json(400, {"error": "invalid_grant", "error_description": "request not supported on this domain"})
+        key, secret = form.get("client_id"), form.get("client_secret")
+        auth = headers.get("Authorization", "")
+        if auth.startswith("Basic "):
+            try:
+                key, _, secret = base64.b64decode(auth[6:]).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                key = secret = None
+        if key != self.consumer_key or secret != self.consumer_secret:
+            return _json(400, {"error": "invalid_client", "error_description": "invalid client credentials"})
+        if not self.client_credentials_user:  # no "Run As" user set on the connected app
+            return _json(400, {"error": "invalid_grant", "error_description": "no client credentials user enabled"})
+        return self._token()
+
+    def _token(self) -> tuple[int, dict, bytes]:
+        return _json(200, {"access_token": self.issue_token(), "instance_url": f"https://{HOST}", "token_type": "Bearer",
+                           "scope": "api", "id": f"https://login.salesforce.com/id/00D000000000001EAA/{USER_ID}",
+                           "issued_at": str(int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000))})
 
     # ---- REST -------------------------------------------------------------------------------------------
     def _route(self, method: str, rest: str, query: dict, body: bytes) -> tuple[int, dict, bytes]:
         rest = rest.rstrip("/")
+        if rest in ("limits", "limits/recordCount") and not self._user_has("ViewSetup"):
+            # "available ... for API users with the View Setup and Configuration permission" (REST API: Limits,
+            # Record Count); without it an org answers as forceworkbench#681 shows
+            return _json(403, [{"errorCode": "API_DISABLED_FOR_ORG",
+                                "message": "The REST API is not enabled for this Organization."}])
         if rest == "limits" and method == "GET":
             remaining = self.api_max - self.api_used if self.api_remaining_override is None else self.api_remaining_override
             return _json(200, {"DailyApiRequests": {"Max": self.api_max, "Remaining": remaining},
@@ -288,10 +591,7 @@ class SalesforceDouble:
             return _json(200, {"sObjects": [{"name": n, "count": self._count(n)} for n in names if n in self.schema]})
         m = re.fullmatch(r"sobjects/(\w+)/describe", rest)
         if m:
-            spec = self.schema.get(m.group(1))
-            if spec is None:
-                return _json(404, [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}])
-            return _json(200, {"name": m.group(1), "label": m.group(1), "fields": list(spec.values())})
+            return self._describe(m.group(1))
         if rest in ("query", "queryAll"):
             return self._rest_query(query.get("q", [""])[0], all_rows=rest == "queryAll")
         m = re.fullmatch(r"(query|queryAll)/(\w+)-(\d+)", rest)
@@ -309,7 +609,8 @@ class SalesforceDouble:
                 rid, created, err = self._apply(obj, "upsert", [{**rec, a: b}], a)[0]
             if err:
                 code, _, msg = err.partition(":")
-                return _json(400, [{"errorCode": code, "message": msg}])
+                msg, _, fields = msg.partition("\x1f")
+                return _json(400, [{"errorCode": code, "message": msg, "fields": fields.split(",") if fields else []}])
             return (201, {"Content-Type": "application/json"}, json.dumps({"id": rid, "success": True}).encode()) \
                 if created else (204, {}, b"")
         if rest.startswith("jobs/query"):
@@ -318,52 +619,94 @@ class SalesforceDouble:
             return self._bulk_ingest(method, rest, body)
         return _json(404, [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}])
 
+    def _describe(self, obj: str) -> tuple[int, dict, bytes]:
+        spec = self.visible(obj)
+        if spec is None:  # no such object, or no Read on it: the same answer
+            return _json(404, [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}])
+        fields = [{k: v for k, v in f.items() if not k.startswith("_")} for f in spec.values()]
+        meta = self.sobjects.get(obj, {})
+        return _json(200, {"name": obj, "label": meta.get("label", obj), "custom": obj.endswith("__c"),
+                           "keyPrefix": PREFIXES.get(obj), "queryable": True, "retrieveable": True,
+                           "createable": self._may(obj, "allowCreate"), "updateable": self._may(obj, "allowEdit"),
+                           "deletable": self._may(obj, "allowDelete"), "undeletable": self._may(obj, "allowDelete"),
+                           "fields": fields})
+
     def _count(self, obj: str) -> int:
         deleted = " WHERE IsDeleted IS NOT 'true'" if "isdeleted" in self.schema[obj] else ""
         return self.db.execute(f'SELECT count(*) FROM "{obj}"{deleted}').fetchone()[0]
 
     def _select(self, soql: str, all_rows: bool):
-        """(object, fields, SQL) for the SOQL subset the engine emits: SELECT f, ... FROM Obj [WHERE a = 'v' [AND ...]]."""
+        """(object, fields, SQL, args) for the SOQL subset the engine emits:
+        SELECT f, ... | COUNT() FROM Obj [WHERE a = 'v' [AND ...]] [ORDER BY f [ASC|DESC], ...] [LIMIT n].
+
+        Without ORDER BY the rows come in no particular order, as SOQL documents ("no guaranteed order"): shuffled."""
         self.queries.append(soql)
-        m = re.fullmatch(r"\s*SELECT\s+(.+?)\s+FROM\s+(\w+)(?:\s+WHERE\s+(.+?))?(?:\s+LIMIT\s+(\d+))?\s*", soql, re.I | re.S)
+        m = re.fullmatch(r"\s*SELECT\s+(.+?)\s+FROM\s+(\w+)(?:\s+WHERE\s+(.+?))?(?:\s+ORDER\s+BY\s+(.+?))?"
+                         r"(?:\s+LIMIT\s+(\d+))?\s*", soql, re.I | re.S)
         if not m:
             raise _SoqlError("MALFORMED_QUERY", "unexpected token in query")
         obj = m.group(2)
-        spec = self.schema.get(obj)
+        spec = self.visible(obj)
         if spec is None:
-            raise _SoqlError("INVALID_TYPE", f"sObject type '{obj}' is not supported.")
-        fields = [f.strip() for f in m.group(1).split(",")]
-        for f in fields:
-            if f.lower() not in spec:
-                raise _SoqlError("INVALID_FIELD", f"No such column '{f}' on entity '{obj}'.")
+            raise _SoqlError("INVALID_TYPE", f"sObject type '{obj}' is not supported. If you are attempting to use a "
+                                             f"custom object, be sure to append the '__c' after the entity name. Please "
+                                             f"reference your WSDL or the describe call for the appropriate names.")
+
+        def column(name: str) -> str:
+            if name.lower() not in spec:  # absent, or hidden by field-level security: the same message
+                raise _SoqlError("INVALID_FIELD", f"No such column '{name}' on entity '{obj}'. If you are attempting to "
+                                                  f"use a custom field, be sure to append the '__c' after the custom "
+                                                  f"field name. Please reference your WSDL or the describe call for the "
+                                                  f"appropriate names.")
+            return spec[name.lower()]["name"]
+
+        counting = re.fullmatch(r"count\(\s*\)", m.group(1).strip(), re.I) is not None
+        fields = [] if counting else [column(f.strip()) for f in m.group(1).split(",")]
         where, args = [], []
         if not all_rows and "isdeleted" in spec:
             where.append("IsDeleted IS NOT 'true'")
         for cond in re.split(r"\s+AND\s+", m.group(3) or "", flags=re.I) if m.group(3) else []:
             c = re.fullmatch(r"(\w+)\s*=\s*(?:'((?:[^'\\]|\\.)*)'|(true|false|null))", cond.strip(), re.I)
-            if not c or c.group(1).lower() not in spec:
+            if not c:
                 raise _SoqlError("MALFORMED_QUERY", f"unsupported condition {cond.strip()!r}")
+            name = column(c.group(1))
             if c.group(3) and c.group(3).lower() == "null":
-                where.append(f'"{c.group(1)}" IS NULL')
+                where.append(f'"{name}" IS NULL')
             else:
-                where.append(f'"{c.group(1)}" = ?')
+                where.append(f'"{name}" = ?')
                 args.append(c.group(2) if c.group(2) is not None else c.group(3).lower())
-        sql = f'SELECT {", ".join(chr(34) + f + chr(34) for f in fields)} FROM "{obj}"'
+        select = "count(*)" if counting else ", ".join(chr(34) + f + chr(34) for f in fields)
+        sql = f'SELECT {select} FROM "{obj}"'
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY rowid"
         if m.group(4):
-            sql += f" LIMIT {int(m.group(4))}"
-        return obj, fields, sql, args
+            keys = []
+            for item in m.group(4).split(","):
+                o = re.fullmatch(r"(\w+)(?:\s+(ASC|DESC))?(?:\s+NULLS\s+(FIRST|LAST))?", item.strip(), re.I)
+                if not o:
+                    raise _SoqlError("MALFORMED_QUERY", f"unsupported ORDER BY {item.strip()!r}")
+                name = column(o.group(1))
+                expr = f'CAST("{name}" AS REAL)' if spec[name.lower()]["type"] in _NUMBERS else f'"{name}"'
+                nulls = (o.group(3) or ("LAST" if (o.group(2) or "").upper() == "DESC" else "FIRST")).upper()
+                keys.append(f"{expr} {(o.group(2) or 'ASC').upper()} NULLS {nulls}")
+            sql += " ORDER BY " + ", ".join(keys)
+        elif self.shuffle and not counting:
+            sql += " ORDER BY random()"
+        if m.group(5):
+            sql += f" LIMIT {int(m.group(5))}"
+        return obj, (None if counting else fields), sql, args
 
     def _rest_query(self, soql: str, all_rows: bool) -> tuple[int, dict, bytes]:
         try:
             obj, fields, sql, args = self._select(soql, all_rows)
         except _SoqlError as exc:
             return _json(400, [{"errorCode": exc.code, "message": exc.message}])
+        if fields is None:  # SELECT COUNT(): the count in totalSize, no records (SOQL: COUNT())
+            return _json(200, {"totalSize": self.db.execute(sql, args).fetchone()[0], "done": True, "records": []})
         spec = self.schema[obj]
+        types = [spec[f.lower()]["type"] for f in fields]
         rows = [{"attributes": {"type": obj, "url": f"/services/data/v{self.version}/sobjects/{obj}/{r[0]}"},
-                 **{f: _typed(spec[f.lower()]["type"], v) for f, v in zip(fields, r)}}
+                 **{f: _typed(t, v) for f, t, v in zip(fields, types, r)}}
                 for r in self.db.execute(sql, args)]
         cursor = "01g" + secrets.token_hex(6)
         self.cursors[cursor] = (rows, 0)
@@ -378,7 +721,7 @@ class SalesforceDouble:
         out = {"totalSize": len(rows), "done": done, "records": page}
         if not done:
             out["nextRecordsUrl"] = f"/services/data/v{self.version}/{'queryAll' if all_rows else 'query'}/{cursor}-{offset + 2000}"
-        return 200, {"Content-Type": "application/json"}, json.dumps(out, default=_json_default).encode()
+        return _json(200, out)
 
     def _collections(self, method: str, rest: str, query: dict, body: bytes) -> tuple[int, dict, bytes]:
         if method == "DELETE":
@@ -401,7 +744,9 @@ class SalesforceDouble:
         for rid, created, err in results:
             if err:
                 code, _, msg = err.partition(":")
-                out.append({"id": rid, "success": False, "errors": [{"statusCode": code, "message": msg.strip(), "fields": []}]})
+                msg, _, fields = msg.partition("\x1f")
+                out.append({"id": rid, "success": False,
+                            "errors": [{"statusCode": code, "message": msg.strip(), "fields": fields.split(",") if fields else []}]})
             else:
                 out.append({"id": rid, "success": True, "errors": [], **({"created": created} if method != "DELETE" else {})})
         return _json(200, out)
@@ -414,8 +759,9 @@ class SalesforceDouble:
 
     # ---- writes (shared by collections, single records and Bulk ingest) --------------------------------
     def _apply(self, obj: str, op: str, records: list[dict], external_id: str | None) -> list[tuple[str | None, bool, str | None]]:
-        """Apply records one by one (partial success, as allOrNone=false and Bulk do)."""
-        spec = self.schema[obj]
+        """Apply records one by one (partial success, as allOrNone=false and Bulk do). An error is
+        "CODE:message", with "\\x1f" and the fields it concerns when it concerns fields."""
+        spec = self.visible(obj)
         out = []
         for rec in records:
             key = rec.get("Id") or (rec.get(external_id) if external_id else None)
@@ -424,9 +770,11 @@ class SalesforceDouble:
                 out.append((rec.get("Id"), False, err))
                 continue
             try:
+                if spec is None:
+                    raise _RecordError("INVALID_TYPE", f"sObject type '{obj}' is not supported.")
                 out.append(self._apply_one(obj, spec, op, rec, external_id))
             except _RecordError as exc:
-                out.append((rec.get("Id"), False, f"{exc.code}:{exc.message}"))
+                out.append((rec.get("Id"), False, f"{exc.code}:{exc.message}" + (f"\x1f{exc.field}" if exc.field else "")))
         return out
 
     def _record_fault(self, key: str) -> str | None:
@@ -438,66 +786,132 @@ class SalesforceDouble:
                 return f"{f.code}:{f.message}"
         return None
 
+    def _live(self, obj: str, where: str, arg) -> tuple[str, bool] | None:
+        """(Id, deleted) of the record matching `where` (live first), None if there is none."""
+        deleted = "IsDeleted = 'true'" if "isdeleted" in self.schema[obj] else "0"
+        row = self.db.execute(f'SELECT Id, {deleted} FROM "{obj}" WHERE {where} ORDER BY 2 LIMIT 1', (arg,)).fetchone()
+        return None if row is None else (row[0], bool(row[1]))
+
     def _apply_one(self, obj, spec, op, rec, external_id):
+        rid, creating = rec.get("Id"), op == "insert"
+        if op == "upsert":
+            f = spec.get((external_id or "").lower())
+            if f is None or not f["idLookup"]:
+                raise _RecordError("INVALID_FIELD", f"{external_id} is not an External ID or indexed field for {obj}")
+            key = rec.get(external_id)
+            if key is None or str(key) == "":
+                raise _RecordError("MISSING_ARGUMENT", f"{external_id} not specified")
+            # an upsert matches live records only (the recycle bin is not searched)
+            found = self.db.execute(f'SELECT Id FROM "{obj}" WHERE "{f["name"]}" = ? AND IsDeleted IS NOT \'true\'',
+                                    (str(key),)).fetchone()
+            rid, creating = (found[0], False) if found else (None, True)
+        if op in ("update", "delete") or (op == "upsert" and not creating):
+            if not rid or not _ID.fullmatch(str(rid)):
+                raise _RecordError("MALFORMED_ID", f"malformed id {rid}")
+            hit = self._live(obj, "Id = ?", rid)
+            if hit is None or hit[1]:
+                raise _RecordError("ENTITY_IS_DELETED", "entity is deleted")
+        need = "allowCreate" if creating else "allowDelete" if op == "delete" else "allowEdit"
+        if not self._may(obj, need):
+            # object permissions (Salesforce Help: Object Permissions; "Insufficient Privileges", 000385525)
+            raise _RecordError("INSUFFICIENT_ACCESS_OR_READONLY", "insufficient access rights on object id")
+        if op == "delete":
+            self.db.execute(f'UPDATE "{obj}" SET IsDeleted = \'true\' WHERE Id = ?', (rid,))  # to the recycle bin
+            return rid, False, None
         values = {}
         for k, v in rec.items():
             if k == "Id" or (op == "upsert" and k == external_id):
                 continue
             f = spec.get(k.lower())
-            if f is None:
+            if f is None:  # absent, or no read access (field-level security)
                 raise _RecordError("INVALID_FIELD", f"No such column '{k}' on sobject of type {obj}")
-            if not f["updateable"] and not (op == "insert" and f["createable"]):
-                raise _RecordError("INVALID_FIELD_FOR_INSERT_UPDATE", f"Unable to create/update fields: {k}")
+            if not (f["createable"] if creating else f["updateable"]):
+                raise _RecordError("INVALID_FIELD_FOR_INSERT_UPDATE", f"Unable to create/update fields: {f['name']}. "
+                                   f"Please check the security settings of this field and verify that it is read/write "
+                                   f"for your profile or permission set.", f["name"])
             values[f["name"]] = self._check_value(obj, f, v)
-        if op in ("update", "delete"):
-            rid = rec.get("Id")
-            if not rid or not re.fullmatch(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?", str(rid)):
-                raise _RecordError("MALFORMED_ID", f"malformed id {rid}")
-            if self.db.execute(f'SELECT 1 FROM "{obj}" WHERE Id = ?', (rid,)).fetchone() is None:
-                raise _RecordError("ENTITY_IS_DELETED", "entity is deleted")
-            if op == "delete":
-                self.db.execute(f'DELETE FROM "{obj}" WHERE Id = ?', (rid,))
-            elif values:
+        if op == "upsert":
+            values[spec[external_id.lower()]["name"]] = str(rec.get(external_id))
+        if creating:
+            missing = [f["name"] for f in spec.values() if not f["nillable"] and f["createable"]
+                       and not f["defaultedOnCreate"] and values.get(f["name"]) in (None, "")]
+            if missing:
+                raise _RecordError("REQUIRED_FIELD_MISSING", f"Required fields are missing: [{', '.join(missing)}]",
+                                   ",".join(missing))
+        elif any(v is None and not spec[k.lower()]["nillable"] for k, v in values.items()):
+            bad = [k for k, v in values.items() if v is None and not spec[k.lower()]["nillable"]]
+            raise _RecordError("REQUIRED_FIELD_MISSING", f"Required fields are missing: [{', '.join(bad)}]", ",".join(bad))
+        if not creating:
+            if values:
                 self.db.execute(f'UPDATE "{obj}" SET {", ".join(chr(34) + k + chr(34) + " = ?" for k in values)} '
                                 "WHERE Id = ?", [*values.values(), rid])
             return rid, False, None
-        rid = None
-        if op == "upsert":
-            key = rec.get(external_id)
-            f = spec.get(external_id.lower())
-            if f is None or not f["externalId"]:
-                raise _RecordError("INVALID_FIELD", f"{external_id} is not an External ID field of {obj}")
-            values[f["name"]] = str(key)
-            row = self.db.execute(f'SELECT Id FROM "{obj}" WHERE "{f["name"]}" = ?', (str(key),)).fetchone()
-            if row:
-                rid = row[0]
-                self.db.execute(f'UPDATE "{obj}" SET {", ".join(chr(34) + k + chr(34) + " = ?" for k in values)} '
-                                "WHERE Id = ?", [*values.values(), rid])
-                return rid, False, None
         prefix = PREFIXES.get(obj, "a0X")
         if obj not in self._next_id:  # counted once per object, not per insert (count(*) scans the table)
             self._next_id[obj] = self.db.execute(f'SELECT count(*) FROM "{obj}"').fetchone()[0] + 1
+        rid = None
         while rid is None or self.db.execute(f'SELECT 1 FROM "{obj}" WHERE Id = ?', (rid,)).fetchone():
             rid = sf_id(prefix, 10_000_000 + self._next_id[obj])
             self._next_id[obj] += 1
+        full = self.schema[obj]
+        if "isdeleted" in full:
+            values["IsDeleted"] = "false"
+        if "ownerid" in full and "OwnerId" not in values:
+            values["OwnerId"] = USER_ID
+        if "createddate" in full:  # a logical clock: one second per record created, so reruns compare equal
+            created = self.epoch + dt.timedelta(seconds=self._next_id[obj])
+            values["CreatedDate"] = created.strftime("%Y-%m-%dT%H:%M:%S.000+0000")
         cols = ["Id", *values]
         self.db.execute(f'INSERT INTO "{obj}" ({", ".join(chr(34) + c + chr(34) for c in cols)}) VALUES '
                         f'({", ".join("?" * len(cols))})', [rid, *values.values()])
         return rid, True, None
 
     def _check_value(self, obj, f, v):
+        """A value as the org stores it, or the error the org gives for it (Salesforce Help: Custom Field Types;
+        SOAP API: Field Types; the error texts as Salesforce returns them, e.g. DFC forum 9060G000000BfsuQAC)."""
         if v is None:
             return None
-        t = f["type"]
+        t, label = f["type"], f["label"]
         text = v if isinstance(v, str) else ("true" if v is True else "false" if v is False else str(v))
         if t in _NUMBERS:
             try:
-                Decimal(text)
+                d = Decimal(text)
+                if not d.is_finite():
+                    raise InvalidOperation
             except InvalidOperation:
-                raise _RecordError("INVALID_TYPE_ON_FIELD_IN_RECORD", f"{f['name']}: value not of required type: {text[:40]}") from None
-        if t == "reference" and f["referenceTo"] == ["Account"] and self.db.execute(
-                'SELECT 1 FROM "Account" WHERE Id = ?', (text,)).fetchone() is None:
-            raise _RecordError("INVALID_CROSS_REFERENCE_KEY", f"invalid cross reference id: {f['name']}")
+                raise _RecordError("INVALID_TYPE_ON_FIELD_IN_RECORD", f"{label}: value not of required type: {text[:40]}",
+                                   f["name"]) from None
+            # precision - scale digits before the point; more decimals than the scale are kept, not refused
+            # (Help: "Number Field Stores More Decimal Places Than Defined When Set via API", 000387302)
+            whole = max(d.adjusted() + 1, 0) if d else 0
+            allowed = f["digits"] if t == "int" else f["precision"] - f["scale"]
+            if allowed and whole > allowed:
+                raise _RecordError("NUMBER_OUTSIDE_VALID_RANGE", f"{label}: value outside of valid range on numeric "
+                                   f"field: {java_double(text)}", f["name"])
+            return text
+        if t == "boolean":
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise _RecordError("INVALID_TYPE_ON_FIELD_IN_RECORD", f"{label}: value not of required type: {text[:40]}",
+                                   f["name"])
+            return "true" if text.lower() in ("true", "1") else "false"
+        if t == "date":
+            try:
+                dt.date.fromisoformat(text)
+            except ValueError:
+                raise _RecordError("INVALID_TYPE_ON_FIELD_IN_RECORD", f"{label}: value not of required type: {text[:40]}",
+                                   f["name"]) from None
+        if (t in _TEXTS or t in ("reference", "id")) and f["length"] and len(text) > f["length"]:
+            raise _RecordError("STRING_TOO_LONG", f"{label}: data value too large: {text} (max length={f['length']})",
+                               f["name"])
+        if t == "picklist" and f["restrictedPicklist"] and text not in {p["value"] for p in f["picklistValues"]}:
+            raise _RecordError("INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+                               f"{label}: bad value for restricted picklist field: {text}", f["name"])
+        if t == "reference" and text:
+            if not _ID.fullmatch(text):
+                raise _RecordError("MALFORMED_ID", f"{label}: id value of incorrect type: {text[:40]}", f["name"])
+            target = next((r for r in f["referenceTo"] if r in self.schema), None)
+            if target is not None and self._live(target, "Id = ?", text) in (None, (text, True)):
+                raise _RecordError("INVALID_CROSS_REFERENCE_KEY", f"invalid cross reference id: {f['name']}", f["name"])
         return text
 
     # ---- Bulk API 2.0 -----------------------------------------------------------------------------------
@@ -506,21 +920,34 @@ class SalesforceDouble:
             spec = json.loads(body)
             try:
                 obj, fields, sql, args = self._select(spec.get("query", ""), spec.get("operation") == "queryAll")
+                if fields is None:  # Bulk API 2.0 query does not support COUNT()
+                    raise _SoqlError("INVALIDJOB", "COUNT() is not supported in Bulk API 2.0 queries")
             except _SoqlError as exc:
                 return _json(400, [{"errorCode": exc.code, "message": exc.message}])
             job_id = "750" + secrets.token_hex(6)
             table = f"_bulkq_{job_id}"
-            self.db.execute(f'CREATE TABLE "{table}" AS {sql}', args)
+            self.db.execute(f'CREATE TABLE "{table}" AS {sql}', args)  # the order it has now is the order paged
+            types = [self.schema[obj][f.lower()]["type"] for f in fields]
             self.jobs[job_id] = {"id": job_id, "operation": spec.get("operation"), "object": obj, "state": "UploadComplete",
-                                 "table": table, "fields": fields, "polls": 0}
-            return _json(200, {k: v for k, v in self.jobs[job_id].items() if k not in ("table", "fields", "polls")})
+                                 "table": table, "fields": fields, "types": types, "polls": 0, **_created()}
+            return _json(200, self._query_info(job_id))
+        if rest == "jobs/query" and method == "GET":  # Get Information About All Query Jobs (one page)
+            return _json(200, {"done": True, "records": [self._query_info(j) for j, v in self.jobs.items()
+                                                         if "table" in v]})
         m = re.fullmatch(r"jobs/query/(\w+)(/results)?", rest)
         job = self.jobs.get(m.group(1)) if m else None
         if job is None:
             return _json(404, [{"errorCode": "NOT_FOUND", "message": "job not found"}])
+        if not m.group(2) and method == "PATCH":  # Abort a Job
+            if json.loads(body).get("state") == "Aborted" and job["state"] in ("UploadComplete", "InProgress"):
+                job["state"] = "Aborted"
+            return _json(200, self._query_info(job["id"]))
         if not m.group(2):
             job["polls"] += 1
-            job["state"] = "InProgress" if job["polls"] == 1 else "JobComplete"   # one poll sees it still running
+            if job["state"] != "Aborted":
+                job["state"] = "InProgress" if job["polls"] == 1 else "JobComplete"   # one poll sees it still running
+            if job["state"] != "Aborted" and self._fault_on(("job_stuck",), method, "/" + rest) is not None:
+                job["state"] = "InProgress"
             total = self.db.execute(f'SELECT count(*) FROM "{job["table"]}"').fetchone()[0]
             return _json(200, {"id": job["id"], "state": job["state"], "numberRecordsProcessed": total})
         if job["state"] != "JobComplete":
@@ -532,24 +959,36 @@ class SalesforceDouble:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
         w.writerow(job["fields"])
-        w.writerows(["" if v is None else v for v in r] for r in rows)
+        numeric = [i for i, t in enumerate(job["types"]) if t in _NUMBERS]
+        for r in rows:
+            r = ["" if v is None else v for v in r]
+            for i in numeric:  # doubles as the org prints them (Bulk API: Valid CSV Record Rows)
+                if r[i] != "":
+                    r[i] = _csv_number(job["types"][i], r[i])
+            w.writerow(r)
         more = self.db.execute(f'SELECT 1 FROM "{job["table"]}" WHERE rowid > ? LIMIT 1', (offset + len(rows),)).fetchone()
         locator = base64.b64encode(str(offset + len(rows)).encode()).decode() if more else "null"
         return 200, {"Content-Type": "text/csv", "Sforce-Locator": locator, "Sforce-NumberOfRecords": str(len(rows))}, \
             buf.getvalue().encode("utf-8")
 
+    def _query_info(self, job_id: str) -> dict:
+        return {k: v for k, v in self.jobs[job_id].items() if k not in ("table", "fields", "types", "polls")}
+
     def _bulk_ingest(self, method, rest, body) -> tuple[int, dict, bytes]:
+        if rest == "jobs/ingest" and method == "GET":  # Get Information About All Ingest Jobs (one page)
+            return _json(200, {"done": True, "records": [self._job_info(j) for j, v in self.jobs.items()
+                                                         if "table" not in v]})
         if rest == "jobs/ingest" and method == "POST":
             spec = json.loads(body)
             obj, op = spec.get("object"), spec.get("operation")
-            if obj not in self.schema:
+            if obj not in self.schema or self.visible(obj) is None:
                 return _json(400, [{"errorCode": "INVALIDJOB", "message": f"InvalidJob : Invalid object type : {obj}"}])
             if op not in ("insert", "update", "upsert", "delete", "hardDelete"):
                 return _json(400, [{"errorCode": "INVALIDJOB", "message": f"InvalidJob : Invalid operation : {op}"}])
             job_id = "750" + secrets.token_hex(6)
             self.jobs[job_id] = {"id": job_id, "object": obj, "operation": op, "state": "Open",
                                  "externalIdFieldName": spec.get("externalIdFieldName"), "data": None,
-                                 "numberRecordsProcessed": 0, "numberRecordsFailed": 0, "results": None}
+                                 "numberRecordsProcessed": 0, "numberRecordsFailed": 0, "results": None, **_created()}
             return _json(200, self._job_info(job_id))
         m = re.fullmatch(r"jobs/ingest/(\w+)(?:/(batches|successfulResults|failedResults|unprocessedrecords))?", rest)
         job = self.jobs.get(m.group(1)) if m else None
@@ -569,7 +1008,10 @@ class SalesforceDouble:
                 job["state"] = "Aborted"
             return _json(200, self._job_info(job["id"]))
         if sub is None and method == "GET":
-            return _json(200, self._job_info(job["id"]))
+            info = self._job_info(job["id"])
+            if self._fault_on(("job_stuck",), method, "/" + rest) is not None:
+                info["state"] = "InProgress"
+            return _json(200, info)
         if sub is None and method == "DELETE":
             del self.jobs[job["id"]]
             return 204, {}, b""
@@ -591,7 +1033,8 @@ class SalesforceDouble:
 
     def _job_info(self, job_id: str) -> dict:
         j = self.jobs[job_id]
-        info = {k: j[k] for k in ("id", "object", "operation", "state", "numberRecordsProcessed", "numberRecordsFailed")}
+        info = {k: j[k] for k in ("id", "object", "operation", "state", "numberRecordsProcessed", "numberRecordsFailed",
+                                  "createdById", "createdDate")}
         info.update({"contentType": "CSV", "lineEnding": "LF", "columnDelimiter": "COMMA", "apiVersion": float(self.version)})
         if j.get("externalIdFieldName"):
             info["externalIdFieldName"] = j["externalIdFieldName"]
@@ -600,12 +1043,13 @@ class SalesforceDouble:
         return info
 
     def _process(self, job: dict) -> None:
-        obj, op, spec = job["object"], job["operation"], self.schema[job["object"]]
+        obj, op = job["object"], job["operation"]
+        spec = self.visible(obj) or {}
         reader = csv.reader(io.StringIO(job["data"] or ""))
         header = next(reader, [])
         rows = list(reader)
         for h in header:
-            if h.lower() not in spec:
+            if h.lower() not in spec:  # absent or hidden by field-level security
                 job.update(state="Failed", errorMessage=f"InvalidBatch : Field name not found : {h}", results=(header, [], [], rows))
                 return
         fail = next((f for f in self.faults if f.kind == "job_failed" and f.times > 0), None)
@@ -615,14 +1059,25 @@ class SalesforceDouble:
             limit = min(fail.after, len(rows))
         ok, failed = [], []
         self.db.execute("BEGIN")
-        for row in rows[:limit]:
-            rec = {h: (None if v == "#N/A" else v) for h, v in zip(header, row) if v != ""}
-            rid, created, err = self._apply(obj, "delete" if op == "hardDelete" else op, [rec], job["externalIdFieldName"])[0]
-            if err:
-                failed.append((rec.get("Id"), err, row))
-            else:
-                ok.append((rid, created, row))
-        self.db.execute("COMMIT")
+        try:
+            for row in rows[:limit]:
+                rec = {h: (None if v == "#N/A" else v) for h, v in zip(header, row) if v != ""}
+                if op == "hardDelete":
+                    rid, created, err = self._apply(obj, "delete", [rec], None)[0]
+                    if err is None:
+                        self.db.execute(f'DELETE FROM "{obj}" WHERE Id = ?', (rid,))
+                else:
+                    rid, created, err = self._apply(obj, op, [rec], job["externalIdFieldName"])[0]
+                if err:
+                    # sf__Error as Bulk API writes it: "CODE:message:fields --"
+                    msg, _, fields = err.partition("\x1f")
+                    failed.append((rec.get("Id"), f"{msg}:{fields} --" if fields else msg, row))
+                else:
+                    ok.append((rid, created, row))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
         job.update(numberRecordsProcessed=limit, numberRecordsFailed=len(failed), results=(header, ok, failed, rows[limit:]),
                    state="JobComplete" if fail is None else "Failed")
         if fail is not None:
@@ -671,6 +1126,14 @@ def connect(address: str):
             yield credentials
 
 
+def _created() -> dict:
+    """A new job's creator and creation time, as Job Info gives them."""
+    import datetime as dt
+
+    now = dt.datetime.now(dt.timezone.utc)
+    return {"createdById": USER_ID, "createdDate": now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}+0000"}
+
+
 class _SoqlError(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
@@ -678,9 +1141,68 @@ class _SoqlError(Exception):
 
 
 class _RecordError(Exception):
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, field: str = ""):
         super().__init__(message)
-        self.code, self.message = code, message
+        self.code, self.message, self.field = code, message, field
+
+
+def _version(text: str) -> tuple[int, int]:
+    try:
+        major, _, minor = text.partition(".")
+        return int(major), int(minor or 0)
+    except ValueError:
+        return (0, 0)
+
+
+def _soap_fault(code: str, message: str, fault: str = "UnexpectedErrorFault") -> tuple[int, dict, bytes]:
+    """A SOAP API fault as the partner endpoint sends it (HTTP 500, faultcode, detail with exceptionCode)."""
+    message = html.escape(message)
+    xml = ('<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/'
+           'envelope/" xmlns:sf="urn:fault.partner.soap.sforce.com" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
+           f'<soapenv:Body><soapenv:Fault><faultcode>sf:{code}</faultcode><faultstring>{code}: {message}</faultstring>'
+           f'<detail><sf:{fault} xsi:type="sf:{fault}"><sf:exceptionCode>{code}</sf:exceptionCode>'
+           f'<sf:exceptionMessage>{message}</sf:exceptionMessage></sf:{fault}></detail></soapenv:Fault></soapenv:Body>'
+           '</soapenv:Envelope>')
+    return 500, {"Content-Type": "text/xml"}, xml.encode()
+
+
+def java_double(text: str) -> str:
+    """A number as Salesforce prints its doubles (Java's Double.toString): 1234567.0, 1.2345678E7, 0.001, 1.0E-4.
+
+    Number, currency and percent fields are doubles; "for custom number field with digits 8 - 14 (such as
+    12345678), API values returned will be exponential values (1.2345678E7)" (Salesforce Help 000221617)."""
+    d = float(text)
+    if not math.isfinite(d):
+        return text
+    if d == 0:
+        return "0.0"
+    sign, digits, exp = Decimal(repr(abs(d))).as_tuple()
+    ds = "".join(map(str, digits)).rstrip("0") or "0"
+    e = len(digits) + exp - 1                # the exponent of the first digit
+    neg = "-" if d < 0 else ""
+    if 1e-3 <= abs(d) < 1e7:
+        if e >= 0:
+            whole, frac = ds[:e + 1].ljust(e + 1, "0"), ds[e + 1:]
+        else:
+            whole, frac = "0", "0" * (-e - 1) + ds
+        return f"{neg}{whole}.{frac or '0'}"
+    return f"{neg}{ds[0]}.{ds[1:] or '0'}E{e}"
+
+
+class _Number:
+    """A number to go into JSON as it is printed (json.dumps would print a float as Python does)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str):
+        self.text = text
+
+
+def _csv_number(sf_type: str, value: str) -> str:
+    try:
+        return str(int(Decimal(value))) if sf_type in ("int", "long") else java_double(value)
+    except (InvalidOperation, ValueError):
+        return value
 
 
 def _typed(sf_type: str, value: str | None):
@@ -688,49 +1210,69 @@ def _typed(sf_type: str, value: str | None):
     if value is None:
         return None
     if sf_type in _NUMBERS:
-        return Decimal(value)
+        try:
+            return _Number(_csv_number(sf_type, value))
+        except (InvalidOperation, ValueError):
+            return value
     if sf_type == "boolean":
         return value == "true"
     return value
 
 
+_RAW = re.compile(r'"\\u0000([-+.0-9A-Za-z]*)\\u0000"')
+
+
 def _json_default(v):
+    if isinstance(v, _Number):
+        return "\x00" + v.text + "\x00"
     if isinstance(v, Decimal):
-        return float(v)
+        return "\x00" + str(v) + "\x00"
     raise TypeError(type(v).__name__)
 
 
 def _json(status: int, payload) -> tuple[int, dict, bytes]:
-    return status, {"Content-Type": "application/json"}, json.dumps(payload, default=_json_default).encode()
+    text = json.dumps(payload, default=_json_default)
+    if "\\u0000" in text:
+        text = _RAW.sub(r"\1", text)
+    return status, {"Content-Type": "application/json"}, text.encode()
 
 
 def main(argv: list[str] | None = None) -> int:
     """python -m nrr_engine.testing.salesforce_double seed STORE ORG_FOLDER
-       python -m nrr_engine.testing.salesforce_double STORE METADATA -- <nrr-engine arguments>
-       python -m nrr_engine.testing.salesforce_double serve STORE METADATA SOCKET
+       python -m nrr_engine.testing.salesforce_double STORE METADATA [--permission-set FILE]... -- <nrr-engine arguments>
+       python -m nrr_engine.testing.salesforce_double serve STORE METADATA SOCKET [--permission-set FILE]...
        python -m nrr_engine.testing.salesforce_double connect SOCKET -- <nrr-engine arguments>
 
     `seed` loads a folder of Data Loader CSVs into STORE (the org the double serves; METADATA is an SFDX
     folder such as salesforce/). The second runs nrr-engine in this process with every *.salesforce.com
     call answered by the double over STORE. `serve` runs the double alone on a Unix socket until killed; `connect` runs nrr-engine with its
-    calls forwarded there, so the engine's process holds only its own memory. The credentials are put in
-    SF_USERNAME / SF_PASSWORD / SF_SECURITY_TOKEN. Used by bench/run.py."""
+    calls forwarded there, so the engine's process holds only its own memory. Field rules (lengths, digits,
+    picklists) are always enforced; with --permission-set the integration user has only what those
+    permission sets grant (no View Setup unless one grants it), else it is a System Administrator. The
+    credentials are put in SF_USERNAME / SF_PASSWORD / SF_SECURITY_TOKEN and SF_CONSUMER_KEY /
+    SF_CONSUMER_SECRET. Used by bench/run.py."""
     import sys
 
     args = sys.argv[1:] if argv is None else argv
-    if len(args) == 3 and args[0] == "seed":
-        SalesforceDouble.seed(Path(args[1]), Path(args[2]))
+    head, sep, rest = (args[:args.index("--")], ["--"], args[args.index("--") + 1:]) if "--" in args else (args, [], [])
+    sets: list[Path] = []
+    while len(head) >= 2 and head[-2] == "--permission-set":
+        sets.insert(0, Path(head[-1]))
+        head = head[:-2]
+    perms = Permissions.from_files(*sets) if sets else None
+    if len(head) == 3 and head[0] == "seed" and not sep:
+        SalesforceDouble.seed(Path(head[1]), Path(head[2]))
         return 0
-    if len(args) == 4 and args[0] == "serve":
-        SalesforceDouble(Path(args[1]), metadata=Path(args[2])).serve_socket(args[3])
+    if len(head) == 4 and head[0] == "serve" and not sep:
+        SalesforceDouble(Path(head[1]), metadata=Path(head[2]), permissions=perms).serve_socket(head[3])
         return 0
-    if len(args) >= 3 and args[0] == "connect" and args[2] == "--":
-        with connect(args[1]) as credentials:
-            return _run_cli(credentials, args[3:])
-    if len(args) >= 3 and args[2] == "--":
-        double = SalesforceDouble(Path(args[0]), metadata=Path(args[1]))
+    if len(head) == 2 and head[0] == "connect" and sep and not sets:
+        with connect(head[1]) as credentials:
+            return _run_cli(credentials, rest)
+    if len(head) == 2 and sep:
+        double = SalesforceDouble(Path(head[0]), metadata=Path(head[1]), permissions=perms)
         with double.serve():
-            return _run_cli((double.username, double.password, double.security_token), args[3:])
+            return _run_cli((double.username, double.password, double.security_token), rest)
     print(main.__doc__, file=sys.stderr)
     return 2
 
@@ -743,6 +1285,8 @@ def _run_cli(credentials: tuple[str, str, str], args: list[str]) -> int:
     import sys
 
     os.environ.update(zip(("SF_USERNAME", "SF_PASSWORD", "SF_SECURITY_TOKEN"), credentials))
+    os.environ.setdefault("SF_CONSUMER_KEY", "CONSUMER-KEY")          # the double's connected app
+    os.environ.setdefault("SF_CONSUMER_SECRET", "CONSUMER-SECRET")
     saved = sys.argv
     sys.argv = ["nrr-engine", *args]
     try:
