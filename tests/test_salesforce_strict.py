@@ -134,7 +134,8 @@ def test_restricted_picklists_refuse_values_outside_their_list(tmp_path):
 
 
 def test_standard_fields_have_their_documented_sizes(tmp_path):
-    """Account.Name is 255 characters, BillingCountry 80, DunsNumber 9: one more is STRING_TOO_LONG."""
+    """Account.Name is 255 characters, BillingCountry 80, DunsNumber 9: one more is STRING_TOO_LONG (counted in
+    UTF-16 code units, as the platform counts)."""
     double = small_double(tmp_path)
     with double.serve():
         sf = client(double)
@@ -144,6 +145,8 @@ def test_standard_fields_have_their_documented_sizes(tmp_path):
         assert [error_of(r)[0] for r in out] == ["STRING_TOO_LONG", "STRING_TOO_LONG"]
         [ok] = update_accounts(sf, [{"Id": ACME, "Name": "N" * 255}])
         assert ok["success"]
+        [emoji] = update_accounts(sf, [{"Id": ACME, "Name": "\U0001F600" * 128}])   # 256 UTF-16 code units
+        assert error_of(emoji)[0] == "STRING_TOO_LONG"
 
 
 # ---- permissions -----------------------------------------------------------------------------------------

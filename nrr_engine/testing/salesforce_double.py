@@ -900,7 +900,10 @@ class SalesforceDouble:
             except ValueError:
                 raise _RecordError("INVALID_TYPE_ON_FIELD_IN_RECORD", f"{label}: value not of required type: {text[:40]}",
                                    f["name"]) from None
-        if (t in _TEXTS or t in ("reference", "id")) and f["length"] and len(text) > f["length"]:
+        # lengths count UTF-16 code units: "surrogate pair characters are treated as two characters" (Salesforce
+        # Help 005166849, formulas and the String class; taken to hold for field lengths too)
+        if (t in _TEXTS or t in ("reference", "id")) and f["length"] and len(text) > f["length"] // 2 \
+                and (len(text) if text.isascii() else len(text.encode("utf-16-le")) // 2) > f["length"]:
             raise _RecordError("STRING_TOO_LONG", f"{label}: data value too large: {text} (max length={f['length']})",
                                f["name"])
         if t == "picklist" and f["restrictedPicklist"] and text not in {p["value"] for p in f["picklistValues"]}:
