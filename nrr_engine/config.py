@@ -368,7 +368,8 @@ def _field_refs(doc: yamlsource.Document, d: dict, views: list[View], arr: ArrSe
         ref("Account", f, "report.segments", ("report", "segments", j))
     if h.locked_field_required and h.locked_field:
         ref("Account", h.locked_field, "hierarchy.locked_field", ("hierarchy", "locked_field"))
-    if h.missing_parents == "placeholder":
+    if h.missing_parents == "placeholder" and "placeholder_key_field" in d.get("hierarchy", {}):
+        # named in config: the org must have it (the default is optional, as for the run)
         ref("Account", h.placeholder_key_field, "hierarchy.placeholder_key_field",
             ("hierarchy", "placeholder_key_field"), write=True)
     if snaps.get("enabled", True):

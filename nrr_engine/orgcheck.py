@@ -109,7 +109,7 @@ def check(settings: Settings, ruleset, org) -> tuple[list[NrrError], list[str]]:
         own = ENGINE_FIELDS.get(ref.object, ()) if ref.write else ()
         if created and ref.name in own:
             continue
-        hint = close_match(ref.name, [*cols.values(), *own])
+        hint = close_match(ref.name, [*cols.values(), *(own if created else ())])
         msg = f"{ref.key}: field {ref.name} is not {org.not_a_field(ref.object)}" + (
             f"; did you mean {hint}?" if hint else f" (its fields include: {', '.join(list(cols.values())[:12])})")
         if ref.write and created:

@@ -161,7 +161,8 @@ def test_a_skipped_rule_is_a_note_not_a_problem(org, cli):
 
 def test_validate_on_salesforce_describes_the_org_when_credentials_are_set(tmp_path, monkeypatch):
     """With the double's credentials in the environment, validate logs in and checks fields against describe
-    (a rule field Typ: did you mean Type?); without them it says the org checks were skipped and exits 0."""
+    (a rule field Industri: did you mean Industry?); a failed login is exit 3; without credentials it says the
+    org checks were skipped and exits 0."""
     from test_salesforce import make_project
     p = make_project(tmp_path, monkeypatch)
     (p.root / "rules" / "match-names.yaml").write_text(NAME_RULE + "    child: [{field: Industri, op: blank}]\n")
@@ -169,6 +170,10 @@ def test_validate_on_salesforce_describes_the_org_when_credentials_are_set(tmp_p
         err = p.cli("validate", expect=2).stderr
     assert ("match-names.yaml:5, rule names: field Industri is not a field of Account in Salesforce (or field-level "
             "security hides it from the integration user); did you mean Industry?") in err
+    monkeypatch.setenv("SF_PASSWORD", "wrong")
+    with p.double.serve():
+        err = p.cli("validate", expect=3).stderr
+    assert "login" in err and "wrong" not in err
     monkeypatch.delenv("SF_PASSWORD")
     out = p.cli("validate").stdout
     assert "org checks skipped: source.auth needs the password in the environment variable SF_PASSWORD" in out
@@ -299,3 +304,9 @@ def test_unknown_keys_in_a_rule_suggest_the_setting(org, cli):
                                   "    child_field: Parent_DUNS__c\n    candidate_field: DunsNumber\n"}
     org.write()
     assert "r.yaml:5: rules/0: unknown key 'child_feild'; did you mean 'child_field'?" in cli("validate", expect=2).stderr
+
+
+def test_terminal_output_escapes_control_characters():
+    """A value with an escape sequence or a newline prints as visible text on one line (runs show, review list)."""
+    from nrr_engine.cli import _short
+    assert _short("Acme\x1b[31m\nCorp", 40) == "Acme\\x1b[31m Corp"
