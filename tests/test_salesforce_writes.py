@@ -17,39 +17,12 @@ from nrr_engine.sources import salesforce as sf_source
 from nrr_engine.sources.salesforce import SalesforceOrg
 
 from conftest import Cli
-from test_salesforce import AS_OF, DEMO_ORG, end_state, ingest_jobs, make_project
+from test_salesforce import AS_OF, DEMO_ORG, end_state, ingest_jobs, local_end_state, make_project, sf, sf_bulk
+
+FIXTURES = (sf, sf_bulk, local_end_state)   # shared with test_salesforce: the demo org on the double, the local run
 
 MONTH = "2026-10"          # the snapshot month of a run as of AS_OF
 EUR_ACCOUNT = "001000000000002AAA"
-
-
-@pytest.fixture
-def sf(tmp_path, monkeypatch):
-    """The demo org served by the double; REST reads and Collections writes."""
-    p = make_project(tmp_path, monkeypatch)
-    with p.double.serve():
-        yield p
-
-
-@pytest.fixture
-def sf_bulk(tmp_path, monkeypatch):
-    """The demo org served by the double, thresholds low enough for Bulk API 2.0 reads and writes."""
-    p = make_project(tmp_path, monkeypatch, ", bulk_write_min: 300, bulk_query_min: 1000, page_size: 1000")
-    with p.double.serve():
-        yield p
-
-
-@pytest.fixture(scope="module")
-def local_state(tmp_path_factory):
-    """Account rollups and KPI snapshots after the nightly job on the local demo org."""
-    root = tmp_path_factory.mktemp("local")
-    shutil.copytree(DEMO_ORG, root / "org")
-    Cli(write_demo_config(root))("run", "--as-of", AS_OF, expect=0)
-    db = sqlite3.connect(root / "state" / "local-org.db")
-    rollups = ["ParentId", "Ultimate_Parent__c", "Hierarchy_Depth__c", "Hierarchy_ARR__c", "Child_Count__c"]
-    snapshot = ["External_Id__c", "Starting_ARR__c", "Ending_ARR__c", "NRR__c", "GRR__c", "Account_Count__c"]
-    return ({r[0]: tuple(r[1:]) for r in db.execute(f"SELECT Id, {', '.join(rollups)} FROM Account")},
-            {r[0]: tuple(r[1:]) for r in db.execute(f"SELECT {', '.join(snapshot)} FROM KPI_Snapshot__c")})
 
 
 @contextmanager
@@ -201,45 +174,45 @@ def test_amounts_are_not_written_into_a_record_of_another_currency_and_snapshots
 
 # ---- item 5: only safe calls are retried ------------------------------------------------------------------------
 
-def test_an_unanswered_create_job_leaves_no_orphan_open_job(sf_bulk, local_state):
+def test_an_unanswered_create_job_leaves_no_orphan_open_job(sf_bulk, local_end_state):
     """POST jobs/ingest made a job but its answer was lost: the engine does not leave that job open; it finds it
     (same user, object, operation, time) and aborts it, and the run ends as a clean one."""
     sf_bulk.double.fault("lost_response", path=r"/jobs/ingest$", method="POST", times=1)
     sf_bulk.cli("run", "--as-of", AS_OF)
-    assert end_state(sf_bulk) == local_state
+    assert end_state(sf_bulk) == local_end_state
     jobs = [j for j in sf_bulk.double.jobs.values() if "data" in j]
     assert not [j for j in jobs if j["state"] == "Open"], "no orphan job left open"
     orphans = [j for j in jobs if j["state"] == "Aborted"]
     assert len(orphans) == 1 and orphans[0]["data"] is None
 
 
-def test_an_unanswered_upload_is_never_sent_again_to_its_job(sf_bulk, local_state):
+def test_an_unanswered_upload_is_never_sent_again_to_its_job(sf_bulk, local_end_state):
     """The upload landed but its 201 was lost: that job is abandoned (aborted, never closed, so never processed)
     and the data goes to a new job once; no job gets two uploads; the end state is a clean run's."""
     sf_bulk.double.fault("lost_response", path=r"/batches$", method="PUT", times=1)
     sf_bulk.cli("run", "--as-of", AS_OF)
-    assert end_state(sf_bulk) == local_state
+    assert end_state(sf_bulk) == local_end_state
     puts = ingest_calls(sf_bulk, "PUT", "/batches")
     assert len(puts) == len(set(puts)), "one upload per job"
     aborted = [j for j in ingest_jobs(sf_bulk) if j["state"] == "Aborted"]
     assert len(aborted) == 1 and aborted[0]["data"] and aborted[0]["results"] is None, "the job was never processed"
 
 
-def test_an_unanswered_close_is_settled_by_the_job_state_not_sent_again(sf_bulk, local_state):
+def test_an_unanswered_close_is_settled_by_the_job_state_not_sent_again(sf_bulk, local_end_state):
     """PATCH UploadComplete timed out after Salesforce took it: the engine reads the job's state instead of closing
     it again, and waits for it as usual."""
     sf_bulk.double.fault("read_timeout", path=r"/jobs/ingest/\w+$", method="PATCH", times=1)
     sf_bulk.cli("run", "--as-of", AS_OF)
-    assert end_state(sf_bulk) == local_state
+    assert end_state(sf_bulk) == local_end_state
     closes = ingest_calls(sf_bulk, "PATCH")
     assert len(closes) == len(set(closes)), "each job closed once"
 
 
-def test_an_unanswered_query_job_create_leaves_no_orphan_query(sf_bulk, local_state):
+def test_an_unanswered_query_job_create_leaves_no_orphan_query(sf_bulk, local_end_state):
     """POST jobs/query made a job but its answer was lost: the orphan query job is aborted, not left to run."""
     sf_bulk.double.fault("lost_response", path=r"/jobs/query$", method="POST", times=1)
     sf_bulk.cli("run", "--as-of", AS_OF)
-    assert end_state(sf_bulk) == local_state
+    assert end_state(sf_bulk) == local_end_state
     queries = [j for j in sf_bulk.double.jobs.values() if "table" in j]
     assert [j["state"] for j in queries].count("Aborted") == 1
     assert not [j for j in queries if j["state"] in ("UploadComplete", "InProgress")]
