@@ -124,9 +124,10 @@ class Engine:
 
     # ---- plan / run -----------------------------------------------------------------------------
     def execute(self, job: str = "nightly", as_of: dt.date | None = None, dry_run: bool = False,
-                should_stop: Callable[[], bool] = lambda: False) -> Outcome:
+                should_stop: Callable[[], bool] = lambda: False, allow_shrink: bool = False) -> Outcome:
         """Plan (dry_run) or run the job; the run is recorded in the ledger either way."""
-        ctx = RunContext.new(self.clock, as_of or self.today(), job=job, dry_run=dry_run, should_stop=should_stop)
+        ctx = RunContext.new(self.clock, as_of or self.today(), job=job, dry_run=dry_run, should_stop=should_stop,
+                             allow_shrink=allow_shrink)
         structlog.contextvars.bind_contextvars(run_id=ctx.run_id)
         if sys.stderr.isatty():
             from tqdm import tqdm
@@ -144,7 +145,8 @@ class Engine:
                 log.info("run.start", job=job, as_of=ctx.as_of.isoformat(), dry_run=dry_run)
                 try:
                     with self.storage("the run", note=_SETTLED):
-                        plan = pipeline.compute(self.settings, self.org, self.ledger, ctx)
+                        with self.org.reloads_held():  # a run that stops before writing leaves the working copy
+                            plan = pipeline.compute(self.settings, self.org, self.ledger, ctx)
                         counts = {"planned": plan.change_count()}
                         if not dry_run:
                             counts.update(pipeline.apply(plan, self.org, self.ledger, self.settings))
@@ -192,9 +194,12 @@ class Engine:
         nrr = {}
         for view, windows in plan.nrr.items():
             nrr[view] = {str(w): {"period": f["period"], "family": f["family"].as_json(),
-                                  "naive": f["naive"].as_json(naive=True)} for w, f in windows.items()}
+                                  "naive": f["naive"].as_json(naive=True),
+                                  **({"excluded": f["excluded"]} if f.get("excluded") else {})}
+                         for w, f in windows.items()}
+        arr = money.fmt(int(plan.matrix[:, plan.current_month - plan.first_month].sum()))  # the shrink guard's baseline
         return {"run_id": ctx.run_id, "job": ctx.job, "mode": "plan" if ctx.dry_run else "run",
-                "as_of": ctx.as_of.isoformat(), "accounts": len(plan.accounts),
+                "as_of": ctx.as_of.isoformat(), "accounts": len(plan.accounts), "arr": arr,
                 "families": {v: r.families for v, r in plan.views.items()},
                 "max_depth": {v: r.depth_max for v, r in plan.views.items()},
                 "changes": counts, "snapshots": len(plan.snapshots),
@@ -219,7 +224,12 @@ class Engine:
         p = months.parse(period) if period else cur - 1
         if p > cur:
             raise DataError(f"--period {period} is in the future (as of {ctx.as_of})")
-        return pipeline.report(self.settings, self.org, self.ledger, ctx, v.name, p, window, as_of_start, by)
+        fig = pipeline.report(self.settings, self.org, self.ledger, ctx, v.name, p, window, as_of_start, by)
+        if p == cur:  # figures of an open month, as of today: they change until it closes
+            fig["provisional"] = (f"{months.fmt(p)} is not closed as of {ctx.as_of}: its figures are provisional "
+                                  f"and can change until the month closes ({months.fmt(cur - 1)} is the last closed "
+                                  "month)")
+        return fig
 
     # ---- review queue ---------------------------------------------------------------------------
     def review_list(self, status: str | None = "pending", view: str | None = None) -> list[dict]:
@@ -347,8 +357,7 @@ class Engine:
         written = []
         if run:
             written = _write_change_set(self.ledger, run["id"], out / "changes" / run["id"])
-        return {"full": [str(p) for p in full], "changes": [str(p) for p in written], "run": run["id"] if run else None,
-                "skipped": [] if self.org.remote else self.org.csv_skipped()}  # CSVs in the org folder that are no object
+        return {"full": [str(p) for p in full], "changes": [str(p) for p in written], "run": run["id"] if run else None}
 
 
 def _read_history(path: Path, currency: str) -> tuple[list[tuple[str, int, int]], list[str]]:
@@ -373,11 +382,16 @@ def _read_history(path: Path, currency: str) -> tuple[list[tuple[str, int, int]]
                     errors.append(f"{path}:{line}: expected account_id,month,arr")
                     continue
                 a, m_text, arr_text = row[0].strip(), row[1].strip(), row[2]
+                # the one reading policy of the engine (money.NUMBER_FORMAT, months YYYY-MM): nothing is guessed
                 try:
                     m = months.parse(m_text)
+                except ValueError as exc:
+                    errors.append(f"{path}:{line}: {exc} (column month)")
+                    continue
+                try:
                     units = money.parse_units(arr_text)
-                except (ValueError, money.MoneyError) as exc:
-                    errors.append(f"{path}:{line}: {exc}")
+                except money.MoneyError as exc:
+                    errors.append(f"{path}:{line}: {exc} (column arr; expected {money.NUMBER_FORMAT})")
                     continue
                 if not a:
                     errors.append(f"{path}:{line}: account_id is empty")
@@ -385,7 +399,8 @@ def _read_history(path: Path, currency: str) -> tuple[list[tuple[str, int, int]]
                     errors.append(f"{path}:{line}: arr {arr_text!r} must be a number >= 0")
                 elif len(row) > 3 and row[3].strip() and row[3].strip().upper() != currency:
                     errors.append(f"{path}:{line}: currency {row[3].strip()} differs from the corporate currency "
-                                  f"{currency} and no exchange rates are configured")
+                                  f"{currency}: mixed currencies, and nrr-engine does not convert currencies yet; "
+                                  f"convert the amounts to {currency} first")
                 elif (a, m) in seen:
                     errors.append(f"{path}:{line}: {a} {m_text} already given on line {seen[(a, m)]}")
                 else:

@@ -1,9 +1,12 @@
 """Money as exact fixed point: parsed as Decimal, held as integer units of 1/10,000, printed as Decimal.
 
-Array math (sums over a million accounts) runs on int64 units, so no float ever touches money.
+Array math (sums over a million accounts) runs on int64 units, so no float ever touches money. One reading
+policy for every amount the engine reads (subscription amounts, an Account ARR field, history CSVs): a plain
+decimal number as Salesforce and Data Loader write it (NUMBER_FORMAT); anything else is unreadable, never guessed.
 """
 from __future__ import annotations
 
+import re
 from decimal import ROUND_HALF_EVEN, Decimal, DecimalException, InvalidOperation
 
 SCALE = 10_000
@@ -11,6 +14,14 @@ _SCALE_D = Decimal(SCALE)
 _CENT = Decimal("0.01")
 # int64 holds 9.2e18 units = 9.2e14 in currency: far above any company's ARR, checked on parse anyway.
 _MAX_UNITS = 2**62
+
+
+# Digits with an optional sign, decimal point and exponent (APIs print large doubles as 1.5E+7); surrounding
+# spaces are ignored. No thousands separators, currency signs, suffixes (12k), underscores or non-ASCII digits:
+# "1,200" is twelve hundred in one locale and 1.2 in another, and "12k" is whatever its author meant.
+_PLAIN = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+NUMBER_FORMAT = ("a plain decimal number such as 1200.50: digits with an optional sign, '.' and exponent; no "
+                 "thousands separators, currency signs or suffixes such as k")
 
 
 class MoneyError(ValueError):
@@ -24,8 +35,10 @@ def parse_units(text: str | None) -> int | None:
     text = text.strip()
     if not text:
         return None
+    if not _PLAIN.fullmatch(text):
+        raise MoneyError(f"{text[:40]!r} is not a number")
     try:
-        value = Decimal(text.replace(",", "")) if _looks_grouped(text) else Decimal(text)
+        value = Decimal(text)
     except InvalidOperation:
         raise MoneyError(f"{text[:40]!r} is not a number") from None
     if not value.is_finite():
@@ -46,7 +59,8 @@ def parse_units(text: str | None) -> int | None:
 
 def parse_units_fast(text: str | None) -> int | None:
     """parse_units for bulk data: one C-level Decimal parse on the common path, the full checks otherwise."""
-    if text:
+    # Decimal() also reads "1_000" and non-ASCII digits, which the policy refuses: those take the full checks
+    if text and text.isascii() and "_" not in text:
         try:
             scaled = Decimal(text).scaleb(4)
             if scaled.is_finite():
@@ -56,11 +70,6 @@ def parse_units_fast(text: str | None) -> int | None:
         except (InvalidOperation, DecimalException):
             pass
     return parse_units(text)
-
-
-def _looks_grouped(text: str) -> bool:
-    # "1,234.50" as exported by some spreadsheets; a lone comma decimal ("1,5") is rejected by Decimal.
-    return "," in text and "." in text and text.index(",") < text.index(".")
 
 
 def to_decimal(units: int) -> Decimal:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-_MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+_MONTH = re.compile(r"^([0-9]{4})-([0-9]{2})$")  # ASCII digits only: \d would read "２０２６-１０"
 
 
 def parse(text: str) -> int:

@@ -16,7 +16,7 @@ import numpy as np
 from . import months
 from . import sinks as sinks_mod
 from .config import Settings
-from .fetch import fetch, fetch_arr, needs_arr
+from .fetch import fetch, fetch_arr, needs_arr, report_first
 from .hierarchy import repair as repair_mod
 from .ledger import Ledger
 from .metrics import gates, snapshot
@@ -126,9 +126,13 @@ def stages(settings: Settings) -> list[tuple[str, Stage]]:
 
 def figures(state: State, view: str, period: int, window: int, current_month: int, as_of_start: bool = False,
             by: str | None = None) -> dict:
-    """NRR figures of one view and window from a state whose trees are built (after the repair stage)."""
-    return window_figures(state.accounts.ids, state.accounts.column, state.matrix, state.first,
-                          lambda m: state.labels_at(view, m, current_month), view, period, window, as_of_start, by)
+    """NRR figures of one view and window from a state whose trees are built (after the repair stage), with
+    what the records left out of ARR take out of them (`excluded`, when there are any)."""
+    out = window_figures(state.accounts.ids, state.accounts.column, state.matrix, state.first,
+                         lambda m: state.labels_at(view, m, current_month), view, period, window, as_of_start, by)
+    if state.excluded is not None and len(state.excluded):
+        out["excluded"] = state.excluded.impact(period - window, period)
+    return out
 
 
 # ---- plan ---------------------------------------------------------------------------------------
@@ -213,7 +217,8 @@ def apply(plan: Plan, org: LocalOrg, ledger: Ledger, settings: Settings) -> dict
 def report(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunContext, view: str, period: int, window: int,
            as_of_start: bool = False, by: str | None = None) -> dict:
     """NRR figures recomputed from the org as it is and the stored history (no rules, nothing written)."""
-    state = fetch(settings, org, ledger, ctx, extra_fields=(by,) if by and by != "cohort" else (), repair=False)
+    state = fetch(settings, org, ledger, ctx, extra_fields=(by,) if by and by != "cohort" else (), repair=False,
+                  since=report_first(settings, ctx.current_month, period, window))
     state = run_stages(settings, org, ledger, ctx, state, [("match", _repair(settings))])
     return figures(state, view, period, window, ctx.current_month, as_of_start, by)
 

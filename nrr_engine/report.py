@@ -13,9 +13,34 @@ _ROWS = ("start", "expansion", "contraction", "churn", "end", "nrr", "grr", "int
 
 
 def nrr_json(fig: dict) -> dict:
-    return {"view": fig["view"], "period": fig["period"], "window": fig["window"],
-            "family": fig["family"].as_json(), "naive": fig["naive"].as_json(naive=True),
-            "segments": [{"by": s["by"], "value": s["value"], "family": s["family"].as_json()} for s in fig["segments"]]}
+    """DESIGN §8 keys; `provisional` (the month is not closed) and `excluded` (records left out of ARR) when so."""
+    out = {"view": fig["view"], "period": fig["period"], "window": fig["window"],
+           "family": fig["family"].as_json(), "naive": fig["naive"].as_json(naive=True),
+           "segments": [{"by": s["by"], "value": s["value"], "family": s["family"].as_json()} for s in fig["segments"]]}
+    if fig.get("provisional"):
+        out["provisional"] = True
+        out["note"] = fig["provisional"]
+    if fig.get("excluded"):
+        out["excluded"] = fig["excluded"]
+    return out
+
+
+def excluded_text(ex: dict) -> str:
+    """What the records left out of ARR take out of a figure, in words (run summary, report table)."""
+    def side(d: dict) -> str:
+        known = d["records"] - d["amount_unknown"]
+        parts = ([f"{d['arr']} in {known} record(s)"] if known else []) + (
+            [f"{d['amount_unknown']} of unknown amount"] if d["amount_unknown"] else [])
+        return f"active at {d['month']}: " + (" + ".join(parts) if parts else "none")
+
+    text = f"{ex['records']} record(s) left out of ARR (see the data-quality findings); {side(ex['start'])}; " \
+           f"{side(ex['end'])}"
+    u = ex["dates_unknown"]
+    if u["records"]:
+        text += f"; {u['records']} with unreadable dates (" + " + ".join(
+            ([f"{u['arr']}"] if u["records"] > u["amount_unknown"] else [])
+            + ([f"{u['amount_unknown']} of unknown amount"] if u["amount_unknown"] else [])) + ") may count at either"
+    return text
 
 
 def _pct(r) -> str:
@@ -34,7 +59,9 @@ def _cell(m: Movement, key: str, naive: bool) -> str:
 
 def nrr_table(fig: dict) -> str:
     w = {1: "monthly", 3: "trailing 3 months", 12: "trailing 12 months"}.get(fig["window"], f"{fig['window']} months")
-    lines = [f"NRR {fig['period']} ({w}), view {fig['view']}", f"{'':22}{'family':>16}{'naive':>16}"]
+    lines = [f"NRR {fig['period']} ({w}), view {fig['view']}"
+             + (" - PROVISIONAL: the month is not closed" if fig.get("provisional") else ""),
+             f"{'':22}{'family':>16}{'naive':>16}"]
     for key in _ROWS:
         label = "cohort size" if key == "families" else key.replace("_", " ")
         lines.append(f"{label:22}{_cell(fig['family'], key, False):>16}{_cell(fig['naive'], key, True):>16}")
@@ -42,18 +69,27 @@ def nrr_table(fig: dict) -> str:
         m = s["family"]
         lines.append(f"  {s['by']}={s['value']}: start {money.fmt(m.start)} end {money.fmt(m.end)} "
                      f"NRR {_pct(m.nrr)} GRR {_pct(m.grr)}")
+    if fig.get("excluded"):
+        lines.append("excluded: " + excluded_text(fig["excluded"]))
+    if fig.get("provisional"):
+        lines.append("note: " + fig["provisional"])
     return "\n".join(lines)
 
 
 def nrr_csv(fig: dict) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["view", "period", "window", "level", "segment_by", "segment_value", *_ROWS])
+    w.writerow(["view", "period", "window", "level", "segment_by", "segment_value", *_ROWS, "provisional",
+                "excluded_records", "excluded_start_arr", "excluded_end_arr"])
     rows = [("family", "", "", fig["family"]), ("naive", "", "", fig["naive"])]
     rows += [("family", s["by"], s["value"], s["family"]) for s in fig["segments"]]
+    ex = fig.get("excluded")
+    # the records left out of ARR belong to no one segment: their figures go on the two whole-view rows
+    totals = [ex["records"], ex["start"]["arr"], ex["end"]["arr"]] if ex else [0, "0.00", "0.00"]
     for level, by, value, m in rows:
         d = m.as_json(naive=level == "naive")
-        w.writerow([fig["view"], fig["period"], fig["window"], level, by, value, *[d.get(k, "") for k in _ROWS]])
+        w.writerow([fig["view"], fig["period"], fig["window"], level, by, value, *[d.get(k, "") for k in _ROWS],
+                    "true" if fig.get("provisional") else "false", *(totals if not by else ["", "", ""])])
     return buf.getvalue()
 
 

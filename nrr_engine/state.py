@@ -42,6 +42,7 @@ class RunContext:
     job: str = "nightly"
     dry_run: bool = False
     should_stop: Callable[[], bool] = lambda: False
+    allow_shrink: bool = False  # --allow-shrink: an input that lost accounts or ARR is accepted (a finding)
     progress: Any = None  # a tqdm bar over the stages when stderr is a terminal
     stage_times: dict[str, float] = field(default_factory=dict)
 
@@ -98,6 +99,7 @@ class State:
     repair: bool = True                         # False for a report: trees as the org has them
     extra_fields: tuple[str, ...] = ()
     merged: dict = field(default_factory=dict)  # merged-away account Id -> surviving account Id
+    excluded: Any = None                        # metrics.arr.Excluded: records left out of ARR (fetch_arr)
     # ---- outputs of the stages
     views: dict = field(default_factory=dict)   # view -> hierarchy.repair.ViewResult (repair)
     duplicates: tuple[dict, ...] = ()           # (repair)

@@ -12,15 +12,16 @@ from nrr_engine import log as log_mod, money
 
 
 @pytest.mark.parametrize("text, units", [("100000", 1_000_000_000), ("0.01", 100), ("42000.50", 420_005_000),
-                                         ("1,234.5", 12_345_000), (" 7 ", 70_000), ("", None), (None, None)])
+                                         ("1.5E+3", 15_000_000), (" 7 ", 70_000), ("", None), (None, None)])
 def test_parse_units_is_exact(text, units):
     """Decimal strings become exact integer units of 1/10,000."""
     assert money.parse_units(text) == units
 
 
-@pytest.mark.parametrize("text", ["abc", "1e999999", "NaN", "1.23456", "Infinity"])
+@pytest.mark.parametrize("text", ["abc", "1e999999", "NaN", "1.23456", "Infinity", "1,234.5", "12k", "$100,000.00",
+                                  "1_000", "\u0661\u0662"])
 def test_parse_units_rejects_garbage(text):
-    """Non-numbers, non-finite values and more than 4 decimals are refused."""
+    """Non-numbers, non-finite values, more than 4 decimals and anything but a plain decimal are refused."""
     with pytest.raises(money.MoneyError):
         money.parse_units(text)
 

@@ -1,11 +1,16 @@
 """Monthly ARR per account as an int64 matrix (accounts x months) in exact money units.
 
-A subscription counts toward ARR(a, m) when it is active at the close of month m (DESIGN §4).
+A subscription counts toward ARR(a, m) when it is active at the close of month m (DESIGN §4). Values that cannot
+be read (money.NUMBER_FORMAT, DATE_FORMAT) leave their record out of ARR: each becomes a finding naming the
+record, the field and the raw value, and the records are kept (`Excluded`) so every figure can say what they
+take out of it.
 """
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from itertools import islice
 
 import numpy as np
@@ -16,37 +21,125 @@ from ..errors import DataError, Location
 from ..model import Finding
 
 _CHUNK = 200_000
+OPEN = 10**6  # last month of a subscription without an end date
+EXAMPLES = 5  # records named in a finding's message (all of them are in its records)
+DATE_FORMAT = ("YYYY-MM-DD; a date-time as Salesforce writes it, 2026-08-31T00:00:00.000Z, counts as its date; "
+               "08/31/2026 and 31.08.2026 are not read")
+# what may follow the date: the time of a date-time field
+_TIME = re.compile(r"(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?(?:Z|[+-][0-9]{2}:?[0-9]{2})?)?")
+
+Locate = Callable[[Sequence[str]], dict[str, int]]  # record Ids -> their line in the source CSV (where known)
+
+
+@dataclass(frozen=True)
+class Excluded:
+    """Records left out of ARR and what each would have counted, where that is known.
+
+    Per record: the ARR it would add (-1: its amount is unreadable or negative) and the first and last month it
+    would be active (first -1: a date is unreadable or the end precedes the start; last OPEN: no end)."""
+
+    units: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    first: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    last: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+    @staticmethod
+    def join(parts: Sequence["Excluded"]) -> "Excluded":
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return Excluded()
+        return Excluded(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("units", "first", "last")))
+
+    def impact(self, m0: int, m1: int) -> dict | None:
+        """What the records take out of the figures of window m0 -> m1: at each end, the ARR of those active
+        then (known amounts) and how many are active with an unknown amount; those with unknown dates apart."""
+        if not len(self):
+            return None
+        dated, known = self.first >= 0, self.units >= 0
+
+        def at(m: int) -> dict:
+            on = dated & (self.first <= m) & (m <= self.last)
+            return {"month": months.fmt(m), "arr": money.fmt(int(self.units[on & known].sum())),
+                    "records": int(on.sum()), "amount_unknown": int((on & ~known).sum())}
+
+        undated = ~dated
+        return {"records": len(self), "start": at(m0), "end": at(m1),
+                "dates_unknown": {"records": int(undated.sum()), "arr": money.fmt(int(self.units[undated & known].sum())),
+                                  "amount_unknown": int((undated & ~known).sum())}}
+
+
+class _Problems:
+    """Records of one kind of problem: every Id, and the first few with the field and raw value."""
+
+    def __init__(self):
+        self.ids: list[str] = []
+        self.examples: list[tuple[str, str, str | None]] = []
+
+    def add(self, rids: Sequence[str], fields: Sequence[str], raws: Sequence[str | None]) -> None:
+        room = EXAMPLES - len(self.examples)
+        if room > 0:
+            self.examples.extend(zip(rids[:room], fields[:room], raws[:room]))
+        self.ids.extend(rids)
+
+
+def _findings(problems: dict[str, _Problems], what: dict[str, tuple[str, str]], obj: str, source: str,
+              locate: Locate | None) -> list[Finding]:
+    """One finding per kind, naming its first records by CSV line (or Id), field and raw value.
+
+    `what`: kind -> (the problem, what was expected or "")."""
+    wanted = [rid for p in problems.values() for rid, _, _ in p.examples]
+    lines = locate(wanted) if locate and wanted else {}
+    out = []
+    for kind, p in problems.items():
+        if not p.ids:
+            continue
+        named = "; ".join(
+            (f"{source}:{lines[rid]} (Id {rid})" if rid in lines else f"record {rid}")
+            + f" {fname} {'blank' if raw is None or not str(raw).strip() else repr(str(raw)[:60])}"
+            for rid, fname, raw in p.examples)
+        more = f"; and {len(p.ids) - len(p.examples)} more" if len(p.ids) > len(p.examples) else ""
+        problem, expected = what[kind]
+        out.append(Finding(kind, f"{len(p.ids)} {obj} record(s) left out of ARR, {problem}: {named}{more}"
+                           + (f" (expected {expected})" if expected else ""), tuple(p.ids)))
+    return out
 
 
 def from_subscriptions(rows: Iterable[tuple], index: dict[str, int], cfg: SubscriptionSource, currency: str,
-                       first: int, count: int, source: str) -> tuple[np.ndarray, list[Finding]]:
-    """Rows of (Id, account, start, end, amount, currency) -> ARR matrix over months [first, first+count).
+                       first: int, count: int, source: str,
+                       locate: Locate | None = None) -> tuple[np.ndarray, list[Finding], Excluded]:
+    """Rows of (Id, account, start, end, amount, currency) -> ARR matrix over months [first, first+count), the
+    findings, and the records left out of ARR.
 
     Rows are consumed in chunks, so a million subscriptions never sit in memory as Python objects at once."""
     matrix = np.zeros((len(index), count + 1), dtype=np.int64)
-    problems: dict[str, list[str]] = {}
+    problems: dict[str, _Problems] = {k: _Problems() for k in
+                                      ("arr_not_a_number", "negative_arr", "bad_date", "orphan_subscription",
+                                       "ends_before_start")}
+    excluded: list[Excluded] = []
     it = iter(rows)
     while chunk := list(islice(it, _CHUNK)):
-        _add_chunk(matrix, chunk, index, cfg, currency, first, count, source, problems)
+        excluded.append(_add_chunk(matrix, chunk, index, cfg, currency, first, count, source, problems))
     np.cumsum(matrix, axis=1, out=matrix)
-    what = {"arr_not_a_number": f"{cfg.amount} is blank or not a number", "negative_arr": f"{cfg.amount} is negative",
-            "bad_date": f"{cfg.start}/{cfg.end} is not a date (YYYY-MM-DD)",
-            "orphan_subscription": f"{cfg.account} matches no account", "ends_before_start": f"{cfg.end} is before {cfg.start}"}
-    findings = [Finding(kind, f"{len(ids)} {cfg.object} record(s): {what[kind]}; left out of ARR", tuple(ids))
-                for kind, ids in problems.items() if ids]
-    return matrix[:, :count], findings
+    what = {"arr_not_a_number": (f"amount unknown: {cfg.amount} is blank or not a number", money.NUMBER_FORMAT),
+            "negative_arr": (f"{cfg.amount} is negative", "an amount >= 0"),
+            "bad_date": (f"{cfg.start} or {cfg.end} is not a date", DATE_FORMAT),
+            "orphan_subscription": (f"{cfg.account} matches no account", "the Id of an account in the org"),
+            "ends_before_start": (f"{cfg.end} is before {cfg.start}", "")}
+    return matrix[:, :count], _findings(problems, what, cfg.object, source, locate), Excluded.join(excluded)
 
 
-def _add_chunk(matrix, chunk, index, cfg, currency, first, count, source, problems) -> None:
+def _add_chunk(matrix, chunk, index, cfg, currency, first, count, source, problems) -> Excluded:
     rid, account, start, end, amount, cur = (list(c) for c in zip(*chunk))
     n = len(rid)
     foreign = [i for i, c in enumerate(cur) if c and c.strip().upper() != currency]
     if foreign:
         codes = sorted({cur[i].strip().upper() for i in foreign})
-        raise DataError(f"{cfg.object}.{cfg.currency}: amounts in {', '.join(codes)} but the corporate currency "
-                        f"is {currency} and no exchange rates are configured (first: record {rid[foreign[0]]}); convert "
-                        f"the amounts or leave only {currency} records", Location(source, record=rid[foreign[0]],
-                                                                                   field=cfg.currency))
+        raise DataError(f"mixed currencies: nrr-engine does not convert currencies yet; {cfg.object}.{cfg.currency} "
+                        f"holds amounts in {', '.join(codes)} but the corporate currency is {currency} (first: record "
+                        f"{rid[foreign[0]]}): convert the amounts to {currency} in the export, or leave only {currency} "
+                        "records", Location(source, record=rid[foreign[0]], field=cfg.currency))
     get = index.get
     acc = np.fromiter((get(a, -1) if a else -1 for a in account), dtype=np.int64, count=n)
     units = np.zeros(n, dtype=np.int64)
@@ -66,26 +159,41 @@ def _add_chunk(matrix, chunk, index, cfg, currency, first, count, source, proble
     # month of the next day; for an exclusive one (first day without service) the month before its month.
     end_m, end_ok, end_d = _months_of(end, shift_days=0 if cfg.end_exclusive else 1)
     has_end = ~np.isnat(end_d)
-    last = np.where(has_end, end_m - 1, 10**6)
+    last = np.where(has_end, end_m - 1, OPEN)
     no_account = acc < 0
     negative = ~bad_amount & (units < 0)
-    bad_date = ~(start_ok & end_ok) | np.isnat(start_d)
+    start_bad = ~start_ok | np.isnat(start_d)
+    bad_date = start_bad | ~end_ok
     excluded = no_account | bad_amount | negative | bad_date
     inverted = ~excluded & has_end & (end_d < start_d)
-    for kind, mask in (("arr_not_a_number", bad_amount & ~no_account), ("negative_arr", negative & ~no_account),
-                       ("bad_date", bad_date & ~no_account & ~bad_amount), ("orphan_subscription", no_account),
-                       ("ends_before_start", inverted)):
+
+    def note(kind: str, mask: np.ndarray, fname, raw) -> None:
         if mask.any():
-            problems.setdefault(kind, []).extend(rid[i] for i in np.flatnonzero(mask))
+            at = np.flatnonzero(mask).tolist()
+            problems[kind].add([rid[i] for i in at], [fname(i) for i in at[:EXAMPLES]], [raw(i) for i in at[:EXAMPLES]])
+
+    note("arr_not_a_number", bad_amount & ~no_account, lambda i: cfg.amount, lambda i: amount[i])
+    note("negative_arr", negative & ~no_account, lambda i: cfg.amount, lambda i: amount[i])
+    note("bad_date", bad_date & ~no_account & ~bad_amount, lambda i: cfg.start if start_bad[i] else cfg.end,
+         lambda i: start[i] if start_bad[i] else end[i])
+    note("orphan_subscription", no_account, lambda i: cfg.account, lambda i: account[i])
+    note("ends_before_start", inverted, lambda i: cfg.end, lambda i: f"{end[i]} < {start[i]}")
     keep = ~excluded & (last >= start_m)
     factor = 12 if cfg.amount_period == "monthly" else 1
     a, v = acc[keep], units[keep] * factor
     np.add.at(matrix, (a, np.clip(start_m[keep] - first, 0, count)), v)
     np.add.at(matrix, (a, np.clip(last[keep] + 1 - first, 0, count)), -v)
+    out = np.flatnonzero(excluded | inverted)
+    usable = ~bad_amount[out] & ~negative[out]
+    dated = ~bad_date[out] & ~inverted[out]
+    return Excluded(np.where(usable, units[out] * factor, -1), np.where(dated, start_m[out], -1),
+                    np.where(dated, last[out], OPEN))
 
 
 def _months_of(texts: list, shift_days: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(month index of each ISO date + shift_days, ok, the dates); blanks are NaT and ok, bad dates not ok."""
+    """(month index of each date + shift_days, ok, the dates); blanks are NaT and ok, unreadable dates not ok.
+
+    A date is YYYY-MM-DD, optionally followed by the time of a date-time (DATE_FORMAT)."""
     clean = [t.strip()[:10] if t and t.strip() else "NaT" for t in texts]
     try:
         days = np.array(clean, dtype="datetime64[D]")
@@ -99,35 +207,56 @@ def _months_of(texts: list, shift_days: int) -> tuple[np.ndarray, np.ndarray, np
             except ValueError:
                 days[i] = np.datetime64("NaT")
                 ok[i] = False
+    # numpy and fromisoformat also read "2026-08", "2026" and "20260831": the text must be digits in YYYY-MM-DD
+    ok &= _iso_shaped(clean)
+    tails = {t.strip()[10:] for t in texts if t and len(t) > 10}
+    bad_tails = {x for x in tails if not _TIME.fullmatch(x)}
+    if bad_tails:
+        ok &= np.array([not (t and t.strip()[10:] in bad_tails) for t in texts], dtype=bool)
+    days = np.where(ok, days, np.datetime64("NaT"))
     shifted = days + np.timedelta64(shift_days, "D")
     m = shifted.astype("datetime64[M]").astype(np.int64) + 1970 * 12
     return np.where(np.isnat(days), 0, m), ok, days
 
 
-def from_account_field(values: list, ids: list[str], field: str, source: str) -> tuple[np.ndarray, list[Finding]]:
-    """Current ARR from an Account field -> one column of units; bad values become findings."""
+_ISO = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}|NaT")
+
+
+def _iso_shaped(clean: list[str]) -> np.ndarray:
+    """Which texts are ten ASCII characters shaped YYYY-MM-DD (or the NaT of a blank), checked as bytes."""
+    try:
+        b = np.array(clean, dtype="S10")
+    except UnicodeEncodeError:  # non-ASCII somewhere: the slow way
+        return np.array([bool(_ISO.fullmatch(t)) for t in clean], dtype=bool)
+    u = b.view(np.uint8).reshape(-1, 10)
+    d = u[:, [0, 1, 2, 3, 5, 6, 8, 9]]
+    return ((d >= 48) & (d <= 57)).all(axis=1) & (u[:, 4] == 45) & (u[:, 7] == 45) | (b == b"NaT")
+
+
+def from_account_field(values: list, ids: list[str], field: str, source: str, month: int,
+                       locate: Locate | None = None) -> tuple[np.ndarray, list[Finding], Excluded]:
+    """Current ARR from an Account field -> one column of units (for `month`); unreadable and negative values
+    count 0 there and become findings and exclusions (amount unknown)."""
     out = np.zeros(len(values), dtype=np.int64)
-    bad, negative = [], []
+    problems = {"arr_not_a_number": _Problems(), "negative_arr": _Problems()}
     for i, text in enumerate(values):
         try:
             units = money.parse_units(text)
         except money.MoneyError:
-            bad.append(ids[i])
+            problems["arr_not_a_number"].add([ids[i]], [field], [text])
             continue
         if units is None:
             continue
         if units < 0:
-            negative.append(ids[i])
+            problems["negative_arr"].add([ids[i]], [field], [text])
             continue
         out[i] = units
-    findings = []
-    if bad:
-        findings.append(Finding("arr_not_a_number", f"{len(bad)} account(s): {field} is not a number; counted as 0",
-                                tuple(bad)))
-    if negative:
-        findings.append(Finding("negative_arr", f"{len(negative)} account(s): {field} is negative; counted as 0",
-                                tuple(negative)))
-    return out, findings
+    what = {"arr_not_a_number": (f"ARR unknown (counted as 0 this month): {field} is not a number", money.NUMBER_FORMAT),
+            "negative_arr": (f"{field} is negative (counted as 0 this month)", "an amount >= 0")}
+    n = sum(len(p.ids) for p in problems.values())
+    excluded = Excluded(np.full(n, -1, dtype=np.int64), np.full(n, month, dtype=np.int64),
+                        np.full(n, month, dtype=np.int64))
+    return out, _findings(problems, what, "Account", source, locate), excluded
 
 
 def to_segments(matrix: np.ndarray, rows: np.ndarray, first: int) -> list[tuple[int, str, str, int]]:

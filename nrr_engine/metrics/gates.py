@@ -1,6 +1,9 @@
 """Reconciliation gates before any write (DESIGN §7): one root per family, rollups equal the sum of their
-members, movements add up. Pure: raises GateFailed saying which gate and why."""
+members, movements add up. Pure: raises GateFailed saying which gate and why. Also the input guard (`shrink`):
+an input that lost a large share of the accounts or ARR since the last run."""
 from __future__ import annotations
+
+from decimal import Decimal
 
 import numpy as np
 
@@ -32,3 +35,33 @@ def check(views: dict, current: np.ndarray, nrr: dict, ids: list[str]) -> None:
                     raise GateFailed(f"view {name}, window {w}, {level}: movements do not add up "
                                      f"(start {money.fmt(m.start)} + expansion - contraction - churn != end "
                                      f"{money.fmt(m.end)})")
+
+
+def shrink(before: dict | None, accounts: int, arr: int, max_share: float) -> str | None:
+    """What the input lost since the last run, when it lost more than `max_share` of its accounts (and more than
+    one account, or all of them) or of its ARR (`before`: {"run_id", "as_of", "accounts", "arr" (units or None)};
+    `arr` in units); else None."""
+    if before is None:
+        return None
+    limit = Decimal(str(max_share))
+
+    def lost(old: int, new: int) -> Decimal:
+        return Decimal(old - new) / Decimal(old) if old > 0 else Decimal(0)
+
+    def change(old: int, new: int) -> str:
+        if old == new:
+            return "no change"
+        if not old:
+            return "from none"
+        return f"{(Decimal(new - old) / Decimal(old) * 100).quantize(Decimal('0.1')):+} %"
+
+    old_n, old_arr = before["accounts"], before.get("arr")
+    # one account going away is an ordinary night even in a tiny org; an empty input never is
+    fewer = accounts == 0 < old_n or (old_n - accounts > 1 and lost(old_n, accounts) > limit)
+    if not fewer and (old_arr is None or lost(old_arr, arr) <= limit):
+        return None
+    parts = [f"accounts {old_n} -> {accounts} ({change(old_n, accounts)})"]
+    if old_arr is not None:
+        parts.append(f"ARR {money.fmt(old_arr)} -> {money.fmt(arr)} ({change(old_arr, arr)})")
+    return (f"the input shrank since the last run {before['run_id']} (as of {before['as_of']}): "
+            + ", ".join(parts))

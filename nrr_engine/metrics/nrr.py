@@ -5,7 +5,6 @@ Families are arrays of family labels per account; the naive figures use each acc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
 
 import numpy as np
 
@@ -28,15 +27,13 @@ class Movement:
     reactivation: int = 0
     families: int = 0
 
-    # Ratios are exact quotients (Decimal's 28 digits), rounded once where they are shown: the JSON carries 6
-    # places, a table 0.1 %. (Rounding to 4 places first made 30,000 / 55,000 = 54.545 % print as 54.6 %.)
     @property
     def nrr(self):
-        return _quotient(self.end, self.start)
+        return money.ratio(self.end, self.start)
 
     @property
     def grr(self):
-        return _quotient(self.start - self.contraction - self.churn, self.start)
+        return money.ratio(self.start - self.contraction - self.churn, self.start)
 
     def balanced(self) -> bool:
         """Movements add up: start + expansion - contraction - churn == end."""
@@ -55,13 +52,8 @@ class Movement:
         return d
 
 
-def _quotient(numerator: int, denominator: int) -> Decimal | None:
-    return None if denominator == 0 else Decimal(int(numerator)) / Decimal(int(denominator))
-
-
 def _ratio_text(r) -> str | None:
-    """The ratio rounded half-even to 6 places, trailing zeros dropped ("1.03", "0.545455")."""
-    return None if r is None else format(r.quantize(Decimal("0.000001")).normalize(), "f")
+    return None if r is None else format(r.normalize(), "f")
 
 
 @dataclass
@@ -127,8 +119,8 @@ def window_figures(ids: list[str], column, matrix: np.ndarray, first: int, label
     m0, m1 = period - window, period
     if m0 < first or m1 - first >= matrix.shape[1]:
         raise DataError(f"no ARR history for {months.fmt(m0)}..{months.fmt(m1)} (history covers "
-                        f"{months.fmt(first)}..{months.fmt(first + matrix.shape[1] - 1)}); import history with "
-                        "`nrr-engine history import` or pick a later period")
+                        f"{months.fmt(first)}..{months.fmt(first + matrix.shape[1] - 1)}, arr.history_months); "
+                        "raise arr.history_months or pick a later period")
     a0, a1 = matrix[:, m0 - first], matrix[:, m1 - first]
     prior = (matrix[:, : m0 - first] > 0).any(axis=1)
     fam1, fam0 = labels_at(m1), labels_at(m0)

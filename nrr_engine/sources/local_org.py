@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError, Location, SourceUnavailable, not_utf8
+from ..errors import DataError, Location, SourceUnavailable
 from ..model import Finding
 from ..ids import counter as _decode, is_counter_id, sf_id
 
@@ -92,51 +92,6 @@ class _StorageNamed:
         self.conn.close()
 
 
-def separator_of(header: list[str]) -> str | None:
-    """The separator a one-column header is really split by (Excel's ';' CSVs, tab-separated text), if any."""
-    if len(header) == 1:
-        return next((s for s in (";", "\t", "|") if s in header[0]), None)
-    return None
-
-
-def read_header(path: Path) -> list[str]:
-    """The field names of a <SObject>.csv (its first row), checked: UTF-8, comma-separated, an Id column, API
-    names, no repeats. DataError with file:line otherwise."""
-    with open(path, newline="", encoding="utf-8-sig", errors="strict") as fh:
-        try:
-            header = next(csv.reader(fh, strict=True), None)
-        except UnicodeDecodeError:
-            raise not_utf8(path) or DataError("not UTF-8; re-save the file as UTF-8", Location(str(path), 1)) from None
-        except csv.Error as exc:
-            raise _csv_problem(exc, path, 1, 1) from None
-    if header is None:
-        raise DataError("empty file; expected a header row of field API names", Location(str(path), 1))
-    header = [h.strip() for h in header]
-    LocalOrg._check_header(header, path)
-    return header
-
-
-def _not_object(path: Path) -> str | None:
-    """Why the CSV is plainly not an object export (a header without an Id column), or None."""
-    try:
-        read_header(path)
-    except DataError as exc:
-        if exc.message.startswith("no Id column"):
-            return "not an object export (no Id column in its header)"
-    except OSError as exc:
-        return f"cannot be read ({exc.strerror})"
-    return None
-
-
-def _csv_problem(exc: csv.Error, path: Path, row_start: int, line: int) -> DataError:
-    """A csv.Error as the user's fix: an unclosed quote names the line its row starts on."""
-    if "unexpected end of data" in str(exc):
-        return DataError(f"a quoted value in the row that starts on line {row_start} is never closed (the file ends "
-                         f"inside it, at line {line}); close the quote or remove it", Location(str(path), row_start))
-    return DataError(f"malformed CSV: {exc} (a value that starts with a quote must end with one, and a quote inside "
-                     "it is written twice: \"\")", Location(str(path), line))
-
-
 def _remove(path: Path) -> None:
     for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"), path.with_name(path.name + "-journal")):
         p.unlink(missing_ok=True)
@@ -194,6 +149,7 @@ class LocalOrg:
                             "PRIMARY KEY (object, id)) WITHOUT ROWID")
             self._pending: dict[str, tuple] = {}
             self._conflicts: list[Finding] = []
+            self._holding = False  # inside reloads_held: a reload keeps the table it replaces
         except sqlite3.Error as exc:
             raise SourceUnavailable(f"cannot open the local org working copy: {exc}", Location(str(working_copy))) from None
 
@@ -228,19 +184,8 @@ class LocalOrg:
 
     # ---- loading -------------------------------------------------------------------------------
     def csv_objects(self) -> list[str]:
-        """Objects present as <SObject>.csv in the folder: every CSV named like an object, except those that are
-        plainly not an object export (a readable, comma-separated header without an Id column, e.g. a mapping
-        table). A broken export (not UTF-8, ';'-separated) stays in, so loading it says what is wrong."""
-        return sorted(p.stem for p in self.folder.glob("*.csv") if _API_NAME.match(p.stem) and _not_object(p) is None)
-
-    def csv_skipped(self) -> list[tuple[str, str]]:
-        """(file name, why) of the CSVs in the folder that csv_objects leaves out."""
-        out = []
-        for p in sorted(self.folder.glob("*.csv")):
-            why = "its name is not an object API name" if not _API_NAME.match(p.stem) else _not_object(p)
-            if why:
-                out.append((p.name, why))
-        return out
+        """Objects present as <SObject>.csv in the folder."""
+        return sorted(p.stem for p in self.folder.glob("*.csv") if _API_NAME.match(p.stem))
 
     def sync(self, objects: Iterable[str], background: Iterable[str] = ()) -> list[str]:
         """(Re)load each object's CSV if it changed since its last load; return the objects loaded.
@@ -336,13 +281,13 @@ class LocalOrg:
         tmp = f"_nrr_loading_{obj}"
         db = self.db
         with open(path, newline="", encoding="utf-8-sig", errors="strict") as fh:
-            reader = csv.reader(fh, strict=True)  # an unclosed quote is an error, never a row that swallows the rest
+            reader = csv.reader(fh)
             try:
                 header = next(reader)
             except StopIteration:
                 raise DataError("empty file; expected a header row of field API names", Location(str(path), 1)) from None
-            except UnicodeDecodeError:
-                raise not_utf8(path) or DataError("not UTF-8; re-save the file as UTF-8", Location(str(path), 1)) from None
+            except UnicodeDecodeError as exc:
+                raise DataError(f"not UTF-8 ({exc.reason}); re-export the file as UTF-8", Location(str(path), 1)) from None
             header = [h.strip() for h in header]
             self._check_header(header, path)
             id_col = next(i for i, h in enumerate(header) if h.lower() == "id")
@@ -377,11 +322,75 @@ class LocalOrg:
         inside the caller's transaction."""
         db = self.db
         if obj in self._tables():
+            kept = self._holding and self._keep_previous(obj)  # before the merge moves the bases
             self._merge(obj, tmp, header)
-            db.execute(f"DROP TABLE {_q(obj)}")
+            if kept:
+                db.execute(f"ALTER TABLE {_q(obj)} RENAME TO {_q('_nrr_prev_' + obj)}")
+            else:
+                db.execute(f"DROP TABLE {_q(obj)}")
         db.execute(f"ALTER TABLE {_q(tmp)} RENAME TO {_q(obj)}")
         db.execute("INSERT OR REPLACE INTO _nrr_files (object, size, mtime_ns, sha256, header) VALUES (?, ?, ?, ?, ?)",
                    (obj, st.st_size, st.st_mtime_ns, _sha256(self.folder / f"{obj}.csv"), json.dumps(header)))
+
+    @contextmanager
+    def reloads_held(self):
+        """Within: a reload keeps the table it replaces (with its merge bases and file record). An exception
+        puts every reloaded object back as it was, so a run that stops before it writes (an input guard, a
+        gate, a stop request) leaves the working copy untouched and the next command loads the CSVs again;
+        leaving normally drops the kept tables. Kept tables a dead process left behind are put back first."""
+        db = self.db
+        db.execute("CREATE TABLE IF NOT EXISTS _nrr_held (object TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
+                   "sha256 TEXT, header TEXT, had_file INTEGER)")
+        db.execute("CREATE TABLE IF NOT EXISTS _nrr_held_base (object TEXT NOT NULL, id TEXT NOT NULL, "
+                   "field TEXT NOT NULL, value TEXT)")
+        self._settle_held(restore=True)
+        self._holding = True
+        try:
+            yield
+        except BaseException:
+            self._holding = False
+            for obj in list(self._pending):  # a load still running is never adopted
+                self._drop_side_load(obj)
+            self._settle_held(restore=True)
+            raise
+        self._holding = False
+        self._settle_held(restore=False)
+
+    def _keep_previous(self, obj: str) -> bool:
+        """Remember the object's file record and merge bases before a held reload; False if already held."""
+        db = self.db
+        if db.execute("SELECT 1 FROM _nrr_held WHERE object = ?", (obj,)).fetchone():
+            return False  # reloaded twice in one hold: the first table is the one to put back
+        row = db.execute("SELECT size, mtime_ns, sha256, header FROM _nrr_files WHERE object = ?", (obj,)).fetchone()
+        db.execute("INSERT INTO _nrr_held VALUES (?, ?, ?, ?, ?, ?)", (obj, *(row or (None,) * 4), row is not None))
+        db.execute("INSERT INTO _nrr_held_base SELECT object, id, field, value FROM _nrr_base WHERE object = ?", (obj,))
+        return True
+
+    def _settle_held(self, restore: bool) -> None:
+        """Put the held objects back (restore) or let their previous tables go."""
+        db = self.db
+        held = db.execute("SELECT object, size, mtime_ns, sha256, header, had_file FROM _nrr_held").fetchall()
+        if not held:
+            return
+        with self.transaction():
+            for obj, size, mtime_ns, sha, header, had_file in held:
+                prev = "_nrr_prev_" + obj
+                if not restore:
+                    db.execute(f"DROP TABLE IF EXISTS {_q(prev)}")
+                    continue
+                if prev in self._tables():
+                    db.execute(f"DROP TABLE IF EXISTS {_q(obj)}")
+                    db.execute(f"ALTER TABLE {_q(prev)} RENAME TO {_q(obj)}")
+                db.execute("DELETE FROM _nrr_base WHERE object = ?", (obj,))
+                db.execute("INSERT INTO _nrr_base SELECT object, id, field, value FROM _nrr_held_base WHERE object = ?",
+                           (obj,))
+                if had_file:
+                    db.execute("INSERT OR REPLACE INTO _nrr_files (object, size, mtime_ns, sha256, header) "
+                               "VALUES (?, ?, ?, ?, ?)", (obj, size, mtime_ns, sha, header))
+                else:
+                    db.execute("DELETE FROM _nrr_files WHERE object = ?", (obj,))
+            db.execute("DELETE FROM _nrr_held")
+            db.execute("DELETE FROM _nrr_held_base")
 
     def _merge(self, obj: str, tmp: str, header: list[str]) -> None:
         """Carry the engine's writes into the fresh load `tmp` (the CSV as it is now, 'theirs').
@@ -459,7 +468,7 @@ class LocalOrg:
         """The careful load: check each row's width and encoding so an error names its line."""
         width = len(header)
         with open(path, newline="", encoding="utf-8-sig", errors="strict") as fh:
-            reader = csv.reader(fh, strict=True)
+            reader = csv.reader(fh)
             state = {"line": 1}
             next(reader)
 
@@ -477,10 +486,11 @@ class LocalOrg:
                 self.db.executemany(insert, rows())
             except sqlite3.IntegrityError:
                 raise self._id_problem(path, id_col) from None
-            except UnicodeDecodeError:  # the reader decodes ahead of its rows: find the byte itself
-                raise not_utf8(path) or DataError("not UTF-8; re-save the file as UTF-8", Location(str(path))) from None
+            except UnicodeDecodeError as exc:
+                raise DataError(f"not UTF-8 ({exc.reason}) after line {state['line']}; re-export the file as UTF-8",
+                                Location(str(path), state["line"] + 1)) from None
             except csv.Error as exc:
-                raise _csv_problem(exc, path, state["line"] + 1, reader.line_num) from None
+                raise DataError(f"malformed CSV: {exc}", Location(str(path), reader.line_num)) from None
 
     @staticmethod
     def _id_problem(path: Path, id_col: int) -> DataError:
@@ -504,12 +514,6 @@ class LocalOrg:
     def _check_header(header: list[str], path: Path) -> None:
         lowered = [h.lower() for h in header]
         if "id" not in lowered:
-            sep = separator_of(header)
-            if sep:
-                raise DataError(f"the header is separated by {sep!r}, not commas ({header[0][:60]!r}): Data Loader "
-                                "CSVs are comma-separated; re-save the file as \"CSV UTF-8 (Comma delimited)\" (Excel "
-                                "in a locale that writes ';' needs the list separator set to ',') or export it with "
-                                "Data Loader or `sf data export`", Location(str(path), 1))
             raise DataError(f"no Id column; expected a header with Id (found: {', '.join(header[:8])})",
                             Location(str(path), 1))
         for i, h in enumerate(header):
