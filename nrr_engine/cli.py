@@ -59,9 +59,13 @@ def _settings(ctx: click.Context):
     return config_mod.load(config_mod.find(ctx.find_root().params.get("config")))
 
 
-def _engine(ctx: click.Context):
+def _engine(ctx: click.Context, job: str | None = None):
+    """The Engine of the config; `job` is checked against the config's jobs first (before anything is opened)."""
     from .engine import Engine
-    return Engine(_settings(ctx))
+    settings = _settings(ctx)
+    if job is not None:
+        settings.job(job)
+    return Engine(settings)
 
 
 def _as_of(value: str | None) -> dt.date | None:
@@ -123,22 +127,63 @@ def init(directory, force):
 @click.pass_context
 @guarded
 def validate(ctx):
-    """Check the config and rule files; print every problem with file:line."""
+    """Check the config and rule files, and every field they name against the org: the local org's CSV headers,
+    or Salesforce's describe when its credentials are in the environment. Print every problem with file:line."""
     path = config_mod.find(ctx.find_root().params.get("config"))
     settings, errors = config_mod.check(path)
-    n_rules = 0
+    notes: list[str] = []
+    n_rules, checked = 0, None
     if settings:
         from . import rules as rules_mod
         ruleset, rule_errors = rules_mod.check(settings.rule_files, [v.name for v in settings.lookup_views])
         errors.extend(rule_errors)
         n_rules = len(ruleset.match)
+        checked = _check_org(settings, ruleset, errors, notes)
+    else:
+        notes.append("rule files and org fields not checked: fix the config problems above first")
+    files = [str(path), *(str(f) for f in (settings.rule_files if settings else ()))]
+    errors.sort(key=lambda e: (files.index(e.location.file) if e.location.file in files else len(files),
+                               e.location.file or "", e.location.line or 0))
     for e in errors:
         click.echo(f"error: {e}", err=True)
+    for n in notes:
+        click.echo(f"note: {n}", err=bool(errors))
     if errors:
         click.echo(f"{len(errors)} problem(s) found", err=True)
-        sys.exit(int(ExitCode.INVALID_INPUT))
+        sys.exit(int(max(e.exit_code for e in errors)))
     click.echo(f"{path}: ok ({len(settings.views)} view(s), {len(settings.rule_files)} rule file(s), "
-               f"{n_rules} matching rule(s))")
+               f"{n_rules} matching rule(s); {checked})")
+
+
+def _check_org(settings, ruleset, errors: list, notes: list[str]) -> str:
+    """Check the fields the config and rules name against the org; say what was checked against."""
+    from . import orgcheck
+    if settings.salesforce is None:
+        if settings.org_path is None or not settings.org_path.is_dir():
+            return "org fields not checked (no org folder)"
+        problems, more = orgcheck.check(settings, ruleset, orgcheck.LocalHeaders(settings.org_path))
+        errors.extend(problems)
+        notes.extend(more)
+        return f"fields checked against the CSV headers in {settings.org_path}"
+    import tempfile
+    from .errors import ConfigError
+    from .sources.salesforce import SalesforceOrg
+    with tempfile.TemporaryDirectory(prefix="nrr-validate-") as tmp:  # describe only: the mirror is thrown away
+        org = SalesforceOrg(settings.salesforce, Path(tmp) / "mirror.db", settings.config_file)
+        try:
+            problems, more = orgcheck.check(settings, ruleset, orgcheck.DescribedFields(org))
+        except ConfigError as exc:  # no credentials in the environment: nothing to log in with
+            notes.append(f"org checks skipped: {exc.message}; with the credentials set, validate logs in and checks "
+                         "every field against describe")
+            return "org fields not checked (no Salesforce credentials)"
+        except NrrError as exc:  # the login or a describe failed
+            errors.append(exc)
+            return "org fields not checked"
+        finally:
+            org.close()
+    errors.extend(problems)
+    notes.extend(more)
+    return "fields checked against Salesforce's describe"
 
 
 @main.command()
@@ -152,7 +197,8 @@ def schema(which):
     click.echo(json.dumps(config_mod.schema() if which == "config" else rules_mod.schemas()[which], indent=2))
 
 
-def _print_summary(summary: dict) -> None:
+def _print_summary(summary: dict, exact: dict | None = None) -> None:
+    """The run summary; `exact` (the plan's NRR figures) gives the percentages from the exact ratios, rounded once."""
     click.echo(f"run {summary['run_id']} ({summary['mode']}, as of {summary['as_of']})")
     click.echo(f"  accounts read: {summary['accounts']}   families: " +
                ", ".join(f"{v} {n}" for v, n in summary["families"].items()))
@@ -162,8 +208,10 @@ def _print_summary(summary: dict) -> None:
         for w, fig in windows.items():
             f, n = fig["family"], fig["naive"]
             label = "last month" if w == "1" else "trailing 12 months"
-            click.echo(f"  {view} {fig['period']} {label}: NRR {_pct(f['nrr'])} GRR {_pct(f['grr'])} "
-                       f"(naive account level: NRR {_pct(n['nrr'])} GRR {_pct(n['grr'])}); "
+            mf, mn = ((exact[view][int(w)]["family"], exact[view][int(w)]["naive"]) if exact else (None, None))
+            click.echo(f"  {view} {fig['period']} {label}: NRR {_pct(mf.nrr if mf else f['nrr'])} "
+                       f"GRR {_pct(mf.grr if mf else f['grr'])} (naive account level: "
+                       f"NRR {_pct(mn.nrr if mn else n['nrr'])} GRR {_pct(mn.grr if mn else n['grr'])}); "
                        f"internal transfers {f['internal_transfers']}, new logo {f['new_logo']} (naive {n['new_logo']})")
             if fig.get("excluded"):
                 click.echo(f"    excluded: {report_mod.excluded_text(fig['excluded'])}")
@@ -179,41 +227,52 @@ def _print_summary(summary: dict) -> None:
     click.echo("  stages: " + ", ".join(f"{k} {v}s" for k, v in summary["stages"].items()))
 
 
-def _pct(text) -> str:
-    if text is None:
+def _pct(ratio) -> str:
+    """A ratio (exact Decimal, or the JSON's 6-place text) as a percentage rounded once, half-even, to 0.1 %."""
+    if ratio is None:
         return "n/a"
     from decimal import Decimal
-    return f"{(Decimal(text) * 100).quantize(Decimal('0.1'))} %"
+    return f"{(Decimal(ratio) * 100).quantize(Decimal('0.1'))} %"
+
+
+def _pct_kept(ratio: str | None) -> str:
+    """A ratio as the ledger keeps it (6 places) in percent, with all its digits: 0.545455 -> 54.5455 %."""
+    if ratio is None:
+        return "n/a"
+    from decimal import Decimal
+    return f"{format((Decimal(ratio) * 100).normalize(), 'f')} %"
 
 
 @main.command()
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the JSON plan here (default: stdout summary only).")
-@click.option("--job", default="nightly", show_default=True, help="Job name recorded in the ledger.")
+@click.option("--job", default="nightly", show_default=True,
+              help="Job name recorded in the ledger: nightly or a job under schedule: in config.")
 @as_of_option
 @allow_shrink_option
 @click.pass_context
 @guarded
 def plan(ctx, out, job, as_of, allow_shrink):
     """Dry run: compute every change and write nothing to the org."""
-    with _engine(ctx) as engine:
+    with _engine(ctx, job) as engine:
         outcome = engine.execute(job=job, as_of=_as_of(as_of), dry_run=True, allow_shrink=allow_shrink)
         if out:
             engine.write_plan(outcome.plan, Path(out))
             click.echo(f"plan written to {out}")
-    _print_summary(outcome.summary)
+    _print_summary(outcome.summary, outcome.plan.nrr if outcome.plan else None)
 
 
 @main.command()
-@click.option("--job", default="nightly", show_default=True, help="Job name (as under schedule: in config).")
+@click.option("--job", default="nightly", show_default=True,
+              help="Job name: nightly or a job under schedule: in config (recorded in the ledger).")
 @as_of_option
 @allow_shrink_option
 @click.pass_context
 @guarded
 def run(ctx, job, as_of, allow_shrink):
     """The nightly job: plan, apply the changes, record everything in the ledger."""
-    with _engine(ctx) as engine:
+    with _engine(ctx, job) as engine:
         outcome = engine.execute(job=job, as_of=_as_of(as_of), allow_shrink=allow_shrink)
-    _print_summary(outcome.summary)
+    _print_summary(outcome.summary, outcome.plan.nrr if outcome.plan else None)
     sys.exit(int(outcome.exit_code))
 
 
@@ -244,7 +303,7 @@ def demo(accounts, seed, directory, fresh):
     cfg = write_demo_config(root)
     with Engine(config_mod.load(cfg)) as engine:  # the org was just replaced on purpose: a smaller one is no accident
         outcome = engine.execute(as_of=DEMO_AS_OF, allow_shrink=True)
-    _print_summary(outcome.summary)
+    _print_summary(outcome.summary, outcome.plan.nrr if outcome.plan else None)
     # the same month as the summary: the demo runs as of DEMO_AS_OF, not today
     click.echo(f"\nnext: nrr-engine --config {cfg} report nrr --as-of {DEMO_AS_OF} --window 12 --by Region__c")
 
@@ -333,7 +392,10 @@ def review_list(ctx, status, view, fmt):
 
 
 def _short(text, width: int = 30) -> str:
+    """One line of at most `width` characters, control characters shown escaped (terminal output stays text)."""
     text = "" if text is None else str(text).replace("\n", " ")
+    if not text.isprintable():
+        text = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -366,31 +428,45 @@ def runs():
 
 @runs.command("list")
 @click.option("--limit", default=20, show_default=True)
+@click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "json"]))
 @click.pass_context
 @guarded
-def runs_list(ctx, limit):
-    """Recent runs: id, job, mode, status, changes."""
+def runs_list(ctx, limit, fmt):
+    """Recent runs, newest first: id, job, mode, status, as-of date, change counts."""
     from .ledger import Ledger
-    ledger = Ledger(_settings(ctx).state)
-    for r in ledger.runs(limit):
+    settings = _settings(ctx)
+    rows = Ledger(settings.state).runs(limit)
+    if fmt == "json":
+        click.echo(report_mod.dumps([{k: (json.loads(v) if k == "counts" and v else v) for k, v in r.items()
+                                      if k in ("id", "job", "mode", "status", "as_of", "started", "ended", "counts",
+                                               "error")} for r in rows]))
+        return
+    if not rows:
+        click.echo(f"no runs recorded yet in {settings.state}; `nrr-engine plan` or `nrr-engine run` records one")
+        return
+    click.echo(f"{'RUN':<24}  {'JOB':<11} {'MODE':<8} {'STATUS':<14} {'AS OF':<10}  CHANGES")
+    for r in rows:
         counts = json.loads(r["counts"]) if r["counts"] else {}
-        shown = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "stages")
-        click.echo(f"{r['id']}  {r['job']:<11} {r['mode']:<8} {r['status']:<14} as of {r['as_of']}  {shown}")
+        shown = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "stages") or "-"
+        click.echo(f"{r['id']:<24}  {_short(r['job'], 11):<11} {r['mode']:<8} {r['status']:<14} {r['as_of'] or '':<10}  "
+                   f"{shown}")
 
 
 @runs.command("show")
 @click.argument("run_id")
 @click.option("--changes", "show_changes", default=20, show_default=True, help="How many changes to list.")
+@click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "json"]),
+              help="table: for reading; json: every recorded field, for scripts.")
 @click.pass_context
 @guarded
-def runs_show(ctx, run_id, show_changes):
+def runs_show(ctx, run_id, show_changes, fmt):
     """One run: summary, change counts by status, data-quality findings, the first changes."""
     from .errors import DataError
     from .ledger import Ledger
     ledger = Ledger(_settings(ctx).state)
     r = ledger.run(run_id)
     if r is None:
-        raise DataError(f"no run {run_id!r}; see `nrr-engine runs list`")
+        raise DataError(f"no run {run_id!r} (or more than one starts so); see `nrr-engine runs list`")
     out = {k: (json.loads(v) if k in ("counts", "summary", "api_usage") and v else v) for k, v in r.items()}
     out["change_status"] = ledger.change_counts(r["id"])
     out["findings"] = [{k: f.get(k) for k in ("kind", "severity", "outcome", "message", "record_count")}
@@ -398,7 +474,40 @@ def runs_show(ctx, run_id, show_changes):
     out["changes"] = [{k: c[k] for k in ("object", "record_id", "external_id", "field", "old", "new", "status", "error",
                                          "rule")}
                       for _, c in zip(range(show_changes), ledger.changes(r["id"]))]
-    click.echo(report_mod.dumps(out))
+    if fmt == "json":
+        click.echo(report_mod.dumps(out))
+        return
+    click.echo(f"run {out['id']}: {out['status']} ({out['mode']}, job {out['job']}, as of {out['as_of']})")
+    click.echo(f"  started {out['started']}" + (f", ended {out['ended']}" if out.get("ended") else ""))
+    click.echo(f"  config hash {out.get('config_hash') or '-'}, rules hash {out.get('rules_hash') or '-'}")
+    if out.get("error"):
+        click.echo(f"  error: {_short(out['error'], 2000)}")
+    status = out["change_status"]
+    click.echo("  changes by status: " + (", ".join(f"{k} {v}" for k, v in sorted(status.items())) or "none"))
+    summary = out.get("summary")
+    if isinstance(summary, dict) and summary.get("nrr") is not None:
+        for view, windows in summary["nrr"].items():
+            for w, fig in windows.items():
+                f, n = fig["family"], fig["naive"]
+                # the ledger keeps the ratios to 6 places: shown as kept, never rounded a second time
+                click.echo(f"  {view} {fig['period']} {'last month' if w == '1' else 'trailing 12 months'}: "
+                           f"NRR {_pct_kept(f['nrr'])} GRR {_pct_kept(f['grr'])} (naive account level: NRR "
+                           f"{_pct_kept(n['nrr'])} GRR {_pct_kept(n['grr'])})")
+    for fnd in out["findings"]:
+        label = "not evaluated" if fnd.get("outcome") == "not_evaluated" else fnd.get("severity") or "warning"
+        click.echo(f"  data quality {label} [{fnd['kind']}]: {_short(fnd['message'], 400)}"
+                   + (f" ({fnd['record_count']} record(s))" if fnd.get("record_count") else ""))
+    total = sum(status.values())
+    if out["changes"]:
+        click.echo(f"  first {len(out['changes'])} of {total} change(s):")
+        click.echo(f"    {'OBJECT':<16} {'RECORD':<18} {'FIELD':<20} {'STATUS':<11} {'RULE':<24} OLD -> NEW")
+        for c in out["changes"]:
+            record = c["record_id"] or c["external_id"] or ""
+            click.echo(f"    {_short(c['object'], 16):<16} {_short(record, 18):<18} {_short(c['field'], 20):<20} "
+                       f"{c['status']:<11} {_short(c['rule'] or '', 24):<24} {_short(c['old'], 40) or '(blank)'} -> "
+                       f"{_short(c['new'], 40) or '(blank)'}" + (f"  [{_short(c['error'], 120)}]" if c["error"] else ""))
+        if total > len(out["changes"]):
+            click.echo(f"  ... {total - len(out['changes'])} more: --changes N lists more, --format json for scripts")
 
 
 @main.command()
@@ -447,6 +556,8 @@ def export(ctx, out, run_id):
         result = engine.export(Path(out), run_id)
     click.echo(f"{len(result['full'])} full object file(s) in {out}/full; "
                f"{len(result['changes'])} change file(s) for run {result['run']}")
+    for name, why in result.get("skipped", []):
+        click.echo(f"  skipped {name}: {why}")
 
 
 @main.command()

@@ -357,7 +357,8 @@ class Engine:
         written = []
         if run:
             written = _write_change_set(self.ledger, run["id"], out / "changes" / run["id"])
-        return {"full": [str(p) for p in full], "changes": [str(p) for p in written], "run": run["id"] if run else None}
+        return {"full": [str(p) for p in full], "changes": [str(p) for p in written], "run": run["id"] if run else None,
+                "skipped": [] if self.org.remote else self.org.csv_skipped()}  # CSVs in the org folder that are no object
 
 
 def _read_history(path: Path, currency: str) -> tuple[list[tuple[str, int, int]], list[str]]:

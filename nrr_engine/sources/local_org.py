@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError, Location, SourceUnavailable
+from ..errors import DataError, Location, SourceUnavailable, not_utf8
 from ..model import Finding
 from ..ids import counter as _decode, is_counter_id, sf_id
 
@@ -90,6 +90,51 @@ class _StorageNamed:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def separator_of(header: list[str]) -> str | None:
+    """The separator a one-column header is really split by (Excel's ';' CSVs, tab-separated text), if any."""
+    if len(header) == 1:
+        return next((s for s in (";", "\t", "|") if s in header[0]), None)
+    return None
+
+
+def read_header(path: Path) -> list[str]:
+    """The field names of a <SObject>.csv (its first row), checked: UTF-8, comma-separated, an Id column, API
+    names, no repeats. DataError with file:line otherwise."""
+    with open(path, newline="", encoding="utf-8-sig", errors="strict") as fh:
+        try:
+            header = next(csv.reader(fh, strict=True), None)
+        except UnicodeDecodeError:
+            raise not_utf8(path) or DataError("not UTF-8; re-save the file as UTF-8", Location(str(path), 1)) from None
+        except csv.Error as exc:
+            raise _csv_problem(exc, path, 1, 1) from None
+    if header is None:
+        raise DataError("empty file; expected a header row of field API names", Location(str(path), 1))
+    header = [h.strip() for h in header]
+    LocalOrg._check_header(header, path)
+    return header
+
+
+def _not_object(path: Path) -> str | None:
+    """Why the CSV is plainly not an object export (a header without an Id column), or None."""
+    try:
+        read_header(path)
+    except DataError as exc:
+        if exc.message.startswith("no Id column"):
+            return "not an object export (no Id column in its header)"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    return None
+
+
+def _csv_problem(exc: csv.Error, path: Path, row_start: int, line: int) -> DataError:
+    """A csv.Error as the user's fix: an unclosed quote names the line its row starts on."""
+    if "unexpected end of data" in str(exc):
+        return DataError(f"a quoted value in the row that starts on line {row_start} is never closed (the file ends "
+                         f"inside it, at line {line}); close the quote or remove it", Location(str(path), row_start))
+    return DataError(f"malformed CSV: {exc} (a value that starts with a quote must end with one, and a quote inside "
+                     "it is written twice: \"\")", Location(str(path), line))
 
 
 def _remove(path: Path) -> None:
@@ -184,8 +229,19 @@ class LocalOrg:
 
     # ---- loading -------------------------------------------------------------------------------
     def csv_objects(self) -> list[str]:
-        """Objects present as <SObject>.csv in the folder."""
-        return sorted(p.stem for p in self.folder.glob("*.csv") if _API_NAME.match(p.stem))
+        """Objects present as <SObject>.csv in the folder: every CSV named like an object, except those that are
+        plainly not an object export (a readable, comma-separated header without an Id column, e.g. a mapping
+        table). A broken export (not UTF-8, ';'-separated) stays in, so loading it says what is wrong."""
+        return sorted(p.stem for p in self.folder.glob("*.csv") if _API_NAME.match(p.stem) and _not_object(p) is None)
+
+    def csv_skipped(self) -> list[tuple[str, str]]:
+        """(file name, why) of the CSVs in the folder that csv_objects leaves out."""
+        out = []
+        for p in sorted(self.folder.glob("*.csv")):
+            why = "its name is not an object API name" if not _API_NAME.match(p.stem) else _not_object(p)
+            if why:
+                out.append((p.name, why))
+        return out
 
     def sync(self, objects: Iterable[str], background: Iterable[str] = ()) -> list[str]:
         """(Re)load each object's CSV if it changed since its last load; return the objects loaded.
@@ -281,13 +337,13 @@ class LocalOrg:
         tmp = f"_nrr_loading_{obj}"
         db = self.db
         with open(path, newline="", encoding="utf-8-sig", errors="strict") as fh:
-            reader = csv.reader(fh)
+            reader = csv.reader(fh, strict=True)  # an unclosed quote is an error, never a row that swallows the rest
             try:
                 header = next(reader)
             except StopIteration:
                 raise DataError("empty file; expected a header row of field API names", Location(str(path), 1)) from None
-            except UnicodeDecodeError as exc:
-                raise DataError(f"not UTF-8 ({exc.reason}); re-export the file as UTF-8", Location(str(path), 1)) from None
+            except UnicodeDecodeError:
+                raise not_utf8(path) or DataError("not UTF-8; re-save the file as UTF-8", Location(str(path), 1)) from None
             header = [h.strip() for h in header]
             self._check_header(header, path)
             id_col = next(i for i, h in enumerate(header) if h.lower() == "id")
@@ -468,7 +524,7 @@ class LocalOrg:
         """The careful load: check each row's width and encoding so an error names its line."""
         width = len(header)
         with open(path, newline="", encoding="utf-8-sig", errors="strict") as fh:
-            reader = csv.reader(fh)
+            reader = csv.reader(fh, strict=True)
             state = {"line": 1}
             next(reader)
 
@@ -486,11 +542,10 @@ class LocalOrg:
                 self.db.executemany(insert, rows())
             except sqlite3.IntegrityError:
                 raise self._id_problem(path, id_col) from None
-            except UnicodeDecodeError as exc:
-                raise DataError(f"not UTF-8 ({exc.reason}) after line {state['line']}; re-export the file as UTF-8",
-                                Location(str(path), state["line"] + 1)) from None
+            except UnicodeDecodeError:  # the reader decodes ahead of its rows: find the byte itself
+                raise not_utf8(path) or DataError("not UTF-8; re-save the file as UTF-8", Location(str(path))) from None
             except csv.Error as exc:
-                raise DataError(f"malformed CSV: {exc}", Location(str(path), reader.line_num)) from None
+                raise _csv_problem(exc, path, state["line"] + 1, reader.line_num) from None
 
     @staticmethod
     def _id_problem(path: Path, id_col: int) -> DataError:
@@ -514,6 +569,12 @@ class LocalOrg:
     def _check_header(header: list[str], path: Path) -> None:
         lowered = [h.lower() for h in header]
         if "id" not in lowered:
+            sep = separator_of(header)
+            if sep:
+                raise DataError(f"the header is separated by {sep!r}, not commas ({header[0][:60]!r}): Data Loader "
+                                "CSVs are comma-separated; re-save the file as \"CSV UTF-8 (Comma delimited)\" (Excel "
+                                "in a locale that writes ';' needs the list separator set to ',') or export it with "
+                                "Data Loader or `sf data export`", Location(str(path), 1))
             raise DataError(f"no Id column; expected a header with Id (found: {', '.join(header[:8])})",
                             Location(str(path), 1))
         for i, h in enumerate(header):
