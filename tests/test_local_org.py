@@ -53,7 +53,7 @@ def test_reload_picks_up_csv_edits_and_keeps_engine_fields(small, cli):
     run_id = cli("run", *AS_OF).stdout.split()[1]
     rows = dict(_working_copy(small).execute("SELECT Id, Hierarchy_ARR__c FROM Account").fetchall())
     assert rows["001ACM"] == "100000.00" and rows["001AUS"] == "50000.00"
-    shown = cli.json("runs", "show", run_id)["changes"]
+    shown = cli.json("runs", "show", run_id, "--format", "json")["changes"]
     changed = {(c["record_id"], c["field"]) for c in shown if c["field"] != "(upsert)"}
     assert changed == {("001ACM", "Hierarchy_ARR__c"), ("001ACM", "Child_Count__c"),
                        ("001AUS", "Ultimate_Parent__c"), ("001AUS", "Hierarchy_Depth__c")}
