@@ -7,6 +7,7 @@ import json
 import shutil
 import signal
 import sqlite3
+from decimal import Decimal
 from contextlib import contextmanager
 
 import pytest
@@ -120,8 +121,6 @@ def test_a_value_longer_than_its_field_is_not_sent_and_fails_its_record(sf):
     ({"type": "string", "length": 2}, "a\U0001F600", "is 3 characters long; the field (string) holds 2"),
     ({"type": "currency", "precision": 6, "scale": 2}, "12345.00", "has 5 digits before the decimal point; "
      "the field (currency, precision 6, scale 2) holds 4"),
-    ({"type": "currency", "precision": 16, "scale": 2}, "10.125", "has 3 decimal places; the field (currency, "
-     "precision 16, scale 2) holds 2 and Salesforce would round it"),
     ({"type": "double", "precision": 8, "scale": 0}, "ten", "is not a number (double field)"),
     ({"type": "picklist", "length": 255, "restrictedPicklist": True,
       "picklistValues": [{"value": "Gold", "active": True}, {"value": "Old", "active": False}]},
@@ -145,6 +144,17 @@ def test_values_are_checked_against_describe_before_they_are_sent(sf, spec, valu
     assert stored["001000000000002AAA"] == (None,)
     assert stored["001000000000001AAA"][0] is not None
     assert value.encode() not in b"".join(b for _, _, b in double.bodies)
+
+
+def test_more_decimal_places_than_the_scale_are_sent_as_salesforce_stores_them(sf):
+    """A value with more decimals than the field's scale fits: through the API Salesforce keeps them as sent
+    (only the UI rounds), so the pre-send check does not refuse it and the double stores it unrounded."""
+    double = sf.double
+    double.define("Account", "Tier__c", "string")
+    resize(double, "Account", "Tier__c", type="currency", precision=16, scale=2)
+    job = direct_org(sf).write("Account", "update", ["Id", "Tier__c"], [("001000000000001AAA", "10.125")])
+    assert job.errors[0] is None
+    assert Decimal(str(double.records("Account", ["Tier__c"])["001000000000001AAA"][0])) == Decimal("10.125")
 
 
 # ---- item 5: money and the record's currency -------------------------------------------------------------------

@@ -1154,13 +1154,11 @@ def _fit_check(spec: dict | None) -> _Fit | None:
                 return None
             d = d.normalize(_WIDE)
             digits = max(d.adjusted() + 1, 0)
-            places = max(-d.as_tuple().exponent, 0)
             if digits > whole:
                 return (f"has {digits} digits before the decimal point; the field ({kind}, precision {precision}, "
                         f"scale {scale}) holds {whole}")
-            if places > scale:
-                return (f"has {places} decimal places; the field ({kind}, precision {precision}, scale {scale}) "
-                        f"holds {scale} and Salesforce would round it")
+            # More decimal places than the scale are not a misfit: through the API Salesforce stores and returns
+            # them as sent and only the UI rounds for display (Help 000387302, 000212661).
             return None
         return _Fit(number, lambda col: [i for i, v in enumerate(col) if v and not fits(v)])
     if kind == "boolean":
