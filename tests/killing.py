@@ -18,9 +18,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nrr_engine.demo import DEMO_AS_OF, write_demo_config
+from nrr_engine.testing.salesforce_double import SalesforceDouble
+
 UPSERT = "(upsert)"
 RUN_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}")
 ROOT = Path(__file__).resolve().parent.parent
+AS_OF = DEMO_AS_OF.isoformat()   # the demo and generated orgs' "today"
 
 
 @dataclass(frozen=True)
@@ -272,3 +276,106 @@ def env_without_tty() -> dict:
     env = dict(os.environ)
     env.pop("NRR_ENGINE_CONFIG", None)
     return env
+
+
+# ---- one kill point, end to end ---------------------------------------------------------------------
+
+SF_SOURCE = ("source: {kind: salesforce, auth: password, poll_s: 0.001, backoff_s: 0.001, api_reserve: 100, "
+             "bulk_write_min: 300, bulk_query_min: 1000, page_size: 1000}")
+# internal bookkeeping of the working copy that names files by their modification time
+LOCAL_SKIP = ("_nrr_files",)
+
+
+def local_project(root: Path, org: Path) -> Path:
+    """A project on a copy of the org folder: config/ and rules/ as `nrr-engine demo` writes them."""
+    shutil.copytree(org, root / "org")
+    return write_demo_config(root)
+
+
+def sf_project(root: Path, org: Path) -> Path:
+    """The same project with the org served by the Salesforce double (Bulk reads and ingest jobs)."""
+    cfg = local_project(root, org)
+    cfg.write_text(cfg.read_text().replace("source: {kind: local, path: ../org}", SF_SOURCE))
+    SalesforceDouble.seed(root / "sf.db", root / "org")
+    return cfg
+
+
+def state(root: Path, salesforce: bool, keep: set[str] | None) -> dict:
+    org = tables(root / "sf.db", internal=True) if salesforce else tables(root / "state" / "local-org.db", LOCAL_SKIP)
+    return {"org": org, "ledger": ledger_state(root / "state" / "nrr.db", keep)}
+
+
+def check(clean: dict, after: dict, point: Point, landed: str) -> list[str]:
+    """What differs from the clean run (empty when nothing does)."""
+    where = f"kill at {point} (in {landed})"
+    problems = []
+    for table, rows in clean["org"].items():
+        if after["org"].get(table) != rows:
+            got = after["org"].get(table) or []
+            problems.append(f"{where}: org table {table} differs ({len(got)} rows, clean {len(rows)}; "
+                            f"e.g. {sorted(set(got) ^ set(rows), key=repr)[:2]})")
+    for key, value in clean["ledger"].items():
+        if after["ledger"][key] != value:
+            if key == "applied":
+                twice = [c for c, n in after["ledger"][key].items() if n > 1]
+                missing = clean["ledger"][key] - after["ledger"][key]
+                problems.append(f"{where}: ledger changes: {len(twice)} applied twice, {sum(missing.values())} "
+                                f"never recorded applied")
+            else:
+                problems.append(f"{where}: ledger {key} differs ({len(after['ledger'][key])} rows, clean {len(value)})")
+    return problems
+
+
+def one_point(base: Path, root: Path, point: Point, salesforce: bool, clean: dict):
+    """On a fresh copy of the prepared project: kill at the point, rerun, compare with the clean run."""
+    copy_project(base, root)
+    env = env_without_tty()
+    cfg = root / "config" / "nrr.yaml"
+    double = Double(root / "sf.db", root / "sf.sock").start() if salesforce else None
+    cmd = double.command(cfg, "run", "--as-of", AS_OF) if salesforce else engine(cfg, "run", "--as-of", AS_OF)
+    kill = kill_at(cmd, point, env=env)
+    rerun = run(cmd, env=env)
+    if double is not None:
+        if rerun.returncode != 0 and double.proc.poll() is not None:
+            # the double died answering the killed client (it finished the request in hand): a new one serves
+            double.start()
+            rerun = run(cmd, env=env)
+        double.stop(0)
+    where = f"kill at {point} (in {kill.landed})"
+    if rerun.returncode != 0:
+        return kill, [f"{where}: rerun exit {rerun.returncode}: {rerun.stderr[-500:]}"]
+    rerun_id = RUN_ID.search(rerun.stdout).group(0)
+    problems = [f"{where}: the killed run {rid} is left {status!r}"
+                for rid, status in run_ids(root / "state" / "nrr.db").items()
+                if rid != rerun_id and status not in ("interrupted", "succeeded")]
+    problems += check(clean, state(root, salesforce, {rerun_id}), point, kill.landed)
+    shutil.rmtree(root)
+    return kill, problems
+
+
+def kill_and_rerun(base: Path, work: Path, points: list[Point], salesforce: bool, clean: dict, workers: int = 2):
+    """Every point, `workers` at a time (2 cores): the kills and what differed from the clean run."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(workers) as pool:
+        done = list(pool.map(lambda np: one_point(base, work / f"p{np[0]}", np[1], salesforce, clean),
+                             enumerate(points)))
+    return [k for k, _ in done], [p for _, ps in done for p in ps]
+
+
+def prepare(tmp_path: Path, org: Path, salesforce: bool):
+    """The prepared project (no state yet) and the clean run's end state and log events."""
+    base = tmp_path / "base"
+    (sf_project if salesforce else local_project)(base, org)
+    clean_root = copy_project(base, tmp_path / "clean")
+    cfg = clean_root / "config" / "nrr.yaml"
+    env = env_without_tty()
+    if salesforce:
+        double = Double(clean_root / "sf.db", clean_root / "sf.sock").start()
+        result = run(double.command(cfg, "run", "--as-of", AS_OF), env=env)
+        double.stop(0)
+    else:
+        result = run(engine(cfg, "run", "--as-of", AS_OF), env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    clean = state(clean_root, salesforce, None)
+    assert sum(clean["ledger"]["applied"].values()) > 0 and clean["ledger"]["snapshots"], "the clean run wrote nothing"
+    return base, clean, events(result.stderr)

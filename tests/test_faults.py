@@ -254,8 +254,8 @@ def test_a_full_disk_is_exit_3_naming_the_file_and_nothing_is_lost(tmp_path, cle
     space it needs, never an internal error; the next run, with room, ends in the clean run's state."""
     clean, sizes = clean_local
     ledger_kb, wc_kb = sizes["nrr.db"] // 1024, sizes["local-org.db"] // 1024
-    points = [("state", max(40, ledger_kb * f // 100)) for f in (2, 18, 47, 88)] + \
-             [("wc", wc_kb * f // 100) for f in (14, 54, 122, 130)]
+    points = [("state", max(40, ledger_kb * f // 100)) for f in (2, 18, 88)] + \
+             [("wc", wc_kb * f // 100) for f in (14, 54, 130)]
     landed = Counter()
     for n, (where, kb) in enumerate(points):
         root = tmp_path / f"p{n}"
@@ -278,7 +278,7 @@ def test_a_full_disk_is_exit_3_naming_the_file_and_nothing_is_lost(tmp_path, cle
             for part, value in clean[key].items():
                 assert after[key][part] == value, f"{where} {kb} KB (in {stage}): {key} {part} differs after the rerun"
     print(f"full-disk points landed in {dict(landed)}")
-    assert sum(landed.values()) >= 6 and len(landed) >= 4, f"full-disk points landed in {dict(landed)}"
+    assert sum(landed.values()) >= 5 and len(landed) >= 4, f"full-disk points landed in {dict(landed)}"
 
 
 def _limited(kb: int):
@@ -306,19 +306,23 @@ def test_a_file_size_limit_is_exit_3_naming_the_file(tmp_path, command, target):
 
 # ---- concurrent runs, a killed run's side load -----------------------------------------------------
 
-_AT = ("import sys, time; t = float(sys.argv[1]); time.sleep(max(0.0, t - time.time())); "
-       "from nrr_engine.cli import main; main(sys.argv[2:], prog_name='nrr-engine')")
+# Both processes import the engine, then meet at a barrier (a file each in a folder) and go on together.
+_AT = ("import os, sys, time; import nrr_engine.cli, nrr_engine.engine; barrier = sys.argv[1]; "
+       "open(os.path.join(barrier, str(os.getpid())), 'w').close(); "
+       "[time.sleep(0.001) for _ in iter(lambda: len(os.listdir(barrier)) >= 2, True)]; "
+       "nrr_engine.cli.main(sys.argv[2:], prog_name='nrr-engine')")
 
 
 def test_two_first_ever_runs_started_at_once_one_runs_the_other_exits_3(tmp_path):
     """Two `run`s on an org with no state store yet, started at the same instant: one runs, the other exits
     3 saying another run holds the lock (never 'database is locked' or a migration error)."""
-    for attempt in range(4):
+    for attempt in range(2):
         root = tmp_path / f"a{attempt}"
         cfg = _local_demo(root)
         shutil.rmtree(root / "state")
-        at = str(time.time() + 1.0)  # both have imported the engine by then
-        procs = [subprocess.Popen([sys.executable, "-c", _AT, at, "--config", str(cfg), "run", "--as-of", AS_OF],
+        barrier = root / "barrier"
+        barrier.mkdir()
+        procs = [subprocess.Popen([sys.executable, "-c", _AT, str(barrier), "--config", str(cfg), "run", "--as-of", AS_OF],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
                  for _ in range(2)]
         results = [(p.wait(120), p.stderr.read()) for p in procs]
