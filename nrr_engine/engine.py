@@ -224,7 +224,8 @@ class Engine:
         p = months.parse(period) if period else cur - 1
         if p > cur:
             raise DataError(f"--period {period} is in the future (as of {ctx.as_of})")
-        fig = pipeline.report(self.settings, self.org, self.ledger, ctx, v.name, p, window, as_of_start, by)
+        with self.org.reloads_held():  # a report that stops (the input guard) leaves the working copy as it was
+            fig = pipeline.report(self.settings, self.org, self.ledger, ctx, v.name, p, window, as_of_start, by)
         if p == cur:  # figures of an open month, as of today: they change until it closes
             fig["provisional"] = (f"{months.fmt(p)} is not closed as of {ctx.as_of}: its figures are provisional "
                                   f"and can change until the month closes ({months.fmt(cur - 1)} is the last closed "

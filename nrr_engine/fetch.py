@@ -338,18 +338,18 @@ def fetch_arr(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, state: Sta
         del stored
         if merged and state.repair:  # stored again under the survivor, so the history outlives the recycle bin
             changed = np.union1d(changed, np.array(sorted({index[s] for s in merged.values()}), dtype=np.int64))
-        if state.repair:
-            # merged-away accounts are not lost: their ARR and history live on in the survivor
-            findings.extend(_shrink_guard(settings, ledger, ctx, len(accounts) + len(merged),
-                                          int(matrix[:, cur - first].sum()), fs))
+        # a report too: it reads (and reloads) the same input, and must not show figures of a broken export.
+        # Merged-away accounts are not lost: their ARR and history live on in the survivor.
+        findings.extend(_shrink_guard(settings, ledger, ctx, len(accounts) + len(merged),
+                                      int(matrix[:, cur - first].sum()), fs))
     return dataclasses.replace(state, first=first, matrix=matrix, arr_rows_changed=changed, findings=tuple(findings),
                                excluded=excluded)
 
 
 def _shrink_guard(settings: Settings, ledger: Ledger, ctx, accounts: int, arr: int,
                   arr_findings: list[Finding]) -> list[Finding]:
-    """Stop the run (exit 2, before anything is written) when its input lost more than guards.max_shrink of the
-    accounts or the ARR since the last run; with --allow-shrink the loss is a finding and the run goes on."""
+    """Stop the run or report (exit 2, before anything is written) when its input lost more than guards.max_shrink
+    of the accounts or the ARR since the last run; with --allow-shrink the loss is a finding and the run goes on."""
     before = shrink_baseline(ledger)
     problem = gates.shrink(before, accounts, arr, settings.max_shrink)
     if problem is None:
@@ -360,7 +360,8 @@ def _shrink_guard(settings: Settings, ledger: Ledger, ctx, accounts: int, arr: i
     raise DataError(f"{problem}: more than guards.max_shrink ({_pct(settings.max_shrink)}) allows. Nothing was "
                     "written: the working copy, the ledger's ARR history and the org are as they were. Check the "
                     "export (a header-only or truncated CSV, a filtered report or query, unreadable values); if the "
-                    "loss is real, run again with --allow-shrink (plan takes it too), or raise guards.max_shrink"
+                    "loss is real, accept it with `nrr-engine run --allow-shrink` (plan takes it too; `report nrr` "
+                    "then reads the input as it is), or raise guards.max_shrink"
                     + (f". Records this run left out of ARR:{left_out}" if left_out else ""),
                     Location(str(settings.config_file), field="guards.max_shrink"))
 

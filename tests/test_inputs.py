@@ -79,6 +79,18 @@ def test_header_only_account_csv_stops_the_run_and_leaves_everything_as_it_was(a
     assert world(acme) == before
 
 
+def test_report_on_a_shrunken_input_stops_and_leaves_the_working_copy(acme, cli):
+    """`report nrr` reads (and would reload) the same input: on a header-only Account.csv it stops with the
+    guard's message and the working copy keeps every record and the engine's values."""
+    cli("run", *AS_OF)
+    before = world(acme)
+    header = (acme.org / "Account.csv").read_text().splitlines()[0]
+    (acme.org / "Account.csv").write_text(header + "\n")
+    r = cli("report", "nrr", *AS_OF, expect=2)
+    assert "accounts 4 -> 0 (-100.0 %)" in r.stderr and "nrr-engine run --allow-shrink" in r.stderr
+    assert world(acme) == before
+
+
 def test_plan_stops_too_and_allow_shrink_accepts_the_loss_as_the_new_baseline(acme, cli):
     """plan stops like run; --allow-shrink on plan or run goes on with an input_shrank finding, and the run that
     accepted it is the baseline of the next."""
