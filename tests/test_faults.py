@@ -37,10 +37,10 @@ UPSERT = "(upsert)"
 class Sf:
     """A demo project on the Salesforce double (Bulk reads and ingest jobs), served in this process."""
 
-    def __init__(self, root: Path, monkeypatch):
+    def __init__(self, root: Path, monkeypatch, source: str = ""):
         shutil.copytree(DEMO_ORG, root / "org")
         cfg = write_demo_config(root)
-        cfg.write_text(cfg.read_text().replace("source: {kind: local, path: ../org}", SF_SOURCE))
+        cfg.write_text(cfg.read_text().replace("source: {kind: local, path: ../org}", SF_SOURCE[:-1] + source + "}"))
         SalesforceDouble.seed(root / "sf.db", root / "org")
         self.root, self.cli = root, Cli(cfg)
         self.double = SalesforceDouble(root / "sf.db", metadata=ROOT / "salesforce")
@@ -96,7 +96,7 @@ def _after_first_job(double: SalesforceDouble, kind: str) -> None:
     double.handle = handle
 
 
-FAULTS = {  # name: (set the fault up, the exit code it ends in)
+FAULTS = {  # name: (set the fault up, the exit code it ends in[, more source settings])
     "http_500 twice on a write (retried)": (lambda d: d.fault("http_500", path="jobs/ingest", method="PUT", times=2), 0),
     "REQUEST_LIMIT_EXCEEDED once on a write (retried)":
         (lambda d: d.fault("limit_exceeded", path="jobs/ingest", method="PATCH", times=1), 0),
@@ -110,6 +110,13 @@ FAULTS = {  # name: (set the fault up, the exit code it ends in)
     "http_500 from the second ingest job on": (lambda d: _after_first_job(d, "http_500"), 3),
     "a session that keeps expiring from the second ingest job on":
         (lambda d: _after_first_job(d, "expire_session"), 3),
+    "a job status answer lost once (retried)":
+        (lambda d: d.fault("lost_response", path=r"jobs/ingest/\w+$", method="GET", times=1), 0),
+    "answers lost from the second ingest job on": (lambda d: _after_first_job(d, "lost_response"), 3),
+    "a read timeout after an upload was done (that job is abandoned for a new one)":
+        (lambda d: d.fault("read_timeout", path="jobs/ingest/.*/batches", method="PUT", times=1), 0),
+    "a Bulk ingest job that never finishes (source.job_timeout_s)":
+        (lambda d: d.fault("job_stuck", path="jobs/ingest/", times=1), 3, ", job_timeout_s: 0.05"),
 }
 
 
@@ -130,8 +137,8 @@ def test_every_api_fault_ends_in_its_exit_code_with_the_ledger_true_to_the_org(n
     Salesforce (a write that failed part-way leaves the rest pending, run `failed`); the next run settles them
     and ends in the clean run's state with every change applied once; rollback of the faulted run undoes
     only what it wrote (no conflict, the next run's work kept)."""
-    setup, code = FAULTS[name]
-    p = Sf(tmp_path, monkeypatch)
+    setup, code, *source = FAULTS[name]
+    p = Sf(tmp_path, monkeypatch, *source)
     with p.double.serve():
         setup(p.double)
         r = p.cli("run", "--as-of", AS_OF, expect=code)
