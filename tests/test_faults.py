@@ -2,7 +2,6 @@
 to the org; a full disk is exit 3 naming the file; concurrent first runs; a killed run's side load."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import resource
