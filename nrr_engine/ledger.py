@@ -136,6 +136,9 @@ class Ledger:
         (two processes opening a new store at once: one migrates, the other waits and finds it done)."""
         db = self.db
         applied = []
+        if "migrations" in db.table_names() and \
+                {r[0] for r in db.execute("SELECT id FROM migrations")} >= {m[0] for m in MIGRATIONS}:
+            return applied  # nothing to do: no write lock taken (a read-only store can still be read)
         with self._tx("BEGIN IMMEDIATE"):
             if "migrations" not in db.table_names():
                 db.execute("CREATE TABLE migrations (id INTEGER PRIMARY KEY, name TEXT, applied_at TEXT)")
