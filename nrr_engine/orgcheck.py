@@ -30,7 +30,7 @@ class LocalHeaders:
 
             path = self.folder / f"{obj}.csv"
             header = None
-            if path.is_file():
+            if path.exists():
                 try:
                     header = read_header(path)
                 except DataError as exc:

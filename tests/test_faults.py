@@ -347,26 +347,34 @@ def _children(pid: int) -> list[int]:
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc to find the side load's process")
 def test_a_killed_runs_side_load_does_not_outlive_it(tmp_path):
-    """SIGKILL the engine while its forked subscription loader is still reading: the loader dies with it
-    (it would otherwise go on writing beside the next run)."""
+    """SIGKILL the engine while its forked subscription loader is still loading (held stopped, so it cannot
+    finish first): the loader is gone at once, it does not go on writing beside the next run."""
     cfg = _local_demo(tmp_path)
     subs = tmp_path / "org" / "Subscription__c.csv"
-    subs.unlink()
-    os.mkfifo(subs)  # the loader blocks reading it: it is still loading when the engine is killed
+    header, *rows = subs.read_text().splitlines()
+    with subs.open("a") as fh:  # enough rows that the load is still going when the test sees the process
+        for n in range(200_000):
+            fh.write(rows[n % len(rows)].replace(rows[n % len(rows)].split(",", 1)[0], f"a0Z{n:015d}", 1) + "\n")
     proc = subprocess.Popen(killing.engine(cfg, "run", "--as-of", AS_OF), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=_env())
     loader = None
     try:
-        for _ in range(1000):
+        for _ in range(3000):
             kids = _children(proc.pid)
             if kids:
                 loader = kids[0]
+                os.kill(loader, signal.SIGSTOP)  # a stopped process only dies of SIGKILL: PDEATHSIG must be that
                 break
-            time.sleep(0.01)
-        assert loader is not None, "the engine forked no side load"
+            if proc.poll() is not None:
+                break
+            time.sleep(0.002)
+        assert loader is not None, f"the engine forked no side load (exit {proc.poll()})"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        for _ in range(300):
+        # Let it go on: a loader stopped before it armed PDEATHSIG must see its engine gone and quit at once,
+        # one that armed it was killed with it; a loader that outlives its engine would load its rows (seconds).
+        os.kill(loader, signal.SIGCONT)
+        for _ in range(50):
             if not Path(f"/proc/{loader}").exists() or "Z" in Path(f"/proc/{loader}/stat").read_text().split()[2]:
                 break
             time.sleep(0.01)

@@ -1,6 +1,7 @@
 """Local org source/sink: loading, reloading, Ids, writes, export, and every bad CSV DESIGN names."""
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 
@@ -244,3 +245,17 @@ def test_a_csv_that_went_away_stops_the_run_instead_of_using_the_stale_copy(smal
     (small.org / "Subscription__c.csv").unlink()
     err = cli("run", *AS_OF, expect=2).stderr
     assert "Subscription__c.csv was loaded before but is no longer in the org folder" in err
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_an_org_csv_that_is_not_a_regular_file_is_refused_not_waited_on(small, cli, kind):
+    """Subscription__c.csv as a FIFO (opening it would block the run for ever) or a directory: exit 2 naming
+    the file and what it is, from run and from validate, before anything is loaded."""
+    path = small.org / "Subscription__c.csv"
+    path.unlink()
+    os.mkfifo(path) if kind == "fifo" else path.mkdir()
+    for command in (("run", *AS_OF), ("validate",)):
+        err = cli(*command, expect=2).stderr
+        what = "a FIFO" if kind == "fifo" else "a directory"
+        assert f"Subscription__c.csv: Subscription__c.csv is {what}; the org folder holds regular CSV files" in err
+        assert "Traceback" not in err

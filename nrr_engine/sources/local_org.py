@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import re
 import sqlite3
+import stat
 import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -102,6 +103,7 @@ def separator_of(header: list[str]) -> str | None:
 def read_header(path: Path) -> list[str]:
     """The field names of a <SObject>.csv (its first row), checked: UTF-8, comma-separated, an Id column, API
     names, no repeats. DataError with file:line otherwise."""
+    _regular_file(path)
     with open(path, newline="", encoding="utf-8-sig", errors="strict") as fh:
         try:
             header = next(csv.reader(fh, strict=True), None)
@@ -114,6 +116,15 @@ def read_header(path: Path) -> list[str]:
     header = [h.strip() for h in header]
     LocalOrg._check_header(header, path)
     return header
+
+
+def _regular_file(path: Path) -> None:
+    """An org CSV must be a regular file: opening a FIFO or a device would block the run or read without end."""
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise DataError(f"{path.name} is {kind}; the org folder holds regular CSV files (a Data Loader export)",
+                        Location(str(path)))
 
 
 def _not_object(path: Path) -> str | None:
@@ -261,6 +272,7 @@ class LocalOrg:
                     raise DataError(f"{obj}.csv was loaded before but is no longer in the org folder; put it back "
                                     f"(an export of {obj} with its Id column)", Location(str(path)))
                 continue
+            _regular_file(path)
             st = path.stat()
             row = self.db.execute("SELECT size, mtime_ns, sha256 FROM _nrr_files WHERE object=?", (obj,)).fetchone()
             if row is not None and obj in self._tables():
