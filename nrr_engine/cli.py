@@ -224,7 +224,41 @@ def _print_summary(summary: dict, exact: dict | None = None) -> None:
         label = "not evaluated" if fnd.get("outcome") == "not_evaluated" else fnd.get("severity", "warning")
         click.echo(f"  data quality {label} [{fnd['kind']}]: {fnd['message']}" +
                    (f" e.g. {', '.join(fnd['records'][:3])}" if fnd["records"] else ""))
+    click.echo(f"  API calls: {_api_text(summary.get('api_calls'))}")
     click.echo("  stages: " + ", ".join(f"{k} {v}s" for k, v in summary["stages"].items()))
+
+
+def _api_text(usage: dict | None, local: bool = True) -> str:
+    """A run's Salesforce API calls (runs.api_usage): the total by kind and the org's daily requests remaining."""
+    if not usage:
+        return "none (local org)" if local else "not recorded for this run"
+    import re
+    text = f"{usage.get('total', 0)} (" + ", ".join(f"{k} {v}" for k, v in usage.get("calls", {}).items()) + ")"
+    seen = re.search(r"api-usage=(\d+)/(\d+)", usage.get("limit_info") or "")
+    if seen:
+        used, cap = int(seen.group(1)), int(seen.group(2))
+        text += f"; daily API requests remaining: {cap - used:,} of {cap:,} (Sforce-Limit-Info after the run)"
+    elif usage.get("daily_remaining_at_start") is not None:
+        text += f"; daily API requests remaining at start: {usage['daily_remaining_at_start']:,}"
+    return text
+
+
+def _value_shown(change: dict, side: str) -> str:
+    """A change's old or new value for reading: a record that did not exist yet, or no longer does, says so."""
+    from .model import INSERT, UPSERT
+    value = change[side]
+    if value is None and change["field"] in (INSERT, UPSERT):
+        return "(new record)" if side == "old" else "(deleted)"
+    return _short(value, 40) or "(blank)"
+
+
+def _rollback_text(counts: dict) -> str:
+    """What a rollback did, in the words `rollback` prints and `runs list` shows: the parts add up to `applied`."""
+    return (f"{counts['applied']} change(s): restored {counts['fields_restored']} field(s) and "
+            f"{counts['snapshots_restored']} snapshot(s) to their old values, deleted {counts['records_deleted']} "
+            f"record(s) the run created, re-created {counts['records_recreated']} record(s) it deleted; "
+            + (f"{counts['conflicts']} conflict(s): left alone, edited since" if counts["conflicts"] else
+               "no conflict (nothing edited since)"))
 
 
 def _pct(ratio) -> str:
@@ -448,6 +482,9 @@ def runs_list(ctx, limit, fmt):
     for r in rows:
         counts = json.loads(r["counts"]) if r["counts"] else {}
         shown = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "stages") or "-"
+        if r["mode"] == "rollback" and "fields_restored" in counts:
+            target = (json.loads(r["summary"]) if r["summary"] else {}).get("rolled_back")
+            shown = f"of {target}: {_rollback_text(counts)}"
         click.echo(f"{r['id']:<24}  {_short(r['job'], 11):<11} {r['mode']:<8} {r['status']:<14} {r['as_of'] or '':<10}  "
                    f"{shown}")
 
@@ -461,12 +498,11 @@ def runs_list(ctx, limit, fmt):
 @guarded
 def runs_show(ctx, run_id, show_changes, fmt):
     """One run: summary, change counts by status, data-quality findings, the first changes."""
-    from .errors import DataError
+    from .engine import find_run
     from .ledger import Ledger
-    ledger = Ledger(_settings(ctx).state)
-    r = ledger.run(run_id)
-    if r is None:
-        raise DataError(f"no run {run_id!r} (or more than one starts so); see `nrr-engine runs list`")
+    settings = _settings(ctx)
+    ledger = Ledger(settings.state)
+    r = find_run(ledger, run_id)
     out = {k: (json.loads(v) if k in ("counts", "summary", "api_usage") and v else v) for k, v in r.items()}
     out["change_status"] = ledger.change_counts(r["id"])
     out["findings"] = [{k: f.get(k) for k in ("kind", "severity", "outcome", "message", "record_count")}
@@ -485,6 +521,10 @@ def runs_show(ctx, run_id, show_changes, fmt):
     status = out["change_status"]
     click.echo("  changes by status: " + (", ".join(f"{k} {v}" for k, v in sorted(status.items())) or "none"))
     summary = out.get("summary")
+    counts = out.get("counts") or {}
+    if out["mode"] == "rollback" and isinstance(summary, dict) and "fields_restored" in counts:
+        click.echo(f"  rollback of {summary.get('rolled_back')}: {_rollback_text(counts)}")
+    click.echo(f"  API calls: {_api_text(out.get('api_usage'), local=settings.salesforce is None)}")
     if isinstance(summary, dict) and summary.get("nrr") is not None:
         for view, windows in summary["nrr"].items():
             for w, fig in windows.items():
@@ -500,12 +540,14 @@ def runs_show(ctx, run_id, show_changes, fmt):
     total = sum(status.values())
     if out["changes"]:
         click.echo(f"  first {len(out['changes'])} of {total} change(s):")
-        click.echo(f"    {'OBJECT':<16} {'RECORD':<18} {'FIELD':<20} {'STATUS':<11} {'RULE':<24} OLD -> NEW")
+        # wide enough for a whole rule name, so `rollback:<run id>` names the run it undid
+        rw = min(max([24, *(len(c["rule"] or "") for c in out["changes"])]), 60)
+        click.echo(f"    {'OBJECT':<16} {'RECORD':<18} {'FIELD':<20} {'STATUS':<11} {'RULE':<{rw}} OLD -> NEW")
         for c in out["changes"]:
             record = c["record_id"] or c["external_id"] or ""
             click.echo(f"    {_short(c['object'], 16):<16} {_short(record, 18):<18} {_short(c['field'], 20):<20} "
-                       f"{c['status']:<11} {_short(c['rule'] or '', 24):<24} {_short(c['old'], 40) or '(blank)'} -> "
-                       f"{_short(c['new'], 40) or '(blank)'}" + (f"  [{_short(c['error'], 120)}]" if c["error"] else ""))
+                       f"{c['status']:<11} {_short(c['rule'] or '', rw):<{rw}} {_value_shown(c, 'old')} -> "
+                       f"{_value_shown(c, 'new')}" + (f"  [{_short(c['error'], 120)}]" if c["error"] else ""))
         if total > len(out["changes"]):
             click.echo(f"  ... {total - len(out['changes'])} more: --changes N lists more, --format json for scripts")
 
@@ -518,10 +560,11 @@ def rollback(ctx, run_id):
     """Restore the old values of RUN_ID's changes; values edited since are reported and left alone."""
     with _engine(ctx) as engine:
         result = engine.rollback(run_id)
+    from .engine import rollback_counts
     m = result.get("membership") or {}
-    click.echo(f"rolled back {result['rolled_back']} as run {result['run_id']}: restored {result['restored_fields']} "
-               f"field(s) and {result.get('restored_records', 0)} record(s), deleted {result['deleted_records']} "
-               f"record(s); family membership of {m.get('restored', 0)} account(s) restored")
+    click.echo(f"rolled back {result['rolled_back']} as run {result['run_id']}: {_rollback_text(rollback_counts(result))}; "
+               f"family membership of {m.get('restored', 0)} account(s) restored")
+    click.echo(f"  API calls: {_api_text(result.get('api_calls'))}")
     for c in result["conflicts"]:
         click.echo(f"  left alone (edited since): {c['object']} {c['id']} {c['field']}: expected {c['expected']!r}, "
                    f"found {c['found']!r}")
@@ -554,8 +597,18 @@ def export(ctx, out, run_id):
     """Write the local org as Data Loader CSVs (full/) and a run's change set (changes/RUN_ID/)."""
     with _engine(ctx) as engine:
         result = engine.export(Path(out), run_id)
-    click.echo(f"{len(result['full'])} full object file(s) in {out}/full; "
-               f"{len(result['changes'])} change file(s) for run {result['run']}")
+    click.echo(f"{len(result['full'])} full object file(s) in {out}/full (the working copy, with its own Ids for the "
+               f"records the engine created); {len(result['changes'])} change file(s) for run {result['run']}"
+               + (f" in {out}/changes/{result['run']}" if result["run"] else ""))
+    if result["steps"]:
+        click.echo("  the run wrote them to Salesforce itself; they record what it wrote:" if result["remote"] else
+                   "  load them into the org the CSVs came from with Data Loader, in this order:")
+        for n, step in enumerate(result["steps"], start=1):
+            click.echo(f"  {n}. {step}")
+    for note in result["notes"]:
+        click.echo(f"  note: {note}")
+    if result["load_order"]:
+        click.echo(f"  (the same steps are in {result['load_order']})")
     for name, why in result.get("skipped", []):
         click.echo(f"  skipped {name}: {why}")
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import fcntl
-import json
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -21,13 +20,12 @@ from . import money, months, pipeline, reconcile
 from .fetch import open_org
 from .config import Settings
 from .errors import (DataError, ExitCode, Interrupted, Location, NrrError, SourceUnavailable, disk_full,
-                     is_storage_error, storage_cause)
+                     storage_cause)
 from .ledger import Ledger
 from .metrics import arr as arr_mod
-from .model import INSERT
-from .model import UPSERT
+from .metrics import snapshot as snapshot_mod
 from .pipeline import RunContext
-from .sinks import PlanFileSink
+from .sinks import PlanFileSink, change_set
 
 log = structlog.get_logger("nrr_engine")
 
@@ -46,6 +44,32 @@ class Outcome:
     summary: dict
     exit_code: ExitCode = ExitCode.OK
     plan: pipeline.Plan | None = field(default=None, repr=False)
+
+
+def find_run(ledger: Ledger, run_id: str) -> dict:
+    """The run `run_id` names (its id or a unique prefix); an unknown or ambiguous one is a DataError that lists
+    the runs it could mean."""
+    found = ledger.runs_starting(run_id, limit=11) if run_id else []
+    exact = [r for r in found if r["id"] == run_id]
+    if exact or len(found) == 1:
+        return (exact or found)[0]
+    if not found:
+        raise DataError(f"no run {run_id!r}; see `nrr-engine runs list`")
+    shown = "\n  ".join(f"{r['id']}  {r['job']} {r['mode']} {r['status']}" for r in found[:10])
+    more = "\n  ... and more: give more of the id" if len(found) > 10 else ""
+    raise DataError(f"run {run_id!r} is ambiguous: {'more than 10' if len(found) > 10 else len(found)} runs start "
+                    f"so:\n  {shown}{more}")
+
+
+ROLLBACK_PARTS = (("fields_restored", "restored_fields"), ("snapshots_restored", "restored_snapshots"),
+                  ("records_deleted", "deleted_records"), ("records_recreated", "restored_records"))
+
+
+def rollback_counts(result: dict) -> dict:
+    """A rollback's counts as the ledger keeps them (runs list, runs show): `applied` is every change it recorded
+    and the four parts add up to it; the same code counts a local and a Salesforce rollback."""
+    return {"applied": result["changes"], **{name: result[key] for name, key in ROLLBACK_PARTS},
+            "conflicts": result["conflict_count"]}
 
 
 class Engine:
@@ -280,12 +304,11 @@ class Engine:
         """Restore the old values of a run's applied changes; values edited since are reported, not touched."""
         ctx = RunContext.new(self.clock, self.today(), job="rollback")
         with self.lock(), self.storage("the rollback", note=_SETTLED):
-            run = self.ledger.run(run_id)
-            if run is None:
-                raise DataError(f"no run {run_id!r}; see `nrr-engine runs list`")
+            run = find_run(self.ledger, run_id)
             if run["mode"] != "run" or run["status"] in ("rolled_back",):
                 raise DataError(f"run {run['id']} is a {run['mode']} with status {run['status']}; only runs that "
                                 "wrote changes can be rolled back (and only once)")
+            calls_before = dict((self.org.api_usage() or {}).get("calls", {}))
             # a run killed or failed part-way is settled against the org first: only what it wrote is undone
             recovered = reconcile.recover(self.org, self.ledger)
             if recovered:
@@ -303,11 +326,11 @@ class Engine:
                 result["membership"] = self.ledger.undo_membership(run["id"])
             except BaseException as exc:
                 self.ledger.finish_run(ctx.run_id, status="failed", ended=self.clock().isoformat(),
-                                       error=f"{type(exc).__name__}: {exc}")
+                                       error=f"{type(exc).__name__}: {exc}", api_usage=self._usage(calls_before))
                 raise
+            result["api_calls"] = self._usage(calls_before)
             self.ledger.finish_run(ctx.run_id, status="succeeded", ended=self.clock().isoformat(),
-                                   counts={"applied": result["restored_fields"], "deleted": result["deleted_records"],
-                                           "conflicts": result["conflict_count"]}, summary=result)
+                                   counts=rollback_counts(result), summary=result, api_usage=result["api_calls"])
             self.ledger.finish_run(run["id"], status="rolled_back")
             return result
 
@@ -350,16 +373,34 @@ class Engine:
     def _export(self, out: Path, run_id: str | None) -> dict:
         self.org.sync(self.org.csv_objects())
         full = self.org.export_full(out / "full")
-        run = self.ledger.run(run_id) if run_id else next(
+        run = find_run(self.ledger, run_id) if run_id else next(
             (r for r in self.ledger.runs(500) if r["mode"] == "run" and r["status"] in ("succeeded", "failed_records")
              and r["change_last"] is not None), None)  # the latest run that changed something
-        if run_id and run is None:
-            raise DataError(f"no run {run_id!r}; see `nrr-engine runs list`")
-        written = []
+        cs = None
         if run:
-            written = _write_change_set(self.ledger, run["id"], out / "changes" / run["id"])
-        return {"full": [str(p) for p in full], "changes": [str(p) for p in written], "run": run["id"] if run else None,
+            cs = change_set.write(self.ledger.changes(run["id"], status="applied"), self._org_view(),
+                                  out / "changes" / run["id"])
+        return {"full": [str(p) for p in full], "changes": [str(p) for p in cs.files] if cs else [],
+                "run": run["id"] if run else None, "remote": self.org.remote,
+                "steps": [s.text() for s in cs.steps] if cs else [], "notes": cs.notes if cs else [],
+                "load_order": str(out / "changes" / run["id"] / change_set.LOAD_ORDER) if cs else None,
                 "skipped": [] if self.org.remote else self.org.csv_skipped()}  # CSVs in the org folder that are no object
+
+    def _org_view(self) -> change_set.OrgView:
+        """The org as the change set sees it: which records the real org holds (a local org: those of its CSVs;
+        Salesforce: all), and the external ids of those the engine created."""
+        org = self.org
+        key_fields = {"Account": self.settings.hierarchy.placeholder_key_field,
+                      self.settings.snapshot_object: snapshot_mod.KEY}
+
+        def keys(obj: str, ids) -> dict[str, str]:
+            field = key_fields.get(obj)
+            if not field or not org.has_table(obj) or not org.has_field(obj, field):
+                return {}
+            return {rid: row[0] for rid, row in org.get(obj, sorted(ids), [field]).items() if row[0]}
+        return change_set.OrgView(in_org=(lambda obj, ids: set(ids)) if org.remote else org.in_org, keys=keys,
+                                  columns=lambda obj: org.columns(obj) if org.has_table(obj) else [],
+                                  key_fields=key_fields, remote=org.remote)
 
 
 def _read_history(path: Path, currency: str) -> tuple[list[tuple[str, int, int]], list[str]]:
@@ -412,54 +453,3 @@ def _read_history(path: Path, currency: str) -> tuple[list[tuple[str, int, int]]
             raise DataError(f"not UTF-8 ({exc.reason}) after line {reader.line_num}; re-export as UTF-8",
                             Location(str(path), reader.line_num + 1)) from None
     return rows, errors
-
-
-def _write_change_set(ledger: Ledger, run_id: str, folder: Path) -> list[Path]:
-    updates: dict[str, dict[str, dict]] = {}
-    upserts: dict[tuple[str, str], list[dict]] = {}
-    deletes: dict[str, list[str]] = {}
-    for ch in ledger.changes(run_id, status="applied"):
-        if ch["field"] == UPSERT and ch["new"] is None:  # a record the run deleted (Data Loader delete by Id)
-            deletes.setdefault(ch["object"], []).append(ch["record_id"])
-        elif ch["field"] in (UPSERT, INSERT):  # records to create (Data Loader insert/upsert with these values)
-            upserts.setdefault((ch["object"], ch["field"]), []).append({"Id": ch["record_id"], **json.loads(ch["new"])})
-        else:
-            updates.setdefault(ch["object"], {}).setdefault(ch["record_id"], {})[ch["field"]] = ch["new"]
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for obj, recs in updates.items():
-        # One file per set of changed fields: a blank cell must never stand for "leave alone" vs "clear".
-        shapes: dict[tuple[str, ...], list] = {}
-        for rid, vals in recs.items():
-            shapes.setdefault(tuple(sorted(vals)), []).append((rid, vals))
-        for n, (fields, group) in enumerate(sorted(shapes.items()), start=1):
-            name = f"{obj}.update.csv" if len(shapes) == 1 else f"{obj}.update.{n}.csv"
-            written.append(_write_csv(folder / name, ["Id", *fields],
-                                      ([rid, *[_dl_value(vals[f]) for f in fields]] for rid, vals in group)))
-    for (obj, kind), recs in upserts.items():
-        fields = sorted({f for r in recs for f in r})
-        name = f"{obj}.upsert.csv" if kind == UPSERT else f"{obj}.insert.csv"
-        written.append(_write_csv(folder / name, fields, ([r.get(f) for f in fields] for r in recs)))
-    for obj, ids in deletes.items():
-        written.append(_write_csv(folder / f"{obj}.delete.csv", ["Id"], ([rid] for rid in ids)))
-    return written
-
-
-def _dl_value(value: str | None) -> str:
-    """Data Loader sets a field to null only when the cell says #N/A."""
-    return "#N/A" if value is None else value
-
-
-def _write_csv(path: Path, header: list[str], rows) -> Path:
-    try:
-        with open(path, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(header)
-            for r in rows:
-                w.writerow(["" if v is None else v for v in r])
-    except OSError as exc:
-        if is_storage_error(exc):
-            raise disk_full(exc, [path], "the export", " (export again once there is room: every file is written "
-                            "anew)") from None
-        raise
-    return path

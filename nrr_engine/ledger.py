@@ -170,6 +170,12 @@ class Ledger:
         rows = list(self.db["runs"].rows_where("id = ? OR id LIKE ?", [run_id, f"{run_id}%"], limit=2))
         return rows[0] if len(rows) == 1 else None
 
+    def runs_starting(self, prefix: str, limit: int = 20) -> list[dict]:
+        """Runs whose id is `prefix` or starts with it (taken literally), newest first."""
+        like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        return list(self.db["runs"].rows_where("id LIKE ? ESCAPE '\\'", [like], order_by="started DESC, id DESC",
+                                               limit=limit))
+
     def runs(self, limit: int = 50) -> list[dict]:
         return list(self.db["runs"].rows_where(order_by="started DESC, id DESC", limit=limit))
 

@@ -115,7 +115,7 @@ def rollback(org: LocalOrg, ledger: Ledger, run_id: str, rollback_id: str, snaps
 
     A value edited since the run is left alone and reported (a sample of them, and how many)."""
     conflicts: list[dict] = []
-    n_conflicts = restored = deleted = recreated = 0
+    n_conflicts = restored = deleted = recreated = snapshots_restored = 0
     batches: list = []
 
     def conflict(obj, rid, field, expected, found):
@@ -154,6 +154,8 @@ def rollback(org: LocalOrg, ledger: Ledger, run_id: str, rollback_id: str, snaps
                                 snapshot_prefix)
                 deleted += len(gone)
                 recreated += sum(1 for rid, n in zip(undo.ids, undo.new) if rid is None and n is not None)
+                snapshots_restored += sum(1 for rid, o, n in zip(undo.ids, undo.old, undo.new)
+                                          if rid is not None and o is not None and n is not None)
                 batches.append(undo)
                 continue
             if field == INSERT:  # records the run created: deleted, unless already gone
@@ -185,6 +187,8 @@ def rollback(org: LocalOrg, ledger: Ledger, run_id: str, rollback_id: str, snaps
             restored += len(undo)
             batches.append(undo)
         ledger.record_changes(rollback_id, batches, "applied")
-    return {"run_id": rollback_id, "rolled_back": run_id, "restored_fields": restored, "restored_records": recreated,
-            "deleted_records": deleted,
+    # Every change the rollback records is one of these four, so they add up to its `applied` count.
+    return {"run_id": rollback_id, "rolled_back": run_id, "restored_fields": restored,
+            "restored_snapshots": snapshots_restored, "deleted_records": deleted, "restored_records": recreated,
+            "changes": restored + snapshots_restored + deleted + recreated,
             "conflicts": conflicts, "conflict_count": n_conflicts}

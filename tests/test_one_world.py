@@ -160,18 +160,21 @@ def test_a_csv_edit_merges_with_the_engines_writes(globex):
     assert parents(globex)[JAPAN] == CORP and parents(globex)[INITECH] == CORP
 
 
-def test_export_writes_the_deleted_snapshots_as_a_delete_file(globex, tmp_path):
-    """The repair run's change set has KPI_Snapshot__c.delete.csv with the absorbed families' snapshot Ids; a
-    no-op run after it does not hide it from `export`."""
+def test_export_lists_the_deleted_snapshots_by_external_id(globex, tmp_path):
+    """The repair run's change set lists the absorbed families' snapshots in KPI_Snapshot__c.remove-by-key.csv by
+    External_Id__c (the engine created them: the org knows them by no working-copy Id), never in a delete file
+    by Id; a no-op run after it does not hide it from `export`."""
     globex("run", *AS_OF)
     approve_true_links(globex)
     run_id = globex("run", *AS_OF).stdout.split()[1]
-    deleted = {c["record_id"] for c in globex.json("runs", "show", run_id, "--format", "json")["changes"]
+    deleted = {c["external_id"] for c in globex.json("runs", "show", run_id, "--format", "json")["changes"]
                if c["field"] == "(upsert)" and c["new"] is None}
     globex("run", *AS_OF)                                  # writes nothing
     globex("export", "--out", str(tmp_path / "out"))
-    rows = read_csv(tmp_path / "out" / "changes" / run_id / "KPI_Snapshot__c.delete.csv")
-    assert {r["Id"] for r in rows} == deleted and len(deleted) == 2
+    folder = tmp_path / "out" / "changes" / run_id
+    rows = read_csv(folder / "KPI_Snapshot__c.remove-by-key.csv")
+    assert {r["External_Id__c"] for r in rows} == deleted and len(deleted) == 2
+    assert not (folder / "KPI_Snapshot__c.delete.csv").exists()
 
 
 def test_review_list_shows_why_an_item_came_back(globex):
@@ -180,7 +183,9 @@ def test_review_list_shows_why_an_item_came_back(globex):
     approve_true_links(globex)
     run_id = globex("run", *AS_OF).stdout.split()[1]
     out = globex("rollback", run_id).stdout
-    assert "restored 11 field(s) and 2 record(s)" in out and "family membership of 3 account(s) restored" in out
+    assert ("14 change(s): restored 11 field(s) and 1 snapshot(s) to their old values, deleted 0 record(s) the run "
+            "created, re-created 2 record(s) it deleted; no conflict") in out
+    assert "family membership of 3 account(s) restored" in out
     globex("run", *AS_OF)
     shown = globex("review", "list").stdout
     assert shown.count("is no longer in the org") == 3

@@ -813,6 +813,25 @@ class LocalOrg:
         return [r[0] for r in self.db.execute(
             "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE '\\_nrr%' ESCAPE '\\' ORDER BY name")]
 
+    def in_org(self, obj: str, ids: Iterable[str]) -> set[str]:
+        """The Ids among `ids` of records of the org's own export (<obj>.csv in the folder), as opposed to those
+        only the working copy has: the engine created them, and the real org knows them by their external id."""
+        wanted = set(ids)
+        path = self.folder / f"{obj}.csv"
+        if not wanted or not path.is_file():
+            return set()
+        found = set()
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:  # loaded already: it is sound
+            reader = csv.reader(fh)
+            header = [h.strip().lower() for h in next(reader, [])]
+            if "id" not in header:
+                return set()
+            col = header.index("id")
+            for row in reader:
+                if len(row) > col and row[col].strip() in wanted:
+                    found.add(row[col].strip())
+        return found
+
     def export_full(self, out: Path) -> list[Path]:
         """Write every object of the working copy as <SObject>.csv (UTF-8, Data Loader ready)."""
         out.mkdir(parents=True, exist_ok=True)
