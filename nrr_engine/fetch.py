@@ -28,6 +28,9 @@ from .sources import LocalOrg
 from .state import State
 
 _NUMBER = ("double", "currency", "int", "percent", "long")
+# The record currency field of a multi-currency org (Salesforce Help: Multiple Currencies): the subscriptions'
+# currency when `arr.subscriptions.currency` names none; an export without it is in one currency
+RECORD_CURRENCY = "CurrencyIsoCode"
 _DATE = ("date", "datetime")
 
 
@@ -42,8 +45,8 @@ def open_org(settings: Settings) -> LocalOrg:
 def require_columns(org: LocalOrg, obj: str, fields: list[str], what: str) -> None:
     if not org.has_table(obj):
         if org.remote:
-            raise ConfigError(f"{what}: object {obj} does not exist in the org (or the integration user cannot see it)",
-                              Location(org.where(obj)))
+            from .sources.grants import no_object_fix
+            raise ConfigError(f"{what}: {no_object_fix(obj, [f for f in fields if f])}", Location(org.where(obj)))
         raise DataError(f"no {obj}.csv in the org folder; expected a Data Loader export of {obj}",
                         Location(org.where(obj)))
     for f in fields:
@@ -78,6 +81,8 @@ def field_needs(settings: Settings, ruleset, extra_fields: tuple[str, ...] = ())
                                   ("product", sub.product, ()), ("currency", sub.currency, ())):
             if fname:
                 needs.append(FieldNeed(sub.object, fname, f"arr.subscriptions.{key}", types))
+        if not sub.currency:   # read when the object has it (a multi-currency org), so mixed currencies stop the run
+            needs.append(FieldNeed(sub.object, RECORD_CURRENCY, "arr.subscriptions.currency", optional=True))
     for f in (*settings.segments, *extra_fields):
         needs.append(FieldNeed("Account", f, "report.segments"))
     for rule in ruleset.match:
@@ -169,6 +174,31 @@ def _placeholder_parents(settings: Settings, org: LocalOrg, approved: list[dict]
     return {it["id"]: by_key[it["parent_ref"]] for it in items}, inserts
 
 
+def _returning(items: list[dict], accounts: Accounts, parent_field: str) -> tuple[list[dict], list, list]:
+    """A person's decision outlives an input that lost its accounts: (approved items whose child and parent
+    are back, to apply again; applied items whose child or parent is not in this input, with a note; items
+    that came back with another parent in the org, left as the org says, with why)."""
+    back, away, blocked = [], [], []
+    index, parents = accounts.index, accounts.column(parent_field)
+    for it in items:
+        if it["parent_ref"].startswith("placeholder:") or not it["child_id"]:
+            continue
+        c, p = index.get(it["child_id"]), index.get(it["parent_id"] or "")
+        if it["status"] == "applied" and not it.get("away_run") and (c is None or p is None):
+            missing = " and the ".join(w for w, i in (("child", c), ("parent", p)) if i is None)
+            away.append((it["id"], f"the {missing} of this approved link {'are' if c is None and p is None else 'is'} "
+                         "not in the input (an export without them, or one accepted with --allow-shrink): the "
+                         "approval stands, and the link is applied again when both are back"))
+        elif it.get("away_run") and it["status"] in ("applied", "blocked") and c is not None and p is not None:
+            now = parents[c] or None
+            if now is None or now == it["parent_id"]:
+                back.append(it)
+            else:
+                blocked.append((it["id"], f"the child is back with another parent ({parent_field} {now}) in the org; "
+                                "the approved link is not applied over it: approve the item again to apply it"))
+    return back, away, blocked
+
+
 def csv_lines(org: LocalOrg, obj: str) -> arr_mod.Locate | None:
     """For a local org: record Ids -> the line of their record in <obj>.csv (a re-read of the file, made only
     for the few records a finding names). None for Salesforce, whose records are named by Id."""
@@ -196,14 +226,17 @@ def csv_lines(org: LocalOrg, obj: str) -> arr_mod.Locate | None:
 
 
 def arr_matrix(settings: Settings, org: LocalOrg, accounts: Accounts, stored: np.ndarray | None, first: int,
-               count: int, cur: int) -> tuple[np.ndarray, list[Finding], arr_mod.Excluded]:
+               count: int, cur: int,
+               first_active: np.ndarray | None = None) -> tuple[np.ndarray, list[Finding], arr_mod.Excluded]:
     a = settings.arr
     if a.source == "subscriptions":
         s = a.subscriptions
         require_columns(org, s.object, [s.account, s.start, s.end, s.amount, s.currency], "arr.subscriptions")
-        rows = org.read(s.object, ["Id", s.account, s.start, s.end, s.amount, s.currency or "__none__"])
+        if not s.currency:   # not configured: the record currency column of a multi-currency org, where there is one
+            s = dataclasses.replace(s, currency=RECORD_CURRENCY)
+        rows = org.read(s.object, ["Id", s.account, s.start, s.end, s.amount, s.currency])
         return arr_mod.from_subscriptions(rows, accounts.index, s, settings.currency, first, count, org.where(s.object),
-                                          csv_lines(org, s.object))
+                                          csv_lines(org, s.object), first_active)
     matrix = stored.copy()
     fs: list[Finding] = []
     excluded = arr_mod.Excluded()
@@ -240,17 +273,19 @@ def shrink_baseline(ledger: Ledger) -> dict | None:
     for r in ledger.runs(1000):
         if r["mode"] == "run" and r["status"] in ("succeeded", "failed_records") and r.get("summary"):
             s = json.loads(r["summary"])
-            arr = s.get("arr")
+            arr, left = s.get("arr"), s.get("arr_left_out")
             return {"run_id": r["id"], "as_of": r["as_of"], "accounts": int(s.get("accounts") or 0),
-                    "arr": money.parse_units(arr) if arr is not None else None}
+                    "arr": money.parse_units(arr) if arr is not None else None,
+                    "arr_left_out": money.parse_units(left) if left is not None else None}
     return None
 
 
 def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: tuple[str, ...] = (),
-          repair: bool = True, since: int | None = None) -> State:
+          repair: bool = True, since: int | None = None, cohorts: bool = False) -> State:
     """Read everything a run (repair=True) or a report (repair=False: no rules, decisions or snapshots) needs.
 
-    `since`: a first month earlier than the history a run keeps (a report of an old period; report_first)."""
+    `since`: a first month earlier than the history a run keeps (a report of an old period; report_first).
+    `cohorts`: also each account's first month with ARR (from the subscriptions, however old; `--by cohort`)."""
     findings: list[Finding] = []
     ruleset, rule_fields = rules_mod.RuleSet(), []
     cur = months.of(ctx.as_of)
@@ -284,8 +319,14 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
                 # placeholder parents approved in review join the accounts now; they have no ARR history
                 placeholder_parents, inserts = _placeholder_parents(
                     settings, org, [it for items in approved.values() for it in items], accounts)
+            away, blocked = {}, {}
+            for v in settings.lookup_views:
+                back, away[v.name], blocked[v.name] = _returning(ledger.review_items(view=v.name), accounts,
+                                                                 v.parent_field)
+                approved[v.name] = approved[v.name] + back
             decisions = Decisions(approved, {v.name: ledger.rejected_pairs(v.name) for v in settings.lookup_views},
-                                  placeholder_parents)
+                                  placeholder_parents, {v.name: ledger.held_pairs(v.name) for v in settings.lookup_views},
+                                  away, blocked)
 
         merged = {loser: survivor for loser, survivor in org.merged().items()
                   if survivor in accounts.index and loser not in accounts.index}
@@ -304,7 +345,7 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
                  arr_rows_changed=np.zeros(0, dtype=np.int64), membership=membership,
                  decisions=decisions, inserts=tuple(inserts),
                  existing_snapshots=existing, findings=tuple(findings), repair=repair,
-                 extra_fields=tuple(extra_fields), merged=merged)
+                 extra_fields=tuple(extra_fields), merged=merged, cohorts=cohorts)
 
 
 def needs_arr(ruleset) -> bool:
@@ -330,7 +371,10 @@ def fetch_arr(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, state: Sta
         stored = None
         if state.repair or not rebuilt:  # a report from subscriptions compares nothing with the stored history
             stored = arr_mod.from_segments(ledger.arr_segments(), index, first, count, size=len(accounts))
-        matrix, fs, excluded = arr_matrix(settings, org, accounts, stored, first, count, cur)
+        first_arr = None
+        if state.cohorts and rebuilt:  # the subscriptions date every cohort, before the months kept too
+            first_arr = np.full(len(accounts), arr_mod.OPEN, dtype=np.int64)
+        matrix, fs, excluded = arr_matrix(settings, org, accounts, stored, first, count, cur, first_arr)
         findings.extend(fs)
         changed = np.zeros(0, dtype=np.int64)
         if state.repair:
@@ -341,29 +385,43 @@ def fetch_arr(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, state: Sta
         # a report too: it reads (and reloads) the same input, and must not show figures of a broken export.
         # Merged-away accounts are not lost: their ARR and history live on in the survivor.
         findings.extend(_shrink_guard(settings, ledger, ctx, len(accounts) + len(merged),
-                                      int(matrix[:, cur - first].sum()), fs))
+                                      int(matrix[:, cur - first].sum()), fs, excluded.arr_at(cur)))
     return dataclasses.replace(state, first=first, matrix=matrix, arr_rows_changed=changed, findings=tuple(findings),
-                               excluded=excluded)
+                               excluded=excluded, first_arr=first_arr)
 
 
 def _shrink_guard(settings: Settings, ledger: Ledger, ctx, accounts: int, arr: int,
-                  arr_findings: list[Finding]) -> list[Finding]:
+                  arr_findings: list[Finding], left_out: int = 0) -> list[Finding]:
     """Stop the run or report (exit 2, before anything is written) when its input lost more than guards.max_shrink
-    of the accounts or the ARR since the last run; with --allow-shrink the loss is a finding and the run goes on."""
+    of the accounts or the ARR since the last run, or is unusable on any run, a first one too (no accounts, or
+    more than guards.max_shrink of its ARR on subscriptions whose account is missing); with --allow-shrink the
+    loss is a finding and the run goes on."""
     before = shrink_baseline(ledger)
-    problem = gates.shrink(before, accounts, arr, settings.max_shrink)
-    if problem is None:
+    limit = f"more than guards.max_shrink ({_pct(settings.max_shrink)}) allows"
+    shrank = gates.shrink(before, accounts, arr, settings.max_shrink)
+    bad = gates.unusable(accounts, arr, left_out, months.fmt(ctx.current_month), settings.max_shrink, before)
+    problems = ([f"{shrank}: {limit}"] if shrank else []) + (
+        [f"{bad}: " + ("an empty input stops every run unless --allow-shrink accepts it" if accounts == 0 else limit)]
+        if bad else [])
+    if not problems:
         return []
+    problem = "; ".join(problems)
     if ctx.allow_shrink:
-        return [Finding("input_shrank", f"{problem}; accepted with --allow-shrink: this run is the new baseline")]
-    left_out = "".join(f"\n  {f.message}" for f in arr_findings if f.kind in _LEFT_OUT)
-    raise DataError(f"{problem}: more than guards.max_shrink ({_pct(settings.max_shrink)}) allows. Nothing was "
-                    "written: the working copy, the ledger's ARR history and the org are as they were. Check the "
-                    "export (a header-only or truncated CSV, a filtered report or query, unreadable values); if the "
-                    "loss is real, accept it with `nrr-engine run --allow-shrink` (plan takes it too; `report nrr` "
-                    "then reads the input as it is), or raise guards.max_shrink"
-                    + (f". Records this run left out of ARR:{left_out}" if left_out else ""),
+        return [Finding("input_shrank", f"{problem}; accepted with --allow-shrink: {_ACCEPTED}")]
+    left = "".join(f"\n  {f.message}" for f in arr_findings if f.kind in _LEFT_OUT)
+    raise DataError(f"{problem}. Nothing was written: the working copy, the ledger's ARR history and the org are as "
+                    "they were. Check the export (a header-only or truncated CSV, a filtered report or query, "
+                    "subscriptions exported without their accounts, unreadable values); if the loss is real, accept "
+                    "it with `nrr-engine run --allow-shrink` (plan takes it too; `report nrr` then reads the input as "
+                    f"it is){', or raise guards.max_shrink' if shrank or accounts else ''}. Accepting it: {_ACCEPTED}"
+                    + (f". Records this run left out of ARR:{left}" if left else ""),
                     Location(str(settings.config_file), field="guards.max_shrink"))
+
+
+# what --allow-shrink costs, said where it is offered and where it is taken
+_ACCEPTED = ("this run is the new baseline, and the local working copy forgets what the engine wrote to the records "
+             "that left (repaired links, rollups); if they come back, links approved in review are applied again "
+             "and rule-made links when the rules propose them again")
 
 
 _LEFT_OUT = ("arr_not_a_number", "negative_arr", "bad_date", "orphan_subscription", "ends_before_start")

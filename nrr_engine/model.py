@@ -47,6 +47,13 @@ def severity_of(kind: str) -> Severity:
     return FINDING_KINDS[base]
 
 
+def printable(text: str) -> str:
+    """`text` with every character that is not printable (control characters, NUL, ESC, bidi overrides, line
+    breaks) written as its escape (\\x00, \\x1b, \\u202e, \\n): a finding read in a terminal, a log or
+    a report shows the data, never acts on it."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 @dataclass(frozen=True)
 class Finding:
     """A data-quality problem reported in the run summary (not fatal), or a check that could not run."""
@@ -58,6 +65,8 @@ class Finding:
 
     def __post_init__(self):
         severity_of(self.kind)  # a misspelt kind fails where it is made, not in a report
+        if not self.message.isprintable():   # a record's Id or value with NUL, ESC or a bidi override: shown escaped
+            object.__setattr__(self, "message", printable(self.message))
 
     @property
     def severity(self) -> Severity:

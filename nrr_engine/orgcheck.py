@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .config import ENGINE_FIELDS, ENGINE_OBJECTS, Settings
 from .errors import ConfigError, DataError, Location, NrrError, close_match
+from .sources.grants import no_field_fix, no_object_fix
 
 
 class LocalHeaders:
@@ -45,7 +46,21 @@ class LocalHeaders:
     def objects(self) -> list[str]:
         return sorted(p.stem for p in self.folder.glob("*.csv"))
 
-    def no_object(self, obj: str) -> str:
+    def has_records(self, obj: str) -> bool | None:
+        """Whether the object's CSV has a record after its header (None: no such file, or it cannot be read)."""
+        import csv
+        path = self.folder / f"{obj}.csv"
+        if self.fields(obj) is None:
+            return None
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as fh:
+                rows = csv.reader(fh)
+                next(rows, None)
+                return any(any(c.strip() for c in row) for row in rows)
+        except (OSError, UnicodeDecodeError, csv.Error):
+            return None
+
+    def no_object(self, obj: str, fields: tuple[str, ...] = (), own: bool = False) -> str:
         hint = close_match(obj, self.objects())
         return (f"no {obj}.csv in the org folder {self.folder}" + (f"; did you mean {hint}?" if hint else "")
                 + f" (its CSVs: {', '.join(self.objects()) or 'none'})")
@@ -68,12 +83,12 @@ class DescribedFields:
         d = self.org.describe(obj)
         return None if d is None else [f["name"] for f in d.fields.values()]
 
-    def no_object(self, obj: str) -> str:
-        return (f"object {obj} does not exist in the Salesforce org (or the integration user cannot see it); deploy "
-                "salesforce/ or fix the object name")
+    def no_object(self, obj: str, fields: tuple[str, ...] = (), own: bool = False) -> str:
+        return no_object_fix(obj, fields, own)
 
     def not_a_field(self, obj: str) -> str:
         return f"a field of {obj} in Salesforce (or field-level security hides it from the integration user)"
+
 
 
 def check(settings: Settings, ruleset, org) -> tuple[list[NrrError], list[str]]:
@@ -102,7 +117,9 @@ def check(settings: Settings, ruleset, org) -> tuple[list[NrrError], list[str]]:
             if created and ref.write and ref.object in ENGINE_OBJECTS:
                 continue
             missing_objects.add(ref.object)
-            problems.append(ConfigError(f"{ref.key}: {org.no_object(ref.object)}", ref.location))
+            named = tuple(r.name for r in settings.field_refs if r.object == ref.object and r.name)
+            own = any(r.write for r in settings.field_refs if r.object == ref.object)
+            problems.append(ConfigError(f"{ref.key}: {org.no_object(ref.object, named, own)}", ref.location))
             continue
         if ref.name is None or ref.name.lower() in cols:
             continue
@@ -117,6 +134,8 @@ def check(settings: Settings, ruleset, org) -> tuple[list[NrrError], list[str]]:
                     f"first run; any other must be a column of {ref.object}.csv: add an empty column to declare it)")
         elif ref.write:
             msg += " (deploy salesforce/ for the engine's own fields, or fix the field name)"
+        elif org.remote:
+            msg += f"; {no_field_fix(ref.object, ref.name)}"
         problems.append(ConfigError(msg, ref.location))
 
     notes = []

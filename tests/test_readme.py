@@ -52,6 +52,31 @@ def test_the_readme_config_is_what_init_writes(project):
     assert blocks("### Config")[0] == project.read_text(encoding="utf-8")
 
 
+def test_the_readme_init_output_is_what_init_prints(tmp_path, monkeypatch):
+    """The "Your own org" block is what `nrr-engine init my-org` prints, and the steps it and the paragraph after it
+    give work: source.path set to a folder of Data Loader CSVs elsewhere validates and plans, the mapping table is
+    the header the README names, and the CPQ mapping it shows is a valid arr.subscriptions."""
+    import yaml
+    monkeypatch.chdir(tmp_path)
+    example = block_after("**Your own org.** `init` says how")
+    command, expected = example.split("\n", 1)
+    assert command == "$ nrr-engine init my-org"
+    same_lines(expected, Cli(None)("init", "my-org").stdout)
+    assert (tmp_path / "my-org" / "rules" / "mappings.csv").read_text() == "child,parent,note\n"
+    readme = README.read_text(encoding="utf-8").replace("\n", " ")
+    assert "`source: {kind: local, path: /data/exports/2026-11}`" in readme and "(`child,parent,note`)" in readme
+    cpq = re.search(r"\(CPQ: `(object: SBQQ__Subscription__c, [^`]*)`\)", readme).group(1)
+    assert set(yaml.safe_load("{" + cpq + "}")) == {"object", "account", "start", "end", "amount", "product"}
+    export = tmp_path / "exports" / "2026-11"
+    export.mkdir(parents=True)
+    for name in ("Account.csv", "Subscription__c.csv"):
+        (export / name).write_bytes((tmp_path / "my-org" / "org" / name).read_bytes())
+    cfg = tmp_path / "my-org" / "config" / "nrr.yaml"
+    cfg.write_text(cfg.read_text().replace("path: ../org}", f"path: {export}}}"), encoding="utf-8")
+    assert f"fields checked against the CSV headers in {export}" in Cli(cfg)("validate").stdout
+    assert "accounts read: 1665" in Cli(cfg)("plan", "--as-of", AS_OF).stdout
+
+
 def test_the_view_snippets_of_the_readme_validate(project):
     """The partition view the README offers (uncommented in the config) and the lookup view it names (with its
     field added to Account.csv, as the README says a field must be) both validate and run."""

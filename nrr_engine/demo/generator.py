@@ -246,9 +246,9 @@ def _write(path: Path, header: list[str], rows) -> None:
 
 
 DEMO_CONFIG = """\
-# nrr-engine config, as `nrr-engine init` and `nrr-engine demo` write it. Paths are relative to this file.
-# `nrr-engine validate` checks it, the rules and every field they name against the org; `nrr-engine schema`
-# prints its JSON Schema.
+# nrr-engine config, as `nrr-engine demo` writes it for the demo org (`nrr-engine init` writes one to start
+# from for your own org). Paths are relative to this file. `nrr-engine validate` checks it, the rules and every
+# field they name against the org; `nrr-engine schema` prints its JSON Schema.
 source: {{kind: local, path: ../org}}     # a folder of Data Loader CSVs: Account.csv, Subscription__c.csv, ...
 state: ../state/nrr.db                  # the SQLite ledger, ARR history and family membership
 currency: USD                           # the corporate currency (ISO 4217)
@@ -271,6 +271,69 @@ schedule: {{nightly: "0 2 * * *", month_close: "0 4 1 * *"}}   # jobs for `sched
 snapshots: {{enabled: true, object: KPI_Snapshot__c}}          # one record per (view, family root, month)
 report: {{segments: [Region__c]}}         # root fields the run summary can break NRR down by
 """
+
+
+# What `nrr-engine init` writes: the demo's config made to fit any Data Loader export (no field beyond the ones a
+# subscription export has, nothing only the demo org has), with how to point it at your own export.
+INIT_CONFIG = """\
+# nrr-engine config, as `nrr-engine init` writes it. Paths are relative to this file. `nrr-engine validate`
+# checks it, the rules and every field they name against the org; `nrr-engine schema` prints its JSON Schema.
+# Your own org: set source.path to the folder of your Data Loader (or `sf data export`) CSVs, Account.csv and
+# Subscription__c.csv (quoted values, CRLF and a BOM are fine), or replace the example org's CSVs in ../org
+# with them; then name your subscription object's fields under arr.subscriptions and run validate.
+source: {kind: local, path: ../org}     # a folder of Data Loader CSVs: Account.csv, Subscription__c.csv, ...
+state: ../state/nrr.db                  # the SQLite ledger, ARR history and family membership
+currency: USD                           # the corporate currency (ISO 4217)
+timezone: UTC                           # for schedules and "today"
+arr:
+  source: subscriptions                 # account_field | subscriptions | history
+  history_months: 36                    # months of monthly ARR kept and rebuilt
+  # amount_period: annual (the amount is a year's) or monthly (ARR = 12 x amount). Each amount is in the
+  # currency of the record's CurrencyIsoCode when the export has that column (add currency: FIELD for another)
+  subscriptions: {object: Subscription__c, account: Account__c, start: Start_Date__c, end: End_Date__c,
+                  amount: Amount__c, amount_period: annual, product: Product__c}
+views:
+  - name: legal                         # the ParentId tree; its rollups are written to these Account fields
+    parent_field: ParentId
+    fields: {ultimate_parent: Ultimate_Parent__c, depth: Hierarchy_Depth__c, arr: Hierarchy_ARR__c,
+             child_count: Child_Count__c}
+  # - {name: by_region, partition_of: legal, by: Region__c}   # each legal family split by region
+rules: [../rules/*.yaml]                # matching rules (parent-link repair): `nrr-engine schema match`
+hierarchy: {auto_apply: 0.95, child_limit: 10000, max_depth: 100, missing_parents: placeholder}
+guards: {max_shrink: 0.2}               # an input that lost more of its accounts or ARR stops the run
+schedule: {nightly: "0 2 * * *", month_close: "0 4 1 * *"}   # jobs for `schedule` and `run --job`
+snapshots: {enabled: true, object: KPI_Snapshot__c}          # one record per (view, family root, month)
+# report: {segments: [Region__c]}       # Account fields (columns of Account.csv) the run summary breaks NRR down by
+"""
+
+# init's mapping table: the header only (the demo's row, "Hulu, LLC" -> The Walt Disney Company, would name
+# accounts no other org has and be reported unresolved on every run); match-mapping.yaml shows a row
+INIT_MAPPINGS = "child,parent,note\n"
+
+
+def scaffold(root: Path, force: bool = False) -> list[str]:
+    """`nrr-engine init`: config/nrr.yaml (INIT_CONFIG), the shipped rules/ with an empty mapping table, and the
+    demo org as an example in org/; returns what to print (what was written and how to use your own export)."""
+    from importlib import resources
+
+    target = root / "config" / "nrr.yaml"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    copy_rules(root / "rules", force)
+    mappings = root / "rules" / "mappings.csv"
+    if force or not mappings.exists() or mappings.read_bytes() == \
+            resources.files("nrr_engine").joinpath("scaffold/rules/mappings.csv").read_bytes():
+        mappings.write_text(INIT_MAPPINGS, encoding="utf-8")
+    target.write_text(INIT_CONFIG, encoding="utf-8")
+    org = root / "org"
+    org.mkdir(parents=True, exist_ok=True)
+    for item in resources.files("nrr_engine").joinpath("demo/org").iterdir():
+        if item.name.endswith(".csv") and (force or not (org / item.name).exists()):
+            (org / item.name).write_bytes(item.read_bytes())
+    return [f"created {target}, {root / 'rules'}/ and an example org in {org}/ (the demo's)",
+            f"your own org: set source.path in {target} to the folder of your Data Loader CSVs (Account.csv, "
+            f"Subscription__c.csv, ...), or replace the CSVs in {org}/ with them; map arr.subscriptions to your "
+            f"subscription object's fields; known links go in {mappings} (child,parent[,note])",
+            f"next: nrr-engine --config {target} validate && nrr-engine --config {target} plan"]
 
 
 def write_demo_config(folder: Path, history: int = 36, overwrite_rules: bool = True) -> Path:

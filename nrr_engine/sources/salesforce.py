@@ -11,6 +11,7 @@ import csv
 import datetime as dt
 import html
 import io
+import itertools
 import json
 import os
 import re
@@ -32,6 +33,7 @@ from .. import log as log_config
 from ..config import SalesforceSettings
 from ..errors import ConfigError, DataError, Location, SourceUnavailable
 from ..model import FieldNeed
+from .grants import no_field_fix, no_object_fix
 from .local_org import LocalOrg, WriteResult
 
 log = structlog.get_logger("nrr_engine.salesforce")
@@ -219,6 +221,13 @@ def describe_error(exc: Exception) -> str:
 # The Account fields salesforce/ deploys (its metadata), which exist together or not at all
 _SHIPPED = {"Account": ("Ultimate_Parent__c", "Hierarchy_Depth__c", "Hierarchy_ARR__c", "Child_Count__c",
                         "Hierarchy_Locked__c", "Family_Key__c")}
+
+# What a 403 on /limits means for a least-privilege integration user: the resource is "available ... for API
+# users with the View Setup and Configuration permission" (REST API Developer Guide: Limits), and without it an
+# org answers API_DISABLED_FOR_ORG "The REST API is not enabled for this Organization." (forceworkbench#681), a
+# text that says nothing true about a run whose REST calls all work.
+LIMITS_REFUSED = ("/limits needs the View Setup and Configuration permission, which the integration user does not "
+                  "have (nor need); using the Sforce-Limit-Info header instead")
 
 # Salesforce's codes whose message does not say what to grant (its text for a user without API Enabled says
 # "The REST API is not enabled for this Organization")
@@ -443,9 +452,10 @@ class SalesforceOrg(LocalOrg):
                 raise SourceUnavailable(f"Salesforce limits failed: {describe_error(exc)}",
                                         Location(self.where("limits"))) from None
             self.limits, self.limits_refused = None, describe_error(exc).split(" (", 1)[0]
-            log.warning("salesforce.limits_unavailable", reason=self.limits_refused,
+            log.warning("salesforce.limits_unavailable", reason=LIMITS_REFUSED,
+                        salesforce_error=self.limits_refused,
                         fallback="API budget from the Sforce-Limit-Info header, record counts from SELECT COUNT()",
-                        fix="grant View Setup and Configuration to read /limits")
+                        fix="nothing to fix: grant View Setup and Configuration only if you want /limits read")
             return self._budget_from_header()
         daily = self.limits.get("DailyApiRequests", {})
         return self._check_reserve(int(daily.get("Remaining", 0)), int(daily.get("Max", 0)), "/limits")
@@ -488,21 +498,22 @@ class SalesforceOrg(LocalOrg):
         budget = self.check_budget()
         problems: list[str] = []
         ops: dict[str, dict[str, str]] = {}   # object -> {createable|updateable|deletable: why}
+        missing: dict[str, list[FieldNeed]] = {}   # objects describe does not show: one problem each
         for need in needs:
             d = self.describe(need.object)
             if d is None:
                 if not need.optional:
-                    problems.append(f"{need.why}: object {need.object} does not exist in the org or the integration "
-                                    f"user has no Read on it; deploy salesforce/, grant Read on {need.object}, or fix "
-                                    f"the object name")
+                    missing.setdefault(need.object, []).append(need)
                 continue
             f = d.get(need.field)
             if f is None:
                 shipped = _SHIPPED.get(need.object, ())
                 if not need.optional:
+                    fix = ("deploy salesforce/ (the engine's own fields) and assign its NRR_Engine_Integration "
+                           "permission set, or fix the field name") if need.write or need.create \
+                        else no_field_fix(need.object, need.field)
                     problems.append(f"{need.why}: {need.object}.{need.field} does not exist or field-level security "
-                                    f"hides it from the integration user; deploy salesforce/, grant read access to "
-                                    f"it, or fix the field name")
+                                    f"hides it from the integration user; {fix}")
                 elif need.field in shipped and any(d.get(g) for g in shipped):
                     # salesforce/ deploys its fields together: one the org has while this one is not visible is
                     # hidden by field-level security (a hidden lock field would let the run re-parent locked accounts)
@@ -531,6 +542,12 @@ class SalesforceOrg(LocalOrg):
             if need.external_id and not (f.get("externalId") or f.get("idLookup")):
                 problems.append(f"{need.why}: {need.object}.{need.field} is not an External ID field; mark it "
                                 f"External ID (as salesforce/ does) so snapshots can be upserted")
+        for obj, wanting in missing.items():
+            own = any(n.write or n.create or n.delete for n in wanting)
+            parts = [n.why.split(".") for n in wanting]   # arr.subscriptions.account, .start, ... -> arr.subscriptions
+            where = ".".join(c[0] for c in itertools.takewhile(lambda c: len(set(c)) == 1, zip(*parts))) \
+                or wanting[0].why
+            problems.insert(0, f"{where}: {no_object_fix(obj, [n.field for n in wanting], own)}")
         verbs = {"createable": ("create", "Create"), "updateable": ("edit", "Edit"), "deletable": ("delete", "Delete")}
         for obj, wanted in ops.items():
             d = self.describe(obj)
@@ -596,8 +613,11 @@ class SalesforceOrg(LocalOrg):
                     raise SourceUnavailable(f"Salesforce record count failed: {describe_error(exc)}",
                                             Location(self.where("count"))) from None
                 self.limits_refused = describe_error(exc).split(" (", 1)[0]
-                log.warning("salesforce.record_count_unavailable", reason=self.limits_refused,
-                            fallback="SELECT COUNT()", fix="grant View Setup and Configuration")
+                log.warning("salesforce.record_count_unavailable",
+                            reason="/limits/recordCount needs the View Setup and Configuration permission; counting "
+                                   "with SELECT COUNT() instead", salesforce_error=self.limits_refused,
+                            fallback="SELECT COUNT()", fix="nothing to fix: grant View Setup and Configuration only "
+                                                            "if you want /limits read")
         return {obj: int(self._call(f"count of {obj}", self.sf.query, f"SELECT COUNT() FROM {obj}")["totalSize"])
                 for obj in objects}
 
@@ -1037,9 +1057,8 @@ class SalesforceOrg(LocalOrg):
         if self.limits_refused is not None:
             usage["daily_remaining_at_start"] = (self.header_budget or {}).get("Remaining")
             usage["limits_source"] = "Sforce-Limit-Info"
-            usage["limits_note"] = (f"/limits refused ({self.limits_refused}): the integration user lacks View Setup "
-                                    f"and Configuration; the API budget came from the Sforce-Limit-Info header and "
-                                    f"record counts from SELECT COUNT()")
+            usage["limits_note"] = (f"{LIMITS_REFUSED}; record counts from SELECT COUNT() (Salesforce answered "
+                                    f"{self.limits_refused})")
         return usage
 
 

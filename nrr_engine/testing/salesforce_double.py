@@ -38,17 +38,20 @@ import secrets
 import sqlite3
 import xml.etree.ElementTree as ET
 from collections import Counter, deque
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from ..errors import DataError, Location
 from ..ids import sf_id
 from ..sources.local_org import LocalOrg
 
 HOST = "acme.my.salesforce.com"
 PREFIXES = {"Account": "001", "User": "005", "KPI_Snapshot__c": "a0K", "Subscription__c": "a0S"}
+PREFIXES_BY_KEY = {v: k for k, v in PREFIXES.items()}
 _MD = {"m": "http://soap.sforce.com/2006/04/metadata"}
 _META_TYPES = {"Lookup": "reference", "MasterDetail": "reference", "Number": "double", "Currency": "currency",
                "Checkbox": "boolean", "Text": "string", "Date": "date", "DateTime": "datetime", "Percent": "percent",
@@ -109,6 +112,373 @@ STANDARD = {
     "User": [_system("Id", "id"), _f("Name", "string", length=121, fls="", nillable=False),
              _f("Email", "email", length=128, fls="")],
 }
+
+
+def _new_object() -> dict[str, dict]:
+    """The fields every object has, before its own: Id and IsDeleted (soft delete)."""
+    return {"id": _system("Id", "id"), "isdeleted": _system("IsDeleted", "boolean")}
+
+
+def packaged_metadata() -> Path:
+    """The SFDX project the package ships (the repository's salesforce/, linked into the package as
+    scaffold/salesforce): the engine's custom fields, KPI_Snapshot__c and the permission sets."""
+    from importlib import resources
+
+    return Path(str(resources.files("nrr_engine").joinpath("scaffold/salesforce")))
+
+
+def described(metadata: Path | None) -> tuple[dict[str, dict[str, dict]], dict[str, dict], dict[tuple[str, str], str]]:
+    """(schema, object facts, where each field's description comes from) for the standard fields and the SFDX
+    metadata: {object: {lower-case field: describe entry}}, {object: {"label": ...}},
+    {(object, lower-case field): "standard" | "the demo's subscription object" | "metadata"}."""
+    schema: dict[str, dict[str, dict]] = {}
+    sobjects: dict[str, dict] = {}
+    source: dict[tuple[str, str], str] = {}
+    for obj, fields in STANDARD.items():
+        schema[obj] = {f["name"].lower(): dict(f) for f in fields}
+        sobjects[obj] = {"label": obj}
+        what = "the demo's subscription object" if obj == "Subscription__c" else "standard"
+        source.update({(obj, k): what for k in schema[obj]})
+    if metadata is not None:
+        for obj_dir in sorted(Path(metadata).glob("**/objects/*")):
+            for name in _load_object(schema, sobjects, obj_dir):
+                source[(obj_dir.name, name)] = "metadata"
+    return schema, sobjects, source
+
+
+def _load_object(schema: dict, sobjects: dict, obj_dir: Path) -> list[str]:
+    """A custom object (or custom fields of a standard one) from SFDX source: the sizes, picklist values and
+    External ID flags of `<field>.field-meta.xml` (Metadata API: CustomField). Returns the fields it described."""
+    obj = obj_dir.name
+    spec = schema.get(obj)
+    added = []
+    if spec is None:  # a custom object: its standard fields (Id, Name, Owner, IsDeleted, CreatedDate)
+        spec = schema[obj] = {"id": _system("Id", "id")}
+        name_field = _f("Name", "string", length=80, fls="", nillable=False)
+        meta = obj_dir / f"{obj}.object-meta.xml"
+        if meta.is_file():
+            root = ET.parse(meta).getroot()
+            label = root.findtext("m:label", obj, _MD)
+            sobjects[obj] = {"label": label}
+            if root.findtext("m:nameField/m:type", "", _MD) == "AutoNumber":  # set by Salesforce, never written
+                name_field = _system("Name", "string", length=30, auto_number=True, nillable=False)
+        sobjects.setdefault(obj, {"label": obj})
+        spec.update({"name": name_field, "ownerid": _f("OwnerId", "reference", reference_to=["User"], fls="",
+                                                       defaulted=True),
+                     "isdeleted": _system("IsDeleted", "boolean"),
+                     "createddate": _system("CreatedDate", "datetime", defaulted=True)})
+        added += ["id", "name", "ownerid", "isdeleted", "createddate"]
+    for path in sorted(obj_dir.glob("fields/*.field-meta.xml")):
+        root = ET.parse(path).getroot()
+        text = lambda tag, default="": root.findtext(f"m:{tag}", default, _MD)  # noqa: E731
+        name, mtype = text("fullName"), text("type")
+        sf_type = _META_TYPES.get(mtype, "string")
+        values = [v.findtext("m:fullName", "", _MD)
+                  for v in root.findall("m:valueSet/m:valueSetDefinition/m:value", _MD)]
+        spec[name.lower()] = _f(
+            name, sf_type, reference_to=[text("referenceTo")] if text("referenceTo") else [],
+            external_id=text("externalId", "false") == "true", unique=text("unique", "false") == "true",
+            label=text("label") or name, length=int(text("length") or 0) or None,
+            precision=int(text("precision")) if text("precision") else None,
+            scale=int(text("scale")) if text("scale") else None, picklist=values,
+            restricted=root.findtext("m:valueSet/m:restricted", "false", _MD) == "true",
+            nillable=text("required", "false") != "true",
+            fls="" if mtype == "MasterDetail" or text("required", "false") == "true" else name)
+        added.append(name.lower())
+    return added
+
+
+# ---- seeding: Data Loader CSVs -> the org's store, as an org's import would take them --------------------------
+
+_TYPED = "_double_fields"   # the store's table of fields typed by `seed --types` or from the data
+_TYPE_NAMES = {"string", "textarea", "url", "email", "phone", "picklist", "double", "currency", "percent", "int",
+               "date", "datetime", "boolean", "reference"}
+_TYPE_OPTION = re.compile(r"\s*([A-Za-z][A-Za-z0-9_]*)\.([A-Za-z][A-Za-z0-9_]*)\s*=\s*([a-z]+)"
+                          r"(?:\(\s*([A-Za-z0-9_]+)\s*(?:,\s*([0-9]+)\s*)?\))?\s*(?:,|$)")
+
+
+def parse_types(options: str | Sequence[str]) -> dict[tuple[str, str], dict]:
+    """`Object.Field=type[(size)]` items (comma-separated, or one per option) -> {(object, field): describe entry}.
+
+    Types: string(LENGTH) textarea url email phone picklist, double(PRECISION,SCALE) currency(P,S) percent(P,S) int,
+    date datetime boolean, reference(OBJECT). E.g. `Subscription__c.Amount__c=currency(16,2)`."""
+    out: dict[tuple[str, str], dict] = {}
+    for text in [options] if isinstance(options, str) else options:
+        pos, text = 0, text.strip()
+        while pos < len(text):
+            m = _TYPE_OPTION.match(text, pos)
+            if not m or m.end() == pos:
+                raise DataError(f"--types: cannot read {text[pos:][:60]!r}; expected Object.Field=type[(size)], e.g. "
+                                f"Subscription__c.Amount__c=currency(16,2) (types: {', '.join(sorted(_TYPE_NAMES))})")
+            obj, name, type_, a, b = m.groups()
+            if type_ not in _TYPE_NAMES:
+                raise DataError(f"--types: {obj}.{name}: unknown type {type_!r}; expected one of "
+                                f"{', '.join(sorted(_TYPE_NAMES))}")
+            kw: dict = {}
+            if type_ == "reference":
+                if not a or b:
+                    raise DataError(f"--types: {obj}.{name}: a reference names its object: reference(Account)")
+                kw["reference_to"] = [a]
+            elif a is not None:
+                if not a.isdigit():
+                    raise DataError(f"--types: {obj}.{name}: {type_}({a}) is not a size")
+                if type_ in ("double", "currency", "percent"):
+                    kw.update(precision=int(a), scale=int(b or 0))
+                    if kw["scale"] > kw["precision"] or kw["precision"] > 18:
+                        raise DataError(f"--types: {obj}.{name}: {type_}({a},{b or 0}): precision is at most 18 and "
+                                        "at least the scale")
+                elif b is None:
+                    kw["length"] = int(a)
+                else:
+                    raise DataError(f"--types: {obj}.{name}: {type_} takes one size, its length")
+            out[(obj, name)] = _f(name, type_, **kw)
+            pos = m.end()
+    return out
+
+
+def type_text(f: dict) -> str:
+    """A field's type as the README and seed messages name it: currency(18,2), string(255), reference(Account)."""
+    t = f["type"]
+    if t in ("double", "currency", "percent"):
+        return f"{t}({f['precision']},{f['scale']})"
+    if t == "reference":
+        return f"reference({','.join(f['referenceTo'])})" if f["referenceTo"] else t
+    if t in _TEXTS and f["length"]:
+        return f"{t}({f['length']})"
+    return t
+
+
+def _utf16(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-16-le")) // 2
+
+
+def _infer(db: sqlite3.Connection, obj: str, col: str, prefixes: dict[str, str]) -> tuple[dict, str]:
+    """(describe entry, why) for a column no metadata types, from its values, conservatively: a type that holds
+    every value, and text unless every value is unmistakably something else. Whole numbers stay text (DUNS numbers,
+    postal codes and other codes lose their leading zeros or their digits as numbers); a number field needs one
+    value with a decimal part or an exponent, as Data Loader exports its doubles (1500.0)."""
+    q = f'SELECT "{col}" FROM "{obj}" WHERE "{col}" IS NOT NULL AND "{col}" != \'\''
+    kinds = {"boolean", "date", "datetime", "number", "reference"}
+    n = scale = whole = 0
+    fraction, refs = False, set()
+    for (v,) in db.execute(q):
+        n += 1
+        if "boolean" in kinds and v.lower() not in ("true", "false"):
+            kinds.discard("boolean")
+        if "date" in kinds and _unfit(_f(col, "date"), v):
+            kinds.discard("date")
+        if "datetime" in kinds and ("T" not in v or _unfit(_f(col, "datetime"), v)):
+            kinds.discard("datetime")
+        if "reference" in kinds:
+            if _ID.fullmatch(v) and v[:3] in prefixes:
+                refs.add(prefixes[v[:3]])
+            else:
+                kinds.discard("reference")
+        if "number" in kinds:
+            m = _NUMBER_TEXT.fullmatch(v)
+            digits = v.lstrip("+-")
+            if not m or (len(digits) > 1 and digits[0] == "0" and digits[1] != "."):
+                kinds.discard("number")
+            else:
+                d = Decimal(v)
+                fraction = fraction or "." in v or "e" in v.lower()
+                scale = max(scale, -d.as_tuple().exponent if d.as_tuple().exponent < 0 else 0)
+                whole = max(whole, d.adjusted() + 1 if d else 0)
+        if not kinds:
+            break
+    longest = db.execute(f'SELECT max(length("{col}")) FROM "{obj}"').fetchone()[0] or 0
+    if n == 0:
+        return _f(col, "string", length=255), "no values"
+    if "boolean" in kinds:
+        return _f(col, "boolean"), "every value is true or false"
+    if "date" in kinds:
+        return _f(col, "date"), "every value is a date (YYYY-MM-DD)"
+    if "datetime" in kinds:
+        return _f(col, "datetime"), "every value is a date/time"
+    if "reference" in kinds and len(refs) == 1:
+        target = refs.pop()
+        return _f(col, "reference", reference_to=[target]), f"every value is the Id of a {target} record"
+    if "number" in kinds and fraction and whole + min(scale, 18) <= 18:
+        return _f(col, "double", precision=18, scale=min(scale, 18)), "every value is a decimal number"
+    why = "whole numbers: text, as they may be codes" if "number" in kinds else "text"
+    if longest > 127:
+        longest = max(_utf16(v) for (v,) in db.execute(f'SELECT "{col}" FROM "{obj}" WHERE length("{col}") > 127'))
+    return (_f(col, "string", length=255) if longest <= 255 else _f(col, "textarea", length=131072)), why
+
+
+@dataclass
+class SeedReport:
+    """What `seed` loaded: records per object, the fields it typed from the data (no metadata, no --types) and
+    notes (references to records the folder does not hold)."""
+
+    store: Path
+    folder: Path
+    metadata: Path | None
+    records: dict[str, int]
+    inferred: list[tuple[str, str, str, str]]      # (object, field, type, why)
+    given: list[tuple[str, str, str]]              # (object, field, type) from --types
+    notes: list[str]
+
+    def lines(self) -> list[str]:
+        total = sum(self.records.values())
+        out = [f"seeded {self.store} from {self.folder}: {len(self.records)} object(s), {total} record(s) "
+               f"({', '.join(f'{o} {n}' for o, n in self.records.items()) or 'no CSVs'}); fields typed by "
+               f"{self.metadata or 'no metadata'}, Salesforce's standard fields and the demo's Subscription__c"]
+        if self.given:
+            out.append("  typed by --types: " + ", ".join(f"{o}.{f} {t}" for o, f, t in self.given))
+        if self.inferred:
+            out.append("  typed from the data (no metadata types them; pass --types Object.Field=TYPE or --metadata "
+                       "DIR to type them as your org does):")
+            out += [f"    {o}.{f} {t} ({why})" for o, f, t, why in self.inferred]
+        out += [f"  note: {n}" for n in self.notes]
+        return out
+
+
+def _csv_lines(path: Path, ids: set[str]) -> dict[str, int]:
+    """The line each of `ids` starts on in a CSV (for messages; rows spanning lines counted as csv does)."""
+    found: dict[str, int] = {}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, [])
+            at = header.index("Id") if "Id" in header else 0
+            line = reader.line_num + 1
+            for row in reader:
+                if row and len(row) > at and row[at] in ids:
+                    found[row[at]] = line
+                line = reader.line_num + 1
+    except (OSError, UnicodeDecodeError, csv.Error):
+        pass
+    return found
+
+
+def seed(store: Path, folder: Path, metadata: Path | None = None, types: str | Sequence[str] = ()) -> SeedReport:
+    """Load a folder of Data Loader CSVs (quoted or not, CRLF, a BOM: the local org's loader) into the double's
+    store, as an org's import takes them: every value must fit its field as described by `metadata` (default:
+    the packaged salesforce/), Salesforce's standard fields, the demo's Subscription__c or `types`
+    (`Object.Field=currency(16,2)`, which win over the others). A column none of them types is typed from its
+    values, conservatively (`_infer`), and said so in the report.
+
+    A value its field cannot hold ("1,500" in a currency field, "08/31/2026" in a date, 300 characters in a
+    Text(255), a blank required Name) is refused the way an org's import refuses it: nothing is seeded (the store
+    is left as it was) and the DataError names the file, line, record Id, field, value, the field's type and
+    Salesforce's error. References to records of an object the folder holds that are not there are reported as
+    notes (an export may leave out records a lookup points at; an org holds no such lookup)."""
+    store, folder = Path(store), Path(folder)
+    metadata = packaged_metadata() if metadata is None else Path(metadata)
+    given = parse_types(types) if types else {}
+    if not folder.is_dir():
+        raise DataError(f"no such folder of Data Loader CSVs: {folder}", Location(str(folder)))
+    tmp = store.with_name(store.name + ".seeding")
+    for p in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+        p.unlink(missing_ok=True)
+    if store.exists():  # reseeding: a reload of the changed CSVs into what the double holds
+        src, dst = sqlite3.connect(store), sqlite3.connect(tmp)
+        src.backup(dst)
+        src.close()
+        dst.close()
+    try:
+        org = LocalOrg(folder, tmp)
+        try:
+            objects = org.csv_objects()
+            org.sync(objects)
+        finally:
+            org.close()
+        report = _check_seeded(tmp, store, folder, metadata, given, objects)
+    except BaseException:
+        for p in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+            p.unlink(missing_ok=True)
+        raise
+    for p in (Path(f"{store}-wal"), Path(f"{store}-shm")):
+        p.unlink(missing_ok=True)
+    tmp.replace(store)
+    return report
+
+
+def _check_seeded(tmp: Path, store: Path, folder: Path, metadata: Path, given: dict, objects: list[str]) -> SeedReport:
+    schema, _, source = described(metadata)
+    db = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        prefixes = dict(PREFIXES_BY_KEY)
+        for obj in objects:
+            for (rid,) in db.execute(f'SELECT Id FROM "{obj}" LIMIT 1'):
+                prefixes.setdefault(str(rid)[:3], obj)
+        records, inferred, problems, notes, typed = {}, [], [], [], []
+        refs: list[tuple[str, str, str]] = []
+        for obj in objects:
+            records[obj] = db.execute(f'SELECT count(*) FROM "{obj}"').fetchone()[0]
+            spec = schema.get(obj) or _new_object()
+            cols = [r[1] for r in db.execute(f'PRAGMA table_info("{obj}")')]
+            for col in cols:
+                f = given.get((obj, col)) or spec.get(col.lower())
+                if f is None:
+                    f, why = _infer(db, obj, col, prefixes)
+                    inferred.append((obj, col, type_text(f), why))
+                    typed.append((obj, col, f, "data"))
+                else:
+                    if (obj, col) in given:
+                        typed.append((obj, col, f, "option"))
+                    where = "--types" if (obj, col) in given else source.get((obj, col.lower()), "metadata")
+                    problems += _unfit_values(db, obj, col, f, where)
+                if f["type"] == "reference" and f["referenceTo"] and f["referenceTo"][0] in objects:
+                    refs.append((obj, col, f["referenceTo"][0]))
+            for f in spec.values():  # required fields the CSV has no column for
+                if not f["nillable"] and f["createable"] and not f["defaultedOnCreate"] and \
+                        f["name"].lower() not in {c.lower() for c in cols} and records[obj]:
+                    problems.append((obj, None, f["name"], None, "REQUIRED_FIELD_MISSING",
+                                     f"Required fields are missing: [{f['name']}]", type_text(f), "the CSV has no "
+                                     f"{f['name']} column"))
+        for obj, col, target in refs:
+            n = db.execute(f'SELECT count(*) FROM "{obj}" WHERE "{col}" IS NOT NULL AND "{col}" != \'\' AND "{col}" '
+                           f'NOT IN (SELECT Id FROM "{target}")').fetchone()[0]
+            if n:
+                notes.append(f"{n} {obj}.{col} value(s) point at no {target} record of {folder}/{target}.csv "
+                             f"(kept: an export may leave records out; an org holds no lookup to a missing record)")
+        if problems:
+            raise DataError(_refusal(problems, folder), Location(str(folder)))
+        db.execute(f"CREATE TABLE IF NOT EXISTS {_TYPED} (object TEXT NOT NULL, field TEXT NOT NULL, spec TEXT NOT "
+                   f"NULL, source TEXT NOT NULL, PRIMARY KEY (object, field))")
+        db.executemany(f"INSERT OR REPLACE INTO {_TYPED} VALUES (?, ?, ?, ?)",
+                       [(o, c, json.dumps(f), src) for o, c, f, src in typed])
+    finally:
+        db.close()
+    return SeedReport(store, folder, metadata, records, inferred,
+                      [(o, c, type_text(f)) for o, c, f, src in typed if src == "option"], notes)
+
+
+def _unfit_values(db, obj: str, col: str, f: dict, where: str) -> list[tuple]:
+    """(object, Id, field, value, code, message, type, where the type comes from) of each value `f` cannot hold."""
+    out = []
+    required = not f["nillable"] and f["createable"] and not f["defaultedOnCreate"]
+    for rid, v in db.execute(f'SELECT Id, "{col}" FROM "{obj}"'):
+        if v is None or v == "":
+            if required:
+                out.append((obj, rid, col, v, "REQUIRED_FIELD_MISSING", f"Required fields are missing: [{f['name']}]",
+                            type_text(f), where))
+            continue
+        bad = _unfit(f, v)
+        if bad is not None:
+            out.append((obj, rid, col, v, *bad, type_text(f), where))
+    return out
+
+
+def _refusal(problems: list[tuple], folder: Path) -> str:
+    """The seed's refusal: the first problems by file:line, Id, field and value, with the field's type and fix."""
+    shown = problems[:10]
+    lines: dict[str, dict[str, int]] = {}
+    for obj in {p[0] for p in shown}:
+        lines[obj] = _csv_lines(folder / f"{obj}.csv", {p[1] for p in shown if p[0] == obj and p[1]})
+    items = []
+    for obj, rid, col, v, code, msg, ftype, where in shown:
+        at = f"{obj}.csv" + (f":{lines[obj][rid]}" if rid in lines.get(obj, {}) else "") + (f" (Id {rid})" if rid else "")
+        value = "blank" if v in (None, "") else repr(v[:80])
+        items.append(f"{at}: {col} {value}: {code}: {msg} ({col} is {ftype}, typed by {where})")
+    more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+    return (f"{len(problems)} value(s) no Salesforce org would hold; an org's import refuses them, and so does the "
+            "double (nothing was seeded):\n  " + "\n  ".join(items) + more +
+            "\nFix the CSV (a number is written 1500.00: no thousands separators, currency signs or suffixes; a date "
+            "2026-08-31), or, if your org's field is of another type, say so: --types Object.Field=TYPE (e.g. "
+            "string(255)) or --metadata DIR with its field-meta.xml.")
 
 
 @dataclass
@@ -243,11 +613,10 @@ class SalesforceDouble:
 
     # ---- setup ----------------------------------------------------------------------------------------
     @classmethod
-    def seed(cls, store: Path, folder: Path) -> None:
-        """Load a folder of Data Loader CSVs into a store (the org the double serves)."""
-        org = LocalOrg(folder, store)
-        org.sync(org.csv_objects())
-        org.close()
+    def seed(cls, store: Path, folder: Path, metadata: Path | None = None, types: str | Sequence[str] = ()) -> "SeedReport":
+        """Load a folder of Data Loader CSVs into a store (the org the double serves), refusing any value an org
+        could not hold (see `seed`)."""
+        return seed(store, folder, metadata, types)
 
     def _tables(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -256,17 +625,18 @@ class SalesforceDouble:
         return [r[1] for r in self.db.execute(f'PRAGMA table_info("{obj}")')]
 
     def _load_schema(self, metadata: Path | None) -> None:
-        for obj, fields in STANDARD.items():
-            self.schema[obj] = {f["name"].lower(): dict(f) for f in fields}
-            self.sobjects[obj] = {"label": obj}
-        if metadata is not None:
-            for obj_dir in sorted(Path(metadata).glob("**/objects/*")):
-                self._load_object(obj_dir)
+        self.schema, self.sobjects, _ = described(metadata)
         tables = self._tables()
+        if _TYPED in tables:  # what the seed was told (--types) or read from the data for fields no metadata types
+            for obj, name, spec, source in self.db.execute(f"SELECT object, field, spec, source FROM {_TYPED}"):
+                fields = self.schema.setdefault(obj, _new_object())
+                if source == "option" or name.lower() not in fields:
+                    fields[name.lower()] = json.loads(spec)
+                self.sobjects.setdefault(obj, {"label": obj})
         for obj in tables:
             if obj.startswith("_") or obj.startswith("sqlite"):
                 continue
-            spec = self.schema.setdefault(obj, {"id": _system("Id", "id"), "isdeleted": _system("IsDeleted", "boolean")})
+            spec = self.schema.setdefault(obj, _new_object())
             self.sobjects.setdefault(obj, {"label": obj})
             for col in self._columns(obj):
                 spec.setdefault(col.lower(), _f(col, "string", length=255))  # a column of the CSV: a text field
@@ -282,43 +652,6 @@ class SalesforceDouble:
             for f in spec.values():  # Salesforce indexes External ID fields; an upsert must not scan the table
                 if f["externalId"]:
                     self.db.execute(f'CREATE INDEX IF NOT EXISTS "_ext_{obj}_{f["name"]}" ON "{obj}" ("{f["name"]}")')
-
-    def _load_object(self, obj_dir: Path) -> None:
-        """A custom object (or custom fields of a standard one) from SFDX source: the sizes, picklist values and
-        External ID flags of `<field>.field-meta.xml` (Metadata API: CustomField)."""
-        obj = obj_dir.name
-        spec = self.schema.get(obj)
-        if spec is None:  # a custom object: its standard fields (Id, Name, Owner, IsDeleted, CreatedDate)
-            spec = self.schema[obj] = {"id": _system("Id", "id")}
-            name_field = _f("Name", "string", length=80, fls="", nillable=False)
-            meta = obj_dir / f"{obj}.object-meta.xml"
-            if meta.is_file():
-                root = ET.parse(meta).getroot()
-                label = root.findtext("m:label", obj, _MD)
-                self.sobjects[obj] = {"label": label}
-                if root.findtext("m:nameField/m:type", "", _MD) == "AutoNumber":  # set by Salesforce, never written
-                    name_field = _system("Name", "string", length=30, auto_number=True, nillable=False)
-            self.sobjects.setdefault(obj, {"label": obj})
-            spec.update({"name": name_field, "ownerid": _f("OwnerId", "reference", reference_to=["User"], fls="",
-                                                           defaulted=True),
-                         "isdeleted": _system("IsDeleted", "boolean"),
-                         "createddate": _system("CreatedDate", "datetime", defaulted=True)})
-        for path in sorted(obj_dir.glob("fields/*.field-meta.xml")):
-            root = ET.parse(path).getroot()
-            text = lambda tag, default="": root.findtext(f"m:{tag}", default, _MD)  # noqa: E731
-            name, mtype = text("fullName"), text("type")
-            sf_type = _META_TYPES.get(mtype, "string")
-            values = [v.findtext("m:fullName", "", _MD)
-                      for v in root.findall("m:valueSet/m:valueSetDefinition/m:value", _MD)]
-            spec[name.lower()] = _f(
-                name, sf_type, reference_to=[text("referenceTo")] if text("referenceTo") else [],
-                external_id=text("externalId", "false") == "true", unique=text("unique", "false") == "true",
-                label=text("label") or name, length=int(text("length") or 0) or None,
-                precision=int(text("precision")) if text("precision") else None,
-                scale=int(text("scale")) if text("scale") else None, picklist=values,
-                restricted=root.findtext("m:valueSet/m:restricted", "false", _MD) == "true",
-                nillable=text("required", "false") != "true",
-                fls="" if mtype == "MasterDetail" or text("required", "false") == "true" else name)
 
     def define(self, obj: str, name: str, type_: str, **kw) -> None:
         """Describe a field as the org's admin would have created it (e.g. a currency ARR field)."""
@@ -383,6 +716,26 @@ class SalesforceDouble:
     def count(self, kind: str) -> int:
         return sum(1 for _, path in self.calls if kind in path)
 
+    def print_records(self, what: str, out, deleted: bool = False, whole_object: bool = False) -> int:
+        """`query` (SOQL: `what`) or `dump` (every field of object `what`): the records as CSV, values as stored,
+        in the order stored unless ORDER BY; live records only unless `deleted`. A COUNT() query prints the count."""
+        if whole_object:
+            if what not in self.schema or what.startswith("_"):
+                raise DataError(f"no object {what} in the double's org; its objects: "
+                                f"{', '.join(sorted(o for o in self.schema if not o.startswith('_')))}")
+            what = f"SELECT {', '.join(f['name'] for f in self.schema[what].values())} FROM {what}"
+        try:
+            _, fields, sql, args = self._select(what, all_rows=deleted)
+        except _SoqlError as exc:
+            raise DataError(f"{exc.code}: {exc.message}") from None
+        if fields is None:
+            print(self.db.execute(sql, args).fetchone()[0], file=out)
+            return 0
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow(fields)
+        w.writerows(("" if v is None else v for v in row) for row in self.db.execute(sql, args))
+        return 0
+
     # ---- serving ----------------------------------------------------------------------------------------
     @contextmanager
     def serve(self):
@@ -395,29 +748,52 @@ class SalesforceDouble:
             yield self
 
     def serve_socket(self, address: str) -> None:
-        """Answer requests that `connect` forwards from another process, one client after another, until killed.
+        """Answer requests that `connect` forwards from another process, one client after another, until stopped.
 
         The double then runs beside the engine, so the engine's process holds only its own memory. A client
         that dies at any point (mid-message, before reading its answer, or sending garbage) ends only its own
-        connection; what it asked for is done or not, as on Salesforce, and the next client is served."""
+        connection; what it asked for is done or not, as on Salesforce, and the next client is served. SIGTERM
+        and SIGINT stop it after the request in hand is answered, and the socket file is removed; a socket file
+        left by a double that was killed (SIGKILL) is removed at start when nothing listens on it, and one that
+        another double serves is refused (_SocketBusy)."""
+        import signal
+        import threading
         from multiprocessing.connection import Listener
 
-        Path(address).unlink(missing_ok=True)  # left by a double that was killed
-        with Listener(address, family="AF_UNIX") as listener:
-            while True:
-                try:
-                    conn = listener.accept()
-                except (OSError, EOFError):
-                    continue
-                try:
-                    self._serve_client(conn)
-                except Exception:  # noqa: BLE001 - whatever a dying client leaves behind, the double stays up
-                    pass
-                finally:
+        _claim_socket(Path(address))
+        self._busy = self._stop_asked = False
+
+        def stop(signum, frame):
+            if self._busy:
+                self._stop_asked = True   # answer the request in hand first
+            else:
+                raise _Stopped()
+
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            with Listener(address, family="AF_UNIX") as listener:   # closing it removes the socket file
+                while True:
                     try:
-                        conn.close()
-                    except OSError:
+                        conn = listener.accept()
+                    except (OSError, EOFError):
+                        continue
+                    try:
+                        self._serve_client(conn)
+                    except Exception:  # noqa: BLE001 - whatever a dying client leaves behind, the double stays up
                         pass
+                    finally:
+                        try:
+                            conn.close()
+                        except OSError:
+                            pass
+        except _Stopped:
+            pass
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            Path(address).unlink(missing_ok=True)
 
     def _serve_client(self, conn) -> None:
         conn.send((self.username, self.password, self.security_token))
@@ -427,7 +803,14 @@ class SalesforceDouble:
             except (EOFError, OSError):  # the client closed, was killed, or died mid-message
                 return
             self.timeouts.append(timeout)
-            conn.send(self.answer(method, url, headers, body))  # a dead client: BrokenPipe/ConnectionReset
+            self._busy = True
+            try:
+                answer = self.answer(method, url, headers, body)
+            finally:
+                self._busy = False
+            conn.send(answer)  # a dead client: BrokenPipe/ConnectionReset
+            if self._stop_asked:
+                raise _Stopped()
 
     def answer(self, method: str, url: str, headers: dict, body: bytes) -> tuple[int, dict, bytes]:
         """handle(), with an internal error answered as Salesforce does (500 UNKNOWN_EXCEPTION) instead of raised,
@@ -578,8 +961,11 @@ class SalesforceDouble:
     def _route(self, method: str, rest: str, query: dict, body: bytes) -> tuple[int, dict, bytes]:
         rest = rest.rstrip("/")
         if rest in ("limits", "limits/recordCount") and not self._user_has("ViewSetup"):
-            # "available ... for API users with the View Setup and Configuration permission" (REST API: Limits,
-            # Record Count); without it an org answers as forceworkbench#681 shows
+            # "This resource is available in REST API version 29.0 and later for API users with the View Setup and
+            # Configuration permission" (REST API Developer Guide: Limits; Record Count likewise). The guide does
+            # not give the refusal; an org answers 403 API_DISABLED_FOR_ORG "The REST API is not enabled for this
+            # Organization." (forceworkbench#681: /limits from Workbench's REST Explorer), though the REST API
+            # itself works for the user: every other call here still answers.
             return _json(403, [{"errorCode": "API_DISABLED_FOR_ORG",
                                 "message": "The REST API is not enabled for this Organization."}])
         if rest == "limits" and method == "GET":
@@ -867,51 +1253,17 @@ class SalesforceDouble:
         return rid, True, None
 
     def _check_value(self, obj, f, v):
-        """A value as the org stores it, or the error the org gives for it (Salesforce Help: Custom Field Types;
-        SOAP API: Field Types; the error texts as Salesforce returns them, e.g. DFC forum 9060G000000BfsuQAC)."""
+        """A value as the org stores it, or the error the org gives for it (the field rules: `_unfit`), and a
+        reference must point at a live record."""
         if v is None:
             return None
-        t, label = f["type"], f["label"]
         text = v if isinstance(v, str) else ("true" if v is True else "false" if v is False else str(v))
-        if t in _NUMBERS:
-            try:
-                d = Decimal(text)
-                if not d.is_finite():
-                    raise InvalidOperation
-            except InvalidOperation:
-                raise _RecordError("INVALID_TYPE_ON_FIELD_IN_RECORD", f"{label}: value not of required type: {text[:40]}",
-                                   f["name"]) from None
-            # precision - scale digits before the point; more decimals than the scale are kept, not refused
-            # (Help: "Number Field Stores More Decimal Places Than Defined When Set via API", 000387302)
-            whole = max(d.adjusted() + 1, 0) if d else 0
-            allowed = f["digits"] if t == "int" else f["precision"] - f["scale"]
-            if allowed and whole > allowed:
-                raise _RecordError("NUMBER_OUTSIDE_VALID_RANGE", f"{label}: value outside of valid range on numeric "
-                                   f"field: {java_double(text)}", f["name"])
-            return text
-        if t == "boolean":
-            if text.lower() not in ("true", "false", "1", "0"):
-                raise _RecordError("INVALID_TYPE_ON_FIELD_IN_RECORD", f"{label}: value not of required type: {text[:40]}",
-                                   f["name"])
+        bad = _unfit(f, text)
+        if bad is not None:
+            raise _RecordError(*bad, f["name"])
+        if f["type"] == "boolean":
             return "true" if text.lower() in ("true", "1") else "false"
-        if t == "date":
-            try:
-                dt.date.fromisoformat(text)
-            except ValueError:
-                raise _RecordError("INVALID_TYPE_ON_FIELD_IN_RECORD", f"{label}: value not of required type: {text[:40]}",
-                                   f["name"]) from None
-        # lengths count UTF-16 code units: "surrogate pair characters are treated as two characters" (Salesforce
-        # Help 005166849, formulas and the String class; taken to hold for field lengths too)
-        if (t in _TEXTS or t in ("reference", "id")) and f["length"] and len(text) > f["length"] // 2 \
-                and (len(text) if text.isascii() else len(text.encode("utf-16-le")) // 2) > f["length"]:
-            raise _RecordError("STRING_TOO_LONG", f"{label}: data value too large: {text} (max length={f['length']})",
-                               f["name"])
-        if t == "picklist" and f["restrictedPicklist"] and text not in {p["value"] for p in f["picklistValues"]}:
-            raise _RecordError("INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
-                               f"{label}: bad value for restricted picklist field: {text}", f["name"])
-        if t == "reference" and text:
-            if not _ID.fullmatch(text):
-                raise _RecordError("MALFORMED_ID", f"{label}: id value of incorrect type: {text[:40]}", f["name"])
+        if f["type"] == "reference" and text:
             target = next((r for r in f["referenceTo"] if r in self.schema), None)
             if target is not None and self._live(target, "Id = ?", text) in (None, (text, True)):
                 raise _RecordError("INVALID_CROSS_REFERENCE_KEY", f"invalid cross reference id: {f['name']}", f["name"])
@@ -1087,6 +1439,57 @@ class SalesforceDouble:
             job["errorMessage"] = "InternalServerError : the job failed while processing records"
 
 
+_NUMBER_TEXT = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+_DATE_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_DATETIME_TEXT = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})(?:T[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,3})?)?"
+                            r"(?:Z|[-+][0-9]{2}:?[0-9]{2})?)?")
+
+
+def _unfit(f: dict, text: str) -> tuple[str, str] | None:
+    """(errorCode, message) when the field cannot hold `text`, as Salesforce refuses it; None when it fits.
+
+    The rules (Salesforce Help: Custom Field Types; SOAP API: Field Types, Primitive Data Types; Bulk API 2.0:
+    Valid Date Format in Records), the error texts as Salesforce returns them (e.g. DFC forum 9060G000000BfsuQAC):
+    a number field takes a plain decimal number (no thousands separators, currency signs or suffixes) with at most
+    precision - scale digits before the point, and more decimals than the scale are kept, not refused (Help:
+    "Number Field Stores More Decimal Places Than Defined When Set via API", 000387302); a checkbox true/false
+    (or 1/0); a date YYYY-MM-DD; a date/time YYYY-MM-DDThh:mm:ss[.SSS][Z|+hh:mm]; text at most its length, counted
+    in UTF-16 code units ("surrogate pair characters are treated as two characters", Help 005166849); a
+    restricted picklist one of its values; a reference a 15- or 18-character Id."""
+    t, label = f["type"], f["label"]
+    if t in _NUMBERS:
+        if not _NUMBER_TEXT.fullmatch(text.strip()):
+            return "INVALID_TYPE_ON_FIELD_IN_RECORD", f"{label}: value not of required type: {text[:40]}"
+        d = Decimal(text.strip())
+        whole = max(d.adjusted() + 1, 0) if d else 0
+        allowed = f["digits"] if t == "int" else f["precision"] - f["scale"]
+        if allowed and whole > allowed:
+            return "NUMBER_OUTSIDE_VALID_RANGE", f"{label}: value outside of valid range on numeric field: " \
+                                                 f"{java_double(text)}"
+        return None
+    if t == "boolean":
+        if text.lower() not in ("true", "false", "1", "0"):
+            return "INVALID_TYPE_ON_FIELD_IN_RECORD", f"{label}: value not of required type: {text[:40]}"
+        return None
+    if t in ("date", "datetime"):
+        m = (_DATE_TEXT if t == "date" else _DATETIME_TEXT).fullmatch(text)
+        try:
+            dt.date.fromisoformat(m.group(1) if t == "datetime" else text) if m else None
+        except ValueError:
+            m = None
+        if not m:
+            return "INVALID_TYPE_ON_FIELD_IN_RECORD", f"{label}: value not of required type: {text[:40]}"
+        return None
+    if (t in _TEXTS or t in ("reference", "id")) and f["length"] and len(text) > f["length"] // 2 \
+            and (len(text) if text.isascii() else len(text.encode("utf-16-le")) // 2) > f["length"]:
+        return "STRING_TOO_LONG", f"{label}: data value too large: {text} (max length={f['length']})"
+    if t == "picklist" and f["restrictedPicklist"] and text not in {p["value"] for p in f["picklistValues"]}:
+        return "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST", f"{label}: bad value for restricted picklist field: {text}"
+    if t in ("reference", "id") and text and not _ID.fullmatch(text):
+        return "MALFORMED_ID", f"{label}: id value of incorrect type: {text[:40]}"
+    return None
+
+
 @contextmanager
 def intercept(answer):
     """Route every https://*.salesforce.com request of this process to answer(method, url, headers, body, timeout)."""
@@ -1135,6 +1538,37 @@ def _created() -> dict:
 
     now = dt.datetime.now(dt.timezone.utc)
     return {"createdById": USER_ID, "createdDate": now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}+0000"}
+
+
+class _Stopped(BaseException):
+    """SIGTERM/SIGINT while `serve` waits: unwind, closing the listener (which removes the socket file)."""
+
+
+class _SocketBusy(Exception):
+    """Another double answers on the socket `serve` was given."""
+
+
+def _claim_socket(path: Path) -> None:
+    """Make `path` free for a new listener: a socket file nothing listens on (left by a killed double) is removed;
+    one a process answers on, or a file that is no socket, is refused."""
+    import socket
+    import stat
+
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise _SocketBusy(f"{path} exists and is not a socket; remove it or serve on another path")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)   # stale: left by a double that was killed
+        return
+    finally:
+        probe.close()
+    raise _SocketBusy(f"another double is serving on {path}; stop it first, or serve on another path")
 
 
 class _SoqlError(Exception):
@@ -1208,76 +1642,195 @@ def _csv_number(sf_type: str, value: str) -> str:
         return value
 
 
+# A JSON number (RFC 8259 section 6): what may go into a response unquoted
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+
+
 def _typed(sf_type: str, value: str | None):
-    """A stored text value as REST JSON types it."""
+    """A stored text value as REST JSON types it. A number field's value goes out as a JSON number only when it
+    is one; anything else stays a JSON string (the seed refuses such values, so an org's store never holds them)."""
     if value is None:
         return None
     if sf_type in _NUMBERS:
-        try:
-            return _Number(_csv_number(sf_type, value))
-        except (InvalidOperation, ValueError):
-            return value
+        text = _csv_number(sf_type, value)
+        return _Number(text) if _JSON_NUMBER.fullmatch(text) else value
     if sf_type == "boolean":
         return value == "true"
     return value
 
 
-_RAW = re.compile(r'"\\u0000([-+.0-9A-Za-z]*)\\u0000"')
+# Numbers are printed as the org prints them (json.dumps would print floats as Python does): each goes into the
+# JSON text as a string between two copies of a marker no stored value holds (random per process), and the
+# quotes and markers around it are then removed. A stored text that merely looks like a number, or holds NUL
+# bytes, stays a string: it never carries the marker.
+_MARK = "~num" + secrets.token_hex(8) + "~"
+_RAW = re.compile('"' + re.escape(_MARK) + "(" + _JSON_NUMBER.pattern + ")" + re.escape(_MARK) + '"')
 
 
 def _json_default(v):
-    if isinstance(v, _Number):
-        return "\x00" + v.text + "\x00"
-    if isinstance(v, Decimal):
-        return "\x00" + str(v) + "\x00"
-    raise TypeError(type(v).__name__)
+    text = v.text if isinstance(v, _Number) else str(v) if isinstance(v, Decimal) else None
+    if text is None:
+        raise TypeError(type(v).__name__)
+    return _MARK + text + _MARK if _JSON_NUMBER.fullmatch(text) else text
 
 
 def _json(status: int, payload) -> tuple[int, dict, bytes]:
     text = json.dumps(payload, default=_json_default)
-    if "\\u0000" in text:
+    if _MARK in text:
         text = _RAW.sub(r"\1", text)
     return status, {"Content-Type": "application/json"}, text.encode()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """python -m nrr_engine.testing.salesforce_double seed STORE ORG_FOLDER
-       python -m nrr_engine.testing.salesforce_double STORE METADATA [--permission-set FILE]... -- <nrr-engine arguments>
-       python -m nrr_engine.testing.salesforce_double serve STORE METADATA SOCKET [--permission-set FILE]...
-       python -m nrr_engine.testing.salesforce_double connect SOCKET -- <nrr-engine arguments>
+USAGE = """\
+usage: python -m nrr_engine.testing.salesforce_double COMMAND ...
 
-    `seed` loads a folder of Data Loader CSVs into STORE (the org the double serves; METADATA is an SFDX
-    folder such as salesforce/). The second runs nrr-engine in this process with every *.salesforce.com
-    call answered by the double over STORE. `serve` runs the double alone on a Unix socket until killed; `connect` runs nrr-engine with its
-    calls forwarded there, so the engine's process holds only its own memory. Field rules (lengths, digits,
-    picklists) are always enforced; with --permission-set the integration user has only what those
-    permission sets grant (no View Setup unless one grants it), else it is a System Administrator. The
-    credentials are put in SF_USERNAME / SF_PASSWORD / SF_SECURITY_TOKEN and SF_CONSUMER_KEY /
-    SF_CONSUMER_SECRET. Used by bench/run.py."""
+  seed STORE ORG_FOLDER [--metadata DIR] [--types Object.Field=TYPE,...]
+  run STORE [--metadata DIR] [--permission-set FILE]... -- <nrr-engine arguments>
+  serve STORE SOCKET [--metadata DIR] [--permission-set FILE]...
+  connect SOCKET -- <nrr-engine arguments>
+  query STORE "SELECT Id, Name FROM Account [WHERE f = 'v' [AND ...]] [ORDER BY f] [LIMIT n]"
+  dump STORE OBJECT [--deleted]
+
+`seed` loads a folder of Data Loader CSVs into STORE, the org the double serves (an SQLite file), and says what
+it loaded. Every value must fit its field, as an org's import requires: fields are typed by the SFDX metadata
+(--metadata, default: the salesforce/ project the package ships), Salesforce's standard fields, the demo's
+Subscription__c and --types (e.g. Subscription__c.Amount__c=currency(16,2),Subscription__c.Start_Date__c=date;
+types: string(N) textarea url email phone picklist double(P,S) currency(P,S) percent(P,S) int date datetime
+boolean reference(OBJECT)); any other column is typed from its values, conservatively, and listed. A value no
+org would hold ("1,500" in a currency field) stops the seed (exit 2) naming file, line, field and value.
+`run` runs nrr-engine in this process with every *.salesforce.com call answered by the double over STORE.
+`serve` runs the double alone on a Unix socket until stopped (SIGTERM or Ctrl-C: it finishes the request in
+hand and removes the socket; a socket left by a killed double is removed when nothing listens on it);
+`connect` runs nrr-engine with its calls forwarded there, so the engine's process holds only its own memory.
+`query` and `dump` print the double's records as CSV (as stored, deleted records only with --deleted).
+Field rules (lengths, digits, picklists) are always enforced; with --permission-set (a file, or the name of a
+permission set the package ships: NRR_Engine_Integration, NRR_Engine_Reads) the integration user has only what
+those permission sets grant (no View Setup unless one grants it), else it is a System Administrator. The
+credentials are put in SF_USERNAME / SF_PASSWORD / SF_SECURITY_TOKEN and SF_CONSUMER_KEY / SF_CONSUMER_SECRET.
+Used by bench/run.py and the tests. (Older forms still work: STORE METADATA [--permission-set FILE]... -- ARGS
+and serve STORE METADATA SOCKET.)
+"""
+
+_COMMANDS = ("seed", "run", "serve", "connect", "query", "dump")
+
+
+class _Usage(Exception):
+    """A command line that does not fit USAGE: exit 2 with the reason and the usage."""
+
+
+def _options(head: list[str]) -> tuple[list[str], dict[str, list[str]], set[str]]:
+    """(positionals, {option: values}, flags) of a command line's part before `--`."""
+    positional, values, flags = [], {}, set()
+    it = iter(head)
+    for a in it:
+        if a in ("--metadata", "--permission-set", "--types"):
+            v = next(it, None)
+            if v is None:
+                raise _Usage(f"{a} needs a value")
+            values.setdefault(a, []).append(v)
+        elif a == "--deleted":
+            flags.add(a)
+        elif a.startswith("--") and "=" in a and a.split("=", 1)[0] in ("--metadata", "--permission-set", "--types"):
+            k, v = a.split("=", 1)
+            values.setdefault(k, []).append(v)
+        elif a.startswith("-") and a != "-":
+            raise _Usage(f"unknown option {a}")
+        else:
+            positional.append(a)
+    return positional, values, flags
+
+
+def _permission_set(arg: str) -> Path:
+    """A permission set file, or the name of one the package ships (NRR_Engine_Integration, NRR_Engine_Reads)."""
+    path = Path(arg)
+    if path.is_file():
+        return path
+    name = path.name.removesuffix(".permissionset-meta.xml")
+    shipped = sorted(packaged_metadata().glob(f"**/permissionsets/{name}.permissionset-meta.xml")) + \
+        sorted(packaged_metadata().glob(f"examples/{name}.permissionset-meta.xml"))
+    if shipped:
+        return shipped[0]
+    raise _Usage(f"--permission-set {arg}: no such file, and the package ships no permission set of that name")
+
+
+def _store(arg: str) -> Path:
+    path = Path(arg)
+    if not path.is_file():
+        raise _Usage(f"{arg}: no such store; seed it first: python -m nrr_engine.testing.salesforce_double seed "
+                     f"{arg} ORG_FOLDER")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The double's command line (USAGE): exit 0 done, 2 a wrong command line or a seed refused, 3 a socket
+    another double serves on; `run` and `connect` exit as nrr-engine does."""
     import sys
 
-    args = sys.argv[1:] if argv is None else argv
-    head, sep, rest = (args[:args.index("--")], ["--"], args[args.index("--") + 1:]) if "--" in args else (args, [], [])
-    sets: list[Path] = []
-    while len(head) >= 2 and head[-2] == "--permission-set":
-        sets.insert(0, Path(head[-1]))
-        head = head[:-2]
+    args = sys.argv[1:] if argv is None else list(argv)
+    head, sep, rest = (args[:args.index("--")], True, args[args.index("--") + 1:]) if "--" in args else (args, False, [])
+    if any(a in ("-h", "--help") for a in head) or head[:1] == ["help"]:
+        print(USAGE, end="")
+        return 0
+    try:
+        return _command(head, sep, rest)
+    except _Usage as exc:
+        print(f"error: {exc}\n\n{USAGE}", end="", file=sys.stderr)
+        return 2
+    except (DataError, _SocketBusy) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3 if isinstance(exc, _SocketBusy) else 2
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:   # `query ... | head`: the reader has what it wanted
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _command(head: list[str], sep: bool, rest: list[str]) -> int:
+    import sys
+
+    if not head:
+        raise _Usage("no command")
+    command = head[0] if head[0] in _COMMANDS else "run"   # `STORE METADATA -- ARGS`: the older form of run
+    pos, opts, flags = _options(head[1:] if command == head[0] else head)
+    allowed = {"seed": {"--metadata", "--types"}, "run": {"--metadata", "--permission-set"},
+               "serve": {"--metadata", "--permission-set"}, "connect": set(), "query": {"--metadata"},
+               "dump": {"--metadata"}}[command]
+    for k in opts:
+        if k not in allowed:
+            raise _Usage(f"{command} takes no {k}")
+    if flags and command != "dump":
+        raise _Usage(f"{command} takes no {', '.join(sorted(flags))}")
+    if sep != (command in ("run", "connect")):
+        raise _Usage(f"{command} {'needs' if command in ('run', 'connect') else 'takes no'} `-- <nrr-engine arguments>`")
+    metadata = Path(opts["--metadata"][-1]) if "--metadata" in opts else None
+    sets = [_permission_set(a) for a in opts.get("--permission-set", [])]
     perms = Permissions.from_files(*sets) if sets else None
-    if len(head) == 3 and head[0] == "seed" and not sep:
-        SalesforceDouble.seed(Path(head[1]), Path(head[2]))
+    shapes = {"seed": (2,), "run": (1, 2), "serve": (2, 3), "connect": (1,), "query": (2,), "dump": (2,)}
+    if len(pos) not in shapes[command]:
+        raise _Usage(f"{command}: wrong number of arguments ({' '.join(pos) or 'none'})")
+    if command in ("run", "serve") and len(pos) == shapes[command][-1]:   # the older form names METADATA
+        metadata = metadata or Path(pos.pop(1))
+    metadata = metadata or packaged_metadata()
+    if command == "seed":
+        report = seed(Path(pos[0]), Path(pos[1]), metadata, opts.get("--types", ()))
+        print("\n".join(report.lines()))
         return 0
-    if len(head) == 4 and head[0] == "serve" and not sep:
-        SalesforceDouble(Path(head[1]), metadata=Path(head[2]), permissions=perms).serve_socket(head[3])
-        return 0
-    if len(head) == 2 and head[0] == "connect" and sep and not sets:
-        with connect(head[1]) as credentials:
+    if command == "connect":
+        with connect(pos[0]) as credentials:
             return _run_cli(credentials, rest)
-    if len(head) == 2 and sep:
-        double = SalesforceDouble(Path(head[0]), metadata=Path(head[1]), permissions=perms)
+    double = SalesforceDouble(_store(pos[0]), metadata=metadata, permissions=perms, shuffle=command == "run")
+    if command == "serve":
+        print(f"serving {pos[0]} on {pos[1]} (metadata {metadata}; "
+              f"{'permission sets ' + ', '.join(map(str, sets)) if sets else 'as a System Administrator'}); "
+              "stop with SIGTERM or Ctrl-C", file=sys.stderr, flush=True)
+        double.serve_socket(pos[1])
+        return 0
+    if command == "run":
         with double.serve():
             return _run_cli((double.username, double.password, double.security_token), rest)
-    print(main.__doc__, file=sys.stderr)
-    return 2
+    return double.print_records(pos[1], sys.stdout, deleted="--deleted" in flags, whole_object=command == "dump")
 
 
 def _run_cli(credentials: tuple[str, str, str], args: list[str]) -> int:
