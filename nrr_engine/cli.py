@@ -81,8 +81,11 @@ as_of_option = click.option("--as-of", "as_of", metavar="YYYY-MM-DD",
                             help="Run as of this date (default: today in the config's time zone).")
 allow_shrink_option = click.option(
     "--allow-shrink", is_flag=True,
-    help="Accept an input that lost more than guards.max_shrink of the accounts or the ARR since the last run "
-         "(otherwise the run stops, exit 2, before writing anything).")
+    help="Accept an input that lost more than guards.max_shrink of the accounts or the ARR since the last run, or "
+         "has no accounts, or most of its ARR on subscriptions whose account is missing (otherwise the run stops, "
+         "exit 2, before writing anything). The run becomes the new baseline, and the local working copy forgets "
+         "what the engine wrote to the records that left (repaired links, rollups): approved review links are "
+         "applied again when the records come back, rule-made ones when the rules propose them again.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -113,14 +116,7 @@ def init(directory, force):
     target = root / "config" / "nrr.yaml"
     if target.exists() and not force:
         _fail(f"{target} exists; pass --force to overwrite", ExitCode.INVALID_INPUT)
-    generator.write_demo_config(root, overwrite_rules=force)
-    org = root / "org"
-    org.mkdir(parents=True, exist_ok=True)
-    for item in resources.files("nrr_engine").joinpath("demo/org").iterdir():
-        if item.name.endswith(".csv") and (force or not (org / item.name).exists()):
-            (org / item.name).write_bytes(item.read_bytes())
-    click.echo(f"created {target}, {root / 'rules'}/ and an example org in {org}/\n"
-               f"next: nrr-engine --config {target} validate && nrr-engine --config {target} plan")
+    click.echo("\n".join(generator.scaffold(root, force)))
 
 
 @main.command()
@@ -147,7 +143,7 @@ def validate(ctx):
     for e in errors:
         click.echo(f"error: {e}", err=True)
     for n in notes:
-        click.echo(f"note: {n}", err=bool(errors))
+        click.echo(n if n.startswith("warning: ") else f"note: {n}", err=bool(errors))
     if errors:
         click.echo(f"{len(errors)} problem(s) found", err=True)
         sys.exit(int(max(e.exit_code for e in errors)))
@@ -161,9 +157,16 @@ def _check_org(settings, ruleset, errors: list, notes: list[str]) -> str:
     if settings.salesforce is None:
         if settings.org_path is None or not settings.org_path.is_dir():
             return "org fields not checked (no org folder)"
-        problems, more = orgcheck.check(settings, ruleset, orgcheck.LocalHeaders(settings.org_path))
+        headers = orgcheck.LocalHeaders(settings.org_path)
+        problems, more = orgcheck.check(settings, ruleset, headers)
         errors.extend(problems)
         notes.extend(more)
+        subs = settings.arr.subscriptions.object if settings.arr.source == "subscriptions" and settings.arr.subscriptions \
+            else None
+        for obj, why in (("Account", "run, plan and report stop on an input without accounts (exit 2) unless run "
+                          "--allow-shrink accepts it"), (subs, "every account's ARR would be 0")):
+            if obj and headers.has_records(obj) is False:
+                notes.append(f"warning: {settings.org_path / (obj + '.csv')} has no records (a header only): {why}")
         return f"fields checked against the CSV headers in {settings.org_path}"
     import tempfile
     from .errors import ConfigError
@@ -216,7 +219,10 @@ def _print_summary(summary: dict, exact: dict | None = None) -> None:
             if fig.get("excluded"):
                 click.echo(f"    excluded: {report_mod.excluded_text(fig['excluded'])}")
     for view, st in (summary.get("repair") or {}).items():
-        click.echo(f"  {view} repair: {st['applied']} link(s) applied, {st['review']} to review, {st['blocked']} "
+        # review counts accounts; a tie proposes every candidate parent of one account
+        to_review = (f"{st.get('review_accounts', st['review'])} account(s) ({st['review']} candidate link(s)) to review"
+                     if st["review"] else "0 to review")
+        click.echo(f"  {view} repair: {st['applied']} link(s) applied, {to_review}, {st['blocked']} "
                    f"refused by guards, {st['placeholders']} placeholder parent(s) proposed"
                    + ("; see `nrr-engine review list`" if st["review"] or st["placeholders"] else ""))
     order = {"error": 0, "warning": 1, "info": 2}
@@ -369,7 +375,7 @@ def report_nrr(ctx, period, window, view, by, as_of_start, fmt, out, as_of):
             raise click.BadParameter(str(exc), param_hint="--period") from None
     with _engine(ctx) as engine:
         fig = engine.report_nrr(period, int(window), view, by, as_of_start, _as_of(as_of))
-    if fig.get("provisional"):
+    if fig.get("provisional") and (fmt != "table" or out):  # a table on the terminal says it itself, once
         click.echo(f"warning: {fig['provisional']}", err=True)
     text = {"table": report_mod.nrr_table, "csv": report_mod.nrr_csv,
             "json": lambda f: report_mod.dumps(report_mod.nrr_json(f))}[fmt](fig)
@@ -404,13 +410,14 @@ def review_list(ctx, status, view, fmt):
         click.echo(json.dumps(items, indent=2, sort_keys=True))
         return
     cols = ["id", "status", "confidence", "rule", "view", "child_id", "child_name", "parent_id", "parent_name", "reason",
-            "note"]
+            "note", "notes", "decided_by", "decided_at"]
     if fmt == "csv":
         import csv as csv_mod
         w = csv_mod.writer(sys.stdout)
         w.writerow(cols)
         for i in items:
-            w.writerow([i.get(c) if c != "parent_id" else (i["parent_id"] or i["parent_ref"]) for c in cols])
+            w.writerow([(i["parent_id"] or i["parent_ref"]) if c == "parent_id" else
+                        " | ".join(n[len("note "):] for n in _notes(i)) if c == "notes" else i.get(c) for c in cols])
         return
     if not items:
         click.echo(f"no {'' if status == 'all' else status + ' '}review items")
@@ -420,9 +427,31 @@ def review_list(ctx, status, view, fmt):
             f"{len(i['members'] or [])} accounts ({', '.join(_short(m, 18) for m in (i['members'] or [])[:3])}...)"
         parent = f"{i['parent_id']} {_short(i['parent_name'])}" if i["parent_id"] else f"NEW {_short(i['parent_name'])}"
         click.echo(f"#{i['id']:<5} {i['status']:<8} {i['confidence']:.2f}  {i['rule']:<22} {child}  ->  {parent}"
-                   + (f"   [{i['reason']}]" if i["reason"] else ""))
-        if i.get("note"):
-            click.echo(f"       note: {i['note']}")
+                   + (f"   [{_short(_reason(i), 200)}]" if i["reason"] else ""))
+        for n in _notes(i):  # every note, oldest first: the item's audit trail
+            click.echo(f"       {n}")
+
+
+def _reason(item: dict) -> str:
+    """Why an item is in review, in words; a tie says why its confidence is 0.5 whatever its evidence grade."""
+    ev = item.get("evidence") or {}
+    if item["reason"] != "tie" or not ev.get("tie"):
+        return item["reason"]
+    grade = f" (name evidence grade: {ev['grade']})" if ev.get("grade") else ""
+    return (f"tie: {ev.get('tie_count', len(ev['tie']))} candidates left after the tie-breakers{grade}; a tie scores "
+            "at most 0.5, so a person decides")
+
+
+def _notes(item: dict) -> list[str]:
+    """The item's notes as lines: when, who or which run, and what (a decision says what was decided)."""
+    out = []
+    for n in item.get("notes") or ([{"text": item["note"]}] if item.get("note") else []):
+        when = (n.get("at") or "")[:16].replace("T", " ")
+        who = " ".join(x for x in (n.get("by"), n.get("decision")) if x)
+        head = " ".join(x for x in (when, who) if x)
+        text = n.get("text")
+        out.append("note " + _short(head + (": " if head and text else "") + (text or ""), 400))
+    return out
 
 
 def _short(text, width: int = 30) -> str:
@@ -437,7 +466,8 @@ def _decision(approve: bool, outcome: str, doc: str):
     """review approve / review reject: the same command but for the decision."""
     @click.argument("ids", nargs=-1, type=int, required=True)
     @click.option("--note", help="Why (kept in the ledger).")
-    @click.option("--by", "by", envvar="USER", help="Who decides (default: $USER).")
+    @click.option("--by", "by", envvar="USER", help="Who decides (default: $USER; where it is not set, as under "
+                  "cron or in Docker, the OS account running the command).")
     @click.pass_context
     @guarded
     def command(ctx, ids, note, by):
@@ -445,6 +475,9 @@ def _decision(approve: bool, outcome: str, doc: str):
             done = engine.review_decide(list(ids), approve=approve, note=note, by=by)
         for i in done:
             click.echo(f"#{i['id']} {outcome}")
+        if not (by and by.strip()) and done:
+            click.echo(f"note: $USER is not set: recorded as decided by {done[0]['decided_by']!r}, the OS account "
+                       "running this command; pass --by NAME to record who decided", err=True)
     command.__doc__ = doc
     return command
 
@@ -554,22 +587,56 @@ def runs_show(ctx, run_id, show_changes, fmt):
 
 @main.command()
 @click.argument("run_id")
+@click.option("--dry-run", is_flag=True, help="Show what the rollback would restore, delete, re-create and leave "
+              "alone (edited since) and the review items it would reopen; write nothing, record no run.")
+@click.option("--hold", is_flag=True, help="Keep the parent links it undoes out of the org: later runs send them "
+              "to review instead of applying them again (rule-made links too) until a person approves each.")
 @click.pass_context
 @guarded
-def rollback(ctx, run_id):
-    """Restore the old values of RUN_ID's changes; values edited since are reported and left alone."""
+def rollback(ctx, run_id, dry_run, hold):
+    """Restore the old values of RUN_ID's changes; values edited since are reported and left alone.
+
+    Links a person approved come back to review. Links rules made come back with the next run while the
+    rules still propose them, unless --hold keeps them out until a person approves them."""
     with _engine(ctx) as engine:
-        result = engine.rollback(run_id)
+        result = engine.rollback(run_id, dry_run=dry_run, hold=hold)
     from .engine import rollback_counts
     m = result.get("membership") or {}
-    click.echo(f"rolled back {result['rolled_back']} as run {result['run_id']}: {_rollback_text(rollback_counts(result))}; "
-               f"family membership of {m.get('restored', 0)} account(s) restored")
+    if dry_run:
+        click.echo(f"dry run, nothing written: rolling back {result['rolled_back']} would make "
+                   f"{_rollback_text(rollback_counts(result))}; family membership of {m.get('restored', 0)} "
+                   "account(s) would be restored")
+        if result.get("unsettled"):
+            click.echo(f"  warning: {result['unsettled']}")
+    else:
+        click.echo(f"rolled back {result['rolled_back']} as run {result['run_id']}: "
+                   f"{_rollback_text(rollback_counts(result))}; family membership of {m.get('restored', 0)} "
+                   "account(s) restored")
+    for line in _rollback_review_text(result.get("review") or {}, hold, dry_run):
+        click.echo(f"  {line}")
     click.echo(f"  API calls: {_api_text(result.get('api_calls'))}")
     for c in result["conflicts"]:
         click.echo(f"  left alone (edited since): {c['object']} {c['id']} {c['field']}: expected {c['expected']!r}, "
                    f"found {c['found']!r}")
     if result["conflict_count"] > len(result["conflicts"]):
         click.echo(f"  ... and {result['conflict_count'] - len(result['conflicts'])} more left alone")
+
+
+def _rollback_review_text(rv: dict, hold: bool, dry_run: bool) -> list[str]:
+    """What a rollback does (or would do) to the review queue, and whether the next run undoes it."""
+    would = "would be" if dry_run else "are"
+    out = []
+    if rv.get("reopened"):
+        out.append(f"review: {rv['reopened']} approved link(s) it undoes {would} pending again (`nrr-engine review "
+                   "list`): a person decides again")
+    if hold and rv.get("held"):
+        out.append(f"held: {rv['held']} link(s) {would} kept out of the org: later runs send them to review "
+                   "instead of applying them, until a person approves each")
+    elif rv.get("rule_links"):
+        out.append(f"note: {rv['rule_links']} of the links it undoes were made by rules: the next run applies them "
+                   "again while the rules still propose them (change the rules or the data, or roll back with --hold "
+                   "to keep them out until a person approves each)")
+    return out
 
 
 @main.group()
