@@ -303,7 +303,9 @@ class Engine:
     def rollback(self, run_id: str) -> dict:
         """Restore the old values of a run's applied changes; values edited since are reported, not touched."""
         ctx = RunContext.new(self.clock, self.today(), job="rollback")
-        with self.lock(), self.storage("the rollback", note=_SETTLED):
+        # its log lines carry the rollback's run id, as a run's do
+        with self.lock(), self.storage("the rollback", note=_SETTLED), \
+                structlog.contextvars.bound_contextvars(run_id=ctx.run_id):
             run = find_run(self.ledger, run_id)
             if run["mode"] != "run" or run["status"] in ("rolled_back",):
                 raise DataError(f"run {run['id']} is a {run['mode']} with status {run['status']}; only runs that "

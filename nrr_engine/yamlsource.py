@@ -105,6 +105,23 @@ def load(path: Path) -> Document:
     return parse(text, str(path))
 
 
+def dotted(path: Path_, data: Any = None) -> str:
+    """A place in a YAML document as every message names it: keys joined by dots, a list item by its `name` when
+    it has one, else by its 0-based index (arr.subscriptions.amount_period, rules[name-fuzzy].threshold,
+    views[legal].fields.arr, report.segments[0])."""
+    out, node = "", data
+    for step in path:
+        if isinstance(step, int):
+            item = node[step] if isinstance(node, list) and 0 <= step < len(node) else None
+            name = item.get("name") if isinstance(item, dict) else None
+            out += f"[{name}]" if isinstance(name, str) and name.strip() else f"[{step}]"
+            node = item
+        else:
+            out += ("." if out else "") + str(step)
+            node = node.get(step) if isinstance(node, dict) else None
+    return out or "(top level)"
+
+
 @dataclass(frozen=True)
 class SchemaProblem:
     """One JSON-Schema violation: the JSON path it is at (keys and list indexes) and the error to report."""
@@ -123,13 +140,13 @@ def schema_problems(doc: Document, schema: dict) -> list[SchemaProblem]:
         if err.validator == "additionalProperties" and isinstance(err.instance, dict):
             allowed = sorted(err.schema.get("properties", {}))
             for key in [k for k in err.instance if k not in allowed]:
-                where = "/".join(str(p) for p in path) or "(top level)"
+                where = dotted(path, doc.data)
                 hit = close_match(key, allowed)
                 out.append(SchemaProblem(path + (key,), ConfigError(
                     f"{where}: unknown key {key!r}" + (f"; did you mean {hit!r}?" if hit else "")
                     + f" (expected one of: {', '.join(allowed)})", doc.location(path + (key,)))))
             continue
-        out.append(SchemaProblem(path, ConfigError(_describe(err), doc.location(path))))
+        out.append(SchemaProblem(path, ConfigError(_describe(err, doc.data), doc.location(path))))
     out.sort(key=lambda p: p.error.location.line or 0)
     return out
 
@@ -177,8 +194,8 @@ def _paths(err: jsonschema.ValidationError) -> list[Path_]:
     return [path]
 
 
-def _describe(err: jsonschema.ValidationError) -> str:
-    where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+def _describe(err: jsonschema.ValidationError, data: Any = None) -> str:
+    where = dotted(tuple(err.absolute_path), data)
     hint = err.schema.get("description") if isinstance(err.schema, dict) else None
     if err.validator == "enum":
         options = [str(v) for v in err.validator_value]

@@ -303,7 +303,7 @@ def test_unknown_keys_in_a_rule_suggest_the_setting(org, cli):
     small(org).rules = {"r.yaml": "kind: match\nrules:\n  - name: k\n    type: key\n    child_feild: X\n"
                                   "    child_field: Parent_DUNS__c\n    candidate_field: DunsNumber\n"}
     org.write()
-    assert "r.yaml:5: rules/0: unknown key 'child_feild'; did you mean 'child_field'?" in cli("validate", expect=2).stderr
+    assert "r.yaml:5: rules[k]: unknown key 'child_feild'; did you mean 'child_field'?" in cli("validate", expect=2).stderr
 
 
 def test_terminal_output_escapes_control_characters():
