@@ -9,7 +9,7 @@ import datetime as dt
 import fcntl
 import sys
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,17 @@ _SETTLED = ". Nothing is lost: what was written is in the ledger, and the next r
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
+
+
+def os_account() -> str:
+    """Who runs this process, for the ledger when no name is given: the login name ($LOGNAME, $USER, ...),
+    else the account of the uid (pwd), else `uid N` (a container user without a passwd entry)."""
+    import getpass
+    import os
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
 
 
 @dataclass
@@ -222,8 +233,10 @@ class Engine:
                                   **({"excluded": f["excluded"]} if f.get("excluded") else {})}
                          for w, f in windows.items()}
         arr = money.fmt(int(plan.matrix[:, plan.current_month - plan.first_month].sum()))  # the shrink guard's baseline
+        excluded = plan.state.excluded
+        left_out = money.fmt(excluded.arr_at(plan.current_month) if excluded is not None else 0)
         return {"run_id": ctx.run_id, "job": ctx.job, "mode": "plan" if ctx.dry_run else "run",
-                "as_of": ctx.as_of.isoformat(), "accounts": len(plan.accounts), "arr": arr,
+                "as_of": ctx.as_of.isoformat(), "accounts": len(plan.accounts), "arr": arr, "arr_left_out": left_out,
                 "families": {v: r.families for v, r in plan.views.items()},
                 "max_depth": {v: r.depth_max for v, r in plan.views.items()},
                 "changes": counts, "snapshots": len(plan.snapshots),
@@ -286,6 +299,7 @@ class Engine:
             raise DataError("hierarchy.missing_parents is not placeholder: approving a placeholder parent would "
                             "create nothing", Location(str(self.settings.config_file)))
         when = self.clock().isoformat()
+        by = by.strip() if by and by.strip() else os_account()  # never a decision by nobody (cron, Docker)
         with self.lock(), self.storage("the review decision"):
             decided = self.ledger.decide_review(ids, "approved" if approve else "rejected", when, by, note)
             if approve:  # one parent per child: the other candidates of an approved child are rejected
@@ -300,17 +314,23 @@ class Engine:
         return decided
 
     # ---- rollback -------------------------------------------------------------------------------
-    def rollback(self, run_id: str) -> dict:
-        """Restore the old values of a run's applied changes; values edited since are reported, not touched."""
+    def rollback(self, run_id: str, dry_run: bool = False, hold: bool = False) -> dict:
+        """Restore the old values of a run's applied changes; values edited since are reported, not touched.
+
+        The review items whose links it undoes are pending again (a person decides again). `hold`: every link it
+        undoes stays out of the org until a person approves it (rules send it to review instead of applying it
+        again). `dry_run`: what it would restore, delete, re-create, leave alone and reopen; nothing written."""
         ctx = RunContext.new(self.clock, self.today(), job="rollback")
-        # its log lines carry the rollback's run id, as a run's do
-        with self.lock(), self.storage("the rollback", note=_SETTLED), \
-                structlog.contextvars.bound_contextvars(run_id=ctx.run_id):
+        # its log lines carry the rollback's run id, as a run's do (a dry run records no run: none to bind)
+        with self.lock(), self.storage("the rollback", note=_SETTLED), (
+                nullcontext() if dry_run else structlog.contextvars.bound_contextvars(run_id=ctx.run_id)):
             run = find_run(self.ledger, run_id)
             if run["mode"] != "run" or run["status"] in ("rolled_back",):
                 raise DataError(f"run {run['id']} is a {run['mode']} with status {run['status']}; only runs that "
                                 "wrote changes can be rolled back (and only once)")
             calls_before = dict((self.org.api_usage() or {}).get("calls", {}))
+            if dry_run:
+                return self._rollback_preview(run, hold, calls_before)
             # a run killed or failed part-way is settled against the org first: only what it wrote is undone
             recovered = reconcile.recover(self.org, self.ledger)
             if recovered:
@@ -323,9 +343,11 @@ class Engine:
             self.ledger.start_run({"id": ctx.run_id, "job": "rollback", "mode": "rollback", "as_of": ctx.as_of.isoformat(),
                                    "started": self.clock().isoformat()})
             try:
-                result = reconcile.rollback(self.org, self.ledger, run["id"], ctx.run_id, self.settings.snapshot_prefix)
+                result = reconcile.rollback(self.org, self.ledger, run["id"], ctx.run_id, self.settings.snapshot_prefix,
+                                            links=self._link_fields())
                 # the families the run recorded go too: reports and the next run see those recorded before it
                 result["membership"] = self.ledger.undo_membership(run["id"])
+                result["review"] = self._review_after_rollback(run["id"], ctx.run_id, result.pop("links"), hold)
             except BaseException as exc:
                 self.ledger.finish_run(ctx.run_id, status="failed", ended=self.clock().isoformat(),
                                        error=f"{type(exc).__name__}: {exc}", api_usage=self._usage(calls_before))
@@ -335,6 +357,47 @@ class Engine:
                                    counts=rollback_counts(result), summary=result, api_usage=result["api_calls"])
             self.ledger.finish_run(run["id"], status="rolled_back")
             return result
+
+    def _link_fields(self) -> list[tuple[str, str]]:
+        return [("Account", v.parent_field) for v in self.settings.lookup_views]
+
+    def _rollback_preview(self, run: dict, hold: bool, calls_before: dict) -> dict:
+        """`rollback --dry-run`: the rollback's counts, conflicts, membership and review items, computed against
+        the org as it is now; no run is recorded, nothing is settled or written."""
+        if self.org.remote:
+            reconcile.refresh(self.org, self.ledger, run["id"], ("applied",))
+        else:
+            self.org.sync(["Account", self.settings.snapshot_object])
+        result = reconcile.rollback(self.org, self.ledger, run["id"], None, self.settings.snapshot_prefix,
+                                    dry_run=True, links=self._link_fields())
+        result["membership"] = self.ledger.membership_undo_preview(run["id"])
+        result["review"] = self._review_after_rollback(run["id"], None, result.pop("links"), hold, dry_run=True)
+        result["dry_run"] = True
+        if run["status"] in ("running", "applying") or run.get("unsettled"):
+            result["unsettled"] = (f"run {run['id']} is {run['status']}: the rollback first settles its changes "
+                                   "against the org, so it may undo fewer than shown here")
+        result["api_calls"] = self._usage(calls_before)
+        return result
+
+    def _review_after_rollback(self, run_id: str, rollback_id: str | None, links: dict[str, list[str]], hold: bool,
+                               dry_run: bool = False) -> dict:
+        """The review side of a rollback: approved items whose links it undid are pending again; with `hold`,
+        every link it undid is held out (a rule-made one gets a pending item). `rule_links`: the links it undid
+        that rules made, which the next run applies again unless held or the rules or data change."""
+        out = {"reopened": 0, "held": 0, "created": 0, "rule_links": 0}
+        when = self.clock().isoformat()
+        for v in self.settings.lookup_views:
+            ids = links.get(v.parent_field) or []
+            if not ids:
+                continue
+            details = self.ledger.link_details(run_id, "Account", v.parent_field, ids)
+            got = self.ledger.reopen_after_rollback(rollback_id or "(dry run)", run_id, v.name,
+                                                    details if hold else [d for d in details if d["approved"]],
+                                                    hold, when, dry_run)
+            for k in ("reopened", "held", "created"):
+                out[k] += got[k]
+            out["rule_links"] += sum(1 for d in details if not d["approved"])
+        return out
 
     # ---- history import -------------------------------------------------------------------------
     def import_history(self, path: Path) -> dict:

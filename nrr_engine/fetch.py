@@ -321,8 +321,9 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
                     settings, org, [it for items in approved.values() for it in items], accounts)
             away, blocked = {}, {}
             for v in settings.lookup_views:
-                back, away[v.name], blocked[v.name] = _returning(ledger.review_items(view=v.name), accounts,
-                                                                 v.parent_field)
+                kept = [*ledger.review_items(status="applied", view=v.name),
+                        *ledger.review_items(status="blocked", view=v.name)]
+                back, away[v.name], blocked[v.name] = _returning(kept, accounts, v.parent_field)
                 approved[v.name] = approved[v.name] + back
             decisions = Decisions(approved, {v.name: ledger.rejected_pairs(v.name) for v in settings.lookup_views},
                                   placeholder_parents, {v.name: ledger.held_pairs(v.name) for v in settings.lookup_views},

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -71,10 +71,37 @@ def _m4(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN unsettled INTEGER")
 
 
+def _m5(db: sqlite_utils.Database) -> None:
+    # Review items keep every note (a JSON list of {at, by, run, text}; `note` stays the latest, for reading and
+    # old scripts); `away_run`: the run that found an approved item's child or parent missing from its input
+    # (re-applied when they come back); `held_run`: the rollback that undid the item's link (never applied
+    # again by a rule until a person approves it).
+    db.execute("ALTER TABLE review ADD COLUMN notes TEXT")
+    db.execute("ALTER TABLE review ADD COLUMN away_run TEXT")
+    db.execute("ALTER TABLE review ADD COLUMN held_run TEXT")
+    # the one note kept so far starts the trail: a run's note names its run, anything else was a person's decision
+    db.execute("UPDATE review SET notes = CASE WHEN note LIKE 'proposed again by run %' OR note LIKE 'not proposed by "
+               "run %' OR note LIKE 'run %' THEN json_array(json_object('at', NULL, 'by', NULL, 'run', NULL, 'text', "
+               "note)) ELSE json_array(json_object('at', decided_at, 'by', decided_by, 'run', NULL, 'text', note, "
+               "'decision', CASE WHEN decided_at IS NULL THEN NULL WHEN status = 'rejected' THEN 'rejected' "
+               "ELSE 'approved' END)) END WHERE note IS NOT NULL")
+
+
 MIGRATIONS = [(1, "runs, changes, findings, arr_history, membership, snapshots", _m1),
               (2, "review queue", _m2),
               (3, "finding severity and outcome; membership log", _m3),
-              (4, "runs.unsettled: runs whose write did not end cleanly", _m4)]
+              (4, "runs.unsettled: runs whose write did not end cleanly", _m4),
+              (5, "review notes trail, away and held markers", _m5)]
+
+
+
+def _add_note(text: str, decision: str | None = None) -> str:
+    """SET clause: append a note (the SQL expression `text`) to a review item's trail and make it the latest
+    `note`; named parameters :at, :by, :run. A decision's entry also says what was decided."""
+    extra = f", 'decision', {_literal(decision)}" if decision else ""
+    return (f"note = {text}, notes = json_insert(coalesce(notes, '[]'), '$[#]', json_object('at', :at, 'by', :by, "
+            f"'run', :run, 'text', {text}{extra}))")
+
 
 REVIEW_STATUSES = ("pending", "approved", "rejected", "applied", "expired", "blocked")
 
@@ -265,6 +292,21 @@ class Ledger:
         while rows := cur.fetchmany(20_000):
             yield from rows
 
+    def link_details(self, run_id: str, obj: str, field: str, ids: Collection[str]) -> list[dict]:
+        """The applied changes of one (object, field) of a run whose record is in `ids`, with their rule,
+        confidence and evidence (what a rollback hands the review queue about the links it undid)."""
+        first, last = self._range(run_id)
+        wanted = set(ids)
+        cur = self.db.conn.execute(
+            "SELECT record_id, new, rule, confidence, evidence FROM changes WHERE rowid BETWEEN ? AND ? AND object = ? "
+            "AND field = ? AND status = 'applied' ORDER BY rowid", [first, last, obj, field])
+        def approved(ev: str | None) -> bool:  # a link a person approved carries its review item's id
+            d = json.loads(ev) if ev else None
+            return isinstance(d, dict) and "approved" in d
+
+        return [{"child": rid, "parent": new, "rule": rule, "confidence": conf, "evidence": ev, "approved": approved(ev)}
+                for rid, new, rule, conf, ev in cur if rid in wanted and new]
+
     def changes(self, run_id: str, status: str | None = None) -> Iterator[dict]:
         """A run's changes in plan order, each with its `seq` (0-based position in the run)."""
         first, last = self._range(run_id)
@@ -377,6 +419,16 @@ class Ledger:
             conn.execute("DROP TABLE temp.undo_membership")
         return {"restored": restored, "replaced_since": left}
 
+    def membership_undo_preview(self, run_id: str) -> dict[str, int]:
+        """What `undo_membership` would report, without changing anything."""
+        conn = self.db.conn
+        mine = ("(view, account_id) IN (SELECT view, account_id FROM membership WHERE run_id = ? AND end_month IS NULL)")
+        restored = conn.execute("SELECT count(*) FROM membership WHERE run_id = ? AND end_month IS NULL",
+                                [run_id]).fetchone()[0]
+        left = conn.execute(f"SELECT count(DISTINCT view || ':' || account_id) FROM membership_log WHERE run_id = ? "
+                            f"AND NOT {mine}", [run_id, run_id]).fetchone()[0]
+        return {"restored": restored, "replaced_since": left}
+
     # ---- snapshots ------------------------------------------------------------------------------
     def upsert_snapshots(self, run_id: str, keys: Sequence[str], data: Sequence[str | None]) -> None:
         """Latest value of each KPI snapshot (external id <view>:<root>:<YYYY-MM>) as JSON, with its run;
@@ -391,37 +443,47 @@ class Ledger:
                              f"{_literal(run_id)})", pairs)
 
     # ---- review queue ---------------------------------------------------------------------------
-    def sync_review(self, run_id: str, view: str, items: Sequence[dict]) -> dict[str, int]:
+    # Every change of an item's status that is not a person's decision carries its reason as a note; notes are
+    # never overwritten: `notes` keeps them all, oldest first (`note` is the latest).
+    def sync_review(self, run_id: str, view: str, items: Sequence[dict], when: str | None = None) -> dict[str, int]:
         """Record this run's proposals for review: new ones pending, known ones refreshed; pending ones
-        the run no longer proposes expire (saying so in `note`). Approved and rejected rows keep their status; an
-        applied one proposed again (its link has left the org) is pending again, with the reason in `note`."""
+        the run no longer proposes expire (saying so in a note). Approved and rejected rows keep their status; an
+        applied one proposed again (its link has left the org) is pending again, and an expired one proposed
+        again is pending again, each with the reason in a note."""
         conn = self.db.conn
+        at = {"at": when, "by": None, "run": run_id, "view": view}
         with self._tx():
+            conn.execute("DROP TABLE IF EXISTS temp.proposed")
+            conn.execute("CREATE TEMP TABLE proposed (child_id TEXT NOT NULL, parent_ref TEXT NOT NULL, "
+                         "PRIMARY KEY (child_id, parent_ref)) WITHOUT ROWID")
+            conn.executemany("INSERT OR IGNORE INTO temp.proposed VALUES (?, ?)",
+                             ((it["child_id"], it["parent_ref"]) for it in items))
+            mine = "view = :view AND (child_id, parent_ref) IN (SELECT child_id, parent_ref FROM temp.proposed)"
+            # an applied link proposed again is no longer in the org: it comes back to review, saying why
+            reopened = conn.execute(
+                "UPDATE review SET status = 'pending', applied_run = NULL, " + _add_note(
+                    "'proposed again by run ' || :run || ': the link applied by run ' || coalesce(applied_run, '?') "
+                    "|| ' is no longer in the org'") + f" WHERE status = 'applied' AND {mine}", at).rowcount
+            conn.execute("UPDATE review SET status = 'pending', " + _add_note("'proposed again by run ' || :run")
+                         + f" WHERE status = 'expired' AND {mine}", at)
             before = conn.execute("SELECT count(*) FROM review WHERE view = ?", (view,)).fetchone()[0]
             conn.executemany(
                 "INSERT INTO review (view, child_id, parent_ref, parent_id, placeholder_name, members, rule, confidence, "
                 "evidence, reason, status, first_run, last_run) VALUES (?,?,?,?,?,?,?,?,?,?,'pending',?,?) "
                 "ON CONFLICT (view, child_id, parent_ref) DO UPDATE SET confidence = excluded.confidence, "
                 "evidence = excluded.evidence, reason = excluded.reason, rule = excluded.rule, members = excluded.members, "
-                "last_run = excluded.last_run, "
-                # an applied link proposed again is no longer in the org: it comes back to review, saying why
-                "note = CASE WHEN status = 'applied' THEN 'proposed again by run ' || excluded.last_run || "
-                "': the link applied by run ' || coalesce(applied_run, '?') || ' is no longer in the org' "
-                "WHEN status = 'expired' THEN NULL ELSE note END, "
-                "applied_run = CASE WHEN status = 'applied' THEN NULL ELSE applied_run END, "
-                "status = CASE WHEN status IN ('expired', 'applied') THEN 'pending' ELSE status END",
+                "last_run = excluded.last_run",
                 ((view, it["child_id"], it["parent_ref"], it.get("parent_id"), it.get("placeholder_name"),
                   json.dumps(it.get("members")) if it.get("members") else None, it["rule"], it["confidence"],
                   json.dumps(it.get("evidence") or {}, sort_keys=True), it.get("reason"), run_id, run_id)
                  for it in items))
             new = conn.execute("SELECT count(*) FROM review WHERE view = ?", (view,)).fetchone()[0] - before
             # every row this run proposed carries last_run = run_id; older pending rows are no longer proposed
-            expired = conn.execute("UPDATE review SET status = 'expired', note = 'not proposed by run ' || ? || "
-                                   "' (the child has a parent now, or no rule proposes this link any more)' "
-                                   "WHERE view = ? AND status = 'pending' AND last_run != ?",
-                                   (run_id, view, run_id)).rowcount
-            reopened = conn.execute("SELECT count(*) FROM review WHERE view = ? AND note LIKE "
-                                    "'proposed again by run ' || ? || ':%'", (view, run_id)).fetchone()[0]
+            expired = conn.execute(
+                "UPDATE review SET status = 'expired', " + _add_note(
+                    "'not proposed by run ' || :run || ' (the child has a parent now, or no rule proposes this link "
+                    "any more)'") + " WHERE view = :view AND status = 'pending' AND last_run != :run", at).rowcount
+            conn.execute("DROP TABLE temp.proposed")
         return {"new": new, "expired": expired, "reopened": reopened}
 
     def review_items(self, status: str | None = None, view: str | None = None, ids: Sequence[int] = ()) -> list[dict]:
@@ -440,6 +502,7 @@ class Ledger:
         for r in rows:
             r["evidence"] = json.loads(r["evidence"]) if r["evidence"] else {}
             r["members"] = json.loads(r["members"]) if r["members"] else None
+            r["notes"] = json.loads(r["notes"]) if r.get("notes") else []
             out.append(r)
         return out
 
@@ -447,21 +510,87 @@ class Ledger:
         return {(c, p) for c, p in self.db.execute(
             "SELECT child_id, parent_ref FROM review WHERE view = ? AND status = 'rejected'", [view])}
 
+    def held_pairs(self, view: str) -> dict[tuple[str, str], str]:
+        """(child, parent) pairs a `rollback --hold` took out of the org and no person has decided on since:
+        rules do not apply them again (they go to review). Value: the rollback's run id."""
+        return {(c, p): r for c, p, r in self.db.execute(
+            "SELECT child_id, parent_ref, held_run FROM review WHERE view = ? AND held_run IS NOT NULL "
+            "AND status IN ('pending', 'expired')", [view])}
+
     def decide_review(self, ids: Sequence[int], status: str, when: str, by: str | None = None,
                       note: str | None = None) -> list[dict]:
-        """Approve or reject review items; only pending (or expired/blocked) items can be decided."""
+        """Approve or reject review items; only pending (or expired/blocked) items can be decided. The decision
+        joins the item's notes (with who and when, even without a note) and ends any hold of a rollback."""
         conn = self.db.conn
         with self._tx():
             for rid in ids:
-                conn.execute("UPDATE review SET status = ?, decided_at = ?, decided_by = ?, note = ? WHERE id = ?",
-                             (status, when, by, note, rid))
+                conn.execute("UPDATE review SET status = :status, decided_at = :at, decided_by = :by, held_run = NULL, "
+                             "away_run = NULL, note = :note, notes = json_insert(coalesce(notes, '[]'), '$[#]', "
+                             "json_object('at', :at, 'by', :by, 'run', NULL, 'text', :note, 'decision', :status)) "
+                             "WHERE id = :id", {"status": status, "at": when, "by": by, "note": note, "id": rid})
         return self.review_items(ids=ids)
 
-    def settle_review(self, run_id: str, applied: Sequence[int], blocked: Sequence[tuple[int, str]]) -> None:
-        """Approved items the run applied become 'applied'; those a guard refused become 'blocked' (with why)."""
+    def settle_review(self, run_id: str, applied: Sequence[int], blocked: Sequence[tuple[int, str]],
+                      away: Sequence[tuple[int, str | None]] = (), when: str | None = None) -> None:
+        """Approved items the run applied become 'applied' (one whose accounts had left the input says it is
+        back); those a guard refused become 'blocked' (with why). `away`: approved items whose child or parent
+        is not in this run's input, with a note (None: the blocked note says it); they are re-applied when
+        they come back, as a person decided."""
         conn = self.db.conn
+        at = {"at": when, "by": None, "run": run_id}
         with self._tx():
-            conn.executemany("UPDATE review SET status = 'applied', applied_run = ? WHERE id = ?",
-                             ((run_id, i) for i in applied))
-            conn.executemany("UPDATE review SET status = 'blocked', note = ? WHERE id = ?",
-                             ((f"run {run_id}: {why}", i) for i, why in blocked))
+            conn.executemany("UPDATE review SET " + _add_note(
+                "'run ' || :run || ': the child and the parent are back in the input (they were not in that of run ' "
+                "|| away_run || '); the approved link is applied again'") + ", away_run = NULL WHERE id = :id "
+                "AND away_run IS NOT NULL", ({**at, "id": i} for i in applied))
+            conn.executemany("UPDATE review SET status = 'applied', applied_run = :run WHERE id = :id",
+                             ({**at, "id": i} for i in applied))
+            conn.executemany("UPDATE review SET status = 'blocked', away_run = NULL, " + _add_note("'run ' || :run || ': ' || :why")
+                             + " WHERE id = :id", ({**at, "id": i, "why": why} for i, why in blocked))
+            conn.executemany("UPDATE review SET away_run = :run WHERE id = :id AND away_run IS NULL",
+                             ({**at, "id": i} for i, _ in away))
+            conn.executemany("UPDATE review SET " + _add_note("'run ' || :run || ': ' || :why") + " WHERE id = :id",
+                             ({**at, "id": i, "why": why} for i, why in away if why))
+
+    def reopen_after_rollback(self, rollback_id: str, run_id: str, view: str, links: Sequence[dict], hold: bool,
+                              when: str | None = None, dry_run: bool = False) -> dict[str, int]:
+        """The review side of a rollback of `run_id`: the approved items whose links it undid are pending again
+        (a person decides again), saying why. With `hold`, every link it undid ({child, parent, rule,
+        confidence, evidence}) is also held: rules do not apply it again until a person approves it (a rule-made
+        link gets a pending item of its own). Returns how many items were reopened, held and created."""
+        conn = self.db.conn
+        at = {"at": when, "by": None, "run": rollback_id, "undone": run_id, "view": view,
+              "held": rollback_id if hold else None}
+        why = ("'run ' || :run || ' rolled back run ' || :undone || ': the link it applied is no longer in the org; "
+               + ("it is held out of the org until a person approves it again (reject: never proposed again)'" if hold
+                  else "approve it to apply it again'"))
+        pairs = [(l["child"], l["parent"]) for l in links]
+        with self._tx():
+            conn.execute("DROP TABLE IF EXISTS temp.undone")
+            conn.execute("CREATE TEMP TABLE undone (child_id TEXT NOT NULL, parent_ref TEXT NOT NULL, "
+                         "PRIMARY KEY (child_id, parent_ref)) WITHOUT ROWID")
+            conn.executemany("INSERT OR IGNORE INTO temp.undone VALUES (?, ?)", pairs)
+            mine = "view = :view AND (child_id, parent_ref) IN (SELECT child_id, parent_ref FROM temp.undone)"
+            count = (lambda where: conn.execute(f"SELECT count(*) FROM review WHERE {where}", at).fetchone()[0])
+            reopened = count(f"status = 'applied' AND applied_run = :undone AND {mine}")
+            held = count(f"status IN ('pending', 'expired', 'applied') AND {mine}") if hold else 0
+            known = count(mine)
+            if not dry_run:
+                conn.execute("UPDATE review SET status = 'pending', applied_run = NULL, held_run = :held, "
+                             + _add_note(why) + f" WHERE status = 'applied' AND applied_run = :undone AND {mine}", at)
+                if hold:
+                    conn.execute("UPDATE review SET status = 'pending', held_run = :held, " + _add_note(why)
+                                 + f" WHERE status IN ('pending', 'expired', 'applied') AND held_run IS NOT :held "
+                                 f"AND {mine}", at)
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO review (view, child_id, parent_ref, parent_id, rule, confidence, evidence, "
+                        "reason, status, first_run, last_run, held_run, note, notes) VALUES (:view, :child, :parent, "
+                        ":parent, :rule, :confidence, :evidence, 'held: run ' || :run || ' rolled back this link', "
+                        "'pending', :run, :run, :held, " + why + ", json_array(json_object('at', :at, 'by', NULL, "
+                        "'run', :run, 'text', " + why + ")))",
+                        ({**at, "child": l["child"], "parent": l["parent"], "rule": l.get("rule") or "rollback",
+                          "confidence": l.get("confidence") if l.get("confidence") is not None else 1.0,
+                          "evidence": l.get("evidence") or "{}"} for l in links))
+            conn.execute("DROP TABLE temp.undone")
+        created = len(set(pairs)) - known if hold else 0
+        return {"reopened": reopened, "held": held + created, "created": created}

@@ -129,7 +129,8 @@ def figures(state: State, view: str, period: int, window: int, current_month: in
     """NRR figures of one view and window from a state whose trees are built (after the repair stage), with
     what the records left out of ARR take out of them (`excluded`, when there are any)."""
     out = window_figures(state.accounts.ids, state.accounts.column, state.matrix, state.first,
-                         lambda m: state.labels_at(view, m, current_month), view, period, window, as_of_start, by)
+                         lambda m: state.labels_at(view, m, current_month), view, period, window, as_of_start, by,
+                         state.first_arr)
     if state.excluded is not None and len(state.excluded):
         out["excluded"] = state.excluded.impact(period - window, period)
     return out
@@ -218,7 +219,7 @@ def report(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunContext, v
            as_of_start: bool = False, by: str | None = None) -> dict:
     """NRR figures recomputed from the org as it is and the stored history (no rules, nothing written)."""
     state = fetch(settings, org, ledger, ctx, extra_fields=(by,) if by and by != "cohort" else (), repair=False,
-                  since=report_first(settings, ctx.current_month, period, window))
+                  since=report_first(settings, ctx.current_month, period, window), cohorts=by == "cohort")
     state = run_stages(settings, org, ledger, ctx, state, [("match", _repair(settings))])
     return figures(state, view, period, window, ctx.current_month, as_of_start, by)
 

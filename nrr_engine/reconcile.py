@@ -6,7 +6,8 @@ against a dict of that field's current values, so memory stays at one field's wo
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
+from contextlib import nullcontext
 from itertools import islice
 
 from .ledger import Ledger
@@ -110,10 +111,13 @@ def _settled(now: str | None, old: str | None, new: str | None) -> str:
     return "not_applied" if now == old else "conflict"
 
 
-def rollback(org: LocalOrg, ledger: Ledger, run_id: str, rollback_id: str, snapshot_prefix: str) -> dict:
+def rollback(org: LocalOrg, ledger: Ledger, run_id: str, rollback_id: str | None, snapshot_prefix: str,
+             dry_run: bool = False, links: Collection[tuple[str, str]] = ()) -> dict:
     """Restore the old values of `run_id`'s applied changes, recorded as run `rollback_id`.
 
-    A value edited since the run is left alone and reported (a sample of them, and how many)."""
+    A value edited since the run is left alone and reported (a sample of them, and how many). `dry_run`: the
+    same counts and conflicts, nothing written to the org or the ledger. `links`: the (object, field) pairs
+    whose restored record Ids the result lists under "links" (the parent links, for the review queue)."""
     conflicts: list[dict] = []
     n_conflicts = restored = deleted = recreated = snapshots_restored = 0
     batches: list = []
@@ -124,7 +128,8 @@ def rollback(org: LocalOrg, ledger: Ledger, run_id: str, rollback_id: str, snaps
         if len(conflicts) < SAMPLE:
             conflicts.append({"object": obj, "id": rid, "field": field, "expected": expected, "found": found})
 
-    with org.transaction():  # write-ahead as in a run: the ledger commits before the org does
+    restored_links: dict[str, list[str]] = {}
+    with nullcontext() if dry_run else org.transaction():  # write-ahead as in a run: the ledger commits first
         for obj, field in ledger.change_groups(run_id, ("applied",)):
             changes = ledger.iter_changes(run_id, obj, field, ("applied",))
             if field == UPSERT:
@@ -149,9 +154,10 @@ def rollback(org: LocalOrg, ledger: Ledger, run_id: str, rollback_id: str, snaps
                     undo.ids.append(row[0])
                     undo.old.append(new)
                     undo.new.append(old)
-                org.delete(obj, gone)
-                org.upsert_json(obj, SNAPSHOT_KEY, SNAPSHOT_FIELDS, [n for n in undo.new if n is not None],
-                                snapshot_prefix)
+                if not dry_run:
+                    org.delete(obj, gone)
+                    org.upsert_json(obj, SNAPSHOT_KEY, SNAPSHOT_FIELDS, [n for n in undo.new if n is not None],
+                                    snapshot_prefix)
                 deleted += len(gone)
                 recreated += sum(1 for rid, n in zip(undo.ids, undo.new) if rid is None and n is not None)
                 snapshots_restored += sum(1 for rid, o, n in zip(undo.ids, undo.old, undo.new)
@@ -160,10 +166,14 @@ def rollback(org: LocalOrg, ledger: Ledger, run_id: str, rollback_id: str, snaps
                 continue
             if field == INSERT:  # records the run created: deleted, unless already gone
                 rows = list(changes)
-                results = org.delete(obj, [r[1] for r in rows])
+                if dry_run:  # what a delete would find: the records still there
+                    there = org.get(obj, [r[1] for r in rows], []) if org.has_table(obj) else {}
+                    oks = [r[1] in there for r in rows]
+                else:
+                    oks = [res.ok for res in org.delete(obj, [r[1] for r in rows])]
                 undo = FieldChanges(obj, INSERT, f"rollback:{run_id}", ids=[], old=[], new=[])
-                for (_, rid, _, _, new), res in zip(rows, results):
-                    if res.ok:
+                for (_, rid, _, _, new), ok in zip(rows, oks):
+                    if ok:
                         undo.ids.append(rid)
                         undo.old.append(new)
                         undo.new.append(None)
@@ -183,12 +193,16 @@ def rollback(org: LocalOrg, ledger: Ledger, run_id: str, rollback_id: str, snaps
                 else:
                     conflict(obj, rid, field, new, now)
             del current
-            org.update_fields(obj, [field], undo.ids, [undo.new])
+            if (obj, field) in links:
+                restored_links[field] = list(undo.ids)
+            if not dry_run:
+                org.update_fields(obj, [field], undo.ids, [undo.new])
             restored += len(undo)
             batches.append(undo)
-        ledger.record_changes(rollback_id, batches, "applied")
+        if not dry_run:
+            ledger.record_changes(rollback_id, batches, "applied")
     # Every change the rollback records is one of these four, so they add up to its `applied` count.
     return {"run_id": rollback_id, "rolled_back": run_id, "restored_fields": restored,
             "restored_snapshots": snapshots_restored, "deleted_records": deleted, "restored_records": recreated,
             "changes": restored + snapshots_restored + deleted + recreated,
-            "conflicts": conflicts, "conflict_count": n_conflicts}
+            "conflicts": conflicts, "conflict_count": n_conflicts, "links": restored_links}

@@ -22,6 +22,8 @@ def nrr_json(fig: dict) -> dict:
         out["note"] = fig["provisional"]
     if fig.get("excluded"):
         out["excluded"] = fig["excluded"]
+    if fig.get("cohort_note"):
+        out["cohort_note"] = fig["cohort_note"]
     return out
 
 
@@ -71,6 +73,8 @@ def nrr_table(fig: dict) -> str:
                      f"NRR {_pct(m.nrr)} GRR {_pct(m.grr)}")
     if fig.get("excluded"):
         lines.append("excluded: " + excluded_text(fig["excluded"]))
+    if fig.get("cohort_note"):
+        lines.append("note: " + fig["cohort_note"])
     if fig.get("provisional"):
         lines.append("note: " + fig["provisional"])
     return "\n".join(lines)

@@ -100,6 +100,8 @@ class State:
     extra_fields: tuple[str, ...] = ()
     merged: dict = field(default_factory=dict)  # merged-away account Id -> surviving account Id
     excluded: Any = None                        # metrics.arr.Excluded: records left out of ARR (fetch_arr)
+    cohorts: bool = False                       # a report by cohort: fetch_arr dates each account's first ARR
+    first_arr: Any = None                       # per account, first month with ARR from subscriptions, or None
     # ---- outputs of the stages
     views: dict = field(default_factory=dict)   # view -> hierarchy.repair.ViewResult (repair)
     duplicates: tuple[dict, ...] = ()           # (repair)

@@ -247,9 +247,18 @@ def consolidate(pop: Population, proposals: list[Proposal], guards: Guards,
 
 
 def repair(view: str, pop: Population, proposals: list[Proposal], placeholders: list[Placeholder],
-           guards: Guards, approved: list[Approved], rejected: set[tuple[str, str]]) -> Repair:
-    """Decide every link of one view and return the repaired parent array."""
+           guards: Guards, approved: list[Approved], rejected: set[tuple[str, str]],
+           held: dict[tuple[str, str], str] | None = None) -> Repair:
+    """Decide every link of one view and return the repaired parent array. `held`: pairs a rollback took out
+    of the org ({(child Id, parent Id): rollback run}): however confident, they go to review."""
     apply, review, kept = consolidate(pop, proposals, guards, rejected)
+    if held:
+        ids = pop.ids
+        for link in [l for l in apply if (ids[l.child], ids[l.parent]) in held]:
+            link.reason = (f"held: run {held[(ids[link.child], ids[link.parent])]} rolled back this link; approve it "
+                           "to apply it again")
+            review.append(link)
+        apply = [l for l in apply if l.reason is None]
     result = Repair(view, pop.parent.copy(), kept_existing=kept)
     by_child = {l.child: l for l in apply}
     for a in approved:  # a person's decision outranks the rules'

@@ -18,11 +18,17 @@ class Decisions:
     """What people decided in review, per view: approved items (ledger rows) and rejected (child, parent) pairs.
 
     `placeholder_parents` maps an approved placeholder item's id to the account index of its parent
-    (created by this run's plan when the org does not hold it yet)."""
+    (created by this run's plan when the org does not hold it yet). `held`: (child, parent) pairs a
+    `rollback --hold` undid, which rules send to review instead of applying ({pair: rollback run id}).
+    `away` and `blocked` are what the state sink records about approved items whose accounts left the input
+    or came back changed: (review id, note) each."""
 
     approved: dict[str, list[dict]] = field(default_factory=dict)
     rejected: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
     placeholder_parents: dict[int, int] = field(default_factory=dict)
+    held: dict[str, dict[tuple[str, str], str]] = field(default_factory=dict)
+    away: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    blocked: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -116,7 +122,8 @@ def repair_view(settings, accounts: Accounts, tree: Tree, current: np.ndarray, v
         else:
             gone.append(item["id"])
     guards = link_mod.Guards(h.auto_apply, h.max_depth, h.child_limit, h.missing_parents)
-    rep = link_mod.repair(view, pop, proposals, holders, guards, approved, decisions.rejected.get(view, set()))
+    rep = link_mod.repair(view, pop, proposals, holders, guards, approved, decisions.rejected.get(view, set()),
+                          decisions.held.get(view))
     rep.gone = gone
     blocked: dict[str, list[str]] = {}
     for b in rep.blocked:
@@ -128,6 +135,7 @@ def repair_view(settings, accounts: Accounts, tree: Tree, current: np.ndarray, v
         findings.append(Finding("locked", f"view {view}: {int(locked.sum())} locked account(s) ({h.locked_field}) "
                                 "left untouched", ()))
     stats = {"proposals": len(proposals), "applied": len(rep.applied), "review": len(rep.review),
+             "review_accounts": len({l.child for l in rep.review}),  # a tie puts one account in review per candidate
              "blocked": len(rep.blocked), "kept_existing_parent": rep.kept_existing,
              "placeholders": len(rep.placeholders), "virtual_roots": len(rep.virtual),
              "by_rule": _count_by_rule(rep)}

@@ -52,6 +52,13 @@ class Excluded:
             return Excluded()
         return Excluded(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("units", "first", "last")))
 
+    def arr_at(self, m: int) -> int:
+        """ARR (units) of the records active at the close of month m whose amount and dates are known."""
+        if not len(self):
+            return 0
+        on = (self.first >= 0) & (self.first <= m) & (m <= self.last) & (self.units >= 0)
+        return int(self.units[on].sum())
+
     def impact(self, m0: int, m1: int) -> dict | None:
         """What the records take out of the figures of window m0 -> m1: at each end, the ARR of those active
         then (known amounts) and how many are active with an unknown amount; those with unknown dates apart."""
@@ -107,10 +114,11 @@ def _findings(problems: dict[str, _Problems], what: dict[str, tuple[str, str]], 
 
 
 def from_subscriptions(rows: Iterable[tuple], index: dict[str, int], cfg: SubscriptionSource, currency: str,
-                       first: int, count: int, source: str,
-                       locate: Locate | None = None) -> tuple[np.ndarray, list[Finding], Excluded]:
+                       first: int, count: int, source: str, locate: Locate | None = None,
+                       first_active: np.ndarray | None = None) -> tuple[np.ndarray, list[Finding], Excluded]:
     """Rows of (Id, account, start, end, amount, currency) -> ARR matrix over months [first, first+count), the
-    findings, and the records left out of ARR.
+    findings, and the records left out of ARR. `first_active` (one per account, OPEN to start with) gets each
+    account's first month with ARR, however long before `first` it lies (a report's cohorts).
 
     Rows are consumed in chunks, so a million subscriptions never sit in memory as Python objects at once."""
     matrix = np.zeros((len(index), count + 1), dtype=np.int64)
@@ -120,7 +128,7 @@ def from_subscriptions(rows: Iterable[tuple], index: dict[str, int], cfg: Subscr
     excluded: list[Excluded] = []
     it = iter(rows)
     while chunk := list(islice(it, _CHUNK)):
-        excluded.append(_add_chunk(matrix, chunk, index, cfg, currency, first, count, source, problems))
+        excluded.append(_add_chunk(matrix, chunk, index, cfg, currency, first, count, source, problems, first_active))
     np.cumsum(matrix, axis=1, out=matrix)
     what = {"arr_not_a_number": (f"amount unknown: {cfg.amount} is blank or not a number", money.NUMBER_FORMAT),
             "negative_arr": (f"{cfg.amount} is negative", "an amount >= 0"),
@@ -130,7 +138,7 @@ def from_subscriptions(rows: Iterable[tuple], index: dict[str, int], cfg: Subscr
     return matrix[:, :count], _findings(problems, what, cfg.object, source, locate), Excluded.join(excluded)
 
 
-def _add_chunk(matrix, chunk, index, cfg, currency, first, count, source, problems) -> Excluded:
+def _add_chunk(matrix, chunk, index, cfg, currency, first, count, source, problems, first_active=None) -> Excluded:
     rid, account, start, end, amount, cur = (list(c) for c in zip(*chunk))
     n = len(rid)
     foreign = [i for i, c in enumerate(cur) if c and c.strip().upper() != currency]
@@ -183,6 +191,8 @@ def _add_chunk(matrix, chunk, index, cfg, currency, first, count, source, proble
     a, v = acc[keep], units[keep] * factor
     np.add.at(matrix, (a, np.clip(start_m[keep] - first, 0, count)), v)
     np.add.at(matrix, (a, np.clip(last[keep] + 1 - first, 0, count)), -v)
+    if first_active is not None:  # active at the close of its start month, with an amount: ARR from then
+        np.minimum.at(first_active, a[v > 0], start_m[keep][v > 0])
     out = np.flatnonzero(excluded | inverted)
     usable = ~bad_amount[out] & ~negative[out]
     dated = ~bad_date[out] & ~inverted[out]

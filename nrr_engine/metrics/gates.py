@@ -1,6 +1,7 @@
 """Reconciliation gates before any write (DESIGN §7): one root per family, rollups equal the sum of their
 members, movements add up. Pure: raises GateFailed saying which gate and why. Also the input guard (`shrink`):
-an input that lost a large share of the accounts or ARR since the last run."""
+an input that lost a large share of the accounts or ARR since the last run, and (`unusable`) one that no run
+should take, first runs included: no accounts at all, or most of its ARR on records whose account is missing."""
 from __future__ import annotations
 
 from decimal import Decimal
@@ -65,3 +66,30 @@ def shrink(before: dict | None, accounts: int, arr: int, max_share: float) -> st
         parts.append(f"ARR {money.fmt(old_arr)} -> {money.fmt(arr)} ({change(old_arr, arr)})")
     return (f"the input shrank since the last run {before['run_id']} (as of {before['as_of']}): "
             + ", ".join(parts))
+
+
+def unusable(accounts: int, arr: int, left_out: int, month: str, max_share: float,
+             before: dict | None = None) -> str | None:
+    """Why an input is unusable whatever the last run saw (a first run too), or None: it has no accounts, or the
+    records left out of ARR (subscriptions whose account is not in the input) hold more than `max_share` of the
+    ARR active at the close of `month` (`arr` kept + `left_out`, units): more than the share the last run that
+    wrote left out (`before["arr_left_out"]`, `before["arr"]`), so a share once accepted does not stop every run."""
+    if accounts == 0:
+        return ("the input has no accounts (Account has no records: a header-only Account.csv, an empty export or "
+                "query)" + (f"; {money.fmt(left_out)} of ARR at {month} is on records whose account is not in it"
+                            if left_out > 0 else ""))
+    total = arr + left_out
+    if left_out <= 0 or total <= 0:
+        return None
+    share = Decimal(left_out) / Decimal(total)
+    base = Decimal(0)
+    if before and before.get("arr_left_out"):
+        b_total = (before.get("arr") or 0) + before["arr_left_out"]
+        base = Decimal(before["arr_left_out"]) / Decimal(b_total) if b_total > 0 else Decimal(0)
+    if share - base <= Decimal(str(max_share)):
+        return None
+    pct = (share * 100).quantize(Decimal("0.1"))
+    # only a record whose account is missing has an amount and dates the engine could read: the rest are unknown
+    return (f"subscriptions whose account is not in the input hold {money.fmt(left_out)} of the "
+            f"{money.fmt(total)} ARR active at {month} ({pct} %)"
+            + (f" ({(base * 100).quantize(Decimal('0.1'))} % at the last run {before['run_id']})" if base else ""))

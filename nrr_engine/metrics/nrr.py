@@ -120,10 +120,12 @@ def movements(t: FamilyTable, mask: np.ndarray | None = None) -> Movement:
 
 
 def window_figures(ids: list[str], column, matrix: np.ndarray, first: int, labels_at, view: str, period: int,
-                   window: int, as_of_start: bool = False, by: str | None = None) -> dict:
+                   window: int, as_of_start: bool = False, by: str | None = None,
+                   first_arr: np.ndarray | None = None) -> dict:
     """Family and naive movements of window period-window -> period, plus segments by a root field or cohort.
 
-    `labels_at(month)` gives every account's family in a month; `column(name)` an account field."""
+    `labels_at(month)` gives every account's family in a month; `column(name)` an account field; `first_arr`
+    every account's first month with ARR where it is known before the matrix (subscriptions), for cohorts."""
     m0, m1 = period - window, period
     if m0 < first or m1 - first >= matrix.shape[1]:
         raise DataError(f"no ARR history for {months.fmt(m0)}..{months.fmt(m1)} (history covers "
@@ -137,19 +139,30 @@ def window_figures(ids: list[str], column, matrix: np.ndarray, first: int, label
     out = {"view": view, "period": months.fmt(period), "window": window, "family": movements(table),
            "naive": movements(naive_table), "segments": []}
     if by:
-        out["segments"] = segment_figures(table, column, by, matrix, first)
+        out["segments"] = segment_figures(table, column, by, matrix, first, first_arr)
+        if by == "cohort" and any(s["value"].startswith("<= ") for s in out["segments"]):
+            out["cohort_note"] = (f"cohorts before {months.fmt(first)} are grouped as '<= {months.fmt(first)}': the "
+                                  f"ARR history kept starts at {months.fmt(first)} (arr.history_months), so a family "
+                                  "with ARR then may have started earlier")
     return out
 
 
-def segment_figures(table: FamilyTable, column, by: str, matrix: np.ndarray, first: int) -> list[dict]:
-    """Movements per value of a root account field, or per cohort (first month the family had ARR)."""
+def segment_figures(table: FamilyTable, column, by: str, matrix: np.ndarray, first: int,
+                    first_arr: np.ndarray | None = None) -> list[dict]:
+    """Movements per value of a root account field, or per cohort (first month the family had ARR: from
+    `first_arr` when given, else from the matrix, whose first month then stands for itself and all before it)."""
     if by == "cohort":
-        has = matrix > 0
-        start = np.where(has.any(axis=1), has.argmax(axis=1), matrix.shape[1])
-        fam_start = np.full(len(table.labels), matrix.shape[1], dtype=np.int64)
+        end = first + matrix.shape[1]  # a first month after the matrix (only future ARR) is no cohort yet
+        if first_arr is None:
+            has = matrix > 0
+            start = np.where(has.any(axis=1), first + has.argmax(axis=1), end)
+        else:
+            start = first_arr
+        fam_start = np.full(len(table.labels), end, dtype=np.int64)
         np.minimum.at(fam_start, table.inv, start)
-        values = np.array([months.fmt(first + int(s)) if s < matrix.shape[1] else "(none)" for s in fam_start.tolist()],
-                          dtype=object)
+        grouped = first_arr is None
+        values = np.array(["(none)" if s >= end else f"<= {months.fmt(s)}" if grouped and s == first else months.fmt(s)
+                           for s in fam_start.tolist()], dtype=object)
     else:
         col = column(by)
         values = np.array([(col[lab] if lab >= 0 else None) or "(blank)" for lab in table.labels.tolist()],

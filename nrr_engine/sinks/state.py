@@ -23,9 +23,15 @@ class StateSink:
         sc = plan.snapshot_changes
         if len(sc):
             ledger.upsert_snapshots(run_id, sc.keys, sc.new)
+        when = ctx.clock().isoformat()
+        decisions = plan.state.decisions
         for vname, items in plan.review_queue(self.settings).items():
-            ledger.sync_review(run_id, vname, items)
+            ledger.sync_review(run_id, vname, items, when)
             rep = plan.views[vname].repair
+            # an approval outlives accounts that leave the input: it is applied again when they are back
             ledger.settle_review(run_id, [l.review_id for l in rep.applied if l.review_id is not None],
                                  [(l.review_id, l.reason or "blocked") for l in rep.blocked if l.review_id is not None]
-                                 + [(i, "the child or the parent is no longer in the org") for i in rep.gone])
+                                 + [(i, "the child or the parent is no longer in the org (the approval stands: it is "
+                                     "applied when both are back)") for i in rep.gone]
+                                 + decisions.blocked.get(vname, []),
+                                 [(i, None) for i in rep.gone] + decisions.away.get(vname, []), when)
