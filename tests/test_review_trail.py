@@ -204,3 +204,41 @@ def test_a_tie_is_explained_and_the_summary_counts_accounts(org, cli):
     shown = cli("review", "list").stdout
     assert shown.count("tie: 2 candidates left after the tie-breakers (name evidence grade: country); a tie scores "
                        "at most 0.5") == 2
+
+
+def test_rollback_dry_run_against_salesforce_sends_no_write(tmp_path, monkeypatch):
+    """On the Globex org served by the double: `rollback --dry-run` of the repair run makes no write call and
+    leaves every record as it is; its counts are those the real rollback then reports."""
+    import shutil
+    from test_salesforce import GLOBEX, make_project
+    if not GLOBEX.is_dir():
+        pytest.skip(f"the hand-built Globex org is not at {GLOBEX} (it ships in ../shared/data)")
+    org = tmp_path / "globex"
+    org.mkdir()
+    for name in ("Account.csv", "Subscription__c.csv"):
+        shutil.copy(GLOBEX / name, org / name)
+    p = make_project(tmp_path / "p", monkeypatch, org=org)
+    shutil.copy(GLOBEX / "mappings.csv", tmp_path / "p" / "rules" / "mappings.csv")
+    with p.double.serve():
+        p.cli("run", *AS_OF)
+        items = p.cli.json("review", "list", "--format", "json")
+        true = {"001000000000G02AAA", "001000000000G05AAA", "001000000000G06AAA"}
+        p.cli("review", "approve", *[str(i["id"]) for i in items
+                                     if i["child_id"] in true and i["parent_id"] == "001000000000G01AAA"])
+        run_id = p.cli("run", *AS_OF).stdout.split()[1]
+
+        def records() -> dict:
+            return {o: p.double.records(o, f) for o, f in (("Account", ["ParentId", "Hierarchy_ARR__c"]),
+                                                           ("KPI_Snapshot__c", ["External_Id__c", "Ending_ARR__c"]))}
+
+        def writes() -> list:  # every call that could change a record (logins and queries aside)
+            return [c for c in p.double.calls if c[0] in ("POST", "PATCH", "PUT", "DELETE")
+                    and not any(k in c[1] for k in ("query", "oauth2", "/Soap/"))]
+        before, sent = records(), writes()
+        dry = p.cli("rollback", "--dry-run", run_id).stdout
+        assert writes() == sent and records() == before
+        assert "3 approved link(s) it undoes would be pending again" in dry
+        real = p.cli("rollback", run_id).stdout
+        would = dry.split(" would make ", 1)[1].split("; family membership", 1)[0]
+        did = real.split(": ", 1)[1].split("; family membership", 1)[0]
+        assert would == did and "3 approved link(s) it undoes are pending again" in real
