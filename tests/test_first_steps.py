@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from simple_salesforce import Salesforce, SalesforceLogin
 
 from conftest import Cli
@@ -147,6 +149,33 @@ def test_seed_refuses_dates_text_and_required_fields_no_org_holds(tmp_path):
     data_loader_csv(org / "Subscription__c.csv", SUBSCRIPTIONS[:4])
     report = SalesforceDouble.seed(tmp_path / "sf.db", org)
     assert any("2 Subscription__c.Account__c value(s) point at no Account record" in n for n in report.notes)
+
+
+FIELDS = [{"type": "currency", "precision": 6, "scale": 2}, {"type": "double", "precision": 18, "scale": 0},
+          {"type": "int"}, {"type": "date"}, {"type": "datetime"}, {"type": "boolean"}, {"type": "reference"},
+          {"type": "string", "length": 7}, {"type": "string", "length": 3}]
+
+
+@settings(max_examples=400, deadline=None)
+@example(spec={"type": "date"}, value="2026-02-30")
+@example(spec={"type": "date"}, value="0000-01-01")
+@example(spec={"type": "datetime"}, value="2026-01-01T25:00:00Z")
+@example(spec={"type": "currency", "precision": 6, "scale": 2}, value="12345.00")
+@example(spec={"type": "string", "length": 3}, value="ab\U0001F600")
+@given(spec=st.sampled_from(FIELDS), value=st.one_of(
+    st.text(min_size=1, max_size=12),
+    st.from_regex(r"[-+ ]?[0-9]{0,9}(\.[0-9]{0,3})?([eE][-+]?[0-9]{1,2})?", fullmatch=True),
+    st.from_regex(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(T[0-9]{2}:[0-9]{2}:[0-9]{2}Z)?", fullmatch=True),
+    st.from_regex(r"[A-Za-z0-9]{14,19}", fullmatch=True)))
+def test_the_seeds_sql_prefilter_never_lets_a_refused_value_through(spec, value):
+    """Every value the field rules refuse is among those SQLite picks for checking (the seed checks only those)."""
+    from nrr_engine.testing.salesforce_double import _f, _suspects, _unfit
+    f = _f("X__c", spec["type"], **{k: v for k, v in spec.items() if k != "type"})
+    if not value or _unfit(f, value) is None:
+        return
+    cond = _suspects(f, "v")
+    db = sqlite3.connect(":memory:")
+    assert cond is None or db.execute(f"SELECT {cond} FROM (SELECT ? AS v)", (value,)).fetchone()[0], (spec, value)
 
 
 def test_rest_answers_never_carry_nul_bytes_and_text_stays_text(tmp_path):

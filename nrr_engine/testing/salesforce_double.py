@@ -447,19 +447,50 @@ def _check_seeded(tmp: Path, store: Path, folder: Path, metadata: Path, given: d
 
 
 def _unfit_values(db, obj: str, col: str, f: dict, where: str) -> list[tuple]:
-    """(object, Id, field, value, code, message, type, where the type comes from) of each value `f` cannot hold."""
+    """(object, Id, field, value, code, message, type, where the type comes from) of each value `f` cannot hold.
+
+    SQLite picks the values that might not fit (`_suspects`: a million values a column are read in C); `_unfit`
+    decides each of those."""
     out = []
     required = not f["nillable"] and f["createable"] and not f["defaultedOnCreate"]
-    for rid, v in db.execute(f'SELECT Id, "{col}" FROM "{obj}"'):
+    q = f'"{col}"'
+    blank = f"({q} IS NULL OR {q} = '')"
+    suspect = _suspects(f, q)
+    sql = f'SELECT Id, {q} FROM "{obj}" WHERE ' + (f"{blank} OR " if required else "") + \
+        f"(NOT {blank}{' AND (' + suspect + ')' if suspect else ''})"
+    for rid, v in db.execute(sql):
         if v is None or v == "":
-            if required:
-                out.append((obj, rid, col, v, "REQUIRED_FIELD_MISSING", f"Required fields are missing: [{f['name']}]",
-                            type_text(f), where))
+            out.append((obj, rid, col, v, "REQUIRED_FIELD_MISSING", f"Required fields are missing: [{f['name']}]",
+                        type_text(f), where))
             continue
         bad = _unfit(f, v)
         if bad is not None:
             out.append((obj, rid, col, v, *bad, type_text(f), where))
     return out
+
+
+def _suspects(f: dict, q: str) -> str | None:
+    """An SQL condition true for every non-blank value of column `q` that field `f` might not hold (None: any
+    value might not), false for most of those it holds: a superset of `_unfit`'s refusals."""
+    t = f["type"]
+    if t in _NUMBERS:   # anything but a short unsigned decimal: signs, exponents, separators, many digits
+        allowed = f["digits"] if t == "int" else f["precision"] - f["scale"]
+        whole = f"(CASE WHEN instr({q}, '.') > 0 THEN instr({q}, '.') - 1 ELSE length({q}) END)"
+        return (f"{q} GLOB '*[^0-9.]*' OR {q} GLOB '*.*.*' OR {q} NOT GLOB '[0-9]*' OR {q} GLOB '*.'"
+                + (f" OR {whole} > {allowed}" if allowed else ""))
+    if t == "boolean":
+        return f"lower({q}) NOT IN ('true', 'false', '1', '0')"
+    if t == "date":     # SQLite's date() is NULL for a malformed date and moves an impossible one (02-30)
+        # (date() takes 02-30 as it is: days past the 28th are left to _unfit)
+        return f"date({q}) IS NULL OR date({q}) != {q} OR substr({q}, 9, 2) > '28' OR {q} < '1700-01-01' " \
+               f"OR {q} > '4000-12-31'"
+    if t == "picklist" and f["restrictedPicklist"]:
+        return None
+    if t in ("reference", "id"):
+        return f"length({q}) NOT IN (15, 18) OR {q} GLOB '*[^A-Za-z0-9]*'"
+    if (t in _TEXTS or t in ("reference", "id")) and f["length"]:
+        return f"length({q}) > {f['length'] // 2}"
+    return None if t == "datetime" else "0"   # datetime: every value; other types have no rule
 
 
 def _refusal(problems: list[tuple], folder: Path) -> str:
@@ -470,7 +501,8 @@ def _refusal(problems: list[tuple], folder: Path) -> str:
         lines[obj] = _csv_lines(folder / f"{obj}.csv", {p[1] for p in shown if p[0] == obj and p[1]})
     items = []
     for obj, rid, col, v, code, msg, ftype, where in shown:
-        at = f"{obj}.csv" + (f":{lines[obj][rid]}" if rid in lines.get(obj, {}) else "") + (f" (Id {rid})" if rid else "")
+        at = f"{obj}.csv" + (f":{lines[obj][rid]}" if rid in lines.get(obj, {}) else "") + \
+            (f" (Id {rid})" if rid else "")
         value = "blank" if v in (None, "") else repr(v[:80])
         items.append(f"{at}: {col} {value}: {code}: {msg} ({col} is {ftype}, typed by {where})")
     more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
@@ -613,7 +645,8 @@ class SalesforceDouble:
 
     # ---- setup ----------------------------------------------------------------------------------------
     @classmethod
-    def seed(cls, store: Path, folder: Path, metadata: Path | None = None, types: str | Sequence[str] = ()) -> "SeedReport":
+    def seed(cls, store: Path, folder: Path, metadata: Path | None = None,
+             types: str | Sequence[str] = ()) -> "SeedReport":
         """Load a folder of Data Loader CSVs into a store (the org the double serves), refusing any value an org
         could not hold (see `seed`)."""
         return seed(store, folder, metadata, types)
@@ -1441,8 +1474,8 @@ class SalesforceDouble:
 
 _NUMBER_TEXT = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 _DATE_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-_DATETIME_TEXT = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})(?:T[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,3})?)?"
-                            r"(?:Z|[-+][0-9]{2}:?[0-9]{2})?)?")
+_DATETIME_TEXT = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})(?:T([01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]{1,3})?)?"
+                            r"(?:Z|[-+](?:[01][0-9]|2[0-3]):?[0-5][0-9])?)?")
 
 
 def _unfit(f: dict, text: str) -> tuple[str, str] | None:
@@ -1453,7 +1486,7 @@ def _unfit(f: dict, text: str) -> tuple[str, str] | None:
     a number field takes a plain decimal number (no thousands separators, currency signs or suffixes) with at most
     precision - scale digits before the point, and more decimals than the scale are kept, not refused (Help:
     "Number Field Stores More Decimal Places Than Defined When Set via API", 000387302); a checkbox true/false
-    (or 1/0); a date YYYY-MM-DD; a date/time YYYY-MM-DDThh:mm:ss[.SSS][Z|+hh:mm]; text at most its length, counted
+    (or 1/0); a date YYYY-MM-DD from 1700 to 4000; a date/time YYYY-MM-DDThh:mm:ss[.SSS][Z|+hh:mm]; text at most its length, counted
     in UTF-16 code units ("surrogate pair characters are treated as two characters", Help 005166849); a
     restricted picklist one of its values; a reference a 15- or 18-character Id."""
     t, label = f["type"], f["label"]
@@ -1474,7 +1507,9 @@ def _unfit(f: dict, text: str) -> tuple[str, str] | None:
     if t in ("date", "datetime"):
         m = (_DATE_TEXT if t == "date" else _DATETIME_TEXT).fullmatch(text)
         try:
-            dt.date.fromisoformat(m.group(1) if t == "datetime" else text) if m else None
+            if m and not 1700 <= dt.date.fromisoformat(m.group(1) if t == "datetime" else text).year <= 4000:
+                m = None   # "The earliest valid date is 1700-01-01 ... The latest valid date is 4000-12-31" (Data
+                #            Loader Guide: Data Import Dates)
         except ValueError:
             m = None
         if not m:
