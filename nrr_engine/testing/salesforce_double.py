@@ -4,8 +4,10 @@ It answers SOAP login, the OAuth 2.0 JWT bearer and client credentials flows, /l
 /limits/recordCount, describe, REST query/queryAll with paging (and SELECT COUNT()), single-record and
 sObject Collections writes, Bulk API 2.0 query (locator paging with Sforce-Locator and
 Sforce-NumberOfRecords) and ingest (create, upload, close, poll, successfulResults, failedResults,
-unprocessedrecords). Records live in SQLite (seeded from a folder of Data Loader CSVs); custom fields come
-from the SFDX metadata in salesforce/, standard fields carry their documented sizes.
+unprocessedrecords). Records live in SQLite, seeded from a folder of Data Loader CSVs as an org's import takes
+them (`seed`: a value its field cannot hold is refused); custom fields come from the SFDX metadata in
+salesforce/ (shipped in the package), standard fields carry their documented sizes, fields neither describes
+are typed by `seed --types` or, conservatively, from their values.
 
 It is as strict as an org, each rule from Salesforce's documentation (cited where it is enforced): text
 length (STRING_TOO_LONG), the integer digits of number/currency/percent fields (NUMBER_OUTSIDE_VALID_RANGE),
@@ -1855,7 +1857,8 @@ def _command(head: list[str], sep: bool, rest: list[str]) -> int:
     if command == "connect":
         with connect(pos[0]) as credentials:
             return _run_cli(credentials, rest)
-    double = SalesforceDouble(_store(pos[0]), metadata=metadata, permissions=perms, shuffle=command == "run")
+    double = SalesforceDouble(_store(pos[0]), metadata=metadata, permissions=perms,
+                              shuffle=command in ("run", "serve"))   # query and dump: in the order stored
     if command == "serve":
         print(f"serving {pos[0]} on {pos[1]} (metadata {metadata}; "
               f"{'permission sets ' + ', '.join(map(str, sets)) if sets else 'as a System Administrator'}); "
