@@ -65,3 +65,22 @@ def test_vectorised_ratio_equals_scalar_ratio(pairs):
     den = np.array([p[1] for p in pairs], dtype=np.int64)
     assert money.ratio_many(num, den) == [money.ratio_text(a, b) for a, b in pairs]
     assert [money.ratio_text(a, b) for a, b in pairs] == [None if b == 0 else str(money.ratio(a, b)) for a, b in pairs]
+
+
+@pytest.mark.parametrize("old, new, equal", [
+    ("3.0E5", "300000.00", True), ("300000.0", "300000.00", True), ("1.2345678E7", "12345678.00", True),
+    ("300000.0", "300000.01", False), ("", None, False), (" ", "", True), ("12k", "12000.00", False),
+    ("1,200.50", "1200.50", False), ("NaN", "NaN", True), ("NaN", "0", False), ("1_000", "1000", False),
+])
+def test_stored_values_are_the_same_up_to_formatting_only(old, new, equal):
+    """A number as an org prints it (300000.0, 3.0E5) equals the engine's 300000.00; text that is not a plain
+    number (12k, 1,200.50, 1_000) equals nothing but itself; blank equals blank."""
+    assert money.same(old, new) is equal
+
+
+@given(st.decimals(min_value=-10**12, max_value=10**12, places=2, allow_nan=False))
+def test_same_agrees_with_exact_decimal_equality(d):
+    """same() on any two spellings of an amount (fixed point, exponent form, trailing zeros) is Decimal equality."""
+    text = f"{d:.2f}"
+    assert money.same(f"{d:E}", text) and money.same(f"{d:.4f}", text)
+    assert not money.same(f"{d + Decimal('0.01'):.2f}", text)
