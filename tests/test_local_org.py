@@ -259,3 +259,18 @@ def test_an_org_csv_that_is_not_a_regular_file_is_refused_not_waited_on(small, c
         what = "a FIFO" if kind == "fifo" else "a directory"
         assert f"Subscription__c.csv: Subscription__c.csv is {what}; the org folder holds regular CSV files" in err
         assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("obj", ["Account", "Subscription__c"])
+def test_a_quoted_semicolon_csv_as_excel_saves_it_is_named_as_such(small, cli, obj):
+    """`"Id";"Name";...` (Excel in a ';' locale quotes every value): exit 2 saying the file is ';'-separated and
+    how to re-save it, from run, report and validate (it was an internal error, exit 70, from run)."""
+    path = small.org / f"{obj}.csv"
+    rows = read_csv(path)
+    header = list(rows[0])
+    lines = [";".join(f'"{h}"' for h in header)] + [";".join(f'"{r[h] or ""}"' for h in header) for r in rows]
+    path.write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+    for command in (("run", *AS_OF), ("report", "nrr", *AS_OF), ("validate",)):
+        err = cli(*command, expect=2).stderr
+        assert f"{obj}.csv:1: the header is separated by ';', not commas" in err, err
+        assert "internal error" not in err and "Traceback" not in err

@@ -110,12 +110,34 @@ def read_header(path: Path) -> list[str]:
         except UnicodeDecodeError:
             raise not_utf8(path) or DataError("not UTF-8; re-save the file as UTF-8", Location(str(path), 1)) from None
         except csv.Error as exc:
-            raise _csv_problem(exc, path, 1, 1) from None
+            raise _separator_problem(path) or _csv_problem(exc, path, 1, 1) from None
     if header is None:
         raise DataError("empty file; expected a header row of field API names", Location(str(path), 1))
     header = [h.strip() for h in header]
     LocalOrg._check_header(header, path)
     return header
+
+
+def _separator_problem(path: Path) -> DataError | None:
+    """The header read with another separator, when only that makes sense of it (Excel's `"Id";"Name"`: quoted
+    values separated by ';' are a csv error to a comma reader, not a one-column header)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig", errors="strict") as fh:
+            line = fh.readline()
+        for sep in (";", "\t", "|"):
+            fields = next(csv.reader([line], delimiter=sep, strict=True), [])
+            if len(fields) > 1 and any(f.strip().lower() == "id" for f in fields):
+                return _separated_by(sep, line.strip(), path)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        pass
+    return None
+
+
+def _separated_by(sep: str, shown: str, path: Path) -> DataError:
+    return DataError(f"the header is separated by {sep!r}, not commas ({shown[:60]!r}): Data Loader "
+                     "CSVs are comma-separated; re-save the file as \"CSV UTF-8 (Comma delimited)\" (Excel "
+                     "in a locale that writes ';' needs the list separator set to ',') or export it with "
+                     "Data Loader or `sf data export`", Location(str(path), 1))
 
 
 def _regular_file(path: Path) -> None:
@@ -348,6 +370,7 @@ class LocalOrg:
     def _load(self, obj: str, path: Path, st: os.stat_result) -> None:
         tmp = f"_nrr_loading_{obj}"
         db = self.db
+        read_header(path)  # every header problem said as the user's fix (separator, encoding, quotes, Id) first
         with open(path, newline="", encoding="utf-8-sig", errors="strict") as fh:
             reader = csv.reader(fh, strict=True)  # an unclosed quote is an error, never a row that swallows the rest
             try:
@@ -583,10 +606,7 @@ class LocalOrg:
         if "id" not in lowered:
             sep = separator_of(header)
             if sep:
-                raise DataError(f"the header is separated by {sep!r}, not commas ({header[0][:60]!r}): Data Loader "
-                                "CSVs are comma-separated; re-save the file as \"CSV UTF-8 (Comma delimited)\" (Excel "
-                                "in a locale that writes ';' needs the list separator set to ',') or export it with "
-                                "Data Loader or `sf data export`", Location(str(path), 1))
+                raise _separated_by(sep, header[0], path)
             raise DataError(f"no Id column; expected a header with Id (found: {', '.join(header[:8])})",
                             Location(str(path), 1))
         for i, h in enumerate(header):
