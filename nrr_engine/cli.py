@@ -218,6 +218,7 @@ def _print_summary(summary: dict, exact: dict | None = None) -> None:
                        f"internal transfers {f['internal_transfers']}, new logo {f['new_logo']} (naive {n['new_logo']})")
             if fig.get("excluded"):
                 click.echo(f"    excluded: {report_mod.excluded_text(fig['excluded'])}")
+            _print_segments(fig.get("segments") or [], exact[view][int(w)]["segments"] if exact else None)
     for view, st in (summary.get("repair") or {}).items():
         # review counts accounts; a tie proposes every candidate parent of one account
         to_review = (f"{st.get('review_accounts', st['review'])} account(s) ({st['review']} candidate link(s)) to review"
@@ -265,6 +266,26 @@ def _rollback_text(counts: dict) -> str:
             f"record(s) the run created, re-created {counts['records_recreated']} record(s) it deleted; "
             + (f"{counts['conflicts']} conflict(s): left alone, edited since" if counts["conflicts"] else
                "no conflict (nothing edited since)"))
+
+
+SUMMARY_SEGMENTS = 5  # segment values per field in the run summary (the largest at the window start)
+
+
+def _print_segments(segments: list[dict], exact: list[dict] | None) -> None:
+    """NRR by report.segments: per field, one line per value (the SUMMARY_SEGMENTS largest), then how many more."""
+    from decimal import Decimal
+    rows = [(s, exact[k]["family"] if exact else None) for k, s in enumerate(segments)]
+    for field in dict.fromkeys(s["by"] for s in segments):
+        mine = sorted((r for r in rows if r[0]["by"] == field),
+                      key=lambda r: (-Decimal(r[0]["family"]["start"]), r[0]["value"]))
+        for s, m in mine[:SUMMARY_SEGMENTS]:
+            f = s["family"]
+            click.echo(f"    {field} {s['value']}: NRR {_pct(m.nrr if m else f['nrr'])} "
+                       f"GRR {_pct(m.grr if m else f['grr'])} (start {f['start']}, end {f['end']}, "
+                       f"{f['families']} famil{'y' if f['families'] == 1 else 'ies'})")
+        if len(mine) > SUMMARY_SEGMENTS:
+            click.echo(f"    {field}: {len(mine) - SUMMARY_SEGMENTS} more value(s) (`nrr-engine report nrr` lists "
+                       "them all)")
 
 
 def _pct(ratio) -> str:

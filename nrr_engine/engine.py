@@ -230,7 +230,10 @@ class Engine:
         for view, windows in plan.nrr.items():
             nrr[view] = {str(w): {"period": f["period"], "family": f["family"].as_json(),
                                   "naive": f["naive"].as_json(naive=True),
-                                  **({"excluded": f["excluded"]} if f.get("excluded") else {})}
+                                  **({"excluded": f["excluded"]} if f.get("excluded") else {}),
+                                  **({"segments": [{"by": sg["by"], "value": sg["value"],
+                                                    "family": sg["family"].as_json()} for sg in f["segments"]]}
+                                     if f.get("segments") else {})}
                          for w, f in windows.items()}
         arr = money.fmt(int(plan.matrix[:, plan.current_month - plan.first_month].sum()))  # the shrink guard's baseline
         excluded = plan.state.excluded

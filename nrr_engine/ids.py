@@ -29,6 +29,14 @@ def id18(id15: str) -> str:
     return id15 + "".join(_SUFFIX[int(flags[k:k + 5][::-1], 2)] for k in (0, 5, 10))
 
 
+def looks_like_id(text: str, prefix: str) -> bool:
+    """`text` reads as a record Id with this key prefix: 15 letters and digits, or 18 whose last three are the
+    case checksum of the first 15 (so a name that merely starts with the prefix is not taken for an Id)."""
+    if len(text) not in (15, 18) or not text.startswith(prefix) or not text.isascii() or not text.isalnum():
+        return False
+    return len(text) == 15 or id18(text[:15]) == text
+
+
 def counter(rid: str) -> int:
     """The counter inside an Id made by sf_id."""
     n = 0

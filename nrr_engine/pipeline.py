@@ -91,7 +91,8 @@ def _nrr(settings: Settings) -> Stage:
         cur = ctx.current_month
         out = {}
         for v in settings.views:
-            out[v.name] = {w: figures(state, v.name, cur - 1, w, cur) for w in (1, 12) if cur - 1 - w >= state.first}
+            out[v.name] = {w: figures(state, v.name, cur - 1, w, cur, by=settings.segments)
+                           for w in (1, 12) if cur - 1 - w >= state.first}
         return dataclasses.replace(state, nrr=out)
     return nrr
 
@@ -125,7 +126,7 @@ def stages(settings: Settings) -> list[tuple[str, Stage]]:
 
 
 def figures(state: State, view: str, period: int, window: int, current_month: int, as_of_start: bool = False,
-            by: str | None = None) -> dict:
+            by: str | tuple[str, ...] | None = None) -> dict:
     """NRR figures of one view and window from a state whose trees are built (after the repair stage), with
     what the records left out of ARR take out of them (`excluded`, when there are any)."""
     out = window_figures(state.accounts.ids, state.accounts.column, state.matrix, state.first,
@@ -217,11 +218,12 @@ def apply(plan: Plan, org: LocalOrg, ledger: Ledger, settings: Settings) -> dict
 
 def report(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunContext, view: str, period: int, window: int,
            as_of_start: bool = False, by: str | None = None) -> dict:
-    """NRR figures recomputed from the org as it is and the stored history (no rules, nothing written)."""
+    """NRR figures recomputed from the org as it is and the stored history (no rules, nothing written);
+    segmented by `by`, else by the configured report.segments."""
     state = fetch(settings, org, ledger, ctx, extra_fields=(by,) if by and by != "cohort" else (), repair=False,
                   since=report_first(settings, ctx.current_month, period, window), cohorts=by == "cohort")
     state = run_stages(settings, org, ledger, ctx, state, [("match", _repair(settings))])
-    return figures(state, view, period, window, ctx.current_month, as_of_start, by)
+    return figures(state, view, period, window, ctx.current_month, as_of_start, by or settings.segments)
 
 
 def file_hash(paths: list[Path]) -> str:

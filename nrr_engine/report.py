@@ -41,7 +41,7 @@ def excluded_text(ex: dict) -> str:
     if u["records"]:
         text += f"; {u['records']} with unreadable dates (" + " + ".join(
             ([f"{u['arr']}"] if u["records"] > u["amount_unknown"] else [])
-            + ([f"{u['amount_unknown']} of unknown amount"] if u["amount_unknown"] else [])) + ") may count at either"
+            + ([f"{u['amount_unknown']} of unknown amount"] if u["amount_unknown"] else [])) + ") may count at the window's start, its end, both or neither (their dates decide, once readable)"
     return text
 
 

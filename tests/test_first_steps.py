@@ -299,11 +299,11 @@ def test_a_refused_limits_call_says_it_needs_view_setup_and_keeps_salesforces_co
         assert sf.query("SELECT COUNT() FROM Account")["totalSize"] > 0
         r = p.cli("plan", "--as-of", AS_OF)
     event = next(json.loads(x) for x in r.stderr.splitlines() if "salesforce.limits_unavailable" in x)
-    assert event["reason"] == ("/limits needs the View Setup and Configuration permission, which the integration "
-                               "user does not have (nor need); using the Sforce-Limit-Info header instead")
+    assert event["reason"] == ("/limits needs View Setup and Configuration, which the integration user does not "
+                               "need; using the Sforce-Limit-Info header / SELECT COUNT() instead")
     assert event["salesforce_error"] == "API_DISABLED_FOR_ORG: The REST API is not enabled for this Organization."
     usage = json.loads(p.ledger("SELECT api_usage FROM runs")[0][0])
-    assert usage["limits_note"].startswith("/limits needs the View Setup and Configuration permission")
+    assert usage["limits_note"].startswith("/limits needs View Setup and Configuration, which the integration")
     assert "not enabled" not in usage["limits_note"].split("(Salesforce answered")[0]
 
 

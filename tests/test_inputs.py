@@ -193,11 +193,13 @@ def test_what_the_unreadable_records_take_out_is_reported_with_every_figure(mess
         "dates_unknown": {"records": 1, "arr": "40000.00", "amount_unknown": 0}}
     table = cli("report", "nrr", "--period", "2026-10", "--window", "12", *AS_OF).stdout
     assert ("active at 2025-10: 5000.00 in 1 record(s) + 3 of unknown amount" in table
-            and "1 with unreadable dates (40000.00) may count at either" in table)
+            and "1 with unreadable dates (40000.00) may count at the window's start, its end, both or neither" in table)
     csv_text = cli("report", "nrr", "--period", "2026-10", "--window", "12", "--format", "csv", *AS_OF).stdout
     rows = list(csv.DictReader(io.StringIO(csv_text)))
-    assert [(x["level"], x["excluded_records"], x["excluded_start_arr"]) for x in rows] == [
+    # the configured report.segments (Region__c) add segment rows: the exclusions stay on the whole-view rows
+    assert [(x["level"], x["excluded_records"], x["excluded_start_arr"]) for x in rows if not x["segment_by"]] == [
         ("family", "5", "5000.00"), ("naive", "5", "5000.00")]
+    assert [(x["segment_by"], x["excluded_records"]) for x in rows if x["segment_by"]] == [("Region__c", "")]
 
 
 def test_clean_figures_carry_no_exclusion(org, cli):

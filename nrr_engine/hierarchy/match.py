@@ -15,7 +15,7 @@ import numpy as np
 from rapidfuzz import fuzz, process
 
 from .. import money
-from ..ids import id18
+from ..ids import KEY_PREFIXES, id18, looks_like_id
 from . import normalise
 
 FUZZY_WINDOW = 8  # neighbours on each side of a child's name in the sorted candidate names
@@ -540,19 +540,28 @@ def name_placeholders(pop: Population, rule) -> list[Placeholder]:
 
 
 def match_mapping(pop: Population, rule) -> tuple[list[Proposal], list[Placeholder], list[str]]:
-    """RevOps' table of known links (acquisitions); entries name accounts by normalised name or by Id."""
+    """RevOps' table of known links (acquisitions); entries name accounts by normalised name or by Id. Under
+    match_by: name (the default) a cell that reads as an Account Id (15 or 18 characters, key prefix 001, a valid
+    checksum) and is the Id of an account is taken as that Id, so a table of Ids works without match_by: id."""
     allowed = pop.unlocked if rule.override else pop.eligible
-    if rule.match_by == "id":
-        index = {rid: i for i, rid in enumerate(pop.ids)}
+    index: dict[str, int] = {}
 
-        def find(ref: str) -> list[int]:
-            ref = ref.strip()
-            i = index.get(id18(ref) if len(ref) == 15 else ref)
-            return [i] if i is not None else []
+    def by_id(ref: str) -> list[int]:
+        if not index:  # built on the first Id looked up: a table of names never needs it
+            index.update((rid, i) for i, rid in enumerate(pop.ids))
+        ref = ref.strip()
+        i = index.get(id18(ref) if len(ref) == 15 else ref)
+        return [i] if i is not None else []
+    if rule.match_by == "id":
+        find = by_id
     else:
         full, _ = pop.name_index("Name")
 
         def find(ref: str) -> list[int]:
+            if looks_like_id(ref.strip(), KEY_PREFIXES["Account"]):
+                found = by_id(ref)
+                if found:
+                    return found
             return as_list(full.get(" ".join(normalise.name_key(ref))))
     out, unresolved = [], []
     for e in rule.entries:

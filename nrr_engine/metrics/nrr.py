@@ -120,9 +120,10 @@ def movements(t: FamilyTable, mask: np.ndarray | None = None) -> Movement:
 
 
 def window_figures(ids: list[str], column, matrix: np.ndarray, first: int, labels_at, view: str, period: int,
-                   window: int, as_of_start: bool = False, by: str | None = None,
+                   window: int, as_of_start: bool = False, by: str | tuple[str, ...] | None = None,
                    first_arr: np.ndarray | None = None) -> dict:
-    """Family and naive movements of window period-window -> period, plus segments by a root field or cohort.
+    """Family and naive movements of window period-window -> period, plus segments by a root field or cohort
+    (`by` one name, or several: report.segments, each field's values in turn).
 
     `labels_at(month)` gives every account's family in a month; `column(name)` an account field; `first_arr`
     every account's first month with ARR where it is known before the matrix (subscriptions), for cohorts."""
@@ -138,12 +139,12 @@ def window_figures(ids: list[str], column, matrix: np.ndarray, first: int, label
     naive_table = family_table(a0, a1, prior, np.arange(len(a0)), None)
     out = {"view": view, "period": months.fmt(period), "window": window, "family": movements(table),
            "naive": movements(naive_table), "segments": []}
-    if by:
-        out["segments"] = segment_figures(table, column, by, matrix, first, first_arr)
-        if by == "cohort" and any(s["value"].startswith("<= ") for s in out["segments"]):
-            out["cohort_note"] = (f"cohorts before {months.fmt(first)} are grouped as '<= {months.fmt(first)}': the "
-                                  f"ARR history kept starts at {months.fmt(first)} (arr.history_months), so a family "
-                                  "with ARR then may have started earlier")
+    for name in ((by,) if isinstance(by, str) else by or ()):
+        out["segments"] += segment_figures(table, column, name, matrix, first, first_arr)
+    if by == "cohort" and any(s["value"].startswith("<= ") for s in out["segments"]):
+        out["cohort_note"] = (f"cohorts before {months.fmt(first)} are grouped as '<= {months.fmt(first)}': the "
+                              f"ARR history kept starts at {months.fmt(first)} (arr.history_months), so a family "
+                              "with ARR then may have started earlier")
     return out
 
 

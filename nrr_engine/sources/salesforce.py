@@ -226,8 +226,19 @@ _SHIPPED = {"Account": ("Ultimate_Parent__c", "Hierarchy_Depth__c", "Hierarchy_A
 # users with the View Setup and Configuration permission" (REST API Developer Guide: Limits), and without it an
 # org answers API_DISABLED_FOR_ORG "The REST API is not enabled for this Organization." (forceworkbench#681), a
 # text that says nothing true about a run whose REST calls all work.
-LIMITS_REFUSED = ("/limits needs the View Setup and Configuration permission, which the integration user does not "
-                  "have (nor need); using the Sforce-Limit-Info header instead")
+LIMITS_REFUSED = ("/limits needs View Setup and Configuration, which the integration user does not need; using the "
+                  "Sforce-Limit-Info header / SELECT COUNT() instead")
+
+
+def _log_limits_refused(event: str, reason: str, error: str, fallback: str) -> None:
+    """A refused /limits or /limits/recordCount: info when the refusal is the expected least-privilege one (no
+    View Setup and Configuration: API_DISABLED_FOR_ORG or INSUFFICIENT_ACCESS*), a warning for any other 403;
+    Salesforce's code and text in fields of their own, never in the reason."""
+    code = error.split(":", 1)[0]
+    expected = code == "API_DISABLED_FOR_ORG" or code.startswith("INSUFFICIENT_ACCESS")
+    (log.info if expected else log.warning)(
+        event, reason=reason, least_privilege=expected, salesforce_code=code, salesforce_error=error,
+        fallback=fallback, fix="nothing to fix: grant View Setup and Configuration only if you want /limits read")
 
 # Salesforce's codes whose message does not say what to grant (its text for a user without API Enabled says
 # "The REST API is not enabled for this Organization")
@@ -452,10 +463,8 @@ class SalesforceOrg(LocalOrg):
                 raise SourceUnavailable(f"Salesforce limits failed: {describe_error(exc)}",
                                         Location(self.where("limits"))) from None
             self.limits, self.limits_refused = None, describe_error(exc).split(" (", 1)[0]
-            log.warning("salesforce.limits_unavailable", reason=LIMITS_REFUSED,
-                        salesforce_error=self.limits_refused,
-                        fallback="API budget from the Sforce-Limit-Info header, record counts from SELECT COUNT()",
-                        fix="nothing to fix: grant View Setup and Configuration only if you want /limits read")
+            _log_limits_refused("salesforce.limits_unavailable", LIMITS_REFUSED, self.limits_refused,
+                                "API budget from the Sforce-Limit-Info header, record counts from SELECT COUNT()")
             return self._budget_from_header()
         daily = self.limits.get("DailyApiRequests", {})
         return self._check_reserve(int(daily.get("Remaining", 0)), int(daily.get("Max", 0)), "/limits")
@@ -613,11 +622,10 @@ class SalesforceOrg(LocalOrg):
                     raise SourceUnavailable(f"Salesforce record count failed: {describe_error(exc)}",
                                             Location(self.where("count"))) from None
                 self.limits_refused = describe_error(exc).split(" (", 1)[0]
-                log.warning("salesforce.record_count_unavailable",
-                            reason="/limits/recordCount needs the View Setup and Configuration permission; counting "
-                                   "with SELECT COUNT() instead", salesforce_error=self.limits_refused,
-                            fallback="SELECT COUNT()", fix="nothing to fix: grant View Setup and Configuration only "
-                                                            "if you want /limits read")
+                _log_limits_refused("salesforce.record_count_unavailable",
+                                    "/limits/recordCount needs View Setup and Configuration, which the integration "
+                                    "user does not need; using SELECT COUNT() instead", self.limits_refused,
+                                    "SELECT COUNT()")
         return {obj: int(self._call(f"count of {obj}", self.sf.query, f"SELECT COUNT() FROM {obj}")["totalSize"])
                 for obj in objects}
 
@@ -1057,8 +1065,7 @@ class SalesforceOrg(LocalOrg):
         if self.limits_refused is not None:
             usage["daily_remaining_at_start"] = (self.header_budget or {}).get("Remaining")
             usage["limits_source"] = "Sforce-Limit-Info"
-            usage["limits_note"] = (f"{LIMITS_REFUSED}; record counts from SELECT COUNT() (Salesforce answered "
-                                    f"{self.limits_refused})")
+            usage["limits_note"] = f"{LIMITS_REFUSED} (Salesforce answered {self.limits_refused})"
         return usage
 
 
