@@ -98,3 +98,14 @@ def test_least_privilege_limits_refusal_is_info_with_salesforces_code_apart(tmp_
                            "using the Sforce-Limit-Info header / SELECT COUNT() instead")
     assert e["salesforce_code"] == "API_DISABLED_FOR_ORG" and "not enabled" in e["salesforce_error"]
     assert not [x for x in events if x.get("level") == "warning" and "View Setup" in json.dumps(x)]
+
+
+def test_double_connect_to_a_missing_socket_is_a_clear_exit_3(tmp_path, capsys):
+    """The double's `connect` to a socket nothing serves on: a one-line error naming it, exit 3, no traceback."""
+    from nrr_engine.testing.salesforce_double import main
+
+    sock = tmp_path / "none.sock"
+    assert main(["connect", str(sock), "--", "validate"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: connect {sock}: no such socket") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

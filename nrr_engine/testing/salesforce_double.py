@@ -1558,7 +1558,13 @@ def connect(address: str):
     """Forward this process's Salesforce requests to a double serving on `address`; yields its credentials."""
     from multiprocessing.connection import Client
 
-    with Client(address, family="AF_UNIX") as conn:
+    try:
+        client = Client(address, family="AF_UNIX")
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        what = "no such socket" if isinstance(exc, FileNotFoundError) else "nothing serves on it"
+        raise _NoDouble(f"connect {address}: {what}; start one with `python -m nrr_engine.testing.salesforce_double "
+                        f"serve STORE {address}` first") from None
+    with client as conn:
         credentials = conn.recv()
 
         def answer(*request):
@@ -1583,6 +1589,10 @@ class _Stopped(BaseException):
 
 class _SocketBusy(Exception):
     """Another double answers on the socket `serve` was given."""
+
+
+class _NoDouble(Exception):
+    """No double serves on the socket `connect` was given (exit 3, as nrr-engine for a source unavailable)."""
 
 
 def _claim_socket(path: Path) -> None:
@@ -1813,9 +1823,9 @@ def main(argv: list[str] | None = None) -> int:
     except _Usage as exc:
         print(f"error: {exc}\n\n{USAGE}", end="", file=sys.stderr)
         return 2
-    except (DataError, _SocketBusy) as exc:
+    except (DataError, _SocketBusy, _NoDouble) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 3 if isinstance(exc, _SocketBusy) else 2
+        return 3 if isinstance(exc, (_SocketBusy, _NoDouble)) else 2
     except KeyboardInterrupt:
         return 0
     except BrokenPipeError:   # `query ... | head`: the reader has what it wanted
