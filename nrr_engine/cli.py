@@ -523,9 +523,10 @@ def runs_list(ctx, limit, fmt):
     """Recent runs, newest first: id, job, mode, status, as-of date, change counts."""
     from .ledger import Ledger
     settings = _settings(ctx)
-    rows = Ledger(settings.state).runs(limit)
+    ledger = Ledger(settings.state)
+    rows = ledger.runs(limit)
     if fmt == "json":
-        click.echo(report_mod.dumps([{k: (json.loads(v) if k == "counts" and v else v) for k, v in r.items()
+        click.echo(report_mod.dumps([{k: (ledger.run_counts(r) if k == "counts" else v) for k, v in r.items()
                                       if k in ("id", "job", "mode", "status", "as_of", "started", "ended", "counts",
                                                "error")} for r in rows]))
         return
@@ -534,7 +535,7 @@ def runs_list(ctx, limit, fmt):
         return
     click.echo(f"{'RUN':<24}  {'JOB':<11} {'MODE':<8} {'STATUS':<14} {'AS OF':<10}  CHANGES")
     for r in rows:
-        counts = json.loads(r["counts"]) if r["counts"] else {}
+        counts = ledger.run_counts(r) or {}  # a killed run's from its changes in the ledger, as `runs show` has them
         shown = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "stages") or "-"
         if r["mode"] == "rollback" and "fields_restored" in counts:
             target = (json.loads(r["summary"]) if r["summary"] else {}).get("rolled_back")
@@ -678,25 +679,41 @@ def history_import(ctx, file):
 
 @main.command()
 @click.option("--out", default="export", show_default=True, type=click.Path(file_okay=False))
-@click.option("--run", "run_id", help="Change set of this run (default: the latest applied run).")
+@click.option("--run", "run_id", help="Change set of this run (default: the latest run that changed the org, a run "
+              "or a rollback).")
+@click.option("--since", "since", metavar="RUN_ID", help="Change sets of every run after RUN_ID that changed the org "
+              "(runs and rollbacks), oldest first: the order to load them in.")
 @click.pass_context
 @guarded
-def export(ctx, out, run_id):
+def export(ctx, out, run_id, since):
     """Write the local org as Data Loader CSVs (full/) and a run's change set (changes/RUN_ID/)."""
     with _engine(ctx) as engine:
-        result = engine.export(Path(out), run_id)
+        result = engine.export(Path(out), run_id, since)
     click.echo(f"{len(result['full'])} full object file(s) in {out}/full (the working copy, with its own Ids for the "
-               f"records the engine created); {len(result['changes'])} change file(s) for run {result['run']}"
-               + (f" in {out}/changes/{result['run']}" if result["run"] else ""))
-    if result["steps"]:
-        click.echo("  the run wrote them to Salesforce itself; they record what it wrote:" if result["remote"] else
-                   "  load them into the org the CSVs came from with Data Loader, in this order:")
-        for n, step in enumerate(result["steps"], start=1):
-            click.echo(f"  {n}. {step}")
-    for note in result["notes"]:
-        click.echo(f"  note: {note}")
-    if result["load_order"]:
-        click.echo(f"  (the same steps are in {result['load_order']})")
+               "records the engine created)")
+    sets = result["sets"]
+    if result["chosen"] == "since":
+        click.echo(f"{len(sets)} change set(s) of the runs after {result['since']} that changed the org, oldest "
+                   "first: load them in this order" if sets else
+                   f"no run after {result['since']} changed the org: no change set written")
+    elif not sets:
+        click.echo("no run has changed the org yet: no change set written")
+    for cs in sets:
+        why = " (the latest that changed the org; --run to pick another, --since RUN_ID for every one after a run)" \
+            if result["chosen"] == "latest" else ""
+        click.echo(f"change set of {'rollback' if cs['mode'] == 'rollback' else 'run'} {cs['run']}{why}: "
+                   f"{len(cs['changes'])} change file(s) in {out}/changes/{cs['run']}")
+        if cs["steps"]:
+            click.echo("  the run wrote them to Salesforce itself; they record what it wrote:" if result["remote"] else
+                       "  load them into the org the CSVs came from with Data Loader, in this order:")
+            for n, step in enumerate(cs["steps"], start=1):
+                click.echo(f"  {n}. {step}")
+        for note in cs["notes"]:
+            click.echo(f"  note: {note}")
+        click.echo(f"  (the same steps are in {cs['load_order']})")
+    for rid in result["unsettled"]:
+        click.echo(f"  note: run {rid} stopped part-way and is not settled yet: its changes are in no change set "
+                   "until the next run (or a rollback) settles them against the org; export again then")
     for name, why in result.get("skipped", []):
         click.echo(f"  skipped {name}: {why}")
 

@@ -72,6 +72,40 @@ def find_run(ledger: Ledger, run_id: str) -> dict:
                     f"so:\n  {shown}{more}")
 
 
+INTERNAL_ERROR = 70  # EX_SOFTWARE, as the CLI ends on a bug
+
+
+def failure_of(exc: BaseException) -> tuple[int, str]:
+    """The exit code the CLI ends with for `exc` and the message it prints (cli.guarded says the same)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return int(ExitCode.UNAVAILABLE), "interrupted"
+    if isinstance(exc, NrrError):
+        errors = getattr(exc, "errors", None)  # ConfigErrors: several, each printed on its own line
+        return int(exc.exit_code), "; ".join(map(str, errors)) if errors else str(exc)
+    cause = storage_cause(exc) if isinstance(exc, Exception) else None
+    if cause is not None:
+        return int(ExitCode.UNAVAILABLE), f"cannot write ({cause}); free some space and run again"
+    return INTERNAL_ERROR, f"internal error ({type(exc).__name__}: {exc})"
+
+
+def log_failed(exc: BaseException) -> None:
+    """A run that stops logs one `run.failed` event (with its bound run_id): the exit code and why, as JSON when
+    stderr is not a terminal, besides the CLI's `error:` line."""
+    code, message = failure_of(exc)
+    log.error("run.failed", exit_code=code, error=message)
+
+
+@contextmanager
+def logged_run(run_id: str):
+    """Log lines in the block carry `run_id`; if the block raises, `run.failed` says why before it unbinds."""
+    with structlog.contextvars.bound_contextvars(run_id=run_id):
+        try:
+            yield
+        except BaseException as exc:
+            log_failed(exc)
+            raise
+
+
 ROLLBACK_PARTS = (("fields_restored", "restored_fields"), ("snapshots_restored", "restored_snapshots"),
                   ("records_deleted", "deleted_records"), ("records_recreated", "restored_records"))
 
@@ -203,6 +237,9 @@ class Engine:
                                        counts=counts, summary=summary, api_usage=plan.api_calls, unsettled=None)
                 log.info("run.end", status=status, **{k: v for k, v in counts.items()})
                 return Outcome(ctx.run_id, summary, ExitCode.RECORD_FAILURES if failed else ExitCode.OK, plan)
+        except BaseException as exc:
+            log_failed(exc)
+            raise
         finally:
             if ctx.progress is not None:
                 ctx.progress.close()
@@ -280,7 +317,10 @@ class Engine:
         items = self.ledger.review_items(status=status, view=view)
         wanted = {i["child_id"] for i in items if i["child_id"]} | {i["parent_id"] for i in items if i["parent_id"]}
         names = {}
-        if wanted and self.org.has_table("Account") and self.org.has_field("Account", "Name"):
+        if wanted and self.settings.salesforce is not None:
+            # the names in the mirror the last run read: no login, so a reviewer needs no integration secret
+            names = _mirror_names(self.settings.working_copy, wanted)
+        elif wanted and self.org.has_table("Account") and self.org.has_field("Account", "Name"):
             names = {rid: row[0] for rid, row in self.org.get("Account", sorted(wanted), ["Name"]).items()}
         for i in items:
             i["child_name"] = names.get(i["child_id"])
@@ -326,7 +366,7 @@ class Engine:
         ctx = RunContext.new(self.clock, self.today(), job="rollback")
         # its log lines carry the rollback's run id, as a run's do (a dry run records no run: none to bind)
         with self.lock(), self.storage("the rollback", note=_SETTLED), (
-                nullcontext() if dry_run else structlog.contextvars.bound_contextvars(run_id=ctx.run_id)):
+                nullcontext() if dry_run else logged_run(ctx.run_id)):
             run = find_run(self.ledger, run_id)
             if run["mode"] != "run" or run["status"] in ("rolled_back",):
                 raise DataError(f"run {run['id']} is a {run['mode']} with status {run['status']}; only runs that "
@@ -433,25 +473,50 @@ class Engine:
         return {"rows": len(rows), "accounts": len(touched), "months": f"{months.fmt(lo)}..{months.fmt(hi)}"}
 
     # ---- export ---------------------------------------------------------------------------------
-    def export(self, out: Path, run_id: str | None = None) -> dict:
-        """Full object CSVs of the working copy plus the change set of one run as Data Loader CSVs."""
+    def export(self, out: Path, run_id: str | None = None, since: str | None = None) -> dict:
+        """Full object CSVs of the working copy plus change sets as Data Loader CSVs: of `run_id`, of every run
+        after `since` that changed the org (oldest first), or by default of the latest run that changed it."""
         with self.storage("the export", out, note=" (export again once there is room: every file is written anew)"):
-            return self._export(out, run_id)
+            return self._export(out, run_id, since)
 
-    def _export(self, out: Path, run_id: str | None) -> dict:
+    def changed_org(self, run: dict) -> bool:
+        """The run's changes reached the org: a run or rollback (one killed or failed part-way too, once settled)
+        with at least one applied change."""
+        return (run["mode"] in ("run", "rollback") and run["change_last"] is not None
+                and run["status"] not in ("running", "applying") and not run.get("unsettled")
+                and self.ledger.has_applied(run["id"]))
+
+    def _export(self, out: Path, run_id: str | None, since: str | None) -> dict:
+        if run_id and since:
+            raise DataError("give --run or --since, not both")
         self.org.sync(self.org.csv_objects())
         full = self.org.export_full(out / "full")
-        run = find_run(self.ledger, run_id) if run_id else next(
-            (r for r in self.ledger.runs(500) if r["mode"] == "run" and r["status"] in ("succeeded", "failed_records")
-             and r["change_last"] is not None), None)  # the latest run that changed something
-        cs = None
-        if run:
+        unsettled = []  # runs a kill or a failed write left unsettled: the next run (or rollback) settles them
+        if run_id:
+            runs, chosen = [find_run(self.ledger, run_id)], "given"
+        else:
+            newest_first = self.ledger.runs(100_000)
+            unsettled = [r["id"] for r in newest_first if r["mode"] in ("run", "rollback") and r["change_last"] is not
+                         None and (r["status"] in ("running", "applying") or r.get("unsettled"))]
+            if since:
+                start = find_run(self.ledger, since)
+                later = newest_first[:next(i for i, r in enumerate(newest_first) if r["id"] == start["id"])]
+                runs, chosen = [r for r in reversed(later) if self.changed_org(r)], "since"
+            else:
+                runs, chosen = next(([r] for r in newest_first if self.changed_org(r)), []), "latest"
+        sets = []
+        for run in runs:
             cs = change_set.write(self.ledger.changes(run["id"], status="applied"), self._org_view(),
                                   out / "changes" / run["id"])
-        return {"full": [str(p) for p in full], "changes": [str(p) for p in cs.files] if cs else [],
-                "run": run["id"] if run else None, "remote": self.org.remote,
-                "steps": [s.text() for s in cs.steps] if cs else [], "notes": cs.notes if cs else [],
-                "load_order": str(out / "changes" / run["id"] / change_set.LOAD_ORDER) if cs else None,
+            sets.append({"run": run["id"], "mode": run["mode"], "changes": [str(p) for p in cs.files],
+                         "steps": [s.text() for s in cs.steps], "notes": cs.notes,
+                         "load_order": str(out / "changes" / run["id"] / change_set.LOAD_ORDER)})
+        last = sets[-1] if sets else {}
+        return {"full": [str(p) for p in full], "sets": sets, "chosen": chosen, "since": since,
+                "unsettled": unsettled, "remote": self.org.remote,
+                # the one change set of --run or the default (the last of --since)
+                "run": last.get("run"), "changes": last.get("changes", []), "steps": last.get("steps", []),
+                "notes": last.get("notes", []), "load_order": last.get("load_order"),
                 "skipped": [] if self.org.remote else self.org.csv_skipped()}  # CSVs in the org folder that are no object
 
     def _org_view(self) -> change_set.OrgView:
@@ -469,6 +534,26 @@ class Engine:
         return change_set.OrgView(in_org=(lambda obj, ids: set(ids)) if org.remote else org.in_org, keys=keys,
                                   columns=lambda obj: org.columns(obj) if org.has_table(obj) else [],
                                   key_fields=key_fields, remote=org.remote)
+
+
+def _mirror_names(mirror: Path | None, ids) -> dict[str, str]:
+    """Account names by Id from a Salesforce mirror, read-only and without logging in ({} when there is none yet)."""
+    import sqlite3
+    if mirror is None or not mirror.is_file():
+        return {}
+    con = sqlite3.connect(f"{mirror.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        columns = {r[1].lower(): r[1] for r in con.execute('PRAGMA table_info("Account")')}
+        if "id" not in columns or "name" not in columns:
+            return {}
+        wanted, names = sorted(ids), {}
+        for i in range(0, len(wanted), 500):
+            part = wanted[i:i + 500]
+            names.update(con.execute(f'SELECT "{columns["id"]}", "{columns["name"]}" FROM "Account" WHERE '
+                                     f'"{columns["id"]}" IN ({", ".join("?" * len(part))})', part))
+        return names
+    finally:
+        con.close()
 
 
 def _read_history(path: Path, currency: str) -> tuple[list[tuple[str, int, int]], list[str]]:

@@ -325,6 +325,22 @@ class Ledger:
         return {r[0]: r[1] for r in self.db.execute(
             "SELECT status, count(*) FROM changes WHERE rowid BETWEEN ? AND ? GROUP BY status", [first, last])}
 
+    def has_applied(self, run_id: str) -> bool:
+        """At least one of the run's changes is applied (reached the org)."""
+        first, last = self._range(run_id)
+        return self.db.execute("SELECT 1 FROM changes WHERE rowid BETWEEN ? AND ? AND status = 'applied' LIMIT 1",
+                               [first, last]).fetchone() is not None
+
+    def run_counts(self, run: dict) -> dict | None:
+        """A run's change counts as `runs list` shows them: those it recorded, or, for a run that stopped before
+        writing them (killed, failed part-way), those of its changes in the ledger by status (as `runs show` has
+        them), with `planned` the number of changes it recorded."""
+        counts = json.loads(run["counts"]) if run.get("counts") else None
+        if any(k != "stages" for k in counts or {}) or run.get("change_last") is None:
+            return counts
+        by_status = self.change_counts(run["id"])
+        return {**(counts or {}), **by_status, "planned": sum(by_status.values())} if by_status else counts
+
     def mark_changes(self, run_id: str, old: str, new: str) -> int:
         """Set every change of the run with status `old` to `new` (pending -> applied once a write is confirmed,
         applied -> pending when the write it was recorded ahead of failed); returns how many."""
