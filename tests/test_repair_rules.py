@@ -108,6 +108,34 @@ def test_mapping_by_id_accepts_15_character_ids(org, cli):
     assert parents(org)["Bought Co"] == "Parent Co"
 
 
+def _mapping_org(org, rows: str):
+    org.account("001000000000001AAA", "Northwind Traders, Inc.")
+    org.account("001000000000002AAA", "Northwind Traders GmbH")
+    (org.root / "rules").mkdir(parents=True)
+    (org.root / "rules" / "links.csv").write_text("child,parent\n" + rows)
+    org.rules = rules_text("  - {name: known, type: mapping, table: links.csv}\n")
+    org.write()
+
+
+def test_a_mapping_row_between_names_that_normalise_alike_links_the_accounts_it_names(org, cli):
+    """"Northwind Traders GmbH" -> "Northwind Traders, Inc." (both normalise to "northwind traders"): the GmbH
+    goes under the Inc., never the head under its subsidiary (it did, and the cycle guard refused the other)."""
+    _mapping_org(org, '"Northwind Traders GmbH","Northwind Traders, Inc."\n')
+    out = cli("run", *AS_OF).stdout
+    assert parents(org) == {"Northwind Traders, Inc.": None, "Northwind Traders GmbH": "Northwind Traders, Inc."}
+    assert "cycle guard" not in out
+
+
+def test_a_mapping_row_whose_names_match_the_same_accounts_links_nothing_and_says_so(org, cli):
+    """"Northwind Traders AG" names no account exactly and normalises like both: the row links nothing and the
+    finding says both sides match the same accounts and to write exact names or Ids."""
+    _mapping_org(org, '"Northwind Traders AG","Northwind Traders, Inc."\n')
+    out = cli("run", *AS_OF).stdout
+    assert set(parents(org).values()) == {None}
+    assert "links.csv:2 'Northwind Traders AG' -> 'Northwind Traders, Inc.': both names match the same accounts" in out
+    assert "write each account's exact name or its Id" in out
+
+
 def test_conditions_limit_children_and_candidates(org, cli):
     """Rule conditions: only children with Type = Subsidiary, only candidates that are roots."""
     org.account("001A", "Acme", Type="Customer")

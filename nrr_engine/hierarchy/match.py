@@ -539,6 +539,11 @@ def name_placeholders(pop: Population, rule) -> list[Placeholder]:
     return out
 
 
+def _spelled(name) -> str:
+    """A name as written, up to case and runs of spaces: what a person copying it into a table keeps."""
+    return " ".join(str(name or "").split()).casefold()
+
+
 def match_mapping(pop: Population, rule) -> tuple[list[Proposal], list[Placeholder], list[str]]:
     """RevOps' table of known links (acquisitions); entries name accounts by normalised name or by Id. Under
     match_by: name (the default) a cell that reads as an Account Id (15 or 18 characters, key prefix 001, a valid
@@ -563,12 +568,27 @@ def match_mapping(pop: Population, rule) -> tuple[list[Proposal], list[Placehold
                 if found:
                     return found
             return as_list(full.get(" ".join(normalise.name_key(ref))))
+
+    def exactly(found: list[int], ref: str) -> list[int]:
+        names = pop.col("Name")
+        return [i for i in found if _spelled(names[i]) == _spelled(ref)] or found
     out, unresolved = [], []
     for e in rule.entries:
         children, parents = find(e.child), find(e.parent)
         if not children or not parents:
             unresolved.append(f"{e.location.file}:{e.location.line} {e.child!r} -> {e.parent!r}: "
                               f"{'child' if not children else 'parent'} matches no account")
+            continue
+        if set(children) & set(parents) and rule.match_by != "id":
+            # Both cells normalise alike ("Northwind Traders GmbH" and "Northwind Traders, Inc." both read
+            # "northwind traders"), so each side found both accounts and one link would put the head under its
+            # subsidiary: the accounts whose names are exactly the cells' are the ones the row means.
+            children, parents = exactly(children, e.child), exactly(parents, e.parent)
+        if set(children) & set(parents):
+            # the same accounts on both sides: linking them either way could put a head under its subsidiary
+            shown = ", ".join(pop.ids[i] for i in sorted(set(children) | set(parents))[:5])
+            unresolved.append(f"{e.location.file}:{e.location.line} {e.child!r} -> {e.parent!r}: both names match "
+                              f"the same accounts ({shown}); write each account's exact name or its Id")
             continue
         for i in children:
             if allowed[i]:
