@@ -108,17 +108,15 @@ def test_a_run_that_stops_logs_run_failed_with_its_run_id_and_exit_code(acme, cl
     assert f"error: {failed['error']}" in result.stderr.splitlines()
 
 
-def test_a_rollback_that_stops_logs_run_failed_with_the_rollbacks_run_id(acme, cli, monkeypatch):
-    """A rollback that fails part-way logs `run.failed` with the rollback's own run id (exit 70 for a bug)."""
-    from nrr_engine import reconcile
+def test_a_rollback_that_stops_logs_run_failed_with_the_rollbacks_run_id(acme, cli):
+    """A rollback that stops before it starts (the org's Account.csv went away since the run loaded it) logs
+    `run.failed` with the rollback's own run id, its exit code and the message, and records nothing."""
     run = run_id(cli("run", *AS_OF).stdout)
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("boom")
-    monkeypatch.setattr(reconcile, "rollback", broken)
-    result = cli("rollback", run, expect=70)
+    (acme.org / "Account.csv").unlink()
+    result = cli("rollback", run, expect=2)
     events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     [failed] = [e for e in events if e["event"] == "run.failed"]
-    rb = cli.json("runs", "list", "--format", "json")[0]
-    assert rb["mode"] == "rollback" and failed["run_id"] == rb["id"] and failed["exit_code"] == 70
-    assert "boom" in failed["error"]
+    runs = cli.json("runs", "list", "--format", "json")
+    assert failed["run_id"] != run and failed["exit_code"] == 2 and failed["level"] == "error"
+    assert [(r["id"], r["status"]) for r in runs] == [(run, "succeeded")], "nothing rolled back, no half record"
+    assert "Account.csv was loaded before but is no longer in the org folder" in failed["error"]
