@@ -63,6 +63,11 @@ def test_the_readme_init_output_is_what_init_prints(tmp_path, monkeypatch):
     assert command == "$ nrr-engine init my-org"
     same_lines(expected, Cli(None)("init", "my-org").stdout)
     assert (tmp_path / "my-org" / "rules" / "mappings.csv").read_text() == "child,parent,note\n"
+    sfdx = tmp_path / "my-org" / "salesforce"  # the README's deploy steps run from it: no checkout needed
+    shipped = Path(__file__).parents[1] / "salesforce"
+    assert sorted(p.relative_to(sfdx) for p in sfdx.rglob("*") if p.is_file()) == \
+        sorted(p.relative_to(shipped) for p in shipped.rglob("*") if p.is_file())
+    assert "`nrr-engine init` into your project" in README.read_text(encoding="utf-8").replace("\n", " ")
     readme = README.read_text(encoding="utf-8").replace("\n", " ")
     assert "`source: {kind: local, path: /data/exports/2026-11}`" in readme and "(`child,parent,note`)" in readme
     cpq = re.search(r"\(CPQ: `(object: SBQQ__Subscription__c, [^`]*)`\)", readme).group(1)

@@ -329,11 +329,24 @@ def scaffold(root: Path, force: bool = False) -> list[str]:
     for item in resources.files("nrr_engine").joinpath("demo/org").iterdir():
         if item.name.endswith(".csv") and (force or not (org / item.name).exists()):
             (org / item.name).write_bytes(item.read_bytes())
+    # the SFDX project to deploy (fields, KPI object, permission sets): an installed package has no checkout
+    _copy_tree(resources.files("nrr_engine").joinpath("scaffold/salesforce"), root / "salesforce", force)
     return [f"created {target}, {root / 'rules'}/ and an example org in {org}/ (the demo's)",
+            f"Salesforce metadata to deploy (fields, KPI_Snapshot__c, permission sets): {root / 'salesforce'}/",
             f"your own org: set source.path in {target} to the folder of your Data Loader CSVs (Account.csv, "
             f"Subscription__c.csv, ...), or replace the CSVs in {org}/ with them; map arr.subscriptions to your "
             f"subscription object's fields; known links go in {mappings} (child,parent[,note])",
             f"next: nrr-engine --config {target} validate && nrr-engine --config {target} plan"]
+
+
+def _copy_tree(source, target: Path, force: bool) -> None:
+    """Copy a package folder (importlib Traversable) into `target`, keeping files the user already has."""
+    target.mkdir(parents=True, exist_ok=True)
+    for item in source.iterdir():
+        if item.is_dir():
+            _copy_tree(item, target / item.name, force)
+        elif force or not (target / item.name).exists():
+            (target / item.name).write_bytes(item.read_bytes())
 
 
 def write_demo_config(folder: Path, history: int = 36, overwrite_rules: bool = True) -> Path:
