@@ -13,12 +13,13 @@ import click
 
 from . import __version__, config as config_mod, log as log_mod, report as report_mod
 from .errors import ConfigErrors, ExitCode, NrrError, storage_cause
+from .safe_output import atomic_file, csv_row, terminal
 
 INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug in nrr-engine, never a user mistake
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {terminal(log_mod.redact_text(message), keep_newlines=True)}", err=True)  # values stay text
     sys.exit(int(code))
 
 
@@ -32,7 +33,7 @@ def guarded(fn):
             raise  # usage errors: click prints them and exits 2
         except ConfigErrors as exc:
             for e in exc.errors:
-                click.echo(f"error: {e}", err=True)
+                click.echo(f"error: {terminal(log_mod.redact_text(str(e)), keep_newlines=True)}", err=True)
             sys.exit(int(exc.exit_code))
         except NrrError as exc:
             _fail(str(exc), exc.exit_code)
@@ -49,8 +50,10 @@ def guarded(fn):
             if cause is not None:  # a full disk the library did not name (it names it where it can)
                 _fail(f"cannot write ({cause}); free some space and run again", ExitCode.UNAVAILABLE)
             ctx = click.get_current_context(silent=True)
-            if ctx and ctx.find_root().params.get("debug"):
-                raise
+            if ctx and ctx.find_root().params.get("debug"):   # the traceback, redacted (frames can quote secrets)
+                import traceback
+                click.echo(log_mod.redact_text(traceback.format_exc()), err=True, nl=False)
+                sys.exit(INTERNAL_ERROR)
             _fail(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it", INTERNAL_ERROR)
     return wrapper
 
@@ -131,7 +134,8 @@ def validate(ctx):
     n_rules, checked = 0, None
     if settings:
         from . import rules as rules_mod
-        ruleset, rule_errors = rules_mod.check(settings.rule_files, [v.name for v in settings.lookup_views])
+        ruleset, rule_errors = rules_mod.check(settings.rule_files, [v.name for v in settings.lookup_views],
+                                               settings.roots)
         errors.extend(rule_errors)
         n_rules = len(ruleset.match)
         checked = _check_org(settings, ruleset, errors, notes)
@@ -141,7 +145,7 @@ def validate(ctx):
     errors.sort(key=lambda e: (files.index(e.location.file) if e.location.file in files else len(files),
                                e.location.file or "", e.location.line or 0))
     for e in errors:
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"error: {terminal(e, keep_newlines=True)}", err=True)
     for n in notes:
         click.echo(n if n.startswith("warning: ") else f"note: {n}", err=bool(errors))
     if errors:
@@ -229,8 +233,8 @@ def _print_summary(summary: dict, exact: dict | None = None) -> None:
     order = {"error": 0, "warning": 1, "info": 2}
     for fnd in sorted(summary["findings"], key=lambda f: order.get(f.get("severity"), 1)):
         label = "not evaluated" if fnd.get("outcome") == "not_evaluated" else fnd.get("severity", "warning")
-        click.echo(f"  data quality {label} [{fnd['kind']}]: {fnd['message']}" +
-                   (f" e.g. {', '.join(fnd['records'][:3])}" if fnd["records"] else ""))
+        click.echo(f"  data quality {label} [{fnd['kind']}]: {terminal(fnd['message'])}" +
+                   (f" e.g. {', '.join(terminal(r) for r in fnd['records'][:3])}" if fnd["records"] else ""))
     click.echo(f"  API calls: {_api_text(summary.get('api_calls'))}")
     click.echo("  stages: " + ", ".join(f"{k} {v}s" for k, v in summary["stages"].items()))
 
@@ -280,11 +284,11 @@ def _print_segments(segments: list[dict], exact: list[dict] | None) -> None:
                       key=lambda r: (-Decimal(r[0]["family"]["start"]), r[0]["value"]))
         for s, m in mine[:SUMMARY_SEGMENTS]:
             f = s["family"]
-            click.echo(f"    {field} {s['value']}: NRR {_pct(m.nrr if m else f['nrr'])} "
+            click.echo(f"    {terminal(field)} {terminal(s['value'])}: NRR {_pct(m.nrr if m else f['nrr'])} "
                        f"GRR {_pct(m.grr if m else f['grr'])} (start {f['start']}, end {f['end']}, "
                        f"{f['families']} famil{'y' if f['families'] == 1 else 'ies'})")
         if len(mine) > SUMMARY_SEGMENTS:
-            click.echo(f"    {field}: {len(mine) - SUMMARY_SEGMENTS} more value(s) (`nrr-engine report nrr` lists "
+            click.echo(f"    {terminal(field)}: {len(mine) - SUMMARY_SEGMENTS} more value(s) (`nrr-engine report nrr` lists "
                        "them all)")
 
 
@@ -343,12 +347,19 @@ def run(ctx, job, as_of, allow_shrink):
 @click.option("--dir", "directory", default="nrr-demo", show_default=True, type=click.Path(file_okay=False),
               help="Where to build the demo (org/, config/, state/).")
 @click.option("--fresh", is_flag=True, help="Delete DIR first (start from an empty ledger).")
+@click.option("--force", is_flag=True, help="Build in a DIR that is not empty: overwrite its config/, rules/ and "
+              "org/ (its state/ is kept).")
 @guarded
-def demo(accounts, seed, directory, fresh):
-    """Build the demo org (or a synthetic one of N accounts) and run the nightly job on it."""
+def demo(accounts, seed, directory, fresh, force):
+    """Build the demo org (or a synthetic one of N accounts) and run the nightly job on it.
+
+    DIR must not exist or be empty, unless --fresh (delete it first) or --force (overwrite in it)."""
     from .demo import DEMO_AS_OF, generate, write_demo_config
     from .engine import Engine
     root = Path(directory)
+    if root.is_dir() and any(root.iterdir()) and not (fresh or force):
+        _fail(f"{root} is not empty: the demo would overwrite its config, rules and org; pass --fresh to delete it "
+              "first or --force to overwrite in it", ExitCode.INVALID_INPUT)
     if fresh and root.exists():
         shutil.rmtree(root)
     org = root / "org"
@@ -401,10 +412,11 @@ def report_nrr(ctx, period, window, view, by, as_of_start, fmt, out, as_of):
     text = {"table": report_mod.nrr_table, "csv": report_mod.nrr_csv,
             "json": lambda f: report_mod.dumps(report_mod.nrr_json(f))}[fmt](fig)
     if out:
-        Path(out).write_text(text + ("\n" if not text.endswith("\n") else ""), encoding="utf-8")
+        with atomic_file(Path(out), "w", encoding="utf-8") as fh:  # 0600: customer figures, whatever the umask
+            fh.write(text + ("\n" if not text.endswith("\n") else ""))
         click.echo(f"written to {out}")
     else:
-        click.echo(text)
+        click.echo(terminal(text, keep_newlines=True) if fmt == "table" else text)
 
 
 @main.group()
@@ -434,19 +446,21 @@ def review_list(ctx, status, view, fmt):
             "note", "notes", "decided_by", "decided_at"]
     if fmt == "csv":
         import csv as csv_mod
-        w = csv_mod.writer(sys.stdout)
+        w = csv_mod.writer(sys.stdout)  # for a spreadsheet: a name that starts like a formula is neutralised
         w.writerow(cols)
         for i in items:
-            w.writerow([(i["parent_id"] or i["parent_ref"]) if c == "parent_id" else
-                        " | ".join(n[len("note "):] for n in _notes(i)) if c == "notes" else i.get(c) for c in cols])
+            w.writerow(csv_row([(i["parent_id"] or i["parent_ref"]) if c == "parent_id" else
+                                " | ".join(n[len("note "):] for n in _notes(i)) if c == "notes" else i.get(c)
+                                for c in cols]))
         return
     if not items:
         click.echo(f"no {'' if status == 'all' else status + ' '}review items")
         return
     for i in items:
-        child = f"{i['child_id']} {_short(i['child_name'])}" if i["child_id"] else \
+        child = f"{terminal(i['child_id'])} {_short(i['child_name'])}" if i["child_id"] else \
             f"{len(i['members'] or [])} accounts ({', '.join(_short(m, 18) for m in (i['members'] or [])[:3])}...)"
-        parent = f"{i['parent_id']} {_short(i['parent_name'])}" if i["parent_id"] else f"NEW {_short(i['parent_name'])}"
+        parent = f"{terminal(i['parent_id'])} {_short(i['parent_name'])}" if i["parent_id"] else \
+            f"NEW {_short(i['parent_name'])}"
         click.echo(f"#{i['id']:<5} {i['status']:<8} {i['confidence']:.2f}  {i['rule']:<22} {child}  ->  {parent}"
                    + (f"   [{_short(_reason(i), 200)}]" if i["reason"] else ""))
         for n in _notes(i):  # every note, oldest first: the item's audit trail
@@ -477,9 +491,7 @@ def _notes(item: dict) -> list[str]:
 
 def _short(text, width: int = 30) -> str:
     """One line of at most `width` characters, control characters shown escaped (terminal output stays text)."""
-    text = "" if text is None else str(text).replace("\n", " ")
-    if not text.isprintable():
-        text = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+    text = terminal("" if text is None else str(text).replace("\n", " "))
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

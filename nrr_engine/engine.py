@@ -154,11 +154,11 @@ class Engine:
 
     @contextmanager
     def lock(self):
-        """One run at a time, across processes (flock on <state>.lock)."""
+        """One run at a time, across processes (flock on <state>.lock: 0600, never opened through a symlink)."""
+        from .safe_output import open_lock, private_dir
         path = self.settings.state.with_suffix(".lock")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fh = open(path, "a+")
+            fh = open_lock(private_dir(path.parent) / path.name)
         except OSError as exc:
             raise SourceUnavailable(f"cannot create the run lock: {exc.strerror}", Location(str(path))) from None
         try:

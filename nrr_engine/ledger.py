@@ -15,7 +15,9 @@ from pathlib import Path
 import sqlite_utils
 
 from .errors import Location, SourceUnavailable, disk_full, is_storage_error
+from .log import redact_text
 from .model import UPSERT, FieldChanges, SnapshotChanges
+from .safe_output import private_dir, private_file
 
 
 def _m1(db: sqlite_utils.Database) -> None:
@@ -112,7 +114,7 @@ class Ledger:
     def __init__(self, path: Path):
         self.path = path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_file(private_dir(path.parent) / path.name)  # customer data: 0600 in 0700, whatever the umask
             conn = sqlite3.connect(path, isolation_level=None, timeout=30)
             for attempt in range(100):  # two processes creating the store at once: switching to WAL can be busy
                 try:
@@ -190,6 +192,9 @@ class Ledger:
         for k in ("counts", "api_usage", "summary"):
             if k in fields and not isinstance(fields[k], str):
                 fields[k] = json.dumps(fields[k], sort_keys=True, default=str)
+        for k in ("error", "summary"):   # an error can quote what a server echoed: never a secret
+            if isinstance(fields.get(k), str):
+                fields[k] = redact_text(fields[k])
         with self._storage():
             self.db["runs"].update(run_id, fields)
 
@@ -255,7 +260,7 @@ class Ledger:
             last = conn.execute("SELECT max(rowid) FROM changes").fetchone()[0] or 0
             if failures:
                 conn.executemany("UPDATE changes SET status = 'failed', error = ? WHERE rowid = ?",
-                                 ((err, first + seq) for seq, err in failures.items()))
+                                 ((redact_text(err), first + seq) for seq, err in failures.items()))
             if last >= first:
                 conn.execute("UPDATE runs SET change_first = ?, change_last = ? WHERE id = ?", (first, last, run_id))
         return first, last
@@ -270,7 +275,7 @@ class Ledger:
         conn = self.db.conn
         with self._tx():
             conn.executemany("UPDATE changes SET status = ?, error = ?, record_id = coalesce(?, record_id) WHERE rowid = ?",
-                             ((st, err, rid, first + seq) for seq, st, err, rid in statuses))
+                             ((st, redact_text(err), rid, first + seq) for seq, st, err, rid in statuses))
 
     def change_groups(self, run_id: str, statuses: Sequence[str]) -> list[tuple[str, str]]:
         """The distinct (object, field) pairs among a run's changes with one of `statuses`."""

@@ -7,6 +7,7 @@ import json
 
 from . import money
 from .metrics.nrr import Movement
+from .safe_output import csv_row, terminal
 
 _ROWS = ("start", "expansion", "contraction", "churn", "end", "nrr", "grr", "internal_transfers",
          "hierarchy_expansion", "new_logo", "reactivation", "families")
@@ -69,8 +70,8 @@ def nrr_table(fig: dict) -> str:
         lines.append(f"{label:22}{_cell(fig['family'], key, False):>16}{_cell(fig['naive'], key, True):>16}")
     for s in fig["segments"]:
         m = s["family"]
-        lines.append(f"  {s['by']}={s['value']}: start {money.fmt(m.start)} end {money.fmt(m.end)} "
-                     f"NRR {_pct(m.nrr)} GRR {_pct(m.grr)}")
+        lines.append(f"  {terminal(s['by'])}={terminal(s['value'])}: start {money.fmt(m.start)} "
+                     f"end {money.fmt(m.end)} NRR {_pct(m.nrr)} GRR {_pct(m.grr)}")
     if fig.get("excluded"):
         lines.append("excluded: " + excluded_text(fig["excluded"]))
     if fig.get("cohort_note"):
@@ -81,6 +82,7 @@ def nrr_table(fig: dict) -> str:
 
 
 def nrr_csv(fig: dict) -> str:
+    """The figures as a CSV for a spreadsheet: a segment value that starts like a formula is neutralised."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["view", "period", "window", "level", "segment_by", "segment_value", *_ROWS, "provisional",
@@ -92,8 +94,10 @@ def nrr_csv(fig: dict) -> str:
     totals = [ex["records"], ex["start"]["arr"], ex["end"]["arr"]] if ex else [0, "0.00", "0.00"]
     for level, by, value, m in rows:
         d = m.as_json(naive=level == "naive")
-        w.writerow([fig["view"], fig["period"], fig["window"], level, by, value, *[d.get(k, "") for k in _ROWS],
-                    "true" if fig.get("provisional") else "false", *(totals if not by else ["", "", ""])])
+        # only the text cells: a figure such as -500.00 stays a number
+        w.writerow([*csv_row([fig["view"], fig["period"], fig["window"], level, by, value]),
+                    *[d.get(k, "") for k in _ROWS], "true" if fig.get("provisional") else "false",
+                    *(totals if not by else ["", "", ""])])
     return buf.getvalue()
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..errors import disk_full, is_storage_error
 from ..ids import KEY_PREFIXES
 from ..model import INSERT, UPSERT
+from ..safe_output import atomic_file, private_dir
 
 LOAD_ORDER = "LOAD-ORDER.txt"
 _SOQL_CHUNK = 200  # keys per SOQL statement: well inside the 100,000-character query limit
@@ -70,9 +71,10 @@ def dl_value(value: str | None) -> str:
 
 
 def write_csv(path: Path, header: list[str], rows) -> Path:
-    """A UTF-8 CSV, byte-exact (Data Loader change sets are never neutralised like reports for people)."""
+    """A UTF-8 CSV, byte-exact (Data Loader change sets are never neutralised like reports for people: a quote
+    added to a name would be loaded into the org as part of it); 0600, through a fresh temporary file."""
     try:
-        with open(path, "w", newline="", encoding="utf-8") as fh:
+        with atomic_file(path, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             w.writerow(header)
             for r in rows:
@@ -192,7 +194,7 @@ def write(changes: Iterable[dict], org: OrgView, folder: Path) -> ChangeSet:
                 plain[f] = dl_value(v)
         return plain, links
 
-    folder.mkdir(parents=True, exist_ok=True)
+    private_dir(folder)
     for stale in (*folder.glob("*.csv"), *folder.glob("*.soql"), folder / LOAD_ORDER):  # an earlier export's
         stale.unlink(missing_ok=True)
     first: list[Step] = []   # records the engine created, then links to them, then the org's own records
@@ -248,9 +250,9 @@ def write(changes: Iterable[dict], org: OrgView, folder: Path) -> ChangeSet:
         if by_key:
             path = write_csv(folder / f"{obj}.remove-by-key.csv", [key_field], ([k] for k in by_key))
             soql = folder / f"{obj}.remove-by-key.soql"
-            soql.write_text("".join(f"SELECT Id, {key_field} FROM {obj} WHERE {key_field} IN ("
+            _write_text(soql, "".join(f"SELECT Id, {key_field} FROM {obj} WHERE {key_field} IN ("
                                     + ", ".join(map(_soql_literal, by_key[i:i + _SOQL_CHUNK])) + ")\n"
-                                    for i in range(0, len(by_key), _SOQL_CHUNK)), encoding="utf-8")
+                                    for i in range(0, len(by_key), _SOQL_CHUNK)))
             files.append(path)
             notes.append(f"{path.name}: {len(by_key)} {obj} record(s) to delete that the org knows only by {key_field} "
                          f"(the engine created them: their Ids there are not the working copy's). Data Loader deletes "
@@ -267,4 +269,10 @@ def _write_load_order(folder: Path, steps: list[Step], notes: list[str], remote:
             "Load these files into the org the CSVs came from with Data Loader, in this order:\n")
     text = head + "".join(f"{n}. {s.text()}\n" for n, s in enumerate(steps, start=1))
     text += "".join(f"Then: {note}\n" for note in notes)
-    (folder / LOAD_ORDER).write_text(text, encoding="utf-8")
+    _write_text(folder / LOAD_ORDER, text)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """A UTF-8 text file of the change set: 0600, through a fresh temporary file."""
+    with atomic_file(path, "w", encoding="utf-8") as fh:
+        fh.write(text)

@@ -3,10 +3,10 @@ need a million dicts at once, and written to a temporary file first (a reader ne
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from ..metrics import snapshot
+from ..safe_output import atomic_file
 
 
 class PlanFileSink:
@@ -14,34 +14,29 @@ class PlanFileSink:
         self.out, self.settings = Path(out), settings
 
     def write(self, ctx, plan, summary: dict) -> Path:
-        out = self.out
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        try:
-            self._write(tmp, ctx, plan, summary)
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # a full disk: no half plan left beside the old one
-            raise
-        os.replace(tmp, out)
-        return out
+        # a fresh 0600 temporary file (mkstemp: never a symlink someone planted), removed if the write fails
+        # (a full disk: no half plan left beside the old one), renamed over the plan once complete
+        with atomic_file(self.out, "w", encoding="utf-8") as fh:
+            self._write(fh, ctx, plan, summary)
+        return self.out
 
-    def _write(self, tmp: Path, ctx, plan, summary: dict) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write('{"run_id": %s, "as_of": %s,\n "changes": [' % (json.dumps(ctx.run_id),
-                                                                    json.dumps(ctx.as_of.isoformat())))
-            for i, c in enumerate(plan.all_changes()):
-                fh.write(("," if i else "") + "\n  " + json.dumps(c.as_dict(), sort_keys=True))
-            fh.write('],\n "review": [')
-            n = 0
-            for items in plan.review_queue(self.settings).values():
-                for item in items:
-                    shown = {k: v for k, v in item.items() if k not in ("child_id", "parent_ref", "parent_id")}
-                    fh.write(("," if n else "") + "\n  " + json.dumps(shown, sort_keys=True))
-                    n += 1
-            fh.write('],\n "duplicates": %s,\n "flags": [],\n "snapshots": [' % json.dumps(plan.duplicates))
-            for i, (key, values) in enumerate(plan.snapshots.rows()):
-                s = dict(zip(snapshot.FIELDS, values))
-                fh.write(("," if i else "") + "\n  " + json.dumps(
-                    {"external_id": key, "ending_arr": s["Ending_ARR__c"], "starting_arr": s["Starting_ARR__c"],
-                     "nrr": s["NRR__c"], "grr": s["GRR__c"]}, sort_keys=True))
-            fh.write('],\n "findings": %s,\n "summary": %s}\n' % (
-                json.dumps([f.as_dict() for f in plan.findings]), json.dumps(summary)))
+    def _write(self, fh, ctx, plan, summary: dict) -> None:
+        fh.write('{"run_id": %s, "as_of": %s,\n "changes": [' % (json.dumps(ctx.run_id),
+                                                                json.dumps(ctx.as_of.isoformat())))
+        for i, c in enumerate(plan.all_changes()):
+            fh.write(("," if i else "") + "\n  " + json.dumps(c.as_dict(), sort_keys=True))
+        fh.write('],\n "review": [')
+        n = 0
+        for items in plan.review_queue(self.settings).values():
+            for item in items:
+                shown = {k: v for k, v in item.items() if k not in ("child_id", "parent_ref", "parent_id")}
+                fh.write(("," if n else "") + "\n  " + json.dumps(shown, sort_keys=True))
+                n += 1
+        fh.write('],\n "duplicates": %s,\n "flags": [],\n "snapshots": [' % json.dumps(plan.duplicates))
+        for i, (key, values) in enumerate(plan.snapshots.rows()):
+            s = dict(zip(snapshot.FIELDS, values))
+            fh.write(("," if i else "") + "\n  " + json.dumps(
+                {"external_id": key, "ending_arr": s["Ending_ARR__c"], "starting_arr": s["Starting_ARR__c"],
+                 "nrr": s["NRR__c"], "grr": s["GRR__c"]}, sort_keys=True))
+        fh.write('],\n "findings": %s,\n "summary": %s}\n' % (
+            json.dumps([f.as_dict() for f in plan.findings]), json.dumps(summary)))

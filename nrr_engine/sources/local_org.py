@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, Location, SourceUnavailable, not_utf8
+from ..safe_output import atomic_file, csv_row, private_dir, private_file
 from ..model import Finding
 from ..ids import counter as _decode, is_counter_id, sf_id
 
@@ -210,7 +211,7 @@ class LocalOrg:
         self.folder = Path(folder)
         self.path = Path(working_copy)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_file(private_dir(self.path.parent) / self.path.name)  # customer data: 0600, whatever the umask
             self.db = sqlite3.connect(self.path, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
@@ -853,18 +854,17 @@ class LocalOrg:
         return found
 
     def export_full(self, out: Path) -> list[Path]:
-        """Write every object of the working copy as <SObject>.csv (UTF-8, Data Loader ready)."""
-        out.mkdir(parents=True, exist_ok=True)
+        """Write every object of the working copy as <SObject>.csv (UTF-8): a picture for people, so a cell that
+        starts like a formula (=, +, -, @) is neutralised with a leading quote; files 0600 in a 0700 folder."""
+        private_dir(out)
         written = []
         for obj in self.objects():
             cols = self.columns(obj)
             target = out / f"{obj}.csv"
-            tmp = target.with_suffix(".csv.tmp")
-            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            with atomic_file(target, "w", newline="", encoding="utf-8") as fh:
                 w = csv.writer(fh)
-                w.writerow(cols)
+                w.writerow(csv_row(cols))
                 for row in self.read(obj, cols):
-                    w.writerow(["" if v is None else v for v in row])
-            os.replace(tmp, target)
+                    w.writerow(csv_row(row))
             written.append(target)
         return written
