@@ -92,6 +92,7 @@ class SalesforceSettings:
 
     auth: str                                   # jwt | client_credentials | password | session
     instance_url: str | None = None
+    allow_any_host: bool = False                # instance_url may name a non-Salesforce host (a private test endpoint)
     domain: str = "login"
     username: str | None = None
     username_env: str = "SF_USERNAME"
@@ -118,6 +119,12 @@ class SalesforceSettings:
         return (self.password_env, self.security_token_env, self.consumer_key_env, self.consumer_secret_env,
                 self.session_id_env)
 
+    def host_allowed(self, host: str | None) -> bool:
+        """Whether a session id may be sent to `host`: a Salesforce host (SALESFORCE_HOSTS), or any with
+        allow_any_host."""
+        host = (host or "").lower().rstrip(".")
+        return self.allow_any_host or any(host.endswith("." + d) for d in SALESFORCE_HOSTS)
+
     def my_domain(self) -> str | None:
         """The org's My Domain host without .salesforce.com ("acme.my", "acme--uat.sandbox.my"), from instance_url or
         a domain that is not login/test; None when neither names one."""
@@ -126,6 +133,12 @@ class SalesforceSettings:
             if host and host not in ("login", "test"):
                 return host
         return self.domain if self.domain not in ("login", "test") else None
+
+
+# The domains Salesforce serves an org's API from (Salesforce Help: My Domain URL Formats): <instance>.salesforce.com,
+# <mydomain>.my.salesforce.com and its partitioned forms (<mydomain>--<sandbox>.sandbox.my.salesforce.com,
+# .develop., .scratch., .demo., ...), login/test.salesforce.com, and the older *.force.com hosts.
+SALESFORCE_HOSTS = ("salesforce.com", "force.com")
 
 
 @dataclass(frozen=True)
@@ -261,6 +274,19 @@ def _build(doc: yamlsource.Document, d: dict, path: Path, errors: list[ConfigErr
         if src.get("private_key_file"):
             opts["private_key_file"] = rel(src["private_key_file"])
         salesforce = SalesforceSettings(**opts)
+        url = urlsplit(salesforce.instance_url or "")
+        try:
+            port = url.port
+        except ValueError:
+            port = -1
+        if salesforce.instance_url and (not salesforce.host_allowed(url.hostname) or url.username or url.password
+                                        or port not in (None, 443)) and not salesforce.allow_any_host:
+            # the session id (or the token request) goes to this host: only Salesforce's, unless opted out
+            errors.append(ConfigError(f"source.instance_url {salesforce.instance_url!r} is not a Salesforce host; "
+                                      "expected https://<mydomain>.my.salesforce.com (a host under "
+                                      f"{' or '.join('.' + d for d in SALESFORCE_HOSTS)}, no user or port); "
+                                      "for a private test endpoint set source.allow_any_host: true",
+                                      doc.location(("source", "instance_url"))))
         if salesforce.auth == "client_credentials" and salesforce.my_domain() is None:
             # the client credentials flow is served on the org's My Domain, not login/test.salesforce.com
             errors.append(ConfigError("source.auth client_credentials needs the org's My Domain: set source.domain: "

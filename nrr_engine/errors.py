@@ -47,13 +47,15 @@ class NrrError(ValueError):
     exit_code = ExitCode.INVALID_INPUT
 
     def __init__(self, message: str, location: Location | None = None):
-        self.message = message
+        from .log import redact_text   # a message may quote what a server echoed: never a secret (log.py's rule)
+        self.message = redact_text(message)
         self.location = location or Location()
         super().__init__(str(self))
 
     def __str__(self) -> str:
+        from .log import redact_text
         where = str(self.location)
-        return f"{where}: {self.message}" if where else self.message
+        return redact_text(f"{where}: {self.message}" if where else self.message)
 
 
 class ConfigError(NrrError):

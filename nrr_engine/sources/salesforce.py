@@ -205,7 +205,12 @@ _CLIENT_ERRORS = (SalesforceError, SalesforceOperationError)
 
 
 def describe_error(exc: Exception) -> str:
-    """errorCode: message of a client exception, without the response body around it (bodies can hold data)."""
+    """errorCode: message of a client exception, without the response body around it (bodies can hold data),
+    and without any secret a server echoed in it (a Bearer token, a password)."""
+    return log_config.redact_text(_describe_error(exc))
+
+
+def _describe_error(exc: Exception) -> str:
     if isinstance(exc, SalesforceOperationError):  # Bulk job failures: the job's errorMessage, not a body
         return str(exc).replace("Job failure. Response content: ", "JOB_FAILED: ")[:240]
     content = getattr(exc, "content", None)
@@ -273,6 +278,11 @@ def connect(s: SalesforceSettings, session: ApiSession, config_file: Path) -> Sa
                               f"${s.private_key_file_env} to a PEM file ({'not found: ' + str(key_file) if key_file else 'unset'})",
                               where)
         consumer_key = _env(s.consumer_key_env, "the connected app's consumer key", config_file)
+        try:   # the key's content never reaches an output either (log.py redacts it line by line)
+            log_config.register_secrets(values=[Path(key_file).read_text(errors="replace")])
+        except OSError:
+            pass
+        secrets += [consumer_key]
         # The assertion's audience is the authorization server, https://login.salesforce.com (or
         # https://test.salesforce.com for a sandbox), never the My Domain; the My Domain is where it is posted
         # (Salesforce Help: OAuth 2.0 JWT Bearer Flow for Server-to-Server Integration). simple-salesforce
@@ -310,15 +320,20 @@ def connect(s: SalesforceSettings, session: ApiSession, config_file: Path) -> Sa
     try:
         if login is None:
             session_id = _env(s.session_id_env, "the session id (access token)", config_file)
-            instance = urlsplit(s.instance_url).hostname
+            instance = urlsplit(s.instance_url).netloc.rpartition("@")[2]   # host[:port] (a test endpoint's)
         else:
             session_id, instance = login()
+        log_config.register_secrets(values=[session_id])
+        host = urlsplit(f"https://{instance}").hostname
+        if not s.host_allowed(host):   # the session id would go there: Salesforce's hosts only, unless opted out
+            raise SourceUnavailable(f"Salesforce login ({s.auth}): the instance {host!r} is not a Salesforce host "
+                                    "(*.salesforce.com, *.force.com); the session id is not sent there (for a "
+                                    "private test endpoint set source.allow_any_host: true)", where)
     except SalesforceAuthenticationFailed as exc:
         raise SourceUnavailable(f"Salesforce login ({s.auth}) failed: {login_failure(exc, s, secrets)}", where) from None
     except SalesforceError as exc:
         raise SourceUnavailable(f"Salesforce login ({s.auth}) failed: {describe_error(exc)}", where) from None
     session.token, session.instance_host = session_id, instance.split(":")[0]
-    log_config.register_secrets(values=[session_id])
     if login is not None:
         session.relogin = lambda: login()[0]
     return Salesforce(instance_url=f"https://{instance}", session_id=session_id, session=session,
@@ -362,9 +377,8 @@ def login_failure(exc: SalesforceAuthenticationFailed, s: SalesforceSettings, se
     if isinstance(code, int) or (isinstance(code, str) and code.isdigit()):
         code = f"HTTP {code}"
     message = re.sub(r"[\x00-\x1f\x7f]+", " ", message).strip()[:200]
-    for value in secrets:   # an endpoint that echoes what it was sent must not make the message a leak
-        if value and len(value) >= 4:
-            message = message.replace(value, "[redacted]")
+    log_config.register_secrets(values=secrets)   # an endpoint that echoes what it was sent must not make
+    message = log_config.redact_text(message)      # the message a leak (any case, any length: log.py's rule)
     text = f"{code or 'no error code'}: {message or 'no message'}"
     fix = next((f for key, f in _LOGIN_FIXES if key in text), None)
     return f"{text}; {fix}" if fix else f"{text}; check the credentials in the environment and source.domain ({s.domain})"

@@ -20,7 +20,7 @@ Not modelled: record sharing (a user who can read an object sees all its records
 triggers (inject them as faults), and uniqueness beyond upsert matching.
 
 Faults are injected on demand: lock errors, 5xx, REQUEST_LIMIT_EXCEEDED, an expired session, per-record
-failures, a failed job.
+failures, a failed job, errors that echo the Bearer token or the login's password/client secret.
 
     with SalesforceDouble(store, metadata=ROOT / "salesforce").serve():   # routes *.salesforce.com here
         ...  # run the engine with source.kind: salesforce
@@ -586,6 +586,9 @@ class Fault:
     kind: str                     # http_500 | limit_exceeded | expire_session | lock | record_error | job_failed
     #                               | lost_response (the call is done, its answer lost: a 500) | read_timeout (done,
     #                               then requests.ReadTimeout, in-process only) | job_stuck (Bulk job polls: InProgress)
+    #                               | echo_token (a REST error whose message quotes the Authorization header sent)
+    #                               | echo_login (a login error quoting the password / client id and secret sent)
+    #                               echo_*: `message` with {sent} (and {SENT}, upper-cased) in it, else message: sent
     path: str = ""                # regex searched in the request path ("" = every call)
     method: str | None = None
     times: int = 1
@@ -879,6 +882,10 @@ class SalesforceDouble:
         if not path.startswith("/services/data/"):
             return _json(404, [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}])
         auth = headers.get("Authorization", "")
+        echo = self._fault_on(("echo_token",), method, path)
+        if echo is not None:   # a server (or a proxy before it) that quotes the header it rejects
+            echo.times -= 1
+            return _json(400, [{"errorCode": "INVALID_AUTH_HEADER", "message": _echoed(echo, f"Authorization: {auth}")}])
         if not auth.startswith("Bearer ") or auth[7:] not in self.tokens:
             return _json(401, [{"errorCode": "INVALID_SESSION_ID", "message": "Session expired or invalid"}])
         self.api_used += 1
@@ -918,6 +925,11 @@ class SalesforceDouble:
             # "SOAP API login() is disabled by default in newly created orgs" (Help 005132110; OpenFn/adaptors#1715)
             return _soap_fault("INVALID_OPERATION", "SOAP API login() is disabled by default in this org. Contact the "
                                                     "org administrator to enable SOAP API login().")
+        echo = self._fault_on(("echo_login",), "POST", path)
+        if echo is not None:   # a login error that quotes what it was sent
+            echo.times -= 1
+            sent = html.unescape(pw.group(1)) if pw else ""
+            return _soap_fault("INVALID_LOGIN", html.escape(_echoed(echo, sent)), "LoginFault")
         if not user or not pw or html.unescape(user.group(1)) != self.username or \
                 html.unescape(pw.group(1)) != self.password + self.security_token:
             return _soap_fault("INVALID_LOGIN", "Invalid username, password, security token; or user locked out.",
@@ -938,6 +950,12 @@ class SalesforceDouble:
         form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
         grant = form.get("grant_type")
         self.token_hosts.append(host)
+        echo = self._fault_on(("echo_login",), "POST", "/services/oauth2/token")
+        if echo is not None:   # an OAuth error that quotes the client credentials it was sent
+            echo.times -= 1
+            sent = f"client_id={form.get('client_id', '')} client_secret={form.get('client_secret', '')} " \
+                   f"authorization={headers.get('Authorization', '')}"
+            return _json(400, {"error": "invalid_client", "error_description": _echoed(echo, sent)})
         if grant == "urn:ietf:params:oauth:grant-type:jwt-bearer":
             return self._jwt(form)
         if grant == "client_credentials":
@@ -1636,6 +1654,13 @@ def _version(text: str) -> tuple[int, int]:
         return int(major), int(minor or 0)
     except ValueError:
         return (0, 0)
+
+
+def _echoed(f: Fault, sent: str) -> str:
+    """An echo fault's message with what was sent in it ({sent}, {SENT} upper-cased), or appended."""
+    if "{sent}" in f.message or "{SENT}" in f.message:
+        return f.message.replace("{sent}", sent).replace("{SENT}", sent.upper())
+    return f"{f.message}: {sent}"
 
 
 def _soap_fault(code: str, message: str, fault: str = "UnexpectedErrorFault") -> tuple[int, dict, bytes]:
