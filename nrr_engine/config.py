@@ -8,6 +8,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import zoneinfo
 from dataclasses import dataclass, field
 from importlib import resources
@@ -35,6 +36,17 @@ DEFAULT_VIEW_FIELDS = {
 ENGINE_FIELDS = {"Account": ("Ultimate_Parent__c", "Hierarchy_Depth__c", "Hierarchy_ARR__c", "Child_Count__c",
                              "Family_Key__c")}
 ENGINE_OBJECTS = ("KPI_Snapshot__c",)
+
+# An object or field name from config reaches a REST path and SOQL: it must be a Salesforce API name.
+API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def project_folder(config_file: Path) -> Path:
+    """The folder every path in a config (and its rules' tables) must stay inside: the project folder that holds
+    config/ when the file sits in a folder named config (the init/demo layout: <project>/config/nrr.yaml beside
+    <project>/rules, <project>/org, <project>/state), else the config file's own folder."""
+    folder = config_file.resolve().parent
+    return folder.parent if folder.name == "config" else folder
 
 
 def schema() -> dict:
@@ -176,6 +188,7 @@ class Settings:
     salesforce: SalesforceSettings | None = None
     max_shrink: float = 0.2                 # guards.max_shrink: share of accounts or ARR a run may lose
     field_refs: tuple[FieldRef, ...] = field(default=(), compare=False, repr=False)
+    roots: tuple[Path, ...] = field(default=(), compare=False, repr=False)   # where paths may point
 
     @property
     def max_depth(self) -> int:
@@ -253,17 +266,29 @@ def check(path: Path) -> tuple[Settings | None, list[ConfigError]]:
     return _build(doc, data, path, errors), errors
 
 
-def _build(doc: yamlsource.Document, d: dict, path: Path, errors: list[ConfigError]) -> Settings:
-    """Settings from schema-valid data `d` (doc.data, or what is left of it without its bad values)."""
+def _build(doc: yamlsource.Document, d: dict, path: Path, errors: list[ConfigError]) -> Settings | None:
+    """Settings from schema-valid data `d` (doc.data, or what is left of it without its bad values); None when a
+    path leaves the project or a name is not an API name (nothing then reads that path or sends that name)."""
     base = path.resolve().parent
+    roots = (project_folder(path), *((base / os.path.expanduser(a)).resolve() for a in d.get("allowed_paths", [])))
+    n_errors = len(errors)
+    hostile: list[ConfigError] = []
 
-    def rel(p: str) -> Path:
+    def outside(p: str, at: tuple) -> ConfigError:
+        return ConfigError(f"{yamlsource.dotted(at, d)}: {yamlsource.excerpt(p, 200)} is outside the project folder "
+                           f"{roots[0]}; expected a path inside it (or list the folder under allowed_paths:)",
+                           doc.location(at))
+
+    def rel(p: str, at: tuple) -> Path:
+        # data and state locations (an org export elsewhere, /var/lib/..., a key in /run/secrets) may be anywhere;
+        # files whose text the engine parses and may quote (rule files, mapping tables) stay inside `roots`
         return (base / os.path.expanduser(p)).resolve()
 
     src = d["source"]
-    state = rel(d["state"])
-    org_path = rel(src["path"]) if src.get("path") else None
-    working_copy = rel(src["working_copy"]) if src.get("working_copy") else state.parent / "local-org.db"
+    state = rel(d["state"], ("state",))
+    org_path = rel(src["path"], ("source", "path")) if src.get("path") else None
+    working_copy = (rel(src["working_copy"], ("source", "working_copy")) if src.get("working_copy")
+                    else state.parent / "local-org.db")
     salesforce = None
     if src["kind"] == "local" and org_path is not None and not org_path.is_dir():
         errors.append(ConfigError(f"source.path: folder {org_path} does not exist; expected a folder of <SObject>.csv files",
@@ -272,7 +297,7 @@ def _build(doc: yamlsource.Document, d: dict, path: Path, errors: list[ConfigErr
         known = {f.name for f in dataclasses.fields(SalesforceSettings)}
         opts = {k: v for k, v in src.items() if k in known}
         if src.get("private_key_file"):
-            opts["private_key_file"] = rel(src["private_key_file"])
+            opts["private_key_file"] = rel(src["private_key_file"], ("source", "private_key_file"))
         salesforce = SalesforceSettings(**opts)
         url = urlsplit(salesforce.instance_url or "")
         try:
@@ -292,7 +317,7 @@ def _build(doc: yamlsource.Document, d: dict, path: Path, errors: list[ConfigErr
             errors.append(ConfigError("source.auth client_credentials needs the org's My Domain: set source.domain: "
                                       "<mydomain>.my (or source.instance_url: https://<mydomain>.my.salesforce.com)",
                                       doc.location(("source", "auth"))))
-        working_copy = rel(src["mirror"]) if src.get("mirror") else state.parent / "salesforce-mirror.db"
+        working_copy = rel(src["mirror"], ("source", "mirror")) if src.get("mirror") else state.parent / "salesforce-mirror.db"
 
     tz = d.get("timezone", "UTC")
     tz_ok = True
@@ -340,7 +365,11 @@ def _build(doc: yamlsource.Document, d: dict, path: Path, errors: list[ConfigErr
         matches = sorted(glob.glob(str(base / pattern)))
         if not matches and not glob.has_magic(pattern):
             errors.append(ConfigError(f"rules: file {pattern} does not exist", doc.location(("rules", i))))
-        rule_files.extend(Path(m).resolve() for m in matches)
+        found = [Path(m).resolve() for m in matches]
+        if any(not yamlsource.within(m, roots) for m in found):
+            hostile.append(outside(pattern, ("rules", i)))  # and no file of it is read
+            continue
+        rule_files.extend(found)
 
     schedule = dict(d.get("schedule", {}))
     for job, expr in schedule.items():
@@ -352,6 +381,19 @@ def _build(doc: yamlsource.Document, d: dict, path: Path, errors: list[ConfigErr
     snaps = d.get("snapshots", {})
     hierarchy = _hierarchy(d.get("hierarchy", {}))
     refs = _field_refs(doc, d, views, arr, hierarchy, snaps)
+    names = [(r.key, r.object, r.location) for r in refs]
+    names += [(r.key, r.name, r.location) for r in refs if r.name]
+    h = d.get("hierarchy", {})
+    for key in ("locked_field", "placeholder_key_field"):
+        if isinstance(h.get(key), str):
+            names.append((f"hierarchy.{key}", h[key], doc.location(("hierarchy", key))))
+    for key, name, loc in dict.fromkeys(names):
+        if not API_NAME.match(name):
+            hostile.append(ConfigError(f"{key}: {yamlsource.excerpt(name)} is not a Salesforce API name; expected "
+                                       "letters, digits and _ starting with a letter (e.g. Subscription__c)", loc))
+    if hostile:
+        errors[n_errors:n_errors] = hostile
+        return None
     return Settings(
         config_file=path.resolve(), source_kind=src["kind"], org_path=org_path, working_copy=working_copy,
         state=state, currency=d.get("currency", "USD"), timezone=tz, arr=arr, views=tuple(views),
@@ -360,7 +402,7 @@ def _build(doc: yamlsource.Document, d: dict, path: Path, errors: list[ConfigErr
         snapshot_prefix=snaps.get("key_prefix", "a0K"),
         segments=tuple(d.get("report", {}).get("segments", [])),
         hierarchy=hierarchy, salesforce=salesforce, field_refs=refs,
-        max_shrink=d.get("guards", {}).get("max_shrink", 0.2),
+        max_shrink=d.get("guards", {}).get("max_shrink", 0.2), roots=roots,
     )
 
 

@@ -297,7 +297,7 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
         objects += background
         if repair:  # a plan compares its snapshots with the org's; a report reads none (on Salesforce: API calls)
             objects.append(settings.snapshot_object)
-            ruleset = rules_mod.load(settings.rule_files, [v.name for v in settings.lookup_views])
+            ruleset = rules_mod.load(settings.rule_files, [v.name for v in settings.lookup_views], settings.roots)
         org.prepare(field_needs(settings, ruleset, extra_fields))  # Salesforce: budget and describe checks
         org.sync(objects, background=background)
         findings.extend(org.reload_findings())

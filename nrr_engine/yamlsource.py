@@ -5,6 +5,8 @@ can point at the YAML line RevOps must edit.
 """
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,45 @@ import yaml
 from .errors import ConfigError, Location, close_match
 
 Path_ = tuple  # a JSON path: keys and list indexes
+
+# Hostile input stays data: a file the engine reads is a regular file of bounded size, and a YAML document is
+# bounded in nesting and in what its aliases (*name) expand to, so an alias bomb or a 50,000-deep [[[...]]] is a
+# clean error (file:line, exit 2), not minutes of CPU, gigabytes of memory or a RecursionError.
+MAX_BYTES = 8 << 20          # a config, rule file or mapping table
+MAX_DEPTH = 64               # nested mappings/lists
+MAX_ALIASES = 1_000          # *alias uses in one document
+MAX_ALIAS_VALUES = 100_000   # values the aliases add when expanded
+
+
+def read_limited(path: Path, limit: int = MAX_BYTES) -> bytes:
+    """The bytes of `path` if it is a regular file of at most `limit` bytes; else a ConfigError (a device such as
+    /dev/zero, a FIFO or a folder is refused before anything is read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block the open
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", Location(str(path))) from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError("not a regular file (a device, FIFO or folder); expected a file", Location(str(path)))
+        raw = fh.read(limit + 1)
+    if len(raw) > limit:
+        raise ConfigError(f"larger than {limit // (1 << 20)} MB; expected a config, rule file or table of at most that",
+                          Location(str(path)))
+    return raw
+
+
+def excerpt(text: str, limit: int = 60) -> str:
+    """At most `limit` characters of `text` for an error message, control characters escaped, quoted."""
+    short = text[:limit]
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in short)
+    return repr(out) if len(text) <= limit else repr(out) + "..."
+
+
+def within(path: Path, roots) -> bool:
+    """Whether the resolved `path` is one of `roots` (resolved folders or files) or inside one."""
+    path = Path(path).resolve()
+    return any(path == r or r in path.parents for r in roots)
 
 
 @dataclass
@@ -68,18 +109,88 @@ def _build(node: yaml.Node, path: Path_, lines: dict, file: str) -> Any:
 _SCALAR_LOADER = yaml.SafeLoader("")
 
 
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader's composer with a nesting limit and an alias count (checked while composing, before any of a
+    document's aliases is expanded)."""
+
+    def __init__(self, stream, file: str):
+        super().__init__(stream)
+        self.file, self.depth, self.aliases, self.first_alias = file, 0, 0, None
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent):
+            self.aliases += 1
+            self.first_alias = self.first_alias or line
+            if self.aliases > MAX_ALIASES:
+                raise ConfigError(f"more than {MAX_ALIASES} aliases (*name); write the values out",
+                                  Location(self.file, line))
+            return super().compose_node(parent, index)
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise ConfigError(f"nested more than {MAX_DEPTH} levels deep; expected a flatter document",
+                              Location(self.file, line))
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _expansion(node: yaml.Node, file: str, first_alias: int | None) -> None:
+    """Refuse a document whose aliases expand to too many values, nest too deep, or refer to themselves."""
+    memo: dict[int, tuple[int, int]] = {}  # id(node) -> (values when expanded, depth when expanded)
+    open_: set[int] = set()
+
+    def walk(n: yaml.Node) -> tuple[int, int]:
+        key = id(n)
+        if key in memo:
+            return memo[key]
+        if key in open_:
+            raise ConfigError("an alias (*name) refers to the value that contains it; write the values out",
+                              Location(file, n.start_mark.line + 1))
+        open_.add(key)
+        if isinstance(n, yaml.MappingNode):
+            kids = [c for pair in n.value for c in pair]
+        elif isinstance(n, yaml.SequenceNode):
+            kids = list(n.value)
+        else:
+            kids = []
+        sizes = [walk(c) for c in kids]
+        open_.discard(key)
+        memo[key] = (1 + sum(s for s, _ in sizes), 1 + max((d for _, d in sizes), default=0))
+        return memo[key]
+
+    size, depth = walk(node)
+    if depth > MAX_DEPTH + 1:
+        raise ConfigError(f"aliases (*name) nest values more than {MAX_DEPTH} levels deep; write the values out",
+                          Location(file, first_alias))
+    if size - len(memo) > MAX_ALIAS_VALUES:
+        raise ConfigError(f"aliases (*name) expand to more than {MAX_ALIAS_VALUES:,} values (an alias bomb?); "
+                          "write the values out", Location(file, first_alias))
+
+
 def parse(text: str, file: str) -> Document:
-    """Parse YAML text; syntax errors become ConfigError with the line."""
+    """Parse YAML text; syntax errors become ConfigError with the line; size, nesting and aliases are bounded."""
+    if len(text) > MAX_BYTES:
+        raise ConfigError(f"larger than {MAX_BYTES // (1 << 20)} MB; expected a smaller document", Location(file))
+    loader = _BoundedLoader(text, file)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = loader.get_single_node()
+        first_alias = loader.first_alias
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         raise ConfigError(f"YAML syntax error: {exc.problem or exc}", Location(file, line)) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"YAML error: {exc}", Location(file)) from None
+    except RecursionError:  # a guard, should the composer ever nest deeper than MAX_DEPTH allows
+        raise ConfigError(f"nested too deep; expected at most {MAX_DEPTH} levels", Location(file)) from None
+    finally:
+        loader.dispose()
     if node is None:
         return Document(file, None, {(): 1})
+    _expansion(node, file, first_alias)
     lines: dict = {}
     try:
         data = _build(node, (), lines, file)
@@ -90,11 +201,8 @@ def parse(text: str, file: str) -> Document:
 
 
 def load(path: Path) -> Document:
-    """Read and parse a YAML file (UTF-8)."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", Location(str(path))) from None
+    """Read and parse a YAML file (UTF-8): a regular file of at most MAX_BYTES."""
+    raw = read_limited(path)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -37,6 +38,7 @@ class Source:
     at: tuple
     where: Location
     errors: list
+    roots: tuple = ()      # folders a mapping table may be in (Settings.roots)
 
     def line(self, *keys) -> Location:
         return Location(self.where.file, self.doc.line_of(self.at + keys), rule=self.where.rule)
@@ -211,7 +213,13 @@ def _mapping_entries(src: Source, raw: dict) -> list[Qualified]:
            for i, e in enumerate(raw.get("entries", []))]
     table = raw.get("table")
     if table:
-        out.extend(_read_table(src.path.parent / table, where, errors, src.line("table")))
+        path = (src.path.parent / table).resolve()
+        if not yamlsource.within(path, src.roots):
+            errors.append(ConfigError(f"table: {yamlsource.excerpt(table)} is outside the project folder; expected a "
+                                      "file inside it (or list its folder under allowed_paths: in config)",
+                                      src.line("table")))
+        else:
+            out.extend(_read_table(path, where, errors, src.line("table")))
     for e in out:
         if not e.child or not e.parent:
             errors.append(ConfigError("mapping entry needs both child and parent", e.location))
@@ -240,15 +248,22 @@ def _read_table(table: Path, where: Location, errors: list, ref: Location) -> li
     out = []
     start = 1  # the line the row being read starts on (a quoted value may span lines)
     try:
-        with open(table, newline="", encoding="utf-8-sig") as fh:
+        try:
+            raw = yamlsource.read_limited(table)  # a regular file of bounded size: not /dev/zero, not a FIFO
+        except ConfigError as exc:
+            errors.append(ConfigError(exc.message, Location(str(table), rule=where.rule)))
+            return []
+        with io.StringIO(raw.decode("utf-8-sig"), newline="") as fh:
             reader = csv.reader(fh, strict=True)  # an unclosed quote is an error, not a row swallowing the rest
-            header = [h.strip().lower() for h in next(reader, [])]
+            first = next(reader, [])
+            header = [h.strip().lower() for h in first]
             if header[:2] != ["child", "parent"]:
                 sep = next((s for s in (";", "\t", "|") if len(header) == 1 and s in header[0]), None)
                 why = (f"; it is separated by {sep!r}, not commas: re-save it as \"CSV UTF-8 (Comma delimited)\""
                        if sep else "")
-                errors.append(ConfigError(f"header is {','.join(header)!r}; expected child,parent[,note]{why}",
-                                          Location(str(table), 1, rule=where.rule)))
+                # a short, escaped excerpt only: the message reaches stderr and the ledger
+                errors.append(ConfigError(f"header is {yamlsource.excerpt(','.join(first))}; expected "
+                                          f"child,parent[,note]{why}", Location(str(table), 1, rule=where.rule)))
                 return []
             start = reader.line_num + 1
             for row in reader:

@@ -35,15 +35,21 @@ class RuleSet:
         return tuple(r for r in self.match if r.view == view)
 
 
-def load(files: list[Path] | tuple[Path, ...], views: list[str]) -> RuleSet:
-    rules, errors = check(files, views)
+def load(files: list[Path] | tuple[Path, ...], views: list[str], roots: tuple[Path, ...] | None = None) -> RuleSet:
+    rules, errors = check(files, views, roots)
     if errors:
         raise ConfigErrors(errors)
     return rules
 
 
-def check(files: list[Path] | tuple[Path, ...], views: list[str]) -> tuple[RuleSet, list[ConfigError]]:
-    """Read every rule file; return the rules and every problem found (each with file:line)."""
+def check(files: list[Path] | tuple[Path, ...], views: list[str],
+          roots: tuple[Path, ...] | None = None) -> tuple[RuleSet, list[ConfigError]]:
+    """Read every rule file; return the rules and every problem found (each with file:line).
+
+    A mapping table must lie inside `roots` (Settings.roots: the project folder and the config's allowed_paths;
+    by default the folder that holds each rule file's folder, the <project> of <project>/rules)."""
+    if roots is None:
+        roots = tuple(dict.fromkeys(Path(f).resolve().parent.parent for f in files))
     errors: list[ConfigError] = []
     rules: list[MatchRule] = []
     schema_by_kind = schemas()
@@ -77,7 +83,7 @@ def check(files: list[Path] | tuple[Path, ...], views: list[str]) -> tuple[RuleS
         for i, raw in enumerate(items if isinstance(items, list) else []):
             if i in bad or not isinstance(raw, dict):
                 continue
-            rule = _match_rule(doc, path, ("rules", i), raw, views, errors)
+            rule = _match_rule(doc, path, ("rules", i), raw, views, errors, roots)
             if rule is not None and raw.get("enabled", True):
                 rules.append(rule)
     seen: dict[str, MatchRule] = {}
@@ -94,11 +100,11 @@ _COMMON = {"name", "type", "description", "enabled", "view", "confidence", "auto
 
 
 def _match_rule(doc: yamlsource.Document, path: Path, at: tuple, raw: dict, views: list[str],
-                errors: list[ConfigError]) -> MatchRule | None:
+                errors: list[ConfigError], roots: tuple[Path, ...] = ()) -> MatchRule | None:
     loc = doc.location(at)
     name, kind = raw["name"], KINDS[raw["type"]]
     where = Location(loc.file, loc.line, rule=name)
-    src = Source(doc, path, at, where, errors)
+    src = Source(doc, path, at, where, errors, roots)
     n_before = len(errors)
     for key in sorted(set(raw) - _COMMON - set(kind.settings)):
         hint = close_match(key, kind.settings)

@@ -1,0 +1,181 @@
+"""Hostile input stays data: rule files and mapping tables stay inside the project, files are regular and bounded,
+YAML alias bombs and deep nesting are clean errors (exit 2, file:line), and object/field names are API names."""
+from __future__ import annotations
+
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Cli
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "HUNTER2-TOP-SECRET-VALUE"
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    """A fresh `nrr-engine init` project: <p>/config/nrr.yaml beside <p>/rules and <p>/org."""
+    Cli(None)("init", str(tmp_path / "p"))
+    return tmp_path / "p"
+
+
+def _mapping_table(project: Path, table: str) -> None:
+    path = project / "rules" / "match-mapping.yaml"
+    text = path.read_text(encoding="utf-8")
+    assert len(re.findall(r"^    table: \S+", text, flags=re.M)) == 1
+    path.write_text(re.sub(r"^    table: \S+", f"    table: {table!r}", text, flags=re.M), encoding="utf-8")
+
+
+def _config(project: Path, old: str, new: str) -> Path:
+    cfg = project / "config" / "nrr.yaml"
+    text = cfg.read_text(encoding="utf-8")
+    assert old in text
+    cfg.write_text(text.replace(old, new), encoding="utf-8")
+    return cfg
+
+
+def _run(args: list[str], timeout: float = 30) -> tuple[int, str, float, float]:
+    """Run the CLI in a child (address space capped at 2 GB, killed after `timeout` s); return its exit code,
+    stderr, wall seconds and its own peak RSS in MB (os.wait4: this child's usage, not the test run's)."""
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+    with tempfile.TemporaryFile("w+") as err_fh:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "nrr_engine", *args], stdout=subprocess.DEVNULL, stderr=err_fh,
+                                text=True, cwd=ROOT, preexec_fn=cap, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        timer.cancel()
+        wall = time.perf_counter() - t0
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
+        err_fh.seek(0)
+        return code, err_fh.read(), wall, usage.ru_maxrss / 1024
+
+
+def test_a_mapping_table_outside_the_project_is_refused_and_never_quoted(project, tmp_path):
+    """table: a file outside the project (or /proc/self/environ) is an error at the rule's line; no byte of it is read."""
+    outside = tmp_path / "elsewhere" / "secrets.csv"
+    outside.parent.mkdir()
+    outside.write_text(f"API_KEY={SECRET}\n", encoding="utf-8")
+    rule_file = project / "rules" / "match-mapping.yaml"
+    original = rule_file.read_text(encoding="utf-8")
+    for table in (str(outside), "../../elsewhere/secrets.csv", "/proc/self/environ"):
+        _mapping_table(project, table)
+        r = Cli(project / "config" / "nrr.yaml")("validate", expect=2)
+        assert "is outside the project folder" in r.stderr and "match-mapping.yaml:" in r.stderr, r.stderr
+        assert SECRET not in r.stderr and SECRET.lower() not in r.stderr and "api_key" not in r.stderr
+        rule_file.write_text(original, encoding="utf-8")
+
+
+def test_a_rules_glob_outside_the_project_is_refused(project, tmp_path):
+    """rules: ['/etc/*'] or a ../../.. glob is an error at its line and none of the files it matches is read."""
+    outside = tmp_path / "evil.yaml"
+    outside.write_text(f"kind: {SECRET}\n", encoding="utf-8")
+    for pattern in ("/etc/*", str(tmp_path / "*.yaml"), "../../evil.yaml"):
+        cfg = _config(project, "rules: [../rules/*.yaml]", f"rules: [../rules/*.yaml, {pattern!r}]")
+        r = Cli(cfg)("validate", expect=2)
+        assert "rules[1]" in r.stderr and "is outside the project folder" in r.stderr, r.stderr
+        assert SECRET not in r.stderr and "/etc/passwd" not in r.stderr
+        _config(project, f"rules: [../rules/*.yaml, {pattern!r}]", "rules: [../rules/*.yaml]")
+    assert "ok" in Cli(cfg)("validate").stdout  # the project's own rules still pass
+
+
+def test_allowed_paths_lets_a_named_folder_in(project, tmp_path):
+    """A folder listed under allowed_paths: may hold a mapping table; validate then reads it."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "links.csv").write_text("child,parent\nAcme Sub,Acme\n", encoding="utf-8")
+    _mapping_table(project, str(shared / "links.csv"))
+    cfg = project / "config" / "nrr.yaml"
+    assert "is outside the project folder" in Cli(cfg)("validate", expect=2).stderr
+    cfg.write_text(cfg.read_text() + f"allowed_paths: [{str(shared)!r}]\n", encoding="utf-8")
+    assert "ok" in Cli(cfg)("validate").stdout
+
+
+def test_a_table_header_error_quotes_a_short_escaped_excerpt(project):
+    """A bad header is quoted as at most 60 characters, control characters escaped, case kept; never the whole line."""
+    first = "\x1b[31mTOKEN=" + SECRET + "," + "x" * 200 + ",TAILMARKER"
+    (project / "rules" / "mappings.csv").write_text(first + "\nA,B\n", encoding="utf-8")
+    r = Cli(project / "config" / "nrr.yaml")("validate", expect=2)
+    line = next(ln for ln in r.stderr.splitlines() if "header is" in ln)
+    assert "mappings.csv:1" in line and "\\x1b[31mTOKEN=" in line and "\x1b" not in r.stderr
+    assert "TAILMARKER" not in r.stderr and "tailmarker" not in r.stderr and "x" * 70 not in line
+    quoted = line.split("header is ", 1)[1].split("; expected", 1)[0]
+    assert len(quoted) <= 60 + 2 * 3 + 3 + 2  # 60 chars, \x1b escaped (+3), quotes and "..."
+
+
+def test_non_regular_and_oversized_files_are_refused(project):
+    """A FIFO as a rule file or table, /dev/zero as a table and a 9 MB table are errors (exit 2), not reads that
+    block or fill memory."""
+    os.mkfifo(project / "rules" / "pipe.yaml")
+    cfg = project / "config" / "nrr.yaml"
+    code, err, wall, _ = _run(["--config", str(cfg), "validate"], timeout=20)
+    assert code == 2 and "pipe.yaml" in err and "not a regular file" in err, err
+    (project / "rules" / "pipe.yaml").unlink()
+    cfg.write_text(cfg.read_text() + "allowed_paths: [/dev]\n", encoding="utf-8")
+    _mapping_table(project, "/dev/zero")
+    code, err, wall, _ = _run(["--config", str(cfg), "validate"], timeout=20)
+    assert code == 2 and "zero" in err and "not a regular file" in err, err
+    big = project / "rules" / "big.csv"
+    with open(big, "wb") as fh:
+        fh.write(b"child,parent\n")
+        fh.truncate(9 << 20)
+    _mapping_table(project, "big.csv")
+    r = Cli(cfg)("validate", expect=2)
+    assert "big.csv" in r.stderr and "larger than 8 MB" in r.stderr
+
+
+def _alias_bomb() -> str:
+    """7 levels of 10 aliases: 10**7 values from a few hundred bytes."""
+    lines = ["l0: &l0 [" + ", ".join(["xxxxxxxxxx"] * 10) + "]"]
+    for i in range(1, 8):
+        lines.append(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("text,message", [
+    (_alias_bomb(), "expand to more than 100,000 values"),
+    ("[" * 50_000 + "]" * 50_000 + "\n", "nested more than 64 levels deep"),
+    ("a:\n" + "".join("  " * i + "- \n" for i in range(1, 500)), "nested more than 64 levels deep"),
+])
+def test_yaml_bombs_are_a_clean_error_fast(tmp_path, text, message):
+    """An alias bomb and 50,000-deep (or 500-deep block) nesting: exit 2 with file:line within 2 s and 100 MB."""
+    cfg = tmp_path / "nrr.yaml"
+    cfg.write_text(text, encoding="utf-8")
+    assert message.startswith("nested") or len(text.encode()) < 2000  # the bomb is small; its expansion is not
+    code, err, wall, rss = _run(["--config", str(cfg), "validate"], timeout=20)
+    assert code == 2 and message in err and f"{cfg}:" in err, err
+    assert wall < 2.0 and rss < 100, (wall, rss)
+
+
+def test_a_self_referring_alias_is_a_clean_error(tmp_path):
+    """`a: &a [*a]` (a value containing itself) is exit 2 at its file, not a RecursionError."""
+    cfg = tmp_path / "nrr.yaml"
+    cfg.write_text("source: {kind: local}\na: &a [1, *a]\n", encoding="utf-8")
+    r = Cli(cfg)("validate", expect=2)
+    assert "refers to the value that contains it" in r.stderr and f"{cfg}:2" in r.stderr
+
+
+@pytest.mark.parametrize("old,new,key", [
+    ("object: Subscription__c", 'object: "../../../../services/data/v59.0/sobjects/User"', "arr.subscriptions.object"),
+    ("amount: Amount__c", 'amount: "Amount__c FROM User --"', "arr.subscriptions.amount"),
+    ("arr: Hierarchy_ARR__c", 'arr: "Hierarchy_ARR__c/../x"', "views[legal].fields.arr"),
+    ("parent_field: ParentId", 'parent_field: "ParentId, (SELECT Id FROM Users)"', "views[legal].parent_field"),
+])
+def test_object_and_field_names_must_be_api_names(project, old, new, key):
+    """An object or field name that is not ^[A-Za-z][A-Za-z0-9_]*$ is an error at its line before it reaches a
+    describe URL, a CSV path or SOQL (the org is then not checked at all)."""
+    cfg = _config(project, old, new)
+    r = Cli(cfg)("validate", expect=2)
+    line = next(ln for ln in r.stderr.splitlines() if "is not a Salesforce API name" in ln)
+    assert line.startswith(f"error: {cfg}:") and key in line
+    assert "org fields not checked" in r.stderr
