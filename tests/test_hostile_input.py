@@ -44,7 +44,7 @@ def _config(project: Path, old: str, new: str) -> Path:
 
 def _run(args: list[str], timeout: float = 30) -> tuple[int, str, float, float]:
     """Run the CLI in a child (address space capped at 2 GB, killed after `timeout` s); return its exit code,
-    stderr, wall seconds and its own peak RSS in MB (os.wait4: this child's usage, not the test run's)."""
+    stderr, wall seconds and its own peak RSS in MB (VmHWM of the engine process, polled until it exits)."""
     def cap():
         resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
     with tempfile.TemporaryFile("w+") as err_fh:
@@ -53,12 +53,28 @@ def _run(args: list[str], timeout: float = 30) -> tuple[int, str, float, float]:
                                 text=True, cwd=ROOT, preexec_fn=cap, env={**os.environ, "PYTHONPATH": str(ROOT)})
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
-        _, status, usage = os.wait4(proc.pid, 0)
+        peak_kb = 0
+        while proc.poll() is None:
+            peak_kb = max(peak_kb, _hwm_kb(proc.pid))
+            time.sleep(0.005)
         timer.cancel()
         wall = time.perf_counter() - t0
-        proc.returncode = code = os.waitstatus_to_exitcode(status)
+        code = proc.returncode
         err_fh.seek(0)
-        return code, err_fh.read(), wall, usage.ru_maxrss / 1024
+        return code, err_fh.read(), wall, peak_kb / 1024
+
+
+def _hwm_kb(pid: int) -> int:
+    """The child's peak RSS so far (VmHWM) once it runs the engine. Not ru_maxrss: a child forked from a test run
+    that has grown counts the parent's pages it was forked with, so wait4 reports the test run's size, not its own."""
+    try:
+        if b"-m\x00nrr_engine" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return 0  # not exec'd yet: still the copy of the test process
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    line = next((ln for ln in status.splitlines() if ln.startswith("VmHWM:")), "VmHWM: 0 kB")
+    return int(line.split()[1])
 
 
 def test_a_mapping_table_outside_the_project_is_refused_and_never_quoted(project, tmp_path):
