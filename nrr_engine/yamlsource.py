@@ -174,7 +174,12 @@ def parse(text: str, file: str) -> Document:
     """Parse YAML text; syntax errors become ConfigError with the line; size, nesting and aliases are bounded."""
     if len(text) > MAX_BYTES:
         raise ConfigError(f"larger than {MAX_BYTES // (1 << 20)} MB; expected a smaller document", Location(file))
-    loader = _BoundedLoader(text, file)
+    try:
+        loader = _BoundedLoader(text, file)
+    except yaml.reader.ReaderError as exc:  # a control character in the text (YAML allows printable ones only)
+        line = text.count("\n", 0, exc.position) + 1
+        raise ConfigError(f"character U+{exc.character:04X} is not allowed in YAML (a control character?); "
+                          "remove it or write it as an escape in a double-quoted string", Location(file, line)) from None
     try:
         node = loader.get_single_node()
         first_alias = loader.first_alias

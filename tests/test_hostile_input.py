@@ -195,3 +195,13 @@ def test_object_and_field_names_must_be_api_names(project, old, new, key):
     line = next(ln for ln in r.stderr.splitlines() if "is not a Salesforce API name" in ln)
     assert line.startswith(f"error: {cfg}:") and key in line
     assert "org fields not checked" in r.stderr
+
+
+def test_a_control_character_in_the_config_is_an_error_at_its_line(tmp_path):
+    """A raw ESC in a YAML value (pasted from a terminal): exit 2 at the line it is on, naming the character
+    (it was an internal error, exit 70, from PyYAML's ReaderError)."""
+    cfg = tmp_path / "nrr.yaml"
+    cfg.write_text('source: {kind: local, path: ../org}\nstate: ../state/nrr.db\ncurrency: "US\x1bD"\n', encoding="utf-8")
+    r = Cli(cfg)("validate", expect=2)
+    assert f"{cfg}:3: character U+001B is not allowed in YAML" in r.stderr
+    assert "\x1b" not in r.stderr and "internal error" not in r.stderr
