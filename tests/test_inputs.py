@@ -315,12 +315,8 @@ def test_a_period_not_closed_yet_is_marked_provisional(org, cli):
 
 def test_currency_messages_say_there_is_no_conversion(org, cli, tmp_path):
     """Mixed currencies: no mention of exchange rates there is no setting for; the limitation said plainly."""
-    org.account("001A", "Acme")
-    org.write()
-    write_csv(org.org / "Subscription__c.csv", [
-        {"Id": "a0S1", "Account__c": "001A", "Start_Date__c": "2025-01-01", "End_Date__c": "", "Amount__c": "10",
-         "Product__c": "Core", "CurrencyIsoCode": "EUR"}])
-    org.config.write_text(org.config.read_text().replace("product: Product__c}", "product: Product__c, currency: CurrencyIsoCode}"))
+    from test_local_org import eur_subscription
+    eur_subscription(org)
     r = cli("run", *AS_OF, expect=2)
     assert "mixed currencies: nrr-engine does not convert currencies yet" in r.stderr
     assert not re.search(r"\brates?\b", r.stderr)

@@ -147,14 +147,19 @@ def test_html_and_sql_looking_names_pass_through_untouched(org, cli, tmp_path):
     assert [r["Name"] for r in read_csv(tmp_path / "x" / "full" / "Account.csv")] == names
 
 
-def test_mixed_currencies_without_rates_is_a_clear_error(org, cli):
-    """A EUR subscription in a USD org with no rates: exit 2 naming the field and the record."""
+def eur_subscription(org) -> None:
+    """A USD org whose one subscription (a0S1, on Acme) is in EUR, the currency column mapped."""
     org.account("001A", "Acme")
     org.write()
     write_csv(org.org / "Subscription__c.csv", [
         {"Id": "a0S1", "Account__c": "001A", "Start_Date__c": "2025-01-01", "End_Date__c": "", "Amount__c": "10",
          "Product__c": "Core", "CurrencyIsoCode": "EUR"}])
     org.config.write_text(org.config.read_text().replace("product: Product__c}", "product: Product__c, currency: CurrencyIsoCode}"))
+
+
+def test_mixed_currencies_without_rates_is_a_clear_error(org, cli):
+    """A EUR subscription in a USD org with no rates: exit 2 naming the field and the record."""
+    eur_subscription(org)
     r = cli("run", *AS_OF, expect=2)
     assert "record a0S1" in r.stderr and "EUR" in r.stderr and "does not convert currencies" in r.stderr
 

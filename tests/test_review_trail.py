@@ -209,16 +209,8 @@ def test_a_tie_is_explained_and_the_summary_counts_accounts(org, cli):
 def test_rollback_dry_run_against_salesforce_sends_no_write(tmp_path, monkeypatch):
     """On the Globex org served by the double: `rollback --dry-run` of the repair run makes no write call and
     leaves every record as it is; its counts are those the real rollback then reports."""
-    import shutil
-    from test_salesforce import GLOBEX, make_project
-    if not GLOBEX.is_dir():
-        pytest.skip(f"the hand-built Globex org is not at {GLOBEX} (it ships in ../shared/data)")
-    org = tmp_path / "globex"
-    org.mkdir()
-    for name in ("Account.csv", "Subscription__c.csv"):
-        shutil.copy(GLOBEX / name, org / name)
-    p = make_project(tmp_path / "p", monkeypatch, org=org)
-    shutil.copy(GLOBEX / "mappings.csv", tmp_path / "p" / "rules" / "mappings.csv")
+    from test_salesforce import globex_project
+    p = globex_project(tmp_path, monkeypatch)
     with p.double.serve():
         p.cli("run", *AS_OF)
         items = p.cli.json("review", "list", "--format", "json")

@@ -447,10 +447,8 @@ def test_report_reads_no_snapshot_records(sf):
 GLOBEX = ROOT.parent / "shared" / "data" / "globex"
 
 
-def test_absorbed_family_snapshots_are_deleted_in_salesforce_and_rollback_restores_them(tmp_path, monkeypatch):
-    """On the hand-built Globex org served by the double: once Initech and Globex Japan join Globex Corporation,
-    their 2026-10 KPI_Snapshot__c records are deleted in Salesforce (the month's records sum to 482,000); a
-    rollback of that run puts them back as they were."""
+def globex_project(tmp_path, monkeypatch):
+    """The hand-built Globex org (../shared/data/globex) served by the double, with its mapping table."""
     if not GLOBEX.is_dir():
         pytest.skip(f"the hand-built Globex org is not at {GLOBEX} (it ships in ../shared/data)")
     org = tmp_path / "globex"
@@ -459,6 +457,14 @@ def test_absorbed_family_snapshots_are_deleted_in_salesforce_and_rollback_restor
         shutil.copy(GLOBEX / name, org / name)
     p = make_project(tmp_path / "p", monkeypatch, org=org)
     shutil.copy(GLOBEX / "mappings.csv", tmp_path / "p" / "rules" / "mappings.csv")
+    return p
+
+
+def test_absorbed_family_snapshots_are_deleted_in_salesforce_and_rollback_restores_them(tmp_path, monkeypatch):
+    """On the hand-built Globex org served by the double: once Initech and Globex Japan join Globex Corporation,
+    their 2026-10 KPI_Snapshot__c records are deleted in Salesforce (the month's records sum to 482,000); a
+    rollback of that run puts them back as they were."""
+    p = globex_project(tmp_path, monkeypatch)
 
     def october():
         rows = p.double.records("KPI_Snapshot__c", ["External_Id__c", "Ending_ARR__c"]).values()
