@@ -280,9 +280,13 @@ def _build(doc: yamlsource.Document, d: dict, path: Path, errors: list[ConfigErr
                            doc.location(at))
 
     def rel(p: str, at: tuple) -> Path:
-        # data and state locations (an org export elsewhere, /var/lib/..., a key in /run/secrets) may be anywhere;
-        # files whose text the engine parses and may quote (rule files, mapping tables) stay inside `roots`
-        return (base / os.path.expanduser(p)).resolve()
+        # every path the config names stays inside `roots`: an org export elsewhere (/data/exports/...), state in
+        # /var/lib/... or a key in /run/secrets is let in by listing its folder under allowed_paths:, so a config
+        # edit alone cannot make the engine read /proc/self/environ as a key or write its ledger over ~/.bashrc
+        resolved = (base / os.path.expanduser(p)).resolve()
+        if not yamlsource.within(resolved, roots):
+            hostile.append(outside(p, at))
+        return resolved
 
     src = d["source"]
     state = rel(d["state"], ("state",))

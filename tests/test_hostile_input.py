@@ -117,6 +117,44 @@ def test_allowed_paths_lets_a_named_folder_in(project, tmp_path):
     assert "ok" in Cli(cfg)("validate").stdout
 
 
+@pytest.mark.parametrize("old, new, key", [
+    ("path: ../org}", "path: {out}/org}", "source.path"),
+    ("state: ../state/nrr.db", "state: {out}/nrr.db", "state"),
+    ("path: ../org}", "path: ../org, working_copy: {out}/copy.db}", "source.working_copy"),
+    ("path: ../org}", "path: ../org, working_copy: ../../outside/copy.db}", "source.working_copy"),
+])
+def test_every_data_path_in_config_stays_in_the_project_unless_allowed(project, tmp_path, old, new, key):
+    """source.path, state and working_copy outside the project are an error at their line (exit 2) and nothing is
+    read or created there; naming the folder under allowed_paths: lets it in."""
+    out = tmp_path / "outside"
+    (out / "org").mkdir(parents=True)
+    for name in ("Account.csv", "Subscription__c.csv"):
+        (out / "org" / name).write_bytes((project / "org" / name).read_bytes())
+    cfg = _config(project, old, new.replace("{out}", str(out)))
+    for command in (("validate",), ("plan", "--as-of", "2026-11-15"), ("run", "--as-of", "2026-11-15")):
+        r = Cli(cfg)(*command, expect=2)
+        assert f"nrr.yaml:" in r.stderr and f"{key}:" in r.stderr and "is outside the project folder" in r.stderr, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["org"] and not (project / "state").exists()
+    cfg.write_text(cfg.read_text() + f"allowed_paths: [{str(out)!r}]\n", encoding="utf-8")
+    assert "ok" in Cli(cfg)("validate").stdout
+    assert "accounts read:" in Cli(cfg)("plan", "--as-of", "2026-11-15").stdout
+
+
+@pytest.mark.parametrize("key", ["private_key_file", "mirror"])
+def test_salesforce_paths_in_config_stay_in_the_project_unless_allowed(project, tmp_path, key):
+    """A JWT key file (e.g. private_key_file: /proc/self/environ) or a mirror outside the project is an error at
+    its line before any login: the file is never read; allowed_paths: naming it lets it in."""
+    value = "/proc/self/environ" if key == "private_key_file" else str(tmp_path / "mirror.db")
+    cfg = _config(project, "source: {kind: local, path: ../org}",
+                  "source: {kind: salesforce, instance_url: 'https://acme.my.salesforce.com', auth: jwt, "
+                  f"username: ops@acme.example, {key}: {value!r}}}")
+    r = Cli(cfg)("validate", expect=2)
+    assert f"source.{key}:" in r.stderr and "is outside the project folder" in r.stderr, r.stderr
+    assert "SF_" not in r.stderr and "PATH=" not in r.stderr
+    cfg.write_text(cfg.read_text() + f"allowed_paths: [{value!r}]\n", encoding="utf-8")
+    assert "is outside the project folder" not in Cli(cfg)("validate", expect=None).stderr
+
+
 def test_a_table_header_error_quotes_a_short_escaped_excerpt(project):
     """A bad header is quoted as at most 60 characters, control characters escaped, case kept; never the whole line."""
     first = "\x1b[31mTOKEN=" + SECRET + "," + "x" * 200 + ",TAILMARKER"

@@ -69,7 +69,8 @@ def test_the_readme_init_output_is_what_init_prints(tmp_path, monkeypatch):
         sorted(p.relative_to(shipped) for p in shipped.rglob("*") if p.is_file())
     assert "`nrr-engine init` into your project" in README.read_text(encoding="utf-8").replace("\n", " ")
     readme = README.read_text(encoding="utf-8").replace("\n", " ")
-    assert "`source: {kind: local, path: /data/exports/2026-11}`" in readme and "(`child,parent,note`)" in readme
+    assert "`source: {kind: local, path: /data/exports/2026-11}` with `allowed_paths: [/data/exports]`" in readme
+    assert "(`child,parent,note`)" in readme
     cpq = re.search(r"\(CPQ: `(object: SBQQ__Subscription__c, [^`]*)`\)", readme).group(1)
     assert set(yaml.safe_load("{" + cpq + "}")) == {"object", "account", "start", "end", "amount", "product"}
     export = tmp_path / "exports" / "2026-11"
@@ -78,6 +79,8 @@ def test_the_readme_init_output_is_what_init_prints(tmp_path, monkeypatch):
         (export / name).write_bytes((tmp_path / "my-org" / "org" / name).read_bytes())
     cfg = tmp_path / "my-org" / "config" / "nrr.yaml"
     cfg.write_text(cfg.read_text().replace("path: ../org}", f"path: {export}}}"), encoding="utf-8")
+    assert "source.path" in Cli(cfg)("validate", expect=2).stderr   # outside the project: refused until allowed
+    cfg.write_text(cfg.read_text() + f"allowed_paths: [{export.parent}]\n", encoding="utf-8")
     assert f"fields checked against the CSV headers in {export}" in Cli(cfg)("validate").stdout
     assert "accounts read: 1665" in Cli(cfg)("plan", "--as-of", AS_OF).stdout
 

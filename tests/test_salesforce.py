@@ -295,7 +295,8 @@ def test_jwt_bearer_login(tmp_path, monkeypatch):
     public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     p = make_project(tmp_path / "p", monkeypatch, public_key=public)
     cfg = p.cli.config
-    cfg.write_text(cfg.read_text().replace("auth: password", f"auth: jwt, private_key_file: {tmp_path / 'server.key'}"))
+    cfg.write_text(cfg.read_text().replace("auth: password", f"auth: jwt, private_key_file: {tmp_path / 'server.key'}")
+                   + f"allowed_paths: [{tmp_path / 'server.key'}]\n")   # the key lives outside the project
     monkeypatch.setenv("SF_CONSUMER_KEY", p.double.consumer_key)
     with p.double.serve():
         p.cli("plan", "--as-of", AS_OF)

@@ -301,7 +301,8 @@ def _jwt_project(tmp_path, monkeypatch, auth_opts: str, **double_kw):
     p = make_project(tmp_path / "p", monkeypatch, public_key=public, **double_kw)
     cfg = p.cli.config
     cfg.write_text(cfg.read_text().replace("auth: password", f"auth: jwt, private_key_file: {tmp_path / 'server.key'}"
-                                                              + auth_opts))
+                                                              + auth_opts)
+                   + f"allowed_paths: [{tmp_path / 'server.key'}]\n")   # the key lives outside the project
     monkeypatch.setenv("SF_CONSUMER_KEY", p.double.consumer_key)
     return p, pem
 

@@ -281,6 +281,9 @@ INIT_CONFIG = """\
 # Your own org: set source.path to the folder of your Data Loader (or `sf data export`) CSVs, Account.csv and
 # Subscription__c.csv (quoted values, CRLF and a BOM are fine), or replace the example org's CSVs in ../org
 # with them; then name your subscription object's fields under arr.subscriptions and run validate.
+# Every path here stays inside this project (the folder that holds config/) unless its folder is listed under
+# allowed_paths:, e.g. an export in /data/exports/2026-11 or a key in /run/secrets:
+# allowed_paths: [/data/exports]
 source: {kind: local, path: ../org}     # a folder of Data Loader CSVs: Account.csv, Subscription__c.csv, ...
 state: ../state/nrr.db                  # the SQLite ledger, ARR history and family membership
 currency: USD                           # the corporate currency (ISO 4217)
@@ -334,7 +337,8 @@ def scaffold(root: Path, force: bool = False) -> list[str]:
     return [f"created {target}, {root / 'rules'}/ and an example org in {org}/ (the demo's)",
             f"Salesforce metadata to deploy (fields, KPI_Snapshot__c, permission sets): {root / 'salesforce'}/",
             f"your own org: set source.path in {target} to the folder of your Data Loader CSVs (Account.csv, "
-            f"Subscription__c.csv, ...), or replace the CSVs in {org}/ with them; map arr.subscriptions to your "
+            f"Subscription__c.csv, ...; a folder outside {root}/ also goes under allowed_paths:), or replace the "
+            f"CSVs in {org}/ with them; map arr.subscriptions to your "
             f"subscription object's fields; known links go in {mappings} (child,parent[,note])",
             f"next: nrr-engine --config {target} validate && nrr-engine --config {target} plan"]
 
