@@ -133,7 +133,7 @@ def test_every_data_path_in_config_stays_in_the_project_unless_allowed(project, 
     cfg = _config(project, old, new.replace("{out}", str(out)))
     for command in (("validate",), ("plan", "--as-of", "2026-11-15"), ("run", "--as-of", "2026-11-15")):
         r = Cli(cfg)(*command, expect=2)
-        assert f"nrr.yaml:" in r.stderr and f"{key}:" in r.stderr and "is outside the project folder" in r.stderr, r.stderr
+        assert "nrr.yaml:" in r.stderr and f"{key}:" in r.stderr and "is outside the project folder" in r.stderr, r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["org"] and not (project / "state").exists()
     cfg.write_text(cfg.read_text() + f"allowed_paths: [{str(out)!r}]\n", encoding="utf-8")
     assert "ok" in Cli(cfg)("validate").stdout
