@@ -9,16 +9,25 @@ KEY_PREFIXES = {"Account": "001", "Contact": "003", "Opportunity": "006", "Task"
 B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _SUFFIX = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
 _UPPER_BITS = {c: ord("1") if "A" <= chr(c) <= "Z" else ord("0") for c in range(128)}
+# The counters the engine numbers its new records with stay below 2**63, so a counter fits an SQLite INTEGER
+# (the working copy's sequence table). That is Ids whose characters 4-5 run from 00 to 0A; Salesforce puts the
+# code of the instance that created a record there (5g, Hx, Dn, 30, ...), so its own Ids read as far larger
+# counters and are never where the engine numbers the next record.
+COUNTER_LIMIT = 2 ** 63
 
 
-def sf_id(prefix: str, n: int) -> str:
-    """An 18-character Salesforce-style Id: 3-char key prefix, 12 base-62 digits, 3-char case checksum."""
+def _body(n: int) -> str:
     body = ""
     while n:
         n, r = divmod(n, 62)
         body = B62[r] + body
-    id15 = prefix + body.rjust(12, "0")
-    if len(id15) != 15:
+    return body.rjust(12, "0")
+
+
+def sf_id(prefix: str, n: int) -> str:
+    """An 18-character Salesforce-style Id: 3-char key prefix, 12 base-62 digits, 3-char case checksum."""
+    id15 = prefix + _body(n)
+    if len(id15) != 15 or n < 0:
         raise ValueError(f"Id counter too large for prefix {prefix}")
     return id18(id15)
 
@@ -48,3 +57,17 @@ def counter(rid: str) -> int:
 def is_counter_id(rid: str | None) -> bool:
     """An Id whose 12 middle characters are base-62 digits (so `counter` can read it)."""
     return bool(rid) and len(rid) >= 15 and all(c in B62 for c in rid[3:15])
+
+
+def counter_range(prefix: str) -> tuple[str, str]:
+    """Bounds (low inclusive, high exclusive, as strings in byte order) of the Ids with `prefix` whose counter
+    is below COUNTER_LIMIT, whatever their length: base-62 digits sort like their values in byte order."""
+    return prefix + "0" * 12, prefix + _body(COUNTER_LIMIT)
+
+
+def engine_counter(rid: str | None) -> int | None:
+    """The counter of an Id in the engine's range (below COUNTER_LIMIT), else None."""
+    if not is_counter_id(rid):
+        return None
+    n = counter(rid)
+    return n if n < COUNTER_LIMIT else None

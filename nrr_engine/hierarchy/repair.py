@@ -103,6 +103,10 @@ def repair_view(settings, accounts: Accounts, tree: Tree, current: np.ndarray, v
                                eligible=(tree.parent < 0) & unlocked, unlocked=unlocked,
                                _cache=shared if shared is not None else {})
     proposals, holders, notes = match_mod.propose(pop, view_rules, h.missing_parents != "off")
+    # a placeholder a person rejected (or approved, awaiting its parent) is decided: not proposed, not counted
+    decided = {ref for child, ref in decisions.rejected.get(view, set()) if not child}
+    decided.update(it["parent_ref"] for it in decisions.approved.get(view, []) if it["parent_ref"].startswith("placeholder:"))
+    holders = [ph for ph in holders if f"placeholder:{ph.key}" not in decided]
     if notes:
         findings.append(Finding("mapping_unresolved", f"view {view}: {len(notes)} mapping entr(ies) name no account, "
                                 f"e.g. {notes[0]}", ()))

@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import DataError, Location, SourceUnavailable, not_utf8
 from ..safe_output import atomic_file, csv_row, private_dir, private_file
 from ..model import Finding
-from ..ids import counter as _decode, is_counter_id, sf_id
+from ..ids import COUNTER_LIMIT, counter_range, engine_counter, sf_id
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
@@ -751,7 +751,6 @@ class LocalOrg:
         with self.transaction():
             self.ensure_fields(obj, [key_field, *fields])
             db.execute(f"CREATE INDEX IF NOT EXISTS {_q('_nrr_key_' + obj)} ON {_q(obj)} ({_q(key_field)})")
-            n = (db.execute("SELECT n FROM _nrr_sequences WHERE prefix=?", (prefix,)).fetchone() or (0,))[0]
             cols = [key_field, *fields]
             extract = ", ".join(f"json_extract(?2, '$.{f}')" for f in cols)
             insert = f"INSERT INTO {_q(obj)} (Id, {', '.join(map(_q, cols))}) VALUES (?1, {extract})"
@@ -766,35 +765,78 @@ class LocalOrg:
                     existing.update((k, rid) for rid, k in db.execute(
                         f"SELECT Id, {_q(key_field)} FROM {_q(obj)} WHERE {_q(key_field)} IN ({', '.join('?' * len(sub))})",
                         sub))
-                inserts, updates = [], []
+                fresh, updates = [], []
                 for key, rec in zip(keys, part):
                     rid = existing.get(key)
                     if rid is None:
-                        n += 1
-                        inserts.append((sf_id(prefix, n), rec))
+                        fresh.append(rec)
                     else:
                         updates.append((rid, rec))
-                db.executemany(insert, inserts)
+                ids = self.free_ids(obj, prefix, len(fresh))
+                db.executemany(insert, zip(ids, fresh))
                 db.executemany(update, updates)
-            db.execute("INSERT OR REPLACE INTO _nrr_sequences VALUES (?, ?)", (prefix, n))
+                self._advance(ids)
         return []
 
     def free_ids(self, obj: str, prefix: str, count: int) -> list[str]:
-        """`count` new Ids for `obj` that no record holds yet (read-only: a plan can name records it will create)."""
-        n = (self.db.execute("SELECT n FROM _nrr_sequences WHERE prefix=?", (prefix,)).fetchone() or (0,))[0]
-        if self.has_table(obj):
-            # base-62 digits sort like their values in byte order, so the largest Id holds the largest counter
-            top = self.db.execute(f"SELECT max(Id) FROM {_q(obj)} WHERE Id >= ? AND Id < ?",
-                                  (prefix, prefix + "\x7f")).fetchone()[0]
-            if is_counter_id(top):
-                n = max(n, _decode(top))
+        """`count` new 18-character Ids for `obj` that no record holds in any shape (15 or 18 characters) and
+        that the engine never handed out before, even to a record deleted since (read-only: a plan names the
+        records it will create, and the run that writes them names the same ones).
+
+        Numbered in the engine's range (ids.COUNTER_LIMIT) above both the prefix's sequence and the highest Id
+        of the table in that range, so no record can hold one; an org whose Ids are Salesforce's own has none
+        there. When that range is used up to its top, the lowest free counters above the sequence."""
+        if count <= 0:
+            return []
+        seq = self._sequence(prefix)
+        top = seq
+        for rid in self._range_ids(obj, *counter_range(prefix), descending=True):
+            if (n := engine_counter(rid)) is not None:  # an Id in the range, so the highest counter of all
+                top = max(top, n)
+                break
+        if top + count < COUNTER_LIMIT:
+            return [sf_id(prefix, top + k) for k in range(1, count + 1)]
         out: list[str] = []
-        while len(out) < count:
-            batch = [sf_id(prefix, n + k + 1) for k in range(count - len(out))]
-            n += len(batch)
-            taken = self.get(obj, batch, []) if self.has_table(obj) else {}
-            out.extend(i for i in batch if i not in taken)
+        n = seq + 1
+        for rid in self._range_ids(obj, sf_id(prefix, min(n, COUNTER_LIMIT))[:15], counter_range(prefix)[1]):
+            held = engine_counter(rid)
+            if held is None or held < n:  # not a counter, or the other shape (15/18) of one passed already
+                continue
+            out.extend(sf_id(prefix, k) for k in range(n, min(held, n + count - len(out))))
+            if len(out) == count:
+                return out
+            n = held + 1
+        out.extend(sf_id(prefix, k) for k in range(n, min(COUNTER_LIMIT, n + count - len(out))))
+        if len(out) < count:
+            raise DataError(f"no free {obj} Id with key prefix {prefix}: every counter up to {COUNTER_LIMIT - 1} "
+                            "is held or was handed out", Location(str(self.path)))
         return out
+
+    def _sequence(self, prefix: str) -> int:
+        """The highest counter the engine handed out with this key prefix (0 for none)."""
+        return (self.db.execute("SELECT n FROM _nrr_sequences WHERE prefix=?", (prefix,)).fetchone() or (0,))[0]
+
+    def _range_ids(self, obj: str, low: str, high: str, descending: bool = False) -> Iterator[str]:
+        """The table's Ids from `low` (inclusive) to `high` (exclusive) in byte order, through the Id index."""
+        if not self.has_table(obj):
+            return
+        cur = self.db.execute(f"SELECT Id FROM {_q(obj)} WHERE Id >= ? AND Id < ? ORDER BY Id"
+                              f"{' DESC' if descending else ''}", (low, high))
+        try:
+            for (rid,) in cur:
+                yield rid
+        finally:
+            cur.close()
+
+    def _advance(self, ids: Iterable[str]) -> None:
+        """Move each key prefix's sequence up to the counters of `ids`, records the engine created (so rollback
+        deleting one never frees its Id for another record)."""
+        top: dict[str, int] = {}
+        for rid in ids:
+            if (n := engine_counter(rid)) is not None:
+                top[rid[:3]] = max(n, top.get(rid[:3], 0))
+        self.db.executemany("INSERT INTO _nrr_sequences VALUES (?, ?) ON CONFLICT(prefix) DO UPDATE SET "
+                            "n = max(n, excluded.n)", top.items())
 
     def insert(self, obj: str, records: Sequence[dict]) -> list[tuple[str, str]]:
         """Insert records that carry their own Id; return (Id, error) of those that could not be inserted."""
@@ -810,11 +852,7 @@ class LocalOrg:
                     failed.append((r["Id"], "DUPLICATE_VALUE: a record with this Id exists"))
                 else:
                     self.db.execute("INSERT OR IGNORE INTO _nrr_created VALUES (?, ?)", (obj, r["Id"]))
-            top = max((_decode(r["Id"]) for r in records), default=None)
-            if top is not None:
-                prefix = records[0]["Id"][:3]
-                self.db.execute("INSERT INTO _nrr_sequences VALUES (?, ?) ON CONFLICT(prefix) DO UPDATE SET "
-                                "n = max(n, excluded.n)", (prefix, top))
+            self._advance(r["Id"] for r in records)
         return failed
 
     def delete(self, obj: str, ids: Sequence[str]) -> list[WriteResult]:
