@@ -1,5 +1,6 @@
 """The config and rules checked against the org: every field they name must be one the org has (the local org's
-CSV headers, or Salesforce's describe), each problem at the YAML line that names it, with the close match.
+CSV headers, or Salesforce's describe, which also gives its type: one the run accepts), each problem at the YAML
+line that names it, with the close match.
 
 `validate` runs it to find what a run would stop on; a run on a local org runs it before it reads anything else,
 so a typo in a rollup target is refused instead of becoming a new column.
@@ -83,6 +84,12 @@ class DescribedFields:
         d = self.org.describe(obj)
         return None if d is None else [f["name"] for f in d.fields.values()]
 
+    def field_type(self, obj: str, name: str) -> str | None:
+        """The field's type as describe gives it (None: no such object or field)."""
+        d = self.org.describe(obj)
+        f = None if d is None else d.get(name)
+        return None if f is None else f["type"]
+
     def no_object(self, obj: str, fields: tuple[str, ...] = (), own: bool = False) -> str:
         return no_object_fix(obj, fields, own)
 
@@ -158,7 +165,27 @@ def check(settings: Settings, ruleset, org) -> tuple[list[NrrError], list[str]]:
                         f" (its fields include: {', '.join(list(columns('Account').values())[:12])})")
                     + (" " if hints[f] else ". ") + "Fix the rule, or set when_fields_missing: skip to run without it.",
                     Location(loc.file, loc.line, rule=rule.name)))
+    if org.remote:
+        problems.extend(type_problems(settings, ruleset, org))
     return [*org.problems, *problems], notes
+
+
+def type_problems(settings: Settings, ruleset, org: DescribedFields) -> list[NrrError]:
+    """Fields of a type the run does not accept (it stops on them after describe, exit 2): every one, at the line
+    of the setting that names it; a field the org lacks is reported by `check` already."""
+    from .fetch import field_needs  # the run's own list of fields and the types it accepts
+
+    at = {(r.key, (r.name or "").lower()): r.location for r in settings.field_refs}
+    problems = []
+    for need in field_needs(settings, ruleset):
+        kind = org.field_type(need.object, need.field) if need.types else None
+        if kind is None or kind in need.types:
+            continue
+        where = (at.get((need.why, need.field.lower())) or at.get((need.why, ""))
+                 or Location(str(settings.config_file), field=need.why))
+        problems.append(ConfigError(f"{need.why}: {need.object}.{need.field} is of type {kind}; expected "
+                                    f"{' or '.join(need.types)}", where))
+    return problems
 
 
 def local_problems(settings: Settings, ruleset) -> list[NrrError]:
