@@ -6,14 +6,13 @@ import functools
 import json
 import shutil
 import sys
-from importlib import resources
 from pathlib import Path
 
 import click
 
 from . import __version__, config as config_mod, log as log_mod, report as report_mod
 from .errors import ConfigErrors, ExitCode, NrrError, storage_cause
-from .safe_output import atomic_file, csv_row, terminal
+from .safe_output import atomic_file, csv_row, for_stream, private_dir, terminal
 
 INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug in nrr-engine, never a user mistake
 
@@ -139,6 +138,9 @@ def validate(ctx):
         errors.extend(rule_errors)
         n_rules = len(ruleset.match)
         checked = _check_org(settings, ruleset, errors, notes)
+        from .safe_output import loose_permission_warnings  # files another local user could edit
+        notes.extend(f"warning: {w}" for w in loose_permission_warnings(
+            [settings.config_file, *settings.rule_files, *ruleset.tables]))
     else:
         notes.append("rule files and org fields not checked: fix the config problems above first")
     files = [str(path), *(str(f) for f in (settings.rule_files if settings else ()))]
@@ -318,6 +320,8 @@ def _pct_kept(ratio: str | None) -> str:
 @guarded
 def plan(ctx, out, job, as_of, allow_shrink):
     """Dry run: compute every change and write nothing to the org."""
+    if out:
+        private_dir(Path(out).parent)  # a missing folder is created 0700; one that cannot be fails before the run
     with _engine(ctx, job) as engine:
         outcome = engine.execute(job=job, as_of=_as_of(as_of), dry_run=True, allow_shrink=allow_shrink)
         if out:
@@ -367,10 +371,8 @@ def demo(accounts, seed, directory, fresh, force):
         info = generate(org, accounts=accounts, seed=seed)
         click.echo(f"generated {info['accounts']} accounts, {info['subscriptions']} subscriptions in {org}/")
     else:
-        org.mkdir(parents=True, exist_ok=True)
-        for item in resources.files("nrr_engine").joinpath("demo/org").iterdir():
-            if item.name.endswith(".csv"):
-                (org / item.name).write_bytes(item.read_bytes())
+        from .demo.generator import copy_demo_org
+        copy_demo_org(org)  # 0600 in 0700 folders, whatever the umask
         click.echo(f"demo org copied to {org}/")
     cfg = write_demo_config(root)
     with Engine(config_mod.load(cfg)) as engine:  # the org was just replaced on purpose: a smaller one is no accident
@@ -405,6 +407,8 @@ def report_nrr(ctx, period, window, view, by, as_of_start, fmt, out, as_of):
             months.parse(period)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--period") from None
+    if out:
+        private_dir(Path(out).parent)  # a missing folder is created 0700, as export creates its own
     with _engine(ctx) as engine:
         fig = engine.report_nrr(period, int(window), view, by, as_of_start, _as_of(as_of))
     if fig.get("provisional") and (fmt != "table" or out):  # a table on the terminal says it itself, once
@@ -415,8 +419,9 @@ def report_nrr(ctx, period, window, view, by, as_of_start, fmt, out, as_of):
         with atomic_file(Path(out), "w", encoding="utf-8") as fh:  # 0600: customer figures, whatever the umask
             fh.write(text + ("\n" if not text.endswith("\n") else ""))
         click.echo(f"written to {out}")
-    else:
-        click.echo(terminal(text, keep_newlines=True) if fmt == "table" else text)
+    else:  # the table is escaped wherever it goes; CSV and JSON on a terminal only (a pipe gets what --out would)
+        shown = terminal(text, keep_newlines=True) if fmt == "table" else text
+        _print_data(shown + ("\n" if not shown.endswith("\n") else ""))
 
 
 @main.group()
@@ -433,38 +438,66 @@ def review():
               type=click.Choice(["pending", "approved", "rejected", "applied", "expired", "blocked", "all"]))
 @click.option("--view", help="Only this view.")
 @click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "json", "csv"]))
+@click.option("--out", type=click.Path(dir_okay=False), help="Write to this file instead of stdout (0600; a missing "
+              "folder is created 0700).")
 @click.pass_context
 @guarded
-def review_list(ctx, status, view, fmt):
-    """Review items, most confident first: id, confidence, rule, child -> proposed parent, why."""
+def review_list(ctx, status, view, fmt, out):
+    """Review items, most confident first: id, confidence, rule, child -> proposed parent, why.
+
+    On a terminal every format shows control characters escaped; a pipe or --out FILE gets the data as it is
+    (the CSV's cells that start like a formula neutralised for a spreadsheet)."""
+    if out:
+        private_dir(Path(out).parent)  # a folder that cannot be made fails before the ledger is opened
     with _engine(ctx) as engine:
         items = engine.review_list(None if status == "all" else status, view)
-    if fmt == "json":
-        click.echo(json.dumps(items, indent=2, sort_keys=True))
-        return
+    text = {"json": lambda: json.dumps(items, indent=2, sort_keys=True) + "\n", "csv": lambda: _review_csv(items),
+            "table": lambda: _review_table(items, status)}[fmt]()
+    if out:
+        with atomic_file(Path(out), "w", newline="", encoding="utf-8") as fh:  # 0600: customer names, whatever the umask
+            fh.write(text)
+        click.echo(f"{len(items)} review item(s) written to {out}")
+    else:
+        _print_data(text)
+
+
+def _print_data(text: str) -> None:
+    """A document (CSV, JSON, a table) on stdout, printed as is: escaped on a terminal (`for_stream`: an ESC or OSC
+    sequence in a value must not act), byte for byte in a pipe (color=True: click would strip what looks like a
+    colour code from a value there)."""
+    click.echo(for_stream(text), nl=False, color=True)
+
+
+def _review_csv(items: list[dict]) -> str:
+    """The review items as a CSV for a spreadsheet: every cell as stored (the same rule for every column), a cell
+    that starts like a formula neutralised."""
+    import csv as csv_mod
+    import io
     cols = ["id", "status", "confidence", "rule", "view", "child_id", "child_name", "parent_id", "parent_name", "reason",
             "note", "notes", "decided_by", "decided_at"]
-    if fmt == "csv":
-        import csv as csv_mod
-        w = csv_mod.writer(sys.stdout)  # for a spreadsheet: a name that starts like a formula is neutralised
-        w.writerow(cols)
-        for i in items:
-            w.writerow(csv_row([(i["parent_id"] or i["parent_ref"]) if c == "parent_id" else
-                                " | ".join(n[len("note "):] for n in _notes(i)) if c == "notes" else i.get(c)
-                                for c in cols]))
-        return
+    buf = io.StringIO(newline="")
+    w = csv_mod.writer(buf)
+    w.writerow(cols)
+    for i in items:
+        w.writerow(csv_row([(i["parent_id"] or i["parent_ref"]) if c == "parent_id" else
+                            " | ".join(_note_texts(i)) if c == "notes" else i.get(c) for c in cols]))
+    return buf.getvalue()
+
+
+def _review_table(items: list[dict], status: str) -> str:
+    """The review items for reading: one line each, then its notes; values escaped and cut to their columns."""
     if not items:
-        click.echo(f"no {'' if status == 'all' else status + ' '}review items")
-        return
+        return f"no {'' if status == 'all' else status + ' '}review items\n"
+    lines = []
     for i in items:
         child = f"{terminal(i['child_id'])} {_short(i['child_name'])}" if i["child_id"] else \
             f"{len(i['members'] or [])} accounts ({', '.join(_short(m, 18) for m in (i['members'] or [])[:3])}...)"
         parent = f"{terminal(i['parent_id'])} {_short(i['parent_name'])}" if i["parent_id"] else \
             f"NEW {_short(i['parent_name'])}"
-        click.echo(f"#{i['id']:<5} {i['status']:<8} {i['confidence']:.2f}  {i['rule']:<22} {child}  ->  {parent}"
-                   + (f"   [{_short(_reason(i), 200)}]" if i["reason"] else ""))
-        for n in _notes(i):  # every note, oldest first: the item's audit trail
-            click.echo(f"       {n}")
+        lines.append(f"#{i['id']:<5} {i['status']:<8} {i['confidence']:.2f}  {i['rule']:<22} {child}  ->  {parent}"
+                     + (f"   [{_short(_reason(i), 200)}]" if i["reason"] else ""))
+        lines.extend(f"       {n}" for n in _notes(i))  # every note, oldest first: the item's audit trail
+    return "\n".join(lines) + "\n"
 
 
 def _reason(item: dict) -> str:
@@ -477,16 +510,22 @@ def _reason(item: dict) -> str:
             "at most 0.5, so a person decides")
 
 
-def _notes(item: dict) -> list[str]:
-    """The item's notes as lines: when, who or which run, and what (a decision says what was decided)."""
+def _note_texts(item: dict) -> list[str]:
+    """The item's notes as stored, oldest first: when, who or which run, and what (a decision says what was
+    decided); data, not yet escaped for a terminal."""
     out = []
     for n in item.get("notes") or ([{"text": item["note"]}] if item.get("note") else []):
         when = (n.get("at") or "")[:16].replace("T", " ")
         who = " ".join(x for x in (n.get("by"), n.get("decision")) if x)
         head = " ".join(x for x in (when, who) if x)
         text = n.get("text")
-        out.append("note " + _short(head + (": " if head and text else "") + (text or ""), 400))
+        out.append(head + (": " if head and text else "") + (text or ""))
     return out
+
+
+def _notes(item: dict) -> list[str]:
+    """The item's notes as table lines: escaped and cut to 400 characters."""
+    return ["note " + _short(n, 400) for n in _note_texts(item)]
 
 
 def _short(text, width: int = 30) -> str:
@@ -538,9 +577,9 @@ def runs_list(ctx, limit, fmt):
     ledger = Ledger(settings.state)
     rows = ledger.runs(limit)
     if fmt == "json":
-        click.echo(report_mod.dumps([{k: (ledger.run_counts(r) if k == "counts" else v) for k, v in r.items()
-                                      if k in ("id", "job", "mode", "status", "as_of", "started", "ended", "counts",
-                                               "error")} for r in rows]))
+        _print_data(report_mod.dumps([{k: (ledger.run_counts(r) if k == "counts" else v) for k, v in r.items()
+                                       if k in ("id", "job", "mode", "status", "as_of", "started", "ended", "counts",
+                                                "error")} for r in rows]) + "\n")
         return
     if not rows:
         click.echo(f"no runs recorded yet in {settings.state}; `nrr-engine plan` or `nrr-engine run` records one")
@@ -578,7 +617,7 @@ def runs_show(ctx, run_id, show_changes, fmt):
                                          "rule")}
                       for _, c in zip(range(show_changes), ledger.changes(r["id"]))]
     if fmt == "json":
-        click.echo(report_mod.dumps(out))
+        _print_data(report_mod.dumps(out) + "\n")
         return
     click.echo(f"run {out['id']}: {out['status']} ({out['mode']}, job {out['job']}, as of {out['as_of']})")
     click.echo(f"  started {out['started']}" + (f", ended {out['ended']}" if out.get("ended") else ""))

@@ -34,6 +34,16 @@ RECORD_CURRENCY = "CurrencyIsoCode"
 _DATE = ("date", "datetime")
 
 
+def _warn_loose_permissions(paths) -> None:
+    """A log warning for each config or rule file (or its folder) another local user could write (validate says
+    the same): the run goes on, but the file should be `chmod go-w`."""
+    import structlog
+    from .safe_output import loose_permissions
+    for path, who in loose_permissions(paths):
+        structlog.get_logger("nrr_engine").warning("project_file.writable", file=str(path), writable_by=who,
+                                                   fix=f"chmod go-w {path}")
+
+
 def open_org(settings: Settings) -> LocalOrg:
     if settings.salesforce is not None:
         from .sources.salesforce import SalesforceOrg  # only a Salesforce source loads the client
@@ -298,6 +308,7 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
         if repair:  # a plan compares its snapshots with the org's; a report reads none (on Salesforce: API calls)
             objects.append(settings.snapshot_object)
             ruleset = rules_mod.load(settings.rule_files, [v.name for v in settings.lookup_views], settings.roots)
+            _warn_loose_permissions([settings.config_file, *settings.rule_files, *ruleset.tables])
         org.prepare(field_needs(settings, ruleset, extra_fields))  # Salesforce: budget and describe checks
         org.sync(objects, background=background)
         findings.extend(org.reload_findings())

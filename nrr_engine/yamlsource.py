@@ -47,9 +47,9 @@ def read_limited(path: Path, limit: int = MAX_BYTES) -> bytes:
 
 def excerpt(text: str, limit: int = 60) -> str:
     """At most `limit` characters of `text` for an error message, control characters escaped, quoted."""
-    short = text[:limit]
-    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in short)
-    return repr(out) if len(text) <= limit else repr(out) + "..."
+    # repr escapes exactly the characters that are not printable, once (escaping them first and then taking the
+    # repr doubled every backslash: '\\x1b[2J' instead of '\x1b[2J')
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
 
 
 def within(path: Path, roots) -> bool:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .. import months
 from ..ids import sf_id
+from ..safe_output import atomic_file, private_bytes, private_dir
 
 DEMO_AS_OF = dt.date(2026, 11, 15)
 
@@ -223,8 +224,7 @@ def generate(folder: Path, accounts: int | None = None, seed: int = 7, as_of: dt
         for row, (rid, tp, _) in zip(org.accounts, org.truth):
             if row[2] and row[2] not in keep:
                 row[2] = ""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_dir(Path(folder))  # customer-like data: 0600 in 0700 folders, whatever the umask
     _write(folder / "Account.csv", ACCOUNT_FIELDS, org.accounts)
     _write(folder / "Subscription__c.csv", SUB_FIELDS, org.subs)
     _write(folder / "User.csv", ["Id", "Name", "Email"], [["005000000000001AAA", "Demo Owner", "owner@example.com"]])
@@ -237,12 +237,10 @@ def generate(folder: Path, accounts: int | None = None, seed: int = 7, as_of: dt
 
 
 def _write(path: Path, header: list[str], rows) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_file(path, "w", newline="", encoding="utf-8") as fh:  # 0600, through a fresh temporary file
         w = csv.writer(fh)
         w.writerow(header)
         w.writerows(rows)
-    tmp.replace(path)
 
 
 DEMO_CONFIG = """\
@@ -316,22 +314,22 @@ INIT_MAPPINGS = "child,parent,note\n"
 
 def scaffold(root: Path, force: bool = False) -> list[str]:
     """`nrr-engine init`: config/nrr.yaml (INIT_CONFIG), the shipped rules/ with an empty mapping table, and the
-    demo org as an example in org/; returns what to print (what was written and how to use your own export)."""
+    demo org as an example in org/; returns what to print (what was written and how to use your own export).
+
+    Every folder it creates is 0700 and every file 0600, whatever the umask: the config and rules steer what the
+    engine reads and writes (allowed_paths, source.path, the links it makes), so no other local user may edit them."""
     from importlib import resources
 
     target = root / "config" / "nrr.yaml"
-    target.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(root)
     copy_rules(root / "rules", force)
     mappings = root / "rules" / "mappings.csv"
     if force or not mappings.exists() or mappings.read_bytes() == \
             resources.files("nrr_engine").joinpath("scaffold/rules/mappings.csv").read_bytes():
-        mappings.write_text(INIT_MAPPINGS, encoding="utf-8")
-    target.write_text(INIT_CONFIG, encoding="utf-8")
+        private_bytes(mappings, INIT_MAPPINGS.encode("utf-8"))
+    private_bytes(target, INIT_CONFIG.encode("utf-8"))
     org = root / "org"
-    org.mkdir(parents=True, exist_ok=True)
-    for item in resources.files("nrr_engine").joinpath("demo/org").iterdir():
-        if item.name.endswith(".csv") and (force or not (org / item.name).exists()):
-            (org / item.name).write_bytes(item.read_bytes())
+    copy_demo_org(org, force)
     # the SFDX project to deploy (fields, KPI object, permission sets): an installed package has no checkout
     _copy_tree(resources.files("nrr_engine").joinpath("scaffold/salesforce"), root / "salesforce", force)
     return [f"created {target}, {root / 'rules'}/ and an example org in {org}/ (the demo's)",
@@ -343,22 +341,33 @@ def scaffold(root: Path, force: bool = False) -> list[str]:
             f"next: nrr-engine --config {target} validate && nrr-engine --config {target} plan"]
 
 
+def copy_demo_org(org: Path, force: bool = True) -> None:
+    """The shipped demo org's CSVs into `org` (0600 in a 0700 folder); without `force`, files already there stay."""
+    from importlib import resources
+
+    private_dir(org)
+    for item in resources.files("nrr_engine").joinpath("demo/org").iterdir():
+        if item.name.endswith(".csv") and (force or not (org / item.name).exists()):
+            private_bytes(org / item.name, item.read_bytes())
+
+
 def _copy_tree(source, target: Path, force: bool) -> None:
     """Copy a package folder (importlib Traversable) into `target`, keeping files the user already has."""
-    target.mkdir(parents=True, exist_ok=True)
+    private_dir(target)
     for item in source.iterdir():
         if item.is_dir():
             _copy_tree(item, target / item.name, force)
         elif force or not (target / item.name).exists():
-            (target / item.name).write_bytes(item.read_bytes())
+            private_bytes(target / item.name, item.read_bytes())
 
 
 def write_demo_config(folder: Path, history: int = 36, overwrite_rules: bool = True) -> Path:
-    """config/nrr.yaml + the shipped rules/ (matching rules, mapping table) for an org in folder/org."""
-    (folder / "config").mkdir(parents=True, exist_ok=True)
+    """config/nrr.yaml + the shipped rules/ (matching rules, mapping table) for an org in folder/org; 0600 in
+    0700 folders, whatever the umask (as `scaffold`)."""
+    private_dir(folder)
     copy_rules(folder / "rules", overwrite_rules)
     path = folder / "config" / "nrr.yaml"
-    path.write_text(DEMO_CONFIG.format(history=history), encoding="utf-8")
+    private_bytes(path, DEMO_CONFIG.format(history=history).encode("utf-8"))
     return path
 
 
@@ -366,11 +375,11 @@ def copy_rules(target: Path, overwrite: bool = True) -> list[Path]:
     """Copy the shipped rule files (the repository's rules/ folder) into `target`."""
     from importlib import resources
 
-    target.mkdir(parents=True, exist_ok=True)
+    private_dir(target)
     written = []
     for item in resources.files("nrr_engine").joinpath("scaffold/rules").iterdir():
         dest = target / item.name
         if item.is_file() and (overwrite or not dest.exists()):
-            dest.write_bytes(item.read_bytes())
+            private_bytes(dest, item.read_bytes())
             written.append(dest)
     return written

@@ -30,6 +30,7 @@ class RuleSet:
 
     match: tuple[MatchRule, ...] = ()
     files: tuple[Path, ...] = field(default=())
+    tables: tuple[Path, ...] = field(default=())   # the mapping tables the rules read (resolved)
 
     def for_view(self, view: str) -> tuple[MatchRule, ...]:
         return tuple(r for r in self.match if r.view == view)
@@ -92,7 +93,7 @@ def check(files: list[Path] | tuple[Path, ...], views: list[str],
             errors.append(ConfigError(f"rule name {r.name!r} is used twice (first at {seen[r.name].location})",
                                       r.location))
         seen.setdefault(r.name, r)
-    return RuleSet(tuple(rules), tuple(files)), errors
+    return RuleSet(tuple(rules), tuple(files), tuple(sorted(tables))), errors
 
 
 _COMMON = {"name", "type", "description", "enabled", "view", "confidence", "auto_apply", "child", "candidate",
