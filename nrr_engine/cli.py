@@ -396,11 +396,17 @@ def report():
 @click.option("--as-of-start", is_flag=True, help="Families as of the window start instead of restated at its end.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
+@click.option("--recompute", is_flag=True,
+              help="Recompute from the org and the stored history instead of reading the last run's columnar store.")
 @as_of_option
 @click.pass_context
 @guarded
-def report_nrr(ctx, period, window, view, by, as_of_start, fmt, out, as_of):
-    """Family-level NRR/GRR next to naive account-level figures for a period and window."""
+def report_nrr(ctx, period, window, view, by, as_of_start, fmt, out, recompute, as_of):
+    """Family-level NRR/GRR next to naive account-level figures for a period and window.
+
+    Read from what the last run stored (its monthly ARR and families) while nothing has changed since: no other
+    run or rollback, the same config, month and (local org) CSV files; otherwise, or with --recompute, the
+    figures are recomputed from the org (on Salesforce: API calls) and the stored history."""
     if period:
         from . import months
         try:
@@ -410,14 +416,14 @@ def report_nrr(ctx, period, window, view, by, as_of_start, fmt, out, as_of):
     if out:
         private_dir(Path(out).parent)  # a missing folder is created 0700, as export creates its own
     with _engine(ctx) as engine:
-        fig = engine.report_nrr(period, int(window), view, by, as_of_start, _as_of(as_of))
+        fig = engine.report_nrr(period, int(window), view, by, as_of_start, _as_of(as_of), recompute)
     if fig.get("provisional") and (fmt != "table" or out):  # a table on the terminal says it itself, once
         click.echo(f"warning: {fig['provisional']}", err=True)
     text = {"table": report_mod.nrr_table, "csv": report_mod.nrr_csv,
             "json": lambda f: report_mod.dumps(report_mod.nrr_json(f))}[fmt](fig)
     if out:
         with atomic_file(Path(out), "w", encoding="utf-8") as fh:  # 0600: customer figures, whatever the umask
-            fh.write(text + ("\n" if not text.endswith("\n") else ""))
+            fh.write(log_mod.redact_text(text) + ("\n" if not text.endswith("\n") else ""))  # for people: redacted
         click.echo(f"written to {out}")
     else:  # the table is escaped wherever it goes; CSV and JSON on a terminal only (a pipe gets what --out would)
         shown = terminal(text, keep_newlines=True) if fmt == "table" else text
@@ -455,7 +461,7 @@ def review_list(ctx, status, view, fmt, out):
             "table": lambda: _review_table(items, status)}[fmt]()
     if out:
         with atomic_file(Path(out), "w", newline="", encoding="utf-8") as fh:  # 0600: customer names, whatever the umask
-            fh.write(text)
+            fh.write(log_mod.redact_text(text))  # for people: redacted as stdout is
         click.echo(f"{len(items)} review item(s) written to {out}")
     else:
         _print_data(text)

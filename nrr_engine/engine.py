@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from . import money, months, pipeline, reconcile
+from . import money, months, pipeline, reconcile, store
 from .fetch import open_org
 from .config import Settings
 from .errors import (DataError, ExitCode, Interrupted, Location, NrrError, SourceUnavailable, disk_full,
@@ -160,6 +160,11 @@ class Engine:
         try:
             fh = open_lock(private_dir(path.parent) / path.name)
         except OSError as exc:
+            if path.is_symlink():   # O_NOFOLLOW's ELOOP: a planted link could point the lock at any file
+                import os
+                raise SourceUnavailable(f"cannot create the run lock: the lock file is a symbolic link (to "
+                                        f"{os.readlink(path)!r}), and the lock is never opened through one; remove "
+                                        f"the link (rm {path}) and run again", Location(str(path))) from None
             raise SourceUnavailable(f"cannot create the run lock: {exc.strerror}", Location(str(path))) from None
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -200,13 +205,14 @@ class Engine:
         structlog.contextvars.bind_contextvars(run_id=ctx.run_id)
         if sys.stderr.isatty():
             from tqdm import tqdm
-            ctx.progress = tqdm(total=8 if dry_run else 11, unit="stage", leave=False)
+            ctx.progress = tqdm(total=8 if dry_run else 12, unit="stage", leave=False)
         try:
             with self.lock(), self.storage("the run", note=_SETTLED):
                 calls_before = dict((self.org.api_usage() or {}).get("calls", {}))
                 recovered = reconcile.recover(self.org, self.ledger)
                 if recovered:
                     log.warning("run.recovered", runs=recovered)
+                ctx.store_version = self.ledger.state_version()  # the columnar store is current at this one
                 self.ledger.start_run({"id": ctx.run_id, "job": job, "mode": "plan" if dry_run else "run",
                                        "as_of": ctx.as_of.isoformat(), "started": self.clock().isoformat(),
                                        "config_hash": pipeline.file_hash([self.settings.config_file]),
@@ -230,8 +236,14 @@ class Engine:
                     raise
                 self.ledger.record_findings(ctx.run_id, plan.findings)
                 plan.api_calls = self._usage(calls_before)
-                summary = self.summary(plan, counts)
                 failed = counts.get("failed", 0)
+                if not dry_run:
+                    if not failed:  # a cache for reports and the next run; stale unless written now
+                        with ctx.stage("store", stoppable=False):
+                            pipeline.write_store(self.settings, plan, self.org, self.ledger.state_version())
+                    else:
+                        store.discard(store.path_for(self.settings.state))
+                summary = self.summary(plan, counts)
                 status = "planned" if dry_run else ("failed_records" if failed else "succeeded")
                 self.ledger.finish_run(ctx.run_id, status=status, ended=self.clock().isoformat(),
                                        counts=counts, summary=summary, api_usage=plan.api_calls, unsettled=None)
@@ -293,16 +305,20 @@ class Engine:
 
     # ---- report ---------------------------------------------------------------------------------
     def report_nrr(self, period: str | None, window: int, view: str | None, by: str | None,
-                   as_of_start: bool = False, as_of: dt.date | None = None) -> dict:
-        """NRR/GRR for a period and window, recomputed from the org and the stored history (writes nothing)."""
+                   as_of_start: bool = False, as_of: dt.date | None = None, recompute: bool = False) -> dict:
+        """NRR/GRR for a period and window (writes nothing): from the last run's columnar store while it is
+        current, else (or with `recompute`) recomputed from the org and the stored history."""
         v = self.settings.view(view) if view else self.settings.views[0]
         ctx = RunContext.new(self.clock, as_of or self.today(), dry_run=True)
         cur = months.of(ctx.as_of)
         p = months.parse(period) if period else cur - 1
         if p > cur:
             raise DataError(f"--period {period} is in the future (as of {ctx.as_of})")
-        with self.org.reloads_held():  # a report that stops (the input guard) leaves the working copy as it was
-            fig = pipeline.report(self.settings, self.org, self.ledger, ctx, v.name, p, window, as_of_start, by)
+        fig = None if recompute else pipeline.report_from_store(self.settings, self.org, self.ledger, cur, v.name, p,
+                                                                 window, as_of_start, by)
+        if fig is None:
+            with self.org.reloads_held():  # a report that stops (the input guard) leaves the working copy as it was
+                fig = pipeline.report(self.settings, self.org, self.ledger, ctx, v.name, p, window, as_of_start, by)
         if p == cur:  # figures of an open month, as of today: they change until it closes
             fig["provisional"] = (f"{months.fmt(p)} is not closed as of {ctx.as_of}: its figures are provisional "
                                   f"and can change until the month closes ({months.fmt(cur - 1)} is the last closed "

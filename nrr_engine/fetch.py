@@ -12,9 +12,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import structlog
 
 from . import money, months
 from . import orgcheck
+from . import store
 from . import rules as rules_mod
 from .config import Settings
 from .errors import ConfigError, ConfigErrors, DataError, Location
@@ -27,6 +29,7 @@ from .model import INSERT, Accounts, Change, CheckOutcome, FieldNeed, Finding
 from .sources import LocalOrg
 from .state import State
 
+_log = structlog.get_logger("nrr_engine")
 _NUMBER = ("double", "currency", "int", "percent", "long")
 # The record currency field of a multi-currency org (Salesforce Help: Multiple Currencies): the subscriptions'
 # currency when `arr.subscriptions.currency` names none; an export without it is in one currency
@@ -309,6 +312,7 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
             objects.append(settings.snapshot_object)
             ruleset = rules_mod.load(settings.rule_files, [v.name for v in settings.lookup_views], settings.roots)
             _warn_loose_permissions([settings.config_file, *settings.rule_files, *ruleset.tables])
+        signature = store.csv_signature(org)  # before the sync: a file changed during the run is seen as changed
         org.prepare(field_needs(settings, ruleset, extra_fields))  # Salesforce: budget and describe checks
         org.sync(objects, background=background)
         findings.extend(org.reload_findings())
@@ -345,8 +349,11 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
         if merged:
             findings.append(Finding("merged_accounts", f"{len(merged)} merged-away account(s) carry their ARR history "
                                     "to the surviving account (MasterRecordId)", tuple(sorted(merged))))
-        membership = {v.name: Membership.from_segments(v.name, ledger.membership_segments(v.name), accounts.index,
-                                                       ledger.membership_count(v.name)) for v in settings.views}
+        reuse = _reusable(settings, ledger, ctx, accounts) if repair and not merged else None
+        membership = {v.name: (store.remap(reuse[0].membership[v.name], reuse[0].ids, accounts.index)
+                               if reuse is not None and v.name in reuse[0].membership else
+                               Membership.from_segments(v.name, ledger.membership_segments(v.name), accounts.index,
+                                                        ledger.membership_count(v.name))) for v in settings.views}
         existing = snapshot.ExistingSnapshots()
         obj = settings.snapshot_object
         if repair and settings.snapshots_enabled and org.has_field(obj, snapshot.KEY):
@@ -357,7 +364,27 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
                  arr_rows_changed=np.zeros(0, dtype=np.int64), membership=membership,
                  decisions=decisions, inserts=tuple(inserts),
                  existing_snapshots=existing, findings=tuple(findings), repair=repair,
-                 extra_fields=tuple(extra_fields), merged=merged, cohorts=cohorts)
+                 extra_fields=tuple(extra_fields), merged=merged, cohorts=cohorts, reuse=reuse,
+                 csv_signature=signature)
+
+
+def _reusable(settings: Settings, ledger: Ledger, ctx, accounts: Accounts):
+    """The last run's columnar store with the positions of its accounts in this run, when it is current (written
+    at the ledger's state before this run began, in this month) and holds the same accounts; else None."""
+    version = getattr(ctx, "store_version", None)
+    if version is None:
+        return None
+    cols = store.read(store.path_for(settings.state))
+    if cols is None or cols.meta.get("stamp") != version or cols.meta.get("month") != ctx.current_month \
+            or len(cols.ids) != len(accounts.ids):
+        return None
+    if cols.ids == accounts.ids:
+        return cols, None
+    get = accounts.index.get
+    pos = np.fromiter((get(a, -1) for a in cols.ids), dtype=np.int64, count=len(cols.ids))
+    if (pos < 0).any():
+        return None
+    return cols, pos
 
 
 def needs_arr(ruleset) -> bool:
@@ -381,12 +408,24 @@ def fetch_arr(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, state: Sta
             index = {**index, **{loser: index[survivor] for loser, survivor in merged.items()}}
         rebuilt = settings.arr.source == "subscriptions"
         stored = None
-        if state.repair or not rebuilt:  # a report from subscriptions compares nothing with the stored history
+        reuse = state.reuse
+        if reuse is not None and reuse[0].meta.get("first") == first and reuse[0].matrix.shape[1] == count:
+            # the last run's matrix is the stored history of these months (it wrote what differed)
+            stored = reuse[0].matrix if reuse[1] is None else _placed(reuse[0].matrix, reuse[1])
+            _log.info("store.reused", run=reuse[0].meta.get("run_id"), what="arr history and membership")
+        elif state.repair or not rebuilt:  # a report from subscriptions compares nothing with the stored history
             stored = arr_mod.from_segments(ledger.arr_segments(), index, first, count, size=len(accounts))
         first_arr = None
         if state.cohorts and rebuilt:  # the subscriptions date every cohort, before the months kept too
             first_arr = np.full(len(accounts), arr_mod.OPEN, dtype=np.int64)
-        matrix, fs, excluded = arr_matrix(settings, org, accounts, stored, first, count, cur, first_arr)
+        if stored is not None and reuse is not None and first_arr is None and _same_subscriptions(settings, state):
+            # the subscriptions, the accounts and the config are the ones the last run derived its ARR from
+            matrix, excluded = stored.copy(), arr_mod.Excluded(*reuse[0].excluded) if reuse[0].excluded else arr_mod.Excluded()
+            fs = [Finding(f["kind"], f["message"], tuple(f["records"]), CheckOutcome(f["outcome"]))
+                  for f in reuse[0].meta["arr_findings"]]
+            _log.info("store.reused", run=reuse[0].meta.get("run_id"), what="arr from subscriptions")
+        else:
+            matrix, fs, excluded = arr_matrix(settings, org, accounts, stored, first, count, cur, first_arr)
         findings.extend(fs)
         changed = np.zeros(0, dtype=np.int64)
         if state.repair:
@@ -399,7 +438,24 @@ def fetch_arr(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, state: Sta
         findings.extend(_shrink_guard(settings, ledger, ctx, len(accounts) + len(merged),
                                       int(matrix[:, cur - first].sum()), fs, excluded.arr_at(cur)))
     return dataclasses.replace(state, first=first, matrix=matrix, arr_rows_changed=changed, findings=tuple(findings),
-                               excluded=excluded, first_arr=first_arr)
+                               excluded=excluded, first_arr=first_arr, arr_findings=tuple(fs))
+
+
+def _same_subscriptions(settings: Settings, state: State) -> bool:
+    """Whether this run's ARR is the last run's: ARR from the subscriptions of a local org whose CSV is the one
+    the store was derived from (size and mtime before the sync), under the same config, for the same accounts."""
+    if settings.arr.source != "subscriptions" or state.csv_signature is None:
+        return False
+    meta = state.reuse[0].meta
+    name = f"{settings.arr.subscriptions.object}.csv"
+    return (meta.get("config") == store.config_digest(settings.config_file) and "arr_findings" in meta
+            and (meta.get("csv") or {}).get(name) is not None and meta["csv"].get(name) == state.csv_signature.get(name))
+
+
+def _placed(matrix: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    out = np.empty_like(matrix)
+    out[pos] = matrix
+    return out
 
 
 def _shrink_guard(settings: Settings, ledger: Ledger, ctx, accounts: int, arr: int,

@@ -89,11 +89,21 @@ def _m5(db: sqlite_utils.Database) -> None:
                "ELSE 'approved' END)) END WHERE note IS NOT NULL")
 
 
+def _m6(db: sqlite_utils.Database) -> None:
+    # state_version: counts every write that can change what a report computes (a run or rollback starting, the
+    # ARR history or membership replaced); the columnar store (store.py) is current only at the version it names
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+    db.execute("INSERT INTO meta (key, value) VALUES ('state_version', 0)")
+
+
 MIGRATIONS = [(1, "runs, changes, findings, arr_history, membership, snapshots", _m1),
               (2, "review queue", _m2),
               (3, "finding severity and outcome; membership log", _m3),
               (4, "runs.unsettled: runs whose write did not end cleanly", _m4),
-              (5, "review notes trail, away and held markers", _m5)]
+              (5, "review notes trail, away and held markers", _m5),
+              (6, "meta: state_version, which the columnar store is stamped with", _m6)]
+
+_BUMP = "UPDATE meta SET value = value + 1 WHERE key = 'state_version'"
 
 
 
@@ -185,8 +195,16 @@ class Ledger:
 
     # ---- runs -----------------------------------------------------------------------------------
     def start_run(self, run: dict) -> None:
-        with self._storage():
-            self.db["runs"].insert({**run, "status": "running"})
+        row = {**run, "status": "running"}
+        with self._tx() as conn:
+            conn.execute(f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+            if run.get("mode") != "plan":  # a run or rollback may change the org and the history
+                conn.execute(_BUMP)
+
+    def state_version(self) -> int:
+        """A number that changes whenever the ARR history, the membership or (through a run or a rollback) the
+        org may have changed."""
+        return self.db.execute("SELECT value FROM meta WHERE key = 'state_version'").fetchone()[0]
 
     def finish_run(self, run_id: str, **fields) -> None:
         for k in ("counts", "api_usage", "summary"):
@@ -378,6 +396,7 @@ class Ledger:
             if conn.execute("SELECT 1 FROM arr_history LIMIT 1").fetchone():
                 conn.executemany("DELETE FROM arr_history WHERE account_id = ?", ((a,) for a in account_ids))
             conn.executemany("INSERT INTO arr_history VALUES (?, ?, ?, ?)", segments)
+            conn.execute(_BUMP)
 
     # ---- membership ----------------------------------------------------------------------------
     def membership_segments(self, view: str) -> Iterator[tuple[str, str, str | None, str]]:
@@ -415,6 +434,7 @@ class Ledger:
                              "SELECT ?, account_id, ?, NULL, root_id, ? FROM temp.changed_membership",
                              [view, month, run_id]).rowcount
             conn.execute("DROP TABLE temp.changed_membership")
+            conn.execute(_BUMP)
         return n
 
     def undo_membership(self, run_id: str) -> dict[str, int]:
@@ -438,6 +458,7 @@ class Ledger:
             left = conn.execute(f"SELECT count(DISTINCT view || ':' || account_id) FROM membership_log WHERE run_id = ? "
                                 f"AND NOT {mine}", [run_id]).fetchone()[0]
             conn.execute("DROP TABLE temp.undo_membership")
+            conn.execute(_BUMP)
         return {"restored": restored, "replaced_since": left}
 
     def membership_undo_preview(self, run_id: str) -> dict[str, int]:

@@ -15,6 +15,7 @@ import numpy as np
 
 from . import months
 from . import sinks as sinks_mod
+from . import store
 from .config import Settings
 from .fetch import fetch, fetch_arr, needs_arr, report_first
 from .hierarchy import repair as repair_mod
@@ -224,6 +225,58 @@ def report(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunContext, v
                   since=report_first(settings, ctx.current_month, period, window), cohorts=by == "cohort")
     state = run_stages(settings, org, ledger, ctx, state, [("match", _repair(settings))])
     return figures(state, view, period, window, ctx.current_month, as_of_start, by or settings.segments)
+
+
+# ---- the columnar store ---------------------------------------------------------------------------
+
+def write_store(settings: Settings, plan: Plan, org: LocalOrg, version: int) -> None:
+    """Store what a clean run derived (ARR matrix, membership after it, families, segment columns) for reports and
+    the next run, stamped with the ledger's state version after the run. A run that recorded no membership for
+    some view (an as-of in the past) leaves no store: its figures are not what the ledger says."""
+    path = store.path_for(settings.state)
+    state, ctx = plan.state, plan.ctx
+    if set(plan.membership) != {v.name for v in settings.views} or not plan.accounts.ids:
+        store.discard(path)
+        return
+    index = plan.accounts.index
+    membership = {v.name: store.committed(state.membership[v.name], plan.membership[v.name], index,
+                                          ctx.current_month) for v in settings.views}
+    trees = {v.name: plan.views[v.name].tree for v in settings.views}
+    columns = {f: plan.accounts.column(f) for f in settings.segments if plan.accounts.has(f)}
+    meta = {"stamp": version, "run_id": ctx.run_id, "month": ctx.current_month, "first": plan.first_month,
+            "config": store.config_digest(settings.config_file), "csv": state.csv_signature,
+            "arr_findings": [{"kind": f.kind, "message": f.message, "records": list(f.records),
+                              "outcome": f.outcome.value} for f in state.arr_findings]}
+    store.write(path, meta, plan.accounts.ids, plan.matrix, membership, trees, columns, state.excluded)
+
+
+def report_from_store(settings: Settings, org: LocalOrg, ledger: Ledger, current_month: int, view: str, period: int,
+                      window: int, as_of_start: bool = False, by: str | None = None) -> dict | None:
+    """The report's figures from the last run's store, or None when it cannot give them exactly as recomputing
+    would (no store, a later write to the ledger, another config or month, a CSV changed since, a window or
+    segment it does not hold): the caller then recomputes."""
+    if by == "cohort" or report_first(settings, current_month, period, window) is not None:
+        return None
+    cols = store.read(store.path_for(settings.state))
+    if cols is None:
+        return None
+    meta = cols.meta
+    wanted = (by,) if by else settings.segments
+    if (meta.get("stamp") != ledger.state_version() or meta.get("month") != current_month
+            or meta.get("config") != store.config_digest(settings.config_file)
+            or meta.get("csv") != store.csv_signature(org) or view not in cols.membership
+            or any(f not in cols.columns for f in wanted)):
+        return None
+    first = meta["first"]
+    m, tree = cols.membership[view], cols.families[view]
+    out = window_figures(cols.ids, cols.column, cols.matrix, first,
+                         lambda month: m.labels_at(month, tree, current_month, own_month=False), view, period, window,
+                         as_of_start, by or settings.segments)
+    if cols.excluded is not None:
+        from .metrics.arr import Excluded
+        out["excluded"] = Excluded(*cols.excluded).impact(period - window, period)
+    out["from_run"] = meta["run_id"]
+    return out
 
 
 def file_hash(paths: list[Path]) -> str:

@@ -25,6 +25,8 @@ def nrr_json(fig: dict) -> dict:
         out["excluded"] = fig["excluded"]
     if fig.get("cohort_note"):
         out["cohort_note"] = fig["cohort_note"]
+    if fig.get("from_run"):  # read from the columnar store that run wrote, not recomputed
+        out["from_run"] = fig["from_run"]
     return out
 
 

@@ -45,6 +45,7 @@ class RunContext:
     allow_shrink: bool = False  # --allow-shrink: an input that lost accounts or ARR is accepted (a finding)
     progress: Any = None  # a tqdm bar over the stages when stderr is a terminal
     stage_times: dict[str, float] = field(default_factory=dict)
+    store_version: int | None = None  # the ledger's state version before this run began (store.py)
 
     @property
     def current_month(self) -> int:
@@ -55,9 +56,11 @@ class RunContext:
             raise Interrupted(f"stop requested; run stopped before stage {stage!r}, nothing half-written")
 
     @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        """Time a stage (added up when a name recurs), log its start and end, and stop before it if asked."""
-        self.check_stop(name)
+    def stage(self, name: str, stoppable: bool = True) -> Iterator[None]:
+        """Time a stage (added up when a name recurs), log its start and end, and stop before it if asked (not a
+        stage after the writes, whose run has done what it set out to)."""
+        if stoppable:
+            self.check_stop(name)
         t0 = time.perf_counter()
         log.info("stage.start", stage=name)
         if self.progress is not None:
@@ -102,6 +105,10 @@ class State:
     excluded: Any = None                        # metrics.arr.Excluded: records left out of ARR (fetch_arr)
     cohorts: bool = False                       # a report by cohort: fetch_arr dates each account's first ARR
     first_arr: Any = None                       # per account, first month with ARR from subscriptions, or None
+    csv_signature: Any = None                   # store.csv_signature of a local org before the sync (fetch)
+    arr_findings: tuple[Finding, ...] = ()      # the findings of reading ARR (fetch_arr), kept in the store
+    reuse: Any = None                           # (store.Columns, positions of its accounts in this run): the last
+                                                # run's ARR and membership, current with the ledger (fetch)
     # ---- outputs of the stages
     views: dict = field(default_factory=dict)   # view -> hierarchy.repair.ViewResult (repair)
     duplicates: tuple[dict, ...] = ()           # (repair)

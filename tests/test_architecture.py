@@ -57,4 +57,4 @@ def test_pipeline_is_orchestration_only():
     tree = ast.parse(text)
     top = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
     assert set(top) <= {"_repair", "_rollup", "_membership", "_nrr", "_snapshots", "_gates", "stages", "figures",
-                        "compute", "run_stages", "apply", "report", "file_hash"}, top
+                        "compute", "run_stages", "apply", "report", "file_hash", "write_store", "report_from_store"}, top

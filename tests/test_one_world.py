@@ -51,7 +51,10 @@ def summary(cli: Cli, *args: str) -> dict:
 
 
 def t12m(cli: Cli) -> dict:
-    return cli.json("report", "nrr", "--period", "2026-10", "--window", "12", "--format", "json", *AS_OF)
+    """The T12M report's figures (without `from_run`: which run's store it was read from, if any)."""
+    fig = cli.json("report", "nrr", "--period", "2026-10", "--window", "12", "--format", "json", *AS_OF)
+    fig.pop("from_run", None)
+    return fig
 
 
 def snapshot_rows(cli: Cli, month: str = "2026-10") -> dict[str, Decimal]:

@@ -1,0 +1,230 @@
+"""The columnar store (state/columns.npz): reports read the last run's ARR and families from it, and the next run
+its stored history, giving exactly what recomputing from the org and the ledger gives; stale means recomputed."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import Cli
+from nrr_engine import config as config_mod
+from nrr_engine import store
+from nrr_engine.hierarchy.membership import Membership
+from nrr_engine.ledger import Ledger
+from nrr_engine.metrics import arr as arr_mod
+
+AS_OF = ("--as-of", "2026-11-15")
+GLOBEX = Path(__file__).resolve().parents[2] / "shared" / "data" / "globex"
+
+
+@pytest.fixture
+def demo(tmp_path) -> Path:
+    """The demo org after its first run (`demo --dir`): config, org, state with a store."""
+    Cli(None)("demo", "--dir", str(tmp_path / "d"))
+    return tmp_path / "d" / "config" / "nrr.yaml"
+
+
+def report(cfg: Path, *args: str, recompute: bool = False) -> dict:
+    r = Cli(cfg)("report", "nrr", *AS_OF, "--format", "json", *args, *(["--recompute"] if recompute else []))
+    return json.loads(r.stdout)
+
+
+def same_both_ways(cfg: Path, *args: str) -> dict:
+    """The report read from the store equals the recomputed one (and says which run it came from)."""
+    stored, fresh = report(cfg, *args), report(cfg, *args, recompute=True)
+    assert "from_run" in stored and "from_run" not in fresh, (args, stored.get("from_run"))
+    stored.pop("from_run")
+    assert stored == fresh, args
+    return fresh
+
+
+REPORTS = [(), ("--window", "3"), ("--window", "12"), ("--window", "12", "--by", "Region__c"),
+           ("--window", "12", "--as-of-start"), ("--period", "2026-11"), ("--period", "2026-04", "--window", "3")]
+
+
+def test_a_report_after_a_run_reads_the_store_and_equals_recomputing(demo):
+    """After the demo's run, every report (windows, segments, --as-of-start, an open month, an old period) comes
+    from the store and equals the figures recomputed from the org and the ledger."""
+    for args in REPORTS:
+        same_both_ways(demo, *args)
+
+
+def test_the_store_is_private_and_a_damaged_one_is_recomputed(demo):
+    """The store is 0600; a torn or foreign file is not trusted: the report recomputes (exit 0, same figures)."""
+    path = demo.parent.parent / "state" / store.NAME
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    expected = report(demo, recompute=True)
+    for damage in (path.read_bytes()[: path.stat().st_size // 2], b"not a store", b""):
+        path.write_bytes(damage)
+        got = report(demo)
+        assert "from_run" not in got and got == expected
+
+
+def test_anything_that_changes_the_figures_makes_the_store_stale(demo, tmp_path):
+    """An edited export, a rollback, a config edit and a later month each make the report recompute (no
+    from_run), with the new figures; a plan changes nothing, so the store still serves."""
+    org = demo.parent.parent / "org"
+    Cli(demo)("plan", *AS_OF, "--out", str(tmp_path / "plan.json"))
+    assert "from_run" in report(demo)
+
+    r = Cli(demo)("report", "nrr", "--as-of", "2026-12-15", "--format", "json")
+    assert "from_run" not in json.loads(r.stdout)
+
+    text = demo.read_text(encoding="utf-8")
+    demo.write_text(text + "\n# an edit\n", encoding="utf-8")
+    assert "from_run" not in report(demo)
+    demo.write_text(text, encoding="utf-8")
+    assert "from_run" in report(demo)
+
+    before = report(demo, recompute=True)
+    subs = org / "Subscription__c.csv"
+    rows = subs.read_text(encoding="utf-8").splitlines()
+    header = rows[0].split(",")
+    amount = header.index("Amount__c")
+    first = rows[1].split(",")
+    first[amount] = str(int(float(first[amount])) + 100_000)
+    subs.write_text("\n".join([rows[0], ",".join(first), *rows[2:]]) + "\n", encoding="utf-8")
+    after = report(demo)
+    assert "from_run" not in after and after != before
+    assert after == report(demo, recompute=True)
+
+
+def test_a_rollback_makes_the_store_stale(demo):
+    """Rolling back the demo's run changes the org and the families: the report recomputes them."""
+    run_id = json.loads(Cli(demo)("runs", "list", "--format", "json").stdout)[0]["id"]
+    Cli(demo)("rollback", run_id)
+    got = report(demo)
+    assert "from_run" not in got and got == report(demo, recompute=True)
+
+
+def test_the_next_run_reads_the_stored_history_from_the_store_and_ends_the_same(demo, tmp_path):
+    """A rerun after an edit (a subscription raised, a parent link cut) gives, with the store, the same ledger
+    changes, history, membership and report as the same rerun with the store deleted."""
+    project = demo.parent.parent
+    twin = tmp_path / "twin"
+    shutil.copytree(project, twin)
+    for root in (project, twin):
+        acc = root / "org" / "Account.csv"
+        lines = acc.read_text(encoding="utf-8").splitlines()
+        header = lines[0].split(",")
+        assert "ParentId" in header
+        subs = root / "org" / "Subscription__c.csv"
+        srows = subs.read_text(encoding="utf-8").splitlines()
+        cells = srows[2].split(",")
+        cells[srows[0].split(",").index("Amount__c")] = "777777"
+        subs.write_text("\n".join([srows[0], srows[1], ",".join(cells), *srows[3:]]) + "\n", encoding="utf-8")
+    (twin / "state" / store.NAME).unlink()
+    twin_cfg = twin / "config" / "nrr.yaml"
+    rerun = Cli(demo)("--log-level", "info", "run", *AS_OF)
+    with_store = rerun.stdout
+    assert '"what": "arr history and membership"' in rerun.stderr and "arr from subscriptions" not in rerun.stderr
+    without = Cli(twin_cfg)("run", *AS_OF).stdout
+    assert _counts(with_store) == _counts(without)
+
+    def ledger_view(root: Path):
+        led = Ledger(root / "state" / "nrr.db")
+        arr = sorted(led.arr_segments())
+        mem = sorted(led.membership_segments("legal"))
+        changes = sorted(repr((c["object"], c["record_id"], c["field"], c["old"], c["new"])) for r in led.runs(10)
+                         if r["mode"] == "run" for c in led.changes(r["id"]))
+        led.close()
+        return arr, mem, changes
+    assert ledger_view(project) == ledger_view(twin)
+    a, b = report(demo, "--window", "12"), report(twin_cfg, "--window", "12")
+    a.pop("from_run")
+    b.pop("from_run")
+    assert a == b
+
+
+def _counts(summary: str) -> str:
+    return next(line for line in summary.splitlines() if "changes:" in line)
+
+
+def test_the_runs_reuse_equals_the_ledger(demo):
+    """What the next run takes from the store (ARR of the months kept, membership after the run) is what it would
+    read from the ledger."""
+    settings = config_mod.load(demo)
+    cols = store.read(store.path_for(settings.state))
+    led = Ledger(settings.state)
+    assert cols.meta["stamp"] == led.state_version()
+    index = {a: i for i, a in enumerate(cols.ids)}
+    first, count = cols.meta["first"], cols.matrix.shape[1]
+    assert np.array_equal(arr_mod.from_segments(led.arr_segments(), index, first, count, size=len(index)), cols.matrix)
+    for view, m in cols.membership.items():
+        ledger_m = Membership.from_segments(view, led.membership_segments(view), index, led.membership_count(view))
+
+        def rows(x: Membership):
+            return sorted(zip(x.account.tolist(), x.start.tolist(), x.end.tolist(),
+                              [x.unknown.get(r, r) for r in x.root.tolist()]))
+        assert rows(ledger_m) == rows(m)
+    led.close()
+
+
+@pytest.mark.skipif(not GLOBEX.is_dir(), reason=f"the hand-built Globex org is not at {GLOBEX} (it ships in ../shared/data)")
+def test_globex_repair_run_and_approvals_report_the_same_from_the_store(tmp_path):
+    """On the hand-built Globex org: after the repair run, and after approving the review queue and running again,
+    every report from the store equals recomputing (the families a person approved included)."""
+    Cli(None)("init", str(tmp_path / "g"))
+    org = tmp_path / "g" / "org"
+    for p in org.glob("*.csv"):
+        p.unlink()
+    for name in ("Account.csv", "Subscription__c.csv"):
+        shutil.copy(GLOBEX / name, org / name)
+    shutil.copy(GLOBEX / "mappings.csv", tmp_path / "g" / "rules" / "mappings.csv")
+    cfg = tmp_path / "g" / "config" / "nrr.yaml"
+    Cli(cfg)("run", *AS_OF)
+    for args in (("--window", "1"), ("--window", "3"), ("--window", "12"), ("--window", "12", "--as-of-start")):
+        same_both_ways(cfg, *args)
+    items = json.loads(Cli(cfg)("review", "list", "--format", "json").stdout)
+    for it in items:
+        Cli(cfg)("review", "approve", str(it["id"]), "--by", "tester", expect=None)
+    Cli(cfg)("run", *AS_OF)
+    for args in (("--window", "12"), ("--window", "1"), ("--window", "12", "--as-of-start")):
+        same_both_ways(cfg, *args)
+
+
+def test_a_run_that_stops_makes_the_store_stale(demo):
+    """A store is current only at the ledger state it was written at: a run that starts and stops (the input
+    guard, on an emptied export) leaves it stale even once the export is back byte for byte, mtime included."""
+    acc = demo.parent.parent / "org" / "Account.csv"
+    data, st = acc.read_bytes(), acc.stat()
+    assert "from_run" in report(demo)
+    acc.write_text("Id,Name\n", encoding="utf-8")
+    Cli(demo)("run", *AS_OF, expect=2)
+    acc.write_bytes(data)
+    os.utime(acc, ns=(st.st_atime_ns, st.st_mtime_ns))
+    got = report(demo)
+    assert "from_run" not in got and got == report(demo, recompute=True)
+
+
+def test_an_unchanged_rerun_takes_its_arr_and_findings_from_the_store(org, tmp_path):
+    """A rerun with the same subscriptions CSV takes the last run's ARR and its data-quality findings (a bad
+    amount, an orphan subscription) from the store: the rerun's summary and ledger equal a rerun without it."""
+    org.account("001A", "Acme")
+    org.account("001B", "Acme UK")
+    org.sub("001A", "2025-01-01", "", "12000")
+    org.sub("001B", "2025-06-01", "", "1,200")      # unreadable amount: arr_not_a_number
+    org.sub("001Z", "2025-06-01", "", "500")        # no such account: orphan
+    org.write()
+    Cli(org.config)("run", *AS_OF)
+    twin = tmp_path / "twin"
+    shutil.copytree(org.root, twin, symlinks=True)
+    (twin / "state" / store.NAME).unlink()
+    rerun = Cli(org.config)("--log-level", "info", "run", *AS_OF)
+    again = rerun.stdout
+    reused = [json.loads(ln) for ln in rerun.stderr.splitlines() if '"store.reused"' in ln]
+    assert {e["what"] for e in reused} == {"arr history and membership", "arr from subscriptions"}, rerun.stderr
+    without_run = Cli(twin / "config" / "nrr.yaml")("--log-level", "info", "run", *AS_OF)
+    without = without_run.stdout
+    assert "store.reused" not in without_run.stderr
+    def strip(text: str, root: Path) -> list[str]:
+        return [ln.replace(str(root), "ROOT") for ln in text.splitlines() if not ln.startswith(("run ", "  stages:"))]
+    assert "arr_not_a_number" in again and "orphan" in again
+    assert strip(again, org.root) == strip(without, twin)
+    cols = store.read(org.root / "state" / store.NAME)
+    assert {f["kind"] for f in cols.meta["arr_findings"]} >= {"arr_not_a_number", "orphan_subscription"}
