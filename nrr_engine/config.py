@@ -49,6 +49,25 @@ def project_folder(config_file: Path) -> Path:
     return folder.parent if folder.name == "config" else folder
 
 
+def symlink_out(path: Path, roots) -> tuple[Path, str, Path] | None:
+    """The symbolic link inside `roots` through which `path` (taken as written, `..` and all) leaves them: the
+    link, its target as the link holds it (readlink: what it points at is never opened) and where it ends up;
+    None when no such link is on the way (the path leaves by itself, e.g. ../../etc or /proc/self/environ)."""
+    path = Path(path)
+    here = Path(path.anchor)
+    for part in path.parts[1:] if path.anchor else path.parts:
+        here = here / part
+        try:
+            if not here.is_symlink():
+                continue
+            target, end, home = os.readlink(here), here.resolve(), here.parent.resolve()
+        except (OSError, RuntimeError):   # a loop of links, a folder we may not read: no reason to give
+            return None
+        if yamlsource.within(home, roots) and not yamlsource.within(end, roots):
+            return Path(os.path.normpath(here)), target, end
+    return None
+
+
 def schema() -> dict:
     """The JSON Schema of the config file."""
     return json.loads(resources.files("nrr_engine").joinpath("schemas/config.schema.json").read_text("utf-8"))
@@ -114,6 +133,7 @@ class SalesforceSettings:
     consumer_secret_env: str = "SF_CONSUMER_SECRET"   # client_credentials
     private_key_file: Path | None = None
     private_key_file_env: str = "SF_PRIVATE_KEY_FILE"
+    private_key_file_at: Location | None = field(default=None, compare=False, repr=False)  # its config line
     session_id_env: str = "SF_SESSION_ID"
     api_version: str = "59.0"
     timeout_s: float = 120.0
@@ -274,10 +294,21 @@ def _build(doc: yamlsource.Document, d: dict, path: Path, errors: list[ConfigErr
     n_errors = len(errors)
     hostile: list[ConfigError] = []
 
-    def outside(p: str, at: tuple) -> ConfigError:
-        return ConfigError(f"{yamlsource.dotted(at, d)}: {yamlsource.excerpt(p, 200)} is outside the project folder "
-                           f"{roots[0]}; expected a path inside it (or list the folder under allowed_paths:)",
-                           doc.location(at))
+    def outside(p: str, at: tuple, member: Path | None = None) -> ConfigError:
+        # `member`: the file of a glob that leaves (the pattern itself may well be inside)
+        what = yamlsource.excerpt(p, 200)
+        link = symlink_out(member if member is not None else base / os.path.expanduser(p), roots)
+        if link is None:
+            return ConfigError(f"{yamlsource.dotted(at, d)}: {what} is outside the project folder {roots[0]}; "
+                               "expected a path inside it (or list the folder under allowed_paths:)", doc.location(at))
+        if member is not None:
+            what += f" matches {yamlsource.excerpt(os.path.normpath(member), 200)}, which"
+        at_end = "" if Path(link[1]) == link[2] else f", which leads to {yamlsource.excerpt(str(link[2]), 200)}"
+        return ConfigError(f"{yamlsource.dotted(at, d)}: {what} is outside the project folder {roots[0]}: "
+                           f"{yamlsource.excerpt(str(link[0]), 200)} is a symbolic link to "
+                           f"{yamlsource.excerpt(link[1], 200)}{at_end} (not followed, nothing read through it); "
+                           "expected a path inside the project: replace the link with what it points at, or list the "
+                           "folder it points into under allowed_paths:", doc.location(at))
 
     def rel(p: str, at: tuple) -> Path:
         # every path the config names stays inside `roots`: an org export elsewhere (/data/exports/...), state in
@@ -298,10 +329,11 @@ def _build(doc: yamlsource.Document, d: dict, path: Path, errors: list[ConfigErr
         errors.append(ConfigError(f"source.path: folder {org_path} does not exist; expected a folder of <SObject>.csv files",
                                   doc.location(("source", "path"))))
     if src["kind"] == "salesforce":
-        known = {f.name for f in dataclasses.fields(SalesforceSettings)}
+        known = {f.name for f in dataclasses.fields(SalesforceSettings)} - {"private_key_file_at"}
         opts = {k: v for k, v in src.items() if k in known}
         if src.get("private_key_file"):
             opts["private_key_file"] = rel(src["private_key_file"], ("source", "private_key_file"))
+            opts["private_key_file_at"] = doc.location(("source", "private_key_file"))
         salesforce = SalesforceSettings(**opts)
         url = urlsplit(salesforce.instance_url or "")
         try:
@@ -370,8 +402,9 @@ def _build(doc: yamlsource.Document, d: dict, path: Path, errors: list[ConfigErr
         if not matches and not glob.has_magic(pattern):
             errors.append(ConfigError(f"rules: file {pattern} does not exist", doc.location(("rules", i))))
         found = [Path(m).resolve() for m in matches]
-        if any(not yamlsource.within(m, roots) for m in found):
-            hostile.append(outside(pattern, ("rules", i)))  # and no file of it is read
+        escaping = [Path(m) for m, r in zip(matches, found) if not yamlsource.within(r, roots)]
+        if escaping:   # and no file of it is read; the message names the file that leaves (a symlink: its target)
+            hostile.append(outside(pattern, ("rules", i), escaping[0]))
             continue
         rule_files.extend(found)
 
@@ -385,7 +418,11 @@ def _build(doc: yamlsource.Document, d: dict, path: Path, errors: list[ConfigErr
     snaps = d.get("snapshots", {})
     hierarchy = _hierarchy(d.get("hierarchy", {}))
     refs = _field_refs(doc, d, views, arr, hierarchy, snaps)
-    names = [(r.key, r.object, r.location) for r in refs]
+    # each object name once, at the key that names it (arr.subscriptions.object), not again at every field of it
+    objects = {r.object: r for r in refs if r.name is None}
+    for r in refs:
+        objects.setdefault(r.object, r)
+    names = [(r.key, obj, r.location) for obj, r in objects.items()]
     names += [(r.key, r.name, r.location) for r in refs if r.name]
     h = d.get("hierarchy", {})
     for key in ("locked_field", "placeholder_key_field"):

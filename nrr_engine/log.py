@@ -1,13 +1,19 @@
 """structlog configuration: JSON lines when stderr is not a TTY, readable console output when it is.
 
 Secrets (the values of the environment variables the config names and of those whose names hint at one,
-session ids, private key content) are redacted from every event, library log record, warning and traceback;
-redact()/redact_text() do the same for the engine's other sinks (error messages, the ledger's error columns).
-Rule: a secret of 6 characters or more is replaced wherever it appears, inside longer words too; a shorter one
-wherever it stands as a whole token (not next to a letter or digit) or is a whole value; case-insensitively.
+session ids, private key content) are redacted from every event, library log record, warning and traceback,
+and from everything the CLI prints (stdout and stderr go through `redacting_stdio`); redact()/redact_text() and
+a `Redactor` do the same for the engine's other outputs for people (error messages, the ledger's messages,
+plan.json, report files). Rule: a secret of 6 characters or more is replaced wherever it appears, inside longer
+words too; a shorter one wherever it stands as a whole token (not next to a letter or digit) or is a whole
+value; case-insensitively. Copies of the org's data (the working copy, Data Loader change sets, full exports)
+are not outputs for people and are never redacted: a change set must carry the exact value to the org.
 """
 from __future__ import annotations
 
+import datetime as dt
+import io
+import json
 import logging
 import os
 import re
@@ -24,17 +30,22 @@ _secret_vars: set[str] = set()
 _secret_values: set[str] = set()
 # "Authorization: Bearer <token>" / "OAuth <token>" as a server may echo it: the token goes whatever it is
 _BEARER = re.compile(r"(?i)\b(bearer|oauth)(\s+)(?!\[redacted\])[^\s\"',;<>()\[\]{}\\]+")
+# words that start an echoed token (_BEARER): a text without them and without any secret is left as it is
+_BEARER_WORDS = ("bearer", "oauth")
 _compiled: dict[frozenset, tuple] = {}
+_registered = 0       # bumped by register_secrets: a Redactor made before knows it is out of date
 
 
 def register_secrets(env_vars=(), values=()) -> None:
     """Name more environment variables (config's *_env) and values (a session id, a private key's content)
     that must never be written anywhere; a multi-line value is also registered line by line."""
+    global _registered
     _secret_vars.update(env_vars)
     for v in values:
         if v:
             _secret_values.add(v)
             _secret_values.update(line.strip() for line in str(v).splitlines() if line.strip())
+    _registered += 1
 
 
 def secrets() -> list[str]:
@@ -69,30 +80,102 @@ def _patterns(found: list[str]) -> tuple[re.Pattern | None, re.Pattern | None]:
     return _compiled[key]
 
 
+class Redactor:
+    """The redaction rule for the secrets known when it was made, set up once: for an output that writes many
+    texts (a plan of a million changes, a long CSV), where gathering the secrets for each would cost more than
+    the write. A text that holds no secret and no Bearer/OAuth word (one case-folded substring search per
+    secret) is returned as it is; only the others go through the patterns."""
+
+    def __init__(self, found: list[str] | None = None):
+        self.found = secrets() if found is None else list(found)
+        self.registered = _registered
+        self._folded = frozenset(v.casefold() for v in self.found)
+        self._patterns = _patterns(self.found)
+        # a multi-line value is found by its lines (each registered too); JSON escapes ('"', '\\', controls)
+        # are searched for in their escaped form as well, so a dumped line can be checked without walking it
+        single = [v for v in self.found if len(v.splitlines()) == 1]
+        needles = {v.casefold() for v in single}
+        needles |= {json.dumps(v, ensure_ascii=False)[1:-1].casefold() for v in single}
+        self._needles = tuple(sorted(needles | set(_BEARER_WORDS), key=len, reverse=True))
+        self._ascii = all(v.isascii() for v in single)   # else ensure_ascii's \uXXXX would hide a case variant
+
+    def __bool__(self) -> bool:
+        """Whether there is a secret to redact (a text can still hold an echoed Bearer token)."""
+        return bool(self.found)
+
+    @property
+    def stale(self) -> bool:
+        """Whether secrets were registered since (a session id after the login)."""
+        return self.registered != _registered
+
+    def hits(self, text: str) -> bool:
+        """Whether `text` may hold a secret or a Bearer/OAuth token (never False when it does)."""
+        low = text.casefold()
+        for needle in self._needles:
+            if needle in low:
+                return True
+        return False
+
+    def text(self, text: str) -> str:
+        """`text` with every secret and every echoed Bearer/OAuth token replaced by [redacted]; a text that is
+        a secret as a whole (whatever its length) keeps only the white space around it."""
+        if not isinstance(text, str) or not text or not self.hits(text):
+            return text
+        core = text.strip()
+        if core.casefold() in self._folded:
+            start = len(text) - len(text.lstrip())
+            return text[:start] + REDACTED + text[start + len(core):]
+        for pattern in self._patterns:
+            if pattern is not None:
+                text = pattern.sub(REDACTED, text)
+        return _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+
+    def value(self, value):
+        """`value` with secrets redacted in every string it holds (dicts, lists and tuples, nested; keys too)."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {self.value(k): self.value(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return type(value)(self.value(v) for v in value)
+        if isinstance(value, BaseException):
+            return self.text(str(value))
+        return value
+
+    def json(self, value, **kwargs) -> str:
+        """json.dumps(value, **kwargs) with every string in it redacted. The dumped text is searched once; only
+        when it may hold a secret is the value walked and dumped again, so valid JSON stays valid (a number
+        that equals a short secret is left alone: only strings are redacted)."""
+        text = json.dumps(value, **kwargs)
+        probe = text if self._ascii or not kwargs.get("ensure_ascii", True) else \
+            json.dumps(value, **{**kwargs, "ensure_ascii": False})
+        return json.dumps(self.value(value), **kwargs) if self.hits(probe) else text
+
+
+_redactors: dict[tuple, Redactor] = {}
+
+
+def redactor() -> Redactor:
+    """A Redactor for the secrets known now (cached by them)."""
+    found = tuple(secrets())
+    r = _redactors.get(found)
+    if r is None or r.stale:
+        if len(_redactors) > 64:
+            _redactors.clear()
+        r = _redactors[found] = Redactor(list(found))
+    return r
+
+
 def redact_text(text: str) -> str:
     """`text` with every secret (see secrets()) and every echoed Bearer/OAuth token replaced by [redacted]."""
     if not isinstance(text, str) or not text:
         return text
-    found = secrets()
-    if text.strip().casefold() in {v.casefold() for v in found}:   # a whole value is a secret, whatever its length
-        return REDACTED
-    for pattern in _patterns(found):
-        if pattern is not None:
-            text = pattern.sub(REDACTED, text)
-    return _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    return redactor().text(text)
 
 
 def redact(value):
     """`value` with secrets redacted in every string it holds (dicts, lists and tuples, nested; keys too)."""
-    if isinstance(value, str):
-        return redact_text(value)
-    if isinstance(value, dict):
-        return {redact(k): redact(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return type(value)(redact(v) for v in value)
-    if isinstance(value, BaseException):
-        return redact_text(str(value))
-    return value
+    return redactor().value(value)
 
 
 def _redact(_, __, event: dict) -> dict:
@@ -112,18 +195,35 @@ def _redacting(renderer):
 
 
 class _RedactingFormatter(logging.Formatter):
-    """Library log records and Python warnings, redacted like the engine's own events."""
+    """Library log records and Python warnings, redacted like the engine's own events: as one JSON object per
+    record when the engine's events are JSON lines (stderr not a terminal), else as a line of text."""
+
+    def __init__(self, json_lines: bool = False):
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+        self.json_lines = json_lines
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact_text(super().format(record))
+        if not self.json_lines:
+            return redact_text(super().format(record))
+        warning = getattr(record, "python_warning", None)
+        event = {**structlog.contextvars.get_contextvars(), "level": record.levelname.lower(), "logger": record.name,
+                 "timestamp": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
+        if warning is not None:   # warnings.warn(...): its category and where it was raised, the text in one field
+            event.update(event="python.warning", **warning)
+        else:
+            event.update(event="library.log", message=record.getMessage())
+        if record.exc_info:
+            event["exception"] = self.formatException(record.exc_info)
+        return redact_text(json.dumps(redact(event), sort_keys=True, default=str))
 
 
 _handler: logging.Handler | None = None
 
 
-def _route_library_output(stream) -> None:
+def _route_library_output(stream, json_lines: bool = False) -> None:
     """Send the standard library's logging (simple-salesforce, urllib3, ...) and `warnings` through the redactor
-    to `stream`, and keep a traceback (uncaught exceptions) redacted too."""
+    to `stream` (JSON lines like the engine's events when `json_lines`), and keep a traceback (uncaught
+    exceptions) redacted too."""
     global _handler
     import traceback
 
@@ -131,14 +231,17 @@ def _route_library_output(stream) -> None:
     if _handler is not None:
         root.removeHandler(_handler)
     _handler = logging.StreamHandler(stream)
-    _handler.setFormatter(_RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
+    _handler.setFormatter(_RedactingFormatter(json_lines))
     _handler.setLevel(logging.WARNING)
     root.addHandler(_handler)
 
     def showwarning(message, category, filename, lineno, file=None, line=None):
         # warnings.warn(...) -> logger "py.warnings" -> the handler above (what logging.captureWarnings does,
         # installed on every configure so nothing set since can bypass it)
-        logging.getLogger("py.warnings").warning("%s", warnings.formatwarning(message, category, filename, lineno, line))
+        logging.getLogger("py.warnings").warning(
+            "%s", warnings.formatwarning(message, category, filename, lineno, line),
+            extra={"python_warning": {"category": category.__name__, "message": str(message),
+                                      "source": f"{filename}:{lineno}"}})
     warnings.showwarning = showwarning
 
     def excepthook(kind, exc, tb):
@@ -146,9 +249,94 @@ def _route_library_output(stream) -> None:
     sys.excepthook = excepthook
 
 
+class _RedactingStream(io.TextIOBase):
+    """A text stream (stdout, stderr) that writes through the redactor: whole lines as they complete, the rest
+    of a line on flush (click.echo flushes after each message), so a secret is never cut in two between writes.
+    It takes text only (click then sees a text stream and never reaches round it for a binary buffer)."""
+
+    def __init__(self, raw):
+        super().__init__()
+        self.raw = raw
+        self._pending = ""
+        self._redactor: Redactor | None = None
+
+    @property
+    def encoding(self):
+        return getattr(self.raw, "encoding", None) or "utf-8"
+
+    @property
+    def errors(self):
+        return getattr(self.raw, "errors", None) or "strict"
+
+    @property
+    def name(self):
+        return getattr(self.raw, "name", "<redacted stream>")
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return self.raw.isatty()
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    def refresh(self) -> None:
+        """Gather the secrets again (the environment may have changed since the stream was made)."""
+        self._redactor = None
+
+    def _redact(self, text: str) -> str:
+        if self._redactor is None or self._redactor.stale:
+            self._redactor = Redactor()
+        return self._redactor.text(text)
+
+    def write(self, text) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        whole = self._pending + text
+        cut = whole.rfind("\n") + 1
+        self._pending = whole[cut:]
+        if cut:
+            self.raw.write(self._redact(whole[:cut]))
+        return len(text)
+
+    def flush(self) -> None:
+        if getattr(self.raw, "closed", False):   # a stream swapped back and closed (click's test runner)
+            self._pending = ""
+            return
+        if self._pending:
+            pending, self._pending = self._pending, ""
+            self.raw.write(self._redact(pending))
+        self.raw.flush()
+
+    def close(self) -> None:
+        """Flush; the stream written to is not this one's to close."""
+        try:
+            self.flush()
+        except (OSError, ValueError):
+            pass
+        self._pending = ""
+        super().close()
+
+
+def redacting_stdio() -> None:
+    """Make sys.stdout and sys.stderr write through the redactor: every summary, finding, table, CSV or JSON
+    document and message the CLI prints is redacted as the logs and the ledger are (a secret that occurs in the
+    data, a password pasted into a CRM field, is printed [redacted]); idempotent."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if isinstance(stream, _RedactingStream):
+            stream.refresh()
+        elif stream is not None:
+            setattr(sys, name, _RedactingStream(stream))
+
+
 def configure(level: str = "info", json_logs: bool | None = None, stream=None, secrets=()) -> None:
-    """Set up structlog once per process; `run_id` is bound with structlog.contextvars."""
+    """Set up structlog once per process; `run_id` is bound with structlog.contextvars. Without a `stream` (the
+    CLI), stdout and stderr are made to write through the redactor too (`redacting_stdio`)."""
     register_secrets(secrets)
+    if stream is None:
+        redacting_stdio()
     stream = stream or sys.stderr
     if json_logs is None:
         json_logs = not stream.isatty()
@@ -161,4 +349,4 @@ def configure(level: str = "info", json_logs: bool | None = None, stream=None, s
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
-    _route_library_output(stream)
+    _route_library_output(stream, json_logs)

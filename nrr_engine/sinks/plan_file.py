@@ -1,10 +1,15 @@
 """The plan-file sink: plan.json (DESIGN §8) for `nrr-engine plan --out`, streamed so a million changes never
-need a million dicts at once, and written to a temporary file first (a reader never sees half a plan)."""
+need a million dicts at once, and written to a temporary file first (a reader never sees half a plan).
+
+plan.json is for people (a run recomputes its changes, it never reads the file), so it is redacted as the logs
+and the run summary are: a secret that occurs in the data (a record value, a finding quoting it) is
+[redacted] there, change values included; the exact values are in the ledger and the change sets."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from ..log import Redactor
 from ..metrics import snapshot
 from ..safe_output import atomic_file
 
@@ -21,22 +26,23 @@ class PlanFileSink:
         return self.out
 
     def _write(self, fh, ctx, plan, summary: dict) -> None:
+        dumps = Redactor().json   # the secrets gathered once: one substring search per line, not per value
         fh.write('{"run_id": %s, "as_of": %s,\n "changes": [' % (json.dumps(ctx.run_id),
                                                                 json.dumps(ctx.as_of.isoformat())))
         for i, c in enumerate(plan.all_changes()):
-            fh.write(("," if i else "") + "\n  " + json.dumps(c.as_dict(), sort_keys=True))
+            fh.write(("," if i else "") + "\n  " + dumps(c.as_dict(), sort_keys=True))
         fh.write('],\n "review": [')
         n = 0
         for items in plan.review_queue(self.settings).values():
             for item in items:
                 shown = {k: v for k, v in item.items() if k not in ("child_id", "parent_ref", "parent_id")}
-                fh.write(("," if n else "") + "\n  " + json.dumps(shown, sort_keys=True))
+                fh.write(("," if n else "") + "\n  " + dumps(shown, sort_keys=True))
                 n += 1
-        fh.write('],\n "duplicates": %s,\n "flags": [],\n "snapshots": [' % json.dumps(plan.duplicates))
+        fh.write('],\n "duplicates": %s,\n "flags": [],\n "snapshots": [' % dumps(plan.duplicates))
         for i, (key, values) in enumerate(plan.snapshots.rows()):
             s = dict(zip(snapshot.FIELDS, values))
-            fh.write(("," if i else "") + "\n  " + json.dumps(
+            fh.write(("," if i else "") + "\n  " + dumps(
                 {"external_id": key, "ending_arr": s["Ending_ARR__c"], "starting_arr": s["Starting_ARR__c"],
                  "nrr": s["NRR__c"], "grr": s["GRR__c"]}, sort_keys=True))
         fh.write('],\n "findings": %s,\n "summary": %s}\n' % (
-            json.dumps([f.as_dict() for f in plan.findings]), json.dumps(summary)))
+            dumps([f.as_dict() for f in plan.findings]), dumps(summary)))

@@ -262,6 +262,68 @@ def _env(name: str, what: str, cfg: Path) -> str:
     return value
 
 
+KEY_FILE_MAX = 64 * 1024   # a PEM RSA key of 16,384 bits is under 13 KB: anything larger is not one
+
+
+def private_key(s: SalesforceSettings, config_file: Path) -> str:
+    """The JWT signing key: the PEM text of source.private_key_file (or the file $SF_PRIVATE_KEY_FILE names), read
+    once and checked to be an unencrypted RSA private key. Anything else is a ConfigError (exit 2) at the config
+    line of source.private_key_file, or naming the variable, that says what the file is instead and never quotes
+    it: the content is registered as a secret before it is parsed."""
+    import stat
+
+    env = os.environ.get(s.private_key_file_env)
+    key_file = s.private_key_file or (Path(env) if env else None)
+    if key_file is None:
+        raise ConfigError(f"source.auth jwt needs the private key file: set source.private_key_file or "
+                          f"${s.private_key_file_env} to a PEM file (unset)", Location(str(config_file), field="source.auth"))
+    if s.private_key_file is not None:
+        what, where = f"source.private_key_file: {str(key_file)!r}", s.private_key_file_at or Location(str(config_file))
+    else:   # not quoted: a variable whose name holds KEY is redacted wherever its value shows (log.py's rule)
+        what, where = f"the file ${s.private_key_file_env} names", Location()
+    expected = ("expected the PEM file of the connected app's private key (it starts -----BEGIN PRIVATE KEY----- or "
+                "-----BEGIN RSA PRIVATE KEY-----; the certificate uploaded to the app is made from it)")
+    try:
+        fd = os.open(key_file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} does not exist; {expected}", where) from None
+    except OSError as exc:
+        raise ConfigError(f"{what} cannot be read ({exc.strerror}); it must be readable by the user the engine "
+                          "runs as (and by no one else: chmod 600)", where) from None
+    with os.fdopen(fd, "rb") as fh:   # opened once: what is checked is what is used
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise ConfigError(f"{what} is not a regular file; {expected}", where)
+        try:
+            data = fh.read(KEY_FILE_MAX + 1)
+        except OSError as exc:
+            raise ConfigError(f"{what} cannot be read ({exc.strerror})", where) from None
+    text = data.decode("utf-8", errors="replace")
+    log_config.register_secrets(values=[text])   # never in an output, whatever goes wrong next
+    if len(data) > KEY_FILE_MAX:
+        raise ConfigError(f"{what} is larger than {KEY_FILE_MAX // 1024} KB, so it is not a PEM private key; {expected}",
+                          where)
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:   # "Password was not given but private key is encrypted"
+        raise ConfigError(f"{what} is an encrypted private key; the engine signs with it unattended, so it needs "
+                          "the key unencrypted (openssl pkey -in ENCRYPTED.key -out server.key), kept chmod 600",
+                          where) from None
+    except Exception:   # ValueError, UnsupportedAlgorithm: whatever the file holds, it is not a key we can use
+        # what it is instead, told by its PEM labels alone (never by quoting it)
+        kind = ("it holds a certificate, which goes to the connected app; this setting names the private key"
+                if b"-----BEGIN CERTIFICATE" in data else "it holds a public key" if b"PUBLIC KEY-----" in data
+                else "it has no PEM block" if b"-----BEGIN " not in data
+                else "its PEM block does not parse as a private key")
+        raise ConfigError(f"{what} is not a PEM private key ({kind}); {expected}", where) from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ConfigError(f"{what} is not an RSA private key; the JWT bearer flow signs with RS256, which needs one "
+                          "(openssl genrsa -out server.key 2048)", where)
+    return text
+
+
 def connect(s: SalesforceSettings, session: ApiSession, config_file: Path) -> Salesforce:
     """Log in through `session`: the OAuth 2.0 JWT bearer or client credentials flow, SOAP login()
     (auth: password; retired by Salesforce in Summer '27), or an instance URL + session id."""
@@ -271,17 +333,8 @@ def connect(s: SalesforceSettings, session: ApiSession, config_file: Path) -> Sa
         raise ConfigError(f"source.auth {s.auth} needs a username: set source.username or ${s.username_env}", where)
     secrets: list[str] = []
     if s.auth == "jwt":
-        key_file = s.private_key_file or (Path(os.environ[s.private_key_file_env])
-                                          if os.environ.get(s.private_key_file_env) else None)
-        if key_file is None or not Path(key_file).is_file():
-            raise ConfigError(f"source.auth jwt needs the private key file: set source.private_key_file or "
-                              f"${s.private_key_file_env} to a PEM file ({'not found: ' + str(key_file) if key_file else 'unset'})",
-                              where)
+        key = private_key(s, config_file)
         consumer_key = _env(s.consumer_key_env, "the connected app's consumer key", config_file)
-        try:   # the key's content never reaches an output either (log.py redacts it line by line)
-            log_config.register_secrets(values=[Path(key_file).read_text(errors="replace")])
-        except OSError:
-            pass
         secrets += [consumer_key]
         # The assertion's audience is the authorization server, https://login.salesforce.com (or
         # https://test.salesforce.com for a sandbox), never the My Domain; the My Domain is where it is posted
@@ -290,7 +343,7 @@ def connect(s: SalesforceSettings, session: ApiSession, config_file: Path) -> Sa
         mine = s.my_domain()
         audience = "test" if s.domain == "test" or ".sandbox." in f".{mine or ''}." else "login"
         login = lambda: SalesforceLogin(session=session, username=username, consumer_key=consumer_key,  # noqa: E731
-                                        privatekey_file=str(key_file), domain=audience, instance_url=mine)
+                                        privatekey=key, domain=audience, instance_url=mine)
     elif s.auth == "client_credentials":
         mine = s.my_domain()
         if mine is None:

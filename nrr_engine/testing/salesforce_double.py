@@ -1757,8 +1757,8 @@ USAGE = """\
 usage: python -m nrr_engine.testing.salesforce_double COMMAND ...
 
   seed STORE ORG_FOLDER [--metadata DIR] [--types Object.Field=TYPE,...]
-  run STORE [--metadata DIR] [--permission-set FILE]... -- <nrr-engine arguments>
-  serve STORE SOCKET [--metadata DIR] [--permission-set FILE]...
+  run STORE [--metadata DIR] [--permission-set FILE]... [--username NAME] -- <nrr-engine arguments>
+  serve STORE SOCKET [--metadata DIR] [--permission-set FILE]... [--username NAME]
   connect SOCKET -- <nrr-engine arguments>
   query STORE "SELECT Id, Name FROM Account [WHERE f = 'v' [AND ...]] [ORDER BY f] [LIMIT n]"
   dump STORE OBJECT [--deleted]
@@ -1779,11 +1779,18 @@ Field rules (lengths, digits, picklists) are always enforced; with --permission-
 permission set the package ships: NRR_Engine_Integration, NRR_Engine_Reads) the integration user has only what
 those permission sets grant (no View Setup unless one grants it), else it is a System Administrator. The
 credentials are put in SF_USERNAME / SF_PASSWORD / SF_SECURITY_TOKEN and SF_CONSUMER_KEY / SF_CONSUMER_SECRET.
+The integration user is integration@acme.example, or NAME with --username: a config that names its user
+(source.username: integration@acme.com) logs in as that user, not as $SF_USERNAME, so give the double the same
+name to rehearse the config unchanged. Its connected app is pre-authorised for that user (as "Admin approved
+users are pre-authorized" with the app assigned to the user's profile or permission set), so auth: jwt works
+with any PEM RSA private key in source.private_key_file (from the command line the double does not check the
+assertion's signature); a JWT for another user gets "user hasn't approved this consumer", as on an org.
 Used by bench/run.py and the tests. (Older forms still work: STORE METADATA [--permission-set FILE]... -- ARGS
 and serve STORE METADATA SOCKET.)
 """
 
 _COMMANDS = ("seed", "run", "serve", "connect", "query", "dump")
+_VALUE_OPTIONS = ("--metadata", "--permission-set", "--types", "--username")
 
 
 class _Usage(Exception):
@@ -1795,14 +1802,14 @@ def _options(head: list[str]) -> tuple[list[str], dict[str, list[str]], set[str]
     positional, values, flags = [], {}, set()
     it = iter(head)
     for a in it:
-        if a in ("--metadata", "--permission-set", "--types"):
+        if a in _VALUE_OPTIONS:
             v = next(it, None)
             if v is None:
                 raise _Usage(f"{a} needs a value")
             values.setdefault(a, []).append(v)
         elif a == "--deleted":
             flags.add(a)
-        elif a.startswith("--") and "=" in a and a.split("=", 1)[0] in ("--metadata", "--permission-set", "--types"):
+        elif a.startswith("--") and "=" in a and a.split("=", 1)[0] in _VALUE_OPTIONS:
             k, v = a.split("=", 1)
             values.setdefault(k, []).append(v)
         elif a.startswith("-") and a != "-":
@@ -1866,8 +1873,8 @@ def _command(head: list[str], sep: bool, rest: list[str]) -> int:
         raise _Usage("no command")
     command = head[0] if head[0] in _COMMANDS else "run"   # `STORE METADATA -- ARGS`: the older form of run
     pos, opts, flags = _options(head[1:] if command == head[0] else head)
-    allowed = {"seed": {"--metadata", "--types"}, "run": {"--metadata", "--permission-set"},
-               "serve": {"--metadata", "--permission-set"}, "connect": set(), "query": {"--metadata"},
+    allowed = {"seed": {"--metadata", "--types"}, "run": {"--metadata", "--permission-set", "--username"},
+               "serve": {"--metadata", "--permission-set", "--username"}, "connect": set(), "query": {"--metadata"},
                "dump": {"--metadata"}}[command]
     for k in opts:
         if k not in allowed:
@@ -1892,10 +1899,11 @@ def _command(head: list[str], sep: bool, rest: list[str]) -> int:
     if command == "connect":
         with connect(pos[0]) as credentials:
             return _run_cli(credentials, rest)
+    user = {"username": opts["--username"][-1]} if "--username" in opts else {}
     double = SalesforceDouble(_store(pos[0]), metadata=metadata, permissions=perms,
-                              shuffle=command in ("run", "serve"))   # query and dump: in the order stored
+                              shuffle=command in ("run", "serve"), **user)   # query and dump: in the order stored
     if command == "serve":
-        print(f"serving {pos[0]} on {pos[1]} (metadata {metadata}; "
+        print(f"serving {pos[0]} on {pos[1]} (metadata {metadata}; user {double.username}, "
               f"{'permission sets ' + ', '.join(map(str, sets)) if sets else 'as a System Administrator'}); "
               "stop with SIGTERM or Ctrl-C", file=sys.stderr, flush=True)
         double.serve_socket(pos[1])
