@@ -349,7 +349,10 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
         if merged:
             findings.append(Finding("merged_accounts", f"{len(merged)} merged-away account(s) carry their ARR history "
                                     "to the surviving account (MasterRecordId)", tuple(sorted(merged))))
-        reuse = _reusable(settings, ledger, ctx, accounts) if repair and not merged else None
+        stored = store.read(store.path_for(settings.state)) if repair else None
+        reuse = _reusable(stored, ctx, accounts) if not merged else None
+        if stored is not None and reuse is None:  # only matching's derived columns are of use: free the rest
+            stored = dataclasses.replace(stored, matrix=None, membership={})
         membership = {v.name: (store.remap(reuse[0].membership[v.name], reuse[0].ids, accounts.index)
                                if reuse is not None and v.name in reuse[0].membership else
                                Membership.from_segments(v.name, ledger.membership_segments(v.name), accounts.index,
@@ -365,16 +368,15 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
                  decisions=decisions, inserts=tuple(inserts),
                  existing_snapshots=existing, findings=tuple(findings), repair=repair,
                  extra_fields=tuple(extra_fields), merged=merged, cohorts=cohorts, reuse=reuse,
-                 csv_signature=signature)
+                 csv_signature=signature, stored=stored)
 
 
-def _reusable(settings: Settings, ledger: Ledger, ctx, accounts: Accounts):
+def _reusable(cols, ctx, accounts: Accounts):
     """The last run's columnar store with the positions of its accounts in this run, when it is current (written
     at the ledger's state before this run began, in this month) and holds the same accounts; else None."""
     version = getattr(ctx, "store_version", None)
     if version is None:
         return None
-    cols = store.read(store.path_for(settings.state))
     if cols is None or cols.meta.get("stamp") != version or cols.meta.get("month") != ctx.current_month \
             or len(cols.ids) != len(accounts.ids):
         return None
@@ -438,7 +440,7 @@ def fetch_arr(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, state: Sta
         findings.extend(_shrink_guard(settings, ledger, ctx, len(accounts) + len(merged),
                                       int(matrix[:, cur - first].sum()), fs, excluded.arr_at(cur)))
     return dataclasses.replace(state, first=first, matrix=matrix, arr_rows_changed=changed, findings=tuple(findings),
-                               excluded=excluded, first_arr=first_arr, arr_findings=tuple(fs))
+                               excluded=excluded, first_arr=first_arr, arr_findings=tuple(fs), reuse=None)
 
 
 def _same_subscriptions(settings: Settings, state: State) -> bool:

@@ -42,8 +42,9 @@ def _repair(settings: Settings) -> Stage:
         # ARR for rules that read it (largest_arr, $arr); otherwise it is fetched after this stage
         current = (state.matrix[:, ctx.current_month - state.first] if state.matrix is not None
                    else np.zeros(len(accounts), dtype=np.int64))
+        shared = store.seed(state.stored, accounts)  # name keys and sites of unchanged accounts: the last run's
         lookup, duplicates = repair_mod.lookup_trees(settings, accounts, state.ruleset, current, state.decisions,
-                                                     state.repair, findings)
+                                                     state.repair, findings, shared)
         views = repair_mod.all_views(settings, accounts, lookup, findings)
         changes = []
         for v in settings.lookup_views:
@@ -57,7 +58,8 @@ def _repair(settings: Settings) -> Stage:
         keep = {f.lower() for f in (*settings.account_fields_read(), *state.extra_fields)}
         slim = dataclasses.replace(accounts, fields={k: c for k, c in accounts.fields.items() if k.lower() in keep})
         return dataclasses.replace(state, accounts=slim, views=views, duplicates=tuple(duplicates),
-                                   changes=tuple(changes), findings=tuple(findings))
+                                   changes=tuple(changes), findings=tuple(findings),
+                                   derived=store.derived_of(shared, accounts) if state.repair else {}, stored=None)
     return repair
 
 
@@ -247,7 +249,7 @@ def write_store(settings: Settings, plan: Plan, org: LocalOrg, version: int) -> 
             "config": store.config_digest(settings.config_file), "csv": state.csv_signature,
             "arr_findings": [{"kind": f.kind, "message": f.message, "records": list(f.records),
                               "outcome": f.outcome.value} for f in state.arr_findings]}
-    store.write(path, meta, plan.accounts.ids, plan.matrix, membership, trees, columns, state.excluded)
+    store.write(path, meta, plan.accounts.ids, plan.matrix, membership, trees, columns, state.excluded, state.derived)
 
 
 def report_from_store(settings: Settings, org: LocalOrg, ledger: Ledger, current_month: int, view: str, period: int,

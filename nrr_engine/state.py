@@ -107,11 +107,14 @@ class State:
     first_arr: Any = None                       # per account, first month with ARR from subscriptions, or None
     csv_signature: Any = None                   # store.csv_signature of a local org before the sync (fetch)
     arr_findings: tuple[Finding, ...] = ()      # the findings of reading ARR (fetch_arr), kept in the store
+    stored: Any = None                          # store.Columns of the last run that wrote one (matching's derived
+                                                # columns are taken from it whether or not it is current)
     reuse: Any = None                           # (store.Columns, positions of its accounts in this run): the last
                                                 # run's ARR and membership, current with the ledger (fetch)
     # ---- outputs of the stages
     views: dict = field(default_factory=dict)   # view -> hierarchy.repair.ViewResult (repair)
     duplicates: tuple[dict, ...] = ()           # (repair)
+    derived: dict = field(default_factory=dict)  # matching's name keys and sites with their raw values (repair)
     changes: tuple[FieldChanges, ...] = ()      # link batches (repair), rollup batches (rollup)
     membership_changes: dict = field(default_factory=dict)  # view -> [(account Id, root Id)] (membership)
     nrr: dict = field(default_factory=dict)     # view -> window -> figures (nrr)

@@ -115,6 +115,76 @@ def remap(m: Membership, old_ids: list[str], index: dict[str, int]) -> Membershi
     return Membership(m.view, account, m.start, m.end, new_root.astype(np.int32), unknown)
 
 
+# ---- derived columns (matching's name keys and sites) ---------------------------------------------
+
+def _code_digest() -> str:
+    """The code that derives the columns: a new normalisation (an upgrade) derives everything again."""
+    from .hierarchy import match, normalise
+    h = hashlib.sha256()
+    for mod in (normalise, match):
+        h.update(Path(mod.__file__).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _pack(values: list) -> np.ndarray | None:
+    """Strings (None as '') as one UTF-8 buffer joined by NUL; None when a value holds a NUL itself."""
+    texts = ["" if v is None else str(v) for v in values]
+    blob = "\x00".join(texts)
+    if blob.count("\x00") != max(len(texts) - 1, 0):
+        return None
+    return np.frombuffer(blob.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+
+
+def _unpack(buf: np.ndarray, n: int) -> list[str] | None:
+    out = buf.tobytes().decode("utf-8", "surrogatepass").split("\x00") if n else []
+    return out if len(out) == n else None
+
+
+def seed(cols: "Columns | None", accounts) -> dict:
+    """Matching's derived columns for this run, from a store's (any store of the same code: they are a function
+    of the raw values alone) where an account's raw value is unchanged, the rest derived again: a dict to seed
+    the Population caches with, empty without a store."""
+    from .hierarchy import match
+    if cols is None or not cols.derived:
+        return {}
+    n, pos = len(accounts.ids), None
+    if cols.ids != accounts.ids:  # other accounts, or another order: put the old values where this run has them
+        get = accounts.index.get
+        pos = np.fromiter((get(a, -1) for a in cols.ids), dtype=np.int64, count=len(cols.ids))
+        have = pos >= 0
+        dest = pos[have]
+    out = {}
+    for (kind, name), (raw, value) in cols.derived.items():
+        if not accounts.has(name):
+            continue
+        if pos is not None:
+            def place(column, empty):
+                if isinstance(column, np.ndarray):
+                    placed = np.zeros(n, dtype=column.dtype)
+                    placed[dest] = column[have]
+                    return placed
+                placed = np.full(n, empty, dtype=object)
+                placed[dest] = np.array(column, dtype=object)[have]
+                return placed.tolist()
+            raw = place(raw, "")
+            value = tuple(place(c, "" if kind == "keys" else None) for c in value)
+        value, again = match.refresh(kind, raw, value, accounts.column(name))
+        out[(kind, name)] = match.seeded(kind, value)
+        log.info("store.reused", run=cols.meta.get("run_id"), what=f"matching's {kind} of {name}",
+                 derived_again=again)
+    return out
+
+
+def derived_of(shared: dict, accounts) -> dict:
+    """The derived columns a repair computed, with the raw values they came from, for the store."""
+    from .hierarchy import match
+    out = {}
+    for key, value in shared.items():
+        if len(key) == 2 and key[0] in match.DERIVED and accounts.has(key[1]):
+            out[key] = (accounts.column(key[1]), value if isinstance(value, tuple) else (value,))
+    return out
+
+
 # ---- the file ----------------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -128,15 +198,26 @@ class Columns:
     families: dict[str, Tree]                # view -> the run's families (a tree with families and virtual only)
     columns: dict[str, np.ndarray]           # Account field -> values ('' for none), for segments
     excluded: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+    derived: dict = dataclasses.field(default_factory=dict)  # (kind, field) -> (raw values, derived columns)
 
     def column(self, name: str):
         return self.columns[name]
 
 
 def write(path: Path, meta: dict, ids: list[str], matrix: np.ndarray, membership: dict[str, Membership],
-          trees: dict[str, Tree], columns: dict[str, list], excluded) -> None:
+          trees: dict[str, Tree], columns: dict[str, list], excluded, derived: dict | None = None) -> None:
     """Write the store atomically (0600); a failure leaves no store rather than a stale one."""
     arrays: dict[str, np.ndarray] = {}
+    kept = []
+    for k, ((kind, name), (raw, value)) in enumerate((derived or {}).items()):
+        packed = [_pack(raw), *(_pack(c) if isinstance(c, list) else np.asarray(c) for c in value)]
+        if any(p is None for p in packed) or len(raw) != len(ids):
+            continue
+        kept.append({"kind": kind, "field": name, "parts": len(value),
+                     "lists": [isinstance(c, list) for c in value]})
+        for j, part in enumerate(packed):
+            arrays[f"d{len(kept) - 1}_{j}"] = part
+    meta = {**meta, "derived": kept, "code": _code_digest()}
     try:
         arrays["ids"] = np.array(ids, dtype="S")
         ascii_ids = True
@@ -192,7 +273,18 @@ def read(path: Path) -> Columns | None:
                                         {int(l): n for l, n in v["virtual"].items()} or None)
             columns = {name: z[f"c{k}"].tolist() for k, name in enumerate(meta["columns"])}
             excluded = (z["x_units"], z["x_first"], z["x_last"]) if "x_units" in z.files else None
-            return Columns(meta, ids, z["matrix"], membership, trees, columns, excluded)
+            derived = {}
+            if meta.get("code") == _code_digest():
+                for k, d in enumerate(meta.get("derived", [])):
+                    raw = _unpack(z[f"d{k}_0"], len(ids))
+                    parts = [_unpack(z[f"d{k}_{j + 1}"], len(ids)) if is_list else z[f"d{k}_{j + 1}"]
+                             for j, is_list in enumerate(d["lists"])]
+                    if raw is None or any(p is None for p in parts):
+                        continue
+                    if d["kind"] == "sites":   # a site no account has is None, as derived
+                        parts[0] = [v or None for v in parts[0]]
+                    derived[(d["kind"], d["field"])] = (raw, tuple(parts))
+            return Columns(meta, ids, z["matrix"], membership, trees, columns, excluded, derived)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # torn or foreign: never trusted

@@ -436,12 +436,17 @@ def test_the_double_command_without_its_arguments_prints_its_usage(capsys):
 
 
 def test_report_reads_no_snapshot_records(sf):
-    """`report nrr` on Salesforce reads accounts and subscriptions, not the KPI snapshot records it never uses."""
+    """`report nrr --recompute` on Salesforce reads accounts and subscriptions, not the KPI snapshot records it
+    never uses; without it, right after a run, the report reads the run's columnar store: no API call at all,
+    and the same figures."""
     sf.cli("run", "--as-of", AS_OF)
     assert any("FROM KPI_Snapshot__c" in q for q in sf.double.queries), "a run reads them"
     sf.double.queries.clear()
-    report = sf.cli.json("report", "nrr", "--period", "2026-10", "--format", "json", "--as-of", AS_OF)
-    assert report["family"]["start"] != "0.00"
+    calls = len(sf.double.calls)
+    stored = sf.cli.json("report", "nrr", "--period", "2026-10", "--format", "json", "--as-of", AS_OF)
+    assert stored.pop("from_run") and sf.double.queries == [] and len(sf.double.calls) == calls  # not even a login
+    report = sf.cli.json("report", "nrr", "--period", "2026-10", "--format", "json", "--as-of", AS_OF, "--recompute")
+    assert report["family"]["start"] != "0.00" and report == stored
     assert [q.split(" FROM ")[1].split()[0] for q in sf.double.queries] == ["Account", "Subscription__c"]
 
 

@@ -152,8 +152,7 @@ class Population:
         """Normalised names, tokens joined by single spaces ("" when a name has none)."""
         k = ("keys", name_field)
         if k not in self._cache:
-            key = normalise.name_key
-            self._cache[k] = [" ".join(key(n)) if n else "" for n in self.col(name_field)]
+            self._cache[k] = derive("keys", self.col(name_field))[0]
         return self._cache[k]
 
     def name_index(self, name_field: str) -> tuple[dict, dict]:
@@ -185,17 +184,7 @@ class Population:
         domain itself (acme.com, www.acme.com) rather than a subdomain."""
         k = ("sites", site_field)
         if k not in self._cache:
-            values = self.col(site_field)
-            domains: list[str | None] = [None] * len(values)
-            apex = np.zeros(len(values), dtype=bool)
-            site = normalise.site
-            for i, w in enumerate(values):
-                if w:
-                    s = site(w)
-                    if s is not None:
-                        domains[i] = s.domain
-                        apex[i] = s.apex
-            self._cache[k] = (domains, apex)
+            self._cache[k] = derive("sites", self.col(site_field))
         return self._cache[k]
 
     def countries(self, country_field: str) -> list[str | None]:
@@ -209,6 +198,47 @@ class Population:
                 out.append(cache[v])
             self._cache[k] = out
         return self._cache[k]
+
+
+# ---- derived columns carried from run to run ------------------------------------------------------
+
+DERIVED = ("keys", "sites")   # the Population caches worth keeping: name keys and registrable domains
+
+
+def derive(kind: str, values: list) -> tuple:
+    """A derived column of raw `values`: ("keys",) -> (keys,), ("sites",) -> (domains, apex), as Population
+    computes them."""
+    if kind == "keys":
+        key = normalise.name_key
+        return ([" ".join(key(n)) if n else "" for n in values],)
+    domains: list[str | None] = [None] * len(values)
+    apex = np.zeros(len(values), dtype=bool)
+    site = normalise.site
+    for i, w in enumerate(values):
+        if w:
+            found = site(w)
+            if found is not None:
+                domains[i], apex[i] = found.domain, found.apex
+    return domains, apex
+
+
+def refresh(kind: str, old_raw: list, old: tuple, new_raw: list) -> tuple[tuple, int]:
+    """The derived column of `new_raw` from that of `old_raw` (same accounts, same order), and how many values
+    were derived again: only those that changed (a rerun derives nothing for an unchanged org)."""
+    changed = [i for i, (a, b) in enumerate(zip(old_raw, new_raw)) if (a or "") != (b or "")]
+    if not changed:
+        return old, 0
+    fresh = derive(kind, [new_raw[i] for i in changed])
+    out = tuple(list(c) if isinstance(c, list) else c.copy() for c in old)
+    for col, new in zip(out, fresh):
+        for k, i in enumerate(changed):
+            col[i] = new[k]
+    return out, len(changed)
+
+
+def seeded(kind: str, value: tuple):
+    """A derived column as Population's cache holds it."""
+    return value[0] if kind == "keys" else value
 
 
 def _add(index: dict, key: str, i: int) -> None:

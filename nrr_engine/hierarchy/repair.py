@@ -44,11 +44,13 @@ class ViewResult:
 
 
 def lookup_trees(settings, accounts: Accounts, ruleset, current: np.ndarray, decisions: Decisions,
-                 repair: bool, findings: list[Finding]) -> tuple[dict[str, ViewResult], list[dict]]:
-    """Each lookup view's tree from the org, repaired by its rules when `repair`; duplicates flagged."""
+                 repair: bool, findings: list[Finding], shared: dict | None = None) -> tuple[dict[str, ViewResult], list[dict]]:
+    """Each lookup view's tree from the org, repaired by its rules when `repair`; duplicates flagged. `shared`:
+    derived columns (name keys, sites, countries) computed once for every view and the duplicate check, which
+    may come in seeded (match.refresh) and go out filled."""
     views: dict[str, ViewResult] = {}
     duplicates: list[dict] = []
-    shared: dict = {}  # name keys, sites and countries, computed once for every view and the duplicate check
+    shared = {} if shared is None else shared
     for v in settings.lookup_views:
         tree, fs = build_tree(accounts.ids, accounts.index, accounts.column(v.parent_field), v.parent_field)
         findings.extend(fs)
