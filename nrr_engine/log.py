@@ -80,6 +80,11 @@ def _patterns(found: list[str]) -> tuple[re.Pattern | None, re.Pattern | None]:
     return _compiled[key]
 
 
+def _fold(text: str) -> str:
+    """`text` case-folded as far as the patterns' IGNORECASE matches (which also takes a dotless ı for an i)."""
+    return text.casefold().replace("ı", "i")
+
+
 class Redactor:
     """The redaction rule for the secrets known when it was made, set up once: for an output that writes many
     texts (a plan of a million changes, a long CSV), where gathering the secrets for each would cost more than
@@ -94,8 +99,7 @@ class Redactor:
         # a multi-line value is found by its lines (each registered too); JSON escapes ('"', '\\', controls)
         # are searched for in their escaped form as well, so a dumped line can be checked without walking it
         single = [v for v in self.found if len(v.splitlines()) == 1]
-        needles = {v.casefold() for v in single}
-        needles |= {json.dumps(v, ensure_ascii=False)[1:-1].casefold() for v in single}
+        needles = {_fold(v) for v in single} | {_fold(json.dumps(v, ensure_ascii=False)[1:-1]) for v in single}
         self._needles = tuple(sorted(needles | set(_BEARER_WORDS), key=len, reverse=True))
         self._ascii = all(v.isascii() for v in single)   # else ensure_ascii's \uXXXX would hide a case variant
 
@@ -110,7 +114,7 @@ class Redactor:
 
     def hits(self, text: str) -> bool:
         """Whether `text` may hold a secret or a Bearer/OAuth token (never False when it does)."""
-        low = text.casefold()
+        low = _fold(text)
         for needle in self._needles:
             if needle in low:
                 return True
