@@ -149,3 +149,18 @@ def test_snapshot_upserts_number_above_ids_the_export_already_holds(tmp_path):
         assert all(re.fullmatch(r"a0K[0-9A-Za-z]{15}", ids[f"new:{k}"]) for k in range(3))
     finally:
         org.close()
+
+
+def test_a_new_record_never_takes_an_id_a_dangling_reference_names(org, cli):
+    """A ParentId and a subscription's Account__c pointing at engine-range Ids no record holds (99 and 100): the
+    approved placeholder is numbered above them, so it does not silently become that child's parent or that
+    subscription's account; the dangling child stays a root and the orphan stays out of ARR."""
+    _zeta(org, [sf_id("001", 1), sf_id("001", 2), sf_id("001", 3)])
+    org.account(sf_id("001", 4), "Lonely Child", parent=sf_id("001", 99))
+    org.sub(sf_id("001", 100), "2025-01-01", "", "50")   # small: the input guard lets it through
+    org.write()
+    pid = _approve_placeholder_then_run(org, cli)
+    assert pid == sf_id("001", 101) and _valid(pid)
+    assert parents(org)["Lonely Child"] is None
+    out = cli("run", *AS_OF).stdout
+    assert "changes: planned 0" in out and "orphan" in out

@@ -789,7 +789,7 @@ class LocalOrg:
         if count <= 0:
             return []
         seq = self._sequence(prefix)
-        top = seq
+        top = max(seq, self._referenced_top(prefix))
         for rid in self._range_ids(obj, *counter_range(prefix), descending=True):
             if (n := engine_counter(rid)) is not None:  # an Id in the range, so the highest counter of all
                 top = max(top, n)
@@ -811,6 +811,26 @@ class LocalOrg:
             raise DataError(f"no free {obj} Id with key prefix {prefix}: every counter up to {COUNTER_LIMIT - 1} "
                             "is held or was handed out", Location(str(self.path)))
         return out
+
+    def _referenced_top(self, prefix: str) -> int:
+        """The highest engine-range counter any cell of any object holds (a ParentId or Account__c pointing at a
+        record that is not there): a new record never takes an Id a dangling reference names, which would make it
+        that child's parent or that subscription's account without anyone deciding so. A scan of every column,
+        made only when records are created."""
+        low, high = counter_range(prefix)
+        top = 0
+        for obj in self.objects():
+            for col in self.columns(obj):
+                cur = self.db.execute(f"SELECT DISTINCT {_q(col)} FROM {_q(obj)} WHERE {_q(col)} >= ? AND {_q(col)} < ? "
+                                      f"ORDER BY 1 DESC", (low, high))
+                try:
+                    for (value,) in cur:
+                        if isinstance(value, str) and (n := engine_counter(value)) is not None:
+                            top = max(top, n)
+                            break
+                finally:
+                    cur.close()
+        return top
 
     def _sequence(self, prefix: str) -> int:
         """The highest counter the engine handed out with this key prefix (0 for none)."""
