@@ -351,9 +351,8 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
                                     "to the surviving account (MasterRecordId)", tuple(sorted(merged))))
         stored = store.read(store.path_for(settings.state)) if repair else None
         reuse = _reusable(stored, ctx, accounts) if not merged else None
-        if stored is not None and reuse is None:  # only matching's derived columns are of use: free the rest
-            stored = dataclasses.replace(stored, matrix=None, membership={})
-        membership = {v.name: (store.remap(reuse[0].membership[v.name], reuse[0].ids, accounts.index)
+        membership = {v.name: ((reuse[0].membership[v.name] if reuse[1] is None else
+                                store.remap(reuse[0].membership[v.name], reuse[0].ids, accounts.index))
                                if reuse is not None and v.name in reuse[0].membership else
                                Membership.from_segments(v.name, ledger.membership_segments(v.name), accounts.index,
                                                         ledger.membership_count(v.name))) for v in settings.views}
@@ -378,9 +377,9 @@ def _reusable(cols, ctx, accounts: Accounts):
     if version is None:
         return None
     if cols is None or cols.meta.get("stamp") != version or cols.meta.get("month") != ctx.current_month \
-            or len(cols.ids) != len(accounts.ids):
+            or cols.size != len(accounts.ids):
         return None
-    if cols.ids == accounts.ids:
+    if cols.same_ids(accounts.ids):
         return cols, None
     get = accounts.index.get
     pos = np.fromiter((get(a, -1) for a in cols.ids), dtype=np.int64, count=len(cols.ids))
@@ -422,7 +421,8 @@ def fetch_arr(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, state: Sta
             first_arr = np.full(len(accounts), arr_mod.OPEN, dtype=np.int64)
         if stored is not None and reuse is not None and first_arr is None and _same_subscriptions(settings, state):
             # the subscriptions, the accounts and the config are the ones the last run derived its ARR from
-            matrix, excluded = stored.copy(), arr_mod.Excluded(*reuse[0].excluded) if reuse[0].excluded else arr_mod.Excluded()
+            # the same array: nothing after this stage writes into a matrix from subscriptions (a copy is 208 MB at 1M)
+            matrix, excluded = stored, arr_mod.Excluded(*reuse[0].excluded) if reuse[0].excluded else arr_mod.Excluded()
             fs = [Finding(f["kind"], f["message"], tuple(f["records"]), CheckOutcome(f["outcome"]))
                   for f in reuse[0].meta["arr_findings"]]
             _log.info("store.reused", run=reuse[0].meta.get("run_id"), what="arr from subscriptions")

@@ -267,11 +267,11 @@ def report_from_store(settings: Settings, org: LocalOrg, ledger: Ledger, current
     if (meta.get("stamp") != ledger.state_version() or meta.get("month") != current_month
             or meta.get("config") != store.config_digest(settings.config_file)
             or meta.get("csv") != store.csv_signature(org) or view not in cols.membership
-            or any(f not in cols.columns for f in wanted)):
+            or any(f not in cols.meta["columns"] for f in wanted)):
         return None
     first = meta["first"]
     m, tree = cols.membership[view], cols.families[view]
-    out = window_figures(cols.ids, cols.column, cols.matrix, first,
+    out = window_figures([], cols.column, cols.matrix, first,
                          lambda month: m.labels_at(month, tree, current_month, own_month=False), view, period, window,
                          as_of_start, by or settings.segments)
     if cols.excluded is not None:

@@ -14,7 +14,6 @@ million-account org loads in well under a second.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import os
@@ -145,78 +144,92 @@ def seed(cols: "Columns | None", accounts) -> dict:
     of the raw values alone) where an account's raw value is unchanged, the rest derived again: a dict to seed
     the Population caches with, empty without a store."""
     from .hierarchy import match
-    if cols is None or not cols.derived:
+    derived = cols.derived if cols is not None else {}
+    if not derived:
         return {}
-    n, pos = len(accounts.ids), None
-    if cols.ids != accounts.ids:  # other accounts, or another order: put the old values where this run has them
+    n = len(accounts.ids)
+    same = cols.same_ids(accounts.ids)
+    if not same:  # other accounts, or another order: put the old values where this run has them
         get = accounts.index.get
         pos = np.fromiter((get(a, -1) for a in cols.ids), dtype=np.int64, count=len(cols.ids))
         have = pos >= 0
         dest = pos[have]
-    out = {}
-    for (kind, name), (raw, value) in cols.derived.items():
+
+    def place(column, empty):
+        if isinstance(column, np.ndarray):
+            placed = np.zeros(n, dtype=column.dtype)
+            placed[dest] = column[have]
+            return placed
+        placed = np.full(n, empty, dtype=object)
+        placed[dest] = np.array(column, dtype=object)[have]
+        return placed.tolist()
+
+    out, kept = {}, {}
+    for (kind, name), entry in derived.items():
         if not accounts.has(name):
             continue
-        if pos is not None:
-            def place(column, empty):
-                if isinstance(column, np.ndarray):
-                    placed = np.zeros(n, dtype=column.dtype)
-                    placed[dest] = column[have]
-                    return placed
-                placed = np.full(n, empty, dtype=object)
-                placed[dest] = np.array(column, dtype=object)[have]
-                return placed.tolist()
-            raw = place(raw, "")
-            value = tuple(place(c, "" if kind == "keys" else None) for c in value)
-        value, again = match.refresh(kind, raw, value, accounts.column(name))
+        new_raw = accounts.column(name)
+        m = len(cols.ids)
+        parts = [_unpack(p, m) if is_list else p for p, is_list in zip(entry["parts"], entry["lists"])]
+        if any(p is None for p in parts):
+            continue
+        if kind == "sites":   # a site no account has is None, as derived
+            parts[0] = [v or None for v in parts[0]]
+        packed = _pack(new_raw) if same else None
+        if packed is not None and entry.get("sha") == hashlib.sha256(packed).hexdigest():
+            value, again = tuple(parts), 0   # every raw value as the store has it: nothing to derive
+            kept[(kind, name)] = entry       # written again as it is (not packed again) by derived_of
+        else:
+            raw = _unpack(entry["raw"], m)
+            if raw is None:
+                continue
+            if not same:
+                raw = place(raw, "")
+                parts = [place(c, "" if kind == "keys" else None) for c in parts]
+            value, again = match.refresh(kind, raw, tuple(parts), new_raw)
         out[(kind, name)] = match.seeded(kind, value)
         log.info("store.reused", run=cols.meta.get("run_id"), what=f"matching's {kind} of {name}",
                  derived_again=again)
+    if kept:
+        out[_KEPT] = kept
     return out
 
 
+_KEPT = ("store", "unchanged")   # a key of the seeded cache: the store's entries whose raw values are unchanged
+
+
 def derived_of(shared: dict, accounts) -> dict:
-    """The derived columns a repair computed, with the raw values they came from, for the store."""
+    """The derived columns a repair computed, packed (one UTF-8 buffer each, not a million Python strings held to
+    the end of the run) with the raw values they came from, for the store; a column holding a NUL is left out."""
     from .hierarchy import match
+    kept = shared.get(_KEPT, {})
     out = {}
     for key, value in shared.items():
+        if key in kept:
+            out[key] = kept[key]
+            continue
         if len(key) == 2 and key[0] in match.DERIVED and accounts.has(key[1]):
-            out[key] = (accounts.column(key[1]), value if isinstance(value, tuple) else (value,))
+            parts = value if isinstance(value, tuple) else (value,)
+            packed = [_pack(accounts.column(key[1])),
+                      *(_pack(c) if isinstance(c, list) else np.asarray(c) for c in parts)]
+            if all(p is not None for p in packed):
+                out[key] = {"raw": packed[0], "parts": packed[1:], "lists": [isinstance(c, list) for c in parts],
+                            "sha": hashlib.sha256(packed[0]).hexdigest()}
     return out
 
 
 # ---- the file ----------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class Columns:
-    """The store's content: the arrays of one run, and what it was written from."""
-
-    meta: dict
-    ids: list[str]
-    matrix: np.ndarray                       # accounts x months ARR units, from meta["first"]
-    membership: dict[str, Membership]        # view -> membership after the run
-    families: dict[str, Tree]                # view -> the run's families (a tree with families and virtual only)
-    columns: dict[str, np.ndarray]           # Account field -> values ('' for none), for segments
-    excluded: tuple[np.ndarray, np.ndarray, np.ndarray] | None
-    derived: dict = dataclasses.field(default_factory=dict)  # (kind, field) -> (raw values, derived columns)
-
-    def column(self, name: str):
-        return self.columns[name]
-
 
 def write(path: Path, meta: dict, ids: list[str], matrix: np.ndarray, membership: dict[str, Membership],
           trees: dict[str, Tree], columns: dict[str, list], excluded, derived: dict | None = None) -> None:
     """Write the store atomically (0600); a failure leaves no store rather than a stale one."""
     arrays: dict[str, np.ndarray] = {}
     kept = []
-    for k, ((kind, name), (raw, value)) in enumerate((derived or {}).items()):
-        packed = [_pack(raw), *(_pack(c) if isinstance(c, list) else np.asarray(c) for c in value)]
-        if any(p is None for p in packed) or len(raw) != len(ids):
-            continue
-        kept.append({"kind": kind, "field": name, "parts": len(value),
-                     "lists": [isinstance(c, list) for c in value]})
-        for j, part in enumerate(packed):
-            arrays[f"d{len(kept) - 1}_{j}"] = part
+    for (kind, name), entry in (derived or {}).items():
+        k = len(kept)
+        kept.append({"kind": kind, "field": name, "lists": entry["lists"], "sha": entry["sha"]})
+        for j, part in enumerate([entry["raw"], *entry["parts"]]):
+            arrays[f"d{k}_{j}"] = part
     meta = {**meta, "derived": kept, "code": _code_digest()}
     try:
         arrays["ids"] = np.array(ids, dtype="S")
@@ -224,7 +237,8 @@ def write(path: Path, meta: dict, ids: list[str], matrix: np.ndarray, membership
     except UnicodeEncodeError:
         arrays["ids"] = np.array(ids, dtype="U")
         ascii_ids = False
-    arrays["matrix"] = np.ascontiguousarray(matrix, dtype=np.int64)
+    # as it is: a slice of a wider array is written a chunk at a time by savez, never copied whole (208 MB at 1M)
+    arrays["matrix"] = matrix if matrix.dtype == np.int64 else matrix.astype(np.int64)
     views = []
     for k, (name, m) in enumerate(membership.items()):
         tree = trees[name]
@@ -235,7 +249,9 @@ def write(path: Path, meta: dict, ids: list[str], matrix: np.ndarray, membership
         arrays[f"f{k}"] = np.asarray(tree.families(), dtype=np.int64)
     cols = list(columns)
     for k, name in enumerate(cols):
-        arrays[f"c{k}"] = np.array(["" if v is None else str(v) for v in columns[name]], dtype="U")
+        packed = _pack(columns[name])
+        arrays[f"c{k}"] = packed if packed is not None else np.array(["" if v is None else str(v) for v in columns[name]],
+                                                                     dtype="U")
     if excluded is not None and len(excluded):
         arrays["x_units"], arrays["x_first"], arrays["x_last"] = excluded.units, excluded.first, excluded.last
     for stale in Path(path).parent.glob(f".{Path(path).name}.*.tmp"):  # a write killed part-way (atomic_file's)
@@ -255,36 +271,119 @@ def discard(path: Path) -> None:
         os.unlink(path)
 
 
+class Columns:
+    """A store, read lazily: each array is loaded from the file when first asked for (a run that reuses only
+    matching's derived columns never loads the ARR matrix, a report never the derived columns)."""
+
+    def __init__(self, z, meta: dict):
+        self._z, self.meta, self._cache = z, meta, {}
+
+    def _get(self, key, load):
+        if key not in self._cache:
+            self._cache[key] = load()
+        return self._cache[key]
+
+    @property
+    def ids(self) -> list[str]:
+        def load():
+            raw = self._z["ids"]
+            return raw.astype("U").tolist() if self.meta.get("ascii_ids") else raw.tolist()
+        return self._get("ids", load)
+
+    def same_ids(self, ids: list[str]) -> bool:
+        """Whether the store holds exactly these accounts in this order (compared as bytes, no list built)."""
+        raw = self._z["ids"]
+        if len(raw) != len(ids):
+            return False
+        if self.meta.get("ascii_ids"):
+            try:
+                return bool(np.array_equal(np.array(ids, dtype="S"), raw))
+            except UnicodeEncodeError:
+                return False
+        return raw.tolist() == ids
+
+    @property
+    def size(self) -> int:
+        return int(self._z["ids"].shape[0])
+
+    @property
+    def matrix(self) -> np.ndarray:
+        return self._get("matrix", lambda: self._z["matrix"])
+
+    @property
+    def membership(self) -> dict[str, Membership]:
+        def load():
+            return {v["name"]: Membership(v["name"], *(self._z[f"m{k}_{p}"] for p in ("account", "start", "end", "root")),
+                                          {int(l): n for l, n in v["unknown"].items()})
+                    for k, v in enumerate(self.meta["views"])}
+        return self._get("membership", load)
+
+    @property
+    def families(self) -> dict[str, Tree]:
+        def load():
+            return {v["name"]: Tree(np.empty(0, dtype=np.int64), self._z[f"f{k}"], np.empty(0, dtype=np.int64), None,
+                                    {int(l): n for l, n in v["virtual"].items()} or None)
+                    for k, v in enumerate(self.meta["views"])}
+        return self._get("families", load)
+
+    @property
+    def columns(self) -> dict[str, list]:
+        def load():
+            out = {}
+            for k, name in enumerate(self.meta["columns"]):
+                arr = self._z[f"c{k}"]
+                out[name] = _unpack(arr, self.size) if arr.dtype == np.uint8 else arr.tolist()
+            return out
+        return self._get("columns", load)
+
+    def column(self, name: str):
+        return self.columns[name]
+
+    @property
+    def excluded(self):
+        return self._get("excluded", lambda: (self._z["x_units"], self._z["x_first"], self._z["x_last"])
+                         if "x_units" in self._z.files else None)
+
+    @property
+    def derived(self) -> dict:
+        """(kind, field) -> packed raw values and derived parts, when written by the same normalisation code."""
+        def load():
+            if self.meta.get("code") != _code_digest():
+                return {}
+            return {(d["kind"], d["field"]): _Entry(self._z, k, d) for k, d in enumerate(self.meta.get("derived", []))}
+        return self._get("derived", load)
+
+
+class _Entry(dict):
+    """A derived column of the store: its raw values ("raw") and parts are read from the file only when used."""
+
+    def __init__(self, z, k: int, d: dict):
+        super().__init__(lists=d["lists"], sha=d.get("sha"))
+        self._z, self._k = z, k
+
+    def __missing__(self, key):
+        if key == "raw":
+            self[key] = self._z[f"d{self._k}_0"]
+        elif key == "parts":
+            self[key] = [self._z[f"d{self._k}_{j + 1}"] for j in range(len(self["lists"]))]
+        else:
+            raise KeyError(key)
+        return self[key]
+
+
 def read(path: Path) -> Columns | None:
-    """The store at `path`, or None when there is none or it cannot be read (it is then recomputed)."""
+    """The store at `path`, or None when there is none or it cannot be read (it is then recomputed). Its arrays
+    are loaded when first used, after every member passed its CRC check here."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            if meta.get("version") != VERSION:
-                return None
-            raw = z["ids"]
-            ids = raw.astype("U").tolist() if meta.get("ascii_ids") else raw.tolist()
-            membership, trees = {}, {}
-            for k, v in enumerate(meta["views"]):
-                membership[v["name"]] = Membership(v["name"], *(z[f"m{k}_{p}"] for p in ("account", "start", "end", "root")),
-                                                   {int(l): n for l, n in v["unknown"].items()})
-                fam = z[f"f{k}"]
-                trees[v["name"]] = Tree(np.empty(0, dtype=np.int64), fam, np.empty(0, dtype=np.int64), None,
-                                        {int(l): n for l, n in v["virtual"].items()} or None)
-            columns = {name: z[f"c{k}"].tolist() for k, name in enumerate(meta["columns"])}
-            excluded = (z["x_units"], z["x_first"], z["x_last"]) if "x_units" in z.files else None
-            derived = {}
-            if meta.get("code") == _code_digest():
-                for k, d in enumerate(meta.get("derived", [])):
-                    raw = _unpack(z[f"d{k}_0"], len(ids))
-                    parts = [_unpack(z[f"d{k}_{j + 1}"], len(ids)) if is_list else z[f"d{k}_{j + 1}"]
-                             for j, is_list in enumerate(d["lists"])]
-                    if raw is None or any(p is None for p in parts):
-                        continue
-                    if d["kind"] == "sites":   # a site no account has is None, as derived
-                        parts[0] = [v or None for v in parts[0]]
-                    derived[(d["kind"], d["field"])] = (raw, tuple(parts))
-            return Columns(meta, ids, z["matrix"], membership, trees, columns, excluded, derived)
+        z = np.load(path, allow_pickle=False)
+        meta = json.loads(str(z["meta"]))
+        if not isinstance(meta, dict) or meta.get("version") != VERSION:
+            z.close()
+            return None
+        if z.zip.testzip() is not None:   # every member's CRC, read in chunks: a damaged file is not trusted
+            z.close()
+            raise ValueError("a member fails its CRC check")
+        return Columns(z, meta)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # torn or foreign: never trusted
