@@ -12,6 +12,7 @@ are not outputs for people and are never redacted: a change set must carry the e
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 import json
 import logging
@@ -28,24 +29,68 @@ ANYWHERE_MIN = 6      # a secret this long is redacted wherever it appears, even
 REDACTED = "[redacted]"
 _secret_vars: set[str] = set()
 _secret_values: set[str] = set()
-# "Authorization: Bearer <token>" / "OAuth <token>" as a server may echo it: the token goes whatever it is
-_BEARER = re.compile(r"(?i)\b(bearer|oauth)(\s+)(?!\[redacted\])[^\s\"',;<>()\[\]{}\\]+")
+# "Authorization: Bearer <token>" / "OAuth <token>" as a server may echo it. A token is what access tokens look
+# like: a Salesforce session id is the 15-character org Id, "!" and some 96 characters of letters, digits, "."
+# and "_" (00Dx0000000BV7z!AR8AQ...); a JWT is base64url parts joined by "."; RFC 6750's b64token adds "~+/"
+# and "=" padding. So: 20 or more such characters, then the rest of the word (up to a quote, bracket, comma,
+# space ...) goes with them. Prose is left alone ("the JWT bearer flow signs", "OAuth 2.0"): hardly a word of
+# prose is that long.
+_TOKEN_MIN = 20
+_BEARER = re.compile(r"(?i)\b(bearer|oauth)(\s+)(?!\[redacted\])(?=[A-Za-z0-9!._~+/=-]{%d})"
+                     r"[^\s\"',;<>()\[\]{}\\]+" % _TOKEN_MIN)
 # words that start an echoed token (_BEARER): a text without them and without any secret is left as it is
 _BEARER_WORDS = ("bearer", "oauth")
 _compiled: dict[frozenset, tuple] = {}
 _registered = 0       # bumped by register_secrets: a Redactor made before knows it is out of date
 
 
+# a PEM block's armour ("-----BEGIN RSA PRIVATE KEY-----"): the same in every key file, and quoted by the
+# engine's own hints, so not a secret line of a key's content
+_PEM_ARMOUR = re.compile(r"-----(BEGIN|END) [A-Z0-9 ]+-----")
+
+
+def _lines(value: str):
+    """The lines of a multi-line value that are secret on their own: not blank, not a PEM armour line."""
+    for line in value.splitlines():
+        line = line.strip()
+        if line and not _PEM_ARMOUR.fullmatch(line):
+            yield line
+
+
 def register_secrets(env_vars=(), values=()) -> None:
     """Name more environment variables (config's *_env) and values (a session id, a private key's content)
-    that must never be written anywhere; a multi-line value is also registered line by line."""
+    that must never be written anywhere; a multi-line value is also registered line by line (a PEM block's
+    BEGIN/END lines aside)."""
     global _registered
     _secret_vars.update(env_vars)
     for v in values:
         if v:
             _secret_values.add(v)
-            _secret_values.update(line.strip() for line in str(v).splitlines() if line.strip())
+            _secret_values.update(_lines(str(v)))
     _registered += 1
+
+
+# The forms the engine derives from a value that holds a secret, and writes for people: a name's folded tokens
+# ("Qq7-Planted-Secret US" -> "qq7 planted secret us") and its key (legal forms, a leading "The" dropped, "&" as
+# "and") in family keys (`placeholder:name:<key>`), stems and evidence; a key field's case-folded value
+# (`<field>:<value>`, ß -> ss); a non-printable character escaped for a terminal. A website's registrable domain
+# is the site lower-cased and cut at its dots, so it holds the secret as it is (matched ignoring case) or a part.
+# A derived form this short keeps too little of the secret to give it away, and would blank common words.
+VARIANT_MIN = 4
+
+
+@functools.lru_cache(maxsize=4096)
+def derived_forms(value: str) -> tuple[str, ...]:
+    """The derived forms of a secret (see VARIANT_MIN) that the patterns' IGNORECASE would not match as they are."""
+    if value.isascii() and value.isalnum():
+        return ()   # an ASCII word folds to itself in lower case: the secret as it is already matches
+    from .hierarchy import normalise
+    from .safe_output import terminal
+
+    forms = {" ".join(normalise.fold(value)), " ".join(normalise.name_key(value)), value.strip().casefold(),
+             terminal(value)}
+    itself = re.compile(re.escape(value), re.IGNORECASE)
+    return tuple(sorted(f for f in forms if len(f) >= VARIANT_MIN and not itself.fullmatch(f)))
 
 
 def secrets() -> list[str]:
@@ -58,9 +103,11 @@ def secrets() -> list[str]:
             continue
         if k in _secret_vars:
             found.add(v)
-            found.update(line.strip() for line in v.splitlines() if line.strip())
+            found.update(_lines(v))
         elif len(v) >= ANYWHERE_MIN and any(h in k.upper() for h in SECRET_HINTS):
             found.add(v)
+    for v in [v for v in found if len(v) >= ANYWHERE_MIN]:
+        found.update(derived_forms(v))
     return sorted(found, key=lambda v: (-len(v), v))
 
 
