@@ -208,6 +208,7 @@ class LocalOrg:
     remote = False
 
     def __init__(self, folder: Path, working_copy: Path):
+        self._referenced: dict[str, int] = {}   # _referenced_top's scans (key prefix -> counter), until a reload
         self.folder = Path(folder)
         self.path = Path(working_copy)
         try:
@@ -282,6 +283,7 @@ class LocalOrg:
 
         Objects in `background` load in a forked process into a side file while this one goes on; the first
         read of the working copy (or `finish_sync`) waits for them and adopts the table."""
+        self._referenced.clear()   # a reload may bring new dangling references
         loaded = []
         # Forking a process that runs other threads (the scheduler daemon) can copy a lock mid-use: load inline
         # there, and where fork does not exist.
@@ -818,19 +820,35 @@ class LocalOrg:
         that child's parent or that subscription's account without anyone deciding so. A scan of every column,
         made only when records are created."""
         low, high = counter_range(prefix)
+        if prefix in self._referenced:   # one scan per prefix and load: the engine's own writes reference only
+            return self._referenced[prefix]  # records it created, whose counters the sequence holds
         top = 0
         for obj in self.objects():
-            for col in self.columns(obj):
-                cur = self.db.execute(f"SELECT DISTINCT {_q(col)} FROM {_q(obj)} WHERE {_q(col)} >= ? AND {_q(col)} < ? "
-                                      f"ORDER BY 1 DESC", (low, high))
-                try:
-                    for (value,) in cur:
-                        if isinstance(value, str) and (n := engine_counter(value)) is not None:
-                            top = max(top, n)
-                            break
-                finally:
-                    cur.close()
+            cols = self.columns(obj)
+            if not cols:
+                continue
+            # one pass over the table: the highest value of each column in the range (base-62 digits sort by value)
+            cells = ", ".join(f"max(CASE WHEN {_q(c)} >= :lo AND {_q(c)} < :hi THEN {_q(c)} END)" for c in cols)
+            row = self.db.execute(f"SELECT {cells} FROM {_q(obj)}", {"lo": low, "hi": high}).fetchone()
+            for col, value in zip(cols, row):
+                if isinstance(value, str) and (n := engine_counter(value)) is not None:
+                    top = max(top, n)
+                elif isinstance(value, str):   # not an Id shape: the highest one that is, the slow way
+                    top = max(top, self._column_top(obj, col, value, low))
+        self._referenced[prefix] = top
         return top
+
+    def _column_top(self, obj: str, col: str, below: str, low: str) -> int:
+        """The highest engine counter in a column whose highest in-range value is not an Id."""
+        cur = self.db.execute(f"SELECT DISTINCT {_q(col)} FROM {_q(obj)} WHERE {_q(col)} >= ? AND {_q(col)} <= ? "
+                              f"ORDER BY 1 DESC", (low, below))
+        try:
+            for (value,) in cur:
+                if isinstance(value, str) and (n := engine_counter(value)) is not None:
+                    return n
+        finally:
+            cur.close()
+        return 0
 
     def _sequence(self, prefix: str) -> int:
         """The highest counter the engine handed out with this key prefix (0 for none)."""
