@@ -226,11 +226,13 @@ def _print_summary(summary: dict, exact: dict | None = None) -> None:
                 click.echo(f"    excluded: {report_mod.excluded_text(fig['excluded'])}")
             _print_segments(fig.get("segments") or [], exact[view][int(w)]["segments"] if exact else None)
     for view, st in (summary.get("repair") or {}).items():
-        # review counts accounts; a tie proposes every candidate parent of one account
+        # review counts accounts; a tie proposes every candidate parent of one account. A placeholder parent is a
+        # review item too, so it is counted as one "to review", not as a bare "proposed" beside "0 to review".
         to_review = (f"{st.get('review_accounts', st['review'])} account(s) ({st['review']} candidate link(s)) to review"
-                     if st["review"] else "0 to review")
-        click.echo(f"  {view} repair: {st['applied']} link(s) applied, {to_review}, {st['blocked']} "
-                   f"refused by guards, {st['placeholders']} placeholder parent(s) proposed"
+                     if st["review"] else "0 account(s) to review")
+        applied = "to apply" if summary.get("mode") == "plan" else "applied"   # a plan applies nothing
+        click.echo(f"  {view} repair: {st['applied']} link(s) {applied}, {to_review}, {st['blocked']} "
+                   f"refused by guards, {st['placeholders']} placeholder parent(s) to review"
                    + ("; see `nrr-engine review list`" if st["review"] or st["placeholders"] else ""))
     order = {"error": 0, "warning": 1, "info": 2}
     for fnd in sorted(summary["findings"], key=lambda f: order.get(f.get("severity"), 1)):
@@ -479,14 +481,19 @@ def _review_csv(items: list[dict]) -> str:
     that starts like a formula neutralised."""
     import csv as csv_mod
     import io
+    # member_ids/member_names: the accounts a placeholder parent would hold (its item has no child), in one order
     cols = ["id", "status", "confidence", "rule", "view", "child_id", "child_name", "parent_id", "parent_name", "reason",
-            "note", "notes", "decided_by", "decided_at"]
+            "note", "notes", "decided_by", "decided_at", "member_ids", "member_names"]
     buf = io.StringIO(newline="")
     w = csv_mod.writer(buf)
     w.writerow(cols)
     for i in items:
+        members = i.get("members") or []
+        names = i.get("member_names") or [None] * len(members)
+        listed = {"member_ids": " | ".join(members), "member_names": " | ".join(n or "" for n in names)}
         w.writerow(csv_row([(i["parent_id"] or i["parent_ref"]) if c == "parent_id" else
-                            " | ".join(_note_texts(i)) if c == "notes" else i.get(c) for c in cols]))
+                            " | ".join(_note_texts(i)) if c == "notes" else
+                            (listed[c] or None) if c in listed else i.get(c) for c in cols]))
     return buf.getvalue()
 
 
@@ -496,14 +503,20 @@ def _review_table(items: list[dict], status: str) -> str:
         return f"no {'' if status == 'all' else status + ' '}review items\n"
     lines = []
     for i in items:
-        child = f"{terminal(i['child_id'])} {_short(i['child_name'])}" if i["child_id"] else \
-            f"{len(i['members'] or [])} accounts ({', '.join(_short(m, 18) for m in (i['members'] or [])[:3])}...)"
+        child = f"{terminal(i['child_id'])} {_short(i['child_name'])}" if i["child_id"] else _members_text(i)
         parent = f"{terminal(i['parent_id'])} {_short(i['parent_name'])}" if i["parent_id"] else \
             f"NEW {_short(i['parent_name'])}"
         lines.append(f"#{i['id']:<5} {i['status']:<8} {i['confidence']:.2f}  {i['rule']:<22} {child}  ->  {parent}"
                      + (f"   [{_short(_reason(i), 200)}]" if i["reason"] else ""))
         lines.extend(f"       {n}" for n in _notes(i))  # every note, oldest first: the item's audit trail
     return "\n".join(lines) + "\n"
+
+
+def _members_text(item: dict) -> str:
+    """A placeholder item's accounts for the table: how many, the first three Ids, and how many more there are."""
+    members = item["members"] or []
+    more = f", and {len(members) - 3} more" if len(members) > 3 else ""
+    return f"{len(members)} accounts ({', '.join(_short(m, 18) for m in members[:3])}{more})"
 
 
 def _reason(item: dict) -> str:

@@ -332,6 +332,7 @@ class Engine:
             self.settings.view(view)
         items = self.ledger.review_items(status=status, view=view)
         wanted = {i["child_id"] for i in items if i["child_id"]} | {i["parent_id"] for i in items if i["parent_id"]}
+        wanted |= {m for i in items for m in (i["members"] or ())}   # a placeholder's accounts, named for the CSV
         names = {}
         if wanted and self.settings.salesforce is not None:
             # the names in the mirror the last run read: no login, so a reviewer needs no integration secret
@@ -341,6 +342,8 @@ class Engine:
         for i in items:
             i["child_name"] = names.get(i["child_id"])
             i["parent_name"] = names.get(i["parent_id"]) if i["parent_id"] else i["placeholder_name"]
+            if i["members"]:
+                i["member_names"] = [names.get(m) for m in i["members"]]
         return items
 
     def review_decide(self, ids: list[int], approve: bool, note: str | None = None, by: str | None = None) -> list[dict]:

@@ -122,7 +122,7 @@ def test_review_approve_applies_on_the_next_run_and_reject_is_final(org, cli):
     assert parents(org)["Delta Dental"] is None  # nothing happens before the next run
     out = cli("run", *AS_OF).stdout
     assert parents(org)["Delta Dental"] == "Delta" and parents(org)["Delta Air Lines"] is None
-    assert "1 link(s) applied, 0 to review" in out
+    assert "1 link(s) applied, 0 account(s) to review" in out
     status = {i["child_id"]: i["status"] for i in cli.json("review", "list", "--status", "all", "--format", "json")}
     assert status == {"001DDE": "applied", "001DAL": "rejected"}
     cli("run", *AS_OF)

@@ -26,12 +26,12 @@ def test_a_rejected_placeholder_is_not_counted_as_proposed_by_later_runs(org, cl
     pointing at review list), its plan lists no placeholder, and the item stays rejected."""
     _zeta(org)
     first = _repair_line(cli("run", *AS_OF).stdout)
-    assert "1 placeholder parent(s) proposed; see `nrr-engine review list`" in first
+    assert "1 placeholder parent(s) to review; see `nrr-engine review list`" in first
     [item] = cli.json("review", "list", "--format", "json")
     cli("review", "reject", str(item["id"]), "--by", "tester")
     for _ in range(2):
         line = _repair_line(cli("run", *AS_OF).stdout)
-        assert line.endswith("0 placeholder parent(s) proposed"), line
+        assert line.endswith("0 placeholder parent(s) to review"), line
     cli("plan", *AS_OF, "--out", str(tmp_path / "plan.json"))
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert [r for r in plan["review"] if str(r["new"]).startswith("placeholder:")] == []

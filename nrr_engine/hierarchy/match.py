@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -555,18 +556,64 @@ def name_placeholders(pop: Population, rule) -> list[Placeholder]:
     stems: dict[str, list[tuple[int, str]]] = {}
     for i, cuts in unmatched(pop, rule.field, allowed):
         tokens = keys[i].split()
-        # the shortest qualifier: the most specific stem
-        stems.setdefault(" ".join(tokens[:-cuts[0]]), []).append((i, " ".join(tokens[-cuts[0]:])))
+        # the shortest qualifier: the most specific stem; a legal form before the qualifier is the member's, not
+        # the family's ("Acme Ltd UK" and "Acme GmbH Germany" are both Acme), as a parent "Acme" would read
+        stem = " ".join(normalise.strip_legal(tokens[:-cuts[0]]))
+        stems.setdefault(stem, []).append((i, " ".join(tokens[-cuts[0]:])))
     out = []
     for stem, members in stems.items():
         if len(members) < 2 or len(stem) < 3 or len({q for _, q in members}) < 2:
             continue  # the same qualifier twice is a duplicate, not a family
-        first = str(names[members[0][0]])
-        display = " ".join(first.split()[: stem.count(" ") + 1]).rstrip(",;:-(") or stem
+        display = family_name([str(names[i]) for i, _ in members], stem)
         out.append(Placeholder(f"name:{stem}", display, tuple(i for i, _ in members), rule,
                                rule.confidence_for("unit"), {"stem": stem,
                                                              "members": [str(names[i])[:100] for i, _ in members[:10]]}))
     return out
+
+
+_NAME_END = ".)]'’"  # a name may end in these ("Acme Inc.", "Acme (Holdings)"); other punctuation separates words
+
+
+def _word_ends(text: str) -> Iterator[int]:
+    """Where a word of `text` ends, shortest prefix first: before a space, a hyphen, an apostrophe or any other
+    character that is no letter or digit, and at the end (as normalise.fold splits a name into tokens)."""
+    for k in range(1, len(text) + 1):
+        if not text[k - 1].isspace() and (k == len(text) or not (text[k].isalnum() or unicodedata.combining(text[k]))):
+            yield k
+
+
+def _stem_of(text: str) -> str:
+    return " ".join(normalise.name_key(text))
+
+
+def _tidy(text: str, stem: str) -> str:
+    """A prefix of a name as a name: runs of spaces made one, a separator it ends in ("Acme -", "Acme,") left off."""
+    t = " ".join(text.split())
+    while t and not (t[-1].isalnum() or t[-1] in _NAME_END or unicodedata.combining(t[-1])):
+        t = t[:-1].rstrip()
+    return t if t and _stem_of(t) == stem else " ".join(text.split())
+
+
+def _begins(name: str, prefix: str) -> bool:
+    """`name` begins with the words of `prefix` as written (up to case and runs of spaces)."""
+    a, b = _spelled(name), _spelled(prefix)
+    return a.startswith(b) and (len(a) == len(b) or not (a[len(b)].isalnum() or unicodedata.combining(a[len(b)])))
+
+
+def family_name(names: list[str], stem: str) -> str:
+    """The name of the parent to create for accounts named stem + qualifier: the stem as the members write it,
+    without their qualifiers ("Hewlett-Packard US", "Hewlett-Packard UK" -> "Hewlett-Packard"), with the legal form
+    when every member writes it ("Acme Ltd UK", "Acme Ltd US" -> "Acme Ltd"; "Acme GmbH Germany" and "Acme Ltd UK"
+    -> "Acme"). It normalises to `stem`, so it is never a member's name: each adds a qualifier to the stem."""
+    for raw in names:
+        text = raw[:normalise.MAX_CHARS]
+        fits = [k for k in _word_ends(text) if _stem_of(text[:k]) == stem]
+        if not fits:
+            continue
+        shortest, longest = _tidy(text[:fits[0]], stem), _tidy(text[:fits[-1]], stem)
+        return longest if all(_begins(n, longest) for n in names) else shortest
+    # no member spells the stem out as a prefix of its name (a trailing "&": "Smith & UK" has the stem "smith and")
+    return " ".join(t.capitalize() for t in stem.split())
 
 
 def _spelled(name) -> str:
