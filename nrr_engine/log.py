@@ -6,8 +6,10 @@ and from everything the CLI prints (stdout and stderr go through `redacting_stdi
 a `Redactor` do the same for the engine's other outputs for people (error messages, the ledger's messages,
 plan.json, report files). Rule: a secret of 6 characters or more is replaced wherever it appears, inside longer
 words too; a shorter one wherever it stands as a whole token (not next to a letter or digit) or is a whole
-value; case-insensitively. Copies of the org's data (the working copy, Data Loader change sets, full exports)
-are not outputs for people and are never redacted: a change set must carry the exact value to the org.
+value; case-insensitively. The forms the engine derives from a value that holds a secret (a name's normalised
+key in a family key, a key field's casefold: derived_forms) are secrets too. Copies of the org's data (the
+working copy, Data Loader change sets, full exports, the columnar store) are not outputs for people and are
+never redacted: a change set must carry the exact value to the org.
 """
 from __future__ import annotations
 
@@ -96,7 +98,7 @@ def derived_forms(value: str) -> tuple[str, ...]:
 def secrets() -> list[str]:
     """Every value to redact: the registered variables' and values (any length), and those of other variables
     whose names hint at a secret (PASSWORD, TOKEN, ...; from ANYWHERE_MIN characters, since such a name also
-    covers flags like FOO_TOKEN_ENABLED=1)."""
+    covers flags like FOO_TOKEN_ENABLED=1), and the derived forms of each from ANYWHERE_MIN characters."""
     found = set(_secret_values)
     for k, v in os.environ.items():
         if not v:
@@ -106,7 +108,7 @@ def secrets() -> list[str]:
             found.update(_lines(v))
         elif len(v) >= ANYWHERE_MIN and any(h in k.upper() for h in SECRET_HINTS):
             found.add(v)
-    for v in [v for v in found if len(v) >= ANYWHERE_MIN]:
+    for v in [v for v in found if len(v) >= ANYWHERE_MIN and len(v.splitlines()) == 1]:   # (lines: registered)
         found.update(derived_forms(v))
     return sorted(found, key=lambda v: (-len(v), v))
 
