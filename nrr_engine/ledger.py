@@ -514,7 +514,9 @@ class Ledger:
                 "evidence, reason, status, first_run, last_run) VALUES (?,?,?,?,?,?,?,?,?,?,'pending',?,?) "
                 "ON CONFLICT (view, child_id, parent_ref) DO UPDATE SET confidence = excluded.confidence, "
                 "evidence = excluded.evidence, reason = excluded.reason, rule = excluded.rule, members = excluded.members, "
-                "last_run = excluded.last_run",
+                # a pending placeholder takes the name this run proposes (an older run may have named it wrongly)
+                "placeholder_name = CASE WHEN review.status = 'pending' THEN excluded.placeholder_name "
+                "ELSE review.placeholder_name END, last_run = excluded.last_run",
                 ((view, it["child_id"], it["parent_ref"], it.get("parent_id"), it.get("placeholder_name"),
                   json.dumps(it.get("members")) if it.get("members") else None, it["rule"], it["confidence"],
                   json.dumps(it.get("evidence") or {}, sort_keys=True), it.get("reason"), run_id, run_id)

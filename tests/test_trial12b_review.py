@@ -195,3 +195,20 @@ def test_the_review_csv_lists_a_placeholders_member_ids_and_names(org, cli, tmp_
     assert [r["member_ids"] for r in piped if r["parent_name"] == "'=Zeta"] == [zeta["member_ids"]]
     [item] = [i for i in cli.json("review", "list", "--format", "json") if i["members"]]
     assert item["member_names"] == ["=Zeta US", "=Zeta UK"]
+
+
+def test_a_pending_placeholder_named_by_an_older_run_takes_the_name_proposed_now(org, cli):
+    """A pending placeholder item recorded with a wrong name (as the code before the naming fix recorded
+    "Hewlett-Packard US") is renamed by the next run that proposes it, so approving it creates "Hewlett-Packard"."""
+    _family_org(org, ["Hewlett-Packard US", "Hewlett-Packard UK"])
+    cli("run", *AS_OF)
+    db = sqlite3.connect(org.root / "state" / "nrr.db")
+    db.execute("UPDATE review SET placeholder_name = 'Hewlett-Packard US'")
+    db.commit()
+    db.close()
+    cli("run", *AS_OF)
+    [item] = cli.json("review", "list", "--format", "json")
+    assert item["placeholder_name"] == "Hewlett-Packard"
+    cli("review", "approve", str(item["id"]))
+    cli("run", *AS_OF)
+    assert parents(org)["Hewlett-Packard US"] == "Hewlett-Packard"
