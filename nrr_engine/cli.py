@@ -43,6 +43,10 @@ def guarded(fn):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)
         except OSError as exc:
+            ctx = click.get_current_context(silent=True)
+            if ctx and ctx.find_root().params.get("debug"):   # which call it was: the message may name no file
+                import traceback
+                click.echo(log_mod.redact_text(traceback.format_exc()), err=True, nl=False)
             _fail(f"{exc.strerror or exc}: {getattr(exc, 'filename', '') or ''}", ExitCode.UNAVAILABLE)
         except Exception as exc:  # a bug: say so plainly, keep the traceback out of ops' logs unless asked
             cause = storage_cause(exc)
@@ -136,6 +140,7 @@ def validate(ctx):
         ruleset, rule_errors = rules_mod.check(settings.rule_files, [v.name for v in settings.lookup_views],
                                                settings.roots)
         errors.extend(rule_errors)
+        notes.extend(f"warning: {w}" for w in settings.warnings)   # e.g. a rules glob that matches no file
         n_rules = len(ruleset.match)
         checked = _check_org(settings, ruleset, errors, notes)
         from .safe_output import loose_permission_warnings  # files another local user could edit
@@ -177,16 +182,21 @@ def _check_org(settings, ruleset, errors: list, notes: list[str]) -> str:
     import tempfile
     from .errors import ConfigError
     from .sources.salesforce import SalesforceOrg
+    try:
+        skipped = orgcheck.login_skipped(settings)   # no network call: what is not set, and the key file checked
+    except ConfigError as exc:   # a bad private key file: exit 2 at its line, as the run
+        errors.append(exc)
+        return "org fields not checked"
+    if skipped is not None:   # a credential is not set: nothing to log in with
+        notes.append(skipped[0])
+        return skipped[1]
     with tempfile.TemporaryDirectory(prefix="nrr-validate-") as tmp:  # describe only: the mirror is thrown away
         org = SalesforceOrg(settings.salesforce, Path(tmp) / "mirror.db", settings.config_file)
         try:
             problems, more = orgcheck.check(settings, ruleset, orgcheck.DescribedFields(org))
-        except ConfigError as exc:  # no credentials in the environment: nothing to log in with
-            notes.append(f"org checks skipped: {exc.message}; with the credentials set, validate logs in and checks "
-                         "every field against describe")
-            return "org fields not checked (no Salesforce credentials)"
         except NrrError as exc:  # the login or a describe failed
-            errors.append(exc)
+            if str(exc) not in map(str, errors):   # (a config problem already listed, e.g. no My Domain)
+                errors.append(exc)
             return "org fields not checked"
         finally:
             org.close()

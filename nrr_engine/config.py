@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import itertools
 import json
 import os
 import re
+import stat
 import zoneinfo
 from dataclasses import dataclass, field
 from importlib import resources
@@ -66,6 +68,30 @@ def symlink_out(path: Path, roots) -> tuple[Path, str, Path] | None:
         if yamlsource.within(home, roots) and not yamlsource.within(end, roots):
             return Path(os.path.normpath(here)), target, end
     return None
+
+
+def kind_problem(path: Path, want: str) -> str | None:
+    """Why `path` cannot be what a setting names, told from stat alone (nothing is opened): `want` "file" (a file the
+    engine opens or creates: the ledger, a working copy) or "folder" (one it reads: an org export); None when it
+    can be, or does not exist yet (the run creates a file, or says a folder is missing)."""
+    try:
+        mode = path.stat().st_mode
+    except NotADirectoryError:   # a file where a folder on its way should be: name it
+        up = next((u for u in path.parents if u.exists()), None)
+        return f"cannot be reached: {up} is a file, not a folder" if up is not None else None
+    except OSError:   # missing (the run creates it, or says so), or not ours to look at (the run says which)
+        return None
+    if want == "folder":
+        return None if stat.S_ISDIR(mode) else "is a file, not a folder" if stat.S_ISREG(mode) else "is not a folder"
+    if stat.S_ISREG(mode):
+        return None
+    return "is a folder, not a file" if stat.S_ISDIR(mode) else "is not a regular file (a FIFO, socket or device)"
+
+
+def fixed_prefix(pattern: str) -> Path:
+    """The part of a glob pattern before its first wildcard (../rules of ../rules/*.yaml; all of a plain path):
+    the folder every file it can match lies in."""
+    return Path(*itertools.takewhile(lambda part: not glob.has_magic(part), Path(pattern).parts))
 
 
 def schema() -> dict:
@@ -209,6 +235,9 @@ class Settings:
     max_shrink: float = 0.2                 # guards.max_shrink: share of accounts or ARR a run may lose
     field_refs: tuple[FieldRef, ...] = field(default=(), compare=False, repr=False)
     roots: tuple[Path, ...] = field(default=(), compare=False, repr=False)   # where paths may point
+    # what is not wrong but likely a mistake (a rules glob that matches no file): validate prints each, a run
+    # reports each as a config_warning finding
+    warnings: tuple[ConfigError, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def max_depth(self) -> int:
@@ -326,7 +355,10 @@ def _build(doc: yamlsource.Document, d: dict, path: Path, errors: list[ConfigErr
                     else state.parent / "local-org.db")
     salesforce = None
     if src["kind"] == "local" and org_path is not None and not org_path.is_dir():
-        errors.append(ConfigError(f"source.path: folder {org_path} does not exist; expected a folder of <SObject>.csv files",
+        problem = kind_problem(org_path, "folder") if yamlsource.within(org_path, roots) else None
+        errors.append(ConfigError(f"source.path: {org_path} {problem}; expected the folder of <SObject>.csv files "
+                                  "(the one that holds Account.csv)" if problem else
+                                  f"source.path: folder {org_path} does not exist; expected a folder of <SObject>.csv files",
                                   doc.location(("source", "path"))))
     if src["kind"] == "salesforce":
         known = {f.name for f in dataclasses.fields(SalesforceSettings)} - {"private_key_file_at"}
@@ -354,6 +386,21 @@ def _build(doc: yamlsource.Document, d: dict, path: Path, errors: list[ConfigErr
                                       "<mydomain>.my (or source.instance_url: https://<mydomain>.my.salesforce.com)",
                                       doc.location(("source", "auth"))))
         working_copy = rel(src["mirror"], ("source", "mirror")) if src.get("mirror") else state.parent / "salesforce-mirror.db"
+    # each file the run opens or creates must be able to be one (a folder there was "unable to open database file")
+    # (one outside the project is refused as that, and not looked at)
+    copy_key = "mirror" if src["kind"] == "salesforce" else "working_copy"
+    problem = kind_problem(state, "file") if yamlsource.within(state, roots) else None
+    if problem:
+        errors.append(ConfigError(f"state: {state} {problem}; expected the SQLite ledger file (e.g. ../state/nrr.db), "
+                                  "which the first run creates", doc.location(("state",))))
+    elif yamlsource.within(working_copy, roots) and kind_problem(working_copy, "file"):
+        named = bool(src.get(copy_key))
+        what = (f"source.{copy_key}: {working_copy}" if named else
+                f"state: the {'mirror' if copy_key == 'mirror' else 'working copy'} beside it, {working_copy},")
+        errors.append(ConfigError(f"{what} {kind_problem(working_copy, 'file')}; expected the SQLite file the run "
+                                  f"keeps the {'mirror' if copy_key == 'mirror' else 'working copy'} in, which the "
+                                  "first run creates" + ("" if named else f" (or set source.{copy_key}: FILE)"),
+                                  doc.location(("source", copy_key) if named else ("state",))))
 
     tz = d.get("timezone", "UTC")
     tz_ok = True
@@ -397,16 +444,40 @@ def _build(doc: yamlsource.Document, d: dict, path: Path, errors: list[ConfigErr
             targets[fname] = (f"{v.name}.{kind}",)
 
     rule_files: list[Path] = []
+    warnings: list[ConfigError] = []
     for i, pattern in enumerate(d.get("rules", [])):
+        at, magic = ("rules", i), glob.has_magic(pattern)
         matches = sorted(glob.glob(str(base / pattern)))
-        if not matches and not glob.has_magic(pattern):
-            errors.append(ConfigError(f"rules: file {pattern} does not exist", doc.location(("rules", i))))
         found = [Path(m).resolve() for m in matches]
         escaping = [Path(m) for m, r in zip(matches, found) if not yamlsource.within(r, roots)]
         if escaping:   # and no file of it is read; the message names the file that leaves (a symlink: its target)
-            hostile.append(outside(pattern, ("rules", i), escaping[0]))
+            hostile.append(outside(pattern, at, escaping[0]))
             continue
-        rule_files.extend(found)
+        prefix = (base / fixed_prefix(pattern)).resolve()
+        if not yamlsource.within(prefix, roots):   # whatever it matches, or would once its folder exists
+            hostile.append(outside(pattern, at))
+            continue
+        key = yamlsource.dotted(at, d)
+        if not matches and not magic:
+            errors.append(ConfigError(f"rules: file {pattern} does not exist", doc.location(at)))
+        elif not magic and Path(matches[0]).is_dir():
+            errors.append(ConfigError(f"{key}: {yamlsource.excerpt(pattern, 200)} is a folder; expected a rule file "
+                                      f"or a pattern of them (e.g. {yamlsource.excerpt(pattern.rstrip('/') + '/*.yaml', 200)})",
+                                      doc.location(at)))
+        elif not any(Path(m).suffix.lower() in (".yaml", ".yml") and not Path(m).is_dir() for m in matches):
+            # a typo (../rulez/*.yaml, *.yml for .yaml files) would turn repair off without a word
+            what = ("matches no file" + ("" if prefix.exists() else f" (the folder {prefix} does not exist)")
+                    if not matches else "matches no .yaml or .yml file (rule files are YAML)")
+            warnings.append(ConfigError(f"{key}: {yamlsource.excerpt(pattern, 200)} {what}; no rule is read from it, "
+                                        "so repair runs without its rules: fix the pattern (e.g. '../rules/*.yaml') "
+                                        "or remove it", doc.location(at)))
+        folders = [f for f in found if f.is_dir()]   # never a rule file (a run hashes every file it reads)
+        for f in folders if magic else ():
+            if f.suffix.lower() in (".yaml", ".yml"):
+                errors.append(ConfigError(f"{key}: {yamlsource.excerpt(pattern, 200)} matches the folder "
+                                          f"{yamlsource.excerpt(str(f), 200)}; expected rule files only: rename or "
+                                          "move the folder", doc.location(at)))
+        rule_files.extend(f for f in found if f not in folders)
 
     schedule = dict(d.get("schedule", {}))
     for job, expr in schedule.items():
@@ -443,7 +514,7 @@ def _build(doc: yamlsource.Document, d: dict, path: Path, errors: list[ConfigErr
         snapshot_prefix=snaps.get("key_prefix", "a0K"),
         segments=tuple(d.get("report", {}).get("segments", [])),
         hierarchy=hierarchy, salesforce=salesforce, field_refs=refs,
-        max_shrink=d.get("guards", {}).get("max_shrink", 0.2), roots=roots,
+        max_shrink=d.get("guards", {}).get("max_shrink", 0.2), roots=roots, warnings=tuple(warnings),
     )
 
 

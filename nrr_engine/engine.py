@@ -85,6 +85,8 @@ def failure_of(exc: BaseException) -> tuple[int, str]:
     cause = storage_cause(exc) if isinstance(exc, Exception) else None
     if cause is not None:
         return int(ExitCode.UNAVAILABLE), f"cannot write ({cause}); free some space and run again"
+    if isinstance(exc, OSError):   # as cli.guarded ends on it: exit 3, not 70
+        return int(ExitCode.UNAVAILABLE), f"{exc.strerror or exc}: {getattr(exc, 'filename', '') or ''}"
     return INTERNAL_ERROR, f"internal error ({type(exc).__name__}: {exc})"
 
 

@@ -312,6 +312,8 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
             objects.append(settings.snapshot_object)
             ruleset = rules_mod.load(settings.rule_files, [v.name for v in settings.lookup_views], settings.roots)
             _warn_loose_permissions([settings.config_file, *settings.rule_files, *ruleset.tables])
+            # what validate warns of (a rules glob that matches no file: repair without its rules)
+            findings.extend(Finding("config_warning", str(w)) for w in settings.warnings)
         signature = store.csv_signature(org)  # before the sync: a file changed during the run is seen as changed
         org.prepare(field_needs(settings, ruleset, extra_fields))  # Salesforce: budget and describe checks
         org.sync(objects, background=background)

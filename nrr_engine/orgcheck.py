@@ -193,3 +193,20 @@ def local_problems(settings: Settings, ruleset) -> list[NrrError]:
     if settings.salesforce is not None or settings.org_path is None:
         return []
     return check(settings, ruleset, LocalHeaders(settings.org_path))[0]
+
+
+def login_skipped(settings: Settings) -> tuple[str, str] | None:
+    """Why `validate` cannot log in to the settings' Salesforce org, found without a network call: (its note, what
+    its ok line says) when a credential is not set, None when it can log in. A private key file that is set is
+    checked as a run checks it: one that is not a usable key raises its ConfigError (exit 2 at its config line)."""
+    from .sources.salesforce import any_credential_set, missing_credential
+
+    s = settings.salesforce
+    missing = missing_credential(s, settings.config_file)
+    if missing is None:
+        return None
+    note = (f"org checks skipped: {missing.message}; with the credentials set, validate logs in and checks every "
+            "field against describe")
+    if not any_credential_set(s):
+        return note, "org fields not checked (no Salesforce credentials)"
+    return note, "org fields not checked (Salesforce credentials incomplete: see the note above)"

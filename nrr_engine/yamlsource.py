@@ -34,10 +34,10 @@ def read_limited(path: Path, limit: int = MAX_BYTES) -> bytes:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block the open
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", Location(str(path))) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):   # before fdopen, which refuses a folder as "Is a directory: <fd>"
+        os.close(fd)
+        raise ConfigError("not a regular file (a device, FIFO or folder); expected a file", Location(str(path)))
     with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError("not a regular file (a device, FIFO or folder); expected a file", Location(str(path)))
         raw = fh.read(limit + 1)
     if len(raw) > limit:
         raise ConfigError(f"larger than {limit // (1 << 20)} MB; expected a config, rule file or table of at most that",

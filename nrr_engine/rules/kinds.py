@@ -232,6 +232,10 @@ def _read_table(table: Path, where: Location, errors: list, ref: Location) -> li
     if not table.exists():
         errors.append(ConfigError(f"table: file {table} does not exist", ref))
         return []
+    if table.is_dir():   # (a read said "Is a directory: <fd>", exit 3)
+        errors.append(ConfigError(f"table: {table} is a folder, not a file; expected a CSV file of child,parent[,note] "
+                                  "rows (or a YAML list of {child: ..., parent: ...})", ref))
+        return []
     if table.suffix.lower() in (".yaml", ".yml"):
         try:
             doc = yamlsource.load(table)

@@ -290,9 +290,13 @@ def private_key(s: SalesforceSettings, config_file: Path) -> str:
     except OSError as exc:
         raise ConfigError(f"{what} cannot be read ({exc.strerror}); it must be readable by the user the engine "
                           "runs as (and by no one else: chmod 600)", where) from None
+    mode = os.fstat(fd).st_mode   # before fdopen, which refuses a folder with a bare "Is a directory: <fd>"
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket")
+        raise ConfigError(f"{what} is not a regular file (it is {kind}); {expected}", where)
     with os.fdopen(fd, "rb") as fh:   # opened once: what is checked is what is used
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            raise ConfigError(f"{what} is not a regular file; {expected}", where)
         try:
             data = fh.read(KEY_FILE_MAX + 1)
         except OSError as exc:
@@ -322,6 +326,41 @@ def private_key(s: SalesforceSettings, config_file: Path) -> str:
         raise ConfigError(f"{what} is not an RSA private key; the JWT bearer flow signs with RS256, which needs one "
                           "(openssl genrsa -out server.key 2048)", where)
     return text
+
+
+# what each auth reads from the environment besides the username and the key file (connect's _env calls)
+_AUTH_SECRETS = {"jwt": (("consumer_key_env", "the connected app's consumer key"),),
+                 "client_credentials": (("consumer_key_env", "the connected app's consumer key"),
+                                        ("consumer_secret_env", "the connected app's consumer secret")),
+                 "password": (("password_env", "the password"),),
+                 "session": (("session_id_env", "the session id (access token)"),)}
+
+
+def missing_credential(s: SalesforceSettings, config_file: Path) -> ConfigError | None:
+    """What `validate` checks of a login without making one (no network call): the key file, when one is set, is
+    read and checked as connect() checks it, so a bad one raises its ConfigError (exit 2 at its config line, as a
+    run); then the first thing a login needs that is not set (the username, the key file, a variable of
+    _AUTH_SECRETS) is returned as the error connect() would raise; None when a login can be tried."""
+    if s.auth == "jwt" and (s.private_key_file is not None or os.environ.get(s.private_key_file_env)):
+        private_key(s, config_file)
+    try:
+        if s.auth in ("jwt", "password") and not (s.username or os.environ.get(s.username_env)):
+            raise ConfigError(f"source.auth {s.auth} needs a username: set source.username or ${s.username_env}",
+                              Location(str(config_file), field="source.auth"))
+        if s.auth == "jwt" and s.private_key_file is None and not os.environ.get(s.private_key_file_env):
+            private_key(s, config_file)   # raises: no key file set
+        for attr, what in _AUTH_SECRETS.get(s.auth, ()):
+            _env(getattr(s, attr), what, config_file)
+    except ConfigError as exc:
+        return exc
+    return None
+
+
+def any_credential_set(s: SalesforceSettings) -> bool:
+    """Whether one of the secrets the auth reads is set: a variable of _AUTH_SECRETS, or jwt's key file
+    (validate's wording: credentials that are incomplete, or none at all)."""
+    key_file = s.auth == "jwt" and (s.private_key_file is not None or bool(os.environ.get(s.private_key_file_env)))
+    return key_file or any(os.environ.get(getattr(s, attr)) for attr, _ in _AUTH_SECRETS.get(s.auth, ()))
 
 
 def connect(s: SalesforceSettings, session: ApiSession, config_file: Path) -> Salesforce:
