@@ -2,13 +2,16 @@
 
     python bench/run.py --accounts 100000 --months 24
     python bench/run.py --accounts 1000000 --months 24 --source salesforce-double   # needs pip install -e '.[test]'
+    python bench/run.py --accounts 1000000 --months 24 --keep /tmp/b1m --change 0.01  # and a rerun after 1 % edits
 
 With --source salesforce-double the org is served by the Salesforce test double, in a process of its own
 (the run's requests reach it over a Unix socket, so the run's peak RSS is the engine's), and the API calls of
 the run, the rerun and the naive approach (REST query_all + one update call per changed record) are printed.
 
 Generates the org (not timed), runs `nrr-engine run` in a child process (so peak RSS is the run's own),
-then reruns it (expects 0 writes). Prints stage times and, as its last line, one JSON object.
+then reruns it (expects 0 writes), times `report nrr --window 12` three times, and with --change edits that share
+of accounts (name) and subscriptions (amount) and runs once more. Prints stage times and, as its last line, one
+JSON object.
 """
 from __future__ import annotations
 
@@ -68,6 +71,28 @@ def run_report(config: Path, double_socket: str | None = None, times: int = 3) -
         rss = max(rss, usage.ru_maxrss / 1024)
         stored = stored and "from_run" in json.loads(out)
     return walls, rss, stored
+
+
+def change_share(org: Path, share: float) -> dict:
+    """Change `share` of the accounts (a word added to the name) and of the subscriptions (amount +10 %) in the
+    org's CSVs, evenly spread, as a day's edits would; returns how many of each (not timed)."""
+    import csv
+    step = max(1, round(1 / share))
+    counts = {}
+    for name, field, edit in (("Account.csv", "Name", lambda v: v + " Services"),
+                              ("Subscription__c.csv", "Amount__c", lambda v: f"{float(v) * 1.1:.2f}" if v else v)):
+        path = org / name
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+        col = rows[0].index(field)
+        n = 0
+        for k in range(1, len(rows), step):
+            rows[k][col] = edit(rows[k][col])
+            n += 1
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            csv.writer(fh).writerows(rows)
+        counts[name] = n
+    return counts
 
 
 def seed_double(work: Path, config: Path) -> Path:
@@ -132,6 +157,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--keep", type=Path, help="build in this folder and keep it (default: a temp dir, removed)")
     ap.add_argument("--reuse", action="store_true", help="with --keep: reuse the org already generated there")
+    ap.add_argument("--change", type=float, metavar="SHARE",
+                    help="after the rerun, change this share of accounts and subscriptions (e.g. 0.01) and run again "
+                         "(local org; the org's CSVs are edited: regenerate or copy it afterwards)")
     args = ap.parse_args()
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="nrr-bench-"))
@@ -174,6 +202,17 @@ def main() -> None:
         print(f"report nrr --window 12: {', '.join(f'{w:.2f}' for w in report_walls)} s "
               f"(min {min(report_walls):.2f}, median {sorted(report_walls)[1]:.2f}), peak RSS {report_rss:.0f} MB, "
               f"{'read from the columnar store' if report_stored else 'recomputed'}", flush=True)
+        changed = None
+        if args.change and store is None:
+            edits = change_share(work / "org", args.change)
+            ch_wall, ch_rss, ch_summary = run_job(config)
+            ch_writes = ch_summary["changes"].get("applied", 0) + ch_summary["changes"].get("failed", 0)
+            print(f"rerun after changing {args.change:.0%} ({edits}): {ch_wall:.1f}s wall, peak RSS {ch_rss:.0f} MB, "
+                  f"{ch_writes} writes", flush=True)
+            for name, secs in ch_summary["stages"].items():
+                print(f"  {name:<10} {secs:8.2f}s")
+            changed = {"share": args.change, "edits": edits, "wall_s": round(ch_wall, 2), "peak_rss_mb": round(ch_rss),
+                       "writes": ch_writes, "stages": ch_summary["stages"]}
         if store is not None:
             re_api = re_summary.get("api_calls", {})
             print(f"  rerun API calls: {re_api.get('total')} {re_api.get('calls')}", flush=True)
@@ -188,7 +227,7 @@ def main() -> None:
                           "writes": writes, "rerun_wall_s": round(re_wall, 2), "rerun_peak_rss_mb": round(re_rss),
                           "rerun_writes": re_writes, "rerun_stages": re_summary["stages"],
                           "report_s": [round(w, 2) for w in report_walls], "report_peak_rss_mb": round(report_rss),
-                          "report_from_store": report_stored,
+                          "report_from_store": report_stored, "changed_rerun": changed,
                           "double_peak_rss_mb": double_rss and round(double_rss)}))
     finally:
         if double is not None and double.poll() is None:  # the run failed: do not leave the double serving
