@@ -347,7 +347,8 @@ class _RedactingStream(io.TextIOBase):
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         whole = self._pending + text
-        cut = whole.rfind("\n") + 1
+        # a line ends at \n, or at \r for a progress bar redrawing its line (tqdm on a terminal): shown as it goes
+        cut = max(whole.rfind("\n"), whole.rfind("\r")) + 1
         self._pending = whole[cut:]
         if cut:
             self.raw.write(self._redact(whole[:cut]))

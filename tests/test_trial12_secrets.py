@@ -292,3 +292,17 @@ def test_a_library_warning_is_one_json_event_when_stderr_is_not_a_terminal(tmp_p
     assert re.search(r"simple_salesforce/login\.py:\d+$", w["source"])
     assert "Allow Access" in w["message"] and "client_id=[redacted]" in w["message"]
     assert p.double.consumer_key not in r.stderr
+
+
+def test_a_progress_bar_redrawing_its_line_is_shown_as_it_goes(monkeypatch):
+    """A progress bar redraws its line with \\r and no \\n (tqdm on a terminal): each redraw goes out at once,
+    redacted, instead of waiting for a newline that comes only when the run ends."""
+    from nrr_engine.log import _RedactingStream
+
+    monkeypatch.setenv("SF_PASSWORD", PASSWORD)
+    raw = io.StringIO()
+    s = _RedactingStream(raw)
+    s.write("\rfetch:  10%")
+    s.write("\rmatch:  20% " + PASSWORD)
+    s.write("\r")
+    assert raw.getvalue() == "\rfetch:  10%\rmatch:  20% [redacted]\r"
