@@ -155,13 +155,21 @@ def _rule_fields(settings: Settings, org: LocalOrg, ruleset, findings: list[Find
     return usable, fields
 
 
-def fetch_accounts(settings: Settings, org: LocalOrg, extra_fields: tuple[str, ...] = ()) -> Accounts:
+def account_fields(settings: Settings, extra_fields: tuple[str, ...] = ()) -> list[str]:
+    """The Account columns a run or report reads, Id first."""
+    return ["Id", *dict.fromkeys([*settings.account_fields_read(), *extra_fields])]
+
+
+def fetch_accounts(settings: Settings, org: LocalOrg, extra_fields: tuple[str, ...] = (),
+                   stored: list[list] | None = None) -> Accounts:
+    """The accounts, read from the working copy, or `stored`: the same columns as the last run's store holds
+    them when the working copy is provably what it left (store.Columns.accounts)."""
     require_columns(org, "Account", [v.parent_field for v in settings.lookup_views], "views.parent_field")
     require_columns(org, "Account", [v.by for v in settings.views if v.by], "views.by")
     if settings.arr.source == "account_field":
         require_columns(org, "Account", [settings.arr.account_field], "arr.account_field")
-    fields = ["Id", *dict.fromkeys([*settings.account_fields_read(), *extra_fields])]
-    cols = org.read_columns("Account", fields)
+    fields = account_fields(settings, extra_fields)
+    cols = stored if stored is not None else org.read_columns("Account", fields)
     return Accounts(ids=cols[0], fields={f: cols[i] for i, f in enumerate(fields) if i})
 
 
@@ -325,7 +333,15 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
         if repair:
             usable, rule_fields = _rule_fields(settings, org, ruleset, findings)
             ruleset = rules_mod.RuleSet(tuple(usable), ruleset.files)
-        accounts = fetch_accounts(settings, org, (*extra_fields, *rule_fields))
+        stored = store.read(store.path_for(settings.state)) if repair else None
+        fields = account_fields(settings, (*extra_fields, *rule_fields))
+        kept = None
+        if _working_copy_as_stored(stored, ctx, signature):
+            kept = stored.accounts(fields)
+            if kept is not None:
+                _log.info("store.reused", run=stored.meta.get("run_id"), what="accounts")
+        accounts = fetch_accounts(settings, org, (*extra_fields, *rule_fields), kept)
+        del kept
 
         decisions = Decisions()
         inserts: list[Change] = []
@@ -351,7 +367,6 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
         if merged:
             findings.append(Finding("merged_accounts", f"{len(merged)} merged-away account(s) carry their ARR history "
                                     "to the surviving account (MasterRecordId)", tuple(sorted(merged))))
-        stored = store.read(store.path_for(settings.state)) if repair else None
         reuse = _reusable(stored, ctx, accounts) if not merged else None
         membership = {v.name: ((reuse[0].membership[v.name] if reuse[1] is None else
                                 store.remap(reuse[0].membership[v.name], reuse[0].ids, accounts.index))
@@ -369,7 +384,18 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
                  decisions=decisions, inserts=tuple(inserts),
                  existing_snapshots=existing, findings=tuple(findings), repair=repair,
                  extra_fields=tuple(extra_fields), merged=merged, cohorts=cohorts, reuse=reuse,
-                 csv_signature=signature, stored=stored)
+                 csv_signature=signature, stored=stored, account_fields=tuple(fields))
+
+
+def _working_copy_as_stored(cols, ctx, signature) -> bool:
+    """Whether the local working copy's accounts are the ones the store holds: written at the ledger state
+    before this run (no run, rollback or import since) from an Account.csv with the size and modification time
+    it has now (so the sync reloaded nothing)."""
+    if cols is None or signature is None or "Account.csv" not in signature:
+        return False
+    meta = cols.meta
+    return (getattr(ctx, "store_version", None) is not None and meta.get("stamp") == ctx.store_version
+            and (meta.get("csv") or {}).get("Account.csv") == signature["Account.csv"])
 
 
 def _reusable(cols, ctx, accounts: Accounts):

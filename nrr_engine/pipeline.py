@@ -57,9 +57,11 @@ def _repair(settings: Settings) -> Stage:
         # Matching's columns are not needed by the later stages: a slimmer Accounts lets them go.
         keep = {f.lower() for f in (*settings.account_fields_read(), *state.extra_fields)}
         slim = dataclasses.replace(accounts, fields={k: c for k, c in accounts.fields.items() if k.lower() in keep})
+        packed = store.pack_columns(accounts, [k for k in accounts.fields if k.lower() not in keep]) if state.repair else {}
         return dataclasses.replace(state, accounts=slim, views=views, duplicates=tuple(duplicates),
                                    changes=tuple(changes), findings=tuple(findings),
-                                   derived=store.derived_of(shared, accounts) if state.repair else {}, stored=None)
+                                   derived=store.derived_of(shared, accounts) if state.repair else {}, stored=None,
+                                   account_packed=packed)
     return repair
 
 
@@ -249,7 +251,11 @@ def write_store(settings: Settings, plan: Plan, org: LocalOrg, version: int) -> 
             "config": store.config_digest(settings.config_file), "csv": state.csv_signature,
             "arr_findings": [{"kind": f.kind, "message": f.message, "records": list(f.records),
                               "outcome": f.outcome.value} for f in state.arr_findings]}
-    store.write(path, meta, plan.accounts.ids, plan.matrix, membership, trees, columns, state.excluded, state.derived)
+    accounts = None if plan.inserts or not state.account_fields else store.account_columns(
+        plan.accounts, state.account_packed, plan.changes, list(state.account_fields))
+    meta["account_fields"] = list(state.account_fields)
+    store.write(path, meta, plan.accounts.ids, plan.matrix, membership, trees, columns, state.excluded, state.derived,
+                accounts)
 
 
 def report_from_store(settings: Settings, org: LocalOrg, ledger: Ledger, current_month: int, view: str, period: int,

@@ -139,6 +139,62 @@ def _unpack(buf: np.ndarray, n: int) -> list[str] | None:
     return out if len(out) == n else None
 
 
+def _pack_column(values: list) -> tuple[np.ndarray, np.ndarray] | None:
+    """A column as (UTF-8 buffer, bits of the cells that are None): None and '' stay apart; None for a NUL."""
+    buf = _pack(values)
+    if buf is None:
+        return None
+    return buf, np.packbits(np.fromiter((v is None for v in values), dtype=bool, count=len(values)))
+
+
+def _unpack_column(buf: np.ndarray, nones: np.ndarray, n: int) -> list | None:
+    out = _unpack(buf, n)
+    if out is None:
+        return None
+    for i in np.flatnonzero(np.unpackbits(nones, count=n)).tolist():
+        out[i] = None
+    return out
+
+
+def pack_columns(accounts, names) -> dict:
+    """Account columns packed for the store (fields the repair stage is about to let go)."""
+    out = {}
+    for name in names:
+        packed = _pack_column(accounts.column(name))
+        if packed is not None:
+            out[name] = packed
+    return out
+
+
+def account_columns(plan_accounts, packed: dict, changes, fields: list[str]) -> dict | None:
+    """Every column the run read (`fields`, Id first) as the working copy holds it after the run's writes: the
+    packed columns the repair let go (never written) and the kept ones with the plan's Account changes applied;
+    None when one cannot be packed."""
+    out = {}
+    by_field: dict[str, list] = {}
+    for batch in changes:
+        if batch.object == "Account" and len(batch):
+            by_field.setdefault(batch.field.lower(), []).append(batch)
+    for name in fields[1:]:
+        if name in packed:
+            out[name] = packed[name]
+            continue
+        if not plan_accounts.has(name):
+            return None
+        col = plan_accounts.column(name)
+        batches = by_field.get(name.lower(), [])
+        if batches:
+            col = list(col)
+            for batch in batches:
+                for r, v in zip(np.asarray(batch.rows).tolist(), batch.new):
+                    col[r] = v
+        column = _pack_column(col)
+        if column is None:
+            return None
+        out[name] = column
+    return out
+
+
 def seed(cols: "Columns | None", accounts) -> dict:
     """Matching's derived columns for this run, from a store's (any store of the same code: they are a function
     of the raw values alone) where an account's raw value is unchanged, the rest derived again: a dict to seed
@@ -221,9 +277,16 @@ def derived_of(shared: dict, accounts) -> dict:
 # ---- the file ----------------------------------------------------------------------------------
 
 def write(path: Path, meta: dict, ids: list[str], matrix: np.ndarray, membership: dict[str, Membership],
-          trees: dict[str, Tree], columns: dict[str, list], excluded, derived: dict | None = None) -> None:
+          trees: dict[str, Tree], columns: dict[str, list], excluded, derived: dict | None = None,
+          accounts: dict | None = None) -> None:
     """Write the store atomically (0600); a failure leaves no store rather than a stale one."""
     arrays: dict[str, np.ndarray] = {}
+    if accounts is not None:
+        meta = {**meta, "account_columns": list(accounts)}
+        for k, (buf, nones) in enumerate(accounts.values()):
+            arrays[f"a{k}"], arrays[f"a{k}_none"] = buf, nones
+    else:
+        meta = {**meta, "account_fields": None}
     kept = []
     for (kind, name), entry in (derived or {}).items():
         k = len(kept)
@@ -338,6 +401,20 @@ class Columns:
 
     def column(self, name: str):
         return self.columns[name]
+
+    def accounts(self, fields: list[str]) -> list[list] | None:
+        """The columns `fields` (Id first) as the working copy held them after the run, or None when the store
+        does not hold exactly these."""
+        if self.meta.get("account_fields") != fields or self.meta.get("account_columns") != fields[1:]:
+            return None
+        n = self.size
+        out = [self.ids]
+        for k in range(len(fields) - 1):
+            col = _unpack_column(self._z[f"a{k}"], self._z[f"a{k}_none"], n)
+            if col is None:
+                return None
+            out.append(col)
+        return out
 
     @property
     def excluded(self):

@@ -218,8 +218,8 @@ def test_an_unchanged_rerun_takes_its_arr_and_findings_from_the_store(org, tmp_p
     rerun = Cli(org.config)("--log-level", "info", "run", *AS_OF)
     again = rerun.stdout
     reused = [json.loads(ln) for ln in rerun.stderr.splitlines() if '"store.reused"' in ln]
-    assert {e["what"] for e in reused if e["what"].startswith("arr")} == {"arr history and membership",
-                                                                           "arr from subscriptions"}, rerun.stderr
+    assert {e["what"] for e in reused if not e["what"].startswith("matching")} == {
+        "accounts", "arr history and membership", "arr from subscriptions"}, rerun.stderr
     without_run = Cli(twin / "config" / "nrr.yaml")("--log-level", "info", "run", *AS_OF)
     without = without_run.stdout
     assert "store.reused" not in without_run.stderr
@@ -267,3 +267,28 @@ def test_matching_derives_again_only_the_names_and_sites_that_changed(demo, tmp_
         return {k: p[k] for k in ("changes", "review")}
     assert plan(tmp_path / "a.json") == plan(tmp_path / "b.json")
     assert plan(tmp_path / "a.json")["changes"]  # the renames make the plan propose something
+
+
+def test_the_accounts_come_from_the_store_only_while_the_working_copy_is_what_the_run_left(demo, tmp_path):
+    """A rerun reads the accounts (with the links and rollups the run wrote) from the store; once Account.csv is
+    touched (same bytes, new mtime) it reads the working copy again; either way the plan equals a run without
+    the store."""
+    def reused(r) -> set[str]:
+        return {json.loads(ln)["what"] for ln in r.stderr.splitlines() if '"store.reused"' in ln}
+    project = demo.parent.parent
+    twin = tmp_path / "twin"
+    shutil.copytree(project, twin)
+    (twin / "state" / store.NAME).unlink()
+    r = Cli(demo)("--log-level", "info", "plan", *AS_OF, "--out", str(tmp_path / "a.json"))
+    assert "accounts" in reused(r)
+    Cli(twin / "config" / "nrr.yaml")("plan", *AS_OF, "--out", str(tmp_path / "b.json"))
+
+    def plan(path: Path) -> dict:
+        p = json.loads(path.read_text(encoding="utf-8"))
+        return {k: p[k] for k in ("changes", "review", "snapshots")}
+    assert plan(tmp_path / "a.json") == plan(tmp_path / "b.json")
+    os.utime(project / "org" / "Account.csv")
+    r = Cli(demo)("--log-level", "info", "run", *AS_OF)
+    assert "accounts" not in reused(r) and "changes: planned 0" in r.stdout
+    r = Cli(demo)("--log-level", "info", "run", *AS_OF)   # that run wrote the store again: current once more
+    assert "accounts" in reused(r) and "changes: planned 0" in r.stdout
