@@ -341,6 +341,7 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
             if kept is not None:
                 _log.info("store.reused", run=stored.meta.get("run_id"), what="accounts")
         accounts = fetch_accounts(settings, org, (*extra_fields, *rule_fields), kept)
+        kept_all = kept is not None
         del kept
 
         decisions = Decisions()
@@ -368,6 +369,9 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
             findings.append(Finding("merged_accounts", f"{len(merged)} merged-away account(s) carry their ARR history "
                                     "to the surviving account (MasterRecordId)", tuple(sorted(merged))))
         reuse = _reusable(stored, ctx, accounts) if not merged else None
+        # every input as the store holds it: a run that then changes nothing need not write the store again
+        unchanged = (kept_all and reuse is not None and reuse[1] is None and signature == stored.meta.get("csv")
+                     and stored.meta.get("config") == store.config_digest(settings.config_file))
         membership = {v.name: ((reuse[0].membership[v.name] if reuse[1] is None else
                                 store.remap(reuse[0].membership[v.name], reuse[0].ids, accounts.index))
                                if reuse is not None and v.name in reuse[0].membership else
@@ -384,7 +388,8 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
                  decisions=decisions, inserts=tuple(inserts),
                  existing_snapshots=existing, findings=tuple(findings), repair=repair,
                  extra_fields=tuple(extra_fields), merged=merged, cohorts=cohorts, reuse=reuse,
-                 csv_signature=signature, stored=stored, account_fields=tuple(fields))
+                 csv_signature=signature, stored=stored, account_fields=tuple(fields),
+                 unchanged=bool(unchanged))
 
 
 def _working_copy_as_stored(cols, ctx, signature) -> bool:
@@ -447,7 +452,9 @@ def fetch_arr(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, state: Sta
         first_arr = None
         if state.cohorts and rebuilt:  # the subscriptions date every cohort, before the months kept too
             first_arr = np.full(len(accounts), arr_mod.OPEN, dtype=np.int64)
-        if stored is not None and reuse is not None and first_arr is None and _same_subscriptions(settings, state):
+        subs_reused = stored is not None and reuse is not None and first_arr is None and \
+            _same_subscriptions(settings, state)
+        if subs_reused:
             # the subscriptions, the accounts and the config are the ones the last run derived its ARR from
             # the same array: nothing after this stage writes into a matrix from subscriptions (a copy is 208 MB at 1M)
             matrix, excluded = stored, arr_mod.Excluded(*reuse[0].excluded) if reuse[0].excluded else arr_mod.Excluded()
@@ -468,7 +475,8 @@ def fetch_arr(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, state: Sta
         findings.extend(_shrink_guard(settings, ledger, ctx, len(accounts) + len(merged),
                                       int(matrix[:, cur - first].sum()), fs, excluded.arr_at(cur)))
     return dataclasses.replace(state, first=first, matrix=matrix, arr_rows_changed=changed, findings=tuple(findings),
-                               excluded=excluded, first_arr=first_arr, arr_findings=tuple(fs), reuse=None)
+                               excluded=excluded, first_arr=first_arr, arr_findings=tuple(fs), reuse=None,
+                               unchanged=state.unchanged and not len(changed) and (not rebuilt or subs_reused))
 
 
 def _same_subscriptions(settings: Settings, state: State) -> bool:

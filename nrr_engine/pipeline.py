@@ -242,6 +242,10 @@ def write_store(settings: Settings, plan: Plan, org: LocalOrg, version: int) -> 
     if set(plan.membership) != {v.name for v in settings.views} or not plan.accounts.ids:
         store.discard(path)
         return
+    if state.unchanged and not plan.change_count() and not any(plan.membership.values()) \
+            and store.all_kept(state.derived):
+        store.touch(path, version)   # the same content: only its stamp moves on
+        return
     index = plan.accounts.index
     membership = {v.name: store.committed(state.membership[v.name], plan.membership[v.name], index,
                                           ctx.current_month) for v in settings.views}

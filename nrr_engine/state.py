@@ -107,6 +107,7 @@ class State:
     first_arr: Any = None                       # per account, first month with ARR from subscriptions, or None
     csv_signature: Any = None                   # store.csv_signature of a local org before the sync (fetch)
     account_fields: tuple[str, ...] = ()        # the Account columns fetch read, Id first
+    unchanged: bool = False                     # every input (accounts, ARR, history, membership) as the store has it
     account_packed: dict = field(default_factory=dict)  # columns the repair let go, packed for the store (repair)
     arr_findings: tuple[Finding, ...] = ()      # the findings of reading ARR (fetch_arr), kept in the store
     stored: Any = None                          # store.Columns of the last run that wrote one (matching's derived

@@ -31,6 +31,7 @@ log = structlog.get_logger("nrr_engine")
 
 VERSION = 1
 NAME = "columns.npz"
+STAMP = "columns.stamp"   # beside it: a later stamp for the same file, from a run that changed nothing in it
 
 
 def path_for(state: Path) -> Path:
@@ -327,11 +328,49 @@ def write(path: Path, meta: dict, ids: list[str], matrix: np.ndarray, membership
     except OSError as exc:
         discard(path)
         log.warning("store.unwritten", file=str(path), error=str(exc))
+        return
+    touch(path, full["stamp"])
+
+
+def _file_id(path: Path) -> list[int]:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def touch(path: Path, stamp: int) -> None:
+    """Stamp the store at `path` current at `stamp` without writing it again (a run that changed nothing in it):
+    the stamp file names the store file it is for, so a store written later is never taken for this one."""
+    side = Path(path).parent / STAMP
+    try:
+        with atomic_file(side, "w", encoding="utf-8") as fh:
+            json.dump({"stamp": stamp, "file": _file_id(path)}, fh)
+    except OSError as exc:
+        discard(side)
+        log.warning("store.unwritten", file=str(side), error=str(exc))
+
+
+def _stamp(path: Path, meta: dict) -> int | None:
+    """The store's stamp: the stamp file's when it names this very file, else the one written inside it."""
+    try:
+        side = json.loads((Path(path).parent / STAMP).read_text(encoding="utf-8"))
+        if isinstance(side, dict) and side.get("file") == _file_id(path):
+            return side.get("stamp")
+    except (OSError, ValueError):
+        pass
+    return meta.get("stamp")
 
 
 def discard(path: Path) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
+    if Path(path).name == NAME:
+        with contextlib.suppress(OSError):
+            os.unlink(Path(path).parent / STAMP)
+
+
+def all_kept(derived: dict) -> bool:
+    """Whether every derived column of a run is the store's own, unchanged (derived_of kept them as they were)."""
+    return all(isinstance(entry, _Entry) for entry in derived.values())
 
 
 class Columns:
@@ -460,6 +499,7 @@ def read(path: Path) -> Columns | None:
         if z.zip.testzip() is not None:   # every member's CRC, read in chunks: a damaged file is not trusted
             z.close()
             raise ValueError("a member fails its CRC check")
+        meta["stamp"] = _stamp(path, meta)
         return Columns(z, meta)
     except FileNotFoundError:
         return None

@@ -292,3 +292,23 @@ def test_the_accounts_come_from_the_store_only_while_the_working_copy_is_what_th
     assert "accounts" not in reused(r) and "changes: planned 0" in r.stdout
     r = Cli(demo)("--log-level", "info", "run", *AS_OF)   # that run wrote the store again: current once more
     assert "accounts" in reused(r) and "changes: planned 0" in r.stdout
+
+
+def test_a_rerun_that_changes_nothing_only_moves_the_stamp(demo):
+    """A rerun with every input as the store has it and nothing to write leaves columns.npz as it is and stamps
+    it current (columns.stamp names that very file): reports still read it; a stamp file left from another
+    store file is not taken for this one."""
+    state = demo.parent.parent / "state"
+    Cli(demo)("run", *AS_OF)                      # writes a store whose inputs are all the store's next time
+    before = (state / store.NAME).stat()
+    first = report(demo)["from_run"]
+    r = Cli(demo)("--log-level", "info", "run", *AS_OF)
+    after = (state / store.NAME).stat()
+    assert "changes: planned 0" in r.stdout
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert report(demo)["from_run"] == first    # current at the new ledger state, same content
+    same_both_ways(demo, "--window", "12")
+    side = json.loads((state / store.STAMP).read_text())
+    side["file"] = [1, 2, 3]                     # a stamp for some other file: the store's own stamp is stale
+    (state / store.STAMP).write_text(json.dumps(side))
+    assert "from_run" not in report(demo)
