@@ -57,11 +57,12 @@ def _repair(settings: Settings) -> Stage:
         # Matching's columns are not needed by the later stages: a slimmer Accounts lets them go.
         keep = {f.lower() for f in (*settings.account_fields_read(), *state.extra_fields)}
         slim = dataclasses.replace(accounts, fields={k: c for k, c in accounts.fields.items() if k.lower() in keep})
-        packed = store.pack_columns(accounts, [k for k in accounts.fields if k.lower() not in keep]) if state.repair else {}
+        derived = store.derived_of(shared, accounts) if state.repair else {}
+        packed = store.pack_columns(accounts, [k for k in accounts.fields if k.lower() not in keep], derived) \
+            if state.repair else {}
         return dataclasses.replace(state, accounts=slim, views=views, duplicates=tuple(duplicates),
                                    changes=tuple(changes), findings=tuple(findings),
-                                   derived=store.derived_of(shared, accounts) if state.repair else {}, stored=None,
-                                   account_packed=packed)
+                                   derived=derived, stored=None, account_packed=packed)
     return repair
 
 

@@ -157,11 +157,17 @@ def _unpack_column(buf: np.ndarray, nones: np.ndarray, n: int) -> list | None:
     return out
 
 
-def pack_columns(accounts, names) -> dict:
-    """Account columns packed for the store (fields the repair stage is about to let go)."""
+def pack_columns(accounts, names, derived: dict | None = None) -> dict:
+    """Account columns packed for the store (fields the repair stage is about to let go); a column matching
+    packed already as the raw values of a derived column shares that buffer (a million names are held once)."""
+    raw = {name: entry["raw"] for (kind, name), entry in (derived or {}).items()}
     out = {}
     for name in names:
-        packed = _pack_column(accounts.column(name))
+        values = accounts.column(name)
+        if name in raw:
+            out[name] = (raw[name], np.packbits(np.fromiter((v is None for v in values), dtype=bool, count=len(values))))
+            continue
+        packed = _pack_column(values)
         if packed is not None:
             out[name] = packed
     return out
