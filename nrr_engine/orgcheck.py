@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .config import ENGINE_FIELDS, ENGINE_OBJECTS, Settings
 from .errors import ConfigError, DataError, Location, NrrError, close_match
+from .needs import field_needs  # the run's own list of fields and the types it accepts
 from .sources.grants import no_field_fix, no_object_fix
 
 
@@ -173,7 +174,6 @@ def check(settings: Settings, ruleset, org) -> tuple[list[NrrError], list[str]]:
 def type_problems(settings: Settings, ruleset, org: DescribedFields) -> list[NrrError]:
     """Fields of a type the run does not accept (it stops on them after describe, exit 2): every one, at the line
     of the setting that names it; a field the org lacks is reported by `check` already."""
-    from .fetch import field_needs  # the run's own list of fields and the types it accepts
 
     at = {(r.key, (r.name or "").lower()): r.location for r in settings.field_refs}
     problems = []
