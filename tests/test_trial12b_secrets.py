@@ -7,7 +7,7 @@ import ast
 import json
 import os
 import re
-import secrets as random
+import random as stdlib_random
 import sqlite3
 from pathlib import Path
 
@@ -173,12 +173,13 @@ def test_the_engine_s_own_texts_about_bearer_and_oauth_are_left_alone(monkeypatc
 def _session_id() -> str:
     """A session id as Salesforce issues them: the 15-character org Id, "!", then ~96 of [A-Za-z0-9._]."""
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._"
-    return "00D5g000004bXyZ!AQ" + "".join(random.choice(alphabet) for _ in range(94))
+    rng = stdlib_random.Random(20261201)   # the same on every collection (pytest-xdist compares them)
+    return "00D5g000004bXyZ!AQ" + "".join(rng.choice(alphabet) for _ in range(94))
 
 
 @pytest.mark.parametrize("token", [
     _session_id(),
-    "00D" + random.token_hex(12) + "!" + random.token_urlsafe(24),             # the double's
+    "00D5e1c0a9b8f7d6c5b4a3f2!Zq8xW3vY7bN2mK5pL9sT4rUe",                        # the double's shape
     "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiIzTVZHOU94VHlFTUNRM2dOcDJQamtxZVpLeG5tQWlHMXhWNG9IaDlBS0xfclNLLkJvU1ZQR1pIUXVrWG5W"
     "anpSZ1N1UXFHbjc1Tkw3eWZrUWN5eTcifQ.c2lnbmF0dXJl",                       # a JWT
     "T1amGT21.Idup.298885bf38e99053dca3434eb59c6aa",
