@@ -96,6 +96,19 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+@pytest.fixture(autouse=True)
+def _secret_registry_per_test():
+    """Values a test registers as secrets (a double's consumer key, a session id) stay that test's: the
+    redactor's registry is the process's, and a value left in it would redact the words of later tests."""
+    from nrr_engine import log as log_mod
+    saved_vars, saved_values = set(log_mod._secret_vars), set(log_mod._secret_values)
+    yield
+    log_mod._secret_vars.clear(), log_mod._secret_vars.update(saved_vars)
+    log_mod._secret_values.clear(), log_mod._secret_values.update(saved_values)
+    getattr(log_mod, "_compiled", {}).clear()
+    log_mod._registered += 1   # a redactor made before now is stale
+
+
 @pytest.fixture
 def org(tmp_path) -> Org:
     """An empty org builder rooted in a temp dir."""
