@@ -320,7 +320,7 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
         unchanged = (kept_all and reuse is not None and reuse[1] is None and signature == stored.meta.get("csv")
                      and stored.meta.get("config") == store.config_digest(settings.config_file))
         membership = {v.name: ((reuse[0].membership[v.name] if reuse[1] is None else
-                                store.remap(reuse[0].membership[v.name], reuse[0].ids, accounts.index))
+                                store.remap(reuse[0].membership[v.name], reuse[1], reuse[0].ids))
                                if reuse is not None and v.name in reuse[0].membership else
                                Membership.from_segments(v.name, ledger.membership_segments(v.name), accounts.index,
                                                         ledger.membership_count(v.name))) for v in settings.views}

@@ -150,7 +150,8 @@ class Redactor:
         single = [v for v in self.found if len(v.splitlines()) == 1]
         needles = {_fold(v) for v in single} | {_fold(json.dumps(v, ensure_ascii=False)[1:-1]) for v in single}
         self._needles = tuple(sorted(needles | set(_BEARER_WORDS), key=len, reverse=True))
-        self._ascii = all(v.isascii() for v in single)   # else ensure_ascii's \uXXXX would hide a case variant
+        # a non-ASCII secret: json.dumps(ensure_ascii=True) writes it as \u escapes, where a case variant hides
+        self._ascii = all(v.isascii() for v in single)
 
     def __bool__(self) -> bool:
         """Whether there is a secret to redact (a text can still hold an echoed Bearer token)."""

@@ -93,10 +93,10 @@ def committed(m: Membership, changes: list[tuple[str, str]], index: dict[str, in
                       np.concatenate([m.root[keep], roots]), unknown)
 
 
-def remap(m: Membership, old_ids: list[str], index: dict[str, int]) -> Membership:
-    """A membership over `old_ids` (the accounts of the run that stored it) re-indexed for this run's `index`:
-    accounts that left become -1, roots that left become named unknown roots (as `from_segments` reads them)."""
-    pos = np.fromiter((index.get(a, -1) for a in old_ids), dtype=np.int64, count=len(old_ids))
+def remap(m: Membership, pos: np.ndarray, old_ids: list[str]) -> Membership:
+    """A membership over `old_ids` (the accounts of the run that stored it) re-indexed for this run, `pos` holding
+    each old account's position in it (-1: not in this run): accounts that left become -1, roots that left
+    become named unknown roots (as `from_segments` reads them)."""
     account = np.where(m.account >= 0, pos[np.maximum(m.account, 0)], -1).astype(np.int32)
     names = {name: label for label, name in m.unknown.items()}
     unknown = dict(m.unknown)
@@ -399,7 +399,14 @@ class Columns:
         return self._get("ids", load)
 
     def same_ids(self, ids: list[str]) -> bool:
-        """Whether the store holds exactly these accounts in this order (compared as bytes, no list built)."""
+        """Whether the store holds exactly these accounts in this order (compared as bytes, no list built; once
+        per list: fetch and the repair stage both ask of the run's accounts)."""
+        last = self._cache.get("same_ids")
+        if last is None or last[0] is not ids or last[1] != len(ids):
+            last = self._cache["same_ids"] = (ids, len(ids), self._same_ids(ids))
+        return last[2]
+
+    def _same_ids(self, ids: list[str]) -> bool:
         raw = self._z["ids"]
         if len(raw) != len(ids):
             return False

@@ -30,6 +30,9 @@ SUBS_ARR = """\
   subscriptions: {object: Subscription__c, account: Account__c, start: Start_Date__c, end: End_Date__c,
                   amount: Amount__c, amount_period: annual, product: Product__c}"""
 
+# the plain name rule (qualifier after the parent's name), for tests of what a name link does
+NAME_RULE = "kind: match\nrules:\n  - name: names\n    type: name\n"
+
 FIELD_ARR = """\
   source: account_field
   account_field: ARR__c"""
@@ -94,6 +97,17 @@ def write_csv(path: Path, rows: list[dict], header: list[str] | None = None) -> 
 def read_csv(path: Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
+
+
+def zeta_family(org: "Org") -> "Org":
+    """"Zeta US" and "Zeta UK" with no account named Zeta, under the name rule: a placeholder parent "Zeta" to
+    propose (and, approved, to create)."""
+    org.account("001A", "Zeta US", BillingCountry="US")
+    org.account("001B", "Zeta UK", BillingCountry="United Kingdom")
+    org.sub("001A", "2025-01-01", "", "1000")
+    org.rules = {"r.yaml": NAME_RULE}
+    org.write()
+    return org
 
 
 @pytest.fixture(autouse=True)

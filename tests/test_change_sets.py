@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_csv, write_csv
+from conftest import read_csv, write_csv, zeta_family
 
 AS_OF = ("--as-of", "2026-11-15")
-NAME_RULE = "kind: match\nrules:\n  - name: names\n    type: name\n"
 
 
 def run_id(out: str) -> str:
@@ -36,11 +35,7 @@ def cells(folder: Path, pattern: str) -> set[str]:
 def zeta(org, cli):
     """"Zeta US" and "Zeta UK" under a placeholder parent "Zeta" the second run creates (approved in review);
     returns (the run that created it, the placeholder's working-copy Id)."""
-    org.account("001A", "Zeta US", BillingCountry="US")
-    org.account("001B", "Zeta UK", BillingCountry="United Kingdom")
-    org.sub("001A", "2025-01-01", "", "1000")
-    org.rules = {"r.yaml": NAME_RULE}
-    org.write()
+    zeta_family(org)
     cli("run", *AS_OF)
     [item] = cli.json("review", "list", "--format", "json")
     cli("review", "approve", str(item["id"]))

@@ -14,14 +14,13 @@ import sqlite3
 import numpy as np
 import pytest
 
-from conftest import FIELD_ARR, Cli, write_csv
+from conftest import FIELD_ARR, NAME_RULE, Cli, write_csv
 from nrr_engine import config as config_mod, money
 from nrr_engine.config import SubscriptionSource
 from nrr_engine.metrics import arr as arr_mod
 from nrr_engine.scheduler import Daemon
 
 AS_OF = ("--as-of", "2026-11-15")
-NAME_RULE = "kind: match\nrules:\n  - name: names\n    type: name\n"
 
 
 def working_copy(org) -> sqlite3.Connection:

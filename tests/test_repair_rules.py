@@ -13,14 +13,9 @@ from nrr_engine.hierarchy import build_tree
 from nrr_engine.hierarchy.link import Approved, Guards, repair
 from nrr_engine.hierarchy.match import Population, Proposal
 from nrr_engine.rules.kinds import KeyRule, MappingRule
+from conftest import NAME_RULE, zeta_family
 from test_matching import AS_OF, parents
 
-NAME_RULE = """\
-kind: match
-rules:
-  - name: names
-    type: name
-"""
 
 
 def rules_text(body: str) -> dict[str, str]:
@@ -281,11 +276,7 @@ def test_rejected_pairs_are_not_proposed_again():
 def test_missing_parent_is_proposed_as_a_placeholder_and_created_on_approval(org, cli):
     """"Zeta US" and "Zeta UK" share a family no account holds: a placeholder "Zeta" goes to review; once
     approved the next run creates it (with its family key) and links both; rollback deletes it again."""
-    org.account("001A", "Zeta US", BillingCountry="US")
-    org.account("001B", "Zeta UK", BillingCountry="United Kingdom")
-    org.sub("001A", "2025-01-01", "", "1000")
-    org.rules = {"r.yaml": NAME_RULE}
-    org.write()
+    zeta_family(org)
     cli("run", *AS_OF)
     [item] = cli.json("review", "list", "--format", "json")
     assert (item["parent_ref"], item["placeholder_name"], item["members"]) == ("placeholder:name:zeta", "Zeta",

@@ -8,12 +8,11 @@ import sqlite3
 
 import pytest
 
-from conftest import write_csv
+from conftest import NAME_RULE, write_csv
 from nrr_engine.ids import id18, sf_id
 from nrr_engine.sources.local_org import LocalOrg
 from test_matching import AS_OF, parents
 
-NAME_RULE = "kind: match\nrules:\n  - name: names\n    type: name\n"
 REAL = ["0015g00000N2AAAAA3", "001Hx00000Hh001IAB", "001Dn00000Ab014IAB"]  # Ids as Salesforce exports them
 TOP = [id18("001zzzzzzzzzzzz"), "001zzzzzzzzzzzy", id18("001ZZZZZZZZZZZZ")]  # the top of the base-62 range
 

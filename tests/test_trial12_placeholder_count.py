@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 
 from test_matching import AS_OF
+from conftest import NAME_RULE
 
-NAME_RULE = "kind: match\nrules:\n  - name: names\n    type: name\n"
 
 
 def _zeta(org):

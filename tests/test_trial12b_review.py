@@ -16,8 +16,8 @@ from nrr_engine.hierarchy.match import Population, name_placeholders
 from nrr_engine.rules.kinds import NameRule
 from nrr_engine.rules.model import NAME_CONFIDENCE
 from test_matching import AS_OF, parents
+from conftest import NAME_RULE
 
-NAME_RULE = "kind: match\nrules:\n  - name: names\n    type: name\n"
 RULE = NameRule("names", "legal", Location("r.yaml", 1, rule="names"), confidence=dict(NAME_CONFIDENCE),
                 country_field=None)
 

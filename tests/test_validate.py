@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Cli
+from conftest import NAME_RULE, Cli
 from test_matching import AS_OF, shipped_rules
 
 REPO = Path(__file__).resolve().parents[1]
-NAME_RULE = "kind: match\nrules:\n  - name: names\n    type: name\n"
 
 
 def line_of(path: Path, text: str) -> int:
