@@ -142,9 +142,11 @@ def naive_calls(state: Path, store: Path) -> dict:
     for obj in ("Account", "Subscription__c", "KPI_Snapshot__c"):
         n = db.execute(f'SELECT count(*) FROM "{obj}"').fetchone()[0]
         pages[obj] = max(1, -(-n // 2000))
-    run = sqlite3.connect(state)
-    changed = run.execute("SELECT count(DISTINCT object || coalesce(record_id, external_id)) FROM changes "
-                          "WHERE run_id = (SELECT id FROM runs WHERE mode = 'run' ORDER BY started LIMIT 1)").fetchone()[0]
+    from nrr_engine.ledger import Ledger  # the run's changes are rows and change files: read through the ledger
+    led = Ledger(state)
+    first_run = next(r for r in reversed(led.runs(1000)) if r["mode"] == "run")
+    changed = len({(c["object"], c["record_id"] or c["external_id"]) for c in led.changes(first_run["id"])})
+    led.close()
     calls = {"auth": 1, "rest_query": sum(pages.values()), "record": changed}
     return {"calls": calls, "total": sum(calls.values()), "query_pages": pages}
 

@@ -503,7 +503,7 @@ class Engine:
     def changed_org(self, run: dict) -> bool:
         """The run's changes reached the org: a run or rollback (one killed or failed part-way too, once settled)
         with at least one applied change."""
-        return (run["mode"] in ("run", "rollback") and run["change_last"] is not None
+        return (run["mode"] in ("run", "rollback") and self.ledger.has_changes(run)
                 and run["status"] not in ("running", "applying") and not run.get("unsettled")
                 and self.ledger.has_applied(run["id"]))
 
@@ -517,8 +517,8 @@ class Engine:
             runs, chosen = [find_run(self.ledger, run_id)], "given"
         else:
             newest_first = self.ledger.runs(100_000)
-            unsettled = [r["id"] for r in newest_first if r["mode"] in ("run", "rollback") and r["change_last"] is not
-                         None and (r["status"] in ("running", "applying") or r.get("unsettled"))]
+            unsettled = [r["id"] for r in newest_first if r["mode"] in ("run", "rollback") and self.ledger.has_changes(r)
+                         and (r["status"] in ("running", "applying") or r.get("unsettled"))]
             if since:
                 start = find_run(self.ledger, since)
                 later = newest_first[:next(i for i, r in enumerate(newest_first) if r["id"] == start["id"])]

@@ -5,15 +5,18 @@ sqlite_utils.
 """
 from __future__ import annotations
 
+import bisect
 import json
 import sqlite3
 import time
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import sqlite_utils
 
+from . import change_files
 from .errors import Location, SourceUnavailable, disk_full, is_storage_error
 from .log import redact_text
 from .model import UPSERT, FieldChanges, SnapshotChanges
@@ -96,12 +99,41 @@ def _m6(db: sqlite_utils.Database) -> None:
     db.execute("INSERT INTO meta (key, value) VALUES ('state_version', 0)")
 
 
+def _m7(db: sqlite_utils.Database) -> None:
+    # A long batch of changes (a first run's rollups: a million rows a field) is one columnar file beside the
+    # ledger (change_files.py). change_parts lists the parts of a run that has files, in plan order: rows of
+    # `changes` (rowid_first) or a file (with its status); change_marks holds the status of single changes in a
+    # file that differ from the file's (failed records, settled ones).
+    db.execute("CREATE TABLE change_parts (run_id TEXT NOT NULL, seq_first INTEGER NOT NULL, count INTEGER NOT NULL, "
+               "rowid_first INTEGER, object TEXT, field TEXT, rule TEXT, status TEXT, file TEXT, sha256 TEXT, "
+               "PRIMARY KEY (run_id, seq_first)) WITHOUT ROWID")
+    db.execute("CREATE TABLE change_marks (run_id TEXT NOT NULL, seq INTEGER NOT NULL, status TEXT NOT NULL, "
+               "error TEXT, record_id TEXT, PRIMARY KEY (run_id, seq)) WITHOUT ROWID")
+    db.execute("ALTER TABLE runs ADD COLUMN change_files INTEGER")
+
+
+@dataclass(frozen=True)
+class _Part:
+    """Changes [seq_first, seq_first + count) of a run: rows of `changes` from rowid_first, or one file."""
+
+    seq_first: int
+    count: int
+    rowid_first: int | None = None
+    object: str | None = None
+    field: str | None = None
+    rule: str | None = None
+    status: str | None = None
+    file: str | None = None
+    sha256: str | None = None
+
+
 MIGRATIONS = [(1, "runs, changes, findings, arr_history, membership, snapshots", _m1),
               (2, "review queue", _m2),
               (3, "finding severity and outcome; membership log", _m3),
               (4, "runs.unsettled: runs whose write did not end cleanly", _m4),
               (5, "review notes trail, away and held markers", _m5),
-              (6, "meta: state_version, which the columnar store is stamped with", _m6)]
+              (6, "meta: state_version, which the columnar store is stamped with", _m6),
+              (7, "change files: a run's long batches of changes as columnar files", _m7)]
 
 _BUMP = "UPDATE meta SET value = value + 1 WHERE key = 'state_version'"
 
@@ -120,6 +152,8 @@ REVIEW_STATUSES = ("pending", "approved", "rejected", "applied", "expired", "blo
 
 class Ledger:
     """Runs, changes and history; every write method commits its own transaction."""
+
+    file_min_rows = change_files.MIN_ROWS   # a batch this long (without per-change evidence) is kept as a file
 
     def __init__(self, path: Path):
         self.path = path
@@ -239,127 +273,268 @@ class Ledger:
         return list(self.db["runs"].rows_where("status IN ('running', 'applying') OR unsettled = 1", order_by="started"))
 
     # ---- changes --------------------------------------------------------------------------------
+    # A run's changes are numbered in plan order (seq, from 0). Small batches are rows of `changes` (a run's rows
+    # are the rowid range [change_first, change_last] on its runs row); a long batch without per-change evidence
+    # is one columnar file (change_files.py). A run with files lists its parts in change_parts, which maps each
+    # seq to a row or a file; a run without them has seq = rowid - change_first, as before files existed.
+
     def record_changes(self, run_id: str, batches: Iterable[Iterable], status: str,
                        failures: dict[int, str] | None = None) -> tuple[int, int]:
         """Append every change of `batches` with `status` (failures: {seq: error} get 'failed');
-        returns the run's rowid range (first, last)."""
+        returns the run's rowid range (first, last) of the changes kept as rows."""
         conn = self.db.conn
-        sql = ("INSERT INTO changes (run_id, object, record_id, external_id, field, old, new, status, rule, confidence, "
-               "evidence) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
-        with self._tx():
-            first = (conn.execute("SELECT max(rowid) FROM changes").fetchone()[0] or 0) + 1
-            for batch in batches:
-                if isinstance(batch, FieldChanges) and batch.meta is not None:
-                    # Links: rule, confidence and evidence per change (evidence explained one at a time)
-                    consts = ", ".join(_literal(v) for v in (run_id, batch.object, batch.field, status))
-                    to_json = batch.to_json or (lambda ev: json.dumps(ev, sort_keys=True) if ev else None)
-                    conn.executemany(f"INSERT INTO changes (run_id, object, field, status, record_id, old, new, rule, "
-                                     f"confidence, evidence) VALUES ({consts}, ?, ?, ?, ?, ?, ?)",
-                                     ((rid, old, new, rule, conf, to_json(ev))
-                                      for rid, old, new, (rule, conf, ev) in zip(batch.ids, batch.old, batch.new,
-                                                                                 batch.meta)))
-                    continue
-                if isinstance(batch, FieldChanges):
-                    # Columnar batch: the per-batch constants are SQL literals, so each row binds only 3 values
-                    # (binding costs ~0.3 us a value; a first run records millions of rows).
-                    consts = ", ".join(_literal(v) for v in (run_id, batch.object, batch.field, status, batch.rule))
-                    conn.executemany(f"INSERT INTO changes (run_id, object, field, status, rule, record_id, old, new) "
-                                     f"VALUES ({consts}, ?, ?, ?)", zip(batch.ids, batch.old, batch.new))
-                    continue
-                if isinstance(batch, SnapshotChanges):
-                    consts = ", ".join(_literal(v) for v in (run_id, batch.object, UPSERT, status, batch.rule))
-                    conn.executemany(f"INSERT INTO changes (run_id, object, field, status, rule, record_id, external_id, "
-                                     f"old, new) VALUES ({consts}, ?, ?, ?, ?)",
-                                     zip(batch.ids, batch.keys, batch.old, batch.new))
-                    continue
-                conn.executemany(sql, ((run_id, c.object, c.id, c.key, c.field, c.old, c.new, status, c.rule,
-                                        c.confidence, json.dumps(c.evidence, sort_keys=True) if c.evidence else None)
-                                       for c in batch))
-            last = conn.execute("SELECT max(rowid) FROM changes").fetchone()[0] or 0
-            if failures:
-                conn.executemany("UPDATE changes SET status = 'failed', error = ? WHERE rowid = ?",
-                                 ((redact_text(err), first + seq) for seq, err in failures.items()))
-            if last >= first:
-                conn.execute("UPDATE runs SET change_first = ?, change_last = ? WHERE id = ?", (first, last, run_id))
+        folder = change_files.folder_for(self.path)
+        self._discard_orphan_files(folder, run_id)
+        parts: list[_Part] = []
+        try:
+            with self._tx():
+                first = (conn.execute("SELECT max(rowid) FROM changes").fetchone()[0] or 0) + 1
+                seq, rowid = 0, first
+                for batch in batches:
+                    n = len(batch)
+                    if not n:
+                        continue
+                    part = self._file_part(folder, run_id, seq, batch, status)
+                    if part is None:
+                        self._insert_rows(conn, run_id, batch, status)
+                        part = _Part(seq, n, rowid_first=rowid)
+                        rowid += n
+                    parts.append(part)
+                    seq += n
+                last = conn.execute("SELECT max(rowid) FROM changes").fetchone()[0] or 0
+                files = [p for p in parts if p.file]
+                if files:
+                    conn.executemany("INSERT INTO change_parts (run_id, seq_first, count, rowid_first, object, field, "
+                                     "rule, status, file, sha256) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                                     [(run_id, p.seq_first, p.count, p.rowid_first, p.object, p.field, p.rule,
+                                       p.status, p.file, p.sha256) for p in parts])
+                    conn.execute("UPDATE runs SET change_files = ? WHERE id = ?", (len(files), run_id))
+                if failures:
+                    self._set_status(conn, run_id, parts if files else self._parts(run_id, (first, last)),
+                                     ((seq, "failed", err, None) for seq, err in failures.items()))
+                if last >= first:
+                    conn.execute("UPDATE runs SET change_first = ?, change_last = ? WHERE id = ?", (first, last, run_id))
+        except BaseException:
+            if any(p.file for p in parts):
+                change_files.discard(folder, run_id)   # the ledger names none of them
+            raise
         return first, last
+
+    def _file_part(self, folder: Path, run_id: str, seq: int, batch, status: str) -> "_Part | None":
+        """A long batch without per-change evidence written as one file, or None (kept as rows)."""
+        if len(batch) < self.file_min_rows:
+            return None
+        if isinstance(batch, FieldChanges) and batch.meta is None:
+            columns, field = {"ids": batch.ids, "old": batch.old, "new": batch.new}, batch.field
+        elif isinstance(batch, SnapshotChanges):
+            columns, field = {"ids": batch.ids, "keys": batch.keys, "old": batch.old, "new": batch.new}, UPSERT
+        else:
+            return None
+        with self._storage():
+            written = change_files.write(folder, run_id, seq, columns)
+        if written is None:
+            return None
+        return _Part(seq, len(batch), None, batch.object, field, batch.rule, status, *written)
+
+    @staticmethod
+    def _insert_rows(conn, run_id: str, batch, status: str) -> None:
+        if isinstance(batch, FieldChanges) and batch.meta is not None:
+            # Links: rule, confidence and evidence per change (evidence explained one at a time)
+            consts = ", ".join(_literal(v) for v in (run_id, batch.object, batch.field, status))
+            to_json = batch.to_json or (lambda ev: json.dumps(ev, sort_keys=True) if ev else None)
+            conn.executemany(f"INSERT INTO changes (run_id, object, field, status, record_id, old, new, rule, "
+                             f"confidence, evidence) VALUES ({consts}, ?, ?, ?, ?, ?, ?)",
+                             ((rid, old, new, rule, conf, to_json(ev))
+                              for rid, old, new, (rule, conf, ev) in zip(batch.ids, batch.old, batch.new, batch.meta)))
+        elif isinstance(batch, FieldChanges):
+            # Columnar batch: the per-batch constants are SQL literals, so each row binds only 3 values
+            # (binding costs ~0.3 us a value; a first run records millions of rows).
+            consts = ", ".join(_literal(v) for v in (run_id, batch.object, batch.field, status, batch.rule))
+            conn.executemany(f"INSERT INTO changes (run_id, object, field, status, rule, record_id, old, new) "
+                             f"VALUES ({consts}, ?, ?, ?)", zip(batch.ids, batch.old, batch.new))
+        elif isinstance(batch, SnapshotChanges):
+            consts = ", ".join(_literal(v) for v in (run_id, batch.object, UPSERT, status, batch.rule))
+            conn.executemany(f"INSERT INTO changes (run_id, object, field, status, rule, record_id, external_id, "
+                             f"old, new) VALUES ({consts}, ?, ?, ?, ?)", zip(batch.ids, batch.keys, batch.old, batch.new))
+        else:
+            conn.executemany("INSERT INTO changes (run_id, object, record_id, external_id, field, old, new, status, "
+                             "rule, confidence, evidence) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                             ((run_id, c.object, c.id, c.key, c.field, c.old, c.new, status, c.rule, c.confidence,
+                               json.dumps(c.evidence, sort_keys=True) if c.evidence else None) for c in batch))
+
+    def _discard_orphan_files(self, folder: Path, run_id: str) -> None:
+        """Change files of runs the ledger names none of (a run killed between writing them and its commit)."""
+        runs = change_files.runs_with_files(folder)
+        if not runs:
+            return
+        named = {r[0] for r in self.db.conn.execute("SELECT DISTINCT run_id FROM change_parts")}
+        for r in runs:
+            if r not in named:
+                change_files.discard(folder, r)
 
     def _range(self, run_id: str) -> tuple[int, int]:
         row = self.db.execute("SELECT change_first, change_last FROM runs WHERE id = ?", [run_id]).fetchone()
         return (row[0], row[1]) if row and row[0] is not None else (1, 0)
 
+    def _parts(self, run_id: str, rows: tuple[int, int] | None = None) -> list["_Part"]:
+        """The run's changes as parts in plan order: rows of `changes` or files."""
+        parts = [_Part(*r) for r in self.db.conn.execute(
+            "SELECT seq_first, count, rowid_first, object, field, rule, status, file, sha256 FROM change_parts "
+            "WHERE run_id = ? ORDER BY seq_first", [run_id])]
+        if parts:
+            return parts
+        first, last = rows or self._range(run_id)
+        return [_Part(0, last - first + 1, first)] if last >= first else []
+
+    def _file_rows(self, run_id: str, part: "_Part") -> Iterator[tuple[int, str | None, str | None, str | None,
+                                                                      str | None, str, str | None]]:
+        """(seq, record_id, external_id, old, new, status, error) of a file part, with any single-change status."""
+        cols = change_files.read(change_files.folder_for(self.path), part.file, part.sha256, part.count, run_id)
+        marks = {seq: (st, err, rid) for seq, st, err, rid in self.db.conn.execute(
+            "SELECT seq, status, error, record_id FROM change_marks WHERE run_id = ? AND seq BETWEEN ? AND ?",
+            [run_id, part.seq_first, part.seq_first + part.count - 1])}
+        keys = cols.get("keys") or [None] * part.count
+        for i, (rid, key, old, new) in enumerate(zip(cols["ids"], keys, cols["old"], cols["new"])):
+            seq = part.seq_first + i
+            st, err, mrid = marks.get(seq, (part.status, None, None))
+            yield seq, mrid or rid, key, old, new, st, err
+
+    def _set_status(self, conn, run_id: str, parts: list["_Part"],
+                    statuses: Iterable[tuple[int, str, str | None, str | None]]) -> None:
+        """Set (seq, status, error, record_id) of single changes, rows or in files, inside the caller's transaction."""
+        starts = [p.seq_first for p in parts]
+        rows, marks = [], []
+        for seq, st, err, rid in statuses:
+            k = bisect.bisect_right(starts, seq) - 1
+            if k < 0 or seq >= parts[k].seq_first + parts[k].count:
+                continue
+            p = parts[k]
+            if p.file:
+                marks.append((run_id, seq, st, redact_text(err), rid))
+            else:
+                rows.append((st, redact_text(err), rid, p.rowid_first + seq - p.seq_first))
+        if rows:
+            conn.executemany("UPDATE changes SET status = ?, error = ?, record_id = coalesce(?, record_id) WHERE rowid = ?",
+                             rows)
+        if marks:
+            conn.executemany("INSERT OR REPLACE INTO change_marks (run_id, seq, status, error, record_id) "
+                             "VALUES (?, ?, ?, ?, ?)", marks)
+
     def settle_changes(self, run_id: str, statuses: Iterable[tuple[int, str, str | None, str | None]]) -> None:
         """Set (seq, status, error, record_id) on changes of the run."""
-        first, _ = self._range(run_id)
-        conn = self.db.conn
-        with self._tx():
-            conn.executemany("UPDATE changes SET status = ?, error = ?, record_id = coalesce(?, record_id) WHERE rowid = ?",
-                             ((st, redact_text(err), rid, first + seq) for seq, st, err, rid in statuses))
+        parts = self._parts(run_id)
+        with self._tx() as conn:
+            self._set_status(conn, run_id, parts, statuses)
+
+    def _file_statuses(self, run_id: str, part: "_Part") -> dict[str, int]:
+        """Changes of a file part by status (its own, and that of single changes marked apart)."""
+        counts = {st: n for st, n in self.db.conn.execute(
+            "SELECT status, count(*) FROM change_marks WHERE run_id = ? AND seq BETWEEN ? AND ? GROUP BY status",
+            [run_id, part.seq_first, part.seq_first + part.count - 1])}
+        rest = part.count - sum(counts.values())
+        if rest:
+            counts[part.status] = counts.get(part.status, 0) + rest
+        return counts
 
     def change_groups(self, run_id: str, statuses: Sequence[str]) -> list[tuple[str, str]]:
         """The distinct (object, field) pairs among a run's changes with one of `statuses`."""
         first, last = self._range(run_id)
         marks = ", ".join("?" * len(statuses))
-        return [tuple(r) for r in self.db.conn.execute(
-            f"SELECT DISTINCT object, field FROM changes WHERE rowid BETWEEN ? AND ? AND status IN ({marks}) "
-            "ORDER BY object, field", [first, last, *statuses])]
+        groups = {tuple(r) for r in self.db.conn.execute(
+            f"SELECT DISTINCT object, field FROM changes WHERE rowid BETWEEN ? AND ? AND status IN ({marks})",
+            [first, last, *statuses])}
+        groups |= {(p.object, p.field) for p in self._parts(run_id)
+                   if p.file and any(st in statuses for st in self._file_statuses(run_id, p))}
+        return sorted(groups)
 
     def iter_changes(self, run_id: str, obj: str, field: str,
                      statuses: Sequence[str]) -> Iterator[tuple[int, str | None, str | None, str | None, str | None]]:
         """(seq, record_id, external_id, old, new) of one (object, field) of a run, in plan order, streamed."""
-        first, last = self._range(run_id)
         marks = ", ".join("?" * len(statuses))
-        cur = self.db.conn.execute(
-            f"SELECT rowid - ?, record_id, external_id, old, new FROM changes WHERE rowid BETWEEN ? AND ? "
-            f"AND object = ? AND field = ? AND status IN ({marks}) ORDER BY rowid",
-            [first, first, last, obj, field, *statuses])
-        while rows := cur.fetchmany(20_000):
-            yield from rows
+        for p in self._parts(run_id):
+            if p.file:
+                if (p.object, p.field) == (obj, field):
+                    yield from ((seq, rid, key, old, new) for seq, rid, key, old, new, st, _ in self._file_rows(run_id, p)
+                                if st in statuses)
+                continue
+            cur = self.db.conn.execute(
+                f"SELECT rowid - ? + ?, record_id, external_id, old, new FROM changes WHERE rowid BETWEEN ? AND ? "
+                f"AND object = ? AND field = ? AND status IN ({marks}) ORDER BY rowid",
+                [p.rowid_first, p.seq_first, p.rowid_first, p.rowid_first + p.count - 1, obj, field, *statuses])
+            while rows := cur.fetchmany(20_000):
+                yield from rows
 
     def link_details(self, run_id: str, obj: str, field: str, ids: Collection[str]) -> list[dict]:
         """The applied changes of one (object, field) of a run whose record is in `ids`, with their rule,
         confidence and evidence (what a rollback hands the review queue about the links it undid)."""
-        first, last = self._range(run_id)
         wanted = set(ids)
-        cur = self.db.conn.execute(
-            "SELECT record_id, new, rule, confidence, evidence FROM changes WHERE rowid BETWEEN ? AND ? AND object = ? "
-            "AND field = ? AND status = 'applied' ORDER BY rowid", [first, last, obj, field])
+
         def approved(ev: str | None) -> bool:  # a link a person approved carries its review item's id
             d = json.loads(ev) if ev else None
             return isinstance(d, dict) and "approved" in d
 
-        return [{"child": rid, "parent": new, "rule": rule, "confidence": conf, "evidence": ev, "approved": approved(ev)}
-                for rid, new, rule, conf, ev in cur if rid in wanted and new]
+        first, last = self._range(run_id)
+        cur = self.db.conn.execute(
+            "SELECT record_id, new, rule, confidence, evidence FROM changes WHERE rowid BETWEEN ? AND ? AND object = ? "
+            "AND field = ? AND status = 'applied' ORDER BY rowid", [first, last, obj, field])
+        out = [{"child": rid, "parent": new, "rule": rule, "confidence": conf, "evidence": ev, "approved": approved(ev)}
+               for rid, new, rule, conf, ev in cur if rid in wanted and new]
+        for p in self._parts(run_id):
+            if p.file and (p.object, p.field) == (obj, field):
+                out.extend({"child": rid, "parent": new, "rule": p.rule, "confidence": None, "evidence": None,
+                            "approved": False} for _, rid, _, _, new, st, _ in self._file_rows(run_id, p)
+                           if st == "applied" and rid in wanted and new)
+        return out
 
     def changes(self, run_id: str, status: str | None = None) -> Iterator[dict]:
         """A run's changes in plan order, each with its `seq` (0-based position in the run)."""
-        first, last = self._range(run_id)
-        where, args = "rowid BETWEEN ? AND ?", [first, last]
-        if status:
-            where += " AND status = ?"
-            args.append(status)
-        cur = self.db.conn.execute(f"SELECT rowid - {int(first)} AS seq, * FROM changes WHERE {where} ORDER BY rowid", args)
-        names = [d[0] for d in cur.description]
-        while rows := cur.fetchmany(10_000):
-            for row in rows:
-                yield dict(zip(names, row))
+        for p in self._parts(run_id):
+            if p.file:
+                for seq, rid, key, old, new, st, err in self._file_rows(run_id, p):
+                    if status is None or st == status:
+                        yield {"seq": seq, "run_id": run_id, "object": p.object, "record_id": rid, "external_id": key,
+                               "field": p.field, "old": old, "new": new, "status": st, "error": err, "rule": p.rule,
+                               "confidence": None, "evidence": None}
+                continue
+            where, args = "rowid BETWEEN ? AND ?", [p.rowid_first, p.rowid_first + p.count - 1]
+            if status:
+                where += " AND status = ?"
+                args.append(status)
+            cur = self.db.conn.execute(f"SELECT rowid - {int(p.rowid_first)} + {int(p.seq_first)} AS seq, * "
+                                       f"FROM changes WHERE {where} ORDER BY rowid", args)
+            names = [d[0] for d in cur.description]
+            while rows := cur.fetchmany(10_000):
+                for row in rows:
+                    yield dict(zip(names, row))
 
     def change_counts(self, run_id: str) -> dict[str, int]:
         first, last = self._range(run_id)
-        return {r[0]: r[1] for r in self.db.execute(
+        counts = {r[0]: r[1] for r in self.db.execute(
             "SELECT status, count(*) FROM changes WHERE rowid BETWEEN ? AND ? GROUP BY status", [first, last])}
+        for p in self._parts(run_id):
+            if p.file:
+                for st, n in self._file_statuses(run_id, p).items():
+                    counts[st] = counts.get(st, 0) + n
+        return counts
+
+    def has_changes(self, run: dict) -> bool:
+        """The run recorded at least one change (as rows or in files)."""
+        return run.get("change_last") is not None or bool(run.get("change_files"))
 
     def has_applied(self, run_id: str) -> bool:
         """At least one of the run's changes is applied (reached the org)."""
         first, last = self._range(run_id)
-        return self.db.execute("SELECT 1 FROM changes WHERE rowid BETWEEN ? AND ? AND status = 'applied' LIMIT 1",
-                               [first, last]).fetchone() is not None
+        if self.db.execute("SELECT 1 FROM changes WHERE rowid BETWEEN ? AND ? AND status = 'applied' LIMIT 1",
+                           [first, last]).fetchone() is not None:
+            return True
+        return any(p.file and "applied" in self._file_statuses(run_id, p) for p in self._parts(run_id))
 
     def run_counts(self, run: dict) -> dict | None:
         """A run's change counts as `runs list` shows them: those it recorded, or, for a run that stopped before
         writing them (killed, failed part-way), those of its changes in the ledger by status (as `runs show` has
         them), with `planned` the number of changes it recorded."""
         counts = json.loads(run["counts"]) if run.get("counts") else None
-        if any(k != "stages" for k in counts or {}) or run.get("change_last") is None:
+        if any(k != "stages" for k in counts or {}) or not self.has_changes(run):
             return counts
         by_status = self.change_counts(run["id"])
         return {**(counts or {}), **by_status, "planned": sum(by_status.values())} if by_status else counts
@@ -368,9 +543,15 @@ class Ledger:
         """Set every change of the run with status `old` to `new` (pending -> applied once a write is confirmed,
         applied -> pending when the write it was recorded ahead of failed); returns how many."""
         first, last = self._range(run_id)
+        files = [p for p in self._parts(run_id) if p.file]
+        moved = sum(self._file_statuses(run_id, p).get(old, 0) for p in files)
         with self._tx() as conn:
-            return conn.execute("UPDATE changes SET status = ? WHERE rowid BETWEEN ? AND ? AND status = ?",
-                                [new, first, last, old]).rowcount
+            if files:
+                conn.execute("UPDATE change_parts SET status = ? WHERE run_id = ? AND file IS NOT NULL AND status = ?",
+                             [new, run_id, old])
+                conn.execute("UPDATE change_marks SET status = ? WHERE run_id = ? AND status = ?", [new, run_id, old])
+            return moved + conn.execute("UPDATE changes SET status = ? WHERE rowid BETWEEN ? AND ? AND status = ?",
+                                        [new, first, last, old]).rowcount
 
     def record_findings(self, run_id: str, findings: Iterable) -> None:
         with self._storage():

@@ -25,6 +25,7 @@ import structlog
 
 from .hierarchy.membership import OPEN, Membership, _UNKNOWN
 from .hierarchy.tree import Tree
+from .packed import pack, pack_column, unpack, unpack_column
 from .safe_output import atomic_file
 
 log = structlog.get_logger("nrr_engine")
@@ -126,37 +127,6 @@ def _code_digest() -> str:
     return h.hexdigest()[:16]
 
 
-def _pack(values: list) -> np.ndarray | None:
-    """Strings (None as '') as one UTF-8 buffer joined by NUL; None when a value holds a NUL itself."""
-    texts = ["" if v is None else str(v) for v in values]
-    blob = "\x00".join(texts)
-    if blob.count("\x00") != max(len(texts) - 1, 0):
-        return None
-    return np.frombuffer(blob.encode("utf-8", "surrogatepass"), dtype=np.uint8)
-
-
-def _unpack(buf: np.ndarray, n: int) -> list[str] | None:
-    out = buf.tobytes().decode("utf-8", "surrogatepass").split("\x00") if n else []
-    return out if len(out) == n else None
-
-
-def _pack_column(values: list) -> tuple[np.ndarray, np.ndarray] | None:
-    """A column as (UTF-8 buffer, bits of the cells that are None): None and '' stay apart; None for a NUL."""
-    buf = _pack(values)
-    if buf is None:
-        return None
-    return buf, np.packbits(np.fromiter((v is None for v in values), dtype=bool, count=len(values)))
-
-
-def _unpack_column(buf: np.ndarray, nones: np.ndarray, n: int) -> list | None:
-    out = _unpack(buf, n)
-    if out is None:
-        return None
-    for i in np.flatnonzero(np.unpackbits(nones, count=n)).tolist():
-        out[i] = None
-    return out
-
-
 def pack_columns(accounts, names, derived: dict | None = None) -> dict:
     """Account columns packed for the store (fields the repair stage is about to let go); a column matching
     packed already as the raw values of a derived column shares that buffer (a million names are held once)."""
@@ -167,7 +137,7 @@ def pack_columns(accounts, names, derived: dict | None = None) -> dict:
         if name in raw:
             out[name] = (raw[name], np.packbits(np.fromiter((v is None for v in values), dtype=bool, count=len(values))))
             continue
-        packed = _pack_column(values)
+        packed = pack_column(values)
         if packed is not None:
             out[name] = packed
     return out
@@ -195,7 +165,7 @@ def account_columns(plan_accounts, packed: dict, changes, fields: list[str]) -> 
             for batch in batches:
                 for r, v in zip(np.asarray(batch.rows).tolist(), batch.new):
                     col[r] = v
-        column = _pack_column(col)
+        column = pack_column(col)
         if column is None:
             return None
         out[name] = column
@@ -233,17 +203,17 @@ def seed(cols: "Columns | None", accounts) -> dict:
             continue
         new_raw = accounts.column(name)
         m = len(cols.ids)
-        parts = [_unpack(p, m) if is_list else p for p, is_list in zip(entry["parts"], entry["lists"])]
+        parts = [unpack(p, m) if is_list else p for p, is_list in zip(entry["parts"], entry["lists"])]
         if any(p is None for p in parts):
             continue
         if kind == "sites":   # a site no account has is None, as derived
             parts[0] = [v or None for v in parts[0]]
-        packed = _pack(new_raw) if same else None
+        packed = pack(new_raw) if same else None
         if packed is not None and entry.get("sha") == hashlib.sha256(packed).hexdigest():
             value, again = tuple(parts), 0   # every raw value as the store has it: nothing to derive
             kept[(kind, name)] = entry       # written again as it is (not packed again) by derived_of
         else:
-            raw = _unpack(entry["raw"], m)
+            raw = unpack(entry["raw"], m)
             if raw is None:
                 continue
             if not same:
@@ -273,8 +243,8 @@ def derived_of(shared: dict, accounts) -> dict:
             continue
         if len(key) == 2 and key[0] in match.DERIVED and accounts.has(key[1]):
             parts = value if isinstance(value, tuple) else (value,)
-            packed = [_pack(accounts.column(key[1])),
-                      *(_pack(c) if isinstance(c, list) else np.asarray(c) for c in parts)]
+            packed = [pack(accounts.column(key[1])),
+                      *(pack(c) if isinstance(c, list) else np.asarray(c) for c in parts)]
             if all(p is not None for p in packed):
                 out[key] = {"raw": packed[0], "parts": packed[1:], "lists": [isinstance(c, list) for c in parts],
                             "sha": hashlib.sha256(packed[0]).hexdigest()}
@@ -319,7 +289,7 @@ def write(path: Path, meta: dict, ids: list[str], matrix: np.ndarray, membership
         arrays[f"f{k}"] = np.asarray(tree.families(), dtype=np.int64)
     cols = list(columns)
     for k, name in enumerate(cols):
-        packed = _pack(columns[name])
+        packed = pack(columns[name])
         arrays[f"c{k}"] = packed if packed is not None else np.array(["" if v is None else str(v) for v in columns[name]],
                                                                      dtype="U")
     if excluded is not None and len(excluded):
@@ -447,7 +417,7 @@ class Columns:
             out = {}
             for k, name in enumerate(self.meta["columns"]):
                 arr = self._z[f"c{k}"]
-                out[name] = _unpack(arr, self.size) if arr.dtype == np.uint8 else arr.tolist()
+                out[name] = unpack(arr, self.size) if arr.dtype == np.uint8 else arr.tolist()
             return out
         return self._get("columns", load)
 
@@ -462,7 +432,7 @@ class Columns:
         n = self.size
         out = [self.ids]
         for k in range(len(fields) - 1):
-            col = _unpack_column(self._z[f"a{k}"], self._z[f"a{k}_none"], n)
+            col = unpack_column(self._z[f"a{k}"], self._z[f"a{k}_none"], n)
             if col is None:
                 return None
             out.append(col)
