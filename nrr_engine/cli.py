@@ -65,12 +65,15 @@ def _settings(ctx: click.Context):
     return config_mod.load(config_mod.find(ctx.find_root().params.get("config")))
 
 
-def _engine(ctx: click.Context, job: str | None = None):
+def _engine(ctx: click.Context, job: str | None = None, full_read: bool = False):
     """The Engine of the config; `job` is checked against the config's jobs first (before anything is opened)."""
+    import dataclasses
     from .engine import Engine
     settings = _settings(ctx)
     if job is not None:
         settings.job(job)
+    if full_read and settings.salesforce is not None:
+        settings = dataclasses.replace(settings, salesforce=dataclasses.replace(settings.salesforce, full_read=True))
     return Engine(settings)
 
 
@@ -92,6 +95,14 @@ allow_shrink_option = click.option(
          "exit 2, before writing anything). The run becomes the new baseline, and the local working copy forgets "
          "what the engine wrote to the records that left (repaired links, rollups): approved review links are "
          "applied again when the records come back, rule-made ones when the rules propose them again.")
+
+
+full_read_option = click.option(
+    "--full-read", is_flag=True,
+    help="Salesforce: read every object in full this time, not only the records changed since the last read. A full "
+         "read also happens on the first run, when the fields read change and every source.full_read_days (7): the "
+         "read of changes (SystemModstamp, queryAll) cannot see records purged from the recycle bin. A local org "
+         "always reloads the CSVs that changed.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -328,13 +339,14 @@ def _pct_kept(ratio: str | None) -> str:
               help="Job name recorded in the ledger: nightly or a job under schedule: in config.")
 @as_of_option
 @allow_shrink_option
+@full_read_option
 @click.pass_context
 @guarded
-def plan(ctx, out, job, as_of, allow_shrink):
+def plan(ctx, out, job, as_of, allow_shrink, full_read):
     """Dry run: compute every change and write nothing to the org."""
     if out:
         private_dir(Path(out).parent)  # a missing folder is created 0700; one that cannot be fails before the run
-    with _engine(ctx, job) as engine:
+    with _engine(ctx, job, full_read) as engine:
         outcome = engine.execute(job=job, as_of=_as_of(as_of), dry_run=True, allow_shrink=allow_shrink)
         if out:
             engine.write_plan(outcome.plan, Path(out))
@@ -347,11 +359,12 @@ def plan(ctx, out, job, as_of, allow_shrink):
               help="Job name: nightly or a job under schedule: in config (recorded in the ledger).")
 @as_of_option
 @allow_shrink_option
+@full_read_option
 @click.pass_context
 @guarded
-def run(ctx, job, as_of, allow_shrink):
+def run(ctx, job, as_of, allow_shrink, full_read):
     """The nightly job: plan, apply the changes, record everything in the ledger."""
-    with _engine(ctx, job) as engine:
+    with _engine(ctx, job, full_read) as engine:
         outcome = engine.execute(job=job, as_of=_as_of(as_of), allow_shrink=allow_shrink)
     _print_summary(outcome.summary, outcome.plan.nrr if outcome.plan else None)
     sys.exit(int(outcome.exit_code))

@@ -171,6 +171,9 @@ class SalesforceSettings:
     job_timeout_s: float = 3600.0
     retries: int = 5
     backoff_s: float = 1.0
+    full_read_days: int = 7                     # read every object in full when the last full read is older
+    read_overlap_s: float = 300.0               # a read of changes starts this long before the mirror's mark
+    full_read: bool = field(default=False, compare=False)   # `run/plan --full-read`; never from the config file
 
     def secret_vars(self) -> tuple[str, ...]:
         """Environment variables whose values must never reach a log line."""
@@ -361,7 +364,7 @@ def _build(doc: yamlsource.Document, d: dict, path: Path, errors: list[ConfigErr
                                   f"source.path: folder {org_path} does not exist; expected a folder of <SObject>.csv files",
                                   doc.location(("source", "path"))))
     if src["kind"] == "salesforce":
-        known = {f.name for f in dataclasses.fields(SalesforceSettings)} - {"private_key_file_at"}
+        known = {f.name for f in dataclasses.fields(SalesforceSettings)} - {"private_key_file_at", "full_read"}
         opts = {k: v for k, v in src.items() if k in known}
         if src.get("private_key_file"):
             opts["private_key_file"] = rel(src["private_key_file"], ("source", "private_key_file"))

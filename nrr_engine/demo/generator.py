@@ -305,6 +305,10 @@ guards: {max_shrink: 0.2}               # an input that lost more of its account
 schedule: {nightly: "0 2 * * *", month_close: "0 4 1 * *"}   # jobs for `schedule` and `run --job`
 snapshots: {enabled: true, object: KPI_Snapshot__c}          # one record per (view, family root, month)
 # report: {segments: [Region__c]}       # Account fields (columns of Account.csv) the run summary breaks NRR down by
+# Salesforce instead of CSVs (README "Salesforce"; secrets from the environment): after the first run a run
+# reads only what changed, and every object in full again every full_read_days:
+# source: {kind: salesforce, auth: jwt, instance_url: https://acme.my.salesforce.com, username: integration@acme.com,
+#          private_key_file: ../secrets/server.key, full_read_days: 7}
 """
 
 # init's mapping table: the header only (the demo's row, "Hulu, LLC" -> The Walt Disney Company, would name

@@ -3,7 +3,8 @@
 It fixes what the client leaves open: a timeout on every call, retries with backoff (5xx,
 REQUEST_LIMIT_EXCEEDED, UNABLE_TO_LOCK_ROW), one session refresh, API calls counted by kind, typed values
 (Decimal, never float), and error messages without response bodies or secrets. Records read are
-streamed page by page into a SQLite mirror that the pipeline reads exactly as it reads a local org.
+streamed page by page into a SQLite mirror that the pipeline reads exactly as it reads a local org; after
+the first read only what changed since (SystemModstamp, with queryAll for deletes and merges) is read into it.
 """
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ import itertools
 import json
 import os
 import re
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Context, Decimal, InvalidOperation
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -51,6 +54,8 @@ _PROVISIONAL = "zzzzzzzzz"          # marks Ids a plan names for records Salesfo
 _NUMBER_TYPES = ("double", "currency", "int", "percent", "long")
 _TEXT_TYPES = ("string", "textarea", "picklist", "url", "email", "phone", "id", "reference")
 _NUMBER_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")  # a valid JSON number
+_STATE = "_nrr_sync"                # the mirror's record of each object's last read: fields, high-water mark, full read
+_STAMP = "SystemModstamp"           # set by Salesforce on every insert, update and delete (indexed): what changed reads use
 
 
 def call_kind(method: str, url: str) -> str:
@@ -125,6 +130,7 @@ class ApiSession(requests.Session):
         log_config.register_secrets(s.secret_vars())
         self.calls: Counter[str] = Counter()
         self.limit_info: str | None = None        # last Sforce-Limit-Info header, e.g. "api-usage=25/15000"
+        self.server_time: dt.datetime | None = None   # Salesforce's clock, from the last answer's Date header
         self.token: str | None = None
         self.instance_host: str | None = None
         self.relogin: Callable[[], str] | None = None
@@ -188,6 +194,12 @@ class ApiSession(requests.Session):
         info = response.headers.get("Sforce-Limit-Info")
         if info:
             self.limit_info = info
+        date = response.headers.get("Date")
+        if date:
+            try:
+                self.server_time = parsedate_to_datetime(date).astimezone(dt.timezone.utc)
+            except (TypeError, ValueError):
+                pass
         soap_fault = b"Fault>" in response.content[:4096] if response.status_code == 500 else False
         if (response.status_code >= 500 and not soap_fault) or (
                 response.status_code == 403 and _error_code(response) == "REQUEST_LIMIT_EXCEEDED"):
@@ -505,6 +517,38 @@ class _Described:
         return self.fields.get(name.lower())
 
 
+@dataclass(frozen=True)
+class _Read:
+    """How one object is read this time: `fields` (the wanted ones and the system fields a later changed read
+    needs) in full (since None: every record, replacing the mirror's table), or only the records whose
+    SystemModstamp is later than `since`, through queryAll, upserted into it by Id; `why` says which and why."""
+
+    object: str
+    fields: list[str]
+    since: dt.datetime | None
+    why: str
+    merged: bool            # Account with MasterRecordId: merged-away accounts are recorded (_nrr_merged)
+    mark: dt.datetime | None = None      # the mirror's high-water mark before this read (changed reads)
+
+    @property
+    def full(self) -> bool:
+        return self.since is None
+
+
+def _soql_datetime(when: dt.datetime) -> str:
+    """A SOQL dateTime literal, unquoted and in UTC to the second ("YYYY-MM-DDThh:mm:ssZ", SOQL and SOSL Reference:
+    Date Formats and Date Literals): cut to the second, so it never lies after the time it stands for."""
+    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _state_time(text) -> dt.datetime | None:
+    try:
+        when = dt.datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else None
+
+
 @dataclass
 class Job:
     """The outcome of one write: per input row, None (done) or Salesforce's 'CODE: message'."""
@@ -522,7 +566,7 @@ class SalesforceOrg(LocalOrg):
     def __init__(self, s: SalesforceSettings, mirror: Path, config_file: Path,
                  sleep: Callable[[float], None] = time.sleep, currency: str | None = None,
                  upload_limit: int = UPLOAD_LIMIT):
-        super().__init__(Path("."), mirror)
+        self._open_mirror(Path(mirror))
         self.settings, self.config_file, self._sleep = s, config_file, sleep
         self.currency = currency            # the corporate currency: amounts are written in it
         self.upload_limit = upload_limit    # bytes of CSV per Bulk upload
@@ -531,10 +575,41 @@ class SalesforceOrg(LocalOrg):
         self._described: dict[str, _Described | None] = {}
         self._wanted: dict[str, dict[str, None]] = {}
         self._fetched: set[str] = set()
+        self._full_done: set[str] = set()   # objects read in full by this process (--full-read: once each)
+        self.reads: dict[str, dict] = {}    # how each object was read by this process (api_usage: reads)
         self._counts: dict[str, int] = {}
         self.limits: dict | None = None
         self.limits_refused: str | None = None    # why /limits was refused (no View Setup), if it was
         self.header_budget: dict | None = None    # the budget read from Sforce-Limit-Info instead
+
+    def _open_mirror(self, mirror: Path) -> None:
+        """Open the mirror. It holds only what was read from Salesforce (writes go to Salesforce), so one that
+        cannot be read (not a database, damaged) is moved aside to <mirror>.unreadable, with a warning, and a new
+        one is started: every object is then read in full."""
+        try:
+            super().__init__(Path("."), mirror)
+            self.db.execute(f"CREATE TABLE IF NOT EXISTS {_STATE} (object TEXT PRIMARY KEY, fields TEXT NOT NULL, "
+                            "mark TEXT, full_at TEXT)")
+            self.db.execute(f"SELECT count(*) FROM {_STATE}").fetchone()
+            return
+        except (SourceUnavailable, sqlite3.DatabaseError) as exc:
+            if getattr(self, "db", None) is not None:
+                self.db.close()
+            if not mirror.is_file():
+                raise
+            aside = mirror.with_name(mirror.name + ".unreadable")
+            try:
+                for suffix in ("", "-wal", "-shm"):
+                    part = Path(f"{mirror}{suffix}")
+                    if part.exists():
+                        os.replace(part, Path(f"{aside}{suffix}"))
+            except OSError:
+                raise exc from None
+            log.warning("salesforce.mirror_unreadable", mirror=str(mirror), moved_to=str(aside),
+                        reason=str(exc)[:200], consequence="every object is read in full")
+        super().__init__(Path("."), mirror)
+        self.db.execute(f"CREATE TABLE IF NOT EXISTS {_STATE} (object TEXT PRIMARY KEY, fields TEXT NOT NULL, "
+                        "mark TEXT, full_at TEXT)")
 
     # ---- connection, limits, describe ------------------------------------------------------------
     @property
@@ -704,21 +779,98 @@ class SalesforceOrg(LocalOrg):
 
     # ---- reading ----------------------------------------------------------------------------------
     def sync(self, objects: Iterable[str], background: Iterable[str] = ()) -> list[str]:
-        """Read each object's wanted fields from Salesforce into the mirror (every call reads afresh)."""
+        """Read each object's wanted fields from Salesforce into the mirror: in full the first time, when the
+        fields read change, every source.full_read_days (Salesforce's clock: the Date header of its answers) and
+        on --full-read; otherwise only the records changed since the mirror's high-water mark (its largest
+        SystemModstamp, less source.read_overlap_s), deleted and merged ones included (queryAll).
+
+        One transaction for all of them: a read that fails leaves the mirror, and every mark, as they were."""
         objects = [o for o in dict.fromkeys(objects) if self.describe(o) is not None]
         if not objects:
             return []
-        to_count = [o for o in objects if o not in self._counts]
+        reads = [self._plan(o) for o in objects]
+        to_count = [r.object for r in reads if r.full and r.object not in self._counts]
+        for obj in list(to_count):   # the records the mirror holds tell Bulk from REST as well as a count would
+            if super().has_table(obj) and self.db.execute(f"SELECT 1 FROM {_STATE} WHERE object = ?", (obj,)).fetchone():
+                self._counts[obj] = self.db.execute(f'SELECT count(*) FROM "{obj}"').fetchone()[0]
+                to_count.remove(obj)
         if to_count:
             self._counts.update(self._record_counts(to_count))
-        for obj in objects:
-            self._fetch(obj)
+        with self.transaction():
+            outcomes = [self._read_full(r) if r.full else self._read_changes(r) for r in reads]
+        for r, outcome in zip(reads, outcomes):
+            self._fetched.add(r.object)
+            if r.full:
+                self._full_done.add(r.object)
+            self.reads[r.object] = {"read": "full" if r.full else "changes", "why": r.why, **outcome}
+            log.info("salesforce.read", object=r.object, read="full" if r.full else "changes", why=r.why, **outcome)
         return objects
 
+    def _plan(self, obj: str) -> _Read:
+        """Whether to read `obj` in full or only its changes, and which fields."""
+        d = self.describe(obj)
+        fields = [d.get(f)["name"] for f in self._wanted.get(obj, {"Id": None}) if d.get(f)]
+        iso = d.get("CurrencyIsoCode")
+        if iso is not None and iso["name"] not in fields:  # the write path checks each record's currency
+            fields.append(iso["name"])
+        merged = obj == "Account" and d.get("MasterRecordId") is not None and d.get("IsDeleted") is not None
+        system = [d.get("IsDeleted"), d.get("MasterRecordId") if merged else None, d.get(_STAMP)]
+        fields += [f["name"] for f in system if f is not None and f["name"] not in fields]
+
+        def full(why: str) -> _Read:
+            return _Read(obj, fields, None, why, merged)
+
+        if d.get(_STAMP) is None or d.get("IsDeleted") is None:
+            return full(f"{obj} has no SystemModstamp and IsDeleted to read its changes by")
+        if self.settings.full_read and obj not in self._full_done:
+            return full("--full-read")
+        state = self._state(obj)
+        if state is None or not super().has_table(obj):
+            return full("first read" if state is None else "the mirror holds no records of it")
+        stored, mark, full_at = state
+        if not {f.lower() for f in fields} <= {f.lower() for f in stored} or any(d.get(f) is None for f in stored):
+            return full("the fields read changed")
+        days, now = self.settings.full_read_days, self.session.server_time
+        if days == 0:
+            return full("source.full_read_days: 0")
+        if now is None:
+            return full("Salesforce's answers carry no Date header, so the age of the last full read is unknown")
+        if now - full_at >= dt.timedelta(days=days):
+            return full(f"the last full read was {(now - full_at).days} days ago (source.full_read_days: {days})")
+        if mark is None:
+            return full("no read yet gave a SystemModstamp to read changes from")
+        since = mark - dt.timedelta(seconds=self.settings.read_overlap_s)
+        return _Read(obj, [d.get(f)["name"] for f in stored], since,
+                     f"changes since {_soql_datetime(mark)} less {self.settings.read_overlap_s:g} s "
+                     "(source.read_overlap_s)", merged, mark)
+
+    def _state(self, obj: str) -> tuple[list[str], dt.datetime | None, dt.datetime] | None:
+        """(fields, high-water mark, time of the last full read) of the mirror's last read of `obj`; None if there
+        was none, or its record does not read back (then the object is read in full)."""
+        row = self.db.execute(f"SELECT fields, mark, full_at FROM {_STATE} WHERE object = ?", (obj,)).fetchone()
+        if row is None:
+            return None
+        try:
+            fields = json.loads(row[0])
+        except ValueError:
+            fields = None
+        full_at = _state_time(row[2])
+        if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields) or full_at is None:
+            log.warning("salesforce.mirror_state_unreadable", object=obj, consequence="read in full")
+            return None
+        return fields, (_state_time(row[1]) if row[1] else None), full_at
+
+    def _save_state(self, obj: str, fields: list[str], mark: dt.datetime | None, full_at: dt.datetime | None) -> None:
+        if full_at is None:   # Salesforce sent no Date header: no age to go by, so the next read is in full too
+            self.db.execute(f"DELETE FROM {_STATE} WHERE object = ?", (obj,))
+            return
+        self.db.execute(f"INSERT OR REPLACE INTO {_STATE} VALUES (?, ?, ?, ?)",
+                        (obj, json.dumps(fields), mark.isoformat() if mark else None, full_at.isoformat()))
+
     def _record_counts(self, objects: list[str]) -> dict[str, int]:
-        """Records per object, to pick Bulk or REST reads: /limits/recordCount, or, for a user without View Setup
-        and Configuration, one SELECT COUNT() each ("To get an accurate count, use the SOQL query SELECT count()
-        FROM sObject", REST API: Record Count)."""
+        """Records per object, to pick Bulk or REST for a full read: /limits/recordCount, or, for a user without
+        View Setup and Configuration, one SELECT COUNT() each ("To get an accurate count, use the SOQL query SELECT
+        count() FROM sObject", REST API: Record Count)."""
         if self.limits_refused is None:
             try:
                 counts = self.sf.restful("limits/recordCount", params={"sObjects": ",".join(objects)})
@@ -735,46 +887,100 @@ class SalesforceOrg(LocalOrg):
         return {obj: int(self._call(f"count of {obj}", self.sf.query, f"SELECT COUNT() FROM {obj}")["totalSize"])
                 for obj in objects}
 
-    def _fetch(self, obj: str) -> None:
-        d = self.describe(obj)
-        fields = [d.get(f)["name"] for f in self._wanted.get(obj, {"Id": None}) if d.get(f)]
-        iso = d.get("CurrencyIsoCode")
-        if iso is not None and iso["name"] not in fields:  # the write path checks each record's currency
-            fields.append(iso["name"])
-        merged = obj == "Account" and d.get("MasterRecordId") is not None and d.get("IsDeleted") is not None
-        if merged:  # queryAll: merged-away accounts carry their history to the survivor
-            fields += [f for f in ("IsDeleted", "MasterRecordId") if f not in fields]
-        soql = _soql(obj, fields)
+    def _read_full(self, r: _Read) -> dict:
+        """Every record of the object into a fresh table that replaces the mirror's (inside sync's transaction)."""
+        obj, fields = r.object, r.fields
+        read_at = self.session.server_time   # Salesforce's time before the read: the age of this full read
         bulk = self._counts.get(obj, 0) >= self.settings.bulk_query_min
+        soql = _soql(obj, fields)
         t0 = time.perf_counter()
         tmp = f"_nrr_loading_{obj}"
         db = self.db
-        db.execute("BEGIN")
-        try:
-            self._create_loading(tmp, fields, 0)
-            insert = f"INSERT INTO \"{tmp}\" VALUES ({', '.join(['NULLIF(?, %s)' % repr('')] * len(fields))})"
-            pages = self._bulk_pages(obj, soql, merged) if bulk else self._rest_pages(soql, fields, merged)
-            n = 0
-            for header, rows in pages:
-                if [h.lower() for h in header] != [f.lower() for f in fields]:
-                    raise SourceUnavailable(f"Salesforce returned columns {header[:6]} for {obj}; expected {fields[:6]}",
-                                            Location(self.where(obj)))
-                cur = db.executemany(insert, rows)
-                n += cur.rowcount
-            if merged:
-                db.execute("DROP TABLE IF EXISTS \"_nrr_merged\"")
-                db.execute(f"CREATE TABLE \"_nrr_merged\" AS SELECT Id, MasterRecordId FROM \"{tmp}\" "
-                           "WHERE IsDeleted = 'true' AND MasterRecordId IS NOT NULL")
-                db.execute(f"DELETE FROM \"{tmp}\" WHERE IsDeleted = 'true'")
-            db.execute(f"DROP TABLE IF EXISTS \"{obj}\"")
-            db.execute(f"ALTER TABLE \"{tmp}\" RENAME TO \"{obj}\"")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        self._fetched.add(obj)
-        log.info("salesforce.read", object=obj, records=n, api="bulk" if bulk else "rest",
-                 seconds=round(time.perf_counter() - t0, 2))
+        self._create_loading(tmp, fields, 0)
+        if bulk:
+            pages = self._bulk_pages(obj, soql, r.merged)
+        else:   # queryAll for Account: merged-away accounts carry their history to the survivor
+            pages = self._rest_pages(obj, self._call(f"query of {obj}", self.sf.query, soql, include_deleted=r.merged),
+                                     fields)
+        n = self._load_pages(obj, tmp, fields, pages)
+        mark = self._mark(tmp, fields, read_at, None)
+        deleted = 0
+        if r.merged:
+            db.execute("DROP TABLE IF EXISTS _nrr_merged")
+            db.execute("CREATE TABLE _nrr_merged (Id TEXT NOT NULL PRIMARY KEY, MasterRecordId TEXT NOT NULL)")
+            db.execute(f'INSERT INTO _nrr_merged SELECT Id, MasterRecordId FROM "{tmp}" '
+                       "WHERE IsDeleted = 'true' AND MasterRecordId IS NOT NULL")
+            deleted = db.execute(f"DELETE FROM \"{tmp}\" WHERE IsDeleted = 'true'").rowcount
+        db.execute(f'DROP TABLE IF EXISTS "{obj}"')
+        db.execute(f'ALTER TABLE "{tmp}" RENAME TO "{obj}"')
+        self._save_state(obj, fields, mark, read_at)
+        return {"records": n - deleted, "api": "bulk" if bulk else "rest", "seconds": round(time.perf_counter() - t0, 2)}
+
+    def _read_changes(self, r: _Read) -> dict:
+        """The records changed since `r.since` (queryAll: deleted and merged-away ones too), upserted into the
+        mirror by Id, the deleted ones removed from it (inside sync's transaction). The first REST page says how
+        many there are (totalSize): a small delta is read there, a large one (bulk_query_min or more) through a
+        Bulk API 2.0 queryAll job instead, at the cost of that one call."""
+        obj, fields = r.object, r.fields
+        stamp = next(f for f in fields if f.lower() == _STAMP.lower())
+        soql = f"{_soql(obj, fields)} WHERE {stamp} > {_soql_datetime(r.since)}"
+        read_at = self.session.server_time
+        t0 = time.perf_counter()
+        first = self._call(f"query of {obj}", self.sf.query, soql, include_deleted=True)
+        bulk = not first.get("done", True) and int(first.get("totalSize") or 0) >= self.settings.bulk_query_min
+        if bulk:
+            del first
+            pages = self._bulk_pages(obj, soql, True)
+        else:
+            pages = self._rest_pages(obj, first, fields)
+        tmp = f"_nrr_changes_{obj}"
+        db = self.db
+        self._create_loading(tmp, fields, 0)
+        n = self._load_pages(obj, tmp, fields, pages)
+        mark = self._mark(tmp, fields, read_at, r.mark)
+        gone = f"SELECT Id FROM \"{tmp}\" WHERE IsDeleted = 'true'"
+        if r.merged:
+            db.execute("CREATE TABLE IF NOT EXISTS _nrr_merged (Id TEXT NOT NULL PRIMARY KEY, MasterRecordId TEXT NOT NULL)")
+            db.execute(f"INSERT OR REPLACE INTO _nrr_merged SELECT Id, MasterRecordId FROM \"{tmp}\" "
+                       "WHERE IsDeleted = 'true' AND MasterRecordId IS NOT NULL")
+            db.execute(f"DELETE FROM _nrr_merged WHERE Id IN (SELECT Id FROM \"{tmp}\" WHERE IsDeleted IS NOT 'true')")
+        deleted = db.execute(f'DELETE FROM "{obj}" WHERE Id IN ({gone})').rowcount
+        cols = ", ".join(f'"{f}"' for f in fields)
+        upserted = db.execute(f'INSERT OR REPLACE INTO "{obj}" ({cols}) SELECT {cols} FROM "{tmp}" '
+                              "WHERE IsDeleted IS NOT 'true'").rowcount
+        db.execute(f'DROP TABLE "{tmp}"')
+        stored = self._state(obj)
+        self._save_state(obj, fields, mark, stored[2] if stored else None)
+        return {"records": upserted, "deleted": deleted, "returned": n, "api": "bulk" if bulk else "rest",
+                "seconds": round(time.perf_counter() - t0, 2)}
+
+    def _load_pages(self, obj: str, table: str, fields: list[str], pages) -> int:
+        """Insert the pages of a read into `table`; returns the rows inserted."""
+        insert = f"INSERT INTO \"{table}\" VALUES ({', '.join(['NULLIF(?, %s)' % repr('')] * len(fields))})"
+        n = 0
+        for header, rows in pages:
+            if [h.lower() for h in header] != [f.lower() for f in fields]:
+                raise SourceUnavailable(f"Salesforce returned columns {header[:6]} for {obj}; expected {fields[:6]}",
+                                        Location(self.where(obj)))
+            n += self.db.executemany(insert, rows).rowcount
+        return n
+
+    def _mark(self, table: str, fields: list[str], read_at: dt.datetime | None,
+              before: dt.datetime | None) -> dt.datetime | None:
+        """The high-water mark after a read into `table`: the latest of the largest SystemModstamp it returned (to
+        the second; Salesforce gives dateTimes in UTC), Salesforce's time before the read began (the Date header of
+        the answer before it: every change made since is stamped later, but for transactions that commit late,
+        which the overlap is for) and the mark before. Without the read's own time, an object whose last change was
+        a batch of many records would read that batch again on every run, all of it lying within the overlap."""
+        stamp = next((f for f in fields if f.lower() == _STAMP.lower()), None)
+        newest = None
+        if stamp is not None:
+            text = self.db.execute(f'SELECT max(substr("{stamp}", 1, 19)) FROM "{table}"').fetchone()[0]
+            try:
+                newest = dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.timezone.utc) if text else None
+            except ValueError:
+                newest = None
+        return max(filter(None, (newest, read_at, before)), default=None)
 
     def _bulk_pages(self, obj: str, soql: str, all_rows: bool):
         """Bulk API 2.0 query results, page by page (maxRecords), as (header, row iterator).
@@ -800,17 +1006,18 @@ class SalesforceOrg(LocalOrg):
             if not locator:
                 return
 
-    def _rest_pages(self, soql: str, fields: list[str], all_rows: bool):
-        """REST query (2,000 records a call), typed values turned to CSV-like text."""
-        result = self._call("query", self.sf.query, soql, include_deleted=all_rows)
+    def _rest_pages(self, obj: str, result: dict, fields: list[str]):
+        """REST query results (2,000 records a call) from the first page on, typed values turned to CSV-like text."""
         while True:
             yield fields, [tuple(_text(r.get(f)) for f in fields) for r in result["records"]]
             if result.get("done", True):
                 return
-            result = self._call("query", self.sf.query_more, result["nextRecordsUrl"], True)
+            result = self._call(f"query of {obj}", self.sf.query_more, result["nextRecordsUrl"], True)
 
     def merged(self) -> dict[str, str]:
-        """{merged-away account Id: surviving account Id} seen by the last read (queryAll)."""
+        """{merged-away account Id: surviving account Id}: those in the recycle bin at the last full read, and every
+        merge a read of changes saw since (kept until the next full read, so a merge seen once is not forgotten
+        when later reads no longer return it)."""
         if not super().has_table("_nrr_merged"):
             return {}
         return dict(self.db.execute("SELECT Id, MasterRecordId FROM _nrr_merged"))
@@ -1164,10 +1371,13 @@ class SalesforceOrg(LocalOrg):
         raise DataError("records are created in Salesforce by upsert on their key, not by Id (see create_placeholders)")
 
     def api_usage(self) -> dict:
-        """Calls this process made, by kind, and the org's usage header as last seen."""
+        """Calls this process made, by kind, the org's usage header as last seen, and how each object was read
+        (reads: full or changes, why, records)."""
         calls = dict(sorted(self.session.calls.items()))
         usage = {"calls": calls, "total": sum(calls.values()), "limit_info": self.session.limit_info,
                  "daily_remaining_at_start": (self.limits or {}).get("DailyApiRequests", {}).get("Remaining")}
+        if self.reads:
+            usage["reads"] = dict(sorted(self.reads.items()))
         if self.limits_refused is not None:
             usage["daily_remaining_at_start"] = (self.header_budget or {}).get("Remaining")
             usage["limits_source"] = "Sforce-Limit-Info"

@@ -14,13 +14,16 @@ length (STRING_TOO_LONG), the integer digits of number/currency/percent fields (
 restricted picklists, required fields, references, field-level security and object permissions from a
 permission model loaded from permission set files (invisible fields vanish from describe and queries,
 read-only ones cannot be written, an object without Delete cannot be deleted from), the JWT audience,
-/limits only with View Setup and Configuration, API Enabled, soft delete (IsDeleted, queryAll), query
-results in no particular order (unless ORDER BY) and numbers as an org prints its doubles (1.2345678E7).
-Not modelled: record sharing (a user who can read an object sees all its records), validation rules and
-triggers (inject them as faults), and uniqueness beyond upsert matching.
+/limits only with View Setup and Configuration, API Enabled, soft delete (IsDeleted, queryAll), merge
+(MasterRecordId, related records reparented), SystemModstamp set by the server on every insert, update and
+delete (read-only through the API) from the org's clock, which every answer's Date header gives too, SOQL
+comparisons with unquoted date and dateTime literals (`WHERE SystemModstamp > 2026-12-01T02:00:00Z`) in REST
+and Bulk API 2.0 queries, query results in no particular order (unless ORDER BY) and numbers as an org prints
+its doubles (1.2345678E7). Not modelled: record sharing (a user who can read an object sees all its records),
+validation rules and triggers (inject them as faults), LastModifiedDate, and uniqueness beyond upsert matching.
 
 Faults are injected on demand: lock errors, 5xx, REQUEST_LIMIT_EXCEEDED, an expired session, per-record
-failures, a failed job, errors that echo the Bearer token or the login's password/client secret.
+failures, a failed ingest or query job, errors that echo the Bearer token or the login's password/client secret.
 
     with SalesforceDouble(store, metadata=ROOT / "salesforce").serve():   # routes *.salesforce.com here
         ...  # run the engine with source.kind: salesforce
@@ -40,7 +43,7 @@ import secrets
 import sqlite3
 import xml.etree.ElementTree as ET
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -93,6 +96,13 @@ def _system(name, type_, **kw):
     return _f(name, type_, False, fls="", **kw)
 
 
+def _stamp_field() -> dict:
+    """SystemModstamp: "Date and time when a user or automated process (such as a trigger) last modified this
+    record" (Object Reference: System Fields), set by the server on every insert, update and delete, read-only
+    through the API (not createable or updateable, so a write of it is INVALID_FIELD_FOR_INSERT_UPDATE)."""
+    return _system("SystemModstamp", "datetime", defaulted=True, label="System Modstamp")
+
+
 # Standard fields with the sizes Salesforce documents for them (Object Reference: Account, User).
 STANDARD = {
     "Account": [_system("Id", "id"), _f("Name", "string", length=255, nillable=False, fls="", label="Account Name"),
@@ -103,22 +113,22 @@ STANDARD = {
                 _f("OwnerId", "reference", reference_to=["User"], fls="", defaulted=True, label="Owner ID"),
                 _f("DunsNumber", "string", length=9, fls="DunsNumber", label="D-U-N-S Number"),
                 _system("CreatedDate", "datetime", defaulted=True), _system("IsDeleted", "boolean"),
-                _system("MasterRecordId", "reference", reference_to=["Account"])],
+                _system("MasterRecordId", "reference", reference_to=["Account"]), _stamp_field()],
     # the demo's subscription object: in a real org the org's own (e.g. SBQQ__Subscription__c), not shipped
     "Subscription__c": [_system("Id", "id"), _f("Account__c", "reference", reference_to=["Account"], label="Account"),
                         _f("Product__c", "string", length=255, label="Product"),
                         _f("Start_Date__c", "date", label="Start Date"), _f("End_Date__c", "date", label="End Date"),
                         _f("Amount__c", "currency", precision=18, scale=2, label="Amount"),
                         _f("CurrencyIsoCode", "picklist", length=3, fls="", label="Currency ISO Code"),
-                        _system("IsDeleted", "boolean")],
+                        _system("IsDeleted", "boolean"), _stamp_field()],
     "User": [_system("Id", "id"), _f("Name", "string", length=121, fls="", nillable=False),
-             _f("Email", "email", length=128, fls="")],
+             _f("Email", "email", length=128, fls=""), _stamp_field()],
 }
 
 
 def _new_object() -> dict[str, dict]:
-    """The fields every object has, before its own: Id and IsDeleted (soft delete)."""
-    return {"id": _system("Id", "id"), "isdeleted": _system("IsDeleted", "boolean")}
+    """The fields every object has, before its own: Id, IsDeleted (soft delete) and SystemModstamp."""
+    return {"id": _system("Id", "id"), "isdeleted": _system("IsDeleted", "boolean"), "systemmodstamp": _stamp_field()}
 
 
 def packaged_metadata() -> Path:
@@ -154,7 +164,7 @@ def _load_object(schema: dict, sobjects: dict, obj_dir: Path) -> list[str]:
     obj = obj_dir.name
     spec = schema.get(obj)
     added = []
-    if spec is None:  # a custom object: its standard fields (Id, Name, Owner, IsDeleted, CreatedDate)
+    if spec is None:  # a custom object: its standard fields (Id, Name, Owner, IsDeleted, CreatedDate, SystemModstamp)
         spec = schema[obj] = {"id": _system("Id", "id")}
         name_field = _f("Name", "string", length=80, fls="", nillable=False)
         meta = obj_dir / f"{obj}.object-meta.xml"
@@ -168,8 +178,9 @@ def _load_object(schema: dict, sobjects: dict, obj_dir: Path) -> list[str]:
         spec.update({"name": name_field, "ownerid": _f("OwnerId", "reference", reference_to=["User"], fls="",
                                                        defaulted=True),
                      "isdeleted": _system("IsDeleted", "boolean"),
-                     "createddate": _system("CreatedDate", "datetime", defaulted=True)})
-        added += ["id", "name", "ownerid", "isdeleted", "createddate"]
+                     "createddate": _system("CreatedDate", "datetime", defaulted=True),
+                     "systemmodstamp": _stamp_field()})
+        added += ["id", "name", "ownerid", "isdeleted", "createddate", "systemmodstamp"]
     for path in sorted(obj_dir.glob("fields/*.field-meta.xml")):
         root = ET.parse(path).getroot()
         text = lambda tag, default="": root.findtext(f"m:{tag}", default, _MD)  # noqa: E731
@@ -193,6 +204,8 @@ def _load_object(schema: dict, sobjects: dict, obj_dir: Path) -> list[str]:
 # ---- seeding: Data Loader CSVs -> the org's store, as an org's import would take them --------------------------
 
 _TYPED = "_double_fields"   # the store's table of fields typed by `seed --types` or from the data
+_CLOCK = "_double_clock"    # the org's time as SystemModstamp text, read by the store's stamping triggers
+_STAMPS = "_stamps_"        # _stamps_<Object>: each record's SystemModstamp (Id, stamp), kept by triggers
 _TYPE_NAMES = {"string", "textarea", "url", "email", "phone", "picklist", "double", "currency", "percent", "int",
                "date", "datetime", "boolean", "reference"}
 _TYPE_OPTION = re.compile(r"\s*([A-Za-z][A-Za-z0-9_]*)\.([A-Za-z][A-Za-z0-9_]*)\s*=\s*([a-z]+)"
@@ -374,7 +387,8 @@ def seed(store: Path, folder: Path, metadata: Path | None = None, types: str | S
     tmp = store.with_name(store.name + ".seeding")
     for p in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
         p.unlink(missing_ok=True)
-    if store.exists():  # reseeding: a reload of the changed CSVs into what the double holds
+    reseeding = store.exists()
+    if reseeding:  # a reload of the changed CSVs into what the double holds
         src, dst = sqlite3.connect(store), sqlite3.connect(tmp)
         src.backup(dst)
         src.close()
@@ -386,6 +400,7 @@ def seed(store: Path, folder: Path, metadata: Path | None = None, types: str | S
             org.sync(objects)
         finally:
             org.close()
+        _restamp_imported(tmp, store if reseeding else None, objects)
         report = _check_seeded(tmp, store, folder, metadata, given, objects)
     except BaseException:
         for p in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
@@ -395,6 +410,33 @@ def seed(store: Path, folder: Path, metadata: Path | None = None, types: str | S
         p.unlink(missing_ok=True)
     tmp.replace(store)
     return report
+
+
+def _restamp_imported(tmp: Path, before: Path | None, objects: list[str]) -> None:
+    """SystemModstamp after a reseed (a first seed has none yet: the double dates the org's existing records when
+    it first opens the store): a reseed is a change in the org, so the records it adds or changes are stamped now
+    (the system clock) and the others keep theirs, as an org's would; a read of changes then finds them. A
+    record the reseed dropped is gone for good, as one purged from the recycle bin. A CSV's own SystemModstamp
+    column is never the stamp (a system field)."""
+    if before is None:
+        return
+    db = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        db.execute("ATTACH DATABASE ? AS before", (str(before),))
+        tables = {r[0] for r in db.execute("SELECT name FROM main.sqlite_master WHERE type = 'table'")}
+        now = stamp_text(_utc_now())
+        for obj in objects:
+            side = f'main."{_STAMPS}{obj}"'
+            if f"{_STAMPS}{obj}" not in tables:
+                continue
+            cols = [r[1] for r in db.execute(f'PRAGMA main.table_info("{obj}")')]
+            old = {r[1].lower() for r in db.execute(f'PRAGMA before.table_info("{obj}")')}
+            same = " AND ".join(f'b."{c}" IS t."{c}"' for c in cols if c.lower() in old) or "0"
+            db.execute(f'INSERT OR REPLACE INTO {side} SELECT t.Id, ? FROM main."{obj}" AS t WHERE NOT EXISTS '
+                       f'(SELECT 1 FROM before."{obj}" AS b WHERE b.Id = t.Id AND {same})', (now,))
+            db.execute(f'DELETE FROM {side} WHERE Id NOT IN (SELECT Id FROM main."{obj}")')
+    finally:
+        db.close()
 
 
 def _check_seeded(tmp: Path, store: Path, folder: Path, metadata: Path, given: dict, objects: list[str]) -> SeedReport:
@@ -588,6 +630,7 @@ class Fault:
     #                               then requests.ReadTimeout, in-process only) | job_stuck (Bulk job polls: InProgress)
     #                               | echo_token (a REST error whose message quotes the Authorization header sent)
     #                               | echo_login (a login error quoting the password / client id and secret sent)
+    #                               | query_job_failed (a Bulk query job ends Failed, with `message` as errorMessage)
     #                               echo_*: `message` with {sent} (and {SENT}, upper-cased) in it, else message: sent
     path: str = ""                # regex searched in the request path ("" = every call)
     method: str | None = None
@@ -604,13 +647,15 @@ class SalesforceDouble:
 
     `permissions` None is a System Administrator (every object and field, View Setup); a `Permissions` is a
     least-privilege integration user. `sandbox` makes the org a sandbox (JWT audience test.salesforce.com);
-    `soap_login` False is an org where SOAP API login() is disabled (new orgs: the default since Summer '25)."""
+    `soap_login` False is an org where SOAP API login() is disabled (new orgs: the default since Summer '25);
+    `clock` is the org's clock (default: the system's, UTC), which stamps records and answers' Date headers."""
 
     def __init__(self, store: Path, metadata: Path | None = None, *, username: str = "integration@acme.example",
                  password: str = "s3cret-password", security_token: str = "T0KEN-abc123", consumer_key: str = "CONSUMER-KEY",
                  consumer_secret: str = "CONSUMER-SECRET", public_key: bytes | None = None, api_max: int = 100_000,
                  api_version: str = "59.0", permissions: Permissions | None = None, sandbox: bool = False,
-                 soap_login: bool = True, client_credentials_user: bool = True, shuffle: bool = True):
+                 soap_login: bool = True, client_credentials_user: bool = True, shuffle: bool = True,
+                 clock: Callable[[], dt.datetime] | None = None):
         self.store = Path(store)
         self.db = sqlite3.connect(self.store, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -622,6 +667,10 @@ class SalesforceDouble:
         self.sandbox, self.soap_login, self.client_credentials_user = sandbox, soap_login, client_credentials_user
         self.shuffle = shuffle
         self.epoch = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)   # CreatedDate of the first record it creates
+        # The org's clock: what SystemModstamp is set from (each request reads it once, so what one request
+        # changes shares a stamp) and what the Date header of every response says. Tests move it.
+        self.clock: Callable[[], dt.datetime] = clock or _utc_now
+        self.now = self.clock()
         self.tokens: set[str] = set()
         self.faults: list[Fault] = []
         self.calls: list[tuple[str, str]] = []     # (method, path) of every request
@@ -683,13 +732,55 @@ class SalesforceDouble:
                 self.db.execute(f'CREATE TABLE "{obj}" (Id TEXT NOT NULL PRIMARY KEY)')
             have = {c.lower() for c in self._columns(obj)}
             for f in spec.values():
-                if f["name"].lower() not in have:
+                if f["name"].lower() not in have and f["name"].lower() != "systemmodstamp":  # kept beside: _stamps
                     self.db.execute(f'ALTER TABLE "{obj}" ADD COLUMN "{f["name"]}" TEXT')
             if "isdeleted" in spec:
                 self.db.execute(f'UPDATE "{obj}" SET IsDeleted = \'false\' WHERE IsDeleted IS NULL')
             for f in spec.values():  # Salesforce indexes External ID fields; an upsert must not scan the table
                 if f["externalId"]:
                     self.db.execute(f'CREATE INDEX IF NOT EXISTS "_ext_{obj}_{f["name"]}" ON "{obj}" ("{f["name"]}")')
+        self.db.execute(f"CREATE TABLE IF NOT EXISTS {_CLOCK} (now TEXT NOT NULL)")
+        if self.db.execute(f"SELECT 1 FROM {_CLOCK}").fetchone() is None:
+            self.db.execute(f"INSERT INTO {_CLOCK} VALUES ('')")
+        self.tick()
+        for obj, spec in self.schema.items():
+            if "systemmodstamp" in spec:
+                self._stamp_changes(obj)
+
+    def _stamp_changes(self, obj: str) -> None:
+        """SystemModstamp as the server keeps it, in a table beside the object's (_stamps_<Object>: Id, stamp), so a
+        comparison of two orgs' records is not one of the times they were written: seeded records (an org's
+        existing records, which an export does not date) were last changed a day before the store is first
+        served, and triggers stamp every insert and every update (a delete sets IsDeleted: an update) with the
+        time of the request that makes it, whoever makes it: the API, a merge, or a test editing the store
+        directly (`backdate` sets one, as a transaction that committed late). Salesforce indexes the field; the
+        store does too (reads of changes filter on it)."""
+        q, side, now = f'"{obj}"', f'"{_STAMPS}{obj}"', f"(SELECT now FROM {_CLOCK})"
+        self.db.execute(f"CREATE TABLE IF NOT EXISTS {side} (Id TEXT NOT NULL PRIMARY KEY, stamp TEXT NOT NULL)")
+        self.db.execute(f'CREATE INDEX IF NOT EXISTS "{_STAMPS}{obj}_stamp" ON {side} (stamp)')
+        self.db.execute(f"INSERT OR IGNORE INTO {side} SELECT Id, ? FROM {q}", (stamp_text(self.now - dt.timedelta(days=1)),))
+        for event, row in (("INSERT", "NEW"), ("UPDATE", "NEW")):
+            self.db.execute(f'CREATE TRIGGER IF NOT EXISTS "{_STAMPS}{obj}_{event.lower()}" AFTER {event} ON {q} BEGIN '
+                            f"INSERT OR REPLACE INTO {side} VALUES ({row}.Id, {now}); END")
+        self.db.execute(f'CREATE TRIGGER IF NOT EXISTS "{_STAMPS}{obj}_delete" AFTER DELETE ON {q} BEGIN '
+                        f"DELETE FROM {side} WHERE Id = OLD.Id; END")
+
+    def stamp(self, obj: str, rid: str) -> str | None:
+        """A record's SystemModstamp as the org holds it."""
+        row = self.db.execute(f'SELECT stamp FROM "{_STAMPS}{obj}" WHERE Id = ?', (rid,)).fetchone()
+        return row[0] if row else None
+
+    def backdate(self, obj: str, rid: str, when: dt.datetime) -> None:
+        """Give a record an earlier SystemModstamp: a change whose transaction began then and committed only now
+        (after a read that began in between), as long-running transactions do (SOAP API: getUpdated(),
+        latestDateCovered)."""
+        self.db.execute(f'UPDATE "{_STAMPS}{obj}" SET stamp = ? WHERE Id = ?', (stamp_text(when), rid))
+
+    def tick(self) -> dt.datetime:
+        """Read the org's clock: what is changed from now on (until the next request) is stamped with its time."""
+        self.now = self.clock()
+        self.db.execute(f"UPDATE {_CLOCK} SET now = ?", (stamp_text(self.now),))
+        return self.now
 
     def define(self, obj: str, name: str, type_: str, **kw) -> None:
         """Describe a field as the org's admin would have created it (e.g. a currency ARR field)."""
@@ -750,6 +841,29 @@ class SalesforceDouble:
             where = " WHERE IsDeleted = 'true'" if deleted else " WHERE IsDeleted IS NOT 'true'"
         cols = ", ".join(f'"{f}"' for f in fields)
         return {r[0]: r[1:] for r in self.db.execute(f'SELECT Id, {cols} FROM "{obj}"{where}')}
+
+    def merge(self, master: str, *losers: str, obj: str = "Account") -> None:
+        """Merge records into `master` as Salesforce's merge() does: "up to three records of the same type", the
+        merged-away ones deleted (to the recycle bin, IsDeleted) with MasterRecordId naming the master, and "any
+        related records" reparented to the master (SOAP API: merge()); each change stamped like any other."""
+        if not 1 <= len(losers) <= 2 or master in losers:
+            raise ValueError("merge: a master and one or two other records")
+        marks = ", ".join("?" * len(losers))
+        self.db.execute("BEGIN")
+        try:
+            for other, spec in self.schema.items():
+                for f in spec.values():
+                    if f["type"] == "reference" and obj in f["referenceTo"] and f["name"] != "MasterRecordId":
+                        live = " AND IsDeleted IS NOT 'true'" if "isdeleted" in spec else ""
+                        self.db.execute(f'UPDATE "{other}" SET "{f["name"]}" = ? WHERE "{f["name"]}" IN ({marks}){live}',
+                                        (master, *losers))
+            self.db.execute(f'UPDATE "{obj}" SET IsDeleted = \'true\', MasterRecordId = ? WHERE Id IN ({marks})',
+                            (master, *losers))
+            self.db.execute(f'UPDATE "{obj}" SET MasterRecordId = NULL WHERE Id = ?', (master,))  # the master changes too
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def count(self, kind: str) -> int:
         return sum(1 for _, path in self.calls if kind in path)
@@ -861,6 +975,14 @@ class SalesforceDouble:
             return _json(500, [{"errorCode": "UNKNOWN_EXCEPTION", "message": f"double: {type(exc).__name__}: {exc}"[:200]}])
 
     def handle(self, method: str, url: str, headers: dict, body: bytes) -> tuple[int, dict, bytes]:
+        """One request, answered as the org would; every answer carries the org's time in its Date header."""
+        from email.utils import format_datetime
+
+        now = self.tick()
+        status, hdrs, payload = self._handle(method, url, headers, body)
+        return status, {**hdrs, "Date": format_datetime(now.astimezone(dt.timezone.utc), usegmt=True)}, payload
+
+    def _handle(self, method: str, url: str, headers: dict, body: bytes) -> tuple[int, dict, bytes]:
         parts = urlsplit(url)
         path, query = unquote(parts.path), parse_qs(parts.query)
         self.calls.append((method, path))
@@ -1038,6 +1160,15 @@ class SalesforceDouble:
             return self._rest_page(m.group(2), int(m.group(3)))
         if rest.startswith("composite/sobjects"):
             return self._collections(method, rest, query, body)
+        m = re.fullmatch(r"sobjects/(\w+)", rest)
+        if m and method == "POST":  # create one record (REST API: sObject Basic Information, POST)
+            rec = json.loads(body or b"{}", parse_float=Decimal)
+            rid, created, err = self._apply(m.group(1), "insert", [rec], None)[0]
+            if err:
+                code, _, msg = err.partition(":")
+                msg, _, fields = msg.partition("\x1f")
+                return _json(400, [{"errorCode": code, "message": msg, "fields": fields.split(",") if fields else []}])
+            return _json(201, {"id": rid, "success": True, "errors": []})
         m = re.fullmatch(r"sobjects/(\w+)/(\w+)(?:/(.+))?", rest)
         if m and method == "PATCH":  # one record per call: what the naive approach does
             obj, a, b = m.groups()
@@ -1104,17 +1235,22 @@ class SalesforceDouble:
         where, args = [], []
         if not all_rows and "isdeleted" in spec:
             where.append("IsDeleted IS NOT 'true'")
+        stamps = f'"{_STAMPS}{obj}"'
+
+        def ref(name: str) -> str:  # a field's SQL (SystemModstamp is kept beside the record: _stamp_changes)
+            if name.lower() == "systemmodstamp":
+                return f'(SELECT s.stamp FROM {stamps} AS s WHERE s.Id = "{obj}".Id)'
+            return f'"{name}"'
+
         for cond in re.split(r"\s+AND\s+", m.group(3) or "", flags=re.I) if m.group(3) else []:
-            c = re.fullmatch(r"(\w+)\s*=\s*(?:'((?:[^'\\]|\\.)*)'|(true|false|null))", cond.strip(), re.I)
-            if not c:
-                raise _SoqlError("MALFORMED_QUERY", f"unsupported condition {cond.strip()!r}")
-            name = column(c.group(1))
-            if c.group(3) and c.group(3).lower() == "null":
-                where.append(f'"{name}" IS NULL')
+            name, sql_cond, arg = _condition(cond.strip(), spec, column)
+            if name.lower() == "systemmodstamp":  # through the stamp's index, as Salesforce's is indexed
+                where.append(f'"{obj}".Id IN (SELECT Id FROM {stamps} WHERE {sql_cond.replace("{f}", "stamp")})')
             else:
-                where.append(f'"{name}" = ?')
-                args.append(c.group(2) if c.group(2) is not None else c.group(3).lower())
-        select = "count(*)" if counting else ", ".join(chr(34) + f + chr(34) for f in fields)
+                where.append(sql_cond.replace("{f}", ref(name)))
+            args += arg
+        select = "count(*)" if counting else ", ".join(
+            f'{ref(f)} AS "{f}"' if f.lower() == "systemmodstamp" else f'"{f}"' for f in fields)
         sql = f'SELECT {select} FROM "{obj}"'
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -1125,7 +1261,7 @@ class SalesforceDouble:
                 if not o:
                     raise _SoqlError("MALFORMED_QUERY", f"unsupported ORDER BY {item.strip()!r}")
                 name = column(o.group(1))
-                expr = f'CAST("{name}" AS REAL)' if spec[name.lower()]["type"] in _NUMBERS else f'"{name}"'
+                expr = f'CAST({ref(name)} AS REAL)' if spec[name.lower()]["type"] in _NUMBERS else ref(name)
                 nulls = (o.group(3) or ("LAST" if (o.group(2) or "").upper() == "DESC" else "FIRST")).upper()
                 keys.append(f"{expr} {(o.group(2) or 'ASC').upper()} NULLS {nulls}")
             sql += " ORDER BY " + ", ".join(keys)
@@ -1356,8 +1492,13 @@ class SalesforceDouble:
                 job["state"] = "InProgress" if job["polls"] == 1 else "JobComplete"   # one poll sees it still running
             if job["state"] != "Aborted" and self._fault_on(("job_stuck",), method, "/" + rest) is not None:
                 job["state"] = "InProgress"
+            failing = self._fault_on(("query_job_failed",), method, "/" + rest)
+            if job["state"] == "JobComplete" and failing is not None and "errorMessage" not in job:
+                failing.times -= 1   # the job fails on Salesforce's side (Get Information About a Query Job)
+                job.update(state="Failed", errorMessage=failing.message)
             total = self.db.execute(f'SELECT count(*) FROM "{job["table"]}"').fetchone()[0]
-            return _json(200, {"id": job["id"], "state": job["state"], "numberRecordsProcessed": total})
+            info = {"id": job["id"], "state": job["state"], "numberRecordsProcessed": total}
+            return _json(200, {**info, **({"errorMessage": job["errorMessage"]} if "errorMessage" in job else {})})
         if job["state"] != "JobComplete":
             return _json(400, [{"errorCode": "INVALIDJOBSTATE", "message": "job is not complete"}])
         limit = int(query.get("maxRecords", ["50000"])[0])
@@ -1593,6 +1734,17 @@ def connect(address: str):
             yield credentials
 
 
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def stamp_text(when: dt.datetime) -> str:
+    """A dateTime as the store keeps it and the APIs return it: UTC to the millisecond, "2026-12-01T02:00:00.000+0000"
+    (fixed width, so the text orders as the time does)."""
+    when = when.astimezone(dt.timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}+0000"
+
+
 def _created() -> dict:
     """A new job's creator and creation time, as Job Info gives them."""
     import datetime as dt
@@ -1634,6 +1786,65 @@ def _claim_socket(path: Path) -> None:
     finally:
         probe.close()
     raise _SocketBusy(f"another double is serving on {path}; stop it first, or serve on another path")
+
+
+# A WHERE condition of the subset the double reads: field, comparison operator, value. The value is a quoted string,
+# true/false/null, a date (YYYY-MM-DD) or dateTime (YYYY-MM-DDThh:mm:ss[.sss] with Z or +/-hh:mm: "the zone offset
+# is always from UTC"), unquoted as SOQL requires, or a number (SOQL and SOSL Reference: Comparison Operators;
+# Date Formats and Date Literals in WHERE).
+_CONDITION = re.compile(r"(\w+)\s*(=|!=|<>|<=|>=|<|>)\s*(?:'((?:[^'\\]|\\.)*)'|(true|false|null)\b|"
+                        r"([0-9]{4}-[0-9]{2}-[0-9]{2})(T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:Z|[-+][0-9]{2}:[0-9]{2}))?"
+                        r"|(-?[0-9]+(?:\.[0-9]+)?))", re.I)
+_SQL_OPERATORS = {"=": "IS", "!=": "IS NOT", "<>": "IS NOT", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+
+
+def _condition(text: str, spec: dict, column) -> tuple[str, str, list]:
+    """(field, SQL of one WHERE condition with {f} standing for the field, arguments); a value of the wrong kind for its field is the error an
+    org gives ("value of filter criterion for field 'X' must be of type dateTime and should not be enclosed in
+    quotes"). dateTime values compare as the store keeps them (UTC, fixed width: stamp_text)."""
+    c = _CONDITION.fullmatch(text)
+    if not c:
+        raise _SoqlError("MALFORMED_QUERY", f"unsupported condition {text!r}")
+    name = column(c.group(1))
+    kind = spec[name.lower()]["type"]
+    op, quoted, word, day, clock, number = c.group(2), c.group(3), c.group(4), c.group(5), c.group(6), c.group(7)
+    sql_op = _SQL_OPERATORS[op]
+    ordered = op not in ("=", "!=", "<>")
+    soql_kind = {"datetime": "dateTime", "date": "date", "boolean": "boolean"}.get(kind, "double" if kind in _NUMBERS
+                                                                                  else None)
+    if word is not None and word.lower() == "null":
+        if ordered:
+            raise _SoqlError("MALFORMED_QUERY", f"null can only be compared with = or != ({text!r})")
+        return name, f"{{f}} {sql_op} NULL", []
+    if quoted is not None:
+        if soql_kind is not None:
+            raise _SoqlError("INVALID_FIELD", f"value of filter criterion for field '{name}' must be of type "
+                                              f"{soql_kind} and should not be enclosed in quotes")
+        return name, f"{{f}} {sql_op} ?", [quoted]
+    given = "boolean" if word is not None else "dateTime" if clock else "date" if day else "double"
+    if soql_kind is None:
+        raise _SoqlError("INVALID_FIELD", f"value of filter criterion for field '{name}' must be of type string and "
+                                          f"should be enclosed in quotes")
+    if given != soql_kind:
+        raise _SoqlError("INVALID_FIELD", f"value of filter criterion for field '{name}' must be of type {soql_kind} "
+                                          f"and should not be enclosed in quotes")
+    if word is not None:
+        if ordered:
+            raise _SoqlError("MALFORMED_QUERY", f"a boolean can only be compared with = or != ({text!r})")
+        return name, f"{{f}} {sql_op} ?", [word.lower()]
+    if clock:
+        try:
+            when = dt.datetime.fromisoformat(day + clock.replace("Z", "+00:00"))
+        except ValueError:
+            raise _SoqlError("MALFORMED_QUERY", f"Invalid datetime: {day}{clock}") from None
+        return name, f"{{f}} {sql_op} ?", [stamp_text(when)]
+    if day:
+        try:
+            dt.date.fromisoformat(day)
+        except ValueError:
+            raise _SoqlError("MALFORMED_QUERY", f"Invalid date: {day}") from None
+        return name, f"{{f}} {sql_op} ?", [day]
+    return name, f"CAST({{f}} AS REAL) {sql_op} ?", [float(number)]
 
 
 class _SoqlError(Exception):
