@@ -202,9 +202,20 @@ def arr_matrix(settings: Settings, org: LocalOrg, accounts: Accounts, stored: np
         require_columns(org, s.object, [s.account, s.start, s.end, s.amount, s.currency], "arr.subscriptions")
         if not s.currency:   # not configured: the record currency column of a multi-currency org, where there is one
             s = dataclasses.replace(s, currency=RECORD_CURRENCY)
+        args = (accounts.index, s, settings.currency, first, count, org.where(s.object), csv_lines(org, s.object))
+        batches = org.csv_batches(s.object, {"Id": "Id", "account": s.account, "start": s.start, "end": s.end,
+                                             "amount": s.amount, "currency": s.currency}, accounts.index)
+        if batches is not None:   # the CSV the working copy holds, read in C
+            cohorts = None if first_active is None else first_active.copy()
+            try:
+                out = arr_mod.from_subscriptions((), *args, cohorts, batches=batches)
+                if first_active is not None:
+                    first_active[:] = cohorts
+                return out
+            except (arr_mod.NotFast, *org.columnar_errors) as exc:
+                _log.info("arr.rows", object=s.object, why=type(exc).__name__)
         rows = org.read(s.object, ["Id", s.account, s.start, s.end, s.amount, s.currency])
-        return arr_mod.from_subscriptions(rows, accounts.index, s, settings.currency, first, count, org.where(s.object),
-                                          csv_lines(org, s.object), first_active)
+        return arr_mod.from_subscriptions(rows, *args, first_active)
     matrix = stored.copy()
     fs: list[Finding] = []
     excluded = arr_mod.Excluded()

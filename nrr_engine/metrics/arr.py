@@ -84,10 +84,10 @@ class _Problems:
         self.ids: list[str] = []
         self.examples: list[tuple[str, str, str | None]] = []
 
-    def add(self, rids: Sequence[str], fields: Sequence[str], raws: Sequence[str | None]) -> None:
-        room = EXAMPLES - len(self.examples)
-        if room > 0:
-            self.examples.extend(zip(rids[:room], fields[:room], raws[:room]))
+    def add(self, rids: Sequence[str], shown: Sequence[str], fields: Sequence[str], raws: Sequence[str | None]) -> None:
+        """All the Ids of a chunk's records, and (shown) the lowest few with their field and raw value: the
+        examples are the lowest Ids of all, whichever order the records are read in."""
+        self.examples = sorted([*self.examples, *zip(shown, fields, raws)], key=lambda e: e[0])[:EXAMPLES]
         self.ids.extend(rids)
 
 
@@ -109,26 +109,34 @@ def _findings(problems: dict[str, _Problems], what: dict[str, tuple[str, str]], 
         more = f"; and {len(p.ids) - len(p.examples)} more" if len(p.ids) > len(p.examples) else ""
         problem, expected = what[kind]
         out.append(Finding(kind, f"{len(p.ids)} {obj} record(s) left out of ARR, {problem}: {named}{more}"
-                           + (f" (expected {expected})" if expected else ""), tuple(p.ids)))
+                           + (f" (expected {expected})" if expected else ""), tuple(sorted(p.ids))))
     return out
 
 
 def from_subscriptions(rows: Iterable[tuple], index: dict[str, int], cfg: SubscriptionSource, currency: str,
                        first: int, count: int, source: str, locate: Locate | None = None,
-                       first_active: np.ndarray | None = None) -> tuple[np.ndarray, list[Finding], Excluded]:
+                       first_active: np.ndarray | None = None,
+                       batches: Iterable | None = None) -> tuple[np.ndarray, list[Finding], Excluded]:
     """Rows of (Id, account, start, end, amount, currency) -> ARR matrix over months [first, first+count), the
     findings, and the records left out of ARR. `first_active` (one per account, OPEN to start with) gets each
     account's first month with ARR, however long before `first` it lies (a report's cohorts).
 
-    Rows are consumed in chunks, so a million subscriptions never sit in memory as Python objects at once."""
+    Rows are consumed in chunks, so a million subscriptions never sit in memory as Python objects at once.
+    `batches` (instead of rows): the same columns, batch by batch (sources/columnar.py: a CSV read in C, named
+    Id, account, start, end, amount, currency); a batch in another currency raises NotFast, and the caller reads
+    the rows instead (whose error names the first such record in Id order)."""
     matrix = np.zeros((len(index), count + 1), dtype=np.int64)
     problems: dict[str, _Problems] = {k: _Problems() for k in
                                       ("arr_not_a_number", "negative_arr", "bad_date", "orphan_subscription",
                                        "ends_before_start")}
     excluded: list[Excluded] = []
-    it = iter(rows)
-    while chunk := list(islice(it, _CHUNK)):
-        excluded.append(_add_chunk(matrix, chunk, index, cfg, currency, first, count, source, problems, first_active))
+    if batches is not None:
+        chunks = (_batch_chunk(b, cfg, currency) for b in batches)
+    else:
+        it = iter(rows)
+        chunks = (_row_chunk(chunk, index, cfg, currency, source) for chunk in iter(lambda: list(islice(it, _CHUNK)), []))
+    for ch in chunks:
+        excluded.append(_add_chunk(matrix, ch, cfg, first, count, problems, first_active))
     np.cumsum(matrix, axis=1, out=matrix)
     what = {"arr_not_a_number": (f"amount unknown: {cfg.amount} is blank or not a number", money.NUMBER_FORMAT),
             "negative_arr": (f"{cfg.amount} is negative", "an amount >= 0"),
@@ -138,18 +146,75 @@ def from_subscriptions(rows: Iterable[tuple], index: dict[str, int], cfg: Subscr
     return matrix[:, :count], _findings(problems, what, cfg.object, source, locate), Excluded.join(excluded)
 
 
-def _add_chunk(matrix, chunk, index, cfg, currency, first, count, source, problems, first_active=None) -> Excluded:
+@dataclass
+class Chunk:
+    """A chunk of subscriptions as arrays (acc: account row or -1; units and bad_amount; start and end as
+    (month, ok, day)), with `raw(column, positions)`: the texts of a few records, for findings (columns Id,
+    account, start, end, amount)."""
+
+    acc: np.ndarray
+    units: np.ndarray
+    bad_amount: np.ndarray
+    start: tuple[np.ndarray, np.ndarray, np.ndarray]
+    end: tuple[np.ndarray, np.ndarray, np.ndarray]
+    raw: Callable[[str, list[int]], list]
+
+
+def _row_chunk(chunk: list[tuple], index: dict[str, int], cfg: SubscriptionSource, currency: str,
+               source: str) -> Chunk:
     rid, account, start, end, amount, cur = (list(c) for c in zip(*chunk))
     n = len(rid)
     foreign = [i for i, c in enumerate(cur) if c and c.strip().upper() != currency]
     if foreign:
-        codes = sorted({cur[i].strip().upper() for i in foreign})
-        raise DataError(f"mixed currencies: nrr-engine does not convert currencies yet; {cfg.object}.{cfg.currency} "
-                        f"holds amounts in {', '.join(codes)} but the corporate currency is {currency} (first: record "
-                        f"{rid[foreign[0]]}): convert the amounts to {currency} in the export, or leave only {currency} "
-                        "records", Location(source, record=rid[foreign[0]], field=cfg.currency))
+        raise mixed_currencies(cfg, currency, sorted({cur[i].strip().upper() for i in foreign}), rid[foreign[0]], source)
     get = index.get
     acc = np.fromiter((get(a, -1) if a else -1 for a in account), dtype=np.int64, count=n)
+    units, bad_amount = _parse_amounts(amount)
+    columns = {"Id": rid, "account": account, "start": start, "end": end, "amount": amount}
+    # Active at the close of month m while m <= last: for an inclusive end date that is the month before the
+    # month of the next day; for an exclusive one (first day without service) the month before its month.
+    return Chunk(acc, units, bad_amount, _months_of(start, shift_days=0),
+                 _months_of(end, shift_days=0 if cfg.end_exclusive else 1),
+                 lambda col, at: [columns[col][i] for i in at])
+
+
+class NotFast(Exception):
+    """A columnar batch holds what only the rows path reports exactly (amounts in another currency)."""
+
+
+def _batch_chunk(b, cfg: SubscriptionSource, currency: str) -> Chunk:
+    """A Chunk from a columnar batch: what is plainly well-formed parsed in C, every other value by the same
+    policy as rows (so a file gives the same figures and findings either way)."""
+    if any(c != currency for c in b.distinct_upper("currency")):
+        raise NotFast("another currency")
+    plain, units = b.plain_amounts("amount")
+    bad_amount = ~plain
+    rest = np.flatnonzero(~plain).tolist()
+    if rest:
+        units[rest], bad_amount[rest] = _parse_amounts(b.texts("amount", rest))
+
+    def dates(name: str, shift: int):
+        plain, days = b.plain_dates(name)
+        ok = ~(plain & np.isnat(days))       # YYYY-MM-DD that is no date (2026-02-30): unreadable
+        rest = np.flatnonzero(~plain & ~b.blank(name)).tolist()
+        if rest:
+            _, ok[rest], days[rest] = _months_of(b.texts(name, rest), 0)
+        return _months_of_days(days, ok, shift)
+
+    return Chunk(b.positions("account"), units, bad_amount, dates("start", 0),
+                 dates("end", 0 if cfg.end_exclusive else 1), b.texts)
+
+
+def mixed_currencies(cfg: SubscriptionSource, currency: str, codes: list[str], record: str, source: str) -> DataError:
+    return DataError(f"mixed currencies: nrr-engine does not convert currencies yet; {cfg.object}.{cfg.currency} "
+                     f"holds amounts in {', '.join(codes)} but the corporate currency is {currency} (first: record "
+                     f"{record}): convert the amounts to {currency} in the export, or leave only {currency} "
+                     "records", Location(source, record=record, field=cfg.currency))
+
+
+def _parse_amounts(amount: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """(units, unreadable) of amount texts by the reading policy; a blank is unreadable."""
+    n = len(amount)
     units = np.zeros(n, dtype=np.int64)
     bad_amount = np.zeros(n, dtype=bool)
     fast = money.parse_units_fast
@@ -162,10 +227,13 @@ def _add_chunk(matrix, chunk, index, cfg, currency, first, count, source, proble
             bad_amount[i] = True
         else:
             units[i] = u
-    start_m, start_ok, start_d = _months_of(start, shift_days=0)
-    # Active at the close of month m while m <= last: for an inclusive end date that is the month before the
-    # month of the next day; for an exclusive one (first day without service) the month before its month.
-    end_m, end_ok, end_d = _months_of(end, shift_days=0 if cfg.end_exclusive else 1)
+    return units, bad_amount
+
+
+def _add_chunk(matrix, ch: Chunk, cfg, first, count, problems, first_active=None) -> Excluded:
+    acc, units, bad_amount = ch.acc, ch.units, ch.bad_amount
+    start_m, start_ok, start_d = ch.start
+    end_m, end_ok, end_d = ch.end
     has_end = ~np.isnat(end_d)
     last = np.where(has_end, end_m - 1, OPEN)
     no_account = acc < 0
@@ -175,17 +243,24 @@ def _add_chunk(matrix, chunk, index, cfg, currency, first, count, source, proble
     excluded = no_account | bad_amount | negative | bad_date
     inverted = ~excluded & has_end & (end_d < start_d)
 
-    def note(kind: str, mask: np.ndarray, fname, raw) -> None:
+    def note(kind: str, mask: np.ndarray, column: str | Callable[[list[int]], list], raw) -> None:
         if mask.any():
             at = np.flatnonzero(mask).tolist()
-            problems[kind].add([rid[i] for i in at], [fname(i) for i in at[:EXAMPLES]], [raw(i) for i in at[:EXAMPLES]])
+            rids = ch.raw("Id", at)
+            shown = sorted(range(len(at)), key=rids.__getitem__)[:EXAMPLES]   # the lowest Ids, as an Id-ordered read
+            few = [at[k] for k in shown]
+            fields = [column] * len(few) if isinstance(column, str) else column(few)
+            problems[kind].add(rids, [rids[k] for k in shown], fields, raw(few))
 
-    note("arr_not_a_number", bad_amount & ~no_account, lambda i: cfg.amount, lambda i: amount[i])
-    note("negative_arr", negative & ~no_account, lambda i: cfg.amount, lambda i: amount[i])
-    note("bad_date", bad_date & ~no_account & ~bad_amount, lambda i: cfg.start if start_bad[i] else cfg.end,
-         lambda i: start[i] if start_bad[i] else end[i])
-    note("orphan_subscription", no_account, lambda i: cfg.account, lambda i: account[i])
-    note("ends_before_start", inverted, lambda i: cfg.end, lambda i: f"{end[i]} < {start[i]}")
+    amount_field, start_field, end_field = cfg.amount, cfg.start, cfg.end
+    note("arr_not_a_number", bad_amount & ~no_account, amount_field, lambda at: ch.raw("amount", at))
+    note("negative_arr", negative & ~no_account, amount_field, lambda at: ch.raw("amount", at))
+    note("bad_date", bad_date & ~no_account & ~bad_amount,
+         lambda at: [start_field if start_bad[i] else end_field for i in at],
+         lambda at: [s if start_bad[i] else e for i, s, e in zip(at, ch.raw("start", at), ch.raw("end", at))])
+    note("orphan_subscription", no_account, cfg.account, lambda at: ch.raw("account", at))
+    note("ends_before_start", inverted, end_field,
+         lambda at: [f"{e} < {s}" for s, e in zip(ch.raw("start", at), ch.raw("end", at))])
     keep = ~excluded & (last >= start_m)
     factor = 12 if cfg.amount_period == "monthly" else 1
     a, v = acc[keep], units[keep] * factor
@@ -223,6 +298,11 @@ def _months_of(texts: list, shift_days: int) -> tuple[np.ndarray, np.ndarray, np
     bad_tails = {x for x in tails if not _TIME.fullmatch(x)}
     if bad_tails:
         ok &= np.array([not (t and t.strip()[10:] in bad_tails) for t in texts], dtype=bool)
+    return _months_of_days(days, ok, shift_days)
+
+
+def _months_of_days(days: np.ndarray, ok: np.ndarray, shift_days: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(month index of each day + shift_days, ok, the days, NaT where not ok)."""
     days = np.where(ok, days, np.datetime64("NaT"))
     shifted = days + np.timedelta64(shift_days, "D")
     m = shifted.astype("datetime64[M]").astype(np.int64) + 1970 * 12
@@ -253,12 +333,12 @@ def from_account_field(values: list, ids: list[str], field: str, source: str, mo
         try:
             units = money.parse_units(text)
         except money.MoneyError:
-            problems["arr_not_a_number"].add([ids[i]], [field], [text])
+            problems["arr_not_a_number"].add([ids[i]], [ids[i]], [field], [text])
             continue
         if units is None:
             continue
         if units < 0:
-            problems["negative_arr"].add([ids[i]], [field], [text])
+            problems["negative_arr"].add([ids[i]], [ids[i]], [field], [text])
             continue
         out[i] = units
     what = {"arr_not_a_number": (f"ARR unknown (counted as 0 this month): {field} is not a number", money.NUMBER_FORMAT),
