@@ -91,24 +91,55 @@ class Batch:
         return [v for v in pc.unique(col).to_pylist() if v]
 
 
+def read_columns(path: Path, fields: Sequence[str], signature: tuple[int, int]) -> list[list]:
+    """The CSV's `fields` as the working copy's `read_columns` gives them: whole columns of text (None for a
+    blank cell or a field the file lacks), rows ordered by Id (trimmed of spaces, as the working copy holds it).
+    Raises Changed or pyarrow's errors as read_batches does."""
+    table = _open(path).read_all()
+    names = {n.strip().lower(): n for n in table.schema.names}
+    ids = pc.utf8_trim(table.column(names["id"]), " ")
+    order = pc.sort_indices(ids)
+    out = []
+    for f in fields:
+        actual = names.get(f.strip().lower())
+        if actual is None:
+            out.append([None] * table.num_rows)
+            continue
+        col = ids if actual == names["id"] else table.column(actual)
+        out.append([v or None for v in pc.take(col, order).to_pylist()])
+    _check(path, signature)
+    return out
+
+
+def _open(path: Path):
+    """A streaming reader of the CSV with every column as text ('' for blank)."""
+    read = pcsv.ReadOptions(block_size=_BLOCK, use_threads=True)
+    parse = pcsv.ParseOptions(newlines_in_values=True)
+    reader = pcsv.open_csv(path, read_options=read, parse_options=parse,
+                           convert_options=pcsv.ConvertOptions(strings_can_be_null=False, quoted_strings_can_be_null=False,
+                                                               auto_dict_encode=False))
+    if all(f.type == pa.string() for f in reader.schema):
+        return reader
+    # open_csv infers types from the first block: read every column as text
+    return pcsv.open_csv(path, read_options=read, parse_options=parse, convert_options=pcsv.ConvertOptions(
+        strings_can_be_null=False, quoted_strings_can_be_null=False,
+        column_types={n: pa.string() for n in reader.schema.names}))
+
+
+def _check(path: Path, signature: tuple[int, int]) -> None:
+    st = os.stat(path)
+    if (st.st_size, st.st_mtime_ns) != tuple(signature):
+        raise Changed(str(path))
+
+
 def read_batches(path: Path, fields: dict[str, str | None], signature: tuple[int, int],
                  index: dict[str, int]) -> Iterator[Batch]:
     """The CSV's `fields` ({name in the batch: field}, matched to the header ignoring case and surrounding spaces;
-    a field the file lacks, or None, is blank), batch by batch; `index` ({Id: row}) is what Batch.positions looks values up in. Raises Changed when the file is not the one of `signature` (size, mtime) when the
-    read ends, and pyarrow's errors for a file Arrow cannot read (the caller then reads the working copy)."""
-    reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=_BLOCK, use_threads=True),
-                           parse_options=pcsv.ParseOptions(newlines_in_values=True),
-                           convert_options=pcsv.ConvertOptions(strings_can_be_null=False,
-                                                               quoted_strings_can_be_null=False,
-                                                               column_types={}, auto_dict_encode=False))
+    a field the file lacks, or None, is blank), batch by batch; `index` ({Id: row}) is what Batch.positions
+    looks values up in. Raises Changed when the file is not the one of `signature` (size, mtime) when the read
+    ends, and pyarrow's errors for a file Arrow cannot read (the caller then reads the working copy)."""
+    reader = _open(path)
     names = {n.strip().lower(): n for n in reader.schema.names}
-    if any(reader.schema.field(n).type != pa.string() for n in reader.schema.names):
-        # open_csv infers types from the first block: read every column as text
-        reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=_BLOCK, use_threads=True),
-                               parse_options=pcsv.ParseOptions(newlines_in_values=True),
-                               convert_options=pcsv.ConvertOptions(
-                                   strings_can_be_null=False, quoted_strings_can_be_null=False,
-                                   column_types={n: pa.string() for n in reader.schema.names}))
     for batch in reader:
         n = batch.num_rows
         cols = {}
@@ -116,6 +147,4 @@ def read_batches(path: Path, fields: dict[str, str | None], signature: tuple[int
             actual = names.get(f.strip().lower()) if f else None
             cols[name] = batch.column(actual) if actual is not None else pa.array([""] * n, type=pa.string())
         yield Batch(cols, n, index)
-    st = os.stat(path)
-    if (st.st_size, st.st_mtime_ns) != tuple(signature):
-        raise Changed(str(path))
+    _check(path, signature)

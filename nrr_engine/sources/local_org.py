@@ -675,11 +675,9 @@ class LocalOrg:
             out.append((blob, np.concatenate([[0], seps + 1, [len(blob) + 1]]).astype(np.int64)))
         return out
 
-    def csv_batches(self, obj: str, fields: dict[str, str | None], index: dict[str, int]):
-        """The object's columns read straight from its CSV with Arrow (sources/columnar.py), batch by batch, when
-        the working copy's table holds exactly that file as it is now: loaded from it (same size and mtime), with
-        no field or record the engine wrote; else None (read the working copy). Iterating raises one of
-        `columnar_errors` when the file changed meanwhile or Arrow cannot read it: read the working copy then."""
+    def _as_loaded(self, obj: str) -> tuple[Path, tuple[int, int]] | None:
+        """(CSV, its size and mtime) when the working copy's table holds exactly that file as it is now: loaded
+        from it, with no field or record the engine wrote; else None."""
         if self.remote:
             return None
         if obj in self._pending:
@@ -692,14 +690,23 @@ class LocalOrg:
             return None
         if row is None or (row[0], row[1]) != (st.st_size, st.st_mtime_ns) or not row[2] or not stat.S_ISREG(st.st_mode):
             return None
-        header = {h.lower() for h in json.loads(row[2])}
-        if {c.lower() for c in self.columns(obj)} != header:
+        if {c.lower() for c in self.columns(obj)} != {h.lower() for h in json.loads(row[2])}:
             return None   # a column the engine added
         for table in ("_nrr_base", "_nrr_created"):
             if self.db.execute(f"SELECT 1 FROM {table} WHERE object = ? LIMIT 1", (obj,)).fetchone():
                 return None
+        return path, (st.st_size, st.st_mtime_ns)
+
+    def csv_batches(self, obj: str, fields: dict[str, str | None], index: dict[str, int]):
+        """The object's columns read straight from its CSV with Arrow (sources/columnar.py), batch by batch, when
+        the working copy's table holds exactly that file (_as_loaded); else None (read the working copy).
+        Iterating raises one of `columnar_errors` when the file changed meanwhile or Arrow cannot read it: read
+        the working copy then."""
+        loaded = self._as_loaded(obj)
+        if loaded is None:
+            return None
         from . import columnar
-        return columnar.read_batches(path, fields, (st.st_size, st.st_mtime_ns), index)
+        return columnar.read_batches(loaded[0], fields, loaded[1], index)
 
     @property
     def columnar_errors(self) -> tuple[type[BaseException], ...]:
@@ -708,7 +715,15 @@ class LocalOrg:
         return (columnar.Changed, pa.ArrowException, OSError)
 
     def read_columns(self, obj: str, fields: Sequence[str]) -> list[list]:
-        """Like read, but column by column (transposed a chunk at a time in C)."""
+        """Like read, but column by column: straight from the CSV with Arrow while the table holds exactly that
+        file (a first run's accounts), else transposed from SQLite a chunk at a time in C."""
+        loaded = self._as_loaded(obj)
+        if loaded is not None:
+            from . import columnar
+            try:
+                return columnar.read_columns(loaded[0], fields, loaded[1])
+            except self.columnar_errors:
+                pass
         cols: list[list] = [[] for _ in fields]
         rows = self.read(obj, fields)
         while chunk := list(islice(rows, _BATCH)):
