@@ -781,8 +781,8 @@ class SalesforceOrg(LocalOrg):
     def sync(self, objects: Iterable[str], background: Iterable[str] = ()) -> list[str]:
         """Read each object's wanted fields from Salesforce into the mirror: in full the first time, when the
         fields read change, every source.full_read_days (Salesforce's clock: the Date header of its answers) and
-        on --full-read; otherwise only the records changed since the mirror's high-water mark (its largest
-        SystemModstamp, less source.read_overlap_s), deleted and merged ones included (queryAll).
+        on --full-read; otherwise only the records changed since the mirror's high-water mark (see _mark), less
+        source.read_overlap_s, deleted and merged ones included (queryAll).
 
         One transaction for all of them: a read that fails leaves the mirror, and every mark, as they were."""
         objects = [o for o in dict.fromkeys(objects) if self.describe(o) is not None]
@@ -791,7 +791,7 @@ class SalesforceOrg(LocalOrg):
         reads = [self._plan(o) for o in objects]
         to_count = [r.object for r in reads if r.full and r.object not in self._counts]
         for obj in list(to_count):   # the records the mirror holds tell Bulk from REST as well as a count would
-            if super().has_table(obj) and self.db.execute(f"SELECT 1 FROM {_STATE} WHERE object = ?", (obj,)).fetchone():
+            if super().has_table(obj):
                 self._counts[obj] = self.db.execute(f'SELECT count(*) FROM "{obj}"').fetchone()[0]
                 to_count.remove(obj)
         if to_count:

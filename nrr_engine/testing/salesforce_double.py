@@ -206,6 +206,9 @@ def _load_object(schema: dict, sobjects: dict, obj_dir: Path) -> list[str]:
 _TYPED = "_double_fields"   # the store's table of fields typed by `seed --types` or from the data
 _CLOCK = "_double_clock"    # the org's time as SystemModstamp text, read by the store's stamping triggers
 _STAMPS = "_stamps_"        # _stamps_<Object>: each record's SystemModstamp (Id, stamp), kept by triggers
+# "Cursors and their related query results are available for 2 days ... There isn't a limit on the number of open
+# cursors" (since API version 56.0; Salesforce App Limits: API Query Cursor Limits)
+_CURSOR_LIFE = dt.timedelta(days=2)
 _TYPE_NAMES = {"string", "textarea", "url", "email", "phone", "picklist", "double", "currency", "percent", "int",
                "date", "datetime", "boolean", "reference"}
 _TYPE_OPTION = re.compile(r"\s*([A-Za-z][A-Za-z0-9_]*)\.([A-Za-z][A-Za-z0-9_]*)\s*=\s*([a-z]+)"
@@ -679,7 +682,8 @@ class SalesforceDouble:
         self.bodies: deque[tuple[str, str, bytes]] = deque(maxlen=200)
         self.jobs: dict[str, dict] = {}
         self.queries: list[str] = []               # the SOQL of every REST and Bulk query
-        self.cursors: dict[str, tuple[list[dict], int]] = {}
+        # REST query locators: table, object, fields, size, when opened
+        self.cursors: dict[str, tuple[str, str, list[str], int, dt.datetime]] = {}
         self.token_hosts: list[str] = []           # the host each OAuth token request was posted to
         self.schema: dict[str, dict[str, dict]] = {}
         self.sobjects: dict[str, dict] = {}        # object-level describe facts (label, key prefix)
@@ -756,12 +760,14 @@ class SalesforceDouble:
         directly (`backdate` sets one, as a transaction that committed late). Salesforce indexes the field; the
         store does too (reads of changes filter on it)."""
         q, side, now = f'"{obj}"', f'"{_STAMPS}{obj}"', f"(SELECT now FROM {_CLOCK})"
-        self.db.execute(f"CREATE TABLE IF NOT EXISTS {side} (Id TEXT NOT NULL PRIMARY KEY, stamp TEXT NOT NULL)")
+        self.db.execute(f"CREATE TABLE IF NOT EXISTS {side} (Id TEXT NOT NULL PRIMARY KEY, stamp TEXT NOT NULL) "
+                        "WITHOUT ROWID")
         self.db.execute(f'CREATE INDEX IF NOT EXISTS "{_STAMPS}{obj}_stamp" ON {side} (stamp)')
         self.db.execute(f"INSERT OR IGNORE INTO {side} SELECT Id, ? FROM {q}", (stamp_text(self.now - dt.timedelta(days=1)),))
-        for event, row in (("INSERT", "NEW"), ("UPDATE", "NEW")):
-            self.db.execute(f'CREATE TRIGGER IF NOT EXISTS "{_STAMPS}{obj}_{event.lower()}" AFTER {event} ON {q} BEGIN '
-                            f"INSERT OR REPLACE INTO {side} VALUES ({row}.Id, {now}); END")
+        self.db.execute(f'CREATE TRIGGER IF NOT EXISTS "{_STAMPS}{obj}_insert" AFTER INSERT ON {q} BEGIN '
+                        f"INSERT OR REPLACE INTO {side} VALUES (NEW.Id, {now}); END")
+        self.db.execute(f'CREATE TRIGGER IF NOT EXISTS "{_STAMPS}{obj}_update" AFTER UPDATE ON {q} BEGIN '
+                        f"UPDATE {side} SET stamp = {now} WHERE Id = NEW.Id; END")
         self.db.execute(f'CREATE TRIGGER IF NOT EXISTS "{_STAMPS}{obj}_delete" AFTER DELETE ON {q} BEGIN '
                         f"DELETE FROM {side} WHERE Id = OLD.Id; END")
 
@@ -1278,22 +1284,30 @@ class SalesforceDouble:
             return _json(400, [{"errorCode": exc.code, "message": exc.message}])
         if fields is None:  # SELECT COUNT(): the count in totalSize, no records (SOQL: COUNT())
             return _json(200, {"totalSize": self.db.execute(sql, args).fetchone()[0], "done": True, "records": []})
-        spec = self.schema[obj]
-        types = [spec[f.lower()]["type"] for f in fields]
-        rows = [{"attributes": {"type": obj, "url": f"/services/data/v{self.version}/sobjects/{obj}/{r[0]}"},
-                 **{f: _typed(t, v) for f, t, v in zip(fields, types, r)}}
-                for r in self.db.execute(sql, args)]
+        # the result is kept as a table paged by rowid (as Bulk results are), never as rows in memory
         cursor = "01g" + secrets.token_hex(6)
-        self.cursors[cursor] = (rows, 0)
+        table = f"_restq_{cursor}"
+        self.db.execute(f'CREATE TABLE "{table}" AS {sql}', args)
+        for old, (old_table, *_, opened) in list(self.cursors.items()):
+            if self.now - opened > _CURSOR_LIFE:
+                del self.cursors[old]
+                self.db.execute(f'DROP TABLE IF EXISTS "{old_table}"')
+        size = self.db.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
+        self.cursors[cursor] = (table, obj, fields, size, self.now)
         return self._rest_page(cursor, 0, all_rows)
 
     def _rest_page(self, cursor: str, offset: int, all_rows: bool = False) -> tuple[int, dict, bytes]:
         if cursor not in self.cursors:
             return _json(400, [{"errorCode": "INVALID_QUERY_LOCATOR", "message": "invalid query locator"}])
-        rows, _ = self.cursors[cursor]
-        page = rows[offset:offset + 2000]
-        done = offset + 2000 >= len(rows)
-        out = {"totalSize": len(rows), "done": done, "records": page}
+        table, obj, fields, total, _ = self.cursors[cursor]
+        spec = self.schema[obj]
+        types = [spec[f.lower()]["type"] for f in fields]
+        page = [{"attributes": {"type": obj, "url": f"/services/data/v{self.version}/sobjects/{obj}/{r[0]}"},
+                 **{f: _typed(t, v) for f, t, v in zip(fields, types, r)}}
+                for r in self.db.execute(f'SELECT * FROM "{table}" WHERE rowid > ? ORDER BY rowid LIMIT 2000',
+                                         (offset,))]
+        done = offset + 2000 >= total
+        out = {"totalSize": total, "done": done, "records": page}
         if not done:
             out["nextRecordsUrl"] = f"/services/data/v{self.version}/{'queryAll' if all_rows else 'query'}/{cursor}-{offset + 2000}"
         return _json(200, out)
