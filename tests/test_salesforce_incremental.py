@@ -7,7 +7,6 @@ import datetime as dt
 import json
 import re
 import sqlite3
-from pathlib import Path
 
 import pytest
 

@@ -1213,7 +1213,8 @@ class SalesforceDouble:
 
     def _select(self, soql: str, all_rows: bool):
         """(object, fields, SQL, args) for the SOQL subset the engine emits:
-        SELECT f, ... | COUNT() FROM Obj [WHERE a = 'v' [AND ...]] [ORDER BY f [ASC|DESC], ...] [LIMIT n].
+        SELECT f, ... | COUNT() FROM Obj [WHERE a <op> value [AND ...]] [ORDER BY f [ASC|DESC], ...] [LIMIT n],
+        op one of = != <> < <= > >=, value as _condition reads it (e.g. SystemModstamp > 2026-12-01T02:00:00Z).
 
         Without ORDER BY the rows come in no particular order, as SOQL documents ("no guaranteed order"): shuffled."""
         self.queries.append(soql)
