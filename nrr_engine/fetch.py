@@ -468,7 +468,11 @@ def _shrink_guard(settings: Settings, ledger: Ledger, ctx, accounts: int, arr: i
         [f"{bad}: " + ("an empty input stops every run unless --allow-shrink accepts it" if accounts == 0 else limit)]
         if bad else [])
     if not problems:
-        return []
+        # below the stop, a loss a quarter of that size is still worth a look (a truncated export)
+        notice = gates.shrink(before, accounts, arr, settings.max_shrink / 4)
+        return [Finding("input_smaller", f"{notice} since run {before['run_id']}: less than guards.max_shrink "
+                        f"({_pct(settings.max_shrink)}) stops, but check that the export is complete (a truncated "
+                        "or filtered CSV, a report with a filter)")] if notice else []
     problem = "; ".join(problems)
     if ctx.allow_shrink:
         return [Finding("input_shrank", f"{problem}; accepted with --allow-shrink: {_ACCEPTED}")]

@@ -37,6 +37,7 @@ FINDING_KINDS: dict[str, Severity] = {
     "mapping_unresolved": Severity.WARNING, "merged_accounts": Severity.INFO, "as_of_in_past": Severity.WARNING,
     "rule_not_evaluated": Severity.WARNING, "link_blocked": Severity.INFO, "reload_conflict": Severity.WARNING,
     "review_reopened": Severity.INFO, "input_shrank": Severity.WARNING, "config_warning": Severity.WARNING,
+    "input_smaller": Severity.WARNING,
 }
 
 

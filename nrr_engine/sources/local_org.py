@@ -185,6 +185,19 @@ class WriteResult:
     error: str | None = None
 
 
+def _unchanged_since(path: Path, st: os.stat_result) -> None:
+    """SourceUnavailable when the file is not the one `st` described as a load of it began (an export or a save
+    still writing it): what was read of it is not loaded."""
+    try:
+        now = os.stat(path)
+    except OSError:
+        now = None
+    if now is None or (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+        raise SourceUnavailable(f"{path.name} changed while it was being read (an export, a copy or a save still "
+                                "writing it?): nothing of it was loaded, the working copy is as it was; run again "
+                                "once the file is complete", Location(str(path)))
+
+
 def _sha256(path: Path) -> str:
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
@@ -346,6 +359,7 @@ class LocalOrg:
                 _remove(side)
 
     def _adopt(self, obj: str, side: Path, st: os.stat_result) -> None:
+        _unchanged_since(self.folder / f"{obj}.csv", st)   # the file the side load read is the one recorded
         db = self.db
         tmp = f"_nrr_loading_{obj}"
         db.execute("ATTACH DATABASE ? AS side", (str(side),))
@@ -395,7 +409,12 @@ class LocalOrg:
                 except (sqlite3.ProgrammingError, sqlite3.IntegrityError, UnicodeDecodeError, csv.Error):
                     db.execute("ROLLBACK TO fast")
                     db.execute("RELEASE fast")
-                    self._load_checked(path, insert, header, id_col)  # re-read, naming the exact line
+                    try:
+                        self._load_checked(path, insert, header, id_col)  # re-read, naming the exact line
+                    except DataError:
+                        _unchanged_since(path, st)   # a file being written says so, not a line of it
+                        raise
+                _unchanged_since(path, st)
                 self._swap(obj, tmp, header, st)
                 db.execute("COMMIT")
             except BaseException:
@@ -561,7 +580,8 @@ class LocalOrg:
         with open(path, newline="", encoding="utf-8-sig", errors="strict") as fh:
             reader = csv.reader(fh, strict=True)
             state = {"line": 1}
-            next(reader)
+            if next(reader, None) is None:
+                raise DataError("empty file; expected a header row of field API names", Location(str(path), 1))
 
             def rows():
                 for row in reader:
@@ -588,7 +608,7 @@ class LocalOrg:
         seen: dict[str, int] = {}
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)
-            next(reader)
+            next(reader, None)
             for row in reader:
                 if not row or id_col >= len(row):
                     continue

@@ -10,27 +10,25 @@
 -- trailing twelve months to 2026-10). Families are those of m1 ("restated"): the segment covering m1, else the
 -- first one recorded after it. One row per level (family, naive), money in units: divide by 10000 at output.
 -- tests/test_scale_out_sql.py runs this file on the demo org's state store and compares it with `report nrr`.
-WITH family_at_end AS (
-  SELECT account_id, root_id FROM (
-    SELECT account_id, root_id,
-           ROW_NUMBER() OVER (PARTITION BY account_id
-                              ORDER BY CASE WHEN start_month <= :m1 THEN 0 ELSE 1 END, start_month) AS pick
-    FROM membership
-    WHERE view = :view AND (end_month IS NULL OR end_month >= :m1)
-  ) AS segments
-  WHERE pick = 1
-),
-account_arr AS (
+WITH account_arr AS (
   SELECT account_id,
          SUM(CASE WHEN start_month <= :m0 AND end_month >= :m0 THEN arr_units ELSE 0 END) AS arr0,
          SUM(CASE WHEN start_month <= :m1 AND end_month >= :m1 THEN arr_units ELSE 0 END) AS arr1
   FROM arr_history
   GROUP BY account_id
 ),
+with_family AS (   -- the account's segments that reach m1; the one covering m1 first, else the earliest after it
+  SELECT a.account_id, a.arr0, a.arr1, m.root_id,
+         ROW_NUMBER() OVER (PARTITION BY a.account_id
+                            ORDER BY CASE WHEN m.start_month <= :m1 THEN 0 ELSE 1 END, m.start_month) AS pick
+  FROM account_arr a
+  LEFT JOIN membership m
+    ON m.view = :view AND m.account_id = a.account_id AND (m.end_month IS NULL OR m.end_month >= :m1)
+),
 grouped AS (
-  SELECT 'family' AS level, COALESCE(f.root_id, a.account_id) AS grp, SUM(a.arr0) AS f0, SUM(a.arr1) AS f1
-  FROM account_arr a LEFT JOIN family_at_end f ON f.account_id = a.account_id
-  GROUP BY COALESCE(f.root_id, a.account_id)
+  SELECT 'family' AS level, COALESCE(root_id, account_id) AS grp, SUM(arr0) AS f0, SUM(arr1) AS f1
+  FROM with_family WHERE pick = 1
+  GROUP BY COALESCE(root_id, account_id)
   UNION ALL
   SELECT 'naive' AS level, account_id AS grp, arr0 AS f0, arr1 AS f1 FROM account_arr
 )
