@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -40,22 +41,36 @@ def write(folder: Path, run_id: str, seq: int, columns: dict) -> tuple[str, str]
     """Write one batch's columns (ids, old, new and, for upserts, keys) as `<run>/<seq>.npz`, synced to disk
     before the ledger names it; returns (file name relative to `folder`, SHA-256), or None when a value cannot
     be packed (a NUL in it: the caller keeps the batch as rows)."""
-    arrays: dict[str, np.ndarray] = {}
     count = len(columns["ids"])
-    for name in _COLUMNS:
-        if name not in columns:
-            continue
-        packed = pack_column(columns[name])
-        if packed is None:
-            return None
-        arrays[name], arrays[f"{name}_none"] = packed
-    arrays["meta"] = np.array(json.dumps({"count": count, "columns": [c for c in _COLUMNS if c in columns]}))
+    names = [c for c in _COLUMNS if c in columns]
     target = _run_folder(folder, run_id) / f"{seq}.npz"
+    try:
+        _write(target, columns, names, count)
+    except _Unpackable:
+        return None   # atomic_file removed what was written of it
+    return f"{run_id}/{seq}.npz", _sha256(target)
+
+
+class _Unpackable(Exception):
+    """A value holds a NUL: the batch cannot be packed."""
+
+
+def _write(target: Path, columns: dict, names: list[str], count: int) -> None:
     with atomic_file(target, "wb") as fh:
-        np.savez(fh, **arrays)
+        # an .npz written a column at a time: one packed column in memory, not all of them (~50 MB each at 1M)
+        with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name in names:
+                packed = pack_column(columns[name])
+                if packed is None:
+                    raise _Unpackable(name)
+                for suffix, arr in zip(("", "_none"), packed):
+                    with zf.open(f"{name}{suffix}.npy", "w", force_zip64=True) as out:
+                        np.lib.format.write_array(out, arr, allow_pickle=False)
+                del packed
+            with zf.open("meta.npy", "w") as out:
+                np.lib.format.write_array(out, np.array(json.dumps({"count": count, "columns": names})))
         fh.flush()
         os.fsync(fh.fileno())
-    return f"{run_id}/{seq}.npz", _sha256(target)
 
 
 def read(folder: Path, name: str, sha256: str, count: int, run_id: str) -> dict[str, list]:

@@ -94,21 +94,38 @@ class Batch:
 def read_columns(path: Path, fields: Sequence[str], signature: tuple[int, int]) -> list[list]:
     """The CSV's `fields` as the working copy's `read_columns` gives them: whole columns of text (None for a
     blank cell or a field the file lacks), rows ordered by Id (trimmed of spaces, as the working copy holds it).
-    Raises Changed or pyarrow's errors as read_batches does."""
-    table = _open(path).read_all()
-    names = {n.strip().lower(): n for n in table.schema.names}
-    ids = pc.utf8_trim(table.column(names["id"]), " ")
-    order = pc.sort_indices(ids)
-    out = []
-    for f in fields:
-        actual = names.get(f.strip().lower())
-        if actual is None:
-            out.append([None] * table.num_rows)
-            continue
-        col = ids if actual == names["id"] else table.column(actual)
-        out.append([v or None for v in pc.take(col, order).to_pylist()])
+    Read a batch at a time (Arrow holds one block, not the file); raises Changed or pyarrow's errors as
+    read_batches does."""
+    reader = _open(path)
+    names = {n.strip().lower(): n for n in reader.schema.names}
+    wanted = [names.get(f.strip().lower()) for f in fields]
+    out: list[list] = [[] for _ in fields]
+    id_chunks = []
+    for batch in reader:
+        ids = pc.utf8_trim(batch.column(names["id"]), " ")
+        id_chunks.append(ids)
+        for col, actual in zip(out, wanted):
+            if actual is None:
+                col.extend([None] * batch.num_rows)
+            else:
+                values = ids if actual == names["id"] else batch.column(actual)
+                col.extend(v or None for v in values.to_pylist())
+    del reader
+    order = pc.sort_indices(pa.chunked_array(id_chunks, type=pa.string())).to_numpy()
+    del id_chunks
+    _release()
+    if len(order) and not (order[1:] > order[:-1]).all():   # an export in another order than by Id
+        positions = order.tolist()
+        for k, col in enumerate(out):
+            out[k] = [col[i] for i in positions]
     _check(path, signature)
     return out
+
+
+def _release() -> None:
+    """Hand the memory Arrow's pool keeps after a read back to the system (a million accounts' table is ~300 MB
+    the later stages need more than Arrow does)."""
+    pa.default_memory_pool().release_unused()
 
 
 def _open(path: Path):
@@ -147,4 +164,6 @@ def read_batches(path: Path, fields: dict[str, str | None], signature: tuple[int
             actual = names.get(f.strip().lower()) if f else None
             cols[name] = batch.column(actual) if actual is not None else pa.array([""] * n, type=pa.string())
         yield Batch(cols, n, index)
+    del reader
+    _release()
     _check(path, signature)
