@@ -202,13 +202,15 @@ def main() -> None:
             api = summary.get("api_calls", {})
             print(f"  API calls: {api.get('total')} {api.get('calls')}", flush=True)
             naive = naive_calls(work / "state" / "nrr.db", store)
+        if store is not None:   # the rerun's read begins past the overlap after the first run's writes (a night)
+            time.sleep(QUIET_OVERLAP_S + 5)
         re_wall, re_rss, re_summary = run_job(config, socket)
         report_walls, report_rss, report_stored = run_report(config, socket)
         quiet = None
         if store is not None:
             # A nightly run the day after: nothing changed in the org since the rerun read it back. The rerun
             # re-reads what the first run wrote (their SystemModstamp moved, and only a read tells our write
-            # from someone's edit); once the overlap before its read has passed, a run reads nothing.
+            # from someone's edit); a run whose read starts past the overlap after that read finds nothing.
             time.sleep(QUIET_OVERLAP_S + 5)
             q_wall, _, q_summary = run_job(config, socket)
             q_api = q_summary.get("api_calls", {})
