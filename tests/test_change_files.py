@@ -148,8 +148,13 @@ def test_a_large_run_writes_its_rollups_as_files_and_rolls_back_and_exports_from
                 exported.setdefault(r["Id"], {}).update({k: v for k, v in r.items() if k != "Id"})
     depth = [r["Hierarchy_Depth__c"] for r in exported.values() if "Hierarchy_Depth__c" in r]
     assert len(depth) == by_field["Hierarchy_Depth__c"] and all(d.isdigit() for d in depth)
+    assert "serial mode (Settings | Settings: Use Bulk API and Enable serial mode for Bulk API)" in \
+        (tmp_path / "x" / "changes" / run_id / "LOAD-ORDER.txt").read_text()
     cli("rollback", run_id)
     cli("export", "--out", str(tmp_path / "y"))
+    (order,) = (tmp_path / "y" / "changes").glob("*/LOAD-ORDER.txt")
+    soql = next(order.parent.glob("KPI_Snapshot__c.remove-by-key.soql")).read_text().splitlines()
+    assert len(soql) > 1 and f"run each of the {len(soql)} SOQL statements (one a line" in order.read_text()
     with open(tmp_path / "d" / "org" / "Account.csv", newline="", encoding="utf-8-sig") as fh:
         original = {r["Id"]: r for r in csv.DictReader(fh)}
     with open(tmp_path / "y" / "full" / "Account.csv", newline="", encoding="utf-8-sig") as fh:

@@ -254,11 +254,15 @@ def write(changes: Iterable[dict], org: OrgView, folder: Path) -> ChangeSet:
                                     + ", ".join(map(_soql_literal, by_key[i:i + _SOQL_CHUNK])) + ")\n"
                                     for i in range(0, len(by_key), _SOQL_CHUNK)))
             files.append(path)
+            queries = -(-len(by_key) // _SOQL_CHUNK)
+            which = ("the SOQL" if queries == 1 else
+                     f"each of the {queries} SOQL statements (one a line, {_SOQL_CHUNK} keys each: Export takes one "
+                     "query at a time)")
             notes.append(f"{path.name}: {len(by_key)} {obj} record(s) to delete that the org knows only by {key_field} "
                          f"(the engine created them: their Ids there are not the working copy's). Data Loader deletes "
-                         f"by Id: run the SOQL in {soql.name} with Data Loader's Export, then Delete {obj} with the "
-                         f"file it writes (its Id column). A Data Loader set to delete by external id "
-                         f"(sfdc.deleteWithExternalId, with the REST API) takes {path.name} as it is.")
+                         f"by Id: run {which} in {soql.name} with Data Loader's Export, then Delete {obj} with the "
+                         f"file{'' if queries == 1 else 's'} it writes (the Id column). A Data Loader set to delete by "
+                         f"external id (sfdc.deleteWithExternalId, with the REST API) takes {path.name} as it is.")
     steps = first + later
     _write_load_order(folder, steps, notes, org.remote)
     return ChangeSet([s.file for s in steps] + files, steps, notes)
@@ -268,6 +272,11 @@ def _write_load_order(folder: Path, steps: list[Step], notes: list[str], remote:
     head = ("The run wrote these changes to Salesforce itself; the files record them.\n" if remote else
             "Load these files into the org the CSVs came from with Data Loader, in this order:\n")
     text = head + "".join(f"{n}. {s.text()}\n" for n, s in enumerate(steps, start=1))
+    if not remote and any(s.object == "Account" and s.action in ("Update", "Upsert") for s in steps):
+        # many children of one parent in parallel batches lock the parent (UNABLE_TO_LOCK_ROW)
+        text += ("Load the Account files with Data Loader in serial mode (Settings | Settings: Use Bulk API and "
+                 "Enable serial mode for Bulk API): their rows are ordered by Id, not grouped by parent, and "
+                 "parallel batches that update children of one parent can fail with UNABLE_TO_LOCK_ROW.\n")
     text += "".join(f"Then: {note}\n" for note in notes)
     _write_text(folder / LOAD_ORDER, text)
 
