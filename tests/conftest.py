@@ -86,6 +86,17 @@ class Org:
         return self
 
 
+def empty_init_project(tmp_path: Path, monkeypatch) -> Path:
+    """`nrr-engine init proj` in tmp_path (the working folder) with the example org's CSVs removed: the org
+    folder, for a test to fill."""
+    monkeypatch.chdir(tmp_path)
+    Cli(None)("init", "proj")
+    org = tmp_path / "proj" / "org"
+    for f in org.iterdir():
+        f.unlink()
+    return org
+
+
 def write_csv(path: Path, rows: list[dict], header: list[str] | None = None) -> None:
     header = header or list(dict.fromkeys(k for r in rows for k in r))
     with open(path, "w", newline="", encoding="utf-8") as fh:

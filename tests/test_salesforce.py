@@ -364,8 +364,9 @@ def test_placeholder_parent_is_created_first_then_linked_with_its_salesforce_id(
         assert sum(1 for v in p.double.records("Account", ["Name"]).values() if v[0] == "Zeta") == 1
 
 
-def test_merged_away_history_moves_to_the_survivor_so_the_merge_is_not_churn(org, tmp_path, monkeypatch):
-    """ARR from an Account field: after Acme Labs is merged into Acme, its stored months count under Acme (no churn)."""
+def acme_on_the_double(org, tmp_path: Path, monkeypatch, **double_kw) -> tuple[SalesforceDouble, Cli]:
+    """Acme (1000), Acme UK under it (500) and Acme Labs (300), ARR from an Account field, served by the double:
+    the org the merge tests merge Acme Labs into Acme in."""
     from conftest import FIELD_ARR
     org.arr = FIELD_ARR
     org.account("001A00000000001AAA", "Acme", ARR__c="1000")
@@ -377,18 +378,25 @@ def test_merged_away_history_moves_to_the_survivor_so_the_merge_is_not_churn(org
         "source: {kind: local, path: ../org}",
         "source: {kind: salesforce, auth: password, poll_s: 0.001, backoff_s: 0.001, api_reserve: 100}"))
     SalesforceDouble.seed(tmp_path / "sf.db", org.org)
-    double = SalesforceDouble(tmp_path / "sf.db", metadata=ROOT / "salesforce")
+    double = SalesforceDouble(tmp_path / "sf.db", metadata=ROOT / "salesforce", **double_kw)
     double.define("Account", "ARR__c", "currency")
     use_credentials(monkeypatch, double)
-    cli = Cli(cfg)
+    return double, Cli(cfg)
 
-    def stored(rid):
-        with sqlite3.connect(org.root / "state" / "nrr.db") as db:
-            return db.execute("SELECT count(*) FROM arr_history WHERE account_id = ?", (rid,)).fetchone()[0]
+
+def stored_months(org, rid: str) -> int:
+    """The ARR history segments the state store keeps for an account."""
+    with sqlite3.connect(org.root / "state" / "nrr.db") as db:
+        return db.execute("SELECT count(*) FROM arr_history WHERE account_id = ?", (rid,)).fetchone()[0]
+
+
+def test_merged_away_history_moves_to_the_survivor_so_the_merge_is_not_churn(org, tmp_path, monkeypatch):
+    """ARR from an Account field: after Acme Labs is merged into Acme, its stored months count under Acme (no churn)."""
+    double, cli = acme_on_the_double(org, tmp_path, monkeypatch)
 
     with double.serve():
         cli("run", "--as-of", "2026-10-20")
-        assert stored("001A00000000003AAA") > 0
+        assert stored_months(org, "001A00000000003AAA") > 0
         # the merge in Salesforce: the loser goes to the recycle bin pointing at the survivor, which takes its ARR
         double.db.execute("UPDATE Account SET IsDeleted = 'true', MasterRecordId = '001A00000000001AAA' "
                           "WHERE Id = '001A00000000003AAA'")
@@ -399,7 +407,7 @@ def test_merged_away_history_moves_to_the_survivor_so_the_merge_is_not_churn(org
     fam, naive = report["family"], report["naive"]
     assert (fam["start"], fam["end"], fam["churn"], fam["expansion"]) == ("1800.00", "1800.00", "0.00", "0.00")
     assert (naive["start"], naive["churn"], naive["new_logo"]) == ("1800.00", "0.00", "0.00")
-    assert stored("001A00000000003AAA") == 0, "the loser's history now lives under the survivor, outliving the recycle bin"
+    assert stored_months(org, "001A00000000003AAA") == 0, "the loser's history now lives under the survivor, outliving the recycle bin"
 
 
 def test_the_double_serves_another_process_over_a_socket(tmp_path, monkeypatch):

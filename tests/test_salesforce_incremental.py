@@ -10,8 +10,7 @@ import sqlite3
 
 import pytest
 
-from conftest import FIELD_ARR, Cli
-from test_salesforce import AS_OF, ROOT, SfProject, make_project, use_credentials
+from test_salesforce import AS_OF, ROOT, SfProject, acme_on_the_double, make_project, stored_months
 from test_salesforce_strict import client
 from nrr_engine.testing.salesforce_double import SalesforceDouble
 
@@ -161,29 +160,12 @@ def test_a_merge_seen_by_an_earlier_read_still_carries_history_to_the_survivor(o
     """Acme Labs merged into Acme (merge(): the loser to the recycle bin with MasterRecordId): a plan's read of
     changes sees it; a run days later, whose read returns nothing (the merge is long past the overlap), still
     carries the loser's stored ARR history to the survivor, so the merge is no churn, naive or family."""
-    org.arr = FIELD_ARR
-    org.account("001A00000000001AAA", "Acme", ARR__c="1000")
-    org.account("001A00000000002AAA", "Acme UK", "001A00000000001AAA", ARR__c="500")
-    org.account("001A00000000003AAA", "Acme Labs", ARR__c="300")
-    org.write()
-    cfg = org.config
-    cfg.write_text(cfg.read_text().replace(
-        "source: {kind: local, path: ../org}",
-        "source: {kind: salesforce, auth: password, poll_s: 0.001, backoff_s: 0.001, api_reserve: 100}"))
     clock = Clock()
-    SalesforceDouble.seed(tmp_path / "sf.db", org.org)
-    double = SalesforceDouble(tmp_path / "sf.db", metadata=ROOT / "salesforce", clock=clock)
-    double.define("Account", "ARR__c", "currency")
-    use_credentials(monkeypatch, double)
-    cli = Cli(cfg)
-
-    def stored(rid):
-        with sqlite3.connect(org.root / "state" / "nrr.db") as db:
-            return db.execute("SELECT count(*) FROM arr_history WHERE account_id = ?", (rid,)).fetchone()[0]
+    double, cli = acme_on_the_double(org, tmp_path, monkeypatch, clock=clock)
 
     with double.serve():
         cli("run", "--as-of", "2026-10-20")
-        assert stored("001A00000000003AAA") > 0
+        assert stored_months(org, "001A00000000003AAA") > 0
         clock.advance(hours=1)
         double.tick()
         double.merge("001A00000000001AAA", "001A00000000003AAA")
@@ -200,7 +182,7 @@ def test_a_merge_seen_by_an_earlier_read_still_carries_history_to_the_survivor(o
     fam, naive = report["family"], report["naive"]
     assert (fam["start"], fam["end"], fam["churn"], fam["expansion"]) == ("1800.00", "1800.00", "0.00", "0.00")
     assert (naive["start"], naive["churn"], naive["new_logo"]) == ("1800.00", "0.00", "0.00")
-    assert stored("001A00000000003AAA") == 0, "the loser's history now lives under the survivor"
+    assert stored_months(org, "001A00000000003AAA") == 0, "the loser's history now lives under the survivor"
 
 
 @pytest.mark.parametrize("overlap, seen", [(300, True), (60, False)])

@@ -14,7 +14,7 @@ import pytest
 
 from nrr_engine import log as log_mod
 
-from conftest import Cli, write_csv
+from conftest import Cli, empty_init_project, write_csv
 from test_salesforce import AS_OF
 from test_salesforce_strict import _jwt_project
 from test_secrets import _own_registry
@@ -48,11 +48,7 @@ def planted_project(tmp_path, monkeypatch):
     password (a report segment)."""
     monkeypatch.setenv("SF_PASSWORD", PASSWORD)
     monkeypatch.setenv("MY_API_KEY", API_KEY)
-    monkeypatch.chdir(tmp_path)
-    Cli(None)("init", "proj")
-    org = tmp_path / "proj" / "org"
-    for f in org.iterdir():
-        f.unlink()
+    org = empty_init_project(tmp_path, monkeypatch)
     write_csv(org / "Account.csv", [
         {"Id": "001000000000001AAA", "Name": "Acme", "ParentId": "", "BillingCountry": "United States",
          "Industry": "Software"},

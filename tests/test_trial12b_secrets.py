@@ -16,7 +16,7 @@ import pytest
 import nrr_engine
 from nrr_engine import log as log_mod
 
-from conftest import Cli, write_csv
+from conftest import Cli, empty_init_project, write_csv
 from test_salesforce import AS_OF
 from test_salesforce_strict import _jwt_project
 from test_secrets import _own_registry
@@ -40,11 +40,7 @@ def planted_project(tmp_path, monkeypatch) -> Cli:
     monkeypatch.setenv("SF_PASSWORD", NAME_SECRET)
     monkeypatch.setenv("MY_SITE_TOKEN", SITE_SECRET)
     monkeypatch.setenv("MY_DUNS_TOKEN", KEY_SECRET)
-    monkeypatch.chdir(tmp_path)
-    Cli(None)("init", "proj")
-    org = tmp_path / "proj" / "org"
-    for f in org.iterdir():
-        f.unlink()
+    org = empty_init_project(tmp_path, monkeypatch)
     accounts = [
         ("001000000000001AAA", f"{NAME_SECRET} US", "", "United States", ""),
         ("001000000000002AAA", f"{NAME_SECRET} UK", "", "United Kingdom", ""),
