@@ -88,18 +88,65 @@ def fmt(units: int) -> str:
 
 
 def fmt_many(units) -> list[str]:
-    """fmt over an int64 array (vectorised rounding; one f-string per value)."""
+    """fmt over an int64 array (vectorised rounding; the texts built as one ASCII buffer)."""
     import numpy as np
 
     u = np.asarray(units, dtype=np.int64)
+    if len(u) and u.min() == np.iinfo(np.int64).min:   # its abs() overflows: value by value, as before
+        return _fmt_many_slow(u)
+    step = SCALE // 100
+    cents, rest = np.divmod(np.abs(u), step)
+    cents = cents + ((rest > step // 2) | ((rest == step // 2) & (cents % 2 == 1)))
+    whole, frac = np.divmod(cents, 100)
+    return _texts(whole, frac, 2, u < 0)
+
+
+def _fmt_many_slow(u) -> list[str]:
+    """fmt_many one f-string a value (an array holding the lowest int64)."""
+    import numpy as np
+
     step = SCALE // 100
     cents, rest = np.divmod(np.abs(u), step)
     cents = cents + ((rest > step // 2) | ((rest == step // 2) & (cents % 2 == 1)))
     whole, frac = np.divmod(cents, 100)
     signs = np.where(u < 0, "-", "")
-    if not (u < 0).any():
-        return [f"{w}.{f:02d}" for w, f in zip(whole.tolist(), frac.tolist())]
     return [f"{s}{w}.{f:02d}" for s, w, f in zip(signs.tolist(), whole.tolist(), frac.tolist())]
+
+
+def _texts(whole, frac, places: int, negative) -> list[str]:
+    """f"{'-' if negative else ''}{whole}.{frac:0{places}d}" over arrays of non-negative int64 `whole` and `frac`
+    (frac < 10**places), a million in a fraction of the time of a million f-strings: the digits are written
+    right-aligned a column at a time into one row of bytes a value, the leading cells dropped, and the bytes
+    decoded and split once."""
+    import numpy as np
+
+    n = len(whole)
+    if n == 0:
+        return []
+    whole = whole.astype(np.int64, copy=False)
+    most = len(str(int(whole.max())))
+    ndigits = np.ones(n, dtype=np.int64)
+    for k in range(1, most):
+        ndigits += whole >= 10 ** k
+    width = 1 + most + 1 + places + 1                 # sign, digits, '.', decimals, newline
+    cells = np.empty((n, width), dtype=np.uint8)
+    cells[:, -1] = ord("\n")
+    rest = frac.astype(np.int64, copy=True)
+    for k in range(places):
+        cells[:, -2 - k] = rest % 10 + ord("0")
+        rest //= 10
+    cells[:, -2 - places] = ord(".")
+    rest = whole.copy()
+    for k in range(most):
+        cells[:, -3 - places - k] = rest % 10 + ord("0")
+        rest //= 10
+    start = width - 2 - places - ndigits              # the column of each value's first character
+    if negative.any():
+        start = start - negative
+        cells[np.flatnonzero(negative), start[negative]] = ord("-")
+    out = cells[np.arange(width)[None, :] >= start[:, None]].tobytes().decode("ascii").split("\n")
+    out.pop()
+    return out
 
 
 def ratio_many(numerators, denominators) -> list[str | None]:
@@ -116,7 +163,10 @@ def ratio_many(numerators, denominators) -> list[str | None]:
     q, r = np.divmod(num * 10_000, safe)
     q = q + ((2 * r > safe) | ((2 * r == safe) & (q % 2 == 1)))
     whole, frac = np.divmod(q, 10_000)
-    return [None if d == 0 else f"{w}.{f:04d}" for w, f, d in zip(whole.tolist(), frac.tolist(), den.tolist())]
+    out: list[str | None] = _texts(whole, frac, 4, np.zeros(len(q), dtype=bool))
+    for i in np.flatnonzero(den == 0).tolist():
+        out[i] = None
+    return out
 
 
 def ratio(numerator: int, denominator: int, places: int = 4) -> Decimal | None:

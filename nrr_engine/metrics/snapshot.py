@@ -54,26 +54,64 @@ class SnapshotSet:
         """(external id, values in FIELDS order) for every snapshot, in external-id order.
 
         Formatting is vectorised a chunk at a time, so strings for half a million rows never coexist."""
+        for keys, columns in self._chunks(chunk):
+            yield from zip(keys, zip(*columns))
+
+    def _chunks(self, chunk: int) -> Iterator[tuple[list[str], list]]:
+        """The rows in external-id order, a chunk at a time: (keys, the FIELDS' columns, each a sequence)."""
         table = np.concatenate(self.values) if self.values else np.zeros((0, 6), dtype=np.int64)
         label = months.fmt(self.month)
-        keys = [f"{v}:{r}:{label}" for v, r in zip(self.views, self.roots)]
-        order = np.array(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
-        month_text = label
+        views, roots = self.views, self.roots
+        keys = [f"{v}:{r}:{label}" for v, r in zip(views, roots)]
+        order = sorted(range(len(keys)), key=keys.__getitem__)
         for start in range(0, len(order), chunk):
             part = order[start:start + chunk]
-            f0, f1, exp, con, churn, n = table[part].T
+            f0, f1, exp, con, churn, n = table[np.array(part, dtype=np.int64)].T
             cols = [money.fmt_many(c) for c in (f0, f1, exp, con, churn)]
             nrr, grr = money.ratio_many(f1, f0), money.ratio_many(f0 - con - churn, f0)
-            for k, (i, count) in enumerate(zip(part.tolist(), n.tolist())):
-                yield keys[i], (self.views[i], self.roots[i], month_text, cols[0][k], cols[1][k], cols[2][k],
-                                cols[3][k], cols[4][k], nrr[k], grr[k], str(count))
+            yield [keys[i] for i in part], [[views[i] for i in part], [roots[i] for i in part], [label] * len(part),
+                                            *cols, nrr, grr, [str(c) for c in n.tolist()]]
+
+
+def _json_rows(keys: list[str], columns: list) -> list[str]:
+    """to_json of every row of a chunk (`_chunks`): one format string a row when no value needs escaping, which
+    is checked a column at a time (the keys hold every view and root)."""
+    views, roots, month, a, b, c, d, e, nrr, grr, count = columns
+    label = month[0] if month else ""
+    try:
+        plain = all(_clean("".join(col)) for col in (keys, [label], a, b, c, d, e, count)) and \
+            _clean("".join([x for x in (*nrr, *grr) if x is not None]))
+    except TypeError:   # a value that is not text (None where text is expected): to_json says how it is written
+        plain = False
+    if not plain:
+        return [to_json(k, v) for k, v in zip(keys, zip(*columns))]
+    quoted = ["null" if x is None else f'"{x}"' for x in (*nrr, *grr)]
+    # the FIELDS in order (a test holds this to to_json); an f-string is twice as fast as % or str.format
+    return [f'{{"External_Id__c": "{k}", "View__c": "{v}", "Family_Root__c": "{r}", "Month__c": "{label}", '
+            f'"Starting_ARR__c": "{f0}", "Ending_ARR__c": "{f1}", "Expansion_ARR__c": "{ex}", '
+            f'"Contraction_ARR__c": "{co}", "Churn_ARR__c": "{ch}", "NRR__c": {nr}, "GRR__c": {gr}, '
+            f'"Account_Count__c": "{ac}"}}'
+            for k, v, r, f0, f1, ex, co, ch, nr, gr, ac in zip(keys, views, roots, a, b, c, d, e, quoted[:len(keys)],
+                                                                quoted[len(keys):], count)]
 
 
 def to_json(key: str, values: tuple) -> str:
     """One snapshot record as a JSON object (fields in a fixed order; values escaped only when needed)."""
+    texts = (key, *values)
+    if _clean("".join([v for v in texts if v is not None])):   # nothing to escape: quoted as they are
+        return "{" + ", ".join([n + "null" if v is None else f'{n}"{v}"' for n, v in zip(_NAMES, texts)]) + "}"
     parts = [f'"{KEY}": {_js(key)}']
     parts.extend(f'"{f}": {_js(v)}' for f, v in zip(FIELDS, values))
     return "{" + ", ".join(parts) + "}"
+
+
+_NAMES = tuple(f'"{f}": ' for f in (KEY, *FIELDS))
+
+
+def _clean(text: str) -> bool:
+    """No character of `text` is one json.dumps escapes (quote, backslash, control, non-ASCII): it only quotes it.
+    Checked on many values joined at once: the joined text is clean exactly when every value is."""
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
 
 
 def _js(value: str | None) -> str:
@@ -231,6 +269,13 @@ def _diff_month(snapshots: SnapshotSet, existing: ExistingSnapshots, obj: str) -
                 out.new.append(None)
             advance()
 
+    if not n:   # a first run: every snapshot is new, none to delete (the JSON made a chunk at a time)
+        for keys, columns in snapshots._chunks(50_000):
+            out.keys.extend(keys)
+            out.ids.extend([None] * len(keys))
+            out.old.extend([None] * len(keys))
+            out.new.extend(_json_rows(keys, columns))
+        return out
     for key, values in snapshots.rows():
         drop_until(key)
         match = None
