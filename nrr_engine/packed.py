@@ -10,11 +10,28 @@ import numpy as np
 
 def pack(values) -> np.ndarray | None:
     """Strings (None as '') as one UTF-8 buffer joined by NUL; None when a value holds a NUL itself."""
-    texts = ["" if v is None else str(v) for v in values]
-    blob = "\x00".join(texts)
-    if blob.count("\x00") != max(len(texts) - 1, 0):
+    packed = _packed(_as_list(values))
+    return None if packed is None else packed[0]
+
+
+def _as_list(values) -> list:
+    return values.tolist() if isinstance(values, np.ndarray) else values if isinstance(values, list) else list(values)
+
+
+def _packed(cells: list) -> tuple[np.ndarray, int] | None:
+    """(buffer, how many cells are None) of a list of cells, or None for a NUL in one. Text cells are joined as
+    they are, in C; only a column with other values (numbers) takes str() a cell."""
+    nones = cells.count(None)
+    try:
+        if nones == len(cells):
+            blob = "\x00" * max(len(cells) - 1, 0)
+        else:
+            blob = "\x00".join(cells if not nones else ["" if v is None else v for v in cells])
+    except TypeError:   # a cell that is not a string
+        blob = "\x00".join(["" if v is None else str(v) for v in cells])
+    if blob.count("\x00") != max(len(cells) - 1, 0):
         return None
-    return np.frombuffer(blob.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    return np.frombuffer(blob.encode("utf-8", "surrogatepass"), dtype=np.uint8), nones
 
 
 def unpack(buf: np.ndarray, n: int) -> list[str] | None:
@@ -25,10 +42,16 @@ def unpack(buf: np.ndarray, n: int) -> list[str] | None:
 
 def pack_column(values) -> tuple[np.ndarray, np.ndarray] | None:
     """A column as (UTF-8 buffer, bits of the cells that are None): None and '' stay apart; None for a NUL."""
-    buf = pack(values)
-    if buf is None:
+    cells = _as_list(values)
+    packed = _packed(cells)
+    if packed is None:
         return None
-    return buf, np.packbits(np.fromiter((v is None for v in values), dtype=bool, count=len(values)))
+    buf, nones = packed
+    if nones in (0, len(cells)):   # none or all: no cell to look at
+        bits = np.full(len(cells), bool(nones), dtype=bool)
+    else:
+        bits = np.fromiter((v is None for v in cells), dtype=bool, count=len(cells))
+    return buf, np.packbits(bits)
 
 
 def unpack_column(buf: np.ndarray, nones: np.ndarray, n: int) -> list | None:

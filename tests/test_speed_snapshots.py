@@ -107,3 +107,34 @@ def test_ratio_many_matches_ratio_text():
     den[::9] = 0
     assert money.ratio_many(num, den) == [money.ratio_text(a, b) for a, b in zip(num.tolist(), den.tolist())]
     assert money.ratio_many(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)) == []
+
+
+def _reference_pack_column(values):
+    """pack_column as it was written before (str() a cell, a generator for the None bits)."""
+    texts = ["" if v is None else str(v) for v in values]
+    blob = "\x00".join(texts)
+    if blob.count("\x00") != max(len(texts) - 1, 0):
+        return None
+    return (np.frombuffer(blob.encode("utf-8", "surrogatepass"), dtype=np.uint8),
+            np.packbits(np.fromiter((v is None for v in values), dtype=bool, count=len(values))))
+
+
+COLUMNS = [[], [None], [""], ["a"], [None, None, None], ["", None, ""], ["001A", "Zürich", "日本", "😀", "\ud800x"],
+           [None, "a", None, "b\n", "tab\t"], [1, None, "x", 2.5], [3, 4], ["a\x00b", None], [None, "\x00"]]
+
+
+@pytest.mark.parametrize("values", COLUMNS)
+@pytest.mark.parametrize("as_array", [False, True])
+def test_pack_column_matches_the_cell_by_cell_packing(values, as_array):
+    """pack_column packs lists and object arrays byte for byte as before: None, '', non-ASCII, lone surrogates,
+    numbers, and a NUL (None: not packable)."""
+    from nrr_engine import packed
+
+    column = np.array(values, dtype=object) if as_array else values
+    got, want = packed.pack_column(column), _reference_pack_column(values)
+    if want is None:
+        assert got is None and packed.pack(column) is None
+        return
+    assert got[0].tobytes() == want[0].tobytes() and got[1].tobytes() == want[1].tobytes()
+    assert packed.pack(column).tobytes() == want[0].tobytes()
+    assert packed.unpack_column(*got, len(values)) == [None if v is None else str(v) for v in values]
