@@ -210,17 +210,9 @@ def derive(kind: str, values: list) -> tuple:
     """A derived column of raw `values`: ("keys",) -> (keys,), ("sites",) -> (domains, apex), as Population
     computes them."""
     if kind == "keys":
-        key = normalise.name_key
-        return ([" ".join(key(n)) if n else "" for n in values],)
-    domains: list[str | None] = [None] * len(values)
-    apex = np.zeros(len(values), dtype=bool)
-    site = normalise.site
-    for i, w in enumerate(values):
-        if w:
-            found = site(w)
-            if found is not None:
-                domains[i], apex[i] = found.domain, found.apex
-    return domains, apex
+        return (normalise.name_keys(values),)
+    domains, apex = normalise.sites(values)
+    return domains, np.array(apex, dtype=bool)
 
 
 def refresh(kind: str, old_raw: list, old: tuple, new_raw: list) -> tuple[tuple, int]:
