@@ -6,6 +6,8 @@ and family membership, the review decisions, and the org's KPI snapshots of the 
 """
 from __future__ import annotations
 
+import bisect
+
 import csv
 import dataclasses
 import json
@@ -298,6 +300,11 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
             kept = stored.accounts(fields)
             if kept is not None:
                 _log.info("store.reused", run=stored.meta.get("run_id"), what="accounts")
+        elif _reloaded_since_store(stored, ctx, org):
+            kept = _patched(stored.accounts(fields), org, fields)
+            if kept is not None:
+                _log.info("store.reused", run=stored.meta.get("run_id"), what="accounts",
+                          read_again=len(org.deltas["Account"][1]), removed=len(org.deltas["Account"][2]))
         accounts = fetch_accounts(settings, org, (*extra_fields, *rule_fields), kept)
         kept_all = kept is not None
         del kept
@@ -359,6 +366,46 @@ def _working_copy_as_stored(cols, ctx, signature) -> bool:
     meta = cols.meta
     return (getattr(ctx, "store_version", None) is not None and meta.get("stamp") == ctx.store_version
             and (meta.get("csv") or {}).get("Account.csv") == signature["Account.csv"])
+
+
+def _reloaded_since_store(cols, ctx, org) -> bool:
+    """Whether this run's sync reloaded Account.csv as a delta (LocalOrg.deltas) from the very load the store
+    holds, with no run, rollback or import since: the store's accounts with the delta's records read again are
+    the working copy's."""
+    delta = getattr(org, "deltas", {}).get("Account")
+    if cols is None or delta is None or getattr(ctx, "store_version", None) is None:
+        return False
+    meta = cols.meta
+    return meta.get("stamp") == ctx.store_version and (meta.get("csv") or {}).get("Account.csv") == list(delta[0])
+
+
+def _patched(cols: list[list] | None, org, fields: list[str]) -> list[list] | None:
+    """The store's account columns (Id first, ordered by Id) with the records a delta reload wrote read again
+    from the working copy and those it removed dropped."""
+    if cols is None:
+        return None
+    _, touched, removed = org.deltas["Account"]
+    fresh = org.get("Account", touched, fields[1:])
+    ids = cols[0]
+    n = len(ids)
+    added = []
+    for rid, values in fresh.items():
+        i = bisect.bisect_left(ids, rid)
+        if i < n and ids[i] == rid:
+            for col, v in zip(cols[1:], values):
+                col[i] = v
+        else:
+            added.append((rid, values))
+    gone = {rid for rid in removed if rid not in fresh}
+    if not added and not gone:
+        return cols
+    keep = [i for i, rid in enumerate(ids) if rid not in gone] if gone else range(n)
+    rows = sorted([(ids[i], i) for i in keep] + [(rid, -1 - k) for k, (rid, _) in enumerate(added)])
+    out = [[rid for rid, _ in rows]]
+    for c in range(1, len(cols)):
+        col = cols[c]
+        out.append([col[i] if i >= 0 else added[-1 - i][1][c - 1] for _, i in rows])
+    return out
 
 
 def _reusable(cols, ctx, accounts: Accounts):

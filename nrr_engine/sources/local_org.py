@@ -29,6 +29,7 @@ from ..errors import DataError, Location, SourceUnavailable, not_utf8
 from ..safe_output import atomic_file, csv_row, private_dir, private_file
 from ..model import Finding
 from ..ids import COUNTER_LIMIT, counter_range, engine_counter, sf_id
+from . import digests
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
@@ -36,10 +37,10 @@ _API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _BATCH = 20_000
 
 
-def _side_load(folder: Path, side: Path, obj: str, conn) -> None:
+def _side_load(folder: Path, side: Path, obj: str, conn, keep_loaded: bool = True) -> None:
     """In a forked child: load one CSV into its own SQLite file and report the outcome (None or the error)."""
     try:
-        org = LocalOrg(folder, side)
+        org = LocalOrg(folder, side, keep_loaded)
         path = folder / f"{obj}.csv"
         org._load(obj, path, path.stat())
         org.db.close()
@@ -72,8 +73,8 @@ def _side_load_child(parent: int, *args) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="nrr-load-watch", daemon=True).start()
-    folder, side, obj, conn = args
-    _side_load(folder, side, obj, _StorageNamed(conn, side, obj))
+    folder, side, obj, conn, keep_loaded = args
+    _side_load(folder, side, obj, _StorageNamed(conn, side, obj), keep_loaded)
 
 
 class _StorageNamed:
@@ -198,6 +199,17 @@ def _unchanged_since(path: Path, st: os.stat_result) -> None:
                                 "once the file is complete", Location(str(path)))
 
 
+def _forkable() -> bool:
+    """Forking a process that runs other threads (the scheduler daemon) can copy a lock mid-use: load inline
+    there, and where fork does not exist."""
+    return "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
+
+
+def _conflict(obj: str, col: str, ids: list[str]) -> Finding:
+    return Finding("reload_conflict", f"{obj}.csv: {len(ids)} record(s) have a {col} the engine changed and the CSV "
+                   "changed too since its last load; the CSV's value is kept (the engine proposes again)", tuple(ids))
+
+
 def _sha256(path: Path) -> str:
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
@@ -217,7 +229,10 @@ class LocalOrg:
     kind = "local"
     remote = False
 
-    def __init__(self, folder: Path, working_copy: Path):
+    def __init__(self, folder: Path, working_copy: Path, keep_loaded: bool = True):
+        # keep_loaded: keep each loaded CSV beside the working copy, so a reload applies only what changed
+        # (digests.py); a working copy that is renamed afterwards (the double's seed) keeps none
+        self.keep_loaded = keep_loaded
         self._referenced: dict[str, int] = {}   # _referenced_top's scans (key prefix -> counter), until a reload
         self.folder = Path(folder)
         self.path = Path(working_copy)
@@ -240,6 +255,8 @@ class LocalOrg:
             self._pending: dict[str, tuple] = {}
             self._conflicts: list[Finding] = []
             self._holding = False  # inside reloads_held: a reload keeps the table it replaces
+            # {object: (size and mtime of the load a delta reload started from, Ids it wrote, Ids it removed)}
+            self.deltas: dict[str, tuple[tuple[int, int], list[str], list[str]]] = {}
         except sqlite3.Error as exc:
             raise SourceUnavailable(f"cannot open the local org working copy: {exc}", Location(str(working_copy))) from None
 
@@ -294,11 +311,9 @@ class LocalOrg:
         Objects in `background` load in a forked process into a side file while this one goes on; the first
         read of the working copy (or `finish_sync`) waits for them and adopts the table."""
         self._referenced.clear()   # a reload may bring new dangling references
+        self.deltas.clear()
         loaded = []
-        # Forking a process that runs other threads (the scheduler daemon) can copy a lock mid-use: load inline
-        # there, and where fork does not exist.
-        forkable = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
-        background = set(background) if forkable else set()
+        background = set(background) if _forkable() else set()
         for obj in objects:
             path = self.folder / f"{obj}.csv"
             if not path.exists():
@@ -315,6 +330,9 @@ class LocalOrg:
                     continue
                 if row[0] == st.st_size and row[2] and row[2] == _sha256(path):  # touched or copied: same content
                     self.db.execute("UPDATE _nrr_files SET mtime_ns = ? WHERE object = ?", (st.st_mtime_ns, obj))
+                    continue
+                if self._reload_delta(obj, path, st):
+                    loaded.append(obj)
                     continue
             if obj in background:
                 self._start_side_load(obj, st)
@@ -334,7 +352,7 @@ class LocalOrg:
         _remove(side)
         ctx = multiprocessing.get_context("fork")
         recv, send = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_side_load_child, args=(os.getpid(), self.folder, side, obj, send),
+        proc = ctx.Process(target=_side_load_child, args=(os.getpid(), self.folder, side, obj, send, self.keep_loaded),
                            name=f"nrr-load-{obj}", daemon=True)
         proc.start()
         send.close()
@@ -377,6 +395,9 @@ class LocalOrg:
                 raise
         finally:
             db.execute("DETACH DATABASE side")
+        kept = digests.path_for(side, obj)
+        if kept.exists():
+            os.replace(kept, digests.path_for(self.path, obj))
 
     def _tables(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -420,6 +441,137 @@ class LocalOrg:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+        if self.keep_loaded:   # (in a side load, beside the side file: the parent adopts it with the table)
+            self._keep_loaded(obj, path, digests.path_for(self.path, obj))
+
+    def _keep_loaded(self, obj: str, path: Path, target: Path) -> None:
+        """Keep the file just loaded as an Arrow file (digests.py) for the next reload to compare with; without
+        it (a file Arrow reads otherwise, a full disk), the next reload loads in full."""
+        self._set_aside_kept(obj)
+        digests.discard(target)
+        row = self.db.execute("SELECT size, mtime_ns, sha256, header FROM _nrr_files WHERE object = ?",
+                              (obj,)).fetchone()
+        if row is None or not row[2] or not row[3]:
+            return
+        header = json.loads(row[3])
+        try:
+            records = self.db.execute(f"SELECT count(*) FROM {_q(obj)}").fetchone()[0]
+            table = digests.read_table(path, header, records)
+            st = os.stat(path)
+            if (st.st_size, st.st_mtime_ns) != (row[0], row[1]):
+                return   # the file changed since its load: nothing to compare the next one with
+            digests.write(target, table, row[0], row[2])
+        except (digests.NotDelta, OSError):
+            digests.discard(target)
+
+    def _reload_delta(self, obj: str, path: Path, st: os.stat_result) -> bool:
+        """Reload only what changed since the last load (digests.py), inside one transaction; False when the file
+        is not a delta of the kept last load (the caller loads in full)."""
+        db = self.db
+        row = db.execute("SELECT size, mtime_ns, sha256, header FROM _nrr_files WHERE object = ?", (obj,)).fetchone()
+        if row is None or not row[2] or not row[3] or not self.keep_loaded:
+            return False
+        header = json.loads(row[3])
+        kept = digests.path_for(self.path, obj)
+        old = digests.read(kept, row[0], row[2], header)
+        if old is None:
+            return False
+        try:
+            if [h.strip() for h in read_header(path)] != header:
+                return False
+            id_name = header[[h.lower() for h in header].index("id")]
+            check = digests.StrictCheck(path, len(header), _forkable())
+            try:
+                new = digests.read_table(path, header, None)
+            finally:
+                records = check.result()   # (waits for the check, even when Arrow failed)
+            if new.num_rows != records:
+                return False
+            delta = digests.diff(old, new, id_name)
+        except (digests.NotDelta, DataError):
+            return False
+        del old, new
+        sha = _sha256(path)
+        now = os.stat(path)
+        if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+            return False   # being written: the full load says so
+        id_col = header.index(id_name)
+        touched = [r[id_col] for r in delta.rows]
+        db.execute("BEGIN")
+        try:
+            if self._holding:
+                self._hold_rows(obj, [*touched, *delta.removed])
+            self._apply_delta(obj, header, id_col, delta)
+            db.execute("INSERT OR REPLACE INTO _nrr_files (object, size, mtime_ns, sha256, header) VALUES (?, ?, ?, ?, ?)",
+                       (obj, st.st_size, st.st_mtime_ns, sha, json.dumps(header)))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.deltas[obj] = ((row[0], row[1]), touched, delta.removed)
+        self._set_aside_kept(obj)
+        try:
+            digests.write(kept, delta.table, st.st_size, sha)
+        except OSError:
+            digests.discard(kept)
+        return True
+
+    def _apply_delta(self, obj: str, header: list[str], id_col: int, delta: digests.Delta) -> None:
+        """The three-way merge of `_merge`, for the records a reload changed, added or removed only (inside the
+        caller's transaction): the same table, bases and conflicts as a full reload."""
+        db = self.db
+        tmp = f"_nrr_delta_{obj}"
+        db.execute(f"DROP TABLE IF EXISTS temp.{_q(tmp)}")
+        cols = ", ".join(f"{_q(h)} TEXT" + (" NOT NULL PRIMARY KEY" if i == id_col else "") for i, h in enumerate(header))
+        db.execute(f"CREATE TEMP TABLE {_q(tmp)} ({cols})")
+        values = ", ".join("NULLIF(TRIM(?), '')" if i == id_col else "NULLIF(?, '')" for i in range(len(header)))
+        db.executemany(f"INSERT INTO temp.{_q(tmp)} VALUES ({values})", delta.rows)
+        # the records the CSV no longer holds: those that left it, and records the engine created that it lacks
+        gone = set(delta.removed)
+        created = [rid for (rid,) in db.execute("SELECT id FROM _nrr_created WHERE object = ?", (obj,))]
+        if created:
+            listed = {rid for (rid,) in db.execute(f"SELECT Id FROM {_q(obj)} WHERE Id IN (SELECT value FROM "
+                                                   "json_each(?))", (json.dumps(created),))}
+            in_csv = self._csv_ids(obj, created, delta)
+            gone.update(rid for rid in created if rid in listed and rid not in in_csv)
+        gone_json = json.dumps(sorted(gone))
+        lowered = {h.lower(): h for h in header}
+        fields = [f for (f,) in db.execute("SELECT DISTINCT field FROM _nrr_base WHERE object = ?", (obj,))]
+        for f in fields:
+            col = lowered.get(f.lower())
+            if col is None:
+                continue
+            base = "SELECT id, value FROM _nrr_base WHERE object = ? AND field = ?"
+            conflicts = [rid for (rid,) in db.execute(
+                f"SELECT t.Id FROM temp.{_q(tmp)} t JOIN {_q(obj)} o ON o.Id = t.Id JOIN ({base}) b ON b.id = t.Id "
+                f"WHERE t.{_q(col)} IS NOT b.value AND o.{_q(col)} IS NOT t.{_q(col)} ORDER BY t.Id", (obj, f))]
+            if conflicts:
+                self._conflicts.append(_conflict(obj, col, conflicts))
+            db.execute(f"DELETE FROM _nrr_base WHERE object = ? AND field = ? AND (id IN (SELECT value FROM json_each(?)) "
+                       f"OR id IN (SELECT b.id FROM ({base}) b JOIN temp.{_q(tmp)} t ON t.Id = b.id "
+                       f"WHERE t.{_q(col)} IS NOT b.value))", (obj, f, gone_json, obj, f))
+            db.execute(f"UPDATE temp.{_q(tmp)} AS t SET {_q(col)} = o.{_q(col)} FROM {_q(obj)} AS o, ({base}) AS b "
+                       f"WHERE o.Id = t.Id AND b.id = t.Id AND t.{_q(col)} IS b.value", (obj, f))
+        names = ", ".join(_q(h) for h in header)
+        sets = ", ".join(f"{_q(h)} = t.{_q(h)}" for i, h in enumerate(header) if i != id_col)
+        if sets:
+            db.execute(f"UPDATE {_q(obj)} AS o SET {sets} FROM temp.{_q(tmp)} AS t WHERE o.Id = t.Id")
+        db.execute(f"INSERT INTO {_q(obj)} ({names}) SELECT {names} FROM temp.{_q(tmp)} "
+                   f"WHERE Id NOT IN (SELECT Id FROM {_q(obj)})")
+        if delta.removed:
+            db.execute(f"DELETE FROM {_q(obj)} WHERE Id IN (SELECT value FROM json_each(?)) AND Id NOT IN "
+                       "(SELECT id FROM _nrr_created WHERE object = ?)", (json.dumps(delta.removed), obj))
+        db.execute(f"DROP TABLE temp.{_q(tmp)}")
+
+    @staticmethod
+    def _csv_ids(obj: str, ids: list[str], delta: digests.Delta) -> set[str]:
+        """Those of `ids` that the reloaded CSV holds."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        header = delta.table.column_names
+        column = delta.table.column(header[[h.lower() for h in header].index("id")])
+        found = pc.is_in(pa.array(ids, type=pa.string()), value_set=column).to_pylist()
+        return {rid for rid, hit in zip(ids, found) if hit}
 
     def _create_loading(self, tmp: str, header: list[str], id_col: int) -> None:
         """The table a load fills before it replaces the object's: every column TEXT, Id the primary key."""
@@ -432,6 +584,9 @@ class LocalOrg:
         inside the caller's transaction."""
         db = self.db
         if obj in self._tables():
+            if self._holding and ("_nrr_prevrows_" + obj) in self._tables():
+                # a delta reload earlier in this hold: undone, so this reload starts from the last committed load
+                self._undo_held(obj)
             kept = self._holding and self._keep_previous(obj)  # before the merge moves the bases
             self._merge(obj, tmp, header)
             if kept:
@@ -466,6 +621,59 @@ class LocalOrg:
         self._holding = False
         self._settle_held(restore=False)
 
+    def _hold_rows(self, obj: str, ids: list[str]) -> None:
+        """Before a held delta reload changes `ids`: keep their records as they are (once per hold), so putting
+        the object back restores them; an object whose whole table is held already needs nothing more."""
+        db = self.db
+        if ("_nrr_prev_" + obj) in self._tables():
+            return
+        self._keep_previous(obj)
+        rows = "_nrr_prevrows_" + obj
+        db.execute(f"CREATE TABLE IF NOT EXISTS {_q(rows)} AS SELECT * FROM {_q(obj)} WHERE 0")
+        db.execute("CREATE TABLE IF NOT EXISTS _nrr_held_ids (object TEXT NOT NULL, id TEXT NOT NULL, "
+                   "PRIMARY KEY (object, id)) WITHOUT ROWID")
+        cols = ", ".join(_q(c) for c in self._table_columns(rows))
+        chunk = json.dumps(ids)
+        db.execute(f"INSERT INTO {_q(rows)} ({cols}) SELECT {cols} FROM {_q(obj)} WHERE Id IN (SELECT value FROM "
+                   "json_each(?)) AND Id NOT IN (SELECT id FROM _nrr_held_ids WHERE object = ?)", (chunk, obj))
+        db.execute("INSERT OR IGNORE INTO _nrr_held_ids SELECT ?, value FROM json_each(?)", (obj, chunk))
+
+    def _put_rows_back(self, obj: str) -> None:
+        """Undo the held delta reloads of `obj`: the records they touched as they were, those they added gone."""
+        db = self.db
+        rows = "_nrr_prevrows_" + obj
+        if rows not in self._tables():
+            return
+        cols = ", ".join(_q(c) for c in self._table_columns(rows))
+        db.execute(f"DELETE FROM {_q(obj)} WHERE Id IN (SELECT id FROM _nrr_held_ids WHERE object = ?)", (obj,))
+        db.execute(f"INSERT INTO {_q(obj)} ({cols}) SELECT {cols} FROM {_q(rows)}")
+        self._drop_held_rows(obj)
+
+    def _drop_held_rows(self, obj: str) -> None:
+        self.db.execute(f"DROP TABLE IF EXISTS {_q('_nrr_prevrows_' + obj)}")
+        if "_nrr_held_ids" in self._tables():
+            self.db.execute("DELETE FROM _nrr_held_ids WHERE object = ?", (obj,))
+
+    def _table_columns(self, table: str) -> list[str]:
+        return [r[1] for r in self.db.execute(f"PRAGMA table_info({_q(table)})")]
+
+    def _set_aside_kept(self, obj: str) -> None:
+        """While held, the kept last load a reload replaces is set aside (once), to go back with the table."""
+        kept = digests.path_for(self.path, obj)
+        aside = kept.with_name(kept.name + ".held")
+        if self._holding and kept.exists() and not aside.exists():
+            os.replace(kept, aside)
+
+    def _settle_kept(self, obj: str, restore: bool) -> None:
+        kept = digests.path_for(self.path, obj)
+        aside = kept.with_name(kept.name + ".held")
+        if not aside.exists():
+            return
+        if restore:
+            os.replace(aside, kept)
+        else:
+            digests.discard(aside)
+
     def _keep_previous(self, obj: str) -> bool:
         """Remember the object's file record and merge bases before a held reload; False if already held."""
         db = self.db
@@ -483,24 +691,42 @@ class LocalOrg:
         if not held:
             return
         with self.transaction():
-            for obj, size, mtime_ns, sha, header, had_file in held:
-                prev = "_nrr_prev_" + obj
-                if not restore:
-                    db.execute(f"DROP TABLE IF EXISTS {_q(prev)}")
-                    continue
-                if prev in self._tables():
-                    db.execute(f"DROP TABLE IF EXISTS {_q(obj)}")
-                    db.execute(f"ALTER TABLE {_q(prev)} RENAME TO {_q(obj)}")
-                db.execute("DELETE FROM _nrr_base WHERE object = ?", (obj,))
-                db.execute("INSERT INTO _nrr_base SELECT object, id, field, value FROM _nrr_held_base WHERE object = ?",
-                           (obj,))
-                if had_file:
-                    db.execute("INSERT OR REPLACE INTO _nrr_files (object, size, mtime_ns, sha256, header) "
-                               "VALUES (?, ?, ?, ?, ?)", (obj, size, mtime_ns, sha, header))
+            for obj, *record in held:
+                if restore:
+                    self._restore_held(obj, *record)
                 else:
-                    db.execute("DELETE FROM _nrr_files WHERE object = ?", (obj,))
+                    db.execute(f"DROP TABLE IF EXISTS {_q('_nrr_prev_' + obj)}")
+                    self._drop_held_rows(obj)
+                self._settle_kept(obj, restore)
             db.execute("DELETE FROM _nrr_held")
             db.execute("DELETE FROM _nrr_held_base")
+
+    def _restore_held(self, obj: str, size, mtime_ns, sha, header, had_file) -> None:
+        """Put one held object back: its table (whole, or the records a delta reload touched), bases, file record."""
+        db = self.db
+        prev = "_nrr_prev_" + obj
+        self._put_rows_back(obj)
+        if prev in self._tables():
+            db.execute(f"DROP TABLE IF EXISTS {_q(obj)}")
+            db.execute(f"ALTER TABLE {_q(prev)} RENAME TO {_q(obj)}")
+        db.execute("DELETE FROM _nrr_base WHERE object = ?", (obj,))
+        db.execute("INSERT INTO _nrr_base SELECT object, id, field, value FROM _nrr_held_base WHERE object = ?", (obj,))
+        if had_file:
+            db.execute("INSERT OR REPLACE INTO _nrr_files (object, size, mtime_ns, sha256, header) "
+                       "VALUES (?, ?, ?, ?, ?)", (obj, size, mtime_ns, sha, header))
+        else:
+            db.execute("DELETE FROM _nrr_files WHERE object = ?", (obj,))
+
+    def _undo_held(self, obj: str) -> None:
+        """Undo a held reload of one object now (inside the caller's transaction) and stop holding it."""
+        db = self.db
+        row = db.execute("SELECT size, mtime_ns, sha256, header, had_file FROM _nrr_held WHERE object = ?",
+                         (obj,)).fetchone()
+        if row is not None:
+            self._restore_held(obj, *row)
+        self._settle_kept(obj, restore=True)
+        db.execute("DELETE FROM _nrr_held WHERE object = ?", (obj,))
+        db.execute("DELETE FROM _nrr_held_base WHERE object = ?", (obj,))
 
     def _merge(self, obj: str, tmp: str, header: list[str]) -> None:
         """Carry the engine's writes into the fresh load `tmp` (the CSV as it is now, 'theirs').
@@ -527,10 +753,7 @@ class LocalOrg:
                 f"SELECT t.Id FROM {_q(tmp)} t JOIN {_q(obj)} o ON o.Id = t.Id JOIN ({base}) b ON b.id = t.Id "
                 f"WHERE t.{_q(col)} IS NOT b.value AND o.{_q(col)} IS NOT t.{_q(col)} ORDER BY t.Id", (obj, f))]
             if conflicts:
-                self._conflicts.append(Finding(
-                    "reload_conflict", f"{obj}.csv: {len(conflicts)} record(s) have a {col} the engine changed and the "
-                    "CSV changed too since its last load; the CSV's value is kept (the engine proposes again)",
-                    tuple(conflicts)))
+                self._conflicts.append(_conflict(obj, col, conflicts))
             # the CSV changed (theirs won) or the record left it: the CSV is the base again
             db.execute(f"DELETE FROM _nrr_base WHERE object = ? AND field = ? AND id NOT IN (SELECT b.id FROM "
                        f"({base}) b JOIN {_q(tmp)} t ON t.Id = b.id WHERE t.{_q(col)} IS b.value)", (obj, f, obj, f))

@@ -397,7 +397,7 @@ def seed(store: Path, folder: Path, metadata: Path | None = None, types: str | S
         src.close()
         dst.close()
     try:
-        org = LocalOrg(folder, tmp)
+        org = LocalOrg(folder, tmp, keep_loaded=False)
         try:
             objects = org.csv_objects()
             org.sync(objects)
