@@ -228,3 +228,25 @@ def test_a_run_after_a_days_edits_reads_the_store_and_plans_as_a_full_reload(org
     con = sqlite3.connect(org.root / "state" / "local-org.db")
     assert con.execute("SELECT Name FROM Account WHERE Id = '001BET'").fetchone()[0] == "Beta Corporation"
     assert con.execute("SELECT Amount__c FROM Subscription__c ORDER BY Id").fetchone()[0] == "120000"
+
+
+def test_with_other_threads_running_the_strict_check_runs_inline_and_still_guards(tmp_path):
+    """In a process running other threads (the scheduler daemon) nothing is forked: the strict reader runs inline,
+    a sound edit still reloads as a delta and an unclosed quote is still the full load's error."""
+    import threading
+    folder, delta, full = _pair(tmp_path)
+    _write(folder, [["001A", "Acme", ""], ["001B", "Beta", ""]])
+    _sync_both(delta, full)
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait)
+    worker.start()
+    try:
+        _write(folder, [["001A", "Acme Two", ""], ["001B", "Beta", ""]])
+        _sync_both(delta, full)
+        assert delta.deltas["Account"][1] == ["001A"] and _dump(delta) == _dump(full)
+        (folder / "Account.csv").write_text('Id,Name,ParentId\n001A,"Acme,\n001B,Beta,\n', encoding="utf-8")
+        with pytest.raises(DataError, match=r"Account\.csv"):
+            delta.sync(["Account"])
+    finally:
+        stop.set()
+        worker.join()
