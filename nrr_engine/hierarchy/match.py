@@ -234,6 +234,21 @@ def seeded(kind: str, value: tuple):
     return value[0] if kind == "keys" else value
 
 
+def index_of(keys: list, at) -> dict:
+    """{key: position} of the positions `at` (ascending) and their keys, as `_add` would build it one at a time (a
+    key several positions share maps to their list), the unique keys in C: most keys are."""
+    at = list(at)
+    index: dict[Any, Any] = dict(zip(keys, at))   # each key's last position, in the order keys first appear
+    if len(index) < len(at):
+        first = dict(zip(reversed(keys), reversed(at)))
+        shared: dict[Any, list[int]] = {k: [] for k, j in index.items() if first[k] != j}
+        for key, j in zip(keys, at):
+            if key in shared:
+                shared[key].append(j)
+        index.update(shared)
+    return index
+
+
 def _add(index: dict, key: str, i: int) -> None:
     have = index.get(key)
     if have is None:
@@ -381,24 +396,30 @@ def match_key(pop: Population, rule) -> tuple[list[Proposal], list[Placeholder]]
 def match_domain(pop: Population, rule) -> tuple[list[Proposal], list[Placeholder]]:
     """A subdomain site (us.acme.com) belongs under the account whose site is the registrable domain itself."""
     domains, apex = pop.sites(rule.field)
-    heads: dict[str, list[int]] = {}
-    for j in np.flatnonzero(apex).tolist():
-        d = domains[j]
-        if d not in rule.ignore:
-            heads.setdefault(d, []).append(j)
+    at = np.flatnonzero(apex).tolist()
+    heads = index_of([domains[j] for j in at], at)   # domain -> the account (or accounts) whose site it is
+    for d in rule.ignore:
+        heads.pop(d, None)
     out, orphans = [], {}
     allowed = pop.unlocked if rule.override else pop.eligible
     sites = pop.col(rule.field)
+    confidence, field, ignore = float(rule.confidence), rule.field, rule.ignore
+    simple = not rule.child and not rule.candidate   # one candidate then decides alone (as _decide would)
+    append = out.append
     for i in np.flatnonzero(allowed & ~apex).tolist():
         d = domains[i]
-        if d is None or d in rule.ignore:
+        if d is None or d in ignore:
             continue
-        cands = heads.get(d)
-        if cands is None:
+        hit = heads.get(d)
+        if hit is None:
             orphans.setdefault(d, []).append(i)
             continue
-        out.extend(_decide(pop, rule, i, cands, float(rule.confidence),
-                           DomainEvidence(rule.field, d, _name(sites[i]))))
+        evidence = DomainEvidence(field, d, _name(sites[i]))
+        if simple and not isinstance(hit, list):
+            if hit != i:
+                append(Proposal(i, hit, rule, confidence, evidence))
+        else:
+            out.extend(_decide(pop, rule, i, as_list(hit), confidence, evidence))
     holders = [Placeholder(f"domain:{d}", d, tuple(m), rule, float(rule.confidence), {"domain": d})
                for d, m in orphans.items() if len(m) > 1]
     return out, holders
