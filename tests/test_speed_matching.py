@@ -3,6 +3,7 @@ single-proposal decision in consolidate, the single-candidate domain proposal.""
 from __future__ import annotations
 
 import gc
+import json
 
 import numpy as np
 import pytest
@@ -189,3 +190,24 @@ def test_cycle_collector_is_paused_inside_and_restored_after():
         with cycles_uncollected():
             1 / 0
     assert gc.isenabled()
+
+
+AWKWARD_TEXT = ["", "plain", 'quote " inside', "back\\slash", "tab\tnew\nline", "\x00\x1f", "é ü 株式会社", "\udcff",
+                "</script>", "emoji 🙂", "x" * 300]
+
+
+@pytest.mark.parametrize("text", AWKWARD_TEXT)
+def test_direct_evidence_json_is_what_json_dumps_wrote(text):
+    """Key, domain and mapping evidence written directly equals json.dumps of the explained evidence with sorted
+    keys (the ledger's bytes before), for quotes, backslashes, control characters, non-ASCII and surrogates."""
+    from nrr_engine.hierarchy.match import DomainEvidence, KeyEvidence, MappingEvidence, explain, to_json
+    for ev in (KeyEvidence(text, text + "v", "DunsNumber"), DomainEvidence("Website", text, text + "/x"),
+               MappingEvidence(text, text + " child", "parent " + text)):
+        assert to_json(ev) == json.dumps(explain(ev), sort_keys=True)
+
+
+@pytest.mark.parametrize("value", [*AWKWARD_TEXT, 12, 1.5, None, True])
+def test_text_json_quotes_as_json_dumps_does(value):
+    """The quoting evidence JSON uses is json.dumps's, for text and for anything else."""
+    from nrr_engine.hierarchy.match import _text_json
+    assert _text_json(value) == json.dumps(value)

@@ -6,14 +6,13 @@ placed most confident first, so when two compete for the last slot under a paren
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from .match import Placeholder, Population, Proposal, explain, to_json
+from .match import Placeholder, Population, Proposal, _text_json, explain, to_json
 
 
 @dataclass(frozen=True)
@@ -77,17 +76,17 @@ class LinkEvidence(NamedTuple):
 
     def to_json(self) -> str:
         """Written directly: about 100,000 links a million-account run carry agreeing rules."""
-        parts = [to_json(self.lead)[:-1]]
+        parts, text = [to_json(self.lead)[:-1]], _text_json
         if self.agreeing:
             parts.append('"agreeing_rules": {' + ", ".join(
-                f'"{p.rule.type}": {{"rule": {json.dumps(p.rule.name)}, "confidence": {p.confidence}}}'
+                f'"{p.rule.type}": {{"rule": {text(p.rule.name)}, "confidence": {p.confidence}}}'
                 for p in self.agreeing) + "}")
         if self.more_specific_than:
             pid, rule, conf = self.more_specific_than
-            parts.append(f'"more_specific_than": {{"parent": "{pid}", "rule": {json.dumps(rule)}, "confidence": {conf}}}')
+            parts.append(f'"more_specific_than": {{"parent": "{pid}", "rule": {text(rule)}, "confidence": {conf}}}')
         if self.others:
             parts.append('"other_candidates": [' + ", ".join(
-                f'{{"parent": "{pid}", "rule": {json.dumps(rule)}, "confidence": {conf}}}'
+                f'{{"parent": "{pid}", "rule": {text(rule)}, "confidence": {conf}}}'
                 for pid, rule, conf in self.others) + "]")
         return ", ".join(parts) + "}"
 
