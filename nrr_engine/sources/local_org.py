@@ -314,32 +314,65 @@ class LocalOrg:
         self.deltas.clear()
         loaded = []
         background = set(background) if _forkable() else set()
+        checks = self._start_checks(objects)   # every delta reload's strict read at once, beside the Arrow reads
+        try:
+            for obj in objects:
+                check = checks.pop(obj, None)
+                try:
+                    self._sync_one(obj, background, check, loaded)
+                finally:
+                    if check is not None:
+                        check.cancel()   # (nothing left to do once its result was read)
+        finally:
+            for check in checks.values():
+                check.cancel()
+        return loaded
+
+    def _start_checks(self, objects: Iterable[str]) -> dict[str, "digests.StrictCheck"]:
+        """The strict CSV checks of the objects that may reload as deltas (changed since a load that was kept)."""
+        out = {}
+        if not self.keep_loaded:
+            return out
+        tables = self._tables()
         for obj in objects:
             path = self.folder / f"{obj}.csv"
-            if not path.exists():
-                if self.db.execute("SELECT 1 FROM _nrr_files WHERE object = ?", (obj,)).fetchone():
-                    # never run on a stale copy of a file that went away
-                    raise DataError(f"{obj}.csv was loaded before but is no longer in the org folder; put it back "
-                                    f"(an export of {obj} with its Id column)", Location(str(path)))
+            row = self.db.execute("SELECT size, mtime_ns, header FROM _nrr_files WHERE object = ?", (obj,)).fetchone()
+            try:
+                st = os.stat(path)
+            except OSError:
                 continue
-            _regular_file(path)
-            st = path.stat()
-            row = self.db.execute("SELECT size, mtime_ns, sha256 FROM _nrr_files WHERE object=?", (obj,)).fetchone()
-            if row is not None and obj in self._tables():
-                if row[:2] == (st.st_size, st.st_mtime_ns):
-                    continue
-                if row[0] == st.st_size and row[2] and row[2] == _sha256(path):  # touched or copied: same content
-                    self.db.execute("UPDATE _nrr_files SET mtime_ns = ? WHERE object = ?", (st.st_mtime_ns, obj))
-                    continue
-                if self._reload_delta(obj, path, st):
-                    loaded.append(obj)
-                    continue
-            if obj in background:
-                self._start_side_load(obj, st)
-            else:
-                self._load(obj, path, st)
-            loaded.append(obj)
-        return loaded
+            if row is None or not row[2] or obj not in tables or (row[0], row[1]) == (st.st_size, st.st_mtime_ns) \
+                    or not stat.S_ISREG(st.st_mode) or not digests.path_for(self.path, obj).exists():
+                continue
+            out[obj] = digests.StrictCheck(path, len(json.loads(row[2])), _forkable())
+        return out
+
+    def _sync_one(self, obj: str, background: set[str], check, loaded: list[str]) -> None:
+        """Sync one object (see sync); appends it to `loaded` when (re)loaded."""
+        path = self.folder / f"{obj}.csv"
+        if not path.exists():
+            if self.db.execute("SELECT 1 FROM _nrr_files WHERE object = ?", (obj,)).fetchone():
+                # never run on a stale copy of a file that went away
+                raise DataError(f"{obj}.csv was loaded before but is no longer in the org folder; put it back "
+                                f"(an export of {obj} with its Id column)", Location(str(path)))
+            return
+        _regular_file(path)
+        st = path.stat()
+        row = self.db.execute("SELECT size, mtime_ns, sha256 FROM _nrr_files WHERE object=?", (obj,)).fetchone()
+        if row is not None and obj in self._tables():
+            if row[:2] == (st.st_size, st.st_mtime_ns):
+                return
+            if row[0] == st.st_size and row[2] and row[2] == _sha256(path):  # touched or copied: same content
+                self.db.execute("UPDATE _nrr_files SET mtime_ns = ? WHERE object = ?", (st.st_mtime_ns, obj))
+                return
+            if self._reload_delta(obj, path, st, check):
+                loaded.append(obj)
+                return
+        if obj in background:
+            self._start_side_load(obj, st)
+        else:
+            self._load(obj, path, st)
+        loaded.append(obj)
 
     def _start_side_load(self, obj: str, st: os.stat_result) -> None:
         if obj in self._pending:
@@ -464,7 +497,7 @@ class LocalOrg:
         except (digests.NotDelta, OSError):
             digests.discard(target)
 
-    def _reload_delta(self, obj: str, path: Path, st: os.stat_result) -> bool:
+    def _reload_delta(self, obj: str, path: Path, st: os.stat_result, check=None) -> bool:
         """Reload only what changed since the last load (digests.py), inside one transaction; False when the file
         is not a delta of the kept last load (the caller loads in full)."""
         db = self.db
@@ -480,7 +513,7 @@ class LocalOrg:
             if [h.strip() for h in read_header(path)] != header:
                 return False
             id_name = header[[h.lower() for h in header].index("id")]
-            check = digests.StrictCheck(path, len(header), _forkable())
+            check = check or digests.StrictCheck(path, len(header), _forkable())
             try:
                 new = digests.read_table(path, header, None)
             finally:
@@ -1039,7 +1072,12 @@ class LocalOrg:
         it = iter(records)
         with self.transaction():
             self.ensure_fields(obj, [key_field, *fields])
-            db.execute(f"CREATE INDEX IF NOT EXISTS {_q('_nrr_key_' + obj)} ON {_q(obj)} ({_q(key_field)})")
+            index = f"CREATE INDEX IF NOT EXISTS {_q('_nrr_key_' + obj)} ON {_q(obj)} ({_q(key_field)})"
+            # Into an empty table (a first run's snapshots) no key can exist but the ones this call inserts: no
+            # lookups, and the index built once after the inserts (cheaper than kept up row by row)
+            seen: set[str] | None = set() if db.execute(f"SELECT 1 FROM {_q(obj)} LIMIT 1").fetchone() is None else None
+            if seen is None:
+                db.execute(index)
             cols = [key_field, *fields]
             extract = ", ".join(f"json_extract(?2, '$.{f}')" for f in cols)
             insert = f"INSERT INTO {_q(obj)} (Id, {', '.join(map(_q, cols))}) VALUES (?1, {extract})"
@@ -1049,7 +1087,16 @@ class LocalOrg:
                 keys = [json_key for (json_key,) in db.execute(
                     f"SELECT json_extract(value, '$.{key_field}') FROM json_each(?)", ("[" + ",".join(part) + "]",))]
                 existing: dict[str, str] = {}
-                for i in range(0, len(keys), 500):
+                if seen is not None:
+                    if seen.isdisjoint(keys):
+                        seen.update(keys)
+                        keys_checked = 0
+                    else:   # a key this call inserted already: look keys up as usual from here on
+                        db.execute(index)
+                        seen, keys_checked = None, len(keys)
+                else:
+                    keys_checked = len(keys)
+                for i in range(0, keys_checked, 500):
                     sub = keys[i:i + 500]
                     existing.update((k, rid) for rid, k in db.execute(
                         f"SELECT Id, {_q(key_field)} FROM {_q(obj)} WHERE {_q(key_field)} IN ({', '.join('?' * len(sub))})",
@@ -1064,7 +1111,9 @@ class LocalOrg:
                 ids = self.free_ids(obj, prefix, len(fresh))
                 db.executemany(insert, zip(ids, fresh))
                 db.executemany(update, updates)
-                self._advance(ids)
+                self._advance(ids[-1:])   # free_ids hands out ascending counters: the last is the highest
+            if seen is not None:
+                db.execute(index)
         return []
 
     def free_ids(self, obj: str, prefix: str, count: int) -> list[str]:

@@ -1,0 +1,43 @@
+"""Upserts by external id into an empty object (a first run's snapshots) skip lookups and build the key index
+after the inserts, and end exactly where upserts into a filled object do."""
+from __future__ import annotations
+
+import json
+
+from conftest import write_csv
+from nrr_engine.sources.local_org import LocalOrg
+
+
+def _upsert_all(tmp_path, name, seed_rows, batches, chunk):
+    folder = tmp_path / name
+    folder.mkdir()
+    write_csv(folder / "KPI_Snapshot__c.csv", seed_rows, ["Id", "External_Id__c", "Ending_ARR__c"])
+    org = LocalOrg(folder, tmp_path / f"{name}.db")
+    org.sync(["KPI_Snapshot__c"])
+    for recs in batches:
+        assert org.upsert_json("KPI_Snapshot__c", "External_Id__c", ["Ending_ARR__c"], recs, "a0K", chunk=chunk) == []
+    rows = sorted(org.db.execute("SELECT External_Id__c, Ending_ARR__c, Id FROM KPI_Snapshot__c"))
+    index = org.db.execute("SELECT sql FROM sqlite_master WHERE type = 'index' AND name = '_nrr_key_KPI_Snapshot__c'"
+                           ).fetchone()
+    seq = org.db.execute("SELECT n FROM _nrr_sequences WHERE prefix = 'a0K'").fetchone()
+    org.close()
+    return rows, index, seq
+
+
+def _recs(keys, value):
+    return [json.dumps({"External_Id__c": k, "Ending_ARR__c": value}) for k in keys]
+
+
+def test_upserts_into_an_empty_object_match_the_looked_up_path(tmp_path):
+    """An empty object, a key repeated in a later chunk of the same call (found, updated: the lookup resumes) and
+    a second call: the same records, Ids, key index and Id sequence as the path that looks every key up."""
+    first = _recs([f"legal:{k}" for k in range(7)] + ["legal:2"], "1.00")
+    second = _recs(["legal:3", "legal:9"], "2.00")
+    empty = _upsert_all(tmp_path, "empty", [], [first, second], chunk=3)
+    # the same upserts with every key looked up: the object holds a record from the start, deleted after
+    filled = _upsert_all(tmp_path, "filled", [{"Id": "a0K5g00000AbCdEAAA", "External_Id__c": "zz", "Ending_ARR__c": ""}],
+                         [first, second], chunk=3)
+    assert empty[1] is not None and empty[1] == filled[1]
+    assert [r for r in filled[0] if r[0] != "zz"] == empty[0] and empty[2] == filled[2]
+    values = {k: v for k, v, _ in empty[0]}
+    assert values["legal:3"] == "2.00" and values["legal:9"] == "2.00" and len(empty[0]) == 8
