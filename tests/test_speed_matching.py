@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import weakref
 
 import numpy as np
 import pytest
@@ -173,12 +174,24 @@ def test_domain_rule_single_candidate_fast_path_matches_the_conditioned_path():
     assert [(h.key, h.members) for h in fast_holders] == [("domain:initech.com", (6, 7))]
 
 
+class _Node:
+    me: object = None
+
+
 def test_cycle_collector_is_paused_inside_and_restored_after():
-    """Matching runs with the cycle collector off and leaves it as it found it (on, or off when it was off)."""
+    """Matching runs with the cycle collector off and leaves it as it found it (on, or off when it was off); what
+    it made is in the oldest generation after, and a cycle made inside is still collected."""
     assert gc.isenabled()
     with cycles_uncollected():
         assert not gc.isenabled()
+        kept, cycle = [1, 2], _Node()
+        cycle.me = cycle
+        gone = weakref.ref(cycle)
+        del cycle
     assert gc.isenabled()
+    assert any(o is kept for o in gc.get_objects(2)) and not any(o is kept for o in gc.get_objects(0))
+    gc.collect()
+    assert gone() is None
     gc.disable()
     try:
         with cycles_uncollected():
