@@ -187,10 +187,20 @@ class Population:
             full: dict[str, Any] = {}
             head: dict[str, Any] = {}
             markers = normalise.HEAD_MARKERS
+            ends = tuple(" " + m for m in markers)   # a key ending in a head word, tested in one call
+            get = full.get
             for i, key in enumerate(self.keys(name_field)):
                 if not key:
                     continue
-                _add(full, key, i)
+                have = get(key)   # _add, inline: a million calls
+                if have is None:
+                    full[key] = i
+                elif isinstance(have, list):
+                    have.append(i)
+                else:
+                    full[key] = [have, i]
+                if not key.endswith(ends):
+                    continue
                 last = key.rfind(" ")
                 if last > 0 and key[last + 1:] in markers:
                     cut = last
@@ -556,8 +566,10 @@ def match_fuzzy(pop: Population, rule) -> tuple[list[Proposal], list[Placeholder
     # leaves the true name among the neighbours.
     # Candidate names: not those ending in a place ("acme uk" is a subsidiary, not a misspelt group)
     places = normalise.geo_last_tokens()
-    texts = sorted(k for k in {*full, *head} if len(k) >= 4 and k[k.rfind(" ") + 1:] not in places)
-    backwards = sorted(t[::-1] for t in texts)
+    texts = [k for k in {*full, *head} if len(k) >= 4 and k[k.rfind(" ") + 1:] not in places]
+    texts.sort()
+    backwards = [t[::-1] for t in texts]
+    backwards.sort()
     names = pop.col(rule.field)
     cap = float(rule.confidence)
     out = []
