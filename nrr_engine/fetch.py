@@ -304,7 +304,7 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
             kept = _patched(stored.accounts(fields), org, fields)
             if kept is not None:
                 _log.info("store.reused", run=stored.meta.get("run_id"), what="accounts",
-                          read_again=len(org.deltas["Account"][1]), removed=len(org.deltas["Account"][2]))
+                          read_again=len(org.deltas["Account"].touched), removed=len(org.deltas["Account"].removed))
         accounts = fetch_accounts(settings, org, (*extra_fields, *rule_fields), kept)
         kept_all = kept is not None
         del kept
@@ -376,7 +376,7 @@ def _reloaded_since_store(cols, ctx, org) -> bool:
     if cols is None or delta is None or getattr(ctx, "store_version", None) is None:
         return False
     meta = cols.meta
-    return meta.get("stamp") == ctx.store_version and (meta.get("csv") or {}).get("Account.csv") == list(delta[0])
+    return meta.get("stamp") == ctx.store_version and (meta.get("csv") or {}).get("Account.csv") == list(delta.since)
 
 
 def _patched(cols: list[list] | None, org, fields: list[str]) -> list[list] | None:
@@ -384,7 +384,7 @@ def _patched(cols: list[list] | None, org, fields: list[str]) -> list[list] | No
     from the working copy and those it removed dropped."""
     if cols is None:
         return None
-    _, touched, removed = org.deltas["Account"]
+    touched, removed = org.deltas["Account"].touched, org.deltas["Account"].removed
     fresh = org.get("Account", touched, fields[1:])
     ids = cols[0]
     n = len(ids)
@@ -467,7 +467,14 @@ def fetch_arr(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, state: Sta
                   for f in reuse[0].meta["arr_findings"]]
             _log.info("store.reused", run=reuse[0].meta.get("run_id"), what="arr from subscriptions")
         else:
-            matrix, fs, excluded = arr_matrix(settings, org, accounts, stored, first, count, cur, first_arr)
+            patched = _arr_after_delta(settings, org, state, stored, first, count) \
+                if stored is not None and reuse is not None and first_arr is None and not merged else None
+            if patched is not None:
+                matrix, fs, excluded = patched, [], arr_mod.Excluded()
+                _log.info("store.reused", run=reuse[0].meta.get("run_id"), what="arr from subscriptions",
+                          subscriptions_read_again=len(org.deltas[settings.arr.subscriptions.object].rows))
+            else:
+                matrix, fs, excluded = arr_matrix(settings, org, accounts, stored, first, count, cur, first_arr)
         findings.extend(fs)
         changed = np.zeros(0, dtype=np.int64)
         if state.repair:
@@ -493,6 +500,57 @@ def _same_subscriptions(settings: Settings, state: State) -> bool:
     name = f"{settings.arr.subscriptions.object}.csv"
     return (meta.get("config") == store.config_digest(settings.config_file) and "arr_findings" in meta
             and (meta.get("csv") or {}).get(name) is not None and meta["csv"].get(name) == state.csv_signature.get(name))
+
+
+def _arr_after_delta(settings: Settings, org, state: State, stored: np.ndarray, first: int,
+                     count: int) -> np.ndarray | None:
+    """The ARR matrix from subscriptions when this run's sync reloaded the subscription CSV as a delta from the
+    load the last run derived its ARR from (a clean one: no finding, nothing left out) for the same accounts: the
+    last run's matrix less what the changed and removed subscriptions counted, plus what their new versions count
+    (ARR is a sum over subscriptions, in exact units). None where that does not hold or a changed subscription
+    needs a finding (unreadable, orphan, another currency): then ARR is derived from every subscription again."""
+    a = settings.arr
+    if a.source != "subscriptions" or state.reuse is None or state.reuse[1] is not None:
+        return None
+    s = a.subscriptions
+    delta = getattr(org, "deltas", {}).get(s.object)
+    meta = state.reuse[0].meta
+    if delta is None or meta.get("arr_findings") != [] or state.reuse[0].excluded is not None \
+            or meta.get("config") != store.config_digest(settings.config_file) \
+            or (meta.get("csv") or {}).get(f"{s.object}.csv") != list(delta.since):
+        return None
+    lowered = {h.lower(): i for i, h in enumerate(delta.header)}
+    if not s.currency:
+        s = dataclasses.replace(s, currency=RECORD_CURRENCY)
+    cols = [lowered.get(f.lower()) if f else None for f in ("Id", s.account, s.start, s.end, s.amount, s.currency)]
+    if any(c is None for c in cols[:5]):
+        return None
+
+    def rows(records):   # as the working copy holds them: blank is None, the Id trimmed
+        return [tuple((r[c].strip(" ") if k == 0 else r[c]) or None if c is not None else None
+                      for k, c in enumerate(cols)) for r in records]
+
+    before, after = rows(delta.before), rows(delta.rows)
+    index = state.accounts.index
+    touched = sorted({r[1] for r in (*before, *after) if r[1]})
+    if any(acc not in index for acc in touched):
+        return None   # an orphan subscription (before: the last run would have a finding; after: this one will)
+    compact = {acc: k for k, acc in enumerate(touched)}
+    out = []
+    for part in (before, after):
+        try:
+            m, fs, excluded = arr_mod.from_subscriptions(part, compact, s, settings.currency, first, count,
+                                                         org.where(s.object))
+        except DataError:   # another currency: the full derivation says which record
+            return None
+        if fs or len(excluded):
+            return None
+        out.append(m)
+    matrix = stored.copy()
+    if touched:
+        pos = np.array([index[acc] for acc in touched], dtype=np.int64)
+        matrix[pos] += out[1] - out[0]
+    return matrix
 
 
 def _placed(matrix: np.ndarray, pos: np.ndarray) -> np.ndarray:

@@ -74,7 +74,9 @@ def test_a_changed_csv_reloads_as_a_delta_and_ends_as_a_full_reload_does(tmp_pat
     del rows[10]
     _write(folder, rows)
     found = _sync_both(delta, full)
-    assert delta.deltas["Account"][1] == ["001001", "001002", "001999"] and delta.deltas["Account"][2] == ["001010"]
+    assert delta.deltas["Account"].touched == ["001001", "001002", "001999"] and delta.deltas["Account"].removed == ["001010"]
+    before = {r[0]: r for r in delta.deltas["Account"].before}
+    assert set(before) == {"001001", "001002", "001010"} and before["001001"][1] == "Acme 1"
     assert full.deltas == {}
     assert found[0] == found[1] and found[0][0][0] == "reload_conflict" and found[0][0][2] == ("001002",)
     assert _dump(delta) == _dump(full)
@@ -199,35 +201,62 @@ def test_any_sequence_of_exports_reloads_as_a_full_reload_would(tmp_path_factory
                 _engine_writes(org, ids, "001000")
 
 
-def test_a_run_after_a_days_edits_reads_the_store_and_plans_as_a_full_reload(org, cli, tmp_path):
-    """End to end: after a run, an edited Account.csv and Subscription__c.csv reload as deltas, the run reads its
-    accounts from the store with the edited records read again, and plans exactly what a full reload plans."""
+def _reused(result) -> dict[str, dict]:
+    return {e["what"]: e for e in (json.loads(ln) for ln in result.stderr.splitlines() if '"store.reused"' in ln)}
+
+
+@pytest.mark.parametrize("edit", ["amounts", "moves", "added_and_removed", "orphan", "bad_amount"])
+def test_a_run_after_a_days_edits_reads_the_store_and_plans_as_a_full_reload(org, tmp_path, edit):
+    """End to end: after a run, edited Account.csv and Subscription__c.csv reload as deltas; the run reads its
+    accounts from the store with the edited records read again and, while every subscription stays clean, its ARR
+    as the last run's with the changed subscriptions counted again; the plan and the report equal those of a full
+    reload and full derivation (a twin without the kept loads), and a subscription that needs a finding (orphan,
+    unreadable amount) makes the ARR derived again in full."""
     a = org.account("001ACM", "Acme Inc")
     org.sub(a, "2025-01-01", "", "100000")
     org.sub(org.account("001AUS", "Acme US", a), "2025-06-01", "", "50000")
     org.account("001AEU", "Acme eComm")
-    org.account("001BET", "Beta Corp")
+    org.sub(org.account("001BET", "Beta Corp"), "2024-03-01", "2026-09-30", "30000")
+    org.sub("001BET", "2026-01-01", "", "12000", product="Add-on")
     org.rules = {"names.yaml": NAME_RULE}
     org.write()
-    cli("run", *AS_OF)
+    Cli(org.config)("run", *AS_OF)
     org.accounts[1]["ParentId"] = ""
     org.accounts[3]["Name"] = "Beta Corporation"
-    org.subs[0]["Amount__c"] = "120000"
+    if edit == "amounts":
+        org.subs[0]["Amount__c"] = "120000"
+        org.subs[2]["End_Date__c"] = ""
+    elif edit == "moves":
+        org.subs[1]["Account__c"] = "001AEU"
+        org.subs[3]["Start_Date__c"] = "2025-10-01"
+    elif edit == "added_and_removed":
+        del org.subs[2]
+        org.sub("001AEU", "2026-05-01", "2026-12-31", "7000")
+        org.subs[-1]["Id"] = "a0S000000000000099"
+    elif edit == "orphan":
+        org.subs[3]["Account__c"] = "001NOPE"
+    else:
+        org.subs[3]["Amount__c"] = "1,000"
     org.write()
     twin = tmp_path / "twin"
     shutil.copytree(org.root, twin)
     for kept in (twin / "state").glob("local-org.db.loaded-*.arrow"):
         kept.unlink()   # the twin reloads in full
-    plans = []
+    plans, reports, reused = [], [], []
     for root in (org.root, twin):
-        Cli(root / "config" / "nrr.yaml")("plan", "--out", str(root / "plan.json"), *AS_OF)
+        cli = Cli(root / "config" / "nrr.yaml")
+        result = cli("plan", "--out", str(root / "plan.json"), *AS_OF)
+        reused.append(_reused(result))
         plan = json.loads((root / "plan.json").read_text())
         plans.append({k: plan[k] for k in ("changes", "review", "snapshots")})
-    assert plans[0] == plans[1]
-    assert {(c["id"], c["field"]) for c in plans[0]["changes"]} >= {("001ACM", "Hierarchy_ARR__c")}
-    con = sqlite3.connect(org.root / "state" / "local-org.db")
-    assert con.execute("SELECT Name FROM Account WHERE Id = '001BET'").fetchone()[0] == "Beta Corporation"
-    assert con.execute("SELECT Amount__c FROM Subscription__c ORDER BY Id").fetchone()[0] == "120000"
+        reports.append({k: v for k, v in cli.json("report", "nrr", "--window", "12", "--format", "json",
+                                                  *AS_OF).items() if k != "from_run"})
+    assert plans[0] == plans[1] and reports[0] == reports[1]
+    assert "accounts" in reused[0] and "accounts" not in reused[1]
+    patched = reused[0].get("arr from subscriptions", {}).get("subscriptions_read_again")
+    assert patched == (None if edit in ("orphan", "bad_amount") else {"amounts": 2, "moves": 2,
+                                                                      "added_and_removed": 1}[edit])
+    assert "arr from subscriptions" not in reused[1]
 
 
 def test_with_other_threads_running_the_strict_check_runs_inline_and_still_guards(tmp_path):
@@ -243,10 +272,29 @@ def test_with_other_threads_running_the_strict_check_runs_inline_and_still_guard
     try:
         _write(folder, [["001A", "Acme Two", ""], ["001B", "Beta", ""]])
         _sync_both(delta, full)
-        assert delta.deltas["Account"][1] == ["001A"] and _dump(delta) == _dump(full)
+        assert delta.deltas["Account"].touched == ["001A"] and _dump(delta) == _dump(full)
         (folder / "Account.csv").write_text('Id,Name,ParentId\n001A,"Acme,\n001B,Beta,\n', encoding="utf-8")
         with pytest.raises(DataError, match=r"Account\.csv"):
             delta.sync(["Account"])
     finally:
         stop.set()
         worker.join()
+
+
+@pytest.mark.parametrize("reload", [False, True])
+def test_an_id_in_both_its_15_and_18_character_forms_is_a_duplicate(tmp_path, reload):
+    """A row whose Id is the 15-character form of another row's 18-character Id is the same record twice: the
+    duplicate-Id error naming both lines, on a first load and on a reload (delta or not); nothing changes."""
+    folder, delta, full = _pair(tmp_path)
+    rows = [["0015g00000Ab012AAB", "Stark Industries", ""], ["0015g00000Ab013AAB", "Wayne", ""]]
+    if reload:
+        _write(folder, rows)
+        _sync_both(delta, full)
+        before = _dump(delta)
+    _write(folder, rows + [["0015g00000Ab012", "Stark again", ""]])
+    for org in (delta, full):
+        with pytest.raises(DataError, match=r"Account\.csv:4: duplicate Id 0015g00000Ab012: the same record as "
+                                            r"0015g00000Ab012AAB \(line 2\)"):
+            org.sync(["Account"])
+    if reload:
+        assert _dump(delta) == before

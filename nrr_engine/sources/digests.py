@@ -16,6 +16,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +41,18 @@ class Delta:
     rows: list[list[str]]
     removed: list[str]
     table: pa.Table     # the file as read now: the next reload's last load
+    before: list[list[str]]   # the last load's records that changed or left, as they were (header order)
+
+
+class Reloaded(NamedTuple):
+    """What a delta reload did to an object, for the stages that can follow it record by record."""
+
+    since: tuple[int, int]        # size and mtime of the load it started from
+    touched: list[str]            # Ids it wrote (new or changed records)
+    removed: list[str]            # Ids that left the CSV
+    header: list[str]
+    rows: list[list[str]]         # the touched records as the CSV has them now (header order)
+    before: list[list[str]]       # the records that changed or left, as the last load had them
 
 
 def path_for(working_copy: Path, obj: str) -> Path:
@@ -162,7 +175,7 @@ def diff(old: pa.Table, new: pa.Table, id_name: str) -> Delta:
     if n and not aligned and (pc.any(pc.equal(new_ids, "")).as_py() or pc.count_distinct(new_ids).as_py() != n):
         raise NotDelta("empty or duplicate Id")
     if not old.num_rows:
-        touched, removed = np.arange(n), []
+        touched, removed, was = np.arange(n), [], np.zeros(0, dtype=np.int64)
     elif aligned:
         changed = None
         for name in new.column_names:
@@ -170,6 +183,7 @@ def diff(old: pa.Table, new: pa.Table, id_name: str) -> Delta:
             changed = ne if changed is None else pc.or_(changed, ne)
         touched = np.flatnonzero(changed.to_numpy(zero_copy_only=False)) if changed is not None else np.zeros(0, int)
         removed: list[str] = []
+        was = touched
     else:
         pos = pc.index_in(new_ids, value_set=old_ids)
         found = pc.is_valid(pos)
@@ -180,12 +194,18 @@ def diff(old: pa.Table, new: pa.Table, id_name: str) -> Delta:
         touched = np.flatnonzero(changed.to_numpy(zero_copy_only=False))
         gone = pc.invert(pc.is_in(old_ids, value_set=new_ids))
         removed = pc.filter(old_ids, gone).to_pylist()
+        was = np.concatenate([pos.to_numpy(zero_copy_only=False)[touched][found.to_numpy(zero_copy_only=False)[touched]]
+                              .astype(np.int64) if len(touched) else np.zeros(0, dtype=np.int64),
+                              np.flatnonzero(gone.to_numpy(zero_copy_only=False))])
     limit = max(1000, int(MAX_SHARE * max(old.num_rows, 1)))
     if len(touched) + len(removed) > limit:
         raise NotDelta("too many changes")
-    part = new.take(pa.array(touched, type=pa.int64()))
-    columns = [part.column(name).to_pylist() for name in new.column_names]
-    return Delta([list(r) for r in zip(*columns)], removed, new)
+    return Delta(_rows(new, touched), removed, new, _rows(old, was))
+
+
+def _rows(table: pa.Table, at: np.ndarray) -> list[list[str]]:
+    part = table.take(pa.array(at, type=pa.int64()))
+    return [list(r) for r in zip(*(part.column(name).to_pylist() for name in table.column_names))]
 
 
 def discard(path: Path) -> None:

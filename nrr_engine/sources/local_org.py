@@ -255,8 +255,7 @@ class LocalOrg:
             self._pending: dict[str, tuple] = {}
             self._conflicts: list[Finding] = []
             self._holding = False  # inside reloads_held: a reload keeps the table it replaces
-            # {object: (size and mtime of the load a delta reload started from, Ids it wrote, Ids it removed)}
-            self.deltas: dict[str, tuple[tuple[int, int], list[str], list[str]]] = {}
+            self.deltas: dict[str, digests.Reloaded] = {}   # what this sync's delta reloads did, by object
         except sqlite3.Error as exc:
             raise SourceUnavailable(f"cannot open the local org working copy: {exc}", Location(str(working_copy))) from None
 
@@ -469,6 +468,7 @@ class LocalOrg:
                         _unchanged_since(path, st)   # a file being written says so, not a line of it
                         raise
                 _unchanged_since(path, st)
+                self._check_id_forms(tmp, path, id_col)
                 self._swap(obj, tmp, header, st)
                 db.execute("COMMIT")
             except BaseException:
@@ -535,13 +535,15 @@ class LocalOrg:
             if self._holding:
                 self._hold_rows(obj, [*touched, *delta.removed])
             self._apply_delta(obj, header, id_col, delta)
+            if any(len(rid) == 15 for rid in touched):
+                self._check_id_forms(obj, path, id_col, skip_created=obj)
             db.execute("INSERT OR REPLACE INTO _nrr_files (object, size, mtime_ns, sha256, header) VALUES (?, ?, ?, ?, ?)",
                        (obj, st.st_size, st.st_mtime_ns, sha, json.dumps(header)))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self.deltas[obj] = ((row[0], row[1]), touched, delta.removed)
+        self.deltas[obj] = digests.Reloaded((row[0], row[1]), touched, delta.removed, header, delta.rows, delta.before)
         self._set_aside_kept(obj)
         try:
             digests.write(kept, delta.table, st.st_size, sha)
@@ -858,8 +860,20 @@ class LocalOrg:
             except csv.Error as exc:
                 raise _csv_problem(exc, path, state["line"] + 1, reader.line_num) from None
 
+    def _check_id_forms(self, table: str, path: Path, id_col: int, skip_created: str | None = None) -> None:
+        """A 15-character Id and an 18-character one that is its other form name one record twice (Salesforce's
+        Ids are the same in both forms): the duplicate-Id error, naming both lines. Through the Id index, looking
+        only at 15-character Ids; `skip_created`: an object whose records the engine created are not the CSV's."""
+        q = _q(table)
+        mine = "" if skip_created is None else " AND o.Id NOT IN (SELECT id FROM _nrr_created WHERE object = ?)"
+        row = self.db.execute(f"SELECT s.Id, o.Id FROM {q} s JOIN {q} o ON o.Id > s.Id AND o.Id < s.Id || char(127) "
+                              f"WHERE length(s.Id) = 15 AND length(o.Id) = 18 AND substr(o.Id, 1, 15) = s.Id{mine} "
+                              f"ORDER BY s.Id LIMIT 1", () if skip_created is None else (skip_created,)).fetchone()
+        if row is not None:
+            raise self._id_problem(path, id_col, same=row)
+
     @staticmethod
-    def _id_problem(path: Path, id_col: int) -> DataError:
+    def _id_problem(path: Path, id_col: int, same: tuple[str, str] | None = None) -> DataError:
         """Find the line that broke the Id constraint (rare path: re-scan the file)."""
         seen: dict[str, int] = {}
         with open(path, newline="", encoding="utf-8-sig") as fh:
@@ -869,6 +883,15 @@ class LocalOrg:
                 if not row or id_col >= len(row):
                     continue
                 rid = row[id_col].strip()
+                if same is not None:
+                    if rid in same:
+                        seen[rid] = reader.line_num
+                    if len(seen) == 2:
+                        (a, la), (b, lb) = sorted(seen.items(), key=lambda kv: kv[1])
+                        return DataError(f"duplicate Id {b}: the same record as {a} (line {la}), in its "
+                                         f"{len(b)}-character form; keep one line per record",
+                                         Location(str(path), lb))
+                    continue
                 if not rid:
                     return DataError("empty Id; every record needs its Salesforce Id", Location(str(path), reader.line_num))
                 if rid in seen:
