@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import contextlib
 import functools
 import json
+import os
 import shutil
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -20,6 +24,32 @@ INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug in nrr-engine, never a user mistake
 def _fail(message: str, code: int) -> None:
     click.echo(f"error: {terminal(log_mod.redact_text(message), keep_newlines=True)}", err=True)  # values stay text
     sys.exit(int(code))
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """SIGTERM (cron's timeout, `docker stop`) or Ctrl-C during a run: it stops before its next stage (exit 3,
+    recorded as stopped, nothing half-written; once the writes have begun it finishes them). A second signal
+    stops at once, as a kill would (the next run settles it)."""
+    stop = threading.Event()
+
+    def handler(signum, _frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        # (no logging in a signal handler: the log writer holds a lock the interrupted frame may own)
+        os.write(2, f"\nnrr-engine: {signal.Signals(signum).name}: stopping after the current stage (again to stop "
+                    f"at once)\n".encode())
+
+    if threading.current_thread() is not threading.main_thread():
+        yield stop.is_set
+        return
+    before = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop.is_set
+    finally:
+        for sig, old in before.items():
+            signal.signal(sig, old)
 
 
 def guarded(fn):
@@ -364,8 +394,8 @@ def plan(ctx, out, job, as_of, allow_shrink, full_read):
 @guarded
 def run(ctx, job, as_of, allow_shrink, full_read):
     """The nightly job: plan, apply the changes, record everything in the ledger."""
-    with _engine(ctx, job, full_read) as engine:
-        outcome = engine.execute(job=job, as_of=_as_of(as_of), allow_shrink=allow_shrink)
+    with _engine(ctx, job, full_read) as engine, _stop_on_signals() as should_stop:
+        outcome = engine.execute(job=job, as_of=_as_of(as_of), allow_shrink=allow_shrink, should_stop=should_stop)
     _print_summary(outcome.summary, outcome.plan.nrr if outcome.plan else None)
     sys.exit(int(outcome.exit_code))
 

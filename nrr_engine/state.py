@@ -53,7 +53,8 @@ class RunContext:
 
     def check_stop(self, stage: str) -> None:
         if self.should_stop():
-            raise Interrupted(f"stop requested; run stopped before stage {stage!r}, nothing half-written")
+            raise Interrupted(f"stop requested; run stopped before stage {stage!r}, nothing half-written: run it "
+                              "again when you are ready")
 
     @contextmanager
     def stage(self, name: str, stoppable: bool = True) -> Iterator[None]:
