@@ -52,6 +52,7 @@ def _engine_writes(org: LocalOrg, ids, parent):
 def _sync_both(delta, full):
     delta.sync(["Account"])
     full.sync(["Account"])
+    delta.finish_sync()   # (a full load keeps the file from a child of its own)
     found = (delta.reload_findings(), full.reload_findings())
     return [(f.kind, f.message, f.records) for f in found[0]], [(f.kind, f.message, f.records) for f in found[1]]
 

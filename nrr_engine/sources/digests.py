@@ -152,6 +152,20 @@ def write(path: Path, table: pa.Table, size: int, sha256: str) -> None:
     os.replace(tmp, path)
 
 
+def keep(path: Path, target: Path, header: list[str], records: int, size: int, mtime_ns: int, sha256: str) -> None:
+    """Keep the CSV just loaded (`records` records; the load's size, mtime and SHA-256) as its last load at
+    `target`; nothing kept when Arrow reads it otherwise, it changed since the load, or the disk is full (the
+    next reload is then a full one)."""
+    try:
+        table = read_table(path, header, records)
+        st = os.stat(path)
+        if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
+            return   # the file changed since its load: nothing to compare the next one with
+        write(target, table, size, sha256)
+    except (NotDelta, OSError):
+        discard(target)
+
+
 def read(path: Path, size: int, sha256: str, header: list[str]) -> pa.Table | None:
     """The last load kept for the file recorded as (size, sha256, header), memory-mapped; None when there is none,
     it is unreadable or it is of another load."""

@@ -256,12 +256,14 @@ class LocalOrg:
             self._conflicts: list[Finding] = []
             self._holding = False  # inside reloads_held: a reload keeps the table it replaces
             self.deltas: dict[str, digests.Reloaded] = {}   # what this sync's delta reloads did, by object
+            self._keepers: list[int] = []   # children writing kept loads (_keep_loaded)
         except sqlite3.Error as exc:
             raise SourceUnavailable(f"cannot open the local org working copy: {exc}", Location(str(working_copy))) from None
 
     def close(self) -> None:
         for obj in list(self._pending):  # a run that stopped early: drop its side loads
             self._drop_side_load(obj)
+        self._wait_keepers()
         self.db.close()
 
     def _drop_side_load(self, obj: str) -> None:
@@ -311,6 +313,7 @@ class LocalOrg:
         read of the working copy (or `finish_sync`) waits for them and adopts the table."""
         self._referenced.clear()   # a reload may bring new dangling references
         self.deltas.clear()
+        self._wait_keepers()
         loaded = []
         background = set(background) if _forkable() else set()
         checks = self._start_checks(objects)   # every delta reload's strict read at once, beside the Arrow reads
@@ -391,7 +394,8 @@ class LocalOrg:
         self._pending[obj] = (proc, recv, side, st)
 
     def finish_sync(self) -> None:
-        """Wait for background loads and move their tables into the working copy (a page copy in SQLite)."""
+        """Wait for background loads and move their tables into the working copy (a page copy in SQLite), and for
+        the children writing kept loads."""
         pending, self._pending = self._pending, {}
         for obj, (proc, recv, side, st) in pending.items():
             try:
@@ -407,6 +411,7 @@ class LocalOrg:
             finally:
                 recv.close()
                 _remove(side)
+        self._wait_keepers()
 
     def _adopt(self, obj: str, side: Path, st: os.stat_result) -> None:
         _unchanged_since(self.folder / f"{obj}.csv", st)   # the file the side load read is the one recorded
@@ -487,15 +492,25 @@ class LocalOrg:
         if row is None or not row[2] or not row[3]:
             return
         header = json.loads(row[3])
-        try:
-            records = self.db.execute(f"SELECT count(*) FROM {_q(obj)}").fetchone()[0]
-            table = digests.read_table(path, header, records)
-            st = os.stat(path)
-            if (st.st_size, st.st_mtime_ns) != (row[0], row[1]):
-                return   # the file changed since its load: nothing to compare the next one with
-            digests.write(target, table, row[0], row[2])
-        except (digests.NotDelta, OSError):
-            digests.discard(target)
+        records = self.db.execute(f"SELECT count(*) FROM {_q(obj)}").fetchone()[0]
+        if _forkable() and not self._pending:   # in a child of its own while this process goes on (a first run)
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    digests.keep(path, target, header, records, row[0], row[1], row[2])
+                finally:
+                    os._exit(0)
+            self._keepers.append(pid)
+            return
+        digests.keep(path, target, header, records, row[0], row[1], row[2])
+
+    def _wait_keepers(self) -> None:
+        """Wait for the children writing kept loads (before a reload may read them, or a hold settles them)."""
+        while self._keepers:
+            try:
+                os.waitpid(self._keepers.pop(), 0)
+            except ChildProcessError:
+                pass
 
     def _reload_delta(self, obj: str, path: Path, st: os.stat_result, check=None) -> bool:
         """Reload only what changed since the last load (digests.py), inside one transaction; False when the file
@@ -725,6 +740,7 @@ class LocalOrg:
         held = db.execute("SELECT object, size, mtime_ns, sha256, header, had_file FROM _nrr_held").fetchall()
         if not held:
             return
+        self._wait_keepers()
         with self.transaction():
             for obj, *record in held:
                 if restore:
