@@ -162,6 +162,8 @@ FIELDS = [{"type": "currency", "precision": 6, "scale": 2}, {"type": "double", "
 @example(spec={"type": "datetime"}, value="2026-01-01T25:00:00Z")
 @example(spec={"type": "currency", "precision": 6, "scale": 2}, value="12345.00")
 @example(spec={"type": "string", "length": 3}, value="ab\U0001F600")
+@example(spec={"type": "currency", "precision": 6, "scale": 2}, value="0\x00")   # GLOB stops at a NUL
+@example(spec={"type": "string", "length": 7}, value="a\x00bcdefghij")             # and so does length()
 @given(spec=st.sampled_from(FIELDS), value=st.one_of(
     st.text(min_size=1, max_size=12),
     st.from_regex(r"[-+ ]?[0-9]{0,9}(\.[0-9]{0,3})?([eE][-+]?[0-9]{1,2})?", fullmatch=True),

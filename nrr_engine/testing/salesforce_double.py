@@ -518,7 +518,13 @@ def _unfit_values(db, obj: str, col: str, f: dict, where: str) -> list[tuple]:
 
 def _suspects(f: dict, q: str) -> str | None:
     """An SQL condition true for every non-blank value of column `q` that field `f` might not hold (None: any
-    value might not), false for most of those it holds: a superset of `_unfit`'s refusals."""
+    value might not), false for most of those it holds: a superset of `_unfit`'s refusals. A value holding a NUL
+    is always a suspect: SQLite's GLOB and length() stop at the first NUL."""
+    cond = _suspects_by_type(f, q)
+    return None if cond is None else f"instr(CAST({q} AS BLOB), x'00') > 0 OR {cond}"
+
+
+def _suspects_by_type(f: dict, q: str) -> str | None:
     t = f["type"]
     if t in _NUMBERS:   # anything but a short unsigned decimal: signs, exponents, separators, many digits
         allowed = f["digits"] if t == "int" else f["precision"] - f["scale"]
