@@ -7,7 +7,6 @@ and family membership, the review decisions, and the org's KPI snapshots of the 
 from __future__ import annotations
 
 import bisect
-
 import csv
 import dataclasses
 import json
