@@ -51,7 +51,7 @@ def _engine_writes(org: LocalOrg, ids, parent):
 def _sync_both(delta, full):
     delta.sync(["Account"])
     full.sync(["Account"])
-    delta.finish_sync()   # (a full load keeps the file from a child of its own)
+    delta.wait_for_kept_loads()   # (a full load keeps the file from a child of its own)
     found = (delta.reload_findings(), full.reload_findings())
     return [(f.kind, f.message, f.records) for f in found[0]], [(f.kind, f.message, f.records) for f in found[1]]
 
@@ -88,7 +88,7 @@ def test_an_unclosed_quote_that_arrow_would_swallow_is_the_full_loads_error(tmp_
     folder, delta, _ = _pair(tmp_path)
     _write(folder, [["001A", "Acme", ""], ["001B", "Beta", ""], ["001C", "Gamma", ""]])
     delta.sync(["Account"])
-    delta.finish_sync()
+    delta.wait_for_kept_loads()
     (folder / "Account.csv").write_text('Id,Name,ParentId\n001A,"Acme,\n001B,Beta,\n001C,"Gamma",\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"Account\.csv"):
         delta.sync(["Account"])
@@ -144,7 +144,7 @@ def test_a_delta_then_a_full_reload_in_one_hold_both_go_back(tmp_path):
     rows = [[f"001{i:04d}", f"Acme {i}", ""] for i in range(2000)]
     _write(folder, rows)
     delta.sync(["Account"])
-    delta.finish_sync()   # the kept load is written (by a child) before the file changes again
+    delta.wait_for_kept_loads()   # the kept load is written (by a child) before the file changes again
     _engine_writes(delta, ["0010002"], "0010000")
     before = _dump(delta)
     rows[2][2] = "0010003"
@@ -192,7 +192,7 @@ def test_any_sequence_of_exports_reloads_as_a_full_reload_would(tmp_path_factory
         for org in (delta, full):
             try:
                 org.sync(["Account"])
-                org.finish_sync()
+                org.wait_for_kept_loads()
                 outcome.append([(f.kind, f.message, f.records) for f in org.reload_findings()])
             except DataError as exc:
                 outcome.append(("error", str(exc).replace(str(org.path), "WC")))

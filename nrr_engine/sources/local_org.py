@@ -37,10 +37,10 @@ _API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _BATCH = 20_000
 
 
-def _side_load(folder: Path, side: Path, obj: str, conn, keep_loaded: bool = True) -> None:
+def _side_load(folder: Path, side: Path, obj: str, conn) -> None:
     """In a forked child: load one CSV into its own SQLite file and report the outcome (None or the error)."""
     try:
-        org = LocalOrg(folder, side, keep_loaded)
+        org = LocalOrg(folder, side, keep_loaded=False)   # the parent keeps the file once it adopted the table
         path = folder / f"{obj}.csv"
         org._load(obj, path, path.stat())
         org.db.close()
@@ -73,8 +73,8 @@ def _side_load_child(parent: int, *args) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="nrr-load-watch", daemon=True).start()
-    folder, side, obj, conn, keep_loaded = args
-    _side_load(folder, side, obj, _StorageNamed(conn, side, obj), keep_loaded)
+    folder, side, obj, conn = args
+    _side_load(folder, side, obj, _StorageNamed(conn, side, obj))
 
 
 class _StorageNamed:
@@ -263,7 +263,7 @@ class LocalOrg:
     def close(self) -> None:
         for obj in list(self._pending):  # a run that stopped early: drop its side loads
             self._drop_side_load(obj)
-        self._wait_keepers()
+        self.wait_for_kept_loads()
         self.db.close()
 
     def _drop_side_load(self, obj: str) -> None:
@@ -313,7 +313,7 @@ class LocalOrg:
         read of the working copy (or `finish_sync`) waits for them and adopts the table."""
         self._referenced.clear()   # a reload may bring new dangling references
         self.deltas.clear()
-        self._wait_keepers()
+        self.wait_for_kept_loads()
         loaded = []
         background = set(background) if _forkable() else set()
         checks = self._start_checks(objects)   # every delta reload's strict read at once, beside the Arrow reads
@@ -387,15 +387,14 @@ class LocalOrg:
         _remove(side)
         ctx = multiprocessing.get_context("fork")
         recv, send = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_side_load_child, args=(os.getpid(), self.folder, side, obj, send, self.keep_loaded),
+        proc = ctx.Process(target=_side_load_child, args=(os.getpid(), self.folder, side, obj, send),
                            name=f"nrr-load-{obj}", daemon=True)
         proc.start()
         send.close()
         self._pending[obj] = (proc, recv, side, st)
 
     def finish_sync(self) -> None:
-        """Wait for background loads and move their tables into the working copy (a page copy in SQLite), and for
-        the children writing kept loads."""
+        """Wait for background loads and move their tables into the working copy (a page copy in SQLite)."""
         pending, self._pending = self._pending, {}
         for obj, (proc, recv, side, st) in pending.items():
             try:
@@ -411,7 +410,6 @@ class LocalOrg:
             finally:
                 recv.close()
                 _remove(side)
-        self._wait_keepers()
 
     def _adopt(self, obj: str, side: Path, st: os.stat_result) -> None:
         _unchanged_since(self.folder / f"{obj}.csv", st)   # the file the side load read is the one recorded
@@ -432,9 +430,8 @@ class LocalOrg:
                 raise
         finally:
             db.execute("DETACH DATABASE side")
-        kept = digests.path_for(side, obj)
-        if kept.exists():
-            os.replace(kept, digests.path_for(self.path, obj))
+        if self.keep_loaded:
+            self._keep_loaded(obj, self.folder / f"{obj}.csv", digests.path_for(self.path, obj))
 
     def _tables(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -479,7 +476,7 @@ class LocalOrg:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-        if self.keep_loaded:   # (in a side load, beside the side file: the parent adopts it with the table)
+        if self.keep_loaded:
             self._keep_loaded(obj, path, digests.path_for(self.path, obj))
 
     def _keep_loaded(self, obj: str, path: Path, target: Path) -> None:
@@ -504,7 +501,7 @@ class LocalOrg:
             return
         digests.keep(path, target, header, records, row[0], row[1], row[2])
 
-    def _wait_keepers(self) -> None:
+    def wait_for_kept_loads(self) -> None:
         """Wait for the children writing kept loads (before a reload may read them, or a hold settles them)."""
         while self._keepers:
             try:
@@ -585,23 +582,7 @@ class LocalOrg:
             in_csv = self._csv_ids(obj, created, delta)
             gone.update(rid for rid in created if rid in listed and rid not in in_csv)
         gone_json = json.dumps(sorted(gone))
-        lowered = {h.lower(): h for h in header}
-        fields = [f for (f,) in db.execute("SELECT DISTINCT field FROM _nrr_base WHERE object = ?", (obj,))]
-        for f in fields:
-            col = lowered.get(f.lower())
-            if col is None:
-                continue
-            base = "SELECT id, value FROM _nrr_base WHERE object = ? AND field = ?"
-            conflicts = [rid for (rid,) in db.execute(
-                f"SELECT t.Id FROM temp.{_q(tmp)} t JOIN {_q(obj)} o ON o.Id = t.Id JOIN ({base}) b ON b.id = t.Id "
-                f"WHERE t.{_q(col)} IS NOT b.value AND o.{_q(col)} IS NOT t.{_q(col)} ORDER BY t.Id", (obj, f))]
-            if conflicts:
-                self._conflicts.append(_conflict(obj, col, conflicts))
-            db.execute(f"DELETE FROM _nrr_base WHERE object = ? AND field = ? AND (id IN (SELECT value FROM json_each(?)) "
-                       f"OR id IN (SELECT b.id FROM ({base}) b JOIN temp.{_q(tmp)} t ON t.Id = b.id "
-                       f"WHERE t.{_q(col)} IS NOT b.value))", (obj, f, gone_json, obj, f))
-            db.execute(f"UPDATE temp.{_q(tmp)} AS t SET {_q(col)} = o.{_q(col)} FROM {_q(obj)} AS o, ({base}) AS b "
-                       f"WHERE o.Id = t.Id AND b.id = t.Id AND t.{_q(col)} IS b.value", (obj, f))
+        self._merge_bases(obj, f"temp.{_q(tmp)}", header, gone_json)
         names = ", ".join(_q(h) for h in header)
         sets = ", ".join(f"{_q(h)} = t.{_q(h)}" for i, h in enumerate(header) if i != id_col)
         if sets:
@@ -740,7 +721,7 @@ class LocalOrg:
         held = db.execute("SELECT object, size, mtime_ns, sha256, header, had_file FROM _nrr_held").fetchall()
         if not held:
             return
-        self._wait_keepers()
+        self.wait_for_kept_loads()
         with self.transaction():
             for obj, *record in held:
                 if restore:
@@ -794,27 +775,42 @@ class LocalOrg:
         if keep:
             sets = ", ".join(f"{_q(c)} = o.{_q(c)}" for c in keep)
             db.execute(f"UPDATE {_q(tmp)} AS t SET {sets} FROM {_q(obj)} AS o WHERE o.Id = t.Id")
-        fields = [f for (f,) in db.execute("SELECT DISTINCT field FROM _nrr_base WHERE object = ?", (obj,))]
-        for f in fields:
-            col = lowered.get(f.lower())
-            if col is None:
-                continue  # the CSV no longer has the column: the engine's value is kept with the column above
-            base = "SELECT id, value FROM _nrr_base WHERE object = ? AND field = ?"
-            conflicts = [rid for (rid,) in db.execute(
-                f"SELECT t.Id FROM {_q(tmp)} t JOIN {_q(obj)} o ON o.Id = t.Id JOIN ({base}) b ON b.id = t.Id "
-                f"WHERE t.{_q(col)} IS NOT b.value AND o.{_q(col)} IS NOT t.{_q(col)} ORDER BY t.Id", (obj, f))]
-            if conflicts:
-                self._conflicts.append(_conflict(obj, col, conflicts))
-            # the CSV changed (theirs won) or the record left it: the CSV is the base again
-            db.execute(f"DELETE FROM _nrr_base WHERE object = ? AND field = ? AND id NOT IN (SELECT b.id FROM "
-                       f"({base}) b JOIN {_q(tmp)} t ON t.Id = b.id WHERE t.{_q(col)} IS b.value)", (obj, f, obj, f))
-            db.execute(f"UPDATE {_q(tmp)} AS t SET {_q(col)} = o.{_q(col)} FROM {_q(obj)} AS o, ({base}) AS b "
-                       f"WHERE o.Id = t.Id AND b.id = t.Id AND t.{_q(col)} IS b.value", (obj, f))
+        self._merge_bases(obj, _q(tmp), header)
         created = "SELECT id FROM _nrr_created WHERE object = ?"
         if db.execute(created + " LIMIT 1", (obj,)).fetchone():
             cols = [_q(c) for c in self.columns(obj) if c.lower() in lowered or c in keep]
             db.execute(f"INSERT INTO {_q(tmp)} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM {_q(obj)} "
                        f"WHERE Id IN ({created}) AND Id NOT IN (SELECT Id FROM {_q(tmp)})", (obj,))
+
+    def _merge_bases(self, obj: str, tmp: str, header: list[str], gone_json: str | None = None) -> None:
+        """Per field the engine changed since the last load (its CSV value kept in _nrr_base), for the records of
+        `tmp` (the table reference of the fresh load: every record, or a delta reload's new and changed ones):
+        theirs still equal to the base -> the engine's value is put into `tmp`; theirs changed -> theirs stays and,
+        where the engine's value differs, a conflict is reported; the base goes where theirs won or the record
+        left the CSV (a full reload: not in `tmp`; a delta reload: the Ids `gone_json` lists)."""
+        db = self.db
+        lowered = {h.lower(): h for h in header}
+        fields = [f for (f,) in db.execute("SELECT DISTINCT field FROM _nrr_base WHERE object = ?", (obj,))]
+        base = "SELECT id, value FROM _nrr_base WHERE object = ? AND field = ?"
+        for f in fields:
+            col = lowered.get(f.lower())
+            if col is None:
+                continue  # the CSV no longer has the column: the engine's value is kept with the column
+            c = _q(col)
+            conflicts = [rid for (rid,) in db.execute(
+                f"SELECT t.Id FROM {tmp} t JOIN {_q(obj)} o ON o.Id = t.Id JOIN ({base}) b ON b.id = t.Id "
+                f"WHERE t.{c} IS NOT b.value AND o.{c} IS NOT t.{c} ORDER BY t.Id", (obj, f))]
+            if conflicts:
+                self._conflicts.append(_conflict(obj, col, conflicts))
+            if gone_json is None:
+                db.execute(f"DELETE FROM _nrr_base WHERE object = ? AND field = ? AND id NOT IN (SELECT b.id FROM "
+                           f"({base}) b JOIN {tmp} t ON t.Id = b.id WHERE t.{c} IS b.value)", (obj, f, obj, f))
+            else:
+                db.execute(f"DELETE FROM _nrr_base WHERE object = ? AND field = ? AND (id IN (SELECT value FROM "
+                           f"json_each(?)) OR id IN (SELECT b.id FROM ({base}) b JOIN {tmp} t ON t.Id = b.id "
+                           f"WHERE t.{c} IS NOT b.value))", (obj, f, gone_json, obj, f))
+            db.execute(f"UPDATE {tmp} AS t SET {c} = o.{c} FROM {_q(obj)} AS o, ({base}) AS b "
+                       f"WHERE o.Id = t.Id AND b.id = t.Id AND t.{c} IS b.value", (obj, f))
 
     def reload_findings(self) -> list[Finding]:
         """Conflicts the three-way merge of the last reloads found (each reported once)."""
