@@ -32,6 +32,36 @@ def sf_id(prefix: str, n: int) -> str:
     return id18(id15)
 
 
+def sf_ids(prefix: str, first: int, count: int) -> list[str]:
+    """sf_id(prefix, n) for n in first .. first + count - 1, a whole range at once (numpy: a first run's
+    300,000 new snapshot records' Ids in a fraction of a second, not a base-62 loop and a checksum each)."""
+    import numpy as np
+    if count <= 0:
+        return []
+    if first < 0 or len(prefix) != 3 or len(prefix + _body(first + count - 1)) != 15:
+        raise ValueError(f"Id counter too large for prefix {prefix}")
+    # 12 base-62 digits of each counter, most significant first (in two halves: a counter may pass 2**63)
+    digits = np.zeros((count, 12), dtype=np.int64)
+    hi, lo = divmod(first, 62 ** 6)
+    lo = lo + np.arange(count, dtype=np.int64)
+    hi = hi + lo // 62 ** 6
+    lo %= 62 ** 6
+    for k in range(6):
+        digits[:, 11 - k], lo = lo % 62, lo // 62
+        digits[:, 5 - k], hi = hi % 62, hi // 62
+    table = np.frombuffer(B62.encode(), dtype=np.uint8)
+    chars = np.empty((count, 18), dtype=np.uint8)
+    chars[:, :3] = np.frombuffer(prefix.encode(), dtype=np.uint8)
+    chars[:, 3:15] = table[digits]
+    upper = (chars[:, :15] >= ord("A")) & (chars[:, :15] <= ord("Z"))
+    weights = 1 << np.arange(5)
+    suffix = np.frombuffer(_SUFFIX.encode(), dtype=np.uint8)
+    for k in range(3):
+        chars[:, 15 + k] = suffix[(upper[:, 5 * k:5 * k + 5] * weights).sum(axis=1)]
+    text = chars.tobytes().decode("ascii")
+    return [text[i:i + 18] for i in range(0, 18 * count, 18)]
+
+
 def id18(id15: str) -> str:
     """The 18-character form of a 15-character Id: one checksum letter per 5 characters (upper-case bits)."""
     flags = id15.translate(_UPPER_BITS)  # "1" for A-Z, "0" otherwise; bit i of a chunk is its i-th character

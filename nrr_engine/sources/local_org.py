@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import DataError, Location, SourceUnavailable, not_utf8
 from ..safe_output import atomic_file, csv_row, private_dir, private_file
 from ..model import Finding
-from ..ids import COUNTER_LIMIT, counter_range, engine_counter, sf_id
+from ..ids import COUNTER_LIMIT, counter_range, engine_counter, sf_id, sf_ids
 from . import digests
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
@@ -37,10 +37,11 @@ _API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _BATCH = 20_000
 
 
-def _side_load(folder: Path, side: Path, obj: str, conn) -> None:
+def _side_load(folder: Path, side: Path, obj: str, conn, keep_loaded: bool = True) -> None:
     """In a forked child: load one CSV into its own SQLite file and report the outcome (None or the error)."""
     try:
-        org = LocalOrg(folder, side, keep_loaded=False)   # the parent keeps the file once it adopted the table
+        org = LocalOrg(folder, side, keep_loaded)   # keeps the file beside the side file, for the parent to adopt
+        org._forks_keepers = False                 # (inline: this process is the side load's own)
         path = folder / f"{obj}.csv"
         org._load(obj, path, path.stat())
         org.db.close()
@@ -73,8 +74,8 @@ def _side_load_child(parent: int, *args) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="nrr-load-watch", daemon=True).start()
-    folder, side, obj, conn = args
-    _side_load(folder, side, obj, _StorageNamed(conn, side, obj))
+    folder, side, obj, conn, keep_loaded = args
+    _side_load(folder, side, obj, _StorageNamed(conn, side, obj), keep_loaded)
 
 
 class _StorageNamed:
@@ -257,6 +258,7 @@ class LocalOrg:
             self._holding = False  # inside reloads_held: a reload keeps the table it replaces
             self.deltas: dict[str, digests.Reloaded] = {}   # what this sync's delta reloads did, by object
             self._keepers: list[int] = []   # children writing kept loads (_keep_loaded)
+            self._forks_keepers = True
         except sqlite3.Error as exc:
             raise SourceUnavailable(f"cannot open the local org working copy: {exc}", Location(str(working_copy))) from None
 
@@ -272,6 +274,7 @@ class LocalOrg:
         proc.join()
         recv.close()
         _remove(side)
+        digests.discard(digests.path_for(side, obj))
 
     def where(self, obj: str) -> str:
         """Where an object's records come from, for error messages."""
@@ -387,7 +390,7 @@ class LocalOrg:
         _remove(side)
         ctx = multiprocessing.get_context("fork")
         recv, send = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_side_load_child, args=(os.getpid(), self.folder, side, obj, send),
+        proc = ctx.Process(target=_side_load_child, args=(os.getpid(), self.folder, side, obj, send, self.keep_loaded),
                            name=f"nrr-load-{obj}", daemon=True)
         proc.start()
         send.close()
@@ -410,6 +413,7 @@ class LocalOrg:
             finally:
                 recv.close()
                 _remove(side)
+                digests.discard(digests.path_for(side, obj))
 
     def _adopt(self, obj: str, side: Path, st: os.stat_result) -> None:
         _unchanged_since(self.folder / f"{obj}.csv", st)   # the file the side load read is the one recorded
@@ -430,8 +434,10 @@ class LocalOrg:
                 raise
         finally:
             db.execute("DETACH DATABASE side")
-        if self.keep_loaded:
-            self._keep_loaded(obj, self.folder / f"{obj}.csv", digests.path_for(self.path, obj))
+        kept = digests.path_for(side, obj)
+        if kept.exists():   # (not forked from here: a child of this big process would copy its pages as they change)
+            self._set_aside_kept(obj)
+            os.replace(kept, digests.path_for(self.path, obj))
 
     def _tables(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -490,10 +496,11 @@ class LocalOrg:
             return
         header = json.loads(row[3])
         records = self.db.execute(f"SELECT count(*) FROM {_q(obj)}").fetchone()[0]
-        if _forkable() and not self._pending:   # in a child of its own while this process goes on (a first run)
+        if self._forks_keepers and _forkable():   # in a child of its own while this process goes on (a first run)
             pid = os.fork()
             if pid == 0:
                 try:
+                    os.nice(10)   # after the loads and the run's own work
                     digests.keep(path, target, header, records, row[0], row[1], row[2])
                 finally:
                     os._exit(0)
@@ -1168,7 +1175,7 @@ class LocalOrg:
                 top = max(top, n)
                 break
         if top + count < COUNTER_LIMIT:
-            return [sf_id(prefix, top + k) for k in range(1, count + 1)]
+            return sf_ids(prefix, top + 1, count)
         out: list[str] = []
         n = seq + 1
         for rid in self._range_ids(obj, sf_id(prefix, min(n, COUNTER_LIMIT))[:15], counter_range(prefix)[1]):
