@@ -56,3 +56,26 @@ def test_a_range_of_new_ids_is_made_at_once_exactly_as_one_at_a_time(first, coun
     assert sf_ids(prefix, first, count) == [sf_id(prefix, first + k) for k in range(count)]
     with pytest.raises(ValueError, match="too large"):
         sf_ids(prefix, 62 ** 12 - 1, 2)
+
+
+@pytest.mark.parametrize("odd", ["", "a\x1eb", "a\x1fb", "\x1e\x1f"])
+def test_packed_reads_are_exact_and_a_separator_inside_a_value_becomes_a_space(tmp_path, odd):
+    """read_packed (the org's snapshot records, read as buffers) reads values as they are, blank as empty, and a
+    value holding a record or field separator with that separator as a space, the fast read or not."""
+    folder = tmp_path / "org"
+    folder.mkdir()
+    rows = [{"Id": "a0K000000000001", "External_Id__c": "legal:b:2026-10", "Ending_ARR__c": "1.00"},
+            {"Id": "a0K000000000002", "External_Id__c": "legal:a:2026-10", "Ending_ARR__c": odd},
+            {"Id": "a0K000000000003", "External_Id__c": "legal:c:2026-09", "Ending_ARR__c": "3.00"}]
+    write_csv(folder / "KPI_Snapshot__c.csv", rows, ["Id", "External_Id__c", "Ending_ARR__c"])
+    org = LocalOrg(folder, tmp_path / "wc.db")
+    org.sync(["KPI_Snapshot__c"])
+    got = org.read_packed("KPI_Snapshot__c", [["Id"], ["External_Id__c", "Ending_ARR__c", "Nope__c"]],
+                          order_by="External_Id__c", like=("External_Id__c", "%:2026-10"))
+    texts = [[blob[at[i]:at[i + 1] - 1].decode() for i in range(len(at) - 1)] for blob, at in got]
+    clean = odd.replace("\x1e", " ").replace("\x1f", " ")
+    assert texts == [["a0K000000000002", "a0K000000000001"],
+                     [f"legal:a:2026-10\x1f{clean}\x1f", "legal:b:2026-10\x1f1.00\x1f"]]
+    none = org.read_packed("KPI_Snapshot__c", [["Id"]], order_by="Id", like=("Id", "nothing%"))
+    assert none[0][0] == b"" and list(none[0][1]) == [0]
+    org.close()

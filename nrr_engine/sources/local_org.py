@@ -971,22 +971,29 @@ class LocalOrg:
             self.finish_sync()
         have = {c.lower() for c in self.columns(obj)}
 
-        def clean(f: str) -> str:
-            v = _q(f) if f.lower() in have else "''"
-            return f"replace(replace(coalesce({v}, ''), char(30), ' '), char(31), ' ')"
+        def query(cleaned: bool):
+            def value(f: str) -> str:
+                v = f"coalesce({_q(f) if f.lower() in have else chr(39) * 2}, '')"
+                return f"replace(replace({v}, char(30), ' '), char(31), ' ')" if cleaned else v
 
-        exprs = [" || char(31) || ".join(clean(f) for f in fields) for fields in columns]
-        where, args = "", []
-        if like is not None:
-            where, args = f" WHERE {_q(like[0])} LIKE ?", [like[1]]
-        inner = ", ".join(f"{e} AS c{i}" for i, e in enumerate(exprs))
-        # an aggregate over an ordered subquery: SQLite concatenates in the subquery's order
-        row = self.db.execute(f"SELECT count(*), {', '.join(f'group_concat(c{i}, char(30))' for i in range(len(exprs)))} "
-                              f"FROM (SELECT {inner} FROM {_q(obj)}{where} ORDER BY {_q(order_by)})", args).fetchone()
+            exprs = [" || char(31) || ".join(value(f) for f in fields) for fields in columns]
+            where, args = "", []
+            if like is not None:
+                where, args = f" WHERE {_q(like[0])} LIKE ?", [like[1]]
+            inner = ", ".join(f"{e} AS c{i}" for i, e in enumerate(exprs))
+            # an aggregate over an ordered subquery: SQLite concatenates in the subquery's order
+            row = self.db.execute(f"SELECT count(*), {', '.join(f'group_concat(c{i}, char(30))' for i in range(len(exprs)))}"
+                                  f" FROM (SELECT {inner} FROM {_q(obj)}{where} ORDER BY {_q(order_by)})", args).fetchone()
+            return row[0], [(text or "").encode() for text in row[1:]]
+
+        n, blobs = query(cleaned=False)
+        # a value holding a separator shows as a count of separators other than the rows' and fields' own: then
+        # read again with every separator inside a value made a space (22 replace() a row cost more than the read)
+        if any(b.count(b"\x1e") != max(n - 1, 0) or b.count(b"\x1f") != n * (len(f) - 1) for b, f in zip(blobs, columns)):
+            n, blobs = query(cleaned=True)
         out = []
-        for text in row[1:]:
-            blob = (text or "").encode()
-            if not row[0]:
+        for blob in blobs:
+            if not n:
                 out.append((b"", np.zeros(1, dtype=np.int64)))
                 continue
             seps = np.flatnonzero(np.frombuffer(blob, dtype=np.uint8) == 0x1E)
