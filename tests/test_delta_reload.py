@@ -301,3 +301,39 @@ def test_an_id_in_both_its_15_and_18_character_forms_is_a_duplicate(tmp_path, re
             org.sync(["Account"])
     if reload:
         assert _dump(delta) == before
+
+
+def _snapshot_set(n: int):
+    import numpy as np
+    from nrr_engine.metrics import snapshot
+    rng = np.random.default_rng(3)
+    snaps = snapshot.SnapshotSet(24316)
+    snaps.add("legal", [f"001{i:015d}" for i in range(n)], rng.integers(0, 10**9, n) * (rng.random(n) > 0.2),
+              rng.integers(0, 10**9, n) * (rng.random(n) > 0.2), rng.integers(1, 50, n))
+    snaps.add("by_region", [f"001{i:015d}" for i in range(n // 3)], rng.integers(1, 10**9, n // 3),
+              rng.integers(0, 10**9, n // 3), rng.integers(1, 9, n // 3))
+    return snaps
+
+
+@pytest.mark.parametrize("extra", [False, True])
+def test_a_reruns_snapshot_diff_compares_aligned_records_as_buffers_and_says_what_the_merge_join_says(extra):
+    """The org holding exactly the month's keys (a rerun): changes found chunk by chunk as buffers equal the
+    record-by-record merge join's (the same rows, Ids, old and new JSON, in order), including a value written
+    otherwise but equal ("150000" for "150000.00", kept) and rows in chunks with nothing changed; with one record
+    more (another view's, not covered) the keys differ and the merge join itself answers, the same way."""
+    from nrr_engine.metrics import snapshot
+    snaps = _snapshot_set(120_000)
+    rows = list(snaps.rows())
+    stored = [(f"a0K{i:015d}", k, *v) for i, (k, v) in enumerate(rows)]
+    for i in (5, 70_000, 119_999):            # changed values
+        stored[i] = (*stored[i][:6], "1.00", *stored[i][7:])
+    stored[80_000] = (*stored[80_000][:5], stored[80_000][5] + "0" if "." in stored[80_000][5] else "0",
+                      *stored[80_000][6:])   # "12.50" -> "12.500": the same amount, written otherwise
+    if extra:
+        stored.append(("a0K999999999999999", "zz_other:001X:2026-04", "zz_other", "001X", "2026-04", *["1"] * 8))
+    existing = snapshot.ExistingSnapshots.from_rows(24316, sorted(stored, key=lambda r: r[1]))
+    got = snapshot._diff_month(snaps, existing, "KPI_Snapshot__c")
+    assert (snapshot._diff_aligned(snaps, existing, "KPI_Snapshot__c") is None) == extra
+    changed = sorted({rows[i][0] for i in (5, 70_000, 119_999) if rows[i][1][4] != "1.00"})
+    assert got.keys == changed and len(got.ids) == len(changed) and None not in got.ids
+    assert all(json.loads(o)[snapshot.FIELDS[4]] == "1.00" for o in got.old)
