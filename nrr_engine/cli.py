@@ -135,7 +135,33 @@ full_read_option = click.option(
          "always reloads the CSVs that changed.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """The command group: its own options (`--config FILE`, `--log-level L`, `--debug`) are taken wherever they
+    stand, so `nrr-engine runs show ID --config FILE` works as `nrr-engine --config FILE runs show ID` does (no
+    command has options of those names)."""
+
+    _VALUED, _FLAGS = ("--config", "--log-level"), ("--debug",)
+
+    def parse_args(self, ctx, args):
+        front, rest, i = [], [], 0
+        while i < len(args):
+            arg = args[i]
+            if arg == "--":   # what follows is never an option
+                rest.extend(args[i:])
+                break
+            name = arg.split("=", 1)[0]
+            if name in self._VALUED and "=" in arg or arg in self._FLAGS:
+                front.append(arg)
+            elif arg in self._VALUED and i + 1 < len(args):
+                front.extend(args[i:i + 2])
+                i += 1
+            else:
+                rest.append(arg)
+            i += 1
+        return super().parse_args(ctx, front + rest)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="nrr-engine")
 @click.option("--config", "config", type=click.Path(dir_okay=False), envvar=None,
               help="Config file (default: $NRR_ENGINE_CONFIG, else ./config/nrr.yaml).")

@@ -64,3 +64,28 @@ def test_unknown_run_is_a_clear_error(org, cli):
     org.write()
     assert "runs list" in cli("rollback", "nope", expect=2).stderr
     assert "runs list" in cli("runs", "show", "nope", expect=2).stderr
+
+
+def test_the_global_options_work_after_the_command_too(org):
+    """`runs list --config FILE`, `report nrr ... --config=FILE --log-level warning` and `--debug` after the
+    command are taken as if given before it (a new user's trial: "No such option: --config"); no command has
+    options of those names."""
+    org.account("001A", "A")
+    org.write()
+    Cli(org.config)("run", "--as-of", "2026-11-15")
+    before = Cli()("--config", str(org.config), "runs", "list", "--format", "json").stdout
+    after = Cli()("runs", "list", "--format", "json", "--config", str(org.config), "--debug").stdout
+    assert before == after and "succeeded" in after
+    r = Cli()("report", "nrr", "--window", "1", f"--config={org.config}", "--log-level", "warning",
+              "--as-of", "2026-11-15", "--format", "json")
+    assert '"view": "legal"' in r.stdout
+    clashing = [(path, p.opts) for path in COMMANDS for p in _command(path).params
+                if set(p.opts) & {"--config", "--log-level", "--debug"}]
+    assert clashing == []
+
+
+def _command(path):
+    cmd = main
+    for name in path:
+        cmd = cmd.commands[name]
+    return cmd
