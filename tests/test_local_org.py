@@ -279,3 +279,32 @@ def test_a_quoted_semicolon_csv_as_excel_saves_it_is_named_as_such(small, cli, o
         err = cli(*command, expect=2).stderr
         assert f"{obj}.csv:1: the header is separated by ';', not commas" in err, err
         assert "internal error" not in err and "Traceback" not in err
+
+
+def test_an_unclosed_quote_mid_file_names_the_line_its_row_starts_on(tmp_path):
+    """A quote opened and never closed on its line (Data Loader style: every field quoted, CRLF) reads on into the
+    next line, where the parser stops: the error names the row's own line, and the line it read on to."""
+    (tmp_path / "org").mkdir()
+    (tmp_path / "org" / "Account.csv").write_text(
+        '"Id","Name","ParentId"\r\n"001A","Acme",""\r\n"001B","Stark Industries,""\r\n"001C","Wayne",""\r\n',
+        encoding="utf-8")
+    with pytest.raises(DataError, match=r"Account\.csv:3: malformed CSV: .* at line 4, in the row that starts on "
+                                        r"line 3: a quoted value there is not closed on its line"):
+        LocalOrg(tmp_path / "org", tmp_path / "wc.db").sync(["Account"])
+
+
+def test_a_reload_conflict_names_the_field_as_its_api_name_not_the_headers_spelling(tmp_path):
+    """An export with upper-case headers (ID, NAME, PARENTID): a conflict on the engine's ParentId says ParentId."""
+    folder = tmp_path / "org"
+    folder.mkdir()
+    rows = [{"ID": "001A", "NAME": "Acme", "PARENTID": ""}, {"ID": "001B", "NAME": "Acme UK", "PARENTID": ""}]
+    write_csv(folder / "Account.csv", rows, ["ID", "NAME", "PARENTID"])
+    lo = LocalOrg(folder, tmp_path / "wc.db")
+    lo.sync(["Account"])
+    lo.update_fields("Account", ["ParentId"], ["001B"], [["001A"]])
+    rows[1]["PARENTID"] = "001C"
+    write_csv(folder / "Account.csv", rows, ["ID", "NAME", "PARENTID"])
+    lo.sync(["Account"])
+    [finding] = lo.reload_findings()
+    assert finding.kind == "reload_conflict" and "have a ParentId the engine changed" in finding.message
+    assert finding.records == ("001B",)

@@ -169,6 +169,10 @@ def _csv_problem(exc: csv.Error, path: Path, row_start: int, line: int) -> DataE
     if "unexpected end of data" in str(exc):
         return DataError(f"a quoted value in the row that starts on line {row_start} is never closed (the file ends "
                          f"inside it, at line {line}); close the quote or remove it", Location(str(path), row_start))
+    if row_start < line:   # the row read on past its own line: a quote opened there and never closed
+        return DataError(f"malformed CSV: {exc} at line {line}, in the row that starts on line {row_start}: a quoted "
+                         f"value there is not closed on its line, so it read on into line {line} (close the quote; "
+                         "a quote inside a value is written twice: \"\")", Location(str(path), row_start))
     return DataError(f"malformed CSV: {exc} (a value that starts with a quote must end with one, and a quote inside "
                      "it is written twice: \"\")", Location(str(path), line))
 
@@ -808,7 +812,7 @@ class LocalOrg:
                 f"SELECT t.Id FROM {tmp} t JOIN {_q(obj)} o ON o.Id = t.Id JOIN ({base}) b ON b.id = t.Id "
                 f"WHERE t.{c} IS NOT b.value AND o.{c} IS NOT t.{c} ORDER BY t.Id", (obj, f))]
             if conflicts:
-                self._conflicts.append(_conflict(obj, col, conflicts))
+                self._conflicts.append(_conflict(obj, f, conflicts))
             if gone_json is None:
                 db.execute(f"DELETE FROM _nrr_base WHERE object = ? AND field = ? AND id NOT IN (SELECT b.id FROM "
                            f"({base}) b JOIN {tmp} t ON t.Id = b.id WHERE t.{c} IS b.value)", (obj, f, obj, f))
