@@ -422,6 +422,29 @@ def test_deleted_records_go_to_the_recycle_bin_seen_by_query_all_only(tmp_path):
         assert new["success"] and new["created"] and new["id"] != "a0K000000000001AAA"
 
 
+def test_a_long_query_all_pages_through_query_locators_and_keeps_its_deleted_records(tmp_path):
+    """queryAll of more than 2,000 records: the next pages are under /query/ (as Salesforce's nextRecordsUrl is,
+    REST API QueryAll) and still hold the deleted records that matched the first request."""
+    from nrr_engine.ids import sf_ids
+    org = tmp_path / "org"
+    org.mkdir(parents=True)
+    write_csv(org / "Account.csv", [{"Id": ACME, "Name": "Acme", "ParentId": ""}])
+    ids = sf_ids("a0K", 1, 2500)
+    write_csv(org / "KPI_Snapshot__c.csv", [{"Id": rid, "External_Id__c": f"legal:{k}:2026-09", "Month__c": "2026-09"}
+                                            for k, rid in enumerate(ids)])
+    SalesforceDouble.seed(tmp_path / "sf.db", org)
+    double = SalesforceDouble(tmp_path / "sf.db", metadata=ROOT / "salesforce")
+    with double.serve():
+        sf = client(double)
+        gone = [r for r in sf.restful("composite/sobjects", method="DELETE",
+                                      params={"ids": ",".join(ids[-3:]), "allOrNone": "false"})]
+        assert all(r["success"] for r in gone)
+        first = sf.query("SELECT Id, IsDeleted FROM KPI_Snapshot__c ORDER BY Id", include_deleted=True)
+        assert not first["done"] and "/query/" in first["nextRecordsUrl"] and "queryAll" not in first["nextRecordsUrl"]
+        rows = sf.query_all("SELECT Id, IsDeleted FROM KPI_Snapshot__c ORDER BY Id", include_deleted=True)["records"]
+        assert [r["Id"] for r in rows] == sorted(ids) and [r["Id"] for r in rows if r["IsDeleted"]] == sorted(ids[-3:])
+
+
 def test_query_results_come_in_no_particular_order_unless_ordered(tmp_path, monkeypatch):
     """Without ORDER BY, REST and Bulk query results are not in insertion (or Id) order; ORDER BY sorts them."""
     p = make_project(tmp_path, monkeypatch)

@@ -1301,9 +1301,9 @@ class SalesforceDouble:
                 self.db.execute(f'DROP TABLE IF EXISTS "{old_table}"')
         size = self.db.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
         self.cursors[cursor] = (table, obj, fields, size, self.now)
-        return self._rest_page(cursor, 0, all_rows)
+        return self._rest_page(cursor, 0)
 
-    def _rest_page(self, cursor: str, offset: int, all_rows: bool = False) -> tuple[int, dict, bytes]:
+    def _rest_page(self, cursor: str, offset: int) -> tuple[int, dict, bytes]:
         if cursor not in self.cursors:
             return _json(400, [{"errorCode": "INVALID_QUERY_LOCATOR", "message": "invalid query locator"}])
         table, obj, fields, total, _ = self.cursors[cursor]
@@ -1316,7 +1316,9 @@ class SalesforceDouble:
         done = offset + 2000 >= total
         out = {"totalSize": total, "done": done, "records": page}
         if not done:
-            out["nextRecordsUrl"] = f"/services/data/v{self.version}/{'queryAll' if all_rows else 'query'}/{cursor}-{offset + 2000}"
+            # queryAll's next page too is under query/ ("Although the nextRecordsUrl has query in the URL, it still
+            # provides the remaining results from the initial QueryAll request": REST API, QueryAll)
+            out["nextRecordsUrl"] = f"/services/data/v{self.version}/query/{cursor}-{offset + 2000}"
         return _json(200, out)
 
     def _collections(self, method: str, rest: str, query: dict, body: bytes) -> tuple[int, dict, bytes]:
