@@ -319,13 +319,13 @@ def _diff_aligned(snapshots: SnapshotSet, existing: ExistingSnapshots, obj: str)
     vblob, vat = existing._values
     pos = 0
     for keys, columns in snapshots._chunks(50_000):
-        rows = list(zip(*columns))
         # each row's values joined as the org's are read (None as ''), column by column: map(join) runs in C
         texts = list(map(SEP.join, zip(*([("" if v is None else v) for v in col] if None in col else col
                                            for col in columns))))
         m = len(keys)
         theirs = vblob[vat[pos]:vat[pos + m] - 1]
         if "\x1e".join(texts).encode() != theirs:
+            rows = list(zip(*columns))   # (only for a chunk that differs)
             stored_texts = theirs.decode().split("\x1e")
             if len(stored_texts) != m:   # a value holding the separator (records made by from_rows)
                 stored_texts = [existing.stored(pos + j) for j in range(m)]

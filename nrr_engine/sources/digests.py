@@ -55,6 +55,11 @@ class Reloaded(NamedTuple):
     before: list[list[str]]       # the records that changed or left, as the last load had them
 
 
+def id_name(header: list[str]) -> str:
+    """The header's Id column, as spelt there (API names are case-insensitive)."""
+    return header[[h.lower() for h in header].index("id")]
+
+
 def path_for(working_copy: Path, obj: str) -> Path:
     return working_copy.with_name(f"{working_copy.name}.loaded-{obj}.arrow")
 
@@ -137,9 +142,9 @@ def read_table(path: Path, header: list[str], records: int | None) -> pa.Table:
     if [n.strip() for n in table.column_names] != header or (records is not None and table.num_rows != records):
         raise NotDelta("Arrow reads the file otherwise")
     table = table.rename_columns(header)
-    id_name = header[[h.lower() for h in header].index("id")]
-    ids = pc.utf8_trim(table.column(id_name), " ")
-    return table.set_column(table.column_names.index(id_name), id_name, ids)
+    name = id_name(header)
+    ids = pc.utf8_trim(table.column(name), " ")
+    return table.set_column(table.column_names.index(name), name, ids)
 
 
 def write(path: Path, table: pa.Table, size: int, sha256: str) -> None:
@@ -180,10 +185,10 @@ def read(path: Path, size: int, sha256: str, header: list[str]) -> pa.Table | No
     return table
 
 
-def diff(old: pa.Table, new: pa.Table, id_name: str) -> Delta:
+def diff(old: pa.Table, new: pa.Table, id_column: str) -> Delta:
     """The records of `new` that are not in `old` or differ from it, and the Ids of `old` not in `new`;
     NotDelta for an empty or duplicate Id (the full load says which line) or too many changes."""
-    new_ids, old_ids = new.column(id_name), old.column(id_name)
+    new_ids, old_ids = new.column(id_column), old.column(id_column)
     n = new.num_rows
     aligned = n == old.num_rows and new_ids.equals(old_ids)   # the last load's Ids (unique, none blank), in order
     if n and not aligned and (pc.any(pc.equal(new_ids, "")).as_py() or pc.count_distinct(new_ids).as_py() != n):

@@ -535,7 +535,7 @@ class LocalOrg:
         try:
             if [h.strip() for h in read_header(path)] != header:
                 return False
-            id_name = header[[h.lower() for h in header].index("id")]
+            id_name = digests.id_name(header)
             check = check or digests.StrictCheck(path, len(header), _forkable())
             try:
                 new = digests.read_table(path, header, None)
@@ -610,8 +610,7 @@ class LocalOrg:
         """Those of `ids` that the reloaded CSV holds."""
         import pyarrow as pa
         import pyarrow.compute as pc
-        header = delta.table.column_names
-        column = delta.table.column(header[[h.lower() for h in header].index("id")])
+        column = delta.table.column(digests.id_name(delta.table.column_names))
         found = pc.is_in(pa.array(ids, type=pa.string()), value_set=column).to_pylist()
         return {rid for rid, hit in zip(ids, found) if hit}
 
