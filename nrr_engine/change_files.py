@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import Location, SourceUnavailable
-from .packed import pack_column, unpack_column
+from .packed import pack_column_parts, unpack_column
 from .safe_output import atomic_file
 
 MIN_ROWS = 20_000   # a batch this long without per-change evidence goes to a file; smaller ones stay rows
@@ -60,13 +60,20 @@ def _write(target: Path, columns: dict, names: list[str], count: int) -> None:
         # an .npz written a column at a time: one packed column in memory, not all of them (~50 MB each at 1M)
         with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
             for name in names:
-                packed = pack_column(columns[name])
+                packed = pack_column_parts(columns[name])
                 if packed is None:
                     raise _Unpackable(name)
-                for suffix, arr in zip(("", "_none"), packed):
-                    with zf.open(f"{name}{suffix}.npy", "w", force_zip64=True) as out:
-                        np.lib.format.write_array(out, arr, allow_pickle=False)
-                del packed
+                parts, size, bits = packed
+                with zf.open(f"{name}.npy", "w", force_zip64=True) as out:   # the .npy write_array would write
+                    np.lib.format.write_array_header_1_0(out, {"descr": "|u1", "fortran_order": False,
+                                                               "shape": (size,)})
+                    for k, part in enumerate(parts):
+                        if k:
+                            out.write(b"\x00")
+                        out.write(part.data)
+                with zf.open(f"{name}_none.npy", "w", force_zip64=True) as out:
+                    np.lib.format.write_array(out, bits, allow_pickle=False)
+                del packed, parts
             with zf.open("meta.npy", "w") as out:
                 np.lib.format.write_array(out, np.array(json.dumps({"count": count, "columns": names})))
         fh.flush()

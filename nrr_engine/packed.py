@@ -54,6 +54,25 @@ def pack_column(values) -> tuple[np.ndarray, np.ndarray] | None:
     return buf, np.packbits(bits)
 
 
+def pack_column_parts(values, chunk: int = 100_000) -> tuple[list[np.ndarray], int, np.ndarray] | None:
+    """pack_column's buffer as consecutive parts (NUL-joined, none at their ends), its length, and the bits:
+    a writer streams the parts, so a first run's ~100 MB column is never held as text and as bytes at once."""
+    cells = _as_list(values)
+    parts, nones, size = [], 0, 0
+    for at in range(0, len(cells), chunk):
+        got = _packed(cells[at:at + chunk])
+        if got is None:
+            return None
+        parts.append(got[0])
+        nones += got[1]
+        size += len(got[0]) + (1 if at else 0)
+    if nones in (0, len(cells)):
+        bits = np.full(len(cells), bool(nones), dtype=bool)
+    else:
+        bits = np.fromiter((v is None for v in cells), dtype=bool, count=len(cells))
+    return parts, size, np.packbits(bits)
+
+
 def unpack_column(buf: np.ndarray, nones: np.ndarray, n: int) -> list | None:
     """The `n` cells of a column `pack_column` made, None where they were None."""
     out = unpack(buf, n)

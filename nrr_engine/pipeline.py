@@ -51,15 +51,15 @@ def _repair(settings: Settings) -> Stage:
             rep = views[v.name].repair
             if rep is not None:
                 changes.append(repair_mod.link_changes(v.parent_field, rep, accounts))
-                # the batch now carries what the applied links said; keep only those a review approved (their
-                # items are settled after the write): a million-account run frees ~250,000 objects
+                # the batch carries what the applied links said; keep those a review approved (settled later)
                 rep.applied = [l for l in rep.applied if l.review_id is not None]
-        # Matching's columns are not needed by the later stages: a slimmer Accounts lets them go.
-        keep = {f.lower() for f in (*settings.account_fields_read(), *state.extra_fields)}
+        keep = {f.lower() for f in (*settings.account_fields_read(), *state.extra_fields)}  # later stages' columns
         slim = dataclasses.replace(accounts, fields={k: c for k, c in accounts.fields.items() if k.lower() in keep})
         derived = store.derived_of(shared, accounts) if state.repair else {}
         packed = store.pack_columns(accounts, [k for k in accounts.fields if k.lower() not in keep], derived) \
             if state.repair else {}
+        del shared, lookup   # matching's columns and indexes go before the evidence it keeps is compacted
+        repair_mod.compact(views, changes)
         return dataclasses.replace(state, accounts=slim, views=views, duplicates=tuple(duplicates),
                                    changes=tuple(changes), findings=tuple(findings),
                                    derived=derived, stored=None, account_packed=packed)

@@ -19,6 +19,31 @@ OPEN = 2**31 - 1         # the end month of a segment still open (columns are in
 _UNKNOWN = -10_000_000  # labels of recorded roots that are not accounts of this run (counting down)
 
 
+class FamilyChanges:
+    """(account Id, root Id) pairs a run records, held as two lists of the run's own Id strings: a first run's
+    million pairs as tuples would cost ~60 MB more."""
+
+    __slots__ = ("accounts", "roots")
+
+    def __init__(self, accounts: list[str], roots: list[str]):
+        self.accounts, self.roots = accounts, roots
+
+    def __len__(self) -> int:
+        return len(self.accounts)
+
+    def __iter__(self):
+        return zip(self.accounts, self.roots)
+
+    def __getitem__(self, k: int) -> tuple[str, str]:
+        return self.accounts[k], self.roots[k]
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"FamilyChanges({list(islice(self, 5))}{'...' if len(self) > 5 else ''})"
+
+
 @dataclass(frozen=True)
 class Membership:
     """Recorded segments of one view: account `account[k]` was in the family of `root[k]` from month
@@ -117,7 +142,7 @@ class Membership:
             self._cache[key] = order[at]
         return self._cache[key]
 
-    def changed(self, tree: Tree, ids: list[str]) -> list[tuple[str, str]]:
+    def changed(self, tree: Tree, ids: list[str]) -> FamilyChanges:
         """(account Id, root Id) of the accounts whose family in `tree` differs from their open segment (or
         that have none): what recording `tree` for this month changes."""
         families = tree.families()
@@ -128,4 +153,5 @@ class Membership:
             recorded[self.account[live]] = roots[live]
         rows = np.flatnonzero(recorded != families)
         labels = families[rows].tolist()
-        return [(ids[a], tree.family_id(ids, f)) for a, f in zip(rows.tolist(), labels)]
+        rows = rows.tolist()
+        return FamilyChanges([ids[a] for a in rows], [tree.family_id(ids, f) for f in labels])

@@ -17,6 +17,7 @@ from cleanco.clean import get_unique_terms, normalize_terms
 from cleanco.non_nfkd_map import NON_NFKD_MAP
 
 MAX_CHARS = 300     # a 10,000-character "name" is data-entry junk; its first 300 characters decide
+_BULK = 50_000      # values a bulk pass takes at once: its transient text and parts stay a few MB at any org size
 MAX_TOKENS = 12
 
 # cleanco knows these as legal forms, but in account names they are far more often places ("Acme UK")
@@ -92,9 +93,14 @@ def _key_of(tokens: list[str]) -> list[str]:
     return toks
 
 
+
+
 def name_keys(names: list) -> list[str]:
     """`" ".join(name_key(n))` of each name ("" for a blank one), in bulk: the ASCII names are folded as one
-    text (case, separators and dropped characters in four C calls, not four a name), then cut apart again."""
+    text (case, separators and dropped characters in four C calls, not four a name), then cut apart again;
+    _BULK names at a time."""
+    if len(names) > _BULK:
+        return [k for at in range(0, len(names), _BULK) for k in name_keys(names[at:at + _BULK])]
     out = [""] * len(names)
     at = [i for i, n in enumerate(names) if n and n.isascii()]
     rest = [] if len(at) + names.count(None) + names.count("") == len(names) else \
@@ -324,7 +330,14 @@ _PLAIN_URL = re.compile(r"^(?:https?://)?((?:[a-z0-9-]+\.)*)([a-z0-9-]+)\.([a-z0
 def sites(urls: list) -> tuple[list[str | None], list[bool]]:
     """site() of each value as (domains, apex) (None and False where it has none), in bulk: one regex pass over
     every plain ASCII website finds the host labels; a site whose last label is a public suffix one label long
-    (.com, .de) is decided there, any other goes through site()."""
+    (.com, .de) is decided there, any other goes through site(). _BULK values at a time."""
+    if len(urls) > _BULK:
+        domains, apex = [], []
+        for at in range(0, len(urls), _BULK):
+            d, a = sites(urls[at:at + _BULK])
+            domains.extend(d)
+            apex.extend(a)
+        return domains, apex
     n = len(urls)
     domains: list[str | None] = [None] * n
     apex = [False] * n

@@ -222,6 +222,19 @@ def link_changes(parent_field: str, rep: link_mod.Repair, accounts: Accounts) ->
                         to_json=match_mod.to_json)
 
 
+def compact(views: dict[str, ViewResult], changes: list[FieldChanges]) -> None:
+    """Once matching is over: the evidence the run keeps (link batches, review and blocked links) as JSON text,
+    made now that matching's short-lived objects are freed (see match.EvidenceJson)."""
+    for batch in changes:
+        if batch.meta is not None:
+            batch.meta = [(rule, conf, match_mod.compacted(ev)) for rule, conf, ev in batch.meta]
+    for vr in views.values():
+        rep = vr.repair
+        if rep is not None:
+            for link in (*rep.applied, *rep.review, *rep.blocked):
+                link.evidence = match_mod.compacted(link.evidence)
+
+
 def review_items(settings, views: dict[str, ViewResult], accounts: Accounts) -> dict[str, list[dict]]:
     """Per view, the links (and placeholder parents) that need a person's decision, as plan.json shows them."""
     ids = accounts.ids

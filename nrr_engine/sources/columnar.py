@@ -100,16 +100,18 @@ def read_columns(path: Path, fields: Sequence[str], signature: tuple[int, int]) 
     names = {n.strip().lower(): n for n in reader.schema.names}
     wanted = [names.get(f.strip().lower()) for f in fields]
     out: list[list] = [[] for _ in fields]
+    shared: list[dict] = [{} for _ in fields]
     id_chunks = []
     for batch in reader:
         ids = pc.utf8_trim(batch.column(names["id"]), " ")
         id_chunks.append(ids)
-        for col, actual in zip(out, wanted):
+        for col, actual, seen in zip(out, wanted, shared):
             if actual is None:
                 col.extend([None] * batch.num_rows)
+            elif actual == names["id"]:
+                col.extend(v or None for v in ids.to_pylist())
             else:
-                values = ids if actual == names["id"] else batch.column(actual)
-                col.extend(v or None for v in values.to_pylist())
+                col.extend(_texts(batch.column(actual), seen))
     del reader
     order = pc.sort_indices(pa.chunked_array(id_chunks, type=pa.string())).to_numpy()
     del id_chunks
@@ -120,6 +122,18 @@ def read_columns(path: Path, fields: Sequence[str], signature: tuple[int, int]) 
             out[k] = [col[i] for i in positions]
     _check(path, signature)
     return out
+
+
+def _texts(values: pa.Array, seen: dict) -> list:
+    """A column's cells as Python text (None for blank). A column with few distinct values (country, region,
+    owner, a parent's Id) gives one object per distinct value, not one per row: at a million accounts that is
+    ~50 MB a column; `seen` carries the distinct values across batches."""
+    encoded = pc.dictionary_encode(values)
+    if len(encoded.dictionary) * 2 > len(values):
+        return [v or None for v in values.to_pylist()]
+    distinct = np.array([seen.setdefault(v, v) if v else None for v in encoded.dictionary.to_pylist()],
+                        dtype=object)
+    return distinct[encoded.indices.to_numpy(zero_copy_only=False)].tolist()
 
 
 def _release() -> None:
