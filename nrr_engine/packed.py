@@ -47,11 +47,16 @@ def pack_column(values) -> tuple[np.ndarray, np.ndarray] | None:
     if packed is None:
         return None
     buf, nones = packed
+    return buf, _none_bits(cells, nones)
+
+
+def _none_bits(cells: list, nones: int) -> np.ndarray:
+    """The packed bits of the cells that are None (`nones` of them)."""
     if nones in (0, len(cells)):   # none or all: no cell to look at
         bits = np.full(len(cells), bool(nones), dtype=bool)
     else:
         bits = np.fromiter((v is None for v in cells), dtype=bool, count=len(cells))
-    return buf, np.packbits(bits)
+    return np.packbits(bits)
 
 
 def pack_column_parts(values, chunk: int = 100_000) -> tuple[list[np.ndarray], int, np.ndarray] | None:
@@ -66,11 +71,7 @@ def pack_column_parts(values, chunk: int = 100_000) -> tuple[list[np.ndarray], i
         parts.append(got[0])
         nones += got[1]
         size += len(got[0]) + (1 if at else 0)
-    if nones in (0, len(cells)):
-        bits = np.full(len(cells), bool(nones), dtype=bool)
-    else:
-        bits = np.fromiter((v is None for v in cells), dtype=bool, count=len(cells))
-    return parts, size, np.packbits(bits)
+    return parts, size, _none_bits(cells, nones)
 
 
 def unpack_column(buf: np.ndarray, nones: np.ndarray, n: int) -> list | None:

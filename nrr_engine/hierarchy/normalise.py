@@ -93,8 +93,6 @@ def _key_of(tokens: list[str]) -> list[str]:
     return toks
 
 
-
-
 def name_keys(names: list) -> list[str]:
     """`" ".join(name_key(n))` of each name ("" for a blank one), in bulk: the ASCII names are folded as one
     text (case, separators and dropped characters in four C calls, not four a name), then cut apart again;

@@ -38,12 +38,9 @@ def rollup_changes(view, tree: Tree, current: np.ndarray, accounts: Accounts) ->
                         dtype=np.int64) if len(differ) else np.zeros(0, dtype=np.int64)
         if id_array is None:
             id_array = np.array(ids, dtype=object)
-        if len(rows) == len(ids):   # every value changes (a first run): the batch keeps the arrays, not copies
-            out.append(FieldChanges("Account", fname, f"rollup:{view.name}", ids=id_array, old=old, new=new,
-                                    rows=rows))
-            continue
-        out.append(FieldChanges("Account", fname, f"rollup:{view.name}", ids=id_array[rows], old=old[rows],
-                                new=new[rows], rows=rows))
+        whole = len(rows) == len(ids)   # every value changes (a first run): the arrays themselves, not copies
+        out.append(FieldChanges("Account", fname, f"rollup:{view.name}", ids=id_array if whole else id_array[rows],
+                                old=old if whole else old[rows], new=new if whole else new[rows], rows=rows))
     return out
 
 
