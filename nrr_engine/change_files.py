@@ -67,10 +67,13 @@ def _write(target: Path, columns: dict, names: list[str], count: int) -> None:
                 with zf.open(f"{name}.npy", "w", force_zip64=True) as out:   # the .npy write_array would write
                     np.lib.format.write_array_header_1_0(out, {"descr": "|u1", "fortran_order": False,
                                                                "shape": (size,)})
-                    for k, part in enumerate(parts):
-                        if k:
-                            out.write(b"\x00")
-                        out.write(part.data)
+                    try:
+                        for k, part in enumerate(parts):
+                            if k:
+                                out.write(b"\x00")
+                            out.write(part.data)
+                    except ValueError:   # a value changed between counting and packing
+                        raise _Unpackable(name) from None
                 with zf.open(f"{name}_none.npy", "w", force_zip64=True) as out:
                     np.lib.format.write_array(out, bits, allow_pickle=False)
                 del packed, parts

@@ -658,8 +658,10 @@ class Ledger:
         a key whose data is None is a snapshot the run deleted (its family no longer exists)."""
         conn = self.db.conn
         with self._tx():
-            conn.executemany("DELETE FROM snapshots WHERE external_id = ?", ((k,) for k, d in zip(keys, data) if d is None))
-            pairs = [(k, d) for k, d in zip(keys, data) if d is not None]
+            if getattr(data, "nones", None) != 0:   # (records made as they are read hold no delete)
+                conn.executemany("DELETE FROM snapshots WHERE external_id = ?",
+                                 ((k,) for k, d in zip(keys, data) if d is None))
+            pairs = ((k, d) for k, d in zip(keys, data) if d is not None)
             conn.executemany(f"INSERT OR REPLACE INTO snapshots (external_id, view, root_id, month, data, run_id) "
                              f"VALUES (?1, substr(?1, 1, instr(?1, ':') - 1), "
                              f"substr(?1, instr(?1, ':') + 1, length(?1) - instr(?1, ':') - 8), substr(?1, -7), ?2, "

@@ -193,7 +193,7 @@ class SnapshotChanges:
     keys: list[str] = field(default_factory=list)
     ids: list[str | None] = field(default_factory=list)
     old: list[str | None] = field(default_factory=list)
-    new: list[str | None] = field(default_factory=list)
+    new: Sequence[str | None] = field(default_factory=list)   # a list, or snapshot.JsonRows (made when read)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -205,6 +205,8 @@ class SnapshotChanges:
 
     def deletes(self) -> list[tuple[int, str]]:
         """(position, record Id) of the records to delete (snapshots of families that no longer exist)."""
+        if getattr(self.new, "nones", None) == 0:   # records made as they are read (a first run's): none is None
+            return []
         return [(i, rid) for i, (rid, n) in enumerate(zip(self.ids, self.new)) if n is None]
 
     def write(self, delete, upsert) -> dict[int, str]:
@@ -216,8 +218,10 @@ class SnapshotChanges:
             for (pos, _), result in zip(gone, delete([rid for _, rid in gone])):
                 if not result.ok:
                     failures[pos] = result.error
-        kept = [i for i, n in enumerate(self.new) if n is not None]
+        kept = range(len(self.new)) if not gone and getattr(self.new, "nones", None) == 0 else \
+            [i for i, n in enumerate(self.new) if n is not None]
         if kept:
-            for k, error in upsert([self.new[i] for i in kept]):
+            # the records in order, as a generator: made a chunk at a time, never all held at once
+            for k, error in upsert(self.new[i] for i in kept):
                 failures[kept[k]] = error
         return failures

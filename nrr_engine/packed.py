@@ -5,6 +5,8 @@ until they are asked for; the columnar store and the ledger's change files both 
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 
@@ -59,19 +61,42 @@ def _none_bits(cells: list, nones: int) -> np.ndarray:
     return np.packbits(bits)
 
 
-def pack_column_parts(values, chunk: int = 100_000) -> tuple[list[np.ndarray], int, np.ndarray] | None:
-    """pack_column's buffer as consecutive parts (NUL-joined, none at their ends), its length, and the bits:
-    a writer streams the parts, so a first run's ~100 MB column is never held as text and as bytes at once."""
-    cells = _as_list(values)
-    parts, nones, size = [], 0, 0
+def pack_column_parts(values, chunk: int = 100_000) -> tuple[Iterator[np.ndarray], int, np.ndarray] | None:
+    """pack_column's buffer as consecutive parts (NUL-joined, none at their ends), made one at a time as the
+    writer takes them, its length, and the bits: a first run's ~100 MB column is never held as bytes, only a part
+    of it. The length is counted first (a second read of the values). None when a value holds a NUL (found while
+    counting; a part that finds one later raises ValueError). A sequence that makes its values as they are read
+    (snapshot.JsonRows) is read a slice at a time."""
+    cells = values if hasattr(values, "nones") else _as_list(values)
+    nones, size = 0, 0
     for at in range(0, len(cells), chunk):
-        got = _packed(cells[at:at + chunk])
+        got = _counted(list(cells[at:at + chunk]))
         if got is None:
             return None
-        parts.append(got[0])
+        size += got[0] + (1 if at else 0)
         nones += got[1]
-        size += len(got[0]) + (1 if at else 0)
-    return parts, size, _none_bits(cells, nones)
+
+    def parts() -> Iterator[np.ndarray]:
+        for at in range(0, len(cells), chunk):
+            got = _packed(list(cells[at:at + chunk]))
+            if got is None:
+                raise ValueError("a value holds a NUL")
+            yield got[0]
+    return parts(), size, _none_bits(cells, nones)
+
+
+def _counted(cells: list) -> tuple[int, int] | None:
+    """(bytes, how many cells are None) of the buffer _packed makes of `cells`, without encoding it when it is
+    ASCII (one byte a character); None for a NUL in a value."""
+    nones = cells.count(None)
+    try:
+        blob = "\x00".join(cells if not nones else ["" if v is None else v for v in cells])
+    except TypeError:   # a cell that is not a string: _packed says how it is written
+        got = _packed(cells)
+        return None if got is None else (len(got[0]), got[1])
+    if blob.count("\x00") != max(len(cells) - 1, 0):
+        return None
+    return (len(blob) if blob.isascii() else len(blob.encode("utf-8", "surrogatepass"))), nones
 
 
 def unpack_column(buf: np.ndarray, nones: np.ndarray, n: int) -> list | None:

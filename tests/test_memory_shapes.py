@@ -5,6 +5,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -93,3 +94,65 @@ def test_a_change_file_streamed_a_part_at_a_time_holds_the_one_buffer_packing(tm
         assert np.array_equal(z[col], buf) and np.array_equal(z[f"{col}_none"], bits)
     assert change_files.write(tmp_path, run, 2, {"ids": ["a", "b\x00c"]}) is None    # a NUL: kept as rows
     assert change_files.read(tmp_path, *change_files.write(tmp_path, run, 3, {"ids": []}), 0, run) == {"ids": []}
+
+
+def test_first_run_snapshot_records_are_made_as_read_and_hold_the_json_of_each_row():
+    """A first run's snapshot records (JsonRows) read in order, at random, by slice and by a writer a chunk at a
+    time are the JSON of each row, and a chunk is formatted once however many of its records are read in order."""
+    from nrr_engine.metrics import snapshot
+    snaps = snapshot.SnapshotSet(24316)
+    roots = [f"001{i:015d}" for i in range(2_500)] + ['zz"quoted']
+    snaps.add("legal", roots, np.arange(len(roots)) * 100, np.arange(len(roots)) * 90, np.ones(len(roots), int))
+    plain = [snapshot.to_json(k, v) for k, v in snaps.rows()]
+    changes = snapshot.diff(snaps, snapshot.ExistingSnapshots(), "KPI_Snapshot__c")
+    rows = changes.new
+    assert isinstance(rows, snapshot.JsonRows) and rows.nones == 0 and len(rows) == len(plain)
+    rows._chunk = 700
+    made = []
+    real = snapshot._json_rows
+    try:
+        snapshot._json_rows = lambda keys, cols: made.append(len(keys)) or real(keys, cols)
+        assert [rows[i] for i in range(len(rows))] == plain
+        assert made == [700, 700, 700, 401]          # each chunk once, in order
+        assert list(rows) == plain and rows == plain and rows[-1] == plain[-1] and rows[5:9] == plain[5:9]
+    finally:
+        snapshot._json_rows = real
+    with pytest.raises(IndexError):
+        rows[len(plain)]
+    assert changes.keys == sorted(changes.keys) and changes.deletes() == []
+    written = []
+    assert changes.write(lambda ids: pytest.fail("nothing to delete"),
+                         lambda recs: written.extend(recs) or [(3, "DUPLICATE_VALUE")]) == {3: "DUPLICATE_VALUE"}
+    assert written == plain
+
+
+def test_a_change_file_of_records_made_as_read_holds_them_exactly(tmp_path):
+    """Snapshot records made as they are read go to a change file (counted, then packed a part at a time)
+    byte for byte as a list of the same texts does, and read back as those texts."""
+    from nrr_engine import change_files
+    from nrr_engine.metrics import snapshot
+    snaps = snapshot.SnapshotSet(24316)
+    roots = [f"001{i:015d}" for i in range(3_000)] + ["Zürich"]
+    snaps.add("legal", roots, np.arange(len(roots)) * 7, np.arange(len(roots)) * 9, np.ones(len(roots), int))
+    changes = snapshot.diff(snaps, snapshot.ExistingSnapshots(), "KPI_Snapshot__c")
+    run = "20261202T000000Z-abcdef"
+    lazy = {"ids": changes.ids, "keys": changes.keys, "old": changes.old, "new": changes.new}
+    name, sha = change_files.write(tmp_path, run, 1, lazy)
+    name2, _ = change_files.write(tmp_path, run, 2, {**lazy, "new": list(changes.new)})
+    assert change_files.read(tmp_path, name, sha, len(roots), run)["new"] == list(changes.new)
+    assert (tmp_path / name).read_bytes() == (tmp_path / name2).read_bytes()
+
+
+def test_counting_a_column_finds_what_packing_finds():
+    """The length a change file's header is written with is the packed buffer's, for ASCII, non-ASCII, None,
+    numbers and a NUL (which keeps the batch as rows)."""
+    from nrr_engine import packed
+    for cells in (["a", "bc", None, ""], ["é", None, "日本"], [None, None], [], ["x", 12, None], ["a\x00b"], ["é\x00"]):
+        got = packed._packed(list(cells))
+        assert packed._counted(list(cells)) == (None if got is None else (len(got[0]), got[1]))
+        parts = packed.pack_column_parts(cells, chunk=2)
+        if got is None:
+            assert parts is None
+        else:
+            gen, size, bits = parts
+            assert b"\x00".join(p.tobytes() for p in gen) == got[0].tobytes() and size == len(got[0])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import heapq
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,17 +72,65 @@ class SnapshotSet:
 
     def _chunks(self, chunk: int) -> Iterator[tuple[list[str], list]]:
         """The rows in external-id order, a chunk at a time: (keys, the FIELDS' columns, each a sequence)."""
-        table = np.concatenate(self.values) if self.values else np.zeros((0, 6), dtype=np.int64)
+        for start in range(0, len(self.roots), chunk):
+            yield self._chunk(start, chunk)
+
+    def _chunk(self, start: int, chunk: int) -> tuple[list[str], list]:
+        """The rows start .. start + chunk of the external-id order, as `_chunks` gives them."""
+        table = self._table()
         label = months.fmt(self.month)
         views, roots = self.views, self.roots
         keys, order = self._keys_and_order()
-        for start in range(0, len(order), chunk):
-            part = order[start:start + chunk]
-            f0, f1, exp, con, churn, n = table[np.array(part, dtype=np.int64)].T
-            cols = [money.fmt_many(c) for c in (f0, f1, exp, con, churn)]
-            nrr, grr = money.ratio_many(f1, f0), money.ratio_many(f0 - con - churn, f0)
-            yield [keys[i] for i in part], [[views[i] for i in part], [roots[i] for i in part], [label] * len(part),
-                                            *cols, nrr, grr, [str(c) for c in n.tolist()]]
+        part = order[start:start + chunk]
+        f0, f1, exp, con, churn, n = table[np.array(part, dtype=np.int64)].T
+        cols = [money.fmt_many(c) for c in (f0, f1, exp, con, churn)]
+        nrr, grr = money.ratio_many(f1, f0), money.ratio_many(f0 - con - churn, f0)
+        return [keys[i] for i in part], [[views[i] for i in part], [roots[i] for i in part], [label] * len(part),
+                                         *cols, nrr, grr, [str(c) for c in n.tolist()]]
+
+    def _table(self) -> np.ndarray:
+        """Every view's values as one (rows, 6) table (made once)."""
+        made = getattr(self, "_whole", None)
+        if made is None or len(made) != len(self.roots):
+            made = self._whole = np.concatenate(self.values) if self.values else np.zeros((0, 6), dtype=np.int64)
+        return made
+
+
+class JsonRows(Sequence):
+    """The JSON records of a set's snapshots in external-id order, made a chunk at a time as they are read:
+    a first run upserts every snapshot, and 300,000 records held as text would be ~120 MB for the whole run
+    when the values they are made from are 14 MB. Reading in order formats each chunk once."""
+
+    nones = 0   # no record is None (a delete): SnapshotChanges need not read them all to find out
+
+    def __init__(self, snaps: SnapshotSet, chunk: int = 50_000):
+        self._snaps, self._chunk, self._n = snaps, chunk, len(snaps)
+        self._at: tuple[int, list[str]] | None = None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._n))]
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        start = i - i % self._chunk
+        if self._at is None or self._at[0] != start:
+            self._at = (start, _json_rows(*self._snaps._chunk(start, self._chunk)))
+        return self._at[1][i - start]
+
+    def __iter__(self) -> Iterator[str]:
+        for start in range(0, self._n, self._chunk):
+            yield from (self._at[1] if self._at is not None and self._at[0] == start
+                        else _json_rows(*self._snaps._chunk(start, self._chunk)))
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other) if isinstance(other, (list, tuple, JsonRows)) else NotImplemented
+
+    __hash__ = None
 
 
 def _json_rows(keys: list[str], columns: list) -> list[str]:
@@ -281,12 +329,11 @@ def _diff_month(snapshots: SnapshotSet, existing: ExistingSnapshots, obj: str) -
                 out.new.append(None)
             advance()
 
-    if not n:   # a first run: every snapshot is new, none to delete (the JSON made a chunk at a time)
-        for keys, columns in snapshots._chunks(50_000):
-            out.keys.extend(keys)
-            out.ids.extend([None] * len(keys))
-            out.old.extend([None] * len(keys))
-            out.new.extend(_json_rows(keys, columns))
+    if not n:   # a first run: every snapshot is new, none to delete (the JSON made a chunk at a time, when read)
+        out.keys = snapshots.sorted_keys()
+        out.ids = [None] * len(out.keys)
+        out.old = [None] * len(out.keys)
+        out.new = JsonRows(snapshots)
         return out
     aligned = _diff_aligned(snapshots, existing, obj)
     if aligned is not None:

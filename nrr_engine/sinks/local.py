@@ -58,14 +58,17 @@ def write_changes(org, plan, snapshot_prefix: str) -> dict[int, str]:
         for value in np.unique(mask[mask > 0]).tolist():
             rows = np.flatnonzero(mask == value)
             chosen = [bit for bit in range(len(batches)) if value >> bit & 1]
-            positions = [np.searchsorted(batches[bit].rows, rows) for bit in chosen]
+            # a batch whose every change is in the group (a first run's rollups) is taken whole, not copied
+            positions = [slice(None) if len(rows) == len(batches[bit]) else np.searchsorted(batches[bit].rows, rows)
+                         for bit in chosen]
             ids = batches[chosen[0]].ids[positions[0]]
             failed = dict(org.update_fields(obj, [batches[bit].field for bit in chosen], ids,
                                             [batches[bit].new[pos] for bit, pos in zip(chosen, positions)]))
             if failed:
                 for bit, pos in zip(chosen, positions):
                     batch, start = batches[bit], starts[members[bit]]
-                    failures.update({start + int(p): failed[batch.ids[p]] for p in pos if batch.ids[p] in failed})
+                    at = range(len(batch)) if isinstance(pos, slice) else pos
+                    failures.update({start + int(p): failed[batch.ids[p]] for p in at if batch.ids[p] in failed})
     sc = plan.snapshot_changes
     failed = sc.write(lambda ids: org.delete(sc.object, ids),
                       lambda recs: org.upsert_json(sc.object, snapshot.KEY, snapshot.FIELDS, recs, snapshot_prefix))
