@@ -12,8 +12,27 @@ import numpy as np
 
 def pack(values) -> np.ndarray | None:
     """Strings (None as '') as one UTF-8 buffer joined by NUL; None when a value holds a NUL itself."""
-    packed = _packed(_as_list(values))
+    packed = _assembled(_as_list(values))
     return None if packed is None else packed[0]
+
+
+def _assembled(cells: list, chunk: int = 100_000) -> tuple[np.ndarray, int] | None:
+    """_packed(cells), a long column made a part at a time into its buffer: the joined text and its bytes are
+    never made whole beside the buffer (at a million names, ~50 MB the end of matching does not need)."""
+    if len(cells) <= chunk:
+        return _packed(cells)
+    got = pack_column_parts(cells, chunk)
+    if got is None:
+        return None
+    parts, size, _ = got
+    buf, at, nones = np.empty(size, dtype=np.uint8), 0, cells.count(None)
+    for k, part in enumerate(parts):
+        if k:
+            buf[at] = 0
+            at += 1
+        buf[at:at + len(part)] = part
+        at += len(part)
+    return buf, nones
 
 
 def _as_list(values) -> list:
@@ -45,7 +64,7 @@ def unpack(buf: np.ndarray, n: int) -> list[str] | None:
 def pack_column(values) -> tuple[np.ndarray, np.ndarray] | None:
     """A column as (UTF-8 buffer, bits of the cells that are None): None and '' stay apart; None for a NUL."""
     cells = _as_list(values)
-    packed = _packed(cells)
+    packed = _assembled(cells)
     if packed is None:
         return None
     buf, nones = packed

@@ -156,3 +156,17 @@ def test_counting_a_column_finds_what_packing_finds():
         else:
             gen, size, bits = parts
             assert b"\x00".join(p.tobytes() for p in gen) == got[0].tobytes() and size == len(got[0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.just(""), st.text(max_size=12), st.integers(-5, 5)), max_size=40),
+       st.integers(min_value=1, max_value=6))
+def test_a_column_packed_a_part_at_a_time_is_the_one_buffer(cells, chunk):
+    """A long column packed part by part into its buffer is byte for byte the buffer one join makes (None as
+    '', numbers as their text, a NUL refused)."""
+    from nrr_engine import packed
+    whole = packed._packed(list(cells))
+    parted = packed._assembled(list(cells), chunk)
+    assert (whole is None) == (parted is None)
+    if whole is not None:
+        assert parted[0].tobytes() == whole[0].tobytes() and parted[1] == whole[1]
