@@ -170,3 +170,26 @@ def test_a_column_packed_a_part_at_a_time_is_the_one_buffer(cells, chunk):
     assert (whole is None) == (parted is None)
     if whole is not None:
         assert parted[0].tobytes() == whole[0].tobytes() and parted[1] == whole[1]
+
+
+def test_a_link_batch_packed_after_matching_reads_back_as_its_tuples():
+    """A link batch's (rule, confidence, evidence), packed once matching is over, iterates and indexes as the
+    tuples did: the same rule names, the same confidences (floats, an int, None), the evidence's JSON and dict."""
+    meta = [("name-qualifier", 0.97, match.KeyEvidence("DunsNumber", f"{i:09d}", "DunsNumber")) for i in range(25_003)]
+    meta[5] = ("domain", 1, {"domain": "acme.com", "nul": "a\x00b"})
+    meta[7] = ("mapping", None, None)
+    meta[9] = ("raw", 0.5, match.EvidenceJson('{"id": "a\x00b"}'))   # a NUL in the text: its chunk kept as texts
+    packed = match.PackedMeta(meta)
+    assert isinstance(packed._chunks[0], list) and not isinstance(packed._chunks[1], list)
+    assert len(packed) == len(meta)
+    expected = [(r, c, match.compacted(ev) if not isinstance(ev, dict) else json.dumps(ev, sort_keys=True))
+                for r, c, ev in meta]
+    got = list(packed)
+    assert [(r, c) for r, c, _ in got] == [(r, c) for r, c, _ in meta]
+    assert all(type(a[1]) is type(b[1]) for a, b in zip(got, meta))
+    assert [None if ev is None else ev.to_json() for _, _, ev in got] == [e for _, _, e in expected]
+    assert got[5][2].as_dict() == {"domain": "acme.com", "nul": "a\x00b"} and got[7][2] is None
+    assert got[9][2] == '{"id": "a\x00b"}' 
+    assert packed[20_001] == got[20_001] and packed[-1] == got[-1] and packed == got
+    with pytest.raises(IndexError):
+        packed[len(meta)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import bisect
 import json
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -118,6 +118,68 @@ def compacted(evidence):
     if evidence is None or isinstance(evidence, EvidenceJson):
         return evidence
     return EvidenceJson(to_json(evidence))
+
+
+class PackedMeta(Sequence):
+    """The (rule, confidence, evidence) of each change of a link batch once matching is over, held as columns:
+    rule names by code, confidences as floats, the evidence's JSON texts joined a chunk at a time into one
+    string each. A first run at a million accounts applies ~250,000 links: as tuples of small objects they are
+    ~80 MB spread over the memory matching freed, kept to the end of the run; packed they are a few large
+    strings. Read in order, each chunk is split once; items come back as (rule, confidence, EvidenceJson)."""
+
+    _CHUNK = 10_000
+
+    def __init__(self, meta: Sequence[tuple[str, float | None, Any]]):
+        names: dict[str, int] = {}
+        self._rules = np.array([names.setdefault(r, len(names)) for r, _, _ in meta], dtype=np.int32)
+        self._names = list(names)
+        conf = [c for _, c, _ in meta]
+        # floats as an array (each comes back as the same float); anything else (None, an int) as it is
+        self._conf = np.array(conf, dtype=np.float64) if all(type(c) is float for c in conf) else conf
+        self._chunks: list[tuple[str, np.ndarray] | list] = []
+        for at in range(0, len(meta), self._CHUNK):
+            texts = [to_json(ev) for _, _, ev in meta[at:at + self._CHUNK]]
+            none = np.array([t is None for t in texts], dtype=bool)
+            joined = "\x00".join(["" if t is None else t for t in texts])
+            # JSON escapes a NUL; a chunk that holds one anyway (evidence as a dict's JSON) stays as its texts
+            self._chunks.append((joined, none) if joined.count("\x00") == len(texts) - 1 else texts)
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+    def _texts(self, k: int) -> list:
+        chunk = self._chunks[k]
+        if isinstance(chunk, list):
+            return chunk
+        joined, none = chunk
+        return [None if n else EvidenceJson(t) for t, n in zip(joined.split("\x00"), none.tolist())]
+
+    def __iter__(self) -> Iterator[tuple[str, float | None, Any]]:
+        names, conf = self._names, self._conf
+        for k in range(len(self._chunks)):
+            at = k * self._CHUNK
+            texts = self._texts(k)
+            for j, ev in enumerate(texts):
+                c = conf[at + j]
+                yield names[self._rules[at + j]], (c.item() if isinstance(c, np.floating) else c), \
+                    (ev if ev is None or isinstance(ev, EvidenceJson) else EvidenceJson(ev))
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        ev = self._texts(i // self._CHUNK)[i % self._CHUNK]
+        c = self._conf[i]
+        return self._names[self._rules[i]], (c.item() if isinstance(c, np.floating) else c), \
+            (ev if ev is None or isinstance(ev, EvidenceJson) else EvidenceJson(ev))
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other) if isinstance(other, (list, tuple, PackedMeta)) else NotImplemented
+
+    __hash__ = None
 
 
 def to_json(evidence) -> str | None:

@@ -224,10 +224,11 @@ def link_changes(parent_field: str, rep: link_mod.Repair, accounts: Accounts) ->
 
 def compact(views: dict[str, ViewResult], changes: list[FieldChanges]) -> None:
     """Once matching is over: the evidence the run keeps (link batches, review and blocked links) as JSON text,
-    made now that matching's short-lived objects are freed (see match.EvidenceJson)."""
+    made now that matching's short-lived objects are freed (see match.EvidenceJson); a link batch's as columns
+    (match.PackedMeta)."""
     for batch in changes:
         if batch.meta is not None:
-            batch.meta = [(rule, conf, match_mod.compacted(ev)) for rule, conf, ev in batch.meta]
+            batch.meta = match_mod.PackedMeta(batch.meta)
     for vr in views.values():
         rep = vr.repair
         if rep is not None:
