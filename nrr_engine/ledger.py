@@ -342,10 +342,13 @@ class Ledger:
             # Links: rule, confidence and evidence per change (evidence explained one at a time)
             consts = ", ".join(_literal(v) for v in (run_id, batch.object, batch.field, status))
             to_json = batch.to_json or (lambda ev: json.dumps(ev, sort_keys=True) if ev else None)
+            packed = getattr(batch.meta, "json_rows", None)   # evidence already held as its JSON (match.PackedMeta)
+            rows = ((rid, old, new, rule, conf, text) for rid, old, new, (rule, conf, text)
+                    in zip(batch.ids, batch.old, batch.new, packed())) if packed is not None else \
+                ((rid, old, new, rule, conf, to_json(ev))
+                 for rid, old, new, (rule, conf, ev) in zip(batch.ids, batch.old, batch.new, batch.meta))
             conn.executemany(f"INSERT INTO changes (run_id, object, field, status, record_id, old, new, rule, "
-                             f"confidence, evidence) VALUES ({consts}, ?, ?, ?, ?, ?, ?)",
-                             ((rid, old, new, rule, conf, to_json(ev))
-                              for rid, old, new, (rule, conf, ev) in zip(batch.ids, batch.old, batch.new, batch.meta)))
+                             f"confidence, evidence) VALUES ({consts}, ?, ?, ?, ?, ?, ?)", rows)
         elif isinstance(batch, FieldChanges):
             # Columnar batch: the per-batch constants are SQL literals, so each row binds only 3 values
             # (binding costs ~0.3 us a value; a first run records millions of rows).

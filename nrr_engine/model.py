@@ -218,10 +218,10 @@ class SnapshotChanges:
             for (pos, _), result in zip(gone, delete([rid for _, rid in gone])):
                 if not result.ok:
                     failures[pos] = result.error
-        kept = range(len(self.new)) if not gone and getattr(self.new, "nones", None) == 0 else \
-            [i for i, n in enumerate(self.new) if n is not None]
+        whole = not gone and getattr(self.new, "nones", None) == 0
+        kept = range(len(self.new)) if whole else [i for i, n in enumerate(self.new) if n is not None]
         if kept:
-            # the records in order, as a generator: made a chunk at a time, never all held at once
-            for k, error in upsert(self.new[i] for i in kept):
+            # the records in order, read as they are made (a chunk at a time), never all held at once
+            for k, error in upsert(iter(self.new) if whole else (self.new[i] for i in kept)):
                 failures[kept[k]] = error
         return failures

@@ -5,7 +5,7 @@ until they are asked for; the columnar store and the ledger's change files both 
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -21,7 +21,7 @@ def _assembled(cells: list, chunk: int = 100_000) -> tuple[np.ndarray, int] | No
     never made whole beside the buffer (at a million names, ~50 MB the end of matching does not need)."""
     if len(cells) <= chunk:
         return _packed(cells)
-    got = pack_column_parts(cells, chunk)
+    got = pack_column_parts(cells, chunk, count_first=True)
     if got is None:
         return None
     parts, size, _ = got
@@ -80,20 +80,36 @@ def _none_bits(cells: list, nones: int) -> np.ndarray:
     return np.packbits(bits)
 
 
-def pack_column_parts(values, chunk: int = 100_000) -> tuple[Iterator[np.ndarray], int, np.ndarray] | None:
-    """pack_column's buffer as consecutive parts (NUL-joined, none at their ends), made one at a time as the
-    writer takes them, its length, and the bits: a first run's ~100 MB column is never held as bytes, only a part
-    of it. The length is counted first (a second read of the values). None when a value holds a NUL (found while
-    counting; a part that finds one later raises ValueError). A sequence that makes its values as they are read
-    (snapshot.JsonRows) is read a slice at a time."""
+def pack_column_parts(values, chunk: int = 100_000, count_first: bool = False
+                      ) -> tuple[Iterable[np.ndarray], int, np.ndarray] | None:
+    """pack_column's buffer as consecutive parts (NUL-joined, none at their ends), its length, and the bits: a
+    writer streams the parts, so a column is never held as text and as bytes at once. With `count_first` (or
+    values that know their packed size, snapshot.JsonRows once read) the length is counted first and each part
+    made only as the writer takes it, so not even the bytes are held whole (at the cost of reading the values
+    twice). None when a value holds a NUL (a part made later that finds one raises ValueError). A sequence that
+    makes its values as they are read (JsonRows) is read a slice at a time."""
     cells = values if hasattr(values, "nones") else _as_list(values)
-    nones, size = 0, 0
-    for at in range(0, len(cells), chunk):
-        got = _counted(list(cells[at:at + chunk]))
-        if got is None:
-            return None
-        size += got[0] + (1 if at else 0)
-        nones += got[1]
+    known = getattr(cells, "packed_size", lambda: None)()
+    if known is None and not count_first:
+        made, nones, size = [], 0, 0
+        for at in range(0, len(cells), chunk):
+            got = _packed(list(cells[at:at + chunk]))
+            if got is None:
+                return None
+            made.append(got[0])
+            nones += got[1]
+            size += len(got[0]) + (1 if at else 0)
+        return made, size, _none_bits(cells, nones)
+    if known is not None:   # counted by an earlier read (a JsonRows holds no None and no NUL)
+        size, nones = known, cells.nones
+    else:
+        nones, size = 0, 0
+        for at in range(0, len(cells), chunk):
+            got = _counted(list(cells[at:at + chunk]))
+            if got is None:
+                return None
+            size += got[0] + (1 if at else 0)
+            nones += got[1]
 
     def parts() -> Iterator[np.ndarray]:
         for at in range(0, len(cells), chunk):

@@ -137,10 +137,14 @@ def test_a_change_file_of_records_made_as_read_holds_them_exactly(tmp_path):
     changes = snapshot.diff(snaps, snapshot.ExistingSnapshots(), "KPI_Snapshot__c")
     run = "20261202T000000Z-abcdef"
     lazy = {"ids": changes.ids, "keys": changes.keys, "old": changes.old, "new": changes.new}
-    name, sha = change_files.write(tmp_path, run, 1, lazy)
-    name2, _ = change_files.write(tmp_path, run, 2, {**lazy, "new": list(changes.new)})
-    assert change_files.read(tmp_path, name, sha, len(roots), run)["new"] == list(changes.new)
-    assert (tmp_path / name).read_bytes() == (tmp_path / name2).read_bytes()
+    assert changes.new.packed_size() is None
+    name, sha = change_files.write(tmp_path, run, 1, lazy)              # counted, then packed
+    texts = list(changes.new)
+    assert changes.new.packed_size() == len("\x00".join(texts).encode())  # a full read counts them
+    name2, _ = change_files.write(tmp_path, run, 2, {**lazy, "new": texts})
+    name3, _ = change_files.write(tmp_path, run, 3, lazy)               # packed once, from the count
+    assert change_files.read(tmp_path, name, sha, len(roots), run)["new"] == texts
+    assert (tmp_path / name).read_bytes() == (tmp_path / name2).read_bytes() == (tmp_path / name3).read_bytes()
 
 
 def test_counting_a_column_finds_what_packing_finds():
@@ -191,5 +195,23 @@ def test_a_link_batch_packed_after_matching_reads_back_as_its_tuples():
     assert got[5][2].as_dict() == {"domain": "acme.com", "nul": "a\x00b"} and got[7][2] is None
     assert got[9][2] == '{"id": "a\x00b"}' 
     assert packed[20_001] == got[20_001] and packed[-1] == got[-1] and packed == got
+    assert list(packed.json_rows()) == [(r, c, None if ev is None else match.to_json(ev)) for r, c, ev in got]
+    assert all(type(t) is str for _, _, t in packed.json_rows() if t is not None)
     with pytest.raises(IndexError):
         packed[len(meta)]
+
+
+def test_a_nul_found_while_streaming_a_counted_column_keeps_the_batch_as_rows(tmp_path):
+    """Values that said their packed size but hold a NUL when packed: the change file is not written (the
+    batch stays rows) and nothing of it is left on disk."""
+    from nrr_engine import change_files
+
+    class Counted(list):
+        nones = 0
+
+        def packed_size(self):
+            return 7
+
+    run = "20261202T000000Z-abcdef"
+    assert change_files.write(tmp_path, run, 1, {"ids": ["a", "b"], "new": Counted(["ok", "b\x00c"])}) is None
+    assert not list((tmp_path / run).glob("*.npz"))

@@ -154,6 +154,19 @@ class PackedMeta(Sequence):
         joined, none = chunk
         return [None if n else EvidenceJson(t) for t, n in zip(joined.split("\x00"), none.tolist())]
 
+    def json_rows(self) -> Iterator[tuple[str, float | None, str | None]]:
+        """(rule, confidence, evidence JSON text) of each change, for the ledger: the texts as they are held."""
+        names, conf, rules = self._names, self._conf, self._rules.tolist()
+        confs = conf.tolist() if isinstance(conf, np.ndarray) else conf
+        for k, chunk in enumerate(self._chunks):
+            at = k * self._CHUNK
+            if isinstance(chunk, list):   # (already the JSON texts)
+                texts = chunk
+            else:
+                joined, none = chunk
+                texts = [None if n else t for t, n in zip(joined.split("\x00"), none.tolist())]
+            yield from zip([names[r] for r in rules[at:at + len(texts)]], confs[at:at + len(texts)], texts)
+
     def __iter__(self) -> Iterator[tuple[str, float | None, Any]]:
         names, conf = self._names, self._conf
         for k in range(len(self._chunks)):

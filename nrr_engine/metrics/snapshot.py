@@ -106,6 +106,12 @@ class JsonRows(Sequence):
     def __init__(self, snaps: SnapshotSet, chunk: int = 50_000):
         self._snaps, self._chunk, self._n = snaps, chunk, len(snaps)
         self._at: tuple[int, list[str]] | None = None
+        self._size: int | None = None   # bytes of the records NUL-joined, once a full read has counted them
+
+    def packed_size(self) -> int | None:
+        """The UTF-8 bytes of every record joined by NUL (what packed.pack_column_parts writes), when a read of
+        them all has counted it; a change file then reads the records once, not twice."""
+        return self._size
 
     def __len__(self) -> int:
         return self._n
@@ -123,9 +129,16 @@ class JsonRows(Sequence):
         return self._at[1][i - start]
 
     def __iter__(self) -> Iterator[str]:
+        size = 0
         for start in range(0, self._n, self._chunk):
-            yield from (self._at[1] if self._at is not None and self._at[0] == start
-                        else _json_rows(*self._snaps._chunk(start, self._chunk)))
+            rows = (self._at[1] if self._at is not None and self._at[0] == start
+                    else _json_rows(*self._snaps._chunk(start, self._chunk)))
+            if self._size is None:   # JSON as written here is ASCII unless a view or root is not
+                size += sum(map(len, rows)) if all(map(str.isascii, rows)) else \
+                    sum(len(r.encode("utf-8", "surrogatepass")) for r in rows)
+            yield from rows
+        if self._size is None:
+            self._size = size + max(self._n - 1, 0)
 
     def __eq__(self, other) -> bool:
         return list(self) == list(other) if isinstance(other, (list, tuple, JsonRows)) else NotImplemented
