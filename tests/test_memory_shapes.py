@@ -115,6 +115,9 @@ def test_first_run_snapshot_records_are_made_as_read_and_hold_the_json_of_each_r
         assert [rows[i] for i in range(len(rows))] == plain
         assert made == [700, 700, 700, 401]          # each chunk once, in order
         assert list(rows) == plain and rows == plain and rows[-1] == plain[-1] and rows[5:9] == plain[5:9]
+        for cut in (slice(0, 2501), slice(650, 1500), slice(699, 701), slice(2400, 9999), slice(3, 3), slice(None, None, 2),
+                    slice(-5, None)):
+            assert rows[cut] == plain[cut]
     finally:
         snapshot._json_rows = real
     with pytest.raises(IndexError):

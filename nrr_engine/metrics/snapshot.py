@@ -118,7 +118,16 @@ class JsonRows(Sequence):
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self._n))]
+            start, stop, step = i.indices(self._n)
+            if step != 1:
+                return [self[j] for j in range(start, stop, step)]
+            out: list[str] = []
+            while start < stop:   # a chunk's records at a time (a change file reads 100,000 at once)
+                self[start]
+                base, rows = self._at
+                out.extend(rows[start - base:stop - base])
+                start = base + len(rows)
+            return out
         if i < 0:
             i += self._n
         if not 0 <= i < self._n:
