@@ -19,7 +19,7 @@ import sqlite_utils
 from . import change_files
 from .errors import Location, SourceUnavailable, disk_full, is_storage_error
 from .log import redact_text
-from .model import UPSERT, FieldChanges, SnapshotChanges
+from .model import UPSERT, FieldChanges, SnapshotChanges, no_nones
 from .safe_output import private_dir, private_file
 
 
@@ -661,7 +661,7 @@ class Ledger:
         a key whose data is None is a snapshot the run deleted (its family no longer exists)."""
         conn = self.db.conn
         with self._tx():
-            if getattr(data, "nones", None) != 0:   # (records made as they are read hold no delete)
+            if not no_nones(data):   # (records made as they are read hold no delete)
                 conn.executemany("DELETE FROM snapshots WHERE external_id = ?",
                                  ((k,) for k, d in zip(keys, data) if d is None))
             pairs = ((k, d) for k, d in zip(keys, data) if d is not None)

@@ -78,6 +78,24 @@ class Finding:
                 "message": self.message, "records": list(self.records[:20]), "record_count": len(self.records)}
 
 
+class ListLike(Sequence):
+    """A sequence that stands in for a list to save memory (columns, or values made as they are read) and
+    compares equal to a list of the same items."""
+
+    __slots__ = ()
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other) if isinstance(other, (list, tuple, ListLike)) else NotImplemented
+
+    __hash__ = None
+
+
+def no_nones(values) -> bool:
+    """Whether `values` says it holds no None (snapshot.JsonRows: records made as they are read, none a delete),
+    so a caller need not read them all to find out."""
+    return getattr(values, "nones", None) == 0
+
+
 @dataclass
 class Accounts:
     """Accounts column by column (a million dicts would not fit the memory bar)."""
@@ -205,7 +223,7 @@ class SnapshotChanges:
 
     def deletes(self) -> list[tuple[int, str]]:
         """(position, record Id) of the records to delete (snapshots of families that no longer exist)."""
-        if getattr(self.new, "nones", None) == 0:   # records made as they are read (a first run's): none is None
+        if no_nones(self.new):   # records made as they are read (a first run's)
             return []
         return [(i, rid) for i, (rid, n) in enumerate(zip(self.ids, self.new)) if n is None]
 
@@ -218,7 +236,7 @@ class SnapshotChanges:
             for (pos, _), result in zip(gone, delete([rid for _, rid in gone])):
                 if not result.ok:
                     failures[pos] = result.error
-        whole = not gone and getattr(self.new, "nones", None) == 0
+        whole = not gone and no_nones(self.new)
         kept = range(len(self.new)) if whole else [i for i, n in enumerate(self.new) if n is not None]
         if kept:
             # the records in order, read as they are made (a chunk at a time), never all held at once

@@ -21,11 +21,11 @@ def _assembled(cells: list, chunk: int = 100_000) -> tuple[np.ndarray, int] | No
     never made whole beside the buffer (at a million names, ~50 MB the end of matching does not need)."""
     if len(cells) <= chunk:
         return _packed(cells)
-    got = pack_column_parts(cells, chunk, count_first=True)
+    got = _parts(cells, chunk, count_first=True)
     if got is None:
         return None
-    parts, size, _ = got
-    buf, at, nones = np.empty(size, dtype=np.uint8), 0, cells.count(None)
+    parts, size, nones = got
+    buf, at = np.empty(size, dtype=np.uint8), 0
     for k, part in enumerate(parts):
         if k:
             buf[at] = 0
@@ -39,9 +39,9 @@ def _as_list(values) -> list:
     return values.tolist() if isinstance(values, np.ndarray) else values if isinstance(values, list) else list(values)
 
 
-def _packed(cells: list) -> tuple[np.ndarray, int] | None:
-    """(buffer, how many cells are None) of a list of cells, or None for a NUL in one. Text cells are joined as
-    they are, in C; only a column with other values (numbers) takes str() a cell."""
+def _joined(cells: list) -> tuple[str, int] | None:
+    """(the cells joined by NUL, None as '', and how many are None), or None for a NUL in one. Text cells are
+    joined as they are, in C; only a column with other values (numbers) takes str() a cell."""
     nones = cells.count(None)
     try:
         if nones == len(cells):
@@ -52,7 +52,13 @@ def _packed(cells: list) -> tuple[np.ndarray, int] | None:
         blob = "\x00".join(["" if v is None else str(v) for v in cells])
     if blob.count("\x00") != max(len(cells) - 1, 0):
         return None
-    return np.frombuffer(blob.encode("utf-8", "surrogatepass"), dtype=np.uint8), nones
+    return blob, nones
+
+
+def _packed(cells: list) -> tuple[np.ndarray, int] | None:
+    """(buffer, how many cells are None) of a list of cells, or None for a NUL in one."""
+    got = _joined(cells)
+    return None if got is None else (np.frombuffer(got[0].encode("utf-8", "surrogatepass"), dtype=np.uint8), got[1])
 
 
 def unpack(buf: np.ndarray, n: int) -> list[str] | None:
@@ -80,58 +86,61 @@ def _none_bits(cells: list, nones: int) -> np.ndarray:
     return np.packbits(bits)
 
 
-def pack_column_parts(values, chunk: int = 100_000, count_first: bool = False
-                      ) -> tuple[Iterable[np.ndarray], int, np.ndarray] | None:
+def pack_column_parts(values, chunk: int = 100_000) -> tuple[Iterable[np.ndarray], int, np.ndarray] | None:
     """pack_column's buffer as consecutive parts (NUL-joined, none at their ends), its length, and the bits: a
-    writer streams the parts, so a column is never held as text and as bytes at once. With `count_first` (or
-    values that know their packed size, snapshot.JsonRows once read) the length is counted first and each part
-    made only as the writer takes it, so not even the bytes are held whole (at the cost of reading the values
-    twice). None when a value holds a NUL (a part made later that finds one raises ValueError). A sequence that
-    makes its values as they are read (JsonRows) is read a slice at a time."""
+    writer streams the parts, so a column is never held as text and as bytes at once. Values that know their
+    packed size (snapshot.JsonRows once read) have each part made only as the writer takes it, so not even the
+    bytes are held whole. None when a value holds a NUL (a part made later that finds one raises ValueError). A
+    sequence that makes its values as they are read (JsonRows) is read a slice at a time."""
     cells = values if hasattr(values, "nones") else _as_list(values)
+    got = _parts(cells, chunk)
+    if got is None:
+        return None
+    parts, size, nones = got
+    return parts, size, _none_bits(cells, nones)
+
+
+def _parts(cells, chunk: int, count_first: bool = False) -> tuple[Iterable[np.ndarray], int, int] | None:
+    """(the packed parts, the buffer's length, how many cells are None), or None for a NUL. The parts are a list
+    made in one pass, unless the length is known (cells.packed_size()) or `count_first` asks for it to be
+    counted: then they are made as they are taken (a second read of the values)."""
     known = getattr(cells, "packed_size", lambda: None)()
     if known is None and not count_first:
-        made, nones, size = [], 0, 0
-        for at in range(0, len(cells), chunk):
-            got = _packed(list(cells[at:at + chunk]))
-            if got is None:
-                return None
-            made.append(got[0])
-            nones += got[1]
-            size += len(got[0]) + (1 if at else 0)
-        return made, size, _none_bits(cells, nones)
+        try:
+            made = list(_chunks(cells, chunk))
+        except ValueError:
+            return None
+        return [p for p, _ in made], sum(len(p) for p, _ in made) + max(len(made) - 1, 0), sum(n for _, n in made)
     if known is not None:   # counted by an earlier read (a JsonRows holds no None and no NUL)
         size, nones = known, cells.nones
     else:
-        nones, size = 0, 0
+        size, nones = 0, 0
         for at in range(0, len(cells), chunk):
             got = _counted(list(cells[at:at + chunk]))
             if got is None:
                 return None
             size += got[0] + (1 if at else 0)
             nones += got[1]
-
-    def parts() -> Iterator[np.ndarray]:
-        for at in range(0, len(cells), chunk):
-            got = _packed(list(cells[at:at + chunk]))
-            if got is None:
-                raise ValueError("a value holds a NUL")
-            yield got[0]
-    return parts(), size, _none_bits(cells, nones)
+    return (p for p, _ in _chunks(cells, chunk)), size, nones
 
 
 def _counted(cells: list) -> tuple[int, int] | None:
     """(bytes, how many cells are None) of the buffer _packed makes of `cells`, without encoding it when it is
     ASCII (one byte a character); None for a NUL in a value."""
-    nones = cells.count(None)
-    try:
-        blob = "\x00".join(cells if not nones else ["" if v is None else v for v in cells])
-    except TypeError:   # a cell that is not a string: _packed says how it is written
-        got = _packed(cells)
-        return None if got is None else (len(got[0]), got[1])
-    if blob.count("\x00") != max(len(cells) - 1, 0):
+    got = _joined(cells)
+    if got is None:
         return None
+    blob, nones = got
     return (len(blob) if blob.isascii() else len(blob.encode("utf-8", "surrogatepass"))), nones
+
+
+def _chunks(cells, chunk: int) -> Iterator[tuple[np.ndarray, int]]:
+    """_packed of each `chunk` cells in turn; ValueError for a NUL."""
+    for at in range(0, len(cells), chunk):
+        got = _packed(list(cells[at:at + chunk]))
+        if got is None:
+            raise ValueError("a value holds a NUL")
+        yield got
 
 
 def unpack_column(buf: np.ndarray, nones: np.ndarray, n: int) -> list | None:

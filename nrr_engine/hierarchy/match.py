@@ -17,6 +17,7 @@ from rapidfuzz import fuzz, process
 
 from .. import money
 from ..ids import KEY_PREFIXES, id18, looks_like_id
+from ..model import ListLike
 from . import normalise
 
 FUZZY_WINDOW = 8  # neighbours on each side of a child's name in the sorted candidate names
@@ -120,7 +121,7 @@ def compacted(evidence):
     return EvidenceJson(to_json(evidence))
 
 
-class PackedMeta(Sequence):
+class PackedMeta(ListLike):
     """The (rule, confidence, evidence) of each change of a link batch once matching is over, held as columns:
     rule names by code, confidences as floats, the evidence's JSON texts joined a chunk at a time into one
     string each. A first run at a million accounts applies ~250,000 links: as tuples of small objects they are
@@ -141,41 +142,31 @@ class PackedMeta(Sequence):
             texts = [to_json(ev) for _, _, ev in meta[at:at + self._CHUNK]]
             none = np.array([t is None for t in texts], dtype=bool)
             joined = "\x00".join(["" if t is None else t for t in texts])
-            # JSON escapes a NUL; a chunk that holds one anyway (evidence as a dict's JSON) stays as its texts
+            # JSON escapes a NUL; a chunk whose text holds one anyway (JSON made by hand) stays as its texts
             self._chunks.append((joined, none) if joined.count("\x00") == len(texts) - 1 else texts)
 
     def __len__(self) -> int:
         return len(self._rules)
 
-    def _texts(self, k: int) -> list:
+    def _raw(self, k: int) -> list[str | None]:
+        """The evidence JSON texts of chunk k (None where a change has none)."""
         chunk = self._chunks[k]
         if isinstance(chunk, list):
             return chunk
         joined, none = chunk
-        return [None if n else EvidenceJson(t) for t, n in zip(joined.split("\x00"), none.tolist())]
+        return [None if n else t for t, n in zip(joined.split("\x00"), none.tolist())]
 
     def json_rows(self) -> Iterator[tuple[str, float | None, str | None]]:
         """(rule, confidence, evidence JSON text) of each change, for the ledger: the texts as they are held."""
-        names, conf, rules = self._names, self._conf, self._rules.tolist()
-        confs = conf.tolist() if isinstance(conf, np.ndarray) else conf
-        for k, chunk in enumerate(self._chunks):
-            at = k * self._CHUNK
-            if isinstance(chunk, list):   # (already the JSON texts)
-                texts = chunk
-            else:
-                joined, none = chunk
-                texts = [None if n else t for t, n in zip(joined.split("\x00"), none.tolist())]
+        names, rules = self._names, self._rules.tolist()
+        confs = self._conf.tolist() if isinstance(self._conf, np.ndarray) else self._conf
+        for k in range(len(self._chunks)):
+            texts, at = self._raw(k), k * self._CHUNK
             yield from zip([names[r] for r in rules[at:at + len(texts)]], confs[at:at + len(texts)], texts)
 
     def __iter__(self) -> Iterator[tuple[str, float | None, Any]]:
-        names, conf = self._names, self._conf
-        for k in range(len(self._chunks)):
-            at = k * self._CHUNK
-            texts = self._texts(k)
-            for j, ev in enumerate(texts):
-                c = conf[at + j]
-                yield names[self._rules[at + j]], (c.item() if isinstance(c, np.floating) else c), \
-                    (ev if ev is None or isinstance(ev, EvidenceJson) else EvidenceJson(ev))
+        for rule, conf, text in self.json_rows():
+            yield rule, conf, None if text is None else EvidenceJson(text)
 
     def __getitem__(self, i):
         if isinstance(i, slice):
@@ -184,16 +175,9 @@ class PackedMeta(Sequence):
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(i)
-        ev = self._texts(i // self._CHUNK)[i % self._CHUNK]
-        c = self._conf[i]
-        return self._names[self._rules[i]], (c.item() if isinstance(c, np.floating) else c), \
-            (ev if ev is None or isinstance(ev, EvidenceJson) else EvidenceJson(ev))
-
-    def __eq__(self, other) -> bool:
-        return list(self) == list(other) if isinstance(other, (list, tuple, PackedMeta)) else NotImplemented
-
-    __hash__ = None
-
+        text, c = self._raw(i // self._CHUNK)[i % self._CHUNK], self._conf[i]
+        return (self._names[self._rules[i]], c.item() if isinstance(c, np.floating) else c,
+                None if text is None else EvidenceJson(text))
 
 def to_json(evidence) -> str | None:
     """Evidence as JSON for the ledger; the common kinds write their JSON directly."""

@@ -13,13 +13,14 @@ from itertools import islice
 import numpy as np
 
 from .. import months
+from ..model import ListLike
 from .tree import Tree
 
 OPEN = 2**31 - 1         # the end month of a segment still open (columns are int32: 16 bytes a segment)
 _UNKNOWN = -10_000_000  # labels of recorded roots that are not accounts of this run (counting down)
 
 
-class FamilyChanges:
+class FamilyChanges(ListLike):
     """(account Id, root Id) pairs a run records, held as two lists of the run's own Id strings: a first run's
     million pairs as tuples would cost ~60 MB more."""
 
@@ -36,9 +37,6 @@ class FamilyChanges:
 
     def __getitem__(self, k: int) -> tuple[str, str]:
         return self.accounts[k], self.roots[k]
-
-    def __eq__(self, other) -> bool:
-        return list(self) == list(other)
 
     def __repr__(self) -> str:
         return f"FamilyChanges({list(islice(self, 5))}{'...' if len(self) > 5 else ''})"

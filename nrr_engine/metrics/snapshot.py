@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import heapq
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import money, months
-from ..model import UPSERT, SnapshotChanges
+from ..model import UPSERT, ListLike, SnapshotChanges
 from .nrr import family_table
 
 KEY = "External_Id__c"
@@ -96,7 +96,7 @@ class SnapshotSet:
         return made
 
 
-class JsonRows(Sequence):
+class JsonRows(ListLike):
     """The JSON records of a set's snapshots in external-id order, made a chunk at a time as they are read:
     a first run upserts every snapshot, and 300,000 records held as text would be ~120 MB for the whole run
     when the values they are made from are 14 MB. Reading in order formats each chunk once."""
@@ -116,6 +116,17 @@ class JsonRows(Sequence):
     def __len__(self) -> int:
         return self._n
 
+    def _load(self, i: int, keep: bool = True) -> tuple[int, list[str]]:
+        """(first position, records) of the chunk holding position i, formatted unless it is the one kept from
+        the last read by position; `keep` keeps it (a read in full keeps none: it would outlive the read)."""
+        start = i - i % self._chunk
+        if self._at is not None and self._at[0] == start:
+            return self._at
+        made = (start, _json_rows(*self._snaps._chunk(start, self._chunk)))
+        if keep:
+            self._at = made
+        return made
+
     def __getitem__(self, i):
         if isinstance(i, slice):
             start, stop, step = i.indices(self._n)
@@ -123,8 +134,7 @@ class JsonRows(Sequence):
                 return [self[j] for j in range(start, stop, step)]
             out: list[str] = []
             while start < stop:   # a chunk's records at a time (a change file reads 100,000 at once)
-                self[start]
-                base, rows = self._at
+                base, rows = self._load(start)
                 out.extend(rows[start - base:stop - base])
                 start = base + len(rows)
             return out
@@ -132,28 +142,19 @@ class JsonRows(Sequence):
             i += self._n
         if not 0 <= i < self._n:
             raise IndexError(i)
-        start = i - i % self._chunk
-        if self._at is None or self._at[0] != start:
-            self._at = (start, _json_rows(*self._snaps._chunk(start, self._chunk)))
-        return self._at[1][i - start]
+        base, rows = self._load(i)
+        return rows[i - base]
 
     def __iter__(self) -> Iterator[str]:
         size = 0
         for start in range(0, self._n, self._chunk):
-            rows = (self._at[1] if self._at is not None and self._at[0] == start
-                    else _json_rows(*self._snaps._chunk(start, self._chunk)))
+            rows = self._load(start, keep=False)[1]
             if self._size is None:   # JSON as written here is ASCII unless a view or root is not
                 size += sum(map(len, rows)) if all(map(str.isascii, rows)) else \
                     sum(len(r.encode("utf-8", "surrogatepass")) for r in rows)
             yield from rows
         if self._size is None:
             self._size = size + max(self._n - 1, 0)
-
-    def __eq__(self, other) -> bool:
-        return list(self) == list(other) if isinstance(other, (list, tuple, JsonRows)) else NotImplemented
-
-    __hash__ = None
-
 
 def _json_rows(keys: list[str], columns: list) -> list[str]:
     """to_json of every row of a chunk (`_chunks`): one format string a row when no value needs escaping, which
