@@ -24,6 +24,7 @@ from .errors import (DataError, ExitCode, Interrupted, Location, NrrError, Sourc
 from .ledger import Ledger
 from .metrics import arr as arr_mod
 from .metrics import snapshot as snapshot_mod
+from .metrics.monthly import MonthlyArr
 from .pipeline import RunContext
 from .sinks import PlanFileSink, change_set
 
@@ -286,7 +287,7 @@ class Engine:
                                                     "family": sg["family"].as_json()} for sg in f["segments"]]}
                                      if f.get("segments") else {})}
                          for w, f in windows.items()}
-        arr = money.fmt(int(plan.matrix[:, plan.current_month - plan.first_month].sum()))  # the shrink guard's baseline
+        arr = money.fmt(plan.matrix.total(plan.current_month - plan.first_month))  # the shrink guard's baseline
         excluded = plan.state.excluded
         left_out = money.fmt(excluded.arr_at(plan.current_month) if excluded is not None else 0)
         return {"run_id": ctx.run_id, "job": ctx.job, "mode": "plan" if ctx.dry_run else "run",
@@ -484,13 +485,14 @@ class Engine:
             index = {a: i for i, a in enumerate(ids)}
             lo = min([months.parse(s) for _, s, _, _ in existing] + [m for _, m, _ in rows])
             hi = max([months.parse(e) for _, _, e, _ in existing] + [m for _, m, _ in rows])
-            matrix = arr_mod.from_segments(existing, index, lo, hi - lo + 1)
+            matrix = arr_mod.from_segments(existing, index, lo, hi - lo + 1).dense()
             touched = set()
             for a, m, units in rows:
                 matrix[index[a], m - lo] = units
                 touched.add(index[a])
             rows_idx = np.array(sorted(touched), dtype=np.int64)
-            self.ledger.replace_arr([ids[r] for r in rows_idx.tolist()], arr_mod.iter_segments(matrix, rows_idx, lo, ids))
+            self.ledger.replace_arr([ids[r] for r in rows_idx.tolist()],
+                                    arr_mod.iter_segments(MonthlyArr.from_dense(matrix), rows_idx, lo, ids))
         return {"rows": len(rows), "accounts": len(touched), "months": f"{months.fmt(lo)}..{months.fmt(hi)}"}
 
     # ---- export ---------------------------------------------------------------------------------

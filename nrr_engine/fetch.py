@@ -27,6 +27,7 @@ from .hierarchy.repair import Decisions
 from .ledger import Ledger
 from .metrics import arr as arr_mod
 from .metrics import gates, snapshot
+from .metrics.monthly import MonthlyArr
 from .model import INSERT, Accounts, Change, CheckOutcome, Finding
 from .sources import LocalOrg
 from .state import State
@@ -194,9 +195,9 @@ def csv_lines(org: LocalOrg, obj: str) -> arr_mod.Locate | None:
     return locate
 
 
-def arr_matrix(settings: Settings, org: LocalOrg, accounts: Accounts, stored: np.ndarray | None, first: int,
+def arr_matrix(settings: Settings, org: LocalOrg, accounts: Accounts, stored: MonthlyArr | None, first: int,
                count: int, cur: int,
-               first_active: np.ndarray | None = None) -> tuple[np.ndarray, list[Finding], arr_mod.Excluded]:
+               first_active: np.ndarray | None = None) -> tuple[MonthlyArr, list[Finding], arr_mod.Excluded]:
     a = settings.arr
     if a.source == "subscriptions":
         s = a.subscriptions
@@ -217,14 +218,14 @@ def arr_matrix(settings: Settings, org: LocalOrg, accounts: Accounts, stored: np
                 _log.info("arr.rows", object=s.object, why=type(exc).__name__)
         rows = org.read(s.object, ["Id", s.account, s.start, s.end, s.amount, s.currency])
         return arr_mod.from_subscriptions(rows, *args, first_active)
-    matrix = stored.copy()
+    matrix = stored
     fs: list[Finding] = []
     excluded = arr_mod.Excluded()
     if a.source == "account_field":
         column, fs, excluded = arr_mod.from_account_field(accounts.column(a.account_field), accounts.ids,
                                                           a.account_field, org.where("Account"), cur,
                                                           csv_lines(org, "Account"))
-        matrix[:, cur - first] = column
+        matrix = stored.with_column(cur - first, column)
     return matrix, fs, excluded
 
 
@@ -449,7 +450,7 @@ def fetch_arr(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, state: Sta
         reuse = state.reuse
         if reuse is not None and reuse[0].meta.get("first") == first and reuse[0].matrix.shape[1] == count:
             # the last run's matrix is the stored history of these months (it wrote what differed)
-            stored = reuse[0].matrix if reuse[1] is None else _placed(reuse[0].matrix, reuse[1])
+            stored = reuse[0].matrix if reuse[1] is None else reuse[0].matrix.placed(reuse[1])
             _log.info("store.reused", run=reuse[0].meta.get("run_id"), what="arr history and membership")
         elif state.repair or not rebuilt:  # a report from subscriptions compares nothing with the stored history
             stored = arr_mod.from_segments(ledger.arr_segments(), index, first, count, size=len(accounts))
@@ -460,7 +461,7 @@ def fetch_arr(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, state: Sta
             _same_subscriptions(settings, state)
         if subs_reused:
             # the subscriptions, the accounts and the config are the ones the last run derived its ARR from
-            # the same array: nothing after this stage writes into a matrix from subscriptions (a copy is 208 MB at 1M)
+            # the same runs (a MonthlyArr is never changed in place)
             matrix, excluded = stored, arr_mod.Excluded(*reuse[0].excluded) if reuse[0].excluded else arr_mod.Excluded()
             fs = [Finding(f["kind"], f["message"], tuple(f["records"]), CheckOutcome(f["outcome"]))
                   for f in reuse[0].meta["arr_findings"]]
@@ -477,14 +478,14 @@ def fetch_arr(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, state: Sta
         findings.extend(fs)
         changed = np.zeros(0, dtype=np.int64)
         if state.repair:
-            changed = np.flatnonzero((matrix != stored).any(axis=1))
+            changed = matrix.differs(stored)
         del stored
         if merged and state.repair:  # stored again under the survivor, so the history outlives the recycle bin
             changed = np.union1d(changed, np.array(sorted({index[s] for s in merged.values()}), dtype=np.int64))
         # a report too: it reads (and reloads) the same input, and must not show figures of a broken export.
         # Merged-away accounts are not lost: their ARR and history live on in the survivor.
         findings.extend(_shrink_guard(settings, ledger, ctx, len(accounts) + len(merged),
-                                      int(matrix[:, cur - first].sum()), fs, excluded.arr_at(cur)))
+                                      matrix.total(cur - first), fs, excluded.arr_at(cur)))
     return dataclasses.replace(state, first=first, matrix=matrix, arr_rows_changed=changed, findings=tuple(findings),
                                excluded=excluded, first_arr=first_arr, arr_findings=tuple(fs), reuse=None,
                                unchanged=state.unchanged and not len(changed) and (not rebuilt or subs_reused))
@@ -501,8 +502,8 @@ def _same_subscriptions(settings: Settings, state: State) -> bool:
             and (meta.get("csv") or {}).get(name) is not None and meta["csv"].get(name) == state.csv_signature.get(name))
 
 
-def _arr_after_delta(settings: Settings, org, state: State, stored: np.ndarray, first: int,
-                     count: int) -> np.ndarray | None:
+def _arr_after_delta(settings: Settings, org, state: State, stored: MonthlyArr, first: int,
+                     count: int) -> MonthlyArr | None:
     """The ARR matrix from subscriptions when this run's sync reloaded the subscription CSV as a delta from the
     load the last run derived its ARR from (a clean one: no finding, nothing left out) for the same accounts: the
     last run's matrix less what the changed and removed subscriptions counted, plus what their new versions count
@@ -545,17 +546,11 @@ def _arr_after_delta(settings: Settings, org, state: State, stored: np.ndarray, 
         if fs or len(excluded):
             return None
         out.append(m)
-    matrix = stored.copy()
-    if touched:
-        pos = np.array([index[acc] for acc in touched], dtype=np.int64)
-        matrix[pos] += out[1] - out[0]
-    return matrix
+    if not touched:
+        return stored
+    pos = np.array([index[acc] for acc in touched], dtype=np.int64)
+    return stored.replace_rows(pos, stored.dense(pos) + out[1].dense() - out[0].dense())
 
-
-def _placed(matrix: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    out = np.empty_like(matrix)
-    out[pos] = matrix
-    return out
 
 
 def _shrink_guard(settings: Settings, ledger: Ledger, ctx, accounts: int, arr: int,

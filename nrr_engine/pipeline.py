@@ -40,7 +40,7 @@ def _repair(settings: Settings) -> Stage:
         findings = list(state.findings)
         accounts = state.accounts
         # ARR for rules that read it (largest_arr, $arr); otherwise it is fetched after this stage
-        current = (state.matrix[:, ctx.current_month - state.first] if state.matrix is not None
+        current = (state.matrix.column(ctx.current_month - state.first) if state.matrix is not None
                    else np.zeros(len(accounts), dtype=np.int64))
         shared = store.seed(state.stored, accounts)  # name keys and sites of unchanged accounts: the last run's
         lookup, duplicates = repair_mod.lookup_trees(settings, accounts, state.ruleset, current, state.decisions,
@@ -69,7 +69,7 @@ def _repair(settings: Settings) -> Stage:
 def _rollup(settings: Settings) -> Stage:
     def rollup(ctx: RunContext, state: State) -> State:
         """Ultimate parent, depth, child count and subtree ARR of every view, where they differ from the org."""
-        current = state.matrix[:, ctx.current_month - state.first]
+        current = state.matrix.column(ctx.current_month - state.first)
         batches = [b for v in settings.views for b in rollup_changes(v, state.views[v.name].tree, current, state.accounts)]
         return dataclasses.replace(state, changes=(*state.changes, *batches))
     return rollup
@@ -120,7 +120,7 @@ def _snapshots(settings: Settings) -> Stage:
 def _gates(settings: Settings) -> Stage:
     def gates_stage(ctx: RunContext, state: State) -> State:
         """Reconciliation gates: raise GateFailed (nothing is written) when one fails."""
-        gates.check(state.views, state.matrix[:, ctx.current_month - state.first], state.nrr, state.accounts.ids)
+        gates.check(state.views, state.matrix.column(ctx.current_month - state.first), state.nrr, state.accounts.ids)
         return state
     return gates_stage
 

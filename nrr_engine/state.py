@@ -18,6 +18,7 @@ import structlog
 
 from . import months
 from .errors import Interrupted
+from .metrics.monthly import MonthlyArr
 from .model import Accounts, Change, FieldChanges, Finding, SnapshotChanges
 
 log = structlog.get_logger("nrr_engine")
@@ -93,7 +94,7 @@ class State:
     accounts: Accounts
     ruleset: Any
     first: int                                  # month index of the matrix's first column
-    matrix: np.ndarray | None                   # accounts x months ARR units (None until fetch_arr)
+    matrix: MonthlyArr | None                   # accounts x months ARR units (None until fetch_arr)
     arr_rows_changed: np.ndarray                # accounts whose stored ARR history differs from `matrix`
     membership: dict                            # view -> hierarchy.membership.Membership (recorded families)
     decisions: Any                              # hierarchy.repair.Decisions (review decisions)

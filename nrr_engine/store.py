@@ -25,12 +25,13 @@ import structlog
 
 from .hierarchy.membership import OPEN, Membership, _UNKNOWN
 from .hierarchy.tree import Tree
+from .metrics.monthly import MonthlyArr
 from .packed import pack, pack_column, unpack, unpack_column
 from .safe_output import atomic_file
 
 log = structlog.get_logger("nrr_engine")
 
-VERSION = 1
+VERSION = 2   # 2: monthly ARR as runs (MonthlyArr), not a dense matrix
 NAME = "columns.npz"
 STAMP = "columns.stamp"   # beside it: a later stamp for the same file, from a run that changed nothing in it
 
@@ -253,7 +254,7 @@ def derived_of(shared: dict, accounts) -> dict:
 
 # ---- the file ----------------------------------------------------------------------------------
 
-def write(path: Path, meta: dict, ids: list[str], matrix: np.ndarray, membership: dict[str, Membership],
+def write(path: Path, meta: dict, ids: list[str], matrix: MonthlyArr, membership: dict[str, Membership],
           trees: dict[str, Tree], columns: dict[str, list], excluded, derived: dict | None = None,
           accounts: dict | None = None) -> None:
     """Write the store atomically (0600); a failure leaves no store rather than a stale one."""
@@ -277,8 +278,9 @@ def write(path: Path, meta: dict, ids: list[str], matrix: np.ndarray, membership
     except UnicodeEncodeError:
         arrays["ids"] = np.array(ids, dtype="U")
         ascii_ids = False
-    # as it is: a slice of a wider array is written a chunk at a time by savez, never copied whole (208 MB at 1M)
-    arrays["matrix"] = matrix if matrix.dtype == np.int64 else matrix.astype(np.int64)
+    arrays["arr_shape"] = np.array(matrix.shape, dtype=np.int64)
+    for part in ("row", "start", "end", "units"):
+        arrays[f"arr_{part}"] = getattr(matrix, part)
     views = []
     for k, (name, m) in enumerate(membership.items()):
         tree = trees[name]
@@ -392,8 +394,11 @@ class Columns:
         return int(self._z["ids"].shape[0])
 
     @property
-    def matrix(self) -> np.ndarray:
-        return self._get("matrix", lambda: self._z["matrix"])
+    def matrix(self) -> MonthlyArr:
+        def load():
+            n, count = self._z["arr_shape"].tolist()
+            return MonthlyArr(n, count, *(self._z[f"arr_{part}"] for part in ("row", "start", "end", "units")))
+        return self._get("matrix", load)
 
     @property
     def membership(self) -> dict[str, Membership]:

@@ -218,3 +218,29 @@ def test_a_nul_found_while_streaming_a_counted_column_keeps_the_batch_as_rows(tm
     run = "20261202T000000Z-abcdef"
     assert change_files.write(tmp_path, run, 1, {"ids": ["a", "b"], "new": Counted(["ok", "b\x00c"])}) is None
     assert not list((tmp_path / run).glob("*.npz"))
+
+
+def test_a_first_runs_rollup_batches_share_their_rows_and_hold_no_none_per_account():
+    """Fields no account has a value in yet: every account changes, the batches share one rows array, their old
+    values are one None seen n times, and the changes read as the plain ones (old None, the new text)."""
+    from nrr_engine.config import View
+    from nrr_engine.hierarchy.tree import build_tree
+    from nrr_engine.metrics.rollup import rollup_changes
+    from nrr_engine.model import Accounts
+    ids = ["001A", "001B", "001C"]
+    accounts = Accounts(ids, {"ParentId": [None, "001A", "001A"], "Ultimate_Parent__c": [None] * 3,
+                              "Hierarchy_Depth__c": [None] * 3, "Hierarchy_ARR__c": [None] * 3,
+                              "Child_Count__c": [None] * 3})
+    tree, _ = build_tree(ids, accounts.index, accounts.column("ParentId"), "ParentId")
+    view = View("legal", "ParentId", {"ultimate_parent": "Ultimate_Parent__c", "depth": "Hierarchy_Depth__c",
+                                      "arr": "Hierarchy_ARR__c", "child_count": "Child_Count__c"})
+    batches = rollup_changes(view, tree, np.array([10_000, 20_000, 0], dtype=np.int64), accounts)
+    assert [b.field for b in batches] == ["Ultimate_Parent__c", "Hierarchy_Depth__c", "Hierarchy_ARR__c",
+                                          "Child_Count__c"]
+    assert all(b.rows is batches[0].rows for b in batches) and batches[0].rows.tolist() == [0, 1, 2]
+    assert all(b.old.strides == (0,) and list(b.old) == [None] * 3 for b in batches)
+    assert [(c.id, c.old, c.new) for c in batches[2]] == [("001A", None, "3.00"), ("001B", None, "2.00"),
+                                                         ("001C", None, "0.00")]
+    accounts.fields["Hierarchy_Depth__c"] = ["0", "1", None]   # values stored: compared, not assumed None
+    again = rollup_changes(view, tree, np.array([10_000, 20_000, 0], dtype=np.int64), accounts)
+    assert [(c.id, c.old, c.new) for c in again[1]] == [("001C", None, "1")]

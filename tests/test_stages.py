@@ -13,6 +13,7 @@ from nrr_engine import money, months
 from nrr_engine.config import ArrSettings, Settings, View
 from nrr_engine.hierarchy.membership import Membership
 from nrr_engine.hierarchy.repair import Decisions
+from nrr_engine.metrics.monthly import MonthlyArr
 from nrr_engine.metrics.snapshot import ExistingSnapshots
 from nrr_engine.model import Accounts
 from nrr_engine.pipeline import stages
@@ -39,7 +40,7 @@ def world(accounts: dict[str, str], arr: dict[str, dict[str, str]], segments=())
     for k, rid in enumerate(ids):
         for month, amount in sorted(arr.get(rid, {}).items()):
             matrix[k, months.parse(month) - FIRST:] = money.parse_units(amount)
-    return State(accounts=acc, ruleset=RuleSet(), first=FIRST, matrix=matrix, arr_rows_changed=np.zeros(0, np.int64),
+    return State(accounts=acc, ruleset=RuleSet(), first=FIRST, matrix=MonthlyArr.from_dense(matrix), arr_rows_changed=np.zeros(0, np.int64),
                  membership={"legal": Membership.from_segments("legal", segments, acc.index, len(segments))},
                  decisions=Decisions(), existing_snapshots=ExistingSnapshots())
 

@@ -1,4 +1,4 @@
-"""Monthly ARR per account as an int64 matrix (accounts x months) in exact money units.
+"""Monthly ARR per account (accounts x months, exact money units), held as runs of equal value (MonthlyArr).
 
 A subscription counts toward ARR(a, m) when it is active at the close of month m (DESIGN §4). Values that cannot
 be read (money.NUMBER_FORMAT, DATE_FORMAT) leave their record out of ARR: each becomes a finding naming the
@@ -19,6 +19,7 @@ from .. import money, months
 from ..config import SubscriptionSource
 from ..errors import DataError, Location
 from ..model import Finding
+from .monthly import MonthlyArr
 
 _CHUNK = 200_000
 OPEN = 10**6  # last month of a subscription without an end date
@@ -116,8 +117,8 @@ def _findings(problems: dict[str, _Problems], what: dict[str, tuple[str, str]], 
 def from_subscriptions(rows: Iterable[tuple], index: dict[str, int], cfg: SubscriptionSource, currency: str,
                        first: int, count: int, source: str, locate: Locate | None = None,
                        first_active: np.ndarray | None = None,
-                       batches: Iterable | None = None) -> tuple[np.ndarray, list[Finding], Excluded]:
-    """Rows of (Id, account, start, end, amount, currency) -> ARR matrix over months [first, first+count), the
+                       batches: Iterable | None = None) -> tuple[MonthlyArr, list[Finding], Excluded]:
+    """Rows of (Id, account, start, end, amount, currency) -> ARR over months [first, first+count), the
     findings, and the records left out of ARR. `first_active` (one per account, OPEN to start with) gets each
     account's first month with ARR, however long before `first` it lies (a report's cohorts).
 
@@ -125,7 +126,7 @@ def from_subscriptions(rows: Iterable[tuple], index: dict[str, int], cfg: Subscr
     `batches` (instead of rows): the same columns, batch by batch (sources/columnar.py: a CSV read in C, named
     Id, account, start, end, amount, currency); a batch in another currency raises NotFast, and the caller reads
     the rows instead (whose error names the first such record in Id order)."""
-    matrix = np.zeros((len(index), count + 1), dtype=np.int64)
+    events: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []   # (account, month offset, change) per chunk
     problems: dict[str, _Problems] = {k: _Problems() for k in
                                       ("arr_not_a_number", "negative_arr", "bad_date", "orphan_subscription",
                                        "ends_before_start")}
@@ -136,14 +137,14 @@ def from_subscriptions(rows: Iterable[tuple], index: dict[str, int], cfg: Subscr
         it = iter(rows)
         chunks = (_row_chunk(chunk, index, cfg, currency, source) for chunk in iter(lambda: list(islice(it, _CHUNK)), []))
     for ch in chunks:
-        excluded.append(_add_chunk(matrix, ch, cfg, first, count, problems, first_active))
-    np.cumsum(matrix, axis=1, out=matrix)
+        excluded.append(_add_chunk(events, ch, cfg, first, count, problems, first_active))
+    matrix = MonthlyArr.from_events(len(index), count, events)
     what = {"arr_not_a_number": (f"amount unknown: {cfg.amount} is blank or not a number", money.NUMBER_FORMAT),
             "negative_arr": (f"{cfg.amount} is negative", "an amount >= 0"),
             "bad_date": (f"{cfg.start} or {cfg.end} is not a date", DATE_FORMAT),
             "orphan_subscription": (f"{cfg.account} matches no account", "the Id of an account in the org"),
             "ends_before_start": (f"{cfg.end} is before {cfg.start}", "")}
-    return matrix[:, :count], _findings(problems, what, cfg.object, source, locate), Excluded.join(excluded)
+    return matrix, _findings(problems, what, cfg.object, source, locate), Excluded.join(excluded)
 
 
 @dataclass
@@ -230,7 +231,7 @@ def _parse_amounts(amount: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray
     return units, bad_amount
 
 
-def _add_chunk(matrix, ch: Chunk, cfg, first, count, problems, first_active=None) -> Excluded:
+def _add_chunk(events: list, ch: Chunk, cfg, first, count, problems, first_active=None) -> Excluded:
     acc, units, bad_amount = ch.acc, ch.units, ch.bad_amount
     start_m, start_ok, start_d = ch.start
     end_m, end_ok, end_d = ch.end
@@ -264,8 +265,8 @@ def _add_chunk(matrix, ch: Chunk, cfg, first, count, problems, first_active=None
     keep = ~excluded & (last >= start_m)
     factor = 12 if cfg.amount_period == "monthly" else 1
     a, v = acc[keep], units[keep] * factor
-    np.add.at(matrix, (a, np.clip(start_m[keep] - first, 0, count)), v)
-    np.add.at(matrix, (a, np.clip(last[keep] + 1 - first, 0, count)), -v)
+    # its amount from its first month in the window (or the window's start) to the month after its last one
+    events.append(_events(a, start_m[keep] - first, last[keep] + 1 - first, v, count))
     if first_active is not None:  # active at the close of its start month, with an amount: ARR from then
         np.minimum.at(first_active, a[v > 0], start_m[keep][v > 0])
     out = np.flatnonzero(excluded | inverted)
@@ -349,38 +350,33 @@ def from_account_field(values: list, ids: list[str], field: str, source: str, mo
     return out, _findings(problems, what, "Account", source, locate), excluded
 
 
-def to_segments(matrix: np.ndarray, rows: np.ndarray, first: int) -> list[tuple[int, str, str, int]]:
-    """Runs of equal non-zero ARR per row: (row, start 'YYYY-MM', end 'YYYY-MM', units)."""
-    if len(rows) == 0 or matrix.shape[1] == 0:
-        return []
-    sub = matrix[rows]
-    change = np.ones(sub.shape, dtype=bool)
-    change[:, 1:] = sub[:, 1:] != sub[:, :-1]
-    r, c = np.nonzero(change)
-    # Each run ends where the next run of the same row starts, or at the last month.
-    nxt_same = np.r_[r[1:] == r[:-1], False]
-    ends = np.where(nxt_same, np.r_[c[1:], 0] - 1, sub.shape[1] - 1)
-    vals = sub[r, c]
-    keep = vals != 0
-    labels = [months.fmt(first + k) for k in range(sub.shape[1])]
-    rr, cc, ee, vv = rows[r[keep]].tolist(), c[keep].tolist(), ends[keep].tolist(), vals[keep].tolist()
-    return [(rr[i], labels[cc[i]], labels[ee[i]], vv[i]) for i in range(len(rr))]
+def _events(acc: np.ndarray, start: np.ndarray, stop: np.ndarray, units: np.ndarray, count: int) -> tuple:
+    """MonthlyArr.from_events' part of amounts `units` of accounts `acc` from month offset `start` up to (not
+    including) `stop`, months outside 0..count clipped to them; compact (a million subscriptions: 32 MB)."""
+    rows = np.concatenate([acc, acc]).astype(np.int32)
+    cols = np.clip(np.concatenate([start, stop]), 0, count).astype(np.int32)
+    return rows, cols, np.concatenate([units, -units])
 
 
-def iter_segments(matrix: np.ndarray, rows: np.ndarray, first: int, ids: list[str],
+def to_segments(matrix: MonthlyArr, rows: np.ndarray, first: int) -> list[tuple[int, str, str, int]]:
+    """Runs of equal non-zero ARR of the given rows: (row, start 'YYYY-MM', end 'YYYY-MM', units), in row order."""
+    labels = [months.fmt(first + k) for k in range(matrix.count)]
+    return [(r, labels[s], labels[e], u) for r, s, e, u in matrix.runs(rows)]
+
+
+def iter_segments(matrix: MonthlyArr, rows: np.ndarray, first: int, ids: list[str],
                   chunk: int = 100_000) -> Iterator[tuple[str, str, str, int]]:
-    """(account Id, start, end, units) runs of the given rows, computed a chunk of rows at a time."""
-    for i in range(0, len(rows), chunk):
-        for r, start, end, units in to_segments(matrix, rows[i:i + chunk], first):
-            yield ids[r], start, end, units
+    """(account Id, start, end, units) runs of the given rows, made a chunk of runs at a time."""
+    labels = [months.fmt(first + k) for k in range(matrix.count)]
+    for r, s, e, u in matrix.runs(rows):
+        yield ids[r], labels[s], labels[e], u
 
 
 def from_segments(segments: Iterable[tuple[str, str, str, int]], index: dict[str, int], first: int,
-                  count: int, size: int | None = None) -> np.ndarray:
-    """Stored (account_id, start, end, units) runs -> matrix over [first, first+count); unknown Ids skipped.
+                  count: int, size: int | None = None) -> MonthlyArr:
+    """Stored (account_id, start, end, units) runs -> ARR over [first, first+count); unknown Ids skipped.
 
     Consumed a chunk at a time into numpy, so millions of stored runs never become Python int lists."""
-    matrix = np.zeros((len(index) if size is None else size, count + 1), dtype=np.int64)
     get = index.get
     month_index: dict[str, int] = {}
 
@@ -391,17 +387,14 @@ def from_segments(segments: Iterable[tuple[str, str, str, int]], index: dict[str
         return v
 
     it = iter(segments)
-    read = False
+    events = []
     while chunk := list(islice(it, _CHUNK)):
-        read = True
         rid, start, end, units = zip(*chunk)
         acc = np.fromiter((get(r, -1) for r in rid), dtype=np.int64, count=len(rid))
         lo = np.fromiter((m(s) for s in start), dtype=np.int64, count=len(rid)) - first
         hi = np.fromiter((m(e) for e in end), dtype=np.int64, count=len(rid)) + 1 - first
         v = np.fromiter(units, dtype=np.int64, count=len(rid))
         known = acc >= 0
-        np.add.at(matrix, (acc[known], np.clip(lo[known], 0, count)), v[known])
-        np.add.at(matrix, (acc[known], np.clip(hi[known], 0, count)), -v[known])
-    if read:   # no history (a first run): the zeros stay pages the system has not handed out (208 MB at 1M)
-        np.cumsum(matrix, axis=1, out=matrix)
-    return matrix[:, :count]
+        events.append(_events(acc[known], lo[known], hi[known], v[known], count))
+    return MonthlyArr.from_events(len(index) if size is None else size, count, events)
+

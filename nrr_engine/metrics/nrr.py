@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import money, months
 from ..errors import DataError
+from .monthly import MonthlyArr
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ def movements(t: FamilyTable, mask: np.ndarray | None = None) -> Movement:
     )
 
 
-def window_figures(ids: list[str], column, matrix: np.ndarray, first: int, labels_at, view: str, period: int,
+def window_figures(ids: list[str], column, matrix: MonthlyArr, first: int, labels_at, view: str, period: int,
                    window: int, as_of_start: bool = False, by: str | tuple[str, ...] | None = None,
                    first_arr: np.ndarray | None = None) -> dict:
     """Family and naive movements of window period-window -> period, plus segments by a root field or cohort
@@ -132,8 +133,8 @@ def window_figures(ids: list[str], column, matrix: np.ndarray, first: int, label
         raise DataError(f"no ARR history for {months.fmt(m0)}..{months.fmt(m1)} (history covers "
                         f"{months.fmt(first)}..{months.fmt(first + matrix.shape[1] - 1)}, arr.history_months); "
                         "raise arr.history_months or pick a later period")
-    a0, a1 = matrix[:, m0 - first], matrix[:, m1 - first]
-    prior = (matrix[:, : m0 - first] > 0).any(axis=1)
+    a0, a1 = matrix.column(m0 - first), matrix.column(m1 - first)
+    prior = matrix.positive_before(m0 - first)
     fam1, fam0 = labels_at(m1), labels_at(m0)
     table = family_table(a0, a1, prior, fam0 if as_of_start else fam1, fam0 != fam1)
     naive_table = family_table(a0, a1, prior, np.arange(len(a0)), None)
@@ -148,15 +149,15 @@ def window_figures(ids: list[str], column, matrix: np.ndarray, first: int, label
     return out
 
 
-def segment_figures(table: FamilyTable, column, by: str, matrix: np.ndarray, first: int,
+def segment_figures(table: FamilyTable, column, by: str, matrix: MonthlyArr, first: int,
                     first_arr: np.ndarray | None = None) -> list[dict]:
     """Movements per value of a root account field, or per cohort (first month the family had ARR: from
     `first_arr` when given, else from the matrix, whose first month then stands for itself and all before it)."""
     if by == "cohort":
         end = first + matrix.shape[1]  # a first month after the matrix (only future ARR) is no cohort yet
         if first_arr is None:
-            has = matrix > 0
-            start = np.where(has.any(axis=1), first + has.argmax(axis=1), end)
+            seen = matrix.first_positive()
+            start = np.where(seen >= 0, first + seen, end)
         else:
             start = first_arr
         fam_start = np.full(len(table.labels), end, dtype=np.int64)

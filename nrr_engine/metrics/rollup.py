@@ -26,22 +26,32 @@ def rollup_changes(view, tree: Tree, current: np.ndarray, accounts: Accounts) ->
         "child_count": lambda: _count_text(tree.child_count()),
     }
     out = []
-    id_array = None
+    id_array = every = None
     for kind, make in computed.items():
         fname = f.get(kind)
         if not fname:
             continue
         new = np.array(make(), dtype=object)
-        old = np.array(accounts.column(fname), dtype=object)
+        stored = accounts.column(fname)
+        # a field no account has a value in yet (a first run) is one None seen len(ids) times, not 8 MB of them
+        old = _nones(len(ids)) if stored.count(None) == len(stored) else np.array(stored, dtype=object)
         differ = np.flatnonzero(old != new)  # object comparison in C; formatting-only differences checked below
         rows = np.array([i for i in differ.tolist() if old[i] is None or not _same(kind, old[i], new[i])],
                         dtype=np.int64) if len(differ) else np.zeros(0, dtype=np.int64)
         if id_array is None:
             id_array = np.array(ids, dtype=object)
         whole = len(rows) == len(ids)   # every value changes (a first run): the arrays themselves, not copies
+        if whole:
+            every = rows if every is None else every   # the same rows for each field: one array
         out.append(FieldChanges("Account", fname, f"rollup:{view.name}", ids=id_array if whole else id_array[rows],
-                                old=old if whole else old[rows], new=new if whole else new[rows], rows=rows))
+                                old=old if whole else old[rows], new=new if whole else new[rows],
+                                rows=every if whole else rows))
     return out
+
+
+def _nones(n: int) -> np.ndarray:
+    """n Nones as a read-only object array that holds one (a view with stride 0)."""
+    return np.broadcast_to(np.array(None, dtype=object), (n,))
 
 
 def _same(kind: str, old: str, new: str) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import money, months
+from .monthly import MonthlyArr
 from ..model import UPSERT, ListLike, SnapshotChanges
 from .nrr import family_table
 
@@ -411,7 +412,7 @@ def _diff_aligned(snapshots: SnapshotSet, existing: ExistingSnapshots, obj: str)
     return out
 
 
-def month_snapshots(views: dict, accounts_ids: list[str], matrix: np.ndarray, first: int, period: int,
+def month_snapshots(views: dict, accounts_ids: list[str], matrix: MonthlyArr, first: int, period: int,
                     labels_at) -> SnapshotSet:
     """KPI snapshots of `period` (its monthly window) for every view: one row per family that exists.
 
@@ -420,7 +421,7 @@ def month_snapshots(views: dict, accounts_ids: list[str], matrix: np.ndarray, fi
     m0, m1 = period - 1, period
     if m0 < first:
         return snaps
-    a0, a1 = matrix[:, m0 - first], matrix[:, m1 - first]
+    a0, a1 = matrix.column(m0 - first), matrix.column(m1 - first)
     for vname in views:
         fam = labels_at(vname, m1)
         table = family_table(a0, a1, np.zeros(len(a0), dtype=bool), fam, None)
