@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__, config as config_mod, log as log_mod, report as report_mod
+from . import __version__, config as config_mod, log as log_mod, memory, report as report_mod
 from .errors import ConfigErrors, ExitCode, NrrError, storage_cause
 from .safe_output import atomic_file, csv_row, for_stream, private_dir, terminal
 
@@ -176,6 +176,7 @@ def main(config, log_level, debug):
     3 source or sink unavailable, 4 reconciliation gate failed (70: an internal error, a bug to report).
     """
     log_mod.configure(log_level or ("warning" if sys.stderr.isatty() else "info"))
+    memory.configure()
 
 
 @main.command()

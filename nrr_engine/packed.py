@@ -5,9 +5,12 @@ until they are asked for; the columnar store and the ledger's change files both 
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
+
+from .model import ListLike
 
 
 def pack(values) -> np.ndarray | None:
@@ -86,7 +89,7 @@ def _none_bits(cells: list, nones: int) -> np.ndarray:
     return np.packbits(bits)
 
 
-def pack_column_parts(values, chunk: int = 100_000) -> tuple[Iterable[np.ndarray], int, np.ndarray] | None:
+def pack_column_parts(values, chunk: int = 20_000) -> tuple[Iterable[np.ndarray], int, np.ndarray] | None:
     """pack_column's buffer as consecutive parts (NUL-joined, none at their ends), its length, and the bits: a
     writer streams the parts, so a column is never held as text and as bytes at once. Values that know their
     packed size (snapshot.JsonRows once read) have each part made only as the writer takes it, so not even the
@@ -151,3 +154,103 @@ def unpack_column(buf: np.ndarray, nones: np.ndarray, n: int) -> list | None:
     for i in np.flatnonzero(np.unpackbits(nones, count=n)).tolist():
         out[i] = None
     return out
+
+
+class Texts(ListLike):
+    """A column of strings held packed: one UTF-8 buffer joined by NUL (as `pack` makes it, None as '') and each
+    cell's start, a cell made a str only when read. A million name keys are ~25 MB so, ~80 MB as a list of str,
+    and the store takes the buffer as it is. Cells marked None read as None."""
+
+    __slots__ = ("_buf", "_starts", "_none", "nones")
+    _CHUNK = 50_000
+
+    def __init__(self, buf: bytes, starts: array, none: bytearray | None):
+        self._buf, self._starts, self._none = buf, starts, none
+        self.nones = 0 if none is None else none.count(1)
+
+    @classmethod
+    def of(cls, values: Sequence[str | None]) -> "Texts | None":
+        """The cells of `values` packed, a chunk at a time; None when a cell holds a NUL."""
+        return cls.of_parts(list(values[lo:lo + cls._CHUNK]) for lo in range(0, len(values), cls._CHUNK))
+
+    @classmethod
+    def of_parts(cls, chunks: Iterable[list]) -> "Texts | None":
+        """The cells of consecutive chunks (lists) packed, each chunk freed once packed: a derived column is never
+        held whole as str objects. None when a cell holds a NUL."""
+        parts, starts, base, n, none_at = [], [], 0, 0, []
+        for cells in chunks:
+            if not cells:
+                continue
+            got = _packed(cells)
+            if got is None:
+                return None
+            buf, nones = got
+            if nones:
+                none_at.extend(n + k for k, v in enumerate(cells) if v is None)
+            starts.append(base + np.r_[0, np.flatnonzero(buf == 0) + 1])
+            base += len(buf) + 1      # and the NUL that joins it to the next chunk
+            n += len(cells)
+            parts.append(buf.tobytes())
+        starts.append(np.array([base], dtype=np.int64))   # the end of the last cell, + 1
+        out = array("q")
+        out.frombytes(np.concatenate(starts).astype(np.int64).tobytes())
+        none = None
+        if none_at:
+            none = bytearray(n)
+            for i in none_at:
+                none[i] = 1
+        return cls(b"\x00".join(parts), out, none)
+
+    @classmethod
+    def from_packed(cls, buf: np.ndarray, n: int, none_when_empty: bool = False) -> "Texts | None":
+        """The `n` cells of a buffer `pack` made (the store's), '' read as None when `none_when_empty`; None when
+        it does not hold `n` cells."""
+        raw = np.asarray(buf, dtype=np.uint8)
+        ends = np.flatnonzero(raw == 0)
+        if n == 0:
+            return cls(b"", array("q", [0]), None) if not len(raw) else None
+        if len(ends) != n - 1:
+            return None
+        merged = np.concatenate([[0], ends + 1, [len(raw) + 1]]).astype(np.int64)
+        starts = array("q")
+        starts.frombytes(merged.tobytes())
+        none = None
+        if none_when_empty:
+            empty = np.flatnonzero(np.diff(merged) == 1)
+            if len(empty):
+                none = bytearray(n)
+                for i in empty.tolist():
+                    none[i] = 1
+        return cls(raw.tobytes(), starts, none)
+
+    def __len__(self) -> int:
+        return len(self._starts) - 1
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        if self._none is not None and self._none[i]:
+            return None
+        s = self._starts
+        return self._buf[s[i]:s[i + 1] - 1].decode("utf-8", "surrogatepass")
+
+    def __iter__(self) -> Iterator[str | None]:
+        n, s, none = len(self), self._starts, self._none
+        for lo in range(0, n, self._CHUNK):
+            hi = min(n, lo + self._CHUNK)
+            cells = self._buf[s[lo]:s[hi] - 1].decode("utf-8", "surrogatepass").split("\x00")
+            if none is not None:
+                cells = [None if none[lo + k] else c for k, c in enumerate(cells)]
+            yield from cells
+
+    def nonempty(self) -> np.ndarray:
+        """The positions of the cells that are neither '' nor None."""
+        return np.flatnonzero(np.diff(np.frombuffer(self._starts, dtype=np.int64)) > 1)
+
+    def packed(self) -> np.ndarray:
+        """The buffer, as `pack` of the cells makes it."""
+        return np.frombuffer(self._buf, dtype=np.uint8)

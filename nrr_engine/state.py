@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import structlog
 
-from . import months
+from . import memory, months
 from .errors import Interrupted
 from .metrics.monthly import MonthlyArr
 from .model import Accounts, Change, FieldChanges, Finding, SnapshotChanges
@@ -75,6 +75,7 @@ class RunContext:
             took = time.perf_counter() - t0
             self.stage_times[name] = round(self.stage_times.get(name, 0) + took, 3)
             if ok:
+                memory.release()   # what the stage freed goes back before the next one allocates
                 log.info("stage.end", stage=name, seconds=round(took, 3), peak_rss_mb=_peak_rss_mb())
                 if self.progress is not None:
                     self.progress.update(1)

@@ -19,6 +19,7 @@ import json
 import os
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import structlog
@@ -26,7 +27,7 @@ import structlog
 from .hierarchy.membership import OPEN, Membership, _UNKNOWN
 from .hierarchy.tree import Tree
 from .metrics.monthly import MonthlyArr
-from .packed import pack, pack_column, unpack, unpack_column
+from .packed import Texts, pack, pack_column, unpack, unpack_column
 from .safe_output import atomic_file
 
 log = structlog.get_logger("nrr_engine")
@@ -148,29 +149,30 @@ def account_columns(plan_accounts, packed: dict, changes, fields: list[str]) -> 
     """Every column the run read (`fields`, Id first) as the working copy holds it after the run's writes: the
     packed columns the repair let go (never written) and the kept ones with the plan's Account changes applied;
     None when one cannot be packed."""
-    out = {}
+    out: dict = {}
     by_field: dict[str, list] = {}
     for batch in changes:
         if batch.object == "Account" and len(batch):
             by_field.setdefault(batch.field.lower(), []).append(batch)
     for name in fields[1:]:
         if name in packed:
-            out[name] = packed[name]
+            out[name] = lambda name=name: packed[name]
             continue
         if not plan_accounts.has(name):
             return None
-        col = plan_accounts.column(name)
-        batches = by_field.get(name.lower(), [])
-        if batches:
-            col = list(col)
-            for batch in batches:
-                for r, v in zip(np.asarray(batch.rows).tolist(), batch.new):
-                    col[r] = v
-        column = pack_column(col)
-        if column is None:
-            return None
-        out[name] = column
+        out[name] = lambda name=name: _account_column(plan_accounts.column(name), by_field.get(name.lower(), []))
     return out
+
+
+def _account_column(col, batches) -> tuple[np.ndarray, np.ndarray] | None:
+    """A column with the plan's changes of it applied, packed (None for a NUL): made as the store writes it, so
+    the columns are never all packed at once."""
+    if batches:
+        col = list(col)
+        for batch in batches:
+            for r, v in zip(np.asarray(batch.rows).tolist(), batch.new):
+                col[r] = v
+    return pack_column(col)
 
 
 def seed(cols: "Columns | None", accounts) -> dict:
@@ -195,7 +197,7 @@ def seed(cols: "Columns | None", accounts) -> dict:
             placed[dest] = column[have]
             return placed
         placed = np.full(n, empty, dtype=object)
-        placed[dest] = np.array(column, dtype=object)[have]
+        placed[dest] = np.array(list(column), dtype=object)[have]
         return placed.tolist()
 
     out, kept = {}, {}
@@ -204,11 +206,11 @@ def seed(cols: "Columns | None", accounts) -> dict:
             continue
         new_raw = accounts.column(name)
         m = len(cols.ids)
-        parts = [unpack(p, m) if is_list else p for p, is_list in zip(entry["parts"], entry["lists"])]
+        # a site no account has is None, as derived
+        parts = [Texts.from_packed(p, m, none_when_empty=kind == "sites" and j == 0) if is_list else p
+                 for j, (p, is_list) in enumerate(zip(entry["parts"], entry["lists"]))]
         if any(p is None for p in parts):
             continue
-        if kind == "sites":   # a site no account has is None, as derived
-            parts[0] = [v or None for v in parts[0]]
         packed = pack(new_raw) if same else None
         if packed is not None and entry.get("sha") == hashlib.sha256(packed).hexdigest():
             value, again = tuple(parts), 0   # every raw value as the store has it: nothing to derive
@@ -245,9 +247,11 @@ def derived_of(shared: dict, accounts) -> dict:
         if len(key) == 2 and key[0] in match.DERIVED and accounts.has(key[1]):
             parts = value if isinstance(value, tuple) else (value,)
             packed = [pack(accounts.column(key[1])),
-                      *(pack(c) if isinstance(c, list) else np.asarray(c) for c in parts)]
+                      *(c.packed() if isinstance(c, Texts) else pack(c) if isinstance(c, list) else np.asarray(c)
+                        for c in parts)]
             if all(p is not None for p in packed):
-                out[key] = {"raw": packed[0], "parts": packed[1:], "lists": [isinstance(c, list) for c in parts],
+                out[key] = {"raw": packed[0], "parts": packed[1:],
+                            "lists": [isinstance(c, (list, Texts)) for c in parts],
                             "sha": hashlib.sha256(packed[0]).hexdigest()}
     return out
 
@@ -258,11 +262,22 @@ def write(path: Path, meta: dict, ids: list[str], matrix: MonthlyArr, membership
           trees: dict[str, Tree], columns: dict[str, list], excluded, derived: dict | None = None,
           accounts: dict | None = None) -> None:
     """Write the store atomically (0600); a failure leaves no store rather than a stale one."""
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, Any] = {}   # arrays, or callables making one when it is written
+    unpackable = []
     if accounts is not None:
         meta = {**meta, "account_columns": list(accounts)}
-        for k, (buf, nones) in enumerate(accounts.values()):
-            arrays[f"a{k}"], arrays[f"a{k}_none"] = buf, nones
+        made: dict[int, tuple] = {}
+
+        def buffer(k: int, make):
+            got = None if unpackable else make()
+            if got is None:   # a NUL in a value: no account columns in this store (the meta says so)
+                unpackable.append(k)
+                return np.zeros(0, dtype=np.uint8)
+            made[k] = got
+            return got[0]
+        for k, make in enumerate(accounts.values()):
+            arrays[f"a{k}"] = lambda k=k, make=make: buffer(k, make)
+            arrays[f"a{k}_none"] = lambda k=k: made.pop(k, (None, np.zeros(0, dtype=np.uint8)))[1]
     else:
         meta = {**meta, "account_fields": None}
     kept = []
@@ -299,15 +314,32 @@ def write(path: Path, meta: dict, ids: list[str], matrix: MonthlyArr, membership
     for stale in Path(path).parent.glob(f".{Path(path).name}.*.tmp"):  # a write killed part-way (atomic_file's)
         discard(stale)
     full = {**meta, "version": VERSION, "views": views, "columns": cols, "ascii_ids": ascii_ids}
-    arrays["meta"] = np.array(json.dumps(full, sort_keys=True))
+
+    def meta_array():   # last: whether the account columns could be packed is known by then
+        if unpackable:
+            full.pop("account_columns", None)
+            full["account_fields"] = None
+        return np.array(json.dumps(full, sort_keys=True))
+    arrays["meta"] = meta_array
     try:
         with atomic_file(path, "wb") as fh:
-            np.savez(fh, **arrays)
+            _savez(fh, arrays)
     except OSError as exc:
         discard(path)
         log.warning("store.unwritten", file=str(path), error=str(exc))
         return
     touch(path, full["stamp"])
+
+
+def _savez(fh, arrays: dict) -> None:
+    """np.savez's file (an uncompressed zip of .npy members), a member at a time: a callable is made into its
+    array only when its member is written, and let go before the next."""
+    with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, value in arrays.items():
+            array = value() if callable(value) else value
+            with zf.open(name + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+            del array
 
 
 def _file_id(path: Path) -> list[int]:

@@ -8,6 +8,7 @@ import shutil
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import Cli
@@ -314,3 +315,35 @@ def test_a_rerun_that_changes_nothing_only_moves_the_stamp(demo):
     side["file"] = [1, 2, 3]                     # a stamp for some other file: the store's own stamp is stale
     (state / store.STAMP).write_text(json.dumps(side))
     assert "from_run" not in report(demo)
+
+
+def test_account_columns_are_packed_as_written_and_a_nul_leaves_them_out(tmp_path):
+    """The store packs each account column only as it writes it; one that cannot be packed (a NUL in a value)
+    leaves the store without account columns (its meta says so), readable for the rest."""
+    from nrr_engine import store
+    from nrr_engine.metrics.monthly import MonthlyArr
+    from nrr_engine.packed import pack_column
+    made = []
+
+    def column(values):
+        def make():
+            made.append(values)
+            return pack_column(values)
+        return make
+    meta = {"stamp": 1, "account_fields": ["Id", "Name", "Region__c"]}
+    ids = ["001A", "001B"]
+    arr = MonthlyArr.from_dense(np.array([[5, 5], [0, 7]]))
+    path = tmp_path / "good.npz"
+    store.write(path, meta, ids, arr, {}, {}, {}, None, None,
+                {"Name": column(["Acme", None]), "Region__c": column(["NA", "EMEA"])})
+    cols = store.read(path)
+    assert made == [["Acme", None], ["NA", "EMEA"]]
+    assert cols.accounts(["Id", "Name", "Region__c"]) == [ids, ["Acme", None], ["NA", "EMEA"]]
+    assert cols.matrix == arr
+    bad = tmp_path / "bad.npz"
+    store.write(bad, meta, ids, arr, {}, {}, {}, None, None,
+                {"Name": column(["Ac\x00me", None]), "Region__c": column(["NA", "EMEA"])})
+    cols = store.read(bad)
+    assert cols.meta["account_fields"] is None and "account_columns" not in cols.meta
+    assert cols.accounts(["Id", "Name", "Region__c"]) is None
+    assert cols.ids == ids and cols.matrix == arr

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import bisect
 import json
+from array import array
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from rapidfuzz import fuzz, process
 from .. import money
 from ..ids import KEY_PREFIXES, id18, looks_like_id
 from ..model import ListLike
+from ..packed import Texts
 from . import normalise
 
 FUZZY_WINDOW = 8  # neighbours on each side of a child's name in the sorted candidate names
@@ -259,26 +261,18 @@ class Population:
             self._cache[k] = derive("keys", self.col(name_field))[0]
         return self._cache[k]
 
-    def name_index(self, name_field: str) -> tuple[dict, dict]:
-        """(full key -> account, key without head words such as HQ/Group -> account). A key several accounts
-        share maps to a list (most keys are unique: an int each keeps a million keys small)."""
+    def name_index(self, name_field: str) -> tuple["NameIndex", "NameIndex"]:
+        """(full key -> account, key without head words such as HQ/Group -> account), as NameIndex: what a dict
+        of the keys would give (a key several accounts share maps to their list), held as arrays."""
         k = ("index", name_field)
         if k not in self._cache:
-            full: dict[str, Any] = {}
-            head: dict[str, Any] = {}
+            keys = self.keys(name_field)
+            n = len(keys)
+            full = NameIndex(keys, np.fromiter(map(hash, keys), dtype=np.int64, count=n), _nonempty(keys))
             markers = normalise.HEAD_MARKERS
             ends = tuple(" " + m for m in markers)   # a key ending in a head word, tested in one call
-            get = full.get
-            for i, key in enumerate(self.keys(name_field)):
-                if not key:
-                    continue
-                have = get(key)   # _add, inline: a million calls
-                if have is None:
-                    full[key] = i
-                elif isinstance(have, list):
-                    have.append(i)
-                else:
-                    full[key] = [have, i]
+            at, cuts, hashes = array("q"), array("q"), array("q")
+            for i, key in enumerate(keys):
                 if not key.endswith(ends):
                     continue
                 last = key.rfind(" ")
@@ -289,7 +283,11 @@ class Population:
                         if prev <= 0 or key[prev + 1:cut] not in markers:
                             break
                         cut = prev
-                    _add(head, key[:cut], i)
+                    at.append(i)
+                    cuts.append(cut)
+                    hashes.append(hash(key[:cut]))
+            head = NameIndex(keys, np.frombuffer(hashes, dtype=np.int64), np.frombuffer(at, dtype=np.int64),
+                             np.frombuffer(cuts, dtype=np.int64))
             self._cache[k] = (full, head)
         return self._cache[k]
 
@@ -319,12 +317,26 @@ class Population:
 DERIVED = ("keys", "sites")   # the Population caches worth keeping: name keys and registrable domains
 
 
+_BULK = 50_000   # values derived at once: only that many keys or domains are ever str objects before packing
+
+
 def derive(kind: str, values: list) -> tuple:
     """A derived column of raw `values`: ("keys",) -> (keys,), ("sites",) -> (domains, apex), as Population
-    computes them."""
+    computes them; the keys and domains held packed (Texts), derived a chunk at a time."""
+    chunks = range(0, len(values), _BULK)
     if kind == "keys":
-        return (normalise.name_keys(values),)
-    domains, apex = normalise.sites(values)
+        keys = Texts.of_parts(normalise.name_keys(values[lo:lo + _BULK]) for lo in chunks)
+        return (keys if keys is not None else normalise.name_keys(values),)
+    apex: list[bool] = []
+
+    def domains_of(lo: int) -> list:
+        d, a = normalise.sites(values[lo:lo + _BULK])
+        apex.extend(a)
+        return d
+    domains = Texts.of_parts(domains_of(lo) for lo in chunks)
+    if domains is None:
+        apex.clear()
+        domains = [d for lo in chunks for d in domains_of(lo)]
     return domains, np.array(apex, dtype=bool)
 
 
@@ -335,11 +347,12 @@ def refresh(kind: str, old_raw: list, old: tuple, new_raw: list) -> tuple[tuple,
     if not changed:
         return old, 0
     fresh = derive(kind, [new_raw[i] for i in changed])
-    out = tuple(list(c) if isinstance(c, list) else c.copy() for c in old)
+    out = tuple(list(c) if isinstance(c, (list, Texts)) else c.copy() for c in old)
     for col, new in zip(out, fresh):
         for k, i in enumerate(changed):
             col[i] = new[k]
-    return out, len(changed)
+    # packed again where they were packed (a NUL in a changed value keeps the list)
+    return tuple((Texts.of(c) or c) if isinstance(o, Texts) else c for c, o in zip(out, old)), len(changed)
 
 
 def seeded(kind: str, value: tuple):
@@ -360,6 +373,104 @@ def index_of(keys: list, at) -> dict:
                 shared[key].append(j)
         index.update(shared)
     return index
+
+
+def _nonempty(keys) -> np.ndarray:
+    """The positions of the keys that are not empty."""
+    if isinstance(keys, Texts):
+        return keys.nonempty()
+    return np.flatnonzero(np.fromiter(map(bool, keys), dtype=bool, count=len(keys)))
+
+
+class NameIndex:
+    """Normalised name -> the account (an int) or accounts (a list, ascending) holding it, as a dict of the names
+    would give, held as the names' hashes sorted in an array beside their accounts: a million names are 16 MB,
+    not a dict of a million strings. Entries are the keys of `rows` (all with a key, by default), or when `cuts`
+    is given their first cuts[k] characters. Many names are looked up at once (`find`); a hash that matches is
+    checked against the text, so a collision never links."""
+
+    def __init__(self, keys, hashes: np.ndarray, rows: np.ndarray, cuts: np.ndarray | None = None):
+        hashes = hashes if cuts is not None else hashes[rows]
+        order = np.argsort(hashes, kind="stable")   # within one hash, accounts stay ascending
+        self._keys, self._h, self._pos = keys, hashes[order], np.asarray(rows)[order]
+        self._cut = None if cuts is None else np.asarray(cuts)[order]
+
+    def __len__(self) -> int:
+        return len(self._h)
+
+    def _text(self, k: int) -> str:
+        key = self._keys[int(self._pos[k])]
+        return key if self._cut is None else key[:int(self._cut[k])]
+
+    def find(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each hash, the span (lo, hi) of entries with it (lo == hi: none)."""
+        return np.searchsorted(self._h, hashes, "left"), np.searchsorted(self._h, hashes, "right")
+
+    def at(self, lo: int, hi: int, key: str):
+        """The account(s) among entries lo..hi whose text is `key`: an int, a list, or None."""
+        found = [int(self._pos[k]) for k in range(lo, hi) if self._text(k) == key]
+        return None if not found else found[0] if len(found) == 1 else found
+
+    def get(self, key: str):
+        h = np.int64(hash(key))
+        lo, hi = int(np.searchsorted(self._h, h, "left")), int(np.searchsorted(self._h, h, "right"))
+        return self.at(lo, hi, key) if hi > lo else None
+
+    def __contains__(self, key: str) -> bool:
+        return self.get(key) is not None
+
+    def texts(self) -> set[str]:
+        """Every name the index holds."""
+        return {self._text(k) for k in range(len(self._h))}
+
+    def shared(self) -> list[tuple[str, list[int]]]:
+        """(name, accounts) of each name two or more accounts hold, in the order the names first occur."""
+        h = self._h
+        starts = np.flatnonzero(np.r_[True, h[1:] != h[:-1]]) if len(h) else np.zeros(0, dtype=np.int64)
+        sizes = np.diff(np.r_[starts, len(h)])
+        out = []
+        for lo, size in zip(starts[sizes > 1].tolist(), sizes[sizes > 1].tolist()):
+            groups: dict[str, list[int]] = {}
+            for k in range(lo, lo + size):
+                groups.setdefault(self._text(k), []).append(int(self._pos[k]))
+            out.extend((name, rows) for name, rows in groups.items() if len(rows) > 1)
+        out.sort(key=lambda item: item[1][0])
+        return out
+
+
+def longest_prefix_hits(keys, rows: list[int], full: NameIndex, head: NameIndex) -> Iterator[tuple[int, int, Any]]:
+    """(account, cut, hit) for each account of `rows` some proper prefix of whose key (cut at a space) is a key
+    of `full` or else `head`: the longest such prefix, `hit` what the index gives for it. All prefixes are
+    looked up at once; only the accounts with a hash match are read again."""
+    child, cuts, hashes = array("q"), array("q"), array("q")
+    for i in rows:
+        key = keys[i]
+        cut = key.rfind(" ")
+        while cut > 0:  # every proper prefix of the name, longest first
+            child.append(i)
+            cuts.append(cut)
+            hashes.append(hash(key[:cut]))
+            cut = key.rfind(" ", 0, cut)
+    if not child:
+        return
+    h = np.frombuffer(hashes, dtype=np.int64)
+    flo, fhi = full.find(h)
+    hlo, hhi = head.find(h)
+    some = np.flatnonzero((fhi > flo) | (hhi > hlo))
+    # the first (longest) prefix of each account that may hit, and the ones after it should the text differ
+    last_child = -1
+    for k in some.tolist():
+        i = child[k]
+        if i == last_child:
+            continue
+        key, cut = keys[i], cuts[k]
+        prefix = key[:cut]
+        hit = full.at(int(flo[k]), int(fhi[k]), prefix) if fhi[k] > flo[k] else None
+        if hit is None and hhi[k] > hlo[k]:
+            hit = head.at(int(hlo[k]), int(hhi[k]), prefix)
+        if hit is not None:   # else a hash collision: the account's next prefix is looked at
+            last_child = i
+            yield i, cut, hit
 
 
 def _add(index: dict, key: str, i: int) -> None:
@@ -571,20 +682,8 @@ def match_name(pop: Population, rule) -> tuple[list[Proposal], list[Placeholder]
     words = normalise.classify_words
     out: list[Proposal] = []
     append = out.append
-    for i in np.flatnonzero(allowed).tolist():
+    for i, cut, hit in longest_prefix_hits(keys, np.flatnonzero(allowed).tolist(), full, head):
         key = keys[i]
-        cut = key.rfind(" ")
-        hit = None
-        while cut > 0:  # every proper prefix of the name, longest first: one hash lookup each
-            prefix = key[:cut]
-            hit = full.get(prefix)
-            if hit is None:
-                hit = head.get(prefix)
-            if hit is not None:
-                break
-            cut = key.rfind(" ", 0, cut)
-        if hit is None:
-            continue
         if isinstance(hit, list):
             narrowed = [j for j in hit if j != i]
             if not narrowed:
@@ -618,15 +717,17 @@ def unmatched(pop: Population, name_field: str, allowed: np.ndarray) -> list[tup
     full, head = pop.name_index(name_field)
     out = []
     places = normalise.geo_last_tokens()
+    ending = []   # names ending in a place
     for i in np.flatnonzero(allowed).tolist():
         key = keys[i]
         cut = key.rfind(" ")
-        if cut <= 0 or key[cut + 1:] not in places:
+        if cut > 0 and key[cut + 1:] in places:
+            ending.append(i)
+    matched = {i for i, _, _ in longest_prefix_hits(keys, ending, full, head)}   # the qualifier rule's case
+    for i in ending:
+        if i in matched:
             continue
-        while cut > 0 and key[:cut] not in full and key[:cut] not in head:
-            cut = key.rfind(" ", 0, cut)
-        if cut > 0:
-            continue  # a candidate exists: the qualifier rule's case
+        key = keys[i]
         cuts = normalise.qualifier_cuts(tuple(key.split()), geographic=True)
         if cuts:
             out.append((i, cuts))
@@ -646,7 +747,7 @@ def match_fuzzy(pop: Population, rule) -> tuple[list[Proposal], list[Placeholder
     # leaves the true name among the neighbours.
     # Candidate names: not those ending in a place ("acme uk" is a subsidiary, not a misspelt group)
     places = normalise.geo_last_tokens()
-    texts = [k for k in {*full, *head} if len(k) >= 4 and k[k.rfind(" ") + 1:] not in places]
+    texts = [k for k in full.texts() | head.texts() if len(k) >= 4 and k[k.rfind(" ") + 1:] not in places]
     texts.sort()
     backwards = [t[::-1] for t in texts]
     backwards.sort()

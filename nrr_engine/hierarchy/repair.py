@@ -197,9 +197,7 @@ def find_duplicates(accounts: Accounts, shared: dict | None = None) -> list[dict
     countries = pop.countries("BillingCountry") if accounts.has("BillingCountry") else [None] * n
     raw_countries = accounts.column("BillingCountry")
     out = []
-    for key, same_name in full.items():
-        if not isinstance(same_name, list):
-            continue  # only accounts that share a normalised name can be duplicates
+    for key, same_name in full.shared():   # only accounts that share a normalised name can be duplicates
         groups: dict[tuple, list[int]] = {}
         for i in same_name:
             country = countries[i] or (raw_countries[i] or "").strip().casefold()

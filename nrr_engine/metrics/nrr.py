@@ -79,15 +79,21 @@ class FamilyTable:
     inv: np.ndarray     # row of each account's family
 
 
-def family_table(arr0: np.ndarray, arr1: np.ndarray, prior: np.ndarray, family: np.ndarray,
+def family_table(arr0: np.ndarray, arr1: np.ndarray, prior: np.ndarray, family: np.ndarray | None,
                  joined: np.ndarray | None = None) -> FamilyTable:
-    """Aggregate account ARR at m0/m1 into families. `prior`: account had ARR in some month before m0."""
-    labels, inv = np.unique(family, return_inverse=True)
+    """Aggregate account ARR at m0/m1 into families. `prior`: account had ARR in some month before m0.
+    `family` None: every account is its own family (the naive figures), with no sort to find that out."""
+    if family is None:
+        labels = inv = np.arange(len(arr0))
+    else:
+        labels, inv = np.unique(family, return_inverse=True)
     k = len(labels)
 
     def by_family(values: np.ndarray) -> np.ndarray:
+        if family is None:
+            return np.asarray(values, dtype=np.int64)
         out = np.zeros(k, dtype=np.int64)
-        np.add.at(out, inv, values.astype(np.int64))
+        np.add.at(out, inv, np.asarray(values, dtype=np.int64))
         return out
 
     delta = arr1 - arr0
@@ -137,9 +143,10 @@ def window_figures(ids: list[str], column, matrix: MonthlyArr, first: int, label
     prior = matrix.positive_before(m0 - first)
     fam1, fam0 = labels_at(m1), labels_at(m0)
     table = family_table(a0, a1, prior, fam0 if as_of_start else fam1, fam0 != fam1)
-    naive_table = family_table(a0, a1, prior, np.arange(len(a0)), None)
+    del fam0, fam1
+    naive = movements(family_table(a0, a1, prior, None, None))
     out = {"view": view, "period": months.fmt(period), "window": window, "family": movements(table),
-           "naive": movements(naive_table), "segments": []}
+           "naive": naive, "segments": []}
     for name in ((by,) if isinstance(by, str) else by or ()):
         out["segments"] += segment_figures(table, column, name, matrix, first, first_arr)
     if by == "cohort" and any(s["value"].startswith("<= ") for s in out["segments"]):

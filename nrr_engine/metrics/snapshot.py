@@ -104,7 +104,7 @@ class JsonRows(ListLike):
 
     nones = 0   # no record is None (a delete): SnapshotChanges need not read them all to find out
 
-    def __init__(self, snaps: SnapshotSet, chunk: int = 50_000):
+    def __init__(self, snaps: SnapshotSet, chunk: int = 10_000):
         self._snaps, self._chunk, self._n = snaps, chunk, len(snaps)
         self._at: tuple[int, list[str]] | None = None
         self._size: int | None = None   # bytes of the records NUL-joined, once a full read has counted them

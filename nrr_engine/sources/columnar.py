@@ -18,7 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
-_BLOCK = 8 << 20      # bytes of CSV per batch: ~100,000 subscriptions
+_BLOCK = 8 << 20      # bytes of CSV per block where the columns are kept (accounts)
+_BATCH_BLOCK = 1 << 20   # per batch of records consumed as read (~12,000 subscriptions): the reader keeps blocks
+                         # ahead, 8 MB ones ~130 MB at once
 # the plain part of money.NUMBER_FORMAT, read exactly in C: an optional minus, up to 14 digits, up to 4 decimals
 _PLAIN_AMOUNT = r"^(?P<sign>-?)(?P<whole>[0-9]{1,14})(?:\.(?P<frac>[0-9]{1,4}))?$"
 _PLAIN_DATE = r"^[1-9][0-9]{3}-[0-9]{2}-[0-9]{2}$"   # YYYY-MM-DD from year 1000 (strptime's and numpy's agree)
@@ -142,9 +144,9 @@ def _release() -> None:
     pa.default_memory_pool().release_unused()
 
 
-def _open(path: Path):
-    """A streaming reader of the CSV with every column as text ('' for blank)."""
-    read = pcsv.ReadOptions(block_size=_BLOCK, use_threads=True)
+def _open(path: Path, block: int = _BLOCK):
+    """A streaming reader of the CSV with every column as text ('' for blank), `block` bytes at a time."""
+    read = pcsv.ReadOptions(block_size=block, use_threads=True)
     parse = pcsv.ParseOptions(newlines_in_values=True)
     reader = pcsv.open_csv(path, read_options=read, parse_options=parse,
                            convert_options=pcsv.ConvertOptions(strings_can_be_null=False, quoted_strings_can_be_null=False,
@@ -169,7 +171,7 @@ def read_batches(path: Path, fields: dict[str, str | None], signature: tuple[int
     a field the file lacks, or None, is blank), batch by batch; `index` ({Id: row}) is what Batch.positions
     looks values up in. Raises Changed when the file is not the one of `signature` (size, mtime) when the read
     ends, and pyarrow's errors for a file Arrow cannot read (the caller then reads the working copy)."""
-    reader = _open(path)
+    reader = _open(path, _BATCH_BLOCK)
     names = {n.strip().lower(): n for n in reader.schema.names}
     for batch in reader:
         n = batch.num_rows

@@ -1115,7 +1115,7 @@ class LocalOrg:
             return [(rid, "ENTITY_IS_DELETED: record does not exist") for rid in ids if rid not in existing]
 
     def upsert_json(self, obj: str, key_field: str, fields: Sequence[str], records: Iterable[str], prefix: str,
-                    chunk: int = 50_000) -> list[tuple[int, str]]:
+                    chunk: int = 10_000) -> list[tuple[int, str]]:
         """Upsert records given as JSON objects by external id, a chunk at a time.
 
         SQLite extracts the fields from the JSON (json_extract, in C), so each record binds two values.
