@@ -227,16 +227,30 @@ class Texts(ListLike):
         return len(self._starts) - 1
 
     def __getitem__(self, i):
+        s = self._starts
+        if type(i) is int and 0 <= i < len(s) - 1:   # the common case first: matching reads millions
+            if self._none is not None and self._none[i]:
+                return None
+            return self._buf[s[i]:s[i + 1] - 1].decode("utf-8", "surrogatepass")
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
+        i = int(i)
         if i < 0:
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(i)
-        if self._none is not None and self._none[i]:
-            return None
-        s = self._starts
-        return self._buf[s[i]:s[i + 1] - 1].decode("utf-8", "surrogatepass")
+        return self[i]
+
+    def take(self, rows: Sequence[int]) -> list[str | None]:
+        """The cells of `rows` (ascending), decoded as one span: a block of rows costs one decode, not one each."""
+        if not len(rows):
+            return []
+        lo, hi = rows[0], rows[-1] + 1
+        if not 0 <= lo < hi <= len(self):
+            return [self[r] for r in rows]
+        s, none = self._starts, self._none
+        cells = self._buf[s[lo]:s[hi] - 1].decode("utf-8", "surrogatepass").split("\x00")
+        return [None if none is not None and none[r] else cells[r - lo] for r in rows]
 
     def __iter__(self) -> Iterator[str | None]:
         n, s, none = len(self), self._starts, self._none

@@ -244,3 +244,72 @@ def test_a_first_runs_rollup_batches_share_their_rows_and_hold_no_none_per_accou
     accounts.fields["Hierarchy_Depth__c"] = ["0", "1", None]   # values stored: compared, not assumed None
     again = rollup_changes(view, tree, np.array([10_000, 20_000, 0], dtype=np.int64), accounts)
     assert [(c.id, c.old, c.new) for c in again[1]] == [("001C", None, "1")]
+
+
+_CELLS = st.lists(st.one_of(st.none(), st.text(alphabet=st.sampled_from("ab é日\t-"), max_size=6)), max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_CELLS, st.integers(1, 7))
+def test_texts_hold_the_cells_of_the_list_and_the_stores_buffer(cells, chunk):
+    """packed.Texts reads back every cell (None, '', non-ASCII) by index, slice and iteration, packs to the very
+    buffer pack() makes, and reads that buffer back (the store's), '' as None where asked."""
+    from nrr_engine.packed import Texts, pack
+    texts = Texts.of_parts([cells[at:at + chunk] for at in range(0, len(cells), chunk)])
+    assert len(texts) == len(cells) and list(texts) == cells and texts == cells
+    assert [texts[i] for i in range(len(cells))] == cells and texts[1:4] == cells[1:4]
+    assert texts.nones == cells.count(None)
+    assert texts.packed().tobytes() == pack(cells).tobytes()
+    assert texts.nonempty().tolist() == [i for i, c in enumerate(cells) if c]
+    assert list(Texts.from_packed(pack(cells), len(cells), none_when_empty=True)) == [c or None for c in cells]
+    assert list(Texts.from_packed(pack(cells), len(cells))) == [c or "" for c in cells]
+    assert Texts.of(["a\x00b"]) is None and Texts.from_packed(pack(["a", "b"]), 3) is None
+
+
+_KEYS = st.lists(st.lists(st.sampled_from(["acme", "uk", "hq", "group", "us", "beta", "and"]), max_size=4)
+                 .map(" ".join), max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_KEYS)
+def test_the_name_index_answers_as_the_dict_of_the_names_did(keys):
+    """NameIndex.get, `in`, texts and shared give what a dict of key -> account (a list when shared) gives, and
+    the longest-prefix search finds for each account what looking each prefix up in turn finds."""
+    from nrr_engine.packed import Texts
+    pop = match.Population(list(map(str, range(len(keys)))), lambda name: keys, np.full(len(keys), -1),
+                           np.zeros(len(keys), dtype=np.int64), np.zeros(len(keys), dtype=np.int64),
+                           np.zeros(len(keys), dtype=np.int64), np.ones(len(keys), dtype=bool),
+                           np.ones(len(keys), dtype=bool), _cache={("keys", "Name"): Texts.of(keys)})
+    full, head = pop.name_index("Name")
+    want: dict = {}
+    for i, k in enumerate(keys):
+        if k:
+            want.setdefault(k, []).append(i)
+    for k in {*keys, "acme", "nobody"}:
+        got = want.get(k)
+        as_dict = None if got is None else got[0] if len(got) == 1 else got
+        assert full.get(k) == as_dict and (k in full) == (as_dict is not None)
+    assert full.texts() == set(want)
+    assert full.shared() == [(k, v) for k, v in want.items() if len(v) > 1]
+    expected = []
+    for i, key in enumerate(keys):   # the loop matching ran before: each prefix, longest first, full then head
+        cut = key.rfind(" ")
+        while cut > 0:
+            hit = full.get(key[:cut])
+            hit = head.get(key[:cut]) if hit is None else hit
+            if hit is not None:
+                expected.append((i, cut, hit))
+                break
+            cut = key.rfind(" ", 0, cut)
+    got = list(match.longest_prefix_hits(pop.keys("Name"), list(range(len(keys))), full, head))
+    assert [(i, cut, hit) for i, _, cut, hit in got] == expected and all(key == keys[i] for i, key, _, _ in got)
+
+
+def test_a_hash_shared_by_other_names_never_links_them():
+    """Entries whose hashes collide are told apart by their text: only the account of the same name is given."""
+    keys = ["acme", "beta", "acme", "gamma"]
+    index = match.NameIndex(keys, np.zeros(4, dtype=np.int64), np.arange(4))   # every hash the same
+    lo, hi = index.find(np.zeros(1, dtype=np.int64))
+    assert (int(lo[0]), int(hi[0])) == (0, 4)
+    assert index.at(0, 4, "acme") == [0, 2] and index.at(0, 4, "beta") == 1 and index.at(0, 4, "delta") is None
+    assert index.shared() == [("acme", [0, 2])]

@@ -392,15 +392,17 @@ class NameIndex:
     def __init__(self, keys, hashes: np.ndarray, rows: np.ndarray, cuts: np.ndarray | None = None):
         hashes = hashes if cuts is not None else hashes[rows]
         order = np.argsort(hashes, kind="stable")   # within one hash, accounts stay ascending
-        self._keys, self._h, self._pos = keys, hashes[order], np.asarray(rows)[order]
-        self._cut = None if cuts is None else np.asarray(cuts)[order]
+        self._keys, self._h = keys, hashes[order]
+        # array('q'): an entry read one at a time is a Python int at once (a numpy scalar costs 5x)
+        self._pos = array("q", np.asarray(rows, dtype=np.int64)[order].tobytes())
+        self._cut = None if cuts is None else array("q", np.asarray(cuts, dtype=np.int64)[order].tobytes())
 
     def __len__(self) -> int:
         return len(self._h)
 
     def _text(self, k: int) -> str:
-        key = self._keys[int(self._pos[k])]
-        return key if self._cut is None else key[:int(self._cut[k])]
+        key = self._keys[self._pos[k]]
+        return key if self._cut is None else key[:self._cut[k]]
 
     def find(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For each hash, the span (lo, hi) of entries with it (lo == hi: none)."""
@@ -408,7 +410,9 @@ class NameIndex:
 
     def at(self, lo: int, hi: int, key: str):
         """The account(s) among entries lo..hi whose text is `key`: an int, a list, or None."""
-        found = [int(self._pos[k]) for k in range(lo, hi) if self._text(k) == key]
+        if hi - lo == 1:   # most names are one account's
+            return self._pos[lo] if self._text(lo) == key else None
+        found = [self._pos[k] for k in range(lo, hi) if self._text(k) == key]
         return None if not found else found[0] if len(found) == 1 else found
 
     def get(self, key: str):
@@ -421,7 +425,12 @@ class NameIndex:
 
     def texts(self) -> set[str]:
         """Every name the index holds."""
-        return {self._text(k) for k in range(len(self._h))}
+        pos = np.frombuffer(self._pos, dtype=np.int64)
+        if self._cut is None:
+            return set(take(self._keys, np.sort(pos).tolist()))
+        order = np.argsort(pos, kind="stable")
+        rows, cuts = pos[order].tolist(), np.frombuffer(self._cut, dtype=np.int64)[order].tolist()
+        return {key[:cut] for key, cut in zip(take(self._keys, rows), cuts)}
 
     def shared(self) -> list[tuple[str, list[int]]]:
         """(name, accounts) of each name two or more accounts hold, in the order the names first occur."""
@@ -432,45 +441,58 @@ class NameIndex:
         for lo, size in zip(starts[sizes > 1].tolist(), sizes[sizes > 1].tolist()):
             groups: dict[str, list[int]] = {}
             for k in range(lo, lo + size):
-                groups.setdefault(self._text(k), []).append(int(self._pos[k]))
+                groups.setdefault(self._text(k), []).append(self._pos[k])
             out.extend((name, rows) for name, rows in groups.items() if len(rows) > 1)
         out.sort(key=lambda item: item[1][0])
         return out
 
 
-def longest_prefix_hits(keys, rows: list[int], full: NameIndex, head: NameIndex) -> Iterator[tuple[int, int, Any]]:
-    """(account, cut, hit) for each account of `rows` some proper prefix of whose key (cut at a space) is a key
-    of `full` or else `head`: the longest such prefix, `hit` what the index gives for it. All prefixes are
-    looked up at once; only the accounts with a hash match are read again."""
-    child, cuts, hashes = array("q"), array("q"), array("q")
-    for i in rows:
-        key = keys[i]
-        cut = key.rfind(" ")
-        while cut > 0:  # every proper prefix of the name, longest first
-            child.append(i)
-            cuts.append(cut)
-            hashes.append(hash(key[:cut]))
-            cut = key.rfind(" ", 0, cut)
-    if not child:
-        return
-    h = np.frombuffer(hashes, dtype=np.int64)
-    flo, fhi = full.find(h)
-    hlo, hhi = head.find(h)
-    some = np.flatnonzero((fhi > flo) | (hhi > hlo))
-    # the first (longest) prefix of each account that may hit, and the ones after it should the text differ
-    last_child = -1
-    for k in some.tolist():
-        i = child[k]
-        if i == last_child:
+def take(keys, rows: Sequence[int]) -> list:
+    """keys[r] for each of `rows` (ascending): one decode for a packed column."""
+    return keys.take(rows) if isinstance(keys, Texts) else [keys[r] for r in rows]
+
+
+def blocks(keys, rows: Sequence[int], size: int = _BULK) -> Iterator[tuple[list[int], list]]:
+    """(rows, their keys) a block of `size` rows at a time."""
+    for at in range(0, len(rows), size):
+        part = list(rows[at:at + size])
+        yield part, take(keys, part)
+
+
+def longest_prefix_hits(keys, rows: Sequence[int], full: NameIndex,
+                        head: NameIndex) -> Iterator[tuple[int, str, int, Any]]:
+    """(account, key, cut, hit) for each account of `rows` (ascending) some proper prefix of whose key (cut at a
+    space) is a key of `full` or else `head`: the longest such prefix, `hit` what the index gives for it. The
+    prefixes of a block of accounts are looked up at once; a hash match is checked against the text."""
+    for part, texts in blocks(keys, rows):
+        at, cuts, hashes = array("q"), array("q"), array("q")
+        for k, key in enumerate(texts):
+            cut = key.rfind(" ")
+            while cut > 0:  # every proper prefix of the name, longest first
+                at.append(k)
+                cuts.append(cut)
+                hashes.append(hash(key[:cut]))
+                cut = key.rfind(" ", 0, cut)
+        if not at:
             continue
-        key, cut = keys[i], cuts[k]
-        prefix = key[:cut]
-        hit = full.at(int(flo[k]), int(fhi[k]), prefix) if fhi[k] > flo[k] else None
-        if hit is None and hhi[k] > hlo[k]:
-            hit = head.at(int(hlo[k]), int(hhi[k]), prefix)
-        if hit is not None:   # else a hash collision: the account's next prefix is looked at
-            last_child = i
-            yield i, cut, hit
+        h = np.frombuffer(hashes, dtype=np.int64)
+        flo, fhi = full.find(h)
+        hlo, hhi = head.find(h)
+        some = np.flatnonzero((fhi > flo) | (hhi > hlo))
+        last = -1
+        for j, fl, fh, hl, hh in zip(some.tolist(), flo[some].tolist(), fhi[some].tolist(), hlo[some].tolist(),
+                                     hhi[some].tolist()):
+            k = at[j]
+            if k == last:
+                continue   # a longer prefix of this account already hit
+            key, cut = texts[k], cuts[j]
+            prefix = key[:cut]
+            hit = full.at(fl, fh, prefix) if fh > fl else None
+            if hit is None and hh > hl:
+                hit = head.at(hl, hh, prefix)
+            if hit is not None:   # else a hash collision: the account's next prefix is looked at
+                last = k
+                yield part[k], key, cut, hit
 
 
 def _add(index: dict, key: str, i: int) -> None:
@@ -621,7 +643,7 @@ def match_domain(pop: Population, rule) -> tuple[list[Proposal], list[Placeholde
     """A subdomain site (us.acme.com) belongs under the account whose site is the registrable domain itself."""
     domains, apex = pop.sites(rule.field)
     at = np.flatnonzero(apex).tolist()
-    heads = index_of([domains[j] for j in at], at)   # domain -> the account (or accounts) whose site it is
+    heads = index_of(take(domains, at), at)   # domain -> the account (or accounts) whose site it is
     for d in rule.ignore:
         heads.pop(d, None)
     out, orphans = [], {}
@@ -630,8 +652,8 @@ def match_domain(pop: Population, rule) -> tuple[list[Proposal], list[Placeholde
     confidence, field, ignore = float(rule.confidence), rule.field, rule.ignore
     simple = not rule.child and not rule.candidate   # one candidate then decides alone (as _decide would)
     append = out.append
-    for i in np.flatnonzero(allowed & ~apex).tolist():
-        d = domains[i]
+    for i, d in ((i, d) for part, got in blocks(domains, np.flatnonzero(allowed & ~apex).tolist())
+                 for i, d in zip(part, got)):
         if d is None or d in ignore:
             continue
         hit = heads.get(d)
@@ -682,8 +704,7 @@ def match_name(pop: Population, rule) -> tuple[list[Proposal], list[Placeholder]
     words = normalise.classify_words
     out: list[Proposal] = []
     append = out.append
-    for i, cut, hit in longest_prefix_hits(keys, np.flatnonzero(allowed).tolist(), full, head):
-        key = keys[i]
+    for i, key, cut, hit in longest_prefix_hits(keys, np.flatnonzero(allowed).tolist(), full, head):
         if isinstance(hit, list):
             narrowed = [j for j in hit if j != i]
             if not narrowed:
@@ -717,17 +738,17 @@ def unmatched(pop: Population, name_field: str, allowed: np.ndarray) -> list[tup
     full, head = pop.name_index(name_field)
     out = []
     places = normalise.geo_last_tokens()
-    ending = []   # names ending in a place
-    for i in np.flatnonzero(allowed).tolist():
-        key = keys[i]
-        cut = key.rfind(" ")
-        if cut > 0 and key[cut + 1:] in places:
-            ending.append(i)
-    matched = {i for i, _, _ in longest_prefix_hits(keys, ending, full, head)}   # the qualifier rule's case
-    for i in ending:
+    ending = []   # (account, name) of the names ending in a place
+    for part, texts in blocks(keys, np.flatnonzero(allowed).tolist()):
+        for i, key in zip(part, texts):
+            cut = key.rfind(" ")
+            if cut > 0 and key[cut + 1:] in places:
+                ending.append((i, key))
+    # a candidate exists: the qualifier rule's case
+    matched = {i for i, _, _, _ in longest_prefix_hits(keys, [i for i, _ in ending], full, head)}
+    for i, key in ending:
         if i in matched:
             continue
-        key = keys[i]
         cuts = normalise.qualifier_cuts(tuple(key.split()), geographic=True)
         if cuts:
             out.append((i, cuts))
