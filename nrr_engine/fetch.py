@@ -28,7 +28,7 @@ from .ledger import Ledger
 from .metrics import arr as arr_mod
 from .metrics import gates, snapshot
 from .metrics.monthly import MonthlyArr
-from .model import INSERT, Accounts, Change, CheckOutcome, Finding
+from .model import INSERT, Accounts, Change, CheckOutcome, Finding, Nones
 from .sources import LocalOrg
 from .state import State
 
@@ -119,7 +119,9 @@ def fetch_accounts(settings: Settings, org: LocalOrg, extra_fields: tuple[str, .
         require_columns(org, "Account", [settings.arr.account_field], "arr.account_field")
     fields = account_fields(settings, extra_fields)
     cols = stored if stored is not None else org.read_columns("Account", fields)
-    return Accounts(ids=cols[0], fields={f: cols[i] for i, f in enumerate(fields) if i})
+    # a column without a value (a first run's rollup fields) is held as what it is: n Nones
+    return Accounts(ids=cols[0], fields={f: Nones(len(c)) if c.count(None) == len(c) else c
+                                         for f, c in zip(fields[1:], cols[1:])})
 
 
 def _placeholder_parents(settings: Settings, org: LocalOrg, approved: list[dict],

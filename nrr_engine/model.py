@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -90,6 +91,36 @@ class ListLike(Sequence):
     __hash__ = None
 
 
+class Nones(ListLike):
+    """n Nones: an Account column no account has a value in (a first run's rollup fields), without the 8 MB a
+    list of a million of them takes."""
+
+    __slots__ = ("_n",)
+
+    def __init__(self, n: int):
+        self._n = n
+
+    @property
+    def nones(self) -> int:
+        return self._n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [None] * len(range(*i.indices(self._n)))
+        if not -self._n <= i < self._n:
+            raise IndexError(i)
+        return None
+
+    def __iter__(self) -> Iterator[None]:
+        return iter(itertools.repeat(None, self._n))
+
+    def count(self, value) -> int:
+        return self._n if value is None else 0
+
+
 def no_nones(values) -> bool:
     """Whether `values` says it holds no None (snapshot.JsonRows: records made as they are read, none a delete),
     so a caller need not read them all to find out."""
@@ -121,6 +152,8 @@ class Accounts:
                 self.fields[name] = [None] * i
         lower = {k.lower(): v for k, v in values.items()}
         for key, column in self.fields.items():
+            if not isinstance(column, list):   # a compact column (Nones) takes values as a list from here on
+                column = self.fields[key] = list(column)
             column.append(lower.get(key.lower()))
         return i
 

@@ -313,3 +313,18 @@ def test_a_hash_shared_by_other_names_never_links_them():
     assert (int(lo[0]), int(hi[0])) == (0, 4)
     assert index.at(0, 4, "acme") == [0, 2] and index.at(0, 4, "beta") == 1 and index.at(0, 4, "delta") is None
     assert index.shared() == [("acme", [0, 2])]
+
+
+def test_an_account_column_without_a_value_is_held_as_n_nones():
+    """A column no account has a value in reads as n Nones (index, slice, iteration, count, equality) and becomes
+    a list when a placeholder parent is appended to the accounts."""
+    from nrr_engine.model import Accounts, Nones
+    col = Nones(3)
+    assert list(col) == [None] * 3 and col == [None, None, None] and col[2] is None and col[-3] is None
+    assert col[1:] == [None, None] and col.count(None) == 3 and col.count("x") == 0 and col.nones == 3
+    with pytest.raises(IndexError):
+        col[3]
+    accounts = Accounts(["001A", "001B", "001C"], {"Name": ["a", "b", "c"], "Hierarchy_ARR__c": col})
+    accounts.append("001D", {"Name": "d", "Hierarchy_ARR__c": "5.00"})
+    assert accounts.column("Hierarchy_ARR__c") == [None, None, None, "5.00"]
+    assert isinstance(accounts.fields["Hierarchy_ARR__c"], list)
