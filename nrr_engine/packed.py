@@ -192,14 +192,7 @@ class Texts(ListLike):
             n += len(cells)
             parts.append(buf.tobytes())
         starts.append(np.array([base], dtype=np.int64))   # the end of the last cell, + 1
-        out = array("q")
-        out.frombytes(np.concatenate(starts).astype(np.int64).tobytes())
-        none = None
-        if none_at:
-            none = bytearray(n)
-            for i in none_at:
-                none[i] = 1
-        return cls(b"\x00".join(parts), out, none)
+        return cls(b"\x00".join(parts), _starts(np.concatenate(starts)), _marks(n, none_at))
 
     @classmethod
     def from_packed(cls, buf: np.ndarray, n: int, none_when_empty: bool = False) -> "Texts | None":
@@ -211,17 +204,9 @@ class Texts(ListLike):
             return cls(b"", array("q", [0]), None) if not len(raw) else None
         if len(ends) != n - 1:
             return None
-        merged = np.concatenate([[0], ends + 1, [len(raw) + 1]]).astype(np.int64)
-        starts = array("q")
-        starts.frombytes(merged.tobytes())
-        none = None
-        if none_when_empty:
-            empty = np.flatnonzero(np.diff(merged) == 1)
-            if len(empty):
-                none = bytearray(n)
-                for i in empty.tolist():
-                    none[i] = 1
-        return cls(raw.tobytes(), starts, none)
+        merged = np.concatenate([[0], ends + 1, [len(raw) + 1]])
+        empty = np.flatnonzero(np.diff(merged) == 1).tolist() if none_when_empty else []
+        return cls(raw.tobytes(), _starts(merged), _marks(n, empty))
 
     def __len__(self) -> int:
         return len(self._starts) - 1
@@ -248,18 +233,21 @@ class Texts(ListLike):
         lo, hi = rows[0], rows[-1] + 1
         if not 0 <= lo < hi <= len(self):
             return [self[r] for r in rows]
+        cells = self._span(lo, hi)
+        return [cells[r - lo] for r in rows]
+
+    def _span(self, lo: int, hi: int) -> list[str | None]:
+        """Cells lo .. hi-1, decoded at once."""
         s, none = self._starts, self._none
         cells = self._buf[s[lo]:s[hi] - 1].decode("utf-8", "surrogatepass").split("\x00")
-        return [None if none is not None and none[r] else cells[r - lo] for r in rows]
+        if none is not None:
+            cells = [None if none[lo + k] else c for k, c in enumerate(cells)]
+        return cells
 
     def __iter__(self) -> Iterator[str | None]:
-        n, s, none = len(self), self._starts, self._none
+        n = len(self)
         for lo in range(0, n, self._CHUNK):
-            hi = min(n, lo + self._CHUNK)
-            cells = self._buf[s[lo]:s[hi] - 1].decode("utf-8", "surrogatepass").split("\x00")
-            if none is not None:
-                cells = [None if none[lo + k] else c for k, c in enumerate(cells)]
-            yield from cells
+            yield from self._span(lo, min(n, lo + self._CHUNK))
 
     def nonempty(self) -> np.ndarray:
         """The positions of the cells that are neither '' nor None."""
@@ -268,3 +256,20 @@ class Texts(ListLike):
     def packed(self) -> np.ndarray:
         """The buffer, as `pack` of the cells makes it."""
         return np.frombuffer(self._buf, dtype=np.uint8)
+
+
+def _starts(values: np.ndarray) -> array:
+    """Cell starts as array('q'): one read is a Python int at once."""
+    out = array("q")
+    out.frombytes(np.asarray(values, dtype=np.int64).tobytes())
+    return out
+
+
+def _marks(n: int, positions: list[int]) -> bytearray | None:
+    """A byte per cell, 1 at `positions` (None when there are none)."""
+    if not positions:
+        return None
+    marks = bytearray(n)
+    for i in positions:
+        marks[i] = 1
+    return marks

@@ -262,22 +262,19 @@ def write(path: Path, meta: dict, ids: list[str], matrix: MonthlyArr, membership
           trees: dict[str, Tree], columns: dict[str, list], excluded, derived: dict | None = None,
           accounts: dict | None = None) -> None:
     """Write the store atomically (0600); a failure leaves no store rather than a stale one."""
-    arrays: dict[str, Any] = {}   # arrays, or callables making one when it is written
+    arrays: dict[str, Any] = {}   # arrays, or callables making {member: array} when they are written
     unpackable = []
     if accounts is not None:
         meta = {**meta, "account_columns": list(accounts)}
-        made: dict[int, tuple] = {}
 
-        def buffer(k: int, make):
+        def members(k: int, make) -> dict:
             got = None if unpackable else make()
             if got is None:   # a NUL in a value: no account columns in this store (the meta says so)
                 unpackable.append(k)
-                return np.zeros(0, dtype=np.uint8)
-            made[k] = got
-            return got[0]
+                return {}
+            return {f"a{k}": got[0], f"a{k}_none": got[1]}
         for k, make in enumerate(accounts.values()):
-            arrays[f"a{k}"] = lambda k=k, make=make: buffer(k, make)
-            arrays[f"a{k}_none"] = lambda k=k: made.pop(k, (None, np.zeros(0, dtype=np.uint8)))[1]
+            arrays[f"a{k}"] = lambda k=k, make=make: members(k, make)
     else:
         meta = {**meta, "account_fields": None}
     kept = []
@@ -319,7 +316,7 @@ def write(path: Path, meta: dict, ids: list[str], matrix: MonthlyArr, membership
         if unpackable:
             full.pop("account_columns", None)
             full["account_fields"] = None
-        return np.array(json.dumps(full, sort_keys=True))
+        return {"meta": np.array(json.dumps(full, sort_keys=True))}
     arrays["meta"] = meta_array
     try:
         with atomic_file(path, "wb") as fh:
@@ -332,14 +329,15 @@ def write(path: Path, meta: dict, ids: list[str], matrix: MonthlyArr, membership
 
 
 def _savez(fh, arrays: dict) -> None:
-    """np.savez's file (an uncompressed zip of .npy members), a member at a time: a callable is made into its
-    array only when its member is written, and let go before the next."""
+    """np.savez's file (an uncompressed zip of .npy members), a member at a time: a callable gives its members
+    ({name: array}) only when they are written, and they are let go before the next."""
     with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         for name, value in arrays.items():
-            array = value() if callable(value) else value
-            with zf.open(name + ".npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
-            del array
+            members = value() if callable(value) else {name: value}
+            for member_name, array in members.items():
+                with zf.open(member_name + ".npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+            del members
 
 
 def _file_id(path: Path) -> list[int]:

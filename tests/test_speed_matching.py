@@ -96,10 +96,10 @@ def test_bulk_sites_equal_site_on_generated_urls(urls):
 @pytest.mark.parametrize("keys", [[], ["a"], ["a", "b", "a"], ["", "x", "", "x", "y", "x"], ["k"] * 4])
 def test_index_of_builds_what_adding_one_at_a_time_builds(keys):
     """index_of: each key's position, or positions (ascending) when several share it, keys in first-seen order."""
-    from nrr_engine.hierarchy.match import _add
     want: dict = {}
-    for i, k in enumerate(keys):
-        _add(want, k, i)
+    for i, k in enumerate(keys):   # one at a time: an int, then a list once a second position shares the key
+        have = want.get(k)
+        want[k] = i if have is None else have + [i] if isinstance(have, list) else [have, i]
     got = index_of(keys, range(len(keys)))
     assert got == want and list(got) == list(want)
 

@@ -268,7 +268,8 @@ class Population:
         if k not in self._cache:
             keys = self.keys(name_field)
             n = len(keys)
-            full = NameIndex(keys, np.fromiter(map(hash, keys), dtype=np.int64, count=n), _nonempty(keys))
+            rows = _nonempty(keys)
+            full = NameIndex(keys, np.fromiter(map(hash, keys), dtype=np.int64, count=n)[rows], rows)
             markers = normalise.HEAD_MARKERS
             ends = tuple(" " + m for m in markers)   # a key ending in a head word, tested in one call
             at, cuts, hashes = array("q"), array("q"), array("q")
@@ -361,8 +362,8 @@ def seeded(kind: str, value: tuple):
 
 
 def index_of(keys: list, at) -> dict:
-    """{key: position} of the positions `at` (ascending) and their keys, as `_add` would build it one at a time (a
-    key several positions share maps to their list), the unique keys in C: most keys are."""
+    """{key: position} of the positions `at` (ascending) and their keys, as a dict built one at a time would hold them
+    (a key several positions share maps to their list), the unique keys in C: most keys are."""
     at = list(at)
     index: dict[Any, Any] = dict(zip(keys, at))   # each key's last position, in the order keys first appear
     if len(index) < len(at):
@@ -385,12 +386,11 @@ def _nonempty(keys) -> np.ndarray:
 class NameIndex:
     """Normalised name -> the account (an int) or accounts (a list, ascending) holding it, as a dict of the names
     would give, held as the names' hashes sorted in an array beside their accounts: a million names are 16 MB,
-    not a dict of a million strings. Entries are the keys of `rows` (all with a key, by default), or when `cuts`
-    is given their first cuts[k] characters. Many names are looked up at once (`find`); a hash that matches is
+    not a dict of a million strings. Entry k is the key of account rows[k] (with its hash hashes[k]), or when
+    `cuts` is given its first cuts[k] characters. Many names are looked up at once (`find`); a hash that matches is
     checked against the text, so a collision never links."""
 
     def __init__(self, keys, hashes: np.ndarray, rows: np.ndarray, cuts: np.ndarray | None = None):
-        hashes = hashes if cuts is not None else hashes[rows]
         order = np.argsort(hashes, kind="stable")   # within one hash, accounts stay ascending
         self._keys, self._h = keys, hashes[order]
         # array('q'): an entry read one at a time is a Python int at once (a numpy scalar costs 5x)
@@ -459,6 +459,12 @@ def blocks(keys, rows: Sequence[int], size: int = _BULK) -> Iterator[tuple[list[
         yield part, take(keys, part)
 
 
+def rows_and_keys(keys, rows: Sequence[int]) -> Iterator[tuple[int, Any]]:
+    """(row, keys[row]) for each of `rows` (ascending), read a block at a time."""
+    for part, got in blocks(keys, rows):
+        yield from zip(part, got)
+
+
 def longest_prefix_hits(keys, rows: Sequence[int], full: NameIndex,
                         head: NameIndex) -> Iterator[tuple[int, str, int, Any]]:
     """(account, key, cut, hit) for each account of `rows` (ascending) some proper prefix of whose key (cut at a
@@ -493,16 +499,6 @@ def longest_prefix_hits(keys, rows: Sequence[int], full: NameIndex,
             if hit is not None:   # else a hash collision: the account's next prefix is looked at
                 last = k
                 yield part[k], key, cut, hit
-
-
-def _add(index: dict, key: str, i: int) -> None:
-    have = index.get(key)
-    if have is None:
-        index[key] = i
-    elif isinstance(have, list):
-        have.append(i)
-    else:
-        index[key] = [have, i]
 
 
 def as_list(hit) -> list[int]:
@@ -652,8 +648,7 @@ def match_domain(pop: Population, rule) -> tuple[list[Proposal], list[Placeholde
     confidence, field, ignore = float(rule.confidence), rule.field, rule.ignore
     simple = not rule.child and not rule.candidate   # one candidate then decides alone (as _decide would)
     append = out.append
-    for i, d in ((i, d) for part, got in blocks(domains, np.flatnonzero(allowed & ~apex).tolist())
-                 for i, d in zip(part, got)):
+    for i, d in rows_and_keys(domains, np.flatnonzero(allowed & ~apex).tolist()):
         if d is None or d in ignore:
             continue
         hit = heads.get(d)
@@ -739,11 +734,10 @@ def unmatched(pop: Population, name_field: str, allowed: np.ndarray) -> list[tup
     out = []
     places = normalise.geo_last_tokens()
     ending = []   # (account, name) of the names ending in a place
-    for part, texts in blocks(keys, np.flatnonzero(allowed).tolist()):
-        for i, key in zip(part, texts):
-            cut = key.rfind(" ")
-            if cut > 0 and key[cut + 1:] in places:
-                ending.append((i, key))
+    for i, key in rows_and_keys(keys, np.flatnonzero(allowed).tolist()):
+        cut = key.rfind(" ")
+        if cut > 0 and key[cut + 1:] in places:
+            ending.append((i, key))
     # a candidate exists: the qualifier rule's case
     matched = {i for i, _, _, _ in longest_prefix_hits(keys, [i for i, _ in ending], full, head)}
     for i, key in ending:

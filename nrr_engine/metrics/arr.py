@@ -358,14 +358,8 @@ def _events(acc: np.ndarray, start: np.ndarray, stop: np.ndarray, units: np.ndar
     return rows, cols, np.concatenate([units, -units])
 
 
-def to_segments(matrix: MonthlyArr, rows: np.ndarray, first: int) -> list[tuple[int, str, str, int]]:
-    """Runs of equal non-zero ARR of the given rows: (row, start 'YYYY-MM', end 'YYYY-MM', units), in row order."""
-    labels = [months.fmt(first + k) for k in range(matrix.count)]
-    return [(r, labels[s], labels[e], u) for r, s, e, u in matrix.runs(rows)]
-
-
-def iter_segments(matrix: MonthlyArr, rows: np.ndarray, first: int, ids: list[str],
-                  chunk: int = 100_000) -> Iterator[tuple[str, str, str, int]]:
+def iter_segments(matrix: MonthlyArr, rows: np.ndarray, first: int,
+                  ids: list[str]) -> Iterator[tuple[str, str, str, int]]:
     """(account Id, start, end, units) runs of the given rows, made a chunk of runs at a time."""
     labels = [months.fmt(first + k) for k in range(matrix.count)]
     for r, s, e, u in matrix.runs(rows):
