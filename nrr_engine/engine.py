@@ -225,6 +225,8 @@ class Engine:
                     with self.storage("the run", note=_SETTLED):
                         with self.org.reloads_held():  # a run that stops before writing leaves the working copy
                             plan = pipeline.compute(self.settings, self.org, self.ledger, ctx)
+                        if plan.state.carried is not None and plan.state.carried.reused:
+                            log.info("store.reused", what="matching's proposals", rules=plan.state.carried.reused)
                         counts = {"planned": plan.change_count()}
                         if not dry_run:
                             counts.update(pipeline.apply(plan, self.org, self.ledger, self.settings))
@@ -244,6 +246,7 @@ class Engine:
                     if not failed:  # a cache for reports and the next run; stale unless written now
                         with ctx.stage("store", stoppable=False):
                             pipeline.write_store(self.settings, plan, self.org, self.ledger.state_version())
+                            store.write_proposals(store.proposals_path(self.settings.state), plan.state.carried)
                     else:
                         store.discard(store.path_for(self.settings.state))
                 summary = self.summary(plan, counts)

@@ -356,6 +356,7 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
                  existing_snapshots=existing, findings=tuple(findings), repair=repair,
                  extra_fields=tuple(extra_fields), merged=merged, cohorts=cohorts, reuse=reuse,
                  csv_signature=signature, stored=stored, account_fields=tuple(fields),
+                 carried=store.read_proposals(store.proposals_path(settings.state)) if repair else None,
                  unchanged=bool(unchanged))
 
 

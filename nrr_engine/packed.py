@@ -257,6 +257,10 @@ class Texts(ListLike):
         """The buffer, as `pack` of the cells makes it."""
         return np.frombuffer(self._buf, dtype=np.uint8)
 
+    def none_marks(self) -> bytes:
+        """A byte per cell, 1 where the cell is None (empty when none is)."""
+        return bytes(self._none) if self._none is not None else b""
+
 
 def _starts(values: np.ndarray) -> array:
     """Cell starts as array('q'): one read is a Python int at once."""

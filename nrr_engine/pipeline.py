@@ -44,7 +44,7 @@ def _repair(settings: Settings) -> Stage:
                    else np.zeros(len(accounts), dtype=np.int64))
         shared = store.seed(state.stored, accounts)  # name keys and sites of unchanged accounts: the last run's
         lookup, duplicates = repair_mod.lookup_trees(settings, accounts, state.ruleset, current, state.decisions,
-                                                     state.repair, findings, shared)
+                                                     state.repair, findings, shared, state.carried)
         views = repair_mod.all_views(settings, accounts, lookup, findings)
         changes = []
         for v in settings.lookup_views:

@@ -115,6 +115,8 @@ class State:
     arr_findings: tuple[Finding, ...] = ()      # the findings of reading ARR (fetch_arr), kept in the store
     stored: Any = None                          # store.Columns of the last run that wrote one (matching's derived
                                                 # columns are taken from it whether or not it is current)
+    carried: Any = None                         # hierarchy.carry.Carried: the last run's matching proposals, and
+                                                # this run's for the next (repair)
     reuse: Any = None                           # (store.Columns, positions of its accounts in this run): the last
                                                 # run's ARR and membership, current with the ledger (fetch)
     # ---- outputs of the stages

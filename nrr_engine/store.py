@@ -318,14 +318,20 @@ def write(path: Path, meta: dict, ids: list[str], matrix: MonthlyArr, membership
             full["account_fields"] = None
         return {"meta": np.array(json.dumps(full, sort_keys=True))}
     arrays["meta"] = meta_array
+    if _saved(path, arrays):
+        touch(path, full["stamp"])
+
+
+def _saved(path: Path, arrays: dict) -> bool:
+    """_savez into `path` atomically (0600); a failure leaves no file and is logged, not raised."""
     try:
         with atomic_file(path, "wb") as fh:
             _savez(fh, arrays)
+        return True
     except OSError as exc:
         discard(path)
         log.warning("store.unwritten", file=str(path), error=str(exc))
-        return
-    touch(path, full["stamp"])
+        return False
 
 
 def _savez(fh, arrays: dict) -> None:
@@ -524,3 +530,51 @@ def read(path: Path) -> Columns | None:
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # torn or foreign: never trusted
         log.warning("store.unreadable", file=str(path), error=str(exc))
         return None
+
+
+# ---- matching's proposals (hierarchy.carry), a file of their own ---------------------------------
+
+PROPOSALS = "proposals.npz"   # beside the store; addressed by content, so valid whatever the ledger did since
+_ENTRY_PARTS = ("mask", "count", "child", "parent", "confidence", "kind", "evidence")
+
+
+def proposals_path(state: Path) -> Path:
+    return Path(state).parent / PROPOSALS
+
+
+def read_proposals(path: Path):
+    """The last run's matching proposals as a hierarchy.carry.Carried (empty when there is no file or it cannot be
+    read: every rule then matches)."""
+    from .hierarchy.carry import Carried
+    try:
+        z = np.load(path, allow_pickle=False)
+        meta = json.loads(str(z["meta"]))
+        if not isinstance(meta, dict) or meta.get("version") != 1 or z.zip.testzip() is not None:
+            z.close()
+            return Carried()
+        keys = meta["keys"]
+        return Carried({key: entry for key, entry in zip(keys, meta["entries"])},
+                       lambda key: {part: z[f"p{keys.index(key)}_{part}"] for part in _ENTRY_PARTS})
+    except FileNotFoundError:
+        return Carried()
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+        log.warning("store.unreadable", file=str(path), error=str(exc))
+        return Carried()
+
+
+def write_proposals(path: Path, carried) -> None:
+    """Write this run's proposals (atomically, 0600) when they differ from the file's; a failure leaves no file
+    (the next run matches every rule)."""
+    if carried is None or not carried.changed():
+        return
+    keys = list(carried.entries)
+    metas: list = []
+    arrays: dict[str, Any] = {}
+    for k, key in enumerate(keys):
+        def members(k=k, key=key) -> dict:
+            entry = carried.arrays(key)
+            metas.append(entry["meta"])
+            return {f"p{k}_{part}": entry[part] for part in _ENTRY_PARTS if part in entry}
+        arrays[f"p{k}"] = members
+    arrays["meta"] = lambda: {"meta": np.array(json.dumps({"version": 1, "keys": keys, "entries": metas}))}
+    _saved(path, arrays)

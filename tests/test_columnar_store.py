@@ -218,6 +218,7 @@ def test_an_unchanged_rerun_takes_its_arr_and_findings_from_the_store(org, tmp_p
     twin = tmp_path / "twin"
     shutil.copytree(org.root, twin, symlinks=True)
     (twin / "state" / store.NAME).unlink()
+    (twin / "state" / store.PROPOSALS).unlink()   # and matching's proposals: the twin reruns from nothing stored
     rerun = Cli(org.config)("--log-level", "info", "run", *AS_OF)
     again = rerun.stdout
     reused = [json.loads(ln) for ln in rerun.stderr.splitlines() if '"store.reused"' in ln]

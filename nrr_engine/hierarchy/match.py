@@ -221,6 +221,35 @@ class Placeholder(NamedTuple):
     rule: Any            # the rules.MatchRule that proposed it (rules are handed in as data)
     confidence: float
     evidence: Any
+    qualifiers: tuple[str, ...] = ()   # name families: each member's qualifier ("us", "uk")
+
+
+def family_holder(pop: "Population", rule, group: str, members: Sequence[int],
+                  qualifiers: Sequence[str] = ()) -> Placeholder | None:
+    """The parent to create for the accounts `members` (ascending) that share the family key `group` of `rule`'s
+    kind (a key value, a domain, a name stem) and that no account holds; None when they make no family: fewer
+    than two, or (names) one qualifier twice (a duplicate) or a stem too short to name a company."""
+    if len(members) < 2:
+        return None
+    members = tuple(members)
+    if rule.type == "key":
+        name = f"{str(pop.col(rule.child_field)[members[0]]).strip()} (family)"
+        return Placeholder(f"{rule.child_field}:{group}", name, members, rule, float(rule.confidence),
+                           {"field": rule.child_field, "value": group})
+    if rule.type == "domain":
+        return Placeholder(f"domain:{group}", group, members, rule, float(rule.confidence), {"domain": group})
+    if len(group) < 3 or len(set(qualifiers)) < 2:
+        return None
+    names = pop.col(rule.field)
+    display = family_name([str(names[i]) for i in members], group)
+    return Placeholder(f"name:{group}", display, members, rule, rule.confidence_for("unit"),
+                       {"stem": group, "members": [str(names[i])[:100] for i in members[:10]]}, tuple(qualifiers))
+
+
+def family_key(holder: Placeholder) -> str:
+    """The family key `family_holder` was given for `holder` (its key without the kind's prefix)."""
+    rule = holder.rule
+    return holder.key[len(rule.child_field) + 1:] if rule.type == "key" else holder.key.split(":", 1)[1]
 
 
 @dataclass
@@ -629,9 +658,7 @@ def match_key(pop: Population, rule) -> tuple[list[Proposal], list[Placeholder]]
             continue
         out.extend(_decide(pop, rule, i, cands, float(rule.confidence),
                            KeyEvidence(rule.child_field, str(v).strip(), rule.candidate_field)))
-    holders = [Placeholder(f"{rule.child_field}:{k}", f"{str(pop.col(rule.child_field)[m[0]]).strip()} (family)",
-                           tuple(m), rule, float(rule.confidence), {"field": rule.child_field, "value": k})
-               for k, m in orphans.items() if len(m) > 1]
+    holders = [h for k, m in orphans.items() if (h := family_holder(pop, rule, k, m))]
     return out, holders
 
 
@@ -661,8 +688,7 @@ def match_domain(pop: Population, rule) -> tuple[list[Proposal], list[Placeholde
                 append(Proposal(i, hit, rule, confidence, evidence))
         else:
             out.extend(_decide(pop, rule, i, as_list(hit), confidence, evidence))
-    holders = [Placeholder(f"domain:{d}", d, tuple(m), rule, float(rule.confidence), {"domain": d})
-               for d, m in orphans.items() if len(m) > 1]
+    holders = [h for d, m in orphans.items() if (h := family_holder(pop, rule, d, m))]
     return out, holders
 
 
@@ -796,7 +822,7 @@ def match_fuzzy(pop: Population, rule) -> tuple[list[Proposal], list[Placeholder
 def name_placeholders(pop: Population, rule) -> list[Placeholder]:
     """Two or more accounts named stem + different qualifiers ("Acme US", "Acme UK") and no "Acme"."""
     allowed = pop.unlocked if rule.override else pop.eligible
-    names, keys = pop.col(rule.field), pop.keys(rule.field)
+    keys = pop.keys(rule.field)
     stems: dict[str, list[tuple[int, str]]] = {}
     for i, cuts in unmatched(pop, rule.field, allowed):
         tokens = keys[i].split()
@@ -804,15 +830,8 @@ def name_placeholders(pop: Population, rule) -> list[Placeholder]:
         # the family's ("Acme Ltd UK" and "Acme GmbH Germany" are both Acme), as a parent "Acme" would read
         stem = " ".join(normalise.strip_legal(tokens[:-cuts[0]]))
         stems.setdefault(stem, []).append((i, " ".join(tokens[-cuts[0]:])))
-    out = []
-    for stem, members in stems.items():
-        if len(members) < 2 or len(stem) < 3 or len({q for _, q in members}) < 2:
-            continue  # the same qualifier twice is a duplicate, not a family
-        display = family_name([str(names[i]) for i, _ in members], stem)
-        out.append(Placeholder(f"name:{stem}", display, tuple(i for i, _ in members), rule,
-                               rule.confidence_for("unit"), {"stem": stem,
-                                                             "members": [str(names[i])[:100] for i, _ in members[:10]]}))
-    return out
+    return [h for stem, members in stems.items()
+            if (h := family_holder(pop, rule, stem, [i for i, _ in members], [q for _, q in members]))]
 
 
 _NAME_END = ".)]'’"  # a name may end in these ("Acme Inc.", "Acme (Holdings)"); other punctuation separates words

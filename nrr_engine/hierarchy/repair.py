@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..model import TRUE_TEXT, Accounts, FieldChanges, Finding
-from . import link as link_mod
+from . import carry as carry_mod, link as link_mod
 from . import match as match_mod
 from .tree import Tree, build_tree, forest, partition
 
@@ -65,16 +65,19 @@ def cycles_uncollected() -> Iterator[None]:
 
 
 def lookup_trees(settings, accounts: Accounts, ruleset, current: np.ndarray, decisions: Decisions,
-                 repair: bool, findings: list[Finding], shared: dict | None = None) -> tuple[dict[str, ViewResult], list[dict]]:
+                 repair: bool, findings: list[Finding], shared: dict | None = None,
+                 carried=None) -> tuple[dict[str, ViewResult], list[dict]]:
     """Each lookup view's tree from the org, repaired by its rules when `repair`; duplicates flagged. `shared`:
     derived columns (name keys, sites, countries) computed once for every view and the duplicate check, which
-    may come in seeded (match.refresh) and go out filled."""
+    may come in seeded (match.refresh) and go out filled. `carried` (hierarchy.carry.Carried): the last run's
+    proposals, taken for each rule whose inputs are unchanged."""
     with cycles_uncollected():
-        return _lookup_trees(settings, accounts, ruleset, current, decisions, repair, findings, shared)
+        return _lookup_trees(settings, accounts, ruleset, current, decisions, repair, findings, shared, carried)
 
 
 def _lookup_trees(settings, accounts: Accounts, ruleset, current: np.ndarray, decisions: Decisions,
-                  repair: bool, findings: list[Finding], shared: dict | None) -> tuple[dict[str, ViewResult], list[dict]]:
+                  repair: bool, findings: list[Finding], shared: dict | None,
+                  carried) -> tuple[dict[str, ViewResult], list[dict]]:
     views: dict[str, ViewResult] = {}
     duplicates: list[dict] = []
     shared = {} if shared is None else shared
@@ -84,14 +87,20 @@ def _lookup_trees(settings, accounts: Accounts, ruleset, current: np.ndarray, de
         rep, stats = None, None
         view_rules = ruleset.for_view(v.name)
         if repair and view_rules:
-            rep, stats = repair_view(settings, accounts, tree, current, v.name, view_rules, decisions, findings, shared)
+            rep, stats = repair_view(settings, accounts, tree, current, v.name, view_rules, decisions, findings, shared,
+                                     carried)
             tree, fs = forest(rep.parent, accounts.ids, accounts.index, v.parent_field)
             findings.extend(fs)
             if rep.virtual:  # families grouped under virtual roots: NRR and membership only, nothing written
                 tree = tree.with_virtual_roots([(f"virtual:{h.key}", list(h.members)) for h in rep.virtual])
         views[v.name] = ViewResult(v.name, tree, 0, 0, rep, stats)
     if repair and settings.hierarchy.duplicates:
-        duplicates = find_duplicates(accounts, shared)
+        if carried is None:
+            duplicates = find_duplicates(accounts, shared)
+        else:   # the last run's groups while the columns they come from are the same
+            read = [f for f in ("Name", "Website", "BillingCountry") if accounts.has(f)]
+            inputs = carry_mod.columns_digest(shared, accounts.ids, accounts.column, read, carried.code)
+            duplicates = carried.memo("duplicates", inputs, lambda: find_duplicates(accounts, shared))
         if duplicates:
             findings.append(Finding("duplicate", f"{len(duplicates)} group(s) of accounts share a normalised name, "
                                     "website domain and country: possible duplicates for a data steward (never "
@@ -120,7 +129,8 @@ def all_views(settings, accounts: Accounts, lookup: dict[str, ViewResult], findi
 
 
 def repair_view(settings, accounts: Accounts, tree: Tree, current: np.ndarray, view: str, view_rules,
-                decisions: Decisions, findings: list[Finding], shared: dict | None = None) -> tuple[link_mod.Repair, dict]:
+                decisions: Decisions, findings: list[Finding], shared: dict | None = None,
+                carried=None) -> tuple[link_mod.Repair, dict]:
     """Propose links with the view's rules, then decide them through the guards and the review queue."""
     h = settings.hierarchy
     locked = np.zeros(len(accounts), dtype=bool)
@@ -131,7 +141,10 @@ def repair_view(settings, accounts: Accounts, tree: Tree, current: np.ndarray, v
     pop = match_mod.Population(accounts.ids, accounts.column, tree.parent, current, tree.child_count(), tree.depth,
                                eligible=(tree.parent < 0) & unlocked, unlocked=unlocked,
                                _cache=shared if shared is not None else {})
-    proposals, holders, notes = match_mod.propose(pop, view_rules, h.missing_parents != "off")
+    if carried is not None:
+        proposals, holders, notes = carried.propose(pop, view, view_rules, h.missing_parents != "off")
+    else:
+        proposals, holders, notes = match_mod.propose(pop, view_rules, h.missing_parents != "off")
     # a placeholder a person rejected (or approved, awaiting its parent) is decided: not proposed, not counted
     decided = {ref for child, ref in decisions.rejected.get(view, set()) if not child}
     decided.update(it["parent_ref"] for it in decisions.approved.get(view, []) if it["parent_ref"].startswith("placeholder:"))
