@@ -56,8 +56,8 @@ def _repair(settings: Settings) -> Stage:
         keep = {f.lower() for f in (*settings.account_fields_read(), *state.extra_fields)}  # later stages' columns
         slim = dataclasses.replace(accounts, fields={k: c for k, c in accounts.fields.items() if k.lower() in keep})
         derived = store.derived_of(shared, accounts) if state.repair else {}
-        packed = store.pack_columns(accounts, [k for k in accounts.fields if k.lower() not in keep], derived) \
-            if state.repair else {}
+        packed = store.pack_columns(accounts, [k for k in accounts.fields if k.lower() not in keep], derived,
+                                    state.stored if state.unchanged else None) if state.repair else {}
         del shared, lookup   # matching's columns and indexes go before the evidence it keeps is compacted
         repair_mod.compact(views, changes)
         return dataclasses.replace(state, accounts=slim, views=views, duplicates=tuple(duplicates),

@@ -129,12 +129,19 @@ def _code_digest() -> str:
     return h.hexdigest()[:16]
 
 
-def pack_columns(accounts, names, derived: dict | None = None) -> dict:
+def pack_columns(accounts, names, derived: dict | None = None, same: "Columns | None" = None) -> dict:
     """Account columns packed for the store (fields the repair stage is about to let go); a column matching
-    packed already as the raw values of a derived column shares that buffer (a million names are held once)."""
+    packed already as the raw values of a derived column shares that buffer (a million names are held once).
+    `same`: a store whose account columns are provably these (fetch took them from it unchanged): its packed
+    columns, read from its file only if the store is written again (a quiet night only stamps it)."""
     raw = {name: entry["raw"] for (kind, name), entry in (derived or {}).items()}
-    out = {}
+    out: dict = {}
+    held = (same.meta.get("account_columns") or []) if same is not None else []
     for name in names:
+        if name in held:
+            k = held.index(name)
+            out[name] = lambda k=k: (same._z[f"a{k}"], same._z[f"a{k}_none"])
+            continue
         values = accounts.column(name)
         if name in raw:
             out[name] = (raw[name], np.packbits(np.fromiter((v is None for v in values), dtype=bool, count=len(values))))
@@ -156,7 +163,7 @@ def account_columns(plan_accounts, packed: dict, changes, fields: list[str]) -> 
             by_field.setdefault(batch.field.lower(), []).append(batch)
     for name in fields[1:]:
         if name in packed:
-            out[name] = lambda name=name: packed[name]
+            out[name] = lambda name=name: packed[name]() if callable(packed[name]) else packed[name]
             continue
         if not plan_accounts.has(name):
             return None

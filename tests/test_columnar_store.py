@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import Cli
+from conftest import NAME_RULE, Cli
 from nrr_engine import config as config_mod
 from nrr_engine import store
 from nrr_engine.hierarchy.membership import Membership
 from nrr_engine.ledger import Ledger
 from nrr_engine.metrics import arr as arr_mod
+from nrr_engine.model import Accounts
 
 AS_OF = ("--as-of", "2026-11-15")
 GLOBEX = Path(__file__).resolve().parents[2] / "shared" / "data" / "globex"
@@ -348,3 +349,30 @@ def test_account_columns_are_packed_as_written_and_a_nul_leaves_them_out(tmp_pat
     assert cols.meta["account_fields"] is None and "account_columns" not in cols.meta
     assert cols.accounts(["Id", "Name", "Region__c"]) is None
     assert cols.ids == ids and cols.matrix == arr
+
+
+def test_a_quiet_rerun_packs_the_account_columns_the_store_holds_only_by_reference(org):
+    """Accounts fetch took unchanged from the store are not packed again: the columns given for the next store
+    are the store's own, read from its file only when written, and equal packing the columns anew."""
+    org.account("001A", "Acme", BillingCountry="US", Website="acme.com")
+    org.account("001B", "Acme UK", BillingCountry="United Kingdom")
+    org.account("001C", "Café Ünïcode", BillingCountry=None)
+    org.sub("001A", "2025-01-01", "", "12000")
+    org.rules = {"r.yaml": NAME_RULE}
+    org.write()
+    Cli(org.config)("run", *AS_OF)
+    Cli(org.config)("run", *AS_OF)
+    cols = store.read(store.path_for(org.root / "state" / "nrr.db"))
+    fields, names = cols.meta["account_fields"], cols.meta["account_columns"]
+    assert names and fields[1:] == names
+    values = cols.accounts(fields)
+    accounts = Accounts(values[0], dict(zip(names, values[1:])))
+    eager = store.pack_columns(accounts, names)
+    lazy = store.pack_columns(accounts, names, None, cols)
+    assert set(lazy) == set(eager) == set(names)
+    for name in names:
+        assert callable(lazy[name])
+        got, want = lazy[name](), eager[name]
+        assert got[0].tobytes() == want[0].tobytes() and got[1].tobytes() == want[1].tobytes(), name
+    columns = store.account_columns(accounts, lazy, [], fields)
+    assert all(columns[n]()[0].tobytes() == eager[n][0].tobytes() for n in names)
