@@ -186,7 +186,7 @@ def seed(cols: "Columns | None", accounts) -> dict:
     """Matching's derived columns for this run, from a store's (any store of the same code: they are a function
     of the raw values alone) where an account's raw value is unchanged, the rest derived again: a dict to seed
     the Population caches with, empty without a store."""
-    from .hierarchy import match
+    from .hierarchy import carry, match
     derived = cols.derived if cols is not None else {}
     if not derived:
         return {}
@@ -218,8 +218,16 @@ def seed(cols: "Columns | None", accounts) -> dict:
                  for j, (p, is_list) in enumerate(zip(entry["parts"], entry["lists"]))]
         if any(p is None for p in parts):
             continue
-        packed = pack(new_raw) if same else None
-        if packed is not None and entry.get("sha") == hashlib.sha256(packed).hexdigest():
+        # the raw values compared by matching's column digest (which carry then reuses), or, in a store written
+        # before it kept one, by the packed values' sha
+        digest = carry.column_digest(new_raw) if same and entry.get("digest") else None
+        if digest is not None:
+            out[("digest", name)] = digest
+            unchanged = digest == entry["digest"]
+        else:
+            packed = pack(new_raw) if same else None
+            unchanged = packed is not None and entry.get("sha") == hashlib.sha256(packed).hexdigest()
+        if unchanged:
             value, again = tuple(parts), 0   # every raw value as the store has it: nothing to derive
             kept[(kind, name)] = entry       # written again as it is (not packed again) by derived_of
         else:
@@ -244,7 +252,7 @@ _KEPT = ("store", "unchanged")   # a key of the seeded cache: the store's entrie
 def derived_of(shared: dict, accounts) -> dict:
     """The derived columns a repair computed, packed (one UTF-8 buffer each, not a million Python strings held to
     the end of the run) with the raw values they came from, for the store; a column holding a NUL is left out."""
-    from .hierarchy import match
+    from .hierarchy import carry, match
     kept = shared.get(_KEPT, {})
     out = {}
     for key, value in shared.items():
@@ -257,9 +265,10 @@ def derived_of(shared: dict, accounts) -> dict:
                       *(c.packed() if isinstance(c, Texts) else pack(c) if isinstance(c, list) else np.asarray(c)
                         for c in parts)]
             if all(p is not None for p in packed):
+                digest = shared.get(("digest", key[1])) or carry.column_digest(accounts.column(key[1]))
                 out[key] = {"raw": packed[0], "parts": packed[1:],
                             "lists": [isinstance(c, (list, Texts)) for c in parts],
-                            "sha": hashlib.sha256(packed[0]).hexdigest()}
+                            "sha": hashlib.sha256(packed[0]).hexdigest(), "digest": digest}
     return out
 
 
@@ -287,7 +296,8 @@ def write(path: Path, meta: dict, ids: list[str], matrix: MonthlyArr, membership
     kept = []
     for (kind, name), entry in (derived or {}).items():
         k = len(kept)
-        kept.append({"kind": kind, "field": name, "lists": entry["lists"], "sha": entry["sha"]})
+        kept.append({"kind": kind, "field": name, "lists": entry["lists"], "sha": entry["sha"],
+                     "digest": entry.get("digest")})
         for j, part in enumerate([entry["raw"], *entry["parts"]]):
             arrays[f"d{k}_{j}"] = part
     meta = {**meta, "derived": kept, "code": _code_digest()}
@@ -505,7 +515,7 @@ class _Entry(dict):
     """A derived column of the store: its raw values ("raw") and parts are read from the file only when used."""
 
     def __init__(self, z, k: int, d: dict):
-        super().__init__(lists=d["lists"], sha=d.get("sha"))
+        super().__init__(lists=d["lists"], sha=d.get("sha"), digest=d.get("digest"))
         self._z, self._k = z, k
 
     def __missing__(self, key):
