@@ -225,8 +225,12 @@ class Engine:
                     with self.storage("the run", note=_SETTLED):
                         with self.org.reloads_held():  # a run that stops before writing leaves the working copy
                             plan = pipeline.compute(self.settings, self.org, self.ledger, ctx)
-                        if plan.state.carried is not None and plan.state.carried.reused:
-                            log.info("store.reused", what="matching's proposals", rules=plan.state.carried.reused)
+                        carried = plan.state.carried
+                        if carried is not None and carried.reused:
+                            log.info("store.reused", what="matching's proposals", rules=carried.reused,
+                                     matched_again=carried.matched)
+                        elif carried is not None and carried.previous:   # a file, but no entry fits any more
+                            log.info("store.not_reused", what="matching's proposals", matched_again=carried.matched)
                         counts = {"planned": plan.change_count()}
                         if not dry_run:
                             counts.update(pipeline.apply(plan, self.org, self.ledger, self.settings))

@@ -564,6 +564,11 @@ def read_proposals(path: Path):
     read: every rule then matches)."""
     from .hierarchy.carry import Carried
     try:
+        if not Path(path).exists():
+            return Carried()
+        if not zipfile.is_zipfile(path):   # numpy's own message would suggest unpickling it
+            raise ValueError("not a proposals file (not an .npz archive); every rule matches again and the run "
+                             "writes it anew")
         z = np.load(path, allow_pickle=False)
         meta = json.loads(str(z["meta"]))
         if not isinstance(meta, dict) or meta.get("version") != 1 or z.zip.testzip() is not None:

@@ -188,6 +188,18 @@ def test_a_damaged_or_foreign_file_is_no_entry(tmp_path):
     assert not again.reused and _output(got) == _output(match.propose(_population(_columns()), rules, True))
     path.write_bytes(b"not a zip")
     assert not store.read_proposals(path).previous
+    assert not store.read_proposals(tmp_path / "none.npz").previous
+
+
+def test_the_same_rules_written_elsewhere_keep_their_entries_but_a_mapping_table_moved_does_not(tmp_path):
+    """A project copied or moved: where a rule is written is no input (no proposal says it), where a mapping
+    entry is written is (its evidence quotes file:line)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    here, there = _rules(tmp_path / "a"), _rules(tmp_path / "b")
+    digests = {r.name: (carry.rule_digest("legal", r), carry.rule_digest("legal", s)) for r, s in zip(here, there)}
+    assert all(a == b for name, (a, b) in digests.items() if name != "table")
+    assert digests["table"][0] != digests["table"][1]
 
 
 def test_a_rerun_takes_the_proposals_and_plans_what_matching_again_plans(org, cli, tmp_path):
@@ -220,7 +232,23 @@ def test_a_rerun_takes_the_proposals_and_plans_what_matching_again_plans(org, cl
     (org.org / "Account.csv").write_text(text)
     result = cli("--log-level", "info", "plan", *AS_OF, "--out", str(tmp_path / "renamed.json"))
     [reused] = [json.loads(line) for line in result.stderr.splitlines() if "matching's proposals" in line]
-    assert set(reused["rules"]) == {"sites"}
+    assert set(reused["rules"]) == {"sites"} and reused["matched_again"] == ["names", "duplicates"]
     proposals.unlink()
     cli("plan", *AS_OF, "--out", str(tmp_path / "renamed_fresh.json"))
     assert strip(tmp_path / "renamed.json") == strip(tmp_path / "renamed_fresh.json")
+
+
+def test_a_garbage_proposals_file_is_a_plain_warning_and_the_run_writes_it_anew(org, cli):
+    """Random bytes in place of proposals.npz: the run warns that it is no proposals file (never numpy's advice
+    to unpickle it), matches every rule, succeeds, and leaves a readable file for the next run."""
+    org.account("001A", "Acme Inc.", BillingCountry="United States")
+    org.account("001B", "Acme UK", BillingCountry="United Kingdom")
+    org.rules = {"r.yaml": "kind: match\nrules:\n  - {name: names, type: name}\n"}
+    org.write()
+    cli("run", *AS_OF)
+    proposals = org.root / "state" / "proposals.npz"
+    proposals.write_bytes(bytes(range(256)) * 20)
+    result = cli("--log-level", "info", "run", *AS_OF)
+    [warning] = [json.loads(line) for line in result.stderr.splitlines() if "store.unreadable" in line]
+    assert "not a proposals file" in warning["error"] and "pickle" not in result.stderr
+    assert store.read_proposals(proposals).previous

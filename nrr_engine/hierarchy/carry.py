@@ -63,8 +63,12 @@ def _canonical(value: Any) -> Any:
 
 
 def rule_digest(view: str, rule) -> str:
-    """Which rule of which view an entry belongs to: its kind and every setting (mapping entries included)."""
-    text = json.dumps([view, rule.type, _canonical(rule)], sort_keys=True, default=repr)
+    """Which rule of which view an entry belongs to: its kind and every setting (mapping entries included, with
+    where each is written, which their evidence quotes); not where the rule itself is written, which no proposal
+    says, so a project copied or moved elsewhere keeps its entries."""
+    settings = _canonical(rule)
+    settings.pop("location", None)
+    text = json.dumps([view, rule.type, settings], sort_keys=True, default=repr)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -217,6 +221,7 @@ class Carried:
         self.entries: dict[str, dict | str] = {}   # key -> a fresh entry, or _KEPT: the last run's, as it is
         self.code = code_digest()
         self.reused: dict[str, int] = {}
+        self.matched: list[str] = []      # rules (and checks) computed again this run
 
     def propose(self, pop, view: str, rules, placeholders: bool) -> tuple[list, list, list[str]]:
         """match.propose, each rule's output taken from the last run's where its inputs are the same."""
@@ -229,6 +234,7 @@ class Carried:
             allowed = pop.unlocked if rule.override else pop.eligible
             got = self._reuse(key, inputs, allowed, placeholders, pop, rule)
             if got is None:
+                self.matched.append(rule.name)
                 got = rule.propose(pop, placeholders)
                 entry = pack(inputs, allowed, placeholders, *got)
                 if entry is not None:
@@ -250,6 +256,7 @@ class Carried:
             self.entries[key] = _KEPT
             self.reused[name] = len(meta["value"]) if isinstance(meta["value"], list) else 1
             return meta["value"]
+        self.matched.append(name)
         value = compute()
         self.entries[key] = {"meta": {"inputs": inputs, "value": value}}
         return value
