@@ -16,7 +16,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from . import change_files
+from . import change_files, wal
 from .errors import Location, SourceUnavailable, disk_full, is_storage_error
 from .log import redact_text
 from .model import UPSERT, FieldChanges, SnapshotChanges, no_nones
@@ -159,7 +159,9 @@ class Ledger:
         self.path = path
         try:
             private_file(private_dir(path.parent) / path.name)  # customer data: 0600 in 0700, whatever the umask
-            conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+            # (one thread at a time: a local run records its changes in a thread while the main one writes the
+            # working copy, and waits for it before it touches the ledger again: sinks.Recording)
+            conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
             for attempt in range(100):  # two processes creating the store at once: switching to WAL can be busy
                 try:
                     conn.execute("PRAGMA journal_mode=WAL")
@@ -169,6 +171,7 @@ class Ledger:
                         raise
                     time.sleep(0.05)
             conn.execute("PRAGMA synchronous=NORMAL")
+            wal.configure(conn)
         except (sqlite3.Error, OSError) as exc:
             if is_storage_error(exc):
                 raise disk_full(exc, [path], "the state store") from None
@@ -193,6 +196,7 @@ class Ledger:
                     except sqlite3.Error:
                         pass  # the cause is what is raised, not the failed rollback
                 raise
+        wal.after_commit(self.path)
 
     @contextmanager
     def _storage(self):
@@ -225,6 +229,7 @@ class Ledger:
         return applied
 
     def close(self) -> None:
+        wal.wait(self.path)   # (the last connection's close checkpoints what is left)
         self.db.conn.close()
 
     # ---- runs -----------------------------------------------------------------------------------

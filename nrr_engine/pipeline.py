@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import months
+from . import months, store
 from . import sinks as sinks_mod
-from . import store
 from .config import Settings
 from .fetch import fetch, fetch_arr, needs_arr, report_first
 from .hierarchy import repair as repair_mod
@@ -192,6 +191,8 @@ class Plan:
 def compute(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunContext) -> Plan:
     """Fetch, then every stage; nothing is written. Raises GateFailed on a broken gate."""
     state = run_stages(settings, org, ledger, ctx, fetch(settings, org, ledger, ctx, repair=True), stages(settings))
+    with ctx.stage("fetch", stoppable=False):   # (apply stops next, if asked)
+        org.finish_sync()   # the loads that ran beside the stages are in the working copy before it is written
     return Plan(ctx, state)
 
 
@@ -259,8 +260,7 @@ def write_store(settings: Settings, plan: Plan, org: LocalOrg, version: int) -> 
     accounts = None if plan.inserts or not state.account_fields else store.account_columns(
         plan.accounts, state.account_packed, plan.changes, list(state.account_fields))
     meta["account_fields"] = list(state.account_fields)
-    store.write(path, meta, plan.accounts.ids, plan.matrix, membership, trees, columns, state.excluded, state.derived,
-                accounts)
+    store.write(path, meta, plan.accounts.ids, plan.matrix, membership, trees, columns, state.excluded, state.derived, accounts)
 
 
 def report_from_store(settings: Settings, org: LocalOrg, ledger: Ledger, current_month: int, view: str, period: int,

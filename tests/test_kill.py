@@ -38,6 +38,9 @@ def test_local_run_killed_at_any_point_then_rerun_equals_one_clean_run(tmp_path)
     # two points before the first log line (config, lock, a new state store being created and migrated)
     candidates = killing.points(log, fractions=(0.0, 0.5))
     chosen = [Point(None, 0, 0.25), Point(None, 0, 0.35), *killing.spread(candidates, 20)]
+    # and at the start of the write and ledger stages, which the spread can step over (short on the demo org)
+    chosen += [p for p in candidates if p.label in ("stage.start:write", "stage.start:ledger")
+               and p not in chosen]
     kills, problems = killing.kill_and_rerun(base, tmp_path, chosen, False, clean)
     assert not problems, "\n".join(problems[:20])
     _assert_spread(kills, {"fetch", "write", "ledger", "history"}, at_least=20)

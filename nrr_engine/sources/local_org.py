@@ -29,12 +29,14 @@ from ..errors import DataError, Location, SourceUnavailable, not_utf8
 from ..safe_output import atomic_file, csv_row, private_dir, private_file
 from ..model import Finding
 from ..ids import COUNTER_LIMIT, counter_range, engine_counter, sf_id, sf_ids
+from .. import wal
 from . import digests
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 _API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _BATCH = 20_000
+ASIDE_MIN_BYTES = 4 << 20   # ~30,000 accounts: below, a load costs less than a process (and its Arrow import)
 
 
 def _side_load(folder: Path, side: Path, obj: str, conn, keep_loaded: bool = True) -> None:
@@ -204,9 +206,20 @@ def _unchanged_since(path: Path, st: os.stat_result) -> None:
                                 "once the file is complete", Location(str(path)))
 
 
+def _ids_sound(cols: list[list], fields: Sequence[str]) -> bool:
+    """Whether the Id column (if read) holds a value in every record and none twice, as the working copy's
+    primary key will: columns read from a CSV whose load is still running are used only then."""
+    at = next((i for i, f in enumerate(fields) if f.lower() == "id"), None)
+    if at is None:
+        return True
+    ids = cols[at]
+    return None not in ids and "" not in ids and len(set(ids)) == len(ids)
+
+
 def _forkable() -> bool:
     """Forking a process that runs other threads (the scheduler daemon) can copy a lock mid-use: load inline
     there, and where fork does not exist."""
+    wal.wait()   # a background checkpoint is a thread, briefly: wait for it rather than load inline
     return "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
 
 
@@ -246,6 +259,7 @@ class LocalOrg:
             self.db = sqlite3.connect(self.path, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
+            wal.configure(self.db)
             self.db.execute("CREATE TABLE IF NOT EXISTS _nrr_files (object TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER)")
             self.db.execute("CREATE TABLE IF NOT EXISTS _nrr_sequences (prefix TEXT PRIMARY KEY, n INTEGER)")
             # The three-way merge: the CSV header and content hash of each load; the CSV's value (the base) of
@@ -270,6 +284,7 @@ class LocalOrg:
         for obj in list(self._pending):  # a run that stopped early: drop its side loads
             self._drop_side_load(obj)
         self.wait_for_kept_loads()
+        wal.wait(self.path)   # (the last connection's close checkpoints what is left)
         self.db.close()
 
     def _drop_side_load(self, obj: str) -> None:
@@ -382,6 +397,14 @@ class LocalOrg:
         else:
             self._load(obj, path, st)
         loaded.append(obj)
+
+    def worth_loading_aside(self, obj: str) -> bool:
+        """Whether the object's CSV is big enough (ASIDE_MIN_BYTES) that loading it in another process while
+        this one goes on pays for the process."""
+        try:
+            return os.stat(self.folder / f"{obj}.csv").st_size >= ASIDE_MIN_BYTES
+        except OSError:
+            return False
 
     def _start_side_load(self, obj: str, st: os.stat_result) -> None:
         if obj in self._pending:
@@ -937,8 +960,27 @@ class LocalOrg:
                 raise DataError(f"column {h} appears twice in the header", Location(str(path), 1))
 
     # ---- reading -------------------------------------------------------------------------------
+    def _loading_first(self, obj: str) -> Path | None:
+        """The CSV of an object whose first load runs in the background (no table of it yet, nothing the engine
+        wrote to it, the file as the load found it): the table it makes is that file, so its header and its
+        columns (read with Arrow) need not wait for it."""
+        pending = self._pending.get(obj)
+        if pending is None or obj in self._tables():
+            return None
+        for table in ("_nrr_base", "_nrr_created"):
+            if self.db.execute(f"SELECT 1 FROM {table} WHERE object = ? LIMIT 1", (obj,)).fetchone():
+                return None
+        path, st = self.folder / f"{obj}.csv", pending[3]
+        try:
+            now = os.lstat(path)
+        except OSError:
+            return None
+        return path if (now.st_size, now.st_mtime_ns) == (st.st_size, st.st_mtime_ns) else None
+
     def has_table(self, obj: str) -> bool:
         if obj in self._pending:
+            if self._loading_first(obj) is not None:
+                return True   # (a load that fails says so when it is waited for: finish_sync)
             self.finish_sync()
         return self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (obj,)).fetchone() is not None
 
@@ -949,6 +991,9 @@ class LocalOrg:
     def columns(self, obj: str) -> list[str]:
         """Field API names of an object (as the CSV header spells them)."""
         if obj in self._pending:
+            path = self._loading_first(obj)
+            if path is not None:
+                return read_header(path)
             self.finish_sync()
         return [r[1] for r in self.db.execute(f"PRAGMA table_info({_q(obj)})")]
 
@@ -1003,12 +1048,17 @@ class LocalOrg:
             out.append((blob, np.concatenate([[0], seps + 1, [len(blob) + 1]]).astype(np.int64)))
         return out
 
-    def _as_loaded(self, obj: str) -> tuple[Path, tuple[int, int]] | None:
+    def _as_loaded(self, obj: str, wait: bool = True) -> tuple[Path, tuple[int, int]] | None:
         """(CSV, its size and mtime) when the working copy's table holds exactly that file as it is now: loaded
-        from it, with no field or record the engine wrote; else None."""
+        from it, with no field or record the engine wrote; else None. `wait=False`: also while the object's
+        first load runs in the background (the table it makes is that file, if the load accepts it)."""
         if self.remote:
             return None
         if obj in self._pending:
+            path = self._loading_first(obj) if not wait else None
+            if path is not None:
+                st = self._pending[obj][3]
+                return path, (st.st_size, st.st_mtime_ns)
             self.finish_sync()
         path = self.folder / f"{obj}.csv"
         row = self.db.execute("SELECT size, mtime_ns, header FROM _nrr_files WHERE object = ?", (obj,)).fetchone()
@@ -1045,14 +1095,18 @@ class LocalOrg:
     def read_columns(self, obj: str, fields: Sequence[str]) -> list[list]:
         """Like read, but column by column: straight from the CSV with Arrow while the table holds exactly that
         file (a first run's accounts), else transposed from SQLite a chunk at a time in C."""
-        loaded = self._as_loaded(obj)
+        aside = obj in self._pending
+        loaded = self._as_loaded(obj, wait=False)
         if loaded is not None:
             from . import columnar
             try:
-                return columnar.read_columns(loaded[0], fields, loaded[1])
+                cols = columnar.read_columns(loaded[0], fields, loaded[1])
+                if not aside or _ids_sound(cols, fields):
+                    return cols
             except self.columnar_errors:
                 pass
-        cols: list[list] = [[] for _ in fields]
+            # a file the load may refuse (an Id missing or twice, ...): its load says how, naming the line
+        cols = [[] for _ in fields]
         rows = self.read(obj, fields)
         while chunk := list(islice(rows, _BATCH)):
             for col, values in zip(cols, zip(*chunk)):
@@ -1088,6 +1142,7 @@ class LocalOrg:
                 self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
+        wal.after_commit(self.path)
 
     def ensure_fields(self, obj: str, fields: Iterable[str]) -> None:
         """Add missing columns (the local equivalent of deploying the custom fields)."""

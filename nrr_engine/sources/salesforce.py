@@ -778,6 +778,10 @@ class SalesforceOrg(LocalOrg):
         return self.objects()
 
     # ---- reading ----------------------------------------------------------------------------------
+    def worth_loading_aside(self, obj: str) -> bool:
+        """Nothing loads aside: the mirror is filled from Salesforce's answers as they come."""
+        return False
+
     def sync(self, objects: Iterable[str], background: Iterable[str] = ()) -> list[str]:
         """Read each object's wanted fields from Salesforce into the mirror: in full the first time, when the
         fields read change, every source.full_read_days (Salesforce's clock: the Date header of its answers) and
