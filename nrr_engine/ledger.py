@@ -159,9 +159,7 @@ class Ledger:
         self.path = path
         try:
             private_file(private_dir(path.parent) / path.name)  # customer data: 0600 in 0700, whatever the umask
-            # (one thread at a time: a local run records its changes in a thread while the main one writes the
-            # working copy, and waits for it before it touches the ledger again: sinks.Recording)
-            conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+            conn = sqlite3.connect(path, isolation_level=None, timeout=30)
             for attempt in range(100):  # two processes creating the store at once: switching to WAL can be busy
                 try:
                     conn.execute("PRAGMA journal_mode=WAL")

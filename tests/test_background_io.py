@@ -1,5 +1,5 @@
-"""Work done beside the run on the second core: the accounts' first load into the working copy, the ledger's
-change records while the working copy is written, and SQLite's WAL checkpoints."""
+"""Work done beside the run on the second core: the accounts' first load into the working copy and SQLite's WAL
+checkpoints."""
 from __future__ import annotations
 
 import multiprocessing
@@ -11,9 +11,7 @@ import pytest
 
 from conftest import write_csv
 from nrr_engine import wal
-from nrr_engine.errors import DataError
 from nrr_engine.ledger import Ledger
-from nrr_engine.sinks import Recording
 from nrr_engine.sources import local_org
 from nrr_engine.sources.local_org import LocalOrg
 
@@ -92,17 +90,6 @@ def test_a_bad_row_found_by_the_background_load_stops_the_run_naming_the_line(or
     assert "Account.csv:3" in r.stderr and "duplicate Id" in r.stderr and "Traceback" not in r.stderr
     assert not (org.root / "state" / "local-org.db").exists() or not sqlite3.connect(
         org.root / "state" / "local-org.db").execute("SELECT name FROM sqlite_master WHERE name = 'Account'").fetchone()
-
-
-def test_recording_raises_the_threads_error_and_says_when_it_recorded():
-    """A record made in a thread: its error is raised in the caller's thread by wait(); else wait() is True."""
-    assert Recording(lambda: None).wait() is True
-
-    def fails():
-        raise DataError("disk full")
-
-    with pytest.raises(DataError, match="disk full"):
-        Recording(fails).wait()
 
 
 def test_a_big_commit_is_checkpointed_in_the_background(tmp_path):

@@ -98,9 +98,8 @@ def test_runs_list_and_show(family, cli):
                                   "message": "1 account(s) have a ParentId that matches no account; treated as roots"}]
 
 
-# fetch, match, arr, hierarchy, rollup, nrr, snapshot, gates, apply, write, history: 11 stop checks (the ledger
-# records while the working copy is written, so there is none between the write and the ledger).
-STOP_CHECKS = 11
+# fetch, match, arr, hierarchy, rollup, nrr, snapshot, gates, apply, write, ledger, history: 12 stop checks.
+STOP_CHECKS = 12
 
 
 @pytest.mark.parametrize("stop_at", range(STOP_CHECKS))

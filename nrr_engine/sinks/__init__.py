@@ -7,8 +7,7 @@ Salesforce Task, a webhook, a file) is a new class with that method, registered 
 """
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Protocol
 
 from .local import LocalOrgSink
@@ -29,12 +28,6 @@ class Journal:
     def record(self, batches: Iterable, failures: dict[int, str] | None = None, status: str = "applied") -> None:
         self.ledger.record_changes(self.run_id, batches, status, failures)
 
-    def record_aside(self, batches: Iterable) -> "Recording":
-        """Record the changes `applied` in a thread while the caller writes them into another database (the
-        local working copy): SQLite does both without the interpreter lock, on two cores. Write-ahead still
-        holds: the caller commits its write only after `Recording.wait` returned."""
-        return Recording(lambda: self.ledger.record_changes(self.run_id, batches, "applied"))
-
     def settle_failed(self, failed: dict[int, str]) -> None:
         self.ledger.settle_changes(self.run_id, [(s, "failed", err, None) for s, err in sorted(failed.items())])
 
@@ -45,31 +38,6 @@ class Journal:
     def reopen(self) -> None:
         """The write the changes were recorded `applied` ahead of did not happen: pending, to be settled."""
         self.ledger.mark_changes(self.run_id, "applied", "pending")
-
-
-class Recording:
-    """A journal record running in a thread (Journal.record_aside); the ledger is not touched meanwhile."""
-
-    def __init__(self, record: Callable[[], object]):
-        self._error: BaseException | None = None
-        self._done = False
-
-        def run() -> None:
-            try:
-                record()
-                self._done = True
-            except BaseException as exc:   # raised in the caller's thread by wait()
-                self._error = exc
-
-        self._thread = threading.Thread(target=run, name="nrr-ledger-record", daemon=True)
-        self._thread.start()
-
-    def wait(self) -> bool:
-        """Wait for the record; raise its error, else return True (recorded)."""
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._done
 
 
 class OrgSink(Protocol):
@@ -85,4 +53,4 @@ def org_sink(org, settings) -> OrgSink:
     return ORG_SINKS[org.kind](org, settings)
 
 
-__all__ = ["Journal", "Recording", "OrgSink", "org_sink", "LocalOrgSink", "SalesforceSink", "StateSink", "PlanFileSink", "ORG_SINKS"]
+__all__ = ["Journal", "OrgSink", "org_sink", "LocalOrgSink", "SalesforceSink", "StateSink", "PlanFileSink", "ORG_SINKS"]

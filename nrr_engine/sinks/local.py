@@ -1,7 +1,6 @@
 """The local org sink: the plan written into the SQLite working copy in one transaction, which commits only
 after the ledger has recorded the changes (a crash before that rolls the working copy back; a commit that
-fails puts the changes back to pending, for the next run to settle). The ledger records them in a thread
-while the working copy is written: two SQLite files, written at once on two cores."""
+fails puts the changes back to pending, for the next run to settle)."""
 from __future__ import annotations
 
 import json
@@ -17,23 +16,13 @@ class LocalOrgSink:
 
     def write(self, ctx, plan, journal) -> dict[int, str]:
         recorded = False
-        ctx.check_stop("write")   # (not once the ledger records: a stopped run records nothing)
         try:
             with self.org.transaction():  # commits after the ledger has
-                recording = journal.record_aside(plan.batches())   # the ledger records while the copy is written
-                try:
-                    with ctx.stage("write", stoppable=False):
-                        failures = write_changes(self.org, plan, self.settings.snapshot_prefix)
-                except BaseException:
-                    try:
-                        recorded = recording.wait()   # (the ledger is not left to a thread)
-                    except BaseException:
-                        pass   # the write's error is the one to tell
-                    raise
-                with ctx.stage("ledger", stoppable=False):   # what recording adds once the write is done
-                    recorded = recording.wait()
-                    if failures:
-                        journal.settle_failed(failures)
+                with ctx.stage("write"):
+                    failures = write_changes(self.org, plan, self.settings.snapshot_prefix)
+                with ctx.stage("ledger"):
+                    journal.record(plan.batches(), failures)
+                    recorded = True
         except BaseException:
             if recorded:  # the ledger says applied but the working copy did not commit (a full disk)
                 try:

@@ -76,6 +76,10 @@ def _side_load_child(parent: int, *args) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="nrr-load-watch", daemon=True).start()
+    try:
+        os.nice(5)   # the engine keeps its core: a load beside it slowed its matching as much as it saved
+    except OSError:
+        pass
     folder, side, obj, conn, keep_loaded = args
     _side_load(folder, side, obj, _StorageNamed(conn, side, obj), keep_loaded)
 
