@@ -191,7 +191,7 @@ class Plan:
 def compute(settings: Settings, org: LocalOrg, ledger: Ledger, ctx: RunContext) -> Plan:
     """Fetch, then every stage; nothing is written. Raises GateFailed on a broken gate."""
     state = run_stages(settings, org, ledger, ctx, fetch(settings, org, ledger, ctx, repair=True), stages(settings))
-    with ctx.stage("fetch", stoppable=False):   # (apply stops next, if asked)
+    with ctx.stage("load", stoppable=False):   # (apply stops next, if asked)
         org.finish_sync()   # the loads that ran beside the stages are in the working copy before it is written
     return Plan(ctx, state)
 
