@@ -281,7 +281,7 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
             objects.append(settings.arr.subscriptions.object)
             background.append(settings.arr.subscriptions.object)
         if repair:  # a plan compares its snapshots with the org's; a report reads none (on Salesforce: API calls)
-            objects = [*objects, settings.snapshot_object]
+            objects.append(settings.snapshot_object)
             ruleset = rules_mod.load(settings.rule_files, [v.name for v in settings.lookup_views], settings.roots)
             _warn_loose_permissions([settings.config_file, *settings.rule_files, *ruleset.tables])
             # what validate warns of (a rules glob that matches no file: repair without its rules)

@@ -1059,8 +1059,7 @@ class LocalOrg:
         if self.remote:
             return None
         if obj in self._pending:
-            path = self._loading_first(obj) if not wait else None
-            if path is not None:
+            if not wait and (path := self._loading_first(obj)) is not None:
                 st = self._pending[obj][3]
                 return path, (st.st_size, st.st_mtime_ns)
             self.finish_sync()
