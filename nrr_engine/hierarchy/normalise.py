@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import pycountry
-import tldextract
 from cleanco.clean import get_unique_terms, normalize_terms
 from cleanco.non_nfkd_map import NON_NFKD_MAP
 
@@ -269,11 +268,25 @@ def qualifier_cuts(tokens: tuple[str, ...], geographic: bool = False) -> list[in
 
 # ---- websites -----------------------------------------------------------------------------------
 
-_EXTRACT = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None, include_psl_private_domains=True)
-_SUFFIXES = frozenset(t for t in _EXTRACT.tlds if not t.startswith(("*", "!")))
-_WILD = frozenset(t[2:] for t in _EXTRACT.tlds if t.startswith("*."))
-# every tail of every rule (s3.amazonaws.com -> amazonaws.com, com): where a longer suffix may still follow
-_TAILS = frozenset(".".join(t.split(".")[i:]) for t in (*_SUFFIXES, *_WILD) for i in range(t.count(".") + 1))
+class _PublicSuffixes(NamedTuple):
+    extract: object           # tldextract's extractor, for the rare wildcard rules
+    suffixes: frozenset[str]  # every plain rule (com, co.uk, s3.amazonaws.com)
+    wild: frozenset[str]      # what a "*." rule stands on (*.ck -> ck)
+    tails: frozenset[str]     # every tail of every rule (s3.amazonaws.com -> amazonaws.com, com): a longer
+                              # suffix may still follow
+
+
+@functools.cache
+def _psl() -> _PublicSuffixes:
+    """tldextract's bundled public-suffix snapshot (never fetched), read on the first website looked at: a
+    command that looks at none (report, runs, review) pays neither the import (it brings requests) nor the
+    tables."""
+    import tldextract
+    extract = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None, include_psl_private_domains=True)
+    suffixes = frozenset(t for t in extract.tlds if not t.startswith(("*", "!")))
+    wild = frozenset(t[2:] for t in extract.tlds if t.startswith("*."))
+    tails = frozenset(".".join(t.split(".")[i:]) for t in (*suffixes, *wild) for i in range(t.count(".") + 1))
+    return _PublicSuffixes(extract, suffixes, wild, tails)
 
 
 class Site(NamedTuple):
@@ -303,14 +316,15 @@ def site(url: str | None) -> Site | None:
         return None       # no dot, an empty label, a space, or an IP address
     # The longest public suffix the host ends with (tldextract's bundled list), walking label by label from
     # the right; wildcard rules, which are rare, go through tldextract itself.
+    psl = _psl()
     best, tail = 0, labels[-1]
     for k in range(1, n + 1):
-        if tail not in _TAILS:
+        if tail not in psl.tails:
             break
-        if tail in _WILD:
-            r = _EXTRACT(host)
+        if tail in psl.wild:
+            r = psl.extract(host)
             return Site(f"{r.domain}.{r.suffix}", r.subdomain in ("", "www")) if r.domain and r.suffix else None
-        if tail in _SUFFIXES:
+        if tail in psl.suffixes:
             best = k
         if k < n:
             tail = labels[-k - 1] + "." + tail
@@ -344,7 +358,8 @@ def sites(urls: list) -> tuple[list[str | None], list[bool]]:
     found = _PLAIN_URL.findall(text) if at and text.count("\n") == len(at) - 1 else []
     if len(found) != len(at):
         at, found = [], []
-    suffixes, tails, wild, slow = _SUFFIXES, _TAILS, _WILD, []
+    _, suffixes, wild, tails = _psl() if at else (None, frozenset(), frozenset(), frozenset())
+    slow: list[int] = []
     for i, (sub, name, last) in zip(at, found):
         if last in suffixes and last not in wild and (domain := f"{name}.{last}") not in tails:
             domains[i], apex[i] = domain, sub == "" or sub == "www."
