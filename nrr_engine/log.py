@@ -95,10 +95,27 @@ def derived_forms(value: str) -> tuple[str, ...]:
     return tuple(sorted(f for f in forms if len(f) >= VARIANT_MIN and not itself.fullmatch(f)))
 
 
+_found: tuple[tuple, list[str]] = ((), [])
+
+
 def secrets() -> list[str]:
     """Every value to redact: the registered variables' and values (any length), and those of other variables
     whose names hint at a secret (PASSWORD, TOKEN, ...; from ANYWHERE_MIN characters, since such a name also
-    covers flags like FOO_TOKEN_ENABLED=1), and the derived forms of each from ANYWHERE_MIN characters."""
+    covers flags like FOO_TOKEN_ENABLED=1), and the derived forms of each from ANYWHERE_MIN characters.
+    Gathered again only when the registry or the environment changed since the last call (every log event
+    asks; scanning the environment each time cost ~4 ms an event)."""
+    global _found
+    environ = getattr(os.environ, "_data", None)   # the raw mapping: comparing it decodes nothing
+    key = (_registered, frozenset(_secret_vars), frozenset(_secret_values),
+           tuple(environ.items()) if isinstance(environ, dict) else tuple(os.environ.items()))
+    if _found[0] == key:
+        return list(_found[1])
+    found = _gather()
+    _found = (key, found)
+    return list(found)
+
+
+def _gather() -> list[str]:
     found = set(_secret_values)
     for k, v in os.environ.items():
         if not v:
@@ -233,11 +250,12 @@ def redact(value):
 
 
 def _redact(_, __, event: dict) -> dict:
+    r = redactor()
     for k, v in event.items():
         if k in BODY_KEYS and v is not None:
             event[k] = f"[body redacted: {len(str(v))} chars]"
             continue
-        event[k] = redact(v)
+        event[k] = r.value(v)
     return event
 
 
