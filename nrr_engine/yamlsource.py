@@ -5,6 +5,7 @@ can point at the YAML line RevOps must edit.
 """
 from __future__ import annotations
 
+import copy
 import os
 import stat
 from dataclasses import dataclass, field
@@ -170,8 +171,27 @@ def _expansion(node: yaml.Node, file: str, first_alias: int | None) -> None:
                           "write the values out", Location(file, first_alias))
 
 
+_PARSED: dict[tuple[str, str], Document] = {}
+_PARSED_MAX = 64               # documents kept, each at most _PARSED_TEXT characters: a few MB at worst
+_PARSED_TEXT = 64 << 10
+
+
 def parse(text: str, file: str) -> Document:
-    """Parse YAML text; syntax errors become ConfigError with the line; size, nesting and aliases are bounded."""
+    """Parse YAML text; syntax errors become ConfigError with the line; size, nesting and aliases are bounded.
+    A text parsed before in this process (the scheduler's nightly jobs, a command that reads a rule file twice)
+    is not parsed again: its Document is copied (callers may change what they get)."""
+    if len(text) > _PARSED_TEXT:
+        return _parse(text, file)
+    key = (text, file)
+    if key not in _PARSED:
+        doc = _parse(text, file)
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[key] = doc
+    return copy.deepcopy(_PARSED[key])
+
+
+def _parse(text: str, file: str) -> Document:
     if len(text) > MAX_BYTES:
         raise ConfigError(f"larger than {MAX_BYTES // (1 << 20)} MB; expected a smaller document", Location(file))
     try:

@@ -243,3 +243,17 @@ def test_a_control_character_in_the_config_is_an_error_at_its_line(tmp_path):
     r = Cli(cfg)("validate", expect=2)
     assert f"{cfg}:3: character U+001B is not allowed in YAML" in r.stderr
     assert "\x1b" not in r.stderr and "internal error" not in r.stderr
+
+
+def test_a_text_parsed_twice_gives_independent_documents_and_errors_each_time(tmp_path):
+    """The parse memo hands out copies (a caller editing its Document changes no later parse) and never keeps a
+    failed parse: the same bad text is the same clean error the second time."""
+    from nrr_engine.yamlsource import ConfigError, parse
+    first = parse("a: {b: [1, 2]}\n", "x.yaml")
+    first.data["a"]["b"].append(3)
+    first.lines.clear()
+    second = parse("a: {b: [1, 2]}\n", "x.yaml")
+    assert second.data == {"a": {"b": [1, 2]}} and second.line_of(("a", "b")) == 1
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="x.yaml:2"):
+            parse("a: 1\n b: [\n", "x.yaml")
