@@ -1,6 +1,9 @@
 """SIGKILL a real `nrr-engine run` at points spread over every stage; each rerun ends in the clean run's state.
 
-The points come from the clean run's own log (each stage logs its start and end, Salesforce reads and ingest
+The clean run is a process started from scratch; the killed runs and reruns are forked from a preloaded
+interpreter (tests/forkserver.py): each the same engine in a process of its own, reached ~0.6 s sooner, so the
+points before its first log line land in its own first steps (config, lock, creating the state store) rather
+than in Python's imports. The points come from the clean run's own log (each stage logs its start and end, Salesforce reads and ingest
 jobs log too): the test waits for an event on the engine's stderr, waits part of the way to the next one,
 and kills the process from outside. After the kill the same command runs again; the org (every record and
 field) and the ledger (every change applied exactly once, snapshots, ARR history, membership, review queue,
@@ -35,13 +38,14 @@ def test_local_run_killed_at_any_point_then_rerun_equals_one_clean_run(tmp_path)
     base, clean, log = killing.prepare(tmp_path, DEMO_ORG, salesforce=False)
     stages = {e.label.split(":", 1)[1] for e in log if e.label.startswith("stage.start:")}
     assert {"fetch", "match", "write", "ledger", "history"} <= stages
-    # two points before the first log line (config, lock, a new state store being created and migrated)
+    # two points before the first log line (config, lock, a new state store being created and migrated: the
+    # first ~50 ms of a forked run)
     candidates = killing.points(log, fractions=(0.0, 0.5))
-    chosen = [Point(None, 0, 0.25), Point(None, 0, 0.35), *killing.spread(candidates, 20)]
+    chosen = [Point(None, 0, 0.015), Point(None, 0, 0.035), *killing.spread(candidates, 20)]
     # and at the start of the write and ledger stages, which the spread can step over (short on the demo org)
     chosen += [p for p in candidates if p.label in ("stage.start:write", "stage.start:ledger")
                and p not in chosen]
-    kills, problems = killing.kill_and_rerun(base, tmp_path, chosen, False, clean)
+    kills, problems = killing.kill_and_rerun(base, tmp_path, chosen, False, clean, forked=True)
     assert not problems, "\n".join(problems[:20])
     _assert_spread(kills, {"fetch", "write", "ledger", "history"}, at_least=20)
 
@@ -57,6 +61,6 @@ def test_salesforce_run_killed_at_any_point_then_rerun_equals_one_clean_run(tmp_
               "stage.start:ledger", "stage.start:history", "stage.end:history"} | {e.label for e in jobs}
     candidates = [p for p in killing.points(log, fractions=(0.0, 0.5)) if p.label in wanted]
     chosen = killing.spread(candidates, 11)
-    kills, problems = killing.kill_and_rerun(base, tmp_path, chosen, True, clean)
+    kills, problems = killing.kill_and_rerun(base, tmp_path, chosen, True, clean, forked=True)
     assert not problems, "\n".join(problems[:20])
     _assert_spread(kills, {"fetch", "write", "ledger"}, at_least=10)
