@@ -48,11 +48,13 @@ class ForkServer:
         ready = self.proc.stdout.readline()
         assert ready == "ready\n", f"the fork server did not start: {ready!r} (exit {self.proc.poll()})"
 
-    def start(self, module: str, args: list[str], env: dict, cwd: Path | None = None):
-        """Fork a child for `python -m module args`; yields ("O"|"E", line) as they come, returns the Child."""
+    def start(self, module: str, args: list[str], env: dict | None = None, cwd: Path | None = None) -> "_Running":
+        """Fork a child for `python -m module args` (in this process's environment and folder unless given): an
+        iterator over its ("O"|"E", line) as they come."""
         self.lock.acquire()
         try:
-            self.proc.stdin.write(json.dumps({"module": module, "args": args, "env": env,
+            self.proc.stdin.write(json.dumps({"module": module, "args": args,
+                                              "env": dict(os.environ) if env is None else env,
                                               "cwd": str(cwd) if cwd else os.getcwd()}) + "\n")
             tag, _, rest = self.proc.stdout.readline().partition(" ")
             assert tag == "P", f"the fork server answered {tag!r} {rest!r}"
@@ -61,7 +63,7 @@ class ForkServer:
             raise
         return _Running(self, Child(int(rest)))
 
-    def run(self, module: str, args: list[str], env: dict, cwd: Path | None = None,
+    def run(self, module: str, args: list[str], env: dict | None = None, cwd: Path | None = None,
             timeout: float = 300) -> Child:
         """Fork a child and wait for it to end (SIGKILL after `timeout` seconds, as an error)."""
         running = self.start(module, args, env, cwd)
@@ -185,6 +187,7 @@ def _relay(out, tags: dict[int, str]) -> None:
 
 def _child(cmd: dict) -> None:
     """In the forked child: become `python -m MODULE ARGS` in the command's folder and environment."""
+    import importlib
     import runpy
     # sys.stdout and sys.stderr already write to fds 1 and 2 (the child's pipes now), buffered as Python buffers
     # a pipe; stdin's buffer may hold the server's next command: a fresh one on /dev/null
@@ -197,9 +200,8 @@ def _child(cmd: dict) -> None:
         sys.argv = ["nrr-engine", *cmd["args"]]
         runpy.run_module("nrr_engine", run_name="__main__", alter_sys=True)
     else:
-        importlib_module = __import__(module, fromlist=["main"])
         sys.argv = [module, *cmd["args"]]
-        raise SystemExit(importlib_module.main(cmd["args"]))
+        raise SystemExit(importlib.import_module(module).main(cmd["args"]))
 
 
 if __name__ == "__main__":

@@ -186,7 +186,7 @@ def _module_of(cmd: list[str]) -> tuple[str, list[str]]:
 
 def _kill_forked(server: ForkServer, cmd: list[str], point: Point, env: dict | None, cwd: Path | None,
                  timeout: float) -> Kill:
-    running = server.start(*_module_of(cmd), env=dict(os.environ) if env is None else env, cwd=cwd)
+    running = server.start(*_module_of(cmd), env=env, cwd=cwd)
     if point.label is None:
         time.sleep(point.delay)
     else:
@@ -206,7 +206,7 @@ def run(cmd: list[str], env: dict | None = None, cwd: Path | None = None, timeou
         server: ForkServer | None = None):
     if server is None:
         return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
-    child = server.run(*_module_of(cmd), env=dict(os.environ) if env is None else env, cwd=cwd, timeout=timeout)
+    child = server.run(*_module_of(cmd), env=env, cwd=cwd, timeout=timeout)
     return subprocess.CompletedProcess(cmd, child.returncode, "".join(child.stdout), "".join(child.stderr))
 
 
