@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+import json
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -260,9 +261,10 @@ class SnapshotChanges:
             return []
         return [(i, rid) for i, (rid, n) in enumerate(zip(self.ids, self.new)) if n is None]
 
-    def write(self, delete, upsert) -> dict[int, str]:
+    def write(self, delete, upsert, fields: Sequence[str] | None = None) -> dict[int, str]:
         """Delete, then upsert, through an org's calls: `delete(ids)` -> results with .ok/.error in order,
-        `upsert(records)` -> (index among the records, error) of failures. Returns {position: error}."""
+        `upsert(records)` -> (index among the records, error) of failures. Returns {position: error}.
+        With `fields` (the key field, then the others) `upsert` is given rows of those values, not JSON."""
         failures: dict[int, str] = {}
         gone = self.deletes()
         if gone:
@@ -273,6 +275,12 @@ class SnapshotChanges:
         kept = range(len(self.new)) if whole else [i for i, n in enumerate(self.new) if n is not None]
         if kept:
             # the records in order, read as they are made (a chunk at a time), never all held at once
-            for k, error in upsert(iter(self.new) if whole else (self.new[i] for i in kept)):
+            if fields is None:
+                records = iter(self.new) if whole else (self.new[i] for i in kept)
+            elif whole and hasattr(self.new, "rows"):   # values as they are made, never as JSON
+                records = self.new.rows()
+            else:
+                records = (tuple(rec.get(f) for f in fields) for rec in map(json.loads, (self.new[i] for i in kept)))
+            for k, error in upsert(records):
                 failures[kept[k]] = error
         return failures

@@ -146,6 +146,12 @@ class JsonRows(ListLike):
         base, rows = self._load(i)
         return rows[i - base]
 
+    def rows(self) -> Iterator[tuple]:
+        """Every record as a row (external id, then the FIELDS' values), in order, made a chunk at a time."""
+        for start in range(0, self._n, self._chunk):
+            keys, columns = self._snaps._chunk(start, self._chunk)
+            yield from zip(keys, *columns)
+
     def __iter__(self) -> Iterator[str]:
         size = 0
         for start in range(0, self._n, self._chunk):

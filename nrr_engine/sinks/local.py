@@ -71,6 +71,7 @@ def write_changes(org, plan, snapshot_prefix: str) -> dict[int, str]:
                     failures.update({start + int(p): failed[batch.ids[p]] for p in at if batch.ids[p] in failed})
     sc = plan.snapshot_changes
     failed = sc.write(lambda ids: org.delete(sc.object, ids),
-                      lambda recs: org.upsert_json(sc.object, snapshot.KEY, snapshot.FIELDS, recs, snapshot_prefix))
+                      lambda rows: org.upsert_rows(sc.object, snapshot.KEY, snapshot.FIELDS, rows, snapshot_prefix),
+                      (snapshot.KEY, *snapshot.FIELDS))
     failures.update({seq + pos: err for pos, err in failed.items()})
     return failures

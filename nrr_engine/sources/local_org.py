@@ -237,12 +237,28 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def _literal_path(field: str) -> str:
-    return "'$." + field.replace("'", "''") + "'"
+def _sql_value(value):
+    """A JSON value as SQLite's json_extract gives it: text, numbers and null as they are, true/false as 1/0,
+    an object or array as its JSON text."""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return value
 
 
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+_adopters: set[threading.Thread] = set()   # adopt_aside's threads, running inside SQLite
+
+
+def _wait_for_adopters() -> None:
+    """Before a fork: a thread inside SQLite while the process forks could leave the child a lock it never gets."""
+    for thread in list(_adopters):
+        thread.join()
+
+
+os.register_at_fork(before=_wait_for_adopters)
 
 
 class LocalOrg:
@@ -260,7 +276,10 @@ class LocalOrg:
         self.path = Path(working_copy)
         try:
             private_file(private_dir(self.path.parent) / self.path.name)  # customer data: 0600, whatever the umask
-            self.db = sqlite3.connect(self.path, isolation_level=None)
+            # (check_same_thread off: `adopt_aside`'s thread uses it while this one leaves it alone)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._adopter: threading.Thread | None = None
+            self._adopt_error: BaseException | None = None
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             wal.configure(self.db)
@@ -284,7 +303,18 @@ class LocalOrg:
         except sqlite3.Error as exc:
             raise SourceUnavailable(f"cannot open the local org working copy: {exc}", Location(str(working_copy))) from None
 
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The working copy's connection; while `adopt_aside`'s thread has it, any other thread waits for it."""
+        if self._adopter is not None and self._adopter is not threading.current_thread():
+            self._join_adopter()
+        return self._db
+
     def close(self) -> None:
+        try:
+            self._join_adopter()
+        except BaseException:
+            pass   # an adoption that failed left no table: the next sync loads that CSV again (and says why)
         for obj in list(self._pending):  # a run that stopped early: drop its side loads
             self._drop_side_load(obj)
         self.wait_for_kept_loads()
@@ -429,7 +459,41 @@ class LocalOrg:
 
     def finish_sync(self) -> None:
         """Wait for background loads and move their tables into the working copy (a page copy in SQLite)."""
+        self._join_adopter()
         pending, self._pending = self._pending, {}
+        self._adopt_pending(pending)
+
+    def adopt_aside(self) -> None:
+        """Wait for the background loads and adopt their tables in a thread of this process, while the caller goes
+        on computing without the working copy: the copies run in SQLite's C code, off the interpreter lock, on the
+        other core. Any use of the working copy meanwhile (`db`, `finish_sync`) waits for the thread and raises
+        what stopped it."""
+        if not self._pending or self._adopter is not None:
+            return
+        pending, self._pending = self._pending, {}
+
+        def work() -> None:
+            try:
+                self._adopt_pending(pending)
+            except BaseException as exc:  # raised in the thread that waits for this one
+                self._adopt_error = exc
+
+        self._adopter = threading.Thread(target=work, name="nrr-adopt", daemon=True)
+        _adopters.add(self._adopter)
+        self._adopter.start()
+
+    def _join_adopter(self) -> None:
+        thread = self._adopter
+        if thread is None:
+            return
+        thread.join()
+        _adopters.discard(thread)
+        self._adopter = None
+        error, self._adopt_error = self._adopt_error, None
+        if error is not None:
+            raise error
+
+    def _adopt_pending(self, pending: dict[str, tuple]) -> None:
         for obj, (proc, recv, side, st) in pending.items():
             try:
                 try:
@@ -1174,12 +1238,18 @@ class LocalOrg:
 
     def upsert_json(self, obj: str, key_field: str, fields: Sequence[str], records: Iterable[str], prefix: str,
                     chunk: int = 10_000) -> list[tuple[int, str]]:
-        """Upsert records given as JSON objects by external id, a chunk at a time.
+        """Upsert records given as JSON objects by external id (`upsert_rows` of their values)."""
+        def row(text: str) -> tuple:
+            rec = json.loads(text)
+            return tuple(_sql_value(rec.get(f)) for f in (key_field, *fields))
+        return self.upsert_rows(obj, key_field, fields, map(row, records), prefix, chunk)
 
-        SQLite extracts the fields from the JSON (json_extract, in C), so each record binds two values.
-        New records get 18-character Ids with `prefix`. Returns (position, error) of records that failed."""
+    def upsert_rows(self, obj: str, key_field: str, fields: Sequence[str], rows: Iterable[Sequence], prefix: str,
+                    chunk: int = 10_000) -> list[tuple[int, str]]:
+        """Upsert records given as rows (external id, then the values of `fields`) by external id, a chunk at a
+        time. New records get 18-character Ids with `prefix`. Returns (position, error) of records that failed."""
         db = self.db
-        it = iter(records)
+        it = iter(rows)
         with self.transaction():
             self.ensure_fields(obj, [key_field, *fields])
             index = f"CREATE INDEX IF NOT EXISTS {_q('_nrr_key_' + obj)} ON {_q(obj)} ({_q(key_field)})"
@@ -1189,13 +1259,10 @@ class LocalOrg:
             if seen is None:
                 db.execute(index)
             cols = [key_field, *fields]
-            extract = ", ".join(f"json_extract(?2, '$.{f}')" for f in cols)
-            insert = f"INSERT INTO {_q(obj)} (Id, {', '.join(map(_q, cols))}) VALUES (?1, {extract})"
-            update = (f"UPDATE {_q(obj)} SET {', '.join(f'{_q(f)} = json_extract(?2, {_literal_path(f)})' for f in fields)} "
-                      f"WHERE Id = ?1")
+            insert = f"INSERT INTO {_q(obj)} (Id, {', '.join(map(_q, cols))}) VALUES ({', '.join('?' * (len(cols) + 1))})"
+            update = f"UPDATE {_q(obj)} SET {', '.join(f'{_q(f)} = ?' for f in fields)} WHERE Id = ?"
             while part := list(islice(it, chunk)):
-                keys = [json_key for (json_key,) in db.execute(
-                    f"SELECT json_extract(value, '$.{key_field}') FROM json_each(?)", ("[" + ",".join(part) + "]",))]
+                keys = [r[0] for r in part]
                 existing: dict[str, str] = {}
                 if seen is not None:
                     if seen.isdisjoint(keys):
@@ -1217,9 +1284,9 @@ class LocalOrg:
                     if rid is None:
                         fresh.append(rec)
                     else:
-                        updates.append((rid, rec))
+                        updates.append((*rec[1:], rid))
                 ids = self.free_ids(obj, prefix, len(fresh))
-                db.executemany(insert, zip(ids, fresh))
+                db.executemany(insert, ((rid, *rec) for rid, rec in zip(ids, fresh)))
                 db.executemany(update, updates)
                 self._advance(ids[-1:])   # free_ids hands out ascending counters: the last is the highest
             if seen is not None:
