@@ -604,6 +604,13 @@ class Ledger:
         restore them."""
         conn = self.db.conn
         with self._tx():
+            if not conn.execute("SELECT 1 FROM membership WHERE view = ? LIMIT 1", [view]).fetchone():
+                # the view's first record (a first run): nothing to close or log, the segments go straight in
+                n = conn.executemany("INSERT INTO membership (view, account_id, start_month, end_month, root_id, run_id) "
+                                     f"VALUES ({_literal(view)}, ?, {_literal(month)}, NULL, ?, {_literal(run_id)})",
+                                     changed).rowcount
+                conn.execute(_BUMP)
+                return n
             conn.execute("DROP TABLE IF EXISTS temp.changed_membership")
             conn.execute("CREATE TEMP TABLE changed_membership (account_id TEXT PRIMARY KEY, root_id TEXT NOT NULL) "
                          "WITHOUT ROWID")
