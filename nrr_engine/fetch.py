@@ -350,6 +350,7 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
         obj = settings.snapshot_object
         if repair and settings.snapshots_enabled and org.has_field(obj, snapshot.KEY):
             existing = snapshot.read_existing(org, obj, cur - 1)
+    org.adopt_aside()   # the loads beside this process enter the working copy while matching runs
 
     first = cur - settings.arr.history_months + 1
     return State(accounts=accounts, ruleset=ruleset, first=first if since is None else min(first, since), matrix=None,

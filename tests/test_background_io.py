@@ -11,6 +11,7 @@ import pytest
 
 from conftest import write_csv
 from nrr_engine import wal
+from nrr_engine.errors import DataError
 from nrr_engine.ledger import Ledger
 from nrr_engine.sources import local_org
 from nrr_engine.sources.local_org import LocalOrg
@@ -65,6 +66,53 @@ def test_a_file_changed_during_its_background_load_is_not_read_as_the_load(tmp_p
     with pytest.raises(Exception, match="changed while it was being read|Account"):
         lo.read_columns("Account", ["Id"])
     lo.close()
+
+
+def test_adopting_aside_leaves_this_thread_free_and_any_use_of_the_working_copy_waits(tmp_path):
+    """adopt_aside returns at once, the load's table enters the working copy in another thread (this one holds a
+    lock the adoption takes, and goes on meanwhile), and the next use of the working copy waits for it."""
+    lo = _org(tmp_path)
+    lo.sync(["Account"], background=["Account"])
+    gate = threading.Lock()
+    gate.acquire()
+    real = lo._adopt
+
+    def held_adopt(*args):
+        with gate:   # the adoption cannot finish until this thread lets it
+            real(*args)
+
+    lo._adopt = held_adopt
+    lo.adopt_aside()
+    assert not lo._pending and lo._adopter is not None and lo._adopter.is_alive(), "the adoption is not aside"
+    gate.release()   # (had adopt_aside waited for the adoption, this line would never run)
+    assert list(lo.read("Account", ["Id", "Name"])) == [(r["Id"], r["Name"]) for r in ROWS]
+    assert lo._adopter is None
+    lo.close()
+
+
+def test_a_load_that_fails_aside_raises_at_the_next_use_of_the_working_copy(tmp_path):
+    """A CSV the load rejects (a duplicate Id) raises its error where the working copy is next used, once; no
+    table is left half-made, and the next sync loads it again."""
+    rows = [*ROWS, ROWS[5]]
+    lo = _org(tmp_path, rows)
+    lo.sync(["Account"], background=["Account"])
+    lo.adopt_aside()
+    with pytest.raises(DataError, match=r"Account.csv:3002: duplicate Id 001000000000000005 \(first on line 7\)"):
+        lo.columns("Account")
+    assert lo._adopter is None and not lo.has_table("Account")
+    write_csv(tmp_path / "org" / "Account.csv", ROWS)
+    assert lo.sync(["Account"]) == ["Account"] and len(list(lo.read("Account", ["Id"]))) == len(ROWS)
+    lo.close()
+
+
+def test_closing_while_adopting_aside_waits_and_keeps_nothing_half_made(tmp_path):
+    lo = _org(tmp_path)
+    lo.sync(["Account"], background=["Account"])
+    lo.adopt_aside()
+    lo.close()
+    con = sqlite3.connect(tmp_path / "wc.db")
+    assert con.execute("SELECT count(*) FROM Account").fetchone()[0] == len(ROWS)
+    assert not [p for p in tmp_path.iterdir() if ".load-" in p.name], "a side file was left"
 
 
 def test_only_a_big_account_file_loads_aside(tmp_path):
