@@ -434,8 +434,17 @@ class NameIndex:
         return key if self._cut is None else key[:self._cut[k]]
 
     def find(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For each hash, the span (lo, hi) of entries with it (lo == hi: none)."""
-        return np.searchsorted(self._h, hashes, "left"), np.searchsorted(self._h, hashes, "right")
+        """For each hash, the span (lo, hi) of entries with it (lo == hi: none). The hashes are searched in sorted
+        order: each search then starts where the last ended, in memory just read (in their own order a million
+        searches of a million entries miss the cache at every step, ~4x slower)."""
+        if len(hashes) < 2:
+            return np.searchsorted(self._h, hashes, "left"), np.searchsorted(self._h, hashes, "right")
+        order = np.argsort(hashes)
+        ordered = hashes[order]
+        lo, hi = np.empty(len(hashes), dtype=np.int64), np.empty(len(hashes), dtype=np.int64)
+        lo[order] = np.searchsorted(self._h, ordered, "left")
+        hi[order] = np.searchsorted(self._h, ordered, "right")
+        return lo, hi
 
     def at(self, lo: int, hi: int, key: str):
         """The account(s) among entries lo..hi whose text is `key`: an int, a list, or None."""
