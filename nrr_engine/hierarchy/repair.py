@@ -224,11 +224,13 @@ def link_changes(parent_field: str, rep: link_mod.Repair, accounts: Accounts) ->
     """The repaired parent links as one batch, each change with its rule, confidence and evidence."""
     ids, raw = accounts.ids, accounts.column(parent_field)
     links = sorted((l for l in rep.applied if l.parent != l.old_parent), key=lambda l: l.child)
+    children = [l.child for l in links]   # ascending: a packed column decodes them as one span
+    parents, at = np.unique(np.array([l.parent for l in links], dtype=np.int64), return_inverse=True)
     return FieldChanges("Account", parent_field, "repair",
-                        ids=np.array([ids[l.child] for l in links], dtype=object),
-                        old=np.array([raw[l.child] or None for l in links], dtype=object),
-                        new=np.array([ids[l.parent] for l in links], dtype=object),
-                        rows=np.array([l.child for l in links], dtype=np.int64),
+                        ids=np.array(match_mod.take(ids, children), dtype=object),
+                        old=np.array([v or None for v in match_mod.take(raw, children)], dtype=object),
+                        new=np.array(match_mod.take(ids, parents.tolist()), dtype=object)[at.reshape(-1)],
+                        rows=np.array(children, dtype=np.int64),
                         meta=[(l.rule, l.confidence, l.evidence) for l in links], explain=match_mod.explain,
                         to_json=match_mod.to_json)
 
