@@ -129,6 +129,24 @@ def test_first_run_snapshot_records_are_made_as_read_and_hold_the_json_of_each_r
     assert written == plain
 
 
+def test_reading_snapshot_records_as_rows_counts_their_json_size_exactly():
+    """A writer that takes a first run's snapshots as rows (the local org) leaves their packed JSON size counted,
+    as a read of the JSON would, so the change file after it packs them in one pass: ASCII records, records
+    with a quote or non-ASCII text, and a NRR that is null (a family with no starting ARR)."""
+    from nrr_engine.metrics import snapshot
+    for odd in ([], ['zz"quoted'], ["Zürich"], ["back\\slash"]):
+        snaps = snapshot.SnapshotSet(24316)
+        roots = [f"001{i:015d}" for i in range(1_500)] + odd
+        snaps.add("legal", roots, np.arange(len(roots)) * 100, np.arange(len(roots)) * 90 + 5, np.ones(len(roots), int))
+        rows = snapshot.diff(snaps, snapshot.ExistingSnapshots(), "KPI_Snapshot__c").new
+        rows._chunk = 700
+        got = list(rows.rows())
+        assert [snapshot.to_json(r[0], r[1:]) for r in got] == list(rows)
+        texts = list(rows)
+        assert None in [r[snapshot.FIELDS.index("NRR__c") + 1] for r in got]   # root 0 starts at 0: NRR null
+        assert rows.packed_size() == len("\x00".join(texts).encode("utf-8")), odd
+
+
 def test_a_change_file_of_records_made_as_read_holds_them_exactly(tmp_path):
     """Snapshot records made as they are read go to a change file (counted, then packed a part at a time)
     byte for byte as a list of the same texts does, and read back as those texts."""

@@ -147,10 +147,16 @@ class JsonRows(ListLike):
         return rows[i - base]
 
     def rows(self) -> Iterator[tuple]:
-        """Every record as a row (external id, then the FIELDS' values), in order, made a chunk at a time."""
+        """Every record as a row (external id, then the FIELDS' values), in order, made a chunk at a time. A read
+        of them all counts the records' packed size as reading them as JSON would (packed_size), without the JSON."""
+        size = 0
         for start in range(0, self._n, self._chunk):
             keys, columns = self._snaps._chunk(start, self._chunk)
+            if self._size is None:
+                size += _json_size(keys, columns)
             yield from zip(keys, *columns)
+        if self._size is None:
+            self._size = size + max(self._n - 1, 0)
 
     def __iter__(self) -> Iterator[str]:
         size = 0
@@ -168,12 +174,7 @@ def _json_rows(keys: list[str], columns: list) -> list[str]:
     is checked a column at a time (the keys hold every view and root)."""
     views, roots, month, a, b, c, d, e, nrr, grr, count = columns
     label = month[0] if month else ""
-    try:
-        plain = all(_clean("".join(col)) for col in (keys, [label], a, b, c, d, e, count)) and \
-            _clean("".join([x for x in (*nrr, *grr) if x is not None]))
-    except TypeError:   # a value that is not text (None where text is expected): to_json says how it is written
-        plain = False
-    if not plain:
+    if not _plain(keys, columns):
         return [to_json(k, v) for k, v in zip(keys, zip(*columns))]
     quoted = ["null" if x is None else f'"{x}"' for x in (*nrr, *grr)]
     # the FIELDS in order (a test holds this to to_json); an f-string is twice as fast as % or str.format
@@ -183,6 +184,27 @@ def _json_rows(keys: list[str], columns: list) -> list[str]:
             f'"Account_Count__c": "{ac}"}}'
             for k, v, r, f0, f1, ex, co, ch, nr, gr, ac in zip(keys, views, roots, a, b, c, d, e, quoted[:len(keys)],
                                                                 quoted[len(keys):], count)]
+
+
+def _plain(keys: list[str], columns: list) -> bool:
+    """Whether no value of a chunk (`_chunks`) needs escaping in JSON: each record is then one format string."""
+    views, roots, month, a, b, c, d, e, nrr, grr, count = columns
+    try:
+        return all(_clean("".join(col)) for col in (keys, month[:1], a, b, c, d, e, count)) and \
+            _clean("".join([x for x in (*nrr, *grr) if x is not None]))
+    except TypeError:   # a value that is not text (None where text is expected): to_json says how it is written
+        return False
+
+
+def _json_size(keys: list[str], columns: list) -> int:
+    """The UTF-8 bytes of the chunk's records (_json_rows) summed; counted from the values' lengths when none needs
+    escaping (the records are then ASCII: the format's own characters plus the values'), else from the records."""
+    if not _plain(keys, columns):
+        return sum(len(r.encode("utf-8", "surrogatepass")) for r in _json_rows(keys, columns))
+    nrr, grr = columns[8], columns[9]
+    plain_text = [keys, *columns[:8], columns[10]]
+    return (len(keys) * _FIXED + sum(sum(map(len, col)) for col in plain_text)
+            + sum(2 if x is None else len(x) for x in nrr) + sum(2 if x is None else len(x) for x in grr))
 
 
 def to_json(key: str, values: tuple) -> str:
@@ -202,6 +224,9 @@ def _clean(text: str) -> bool:
     """No character of `text` is one json.dumps escapes (quote, backslash, control, non-ASCII): it only quotes it.
     Checked on many values joined at once: the joined text is clean exactly when every value is."""
     return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
+
+
+_FIXED = len(_json_rows([""], [[""]] * len(FIELDS))[0])   # (NRR and GRR quoted: "" where null is 2 characters more)
 
 
 def _js(value: str | None) -> str:
