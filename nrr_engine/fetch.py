@@ -350,7 +350,9 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
         obj = settings.snapshot_object
         if repair and settings.snapshots_enabled and org.has_field(obj, snapshot.KEY):
             existing = snapshot.read_existing(org, obj, cur - 1)
-    org.adopt_aside()   # the loads beside this process enter the working copy while matching runs
+    # the loads beside this process enter the working copy while matching runs, and the snapshots' new Ids are
+    # looked for (a scan of every cell) meanwhile
+    org.adopt_aside(() if org.remote or not (repair and settings.snapshots_enabled) else (settings.snapshot_prefix,))
 
     first = cur - settings.arr.history_months + 1
     return State(accounts=accounts, ruleset=ruleset, first=first if since is None else min(first, since), matrix=None,

@@ -105,6 +105,25 @@ def test_a_load_that_fails_aside_raises_at_the_next_use_of_the_working_copy(tmp_
     lo.close()
 
 
+def test_the_scan_for_new_ids_made_aside_gives_the_ids_a_scan_made_then_gives(tmp_path):
+    """adopt_aside's scan for a key prefix (a dangling reference into the engine's range, in any column) leaves
+    free_ids handing out exactly what it hands out when it scans itself: never an Id a record points at."""
+    from nrr_engine.ids import sf_id
+    dangling = sf_id("a0K", 41)
+    rows = [*ROWS[:-1], {**ROWS[-1], "ParentId": dangling}]
+    lo = _org(tmp_path, rows)
+    lo.sync(["Account"], background=["Account"])
+    lo.adopt_aside(["a0K"])
+    lo.finish_sync()
+    assert lo._referenced == {"a0K": 41}, "the thread did not scan"
+    aside = lo.free_ids("KPI_Snapshot__c", "a0K", 3)
+    lo._referenced.clear()
+    assert lo.free_ids("KPI_Snapshot__c", "a0K", 3) == aside == [sf_id("a0K", n) for n in (42, 43, 44)]
+    lo.adopt_aside(["a0K"])   # nothing pending, the prefix scanned: no thread
+    assert lo._adopter is None
+    lo.close()
+
+
 def test_closing_while_adopting_aside_waits_and_keeps_nothing_half_made(tmp_path):
     lo = _org(tmp_path)
     lo.sync(["Account"], background=["Account"])

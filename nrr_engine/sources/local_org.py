@@ -463,18 +463,22 @@ class LocalOrg:
         pending, self._pending = self._pending, {}
         self._adopt_pending(pending)
 
-    def adopt_aside(self) -> None:
+    def adopt_aside(self, prefixes: Sequence[str] = ()) -> None:
         """Wait for the background loads and adopt their tables in a thread of this process, while the caller goes
         on computing without the working copy: the copies run in SQLite's C code, off the interpreter lock, on the
-        other core. Any use of the working copy meanwhile (`db`, `finish_sync`) waits for the thread and raises
-        what stopped it."""
-        if not self._pending or self._adopter is not None:
+        other core. Then scan the working copy for the Ids `prefixes` will be created with (`free_ids`: the scan
+        of every cell a write that creates records needs). Any use of the working copy meanwhile (`db`,
+        `finish_sync`) waits for the thread and raises what stopped it."""
+        prefixes = [p for p in prefixes if p not in self._referenced]
+        if (not self._pending and not prefixes) or self._adopter is not None:
             return
         pending, self._pending = self._pending, {}
 
         def work() -> None:
             try:
                 self._adopt_pending(pending)
+                for prefix in prefixes:
+                    self._referenced_top(prefix)
             except BaseException as exc:  # raised in the thread that waits for this one
                 self._adopt_error = exc
 
