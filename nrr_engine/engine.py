@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import fcntl
+import gc
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
@@ -148,6 +149,7 @@ class Engine:
             self._org.close()
         if self._ledger is not None:
             self._ledger.close()
+        gc.unfreeze()   # what matching froze (repair.cycles_uncollected) is the collector's again
 
     def __enter__(self):
         return self
