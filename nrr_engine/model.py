@@ -236,6 +236,14 @@ class FieldNeed:
     delete: bool = False              # the run deletes records of the object (checked against describe)
 
 
+def json_row(text: str, fields: Sequence[str]) -> tuple:
+    """A JSON object's values of `fields`, as SQLite's json_extract gives them: text, numbers and null as they are
+    (a missing field null), an object or array as its JSON text."""
+    rec = json.loads(text)
+    return tuple(json.dumps(v, ensure_ascii=False, separators=(",", ":")) if isinstance(v, (dict, list)) else v
+                 for v in map(rec.get, fields))
+
+
 @dataclass
 class SnapshotChanges:
     """KPI snapshot records to upsert (new JSON) or delete (new None), as the ledger stores them."""
@@ -280,7 +288,7 @@ class SnapshotChanges:
             elif whole and hasattr(self.new, "rows"):   # values as they are made, never as JSON
                 records = self.new.rows()
             else:
-                records = (tuple(rec.get(f) for f in fields) for rec in map(json.loads, (self.new[i] for i in kept)))
+                records = (json_row(self.new[i], fields) for i in kept)
             for k, error in upsert(records):
                 failures[kept[k]] = error
         return failures

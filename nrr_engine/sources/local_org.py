@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import DataError, Location, SourceUnavailable, not_utf8
 from ..safe_output import atomic_file, csv_row, private_dir, private_file
-from ..model import Finding
+from ..model import Finding, json_row
 from ..ids import COUNTER_LIMIT, counter_range, engine_counter, sf_id, sf_ids
 from .. import wal
 from . import digests
@@ -235,14 +235,6 @@ def _conflict(obj: str, col: str, ids: list[str]) -> Finding:
 def _sha256(path: Path) -> str:
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def _sql_value(value):
-    """A JSON value as SQLite's json_extract gives it: text, numbers and null as they are, true/false as 1/0,
-    an object or array as its JSON text."""
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return value
 
 
 def _q(name: str) -> str:
@@ -1243,10 +1235,8 @@ class LocalOrg:
     def upsert_json(self, obj: str, key_field: str, fields: Sequence[str], records: Iterable[str], prefix: str,
                     chunk: int = 10_000) -> list[tuple[int, str]]:
         """Upsert records given as JSON objects by external id (`upsert_rows` of their values)."""
-        def row(text: str) -> tuple:
-            rec = json.loads(text)
-            return tuple(_sql_value(rec.get(f)) for f in (key_field, *fields))
-        return self.upsert_rows(obj, key_field, fields, map(row, records), prefix, chunk)
+        cols = (key_field, *fields)
+        return self.upsert_rows(obj, key_field, fields, (json_row(text, cols) for text in records), prefix, chunk)
 
     def upsert_rows(self, obj: str, key_field: str, fields: Sequence[str], rows: Iterable[Sequence], prefix: str,
                     chunk: int = 10_000) -> list[tuple[int, str]]:
