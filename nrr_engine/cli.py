@@ -194,11 +194,16 @@ def init(directory, force):
 
 
 @main.command()
+@click.option("--headers-only", "headers_only", is_flag=True,
+              help="On a local org, check only the CSV headers, not every record (quicker on a large org).")
 @click.pass_context
 @guarded
-def validate(ctx):
+def validate(ctx, headers_only):
     """Check the config and rule files, and every field they name against the org: the local org's CSV headers,
-    or Salesforce's describe when its credentials are in the environment. Print every problem with file:line."""
+    or Salesforce's describe when its credentials are in the environment. On a local org, also load every record
+    of the CSVs a run reads, as the run does, into a throwaway copy (duplicate or blank Ids, rows of the wrong
+    width, text that is not UTF-8), unless --headers-only. Print every problem with file:line."""
+    records = not headers_only
     path = config_mod.find(ctx.find_root().params.get("config"))
     settings, errors = config_mod.check(path)
     notes: list[str] = []
@@ -210,7 +215,7 @@ def validate(ctx):
         errors.extend(rule_errors)
         notes.extend(f"warning: {w}" for w in settings.warnings)   # e.g. a rules glob that matches no file
         n_rules = len(ruleset.match)
-        checked = _check_org(settings, ruleset, errors, notes)
+        checked = _check_org(settings, ruleset, errors, notes, records)
         from .safe_output import loose_permission_warnings  # files another local user could edit
         notes.extend(f"warning: {w}" for w in loose_permission_warnings(
             [settings.config_file, *settings.rule_files, *ruleset.tables]))
@@ -230,8 +235,9 @@ def validate(ctx):
                f"{n_rules} matching rule(s); {checked})")
 
 
-def _check_org(settings, ruleset, errors: list, notes: list[str]) -> str:
-    """Check the fields the config and rules name against the org; say what was checked against."""
+def _check_org(settings, ruleset, errors: list, notes: list[str], records: bool = True) -> str:
+    """Check the fields the config and rules name against the org (and, on a local org whose headers are right,
+    every record of the CSVs a run loads); say what was checked against."""
     from . import orgcheck
     if settings.salesforce is None:
         if settings.org_path is None or not settings.org_path.is_dir():
@@ -246,7 +252,14 @@ def _check_org(settings, ruleset, errors: list, notes: list[str]) -> str:
                           "--allow-shrink accepts it"), (subs, "every account's ARR would be 0")):
             if obj and headers.has_records(obj) is False:
                 notes.append(f"warning: {settings.org_path / (obj + '.csv')} has no records (a header only): {why}")
-        return f"fields checked against the CSV headers in {settings.org_path}"
+        said = f"fields checked against the CSV headers in {settings.org_path}"
+        if problems or not records:
+            return said
+        found, counts = orgcheck.record_problems(settings, [o for o in orgcheck.run_objects(settings, settings.org_path)
+                                                            if headers.fields(o) is not None])
+        errors.extend(found)
+        return said + "; records checked as a run loads them: " + ", ".join(
+            f"{obj}.csv {n:,}" for obj, n in counts.items())
     import tempfile
     from .errors import ConfigError
     from .sources.salesforce import SalesforceOrg

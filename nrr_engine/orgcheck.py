@@ -210,3 +210,48 @@ def login_skipped(settings: Settings) -> tuple[str, str] | None:
     if not any_credential_set(s):
         return note, "org fields not checked (no Salesforce credentials)"
     return note, "org fields not checked (Salesforce credentials incomplete: see the note above)"
+
+
+def run_objects(settings: Settings, folder: Path) -> list[str]:
+    """The objects a run loads from a local org folder, in its order (the snapshot object only when it has a CSV:
+    else the run creates it)."""
+    objects = ["Account"]
+    if settings.arr.subscriptions and settings.arr.source == "subscriptions":
+        objects.append(settings.arr.subscriptions.object)
+    if (folder / f"{settings.snapshot_object}.csv").exists():
+        objects.append(settings.snapshot_object)
+    return objects
+
+
+def record_problems(settings: Settings, objects: list[str]) -> tuple[list[NrrError], dict[str, int]]:
+    """Load each object's CSV the way a run does (every record: duplicate or blank Ids, rows of the wrong
+    width, values that are not UTF-8, ...) into a throwaway working copy in a private temporary folder, which
+    goes afterwards: the state store is not touched. (problems, records loaded per object)."""
+    import shutil
+    import sqlite3
+    import tempfile
+
+    from .sources.local_org import LocalOrg
+
+    folder = Path(tempfile.mkdtemp(prefix="nrr-validate-"))   # 0700
+    problems: list[NrrError] = []
+    counts: dict[str, int] = {}
+    try:
+        org = LocalOrg(settings.org_path, folder / "check.db", keep_loaded=False)
+        try:
+            try:   # (large files load in processes beside each other, as in a run)
+                org.sync(objects, background=[o for o in objects if org.worth_loading_aside(o)])
+                org.finish_sync()
+            except DataError as exc:
+                problems.append(exc)
+            else:
+                counts = {obj: org.db.execute(f'SELECT count(*) FROM "{obj}"').fetchone()[0] for obj in objects}
+        finally:
+            org.close()
+    except (OSError, sqlite3.Error) as exc:
+        problems.append(DataError(f"the records could not be checked: {exc} (a temporary copy in "
+                                  f"{tempfile.gettempdir()} is needed, about the size of the CSVs)",
+                                  Location(str(settings.org_path))))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return problems, counts

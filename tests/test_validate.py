@@ -309,3 +309,42 @@ def test_terminal_output_escapes_control_characters():
     """A value with an escape sequence or a newline prints as visible text on one line (runs show, review list)."""
     from nrr_engine.cli import _short
     assert _short("Acme\x1b[31m\nCorp", 40) == "Acme\\x1b[31m Corp"
+
+
+# ---- records, checked as a run loads them --------------------------------------------------------------------
+
+def test_validate_finds_a_duplicate_id_at_its_line_and_leaves_the_state_alone(org, cli, tmp_path, monkeypatch):
+    """An Account.csv whose Id repeats: validate exits 2 at the repeated line (as the run would), writes no state
+    store and leaves no temporary copy; with --headers-only it checks the headers alone and says ok."""
+    import tempfile
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    small(org).write()
+    path = org.org / "Account.csv"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    path.write_text("\n".join([*lines, lines[1]]) + "\n", encoding="utf-8")
+    out = cli("validate", expect=2)
+    assert f"{path}:{len(lines) + 1}: duplicate Id 001A" in out.stderr, out.stderr
+    assert "1 problem(s) found" in out.stderr
+    assert not (org.root / "state").exists(), "validate wrote a state store"
+    assert list(scratch.iterdir()) == [], "validate left its throwaway working copy behind"
+    assert "ok (" in cli("validate", "--headers-only").stdout
+    cli("run", *AS_OF, expect=2)   # the run stops on the same record
+
+
+def test_validate_counts_the_records_it_checked(org, cli):
+    """A clean org: the ok line names every CSV a run loads and how many records each holds."""
+    small(org).write()
+    out = cli("validate").stdout
+    assert "records checked as a run loads them: Account.csv 2, Subscription__c.csv 2" in out, out
+
+
+def test_validate_reports_a_row_of_the_wrong_width(org, cli):
+    """A subscription row with one value too many is an error at its line, not an ok."""
+    small(org).write()
+    path = org.org / "Subscription__c.csv"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    path.write_text("\n".join([*lines, lines[1] + ",extra"]) + "\n", encoding="utf-8")
+    out = cli("validate", expect=2)
+    assert f"{path}:{len(lines) + 1}:" in out.stderr, out.stderr
