@@ -303,7 +303,11 @@ def _print_summary(summary: dict, exact: dict | None = None) -> None:
     click.echo(f"  accounts read: {summary['accounts']}   families: " +
                ", ".join(f"{v} {n}" for v, n in summary["families"].items()))
     ch = summary["changes"]
-    click.echo("  changes: " + ", ".join(f"{k} {v}" for k, v in ch.items()) + f"   snapshots: {summary['snapshots']}")
+    snaps = f"   KPI snapshots of {summary['snapshot_month']}: {summary['snapshots']}" if "snapshot_month" in summary \
+        else f"   snapshots: {summary['snapshots']}"
+    if "snapshots_changed" in summary:   # (the snapshots are part of the changes: how many of them differ)
+        snaps += f" ({summary['snapshots_changed']} {'to write' if summary['mode'] == 'plan' else 'written'})"
+    click.echo("  changes: " + ", ".join(f"{k} {v}" for k, v in ch.items()) + snaps)
     for view, windows in summary["nrr"].items():
         for w, fig in windows.items():
             f, n = fig["family"], fig["naive"]

@@ -303,7 +303,8 @@ class Engine:
                 "as_of": ctx.as_of.isoformat(), "accounts": len(plan.accounts), "arr": arr, "arr_left_out": left_out,
                 "families": {v: r.families for v, r in plan.views.items()},
                 "max_depth": {v: r.depth_max for v, r in plan.views.items()},
-                "changes": counts, "snapshots": len(plan.snapshots),
+                "changes": counts, "snapshots": len(plan.snapshots), "snapshot_month": months.fmt(plan.current_month - 1),
+                "snapshots_changed": len(plan.snapshot_changes),
                 "findings": [f.as_dict() for f in plan.findings], "nrr": nrr, "stages": ctx.stage_times,
                 "repair": plan.rule_stats, **({"api_calls": plan.api_calls} if plan.api_calls else {})}
 

@@ -348,3 +348,17 @@ def test_validate_reports_a_row_of_the_wrong_width(org, cli):
     path.write_text("\n".join([*lines, lines[1] + ",extra"]) + "\n", encoding="utf-8")
     out = cli("validate", expect=2)
     assert f"{path}:{len(lines) + 1}:" in out.stderr, out.stderr
+
+
+def test_the_summary_says_how_many_snapshots_were_written(org, cli):
+    """The summary's snapshot count names its month and how many of them the run wrote: all on a first run,
+    none on a rerun that changes nothing, and a plan says how many it would write."""
+    small(org).write()
+    first = cli("run", *AS_OF).stdout
+    n = int(re.search(r"KPI snapshots of 2026-10: (\d+) \((\d+) written\)", first).group(1))
+    assert n > 0 and f"KPI snapshots of 2026-10: {n} ({n} written)" in first, first
+    assert f"KPI snapshots of 2026-10: {n} (0 written)" in cli("run", *AS_OF).stdout
+    org.sub("001A", "2025-06-01", "", "250")   # one family's ARR moves: its snapshot (only) changes
+    org.write()
+    out = cli("plan", *AS_OF, "--out", str(org.root / "p.json")).stdout
+    assert f"KPI snapshots of 2026-10: {n} (1 to write)" in out, out
