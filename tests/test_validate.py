@@ -362,3 +362,14 @@ def test_the_summary_says_how_many_snapshots_were_written(org, cli):
     org.write()
     out = cli("plan", *AS_OF, "--out", str(org.root / "p.json")).stdout
     assert f"KPI snapshots of 2026-10: {n} (1 to write)" in out, out
+
+
+def test_runs_list_says_why_a_failed_run_stopped(org, cli):
+    """A run stopped by a bad input shows the start of its error in `runs list`, not a bare '-'."""
+    small(org).write()
+    path = org.org / "Account.csv"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    path.write_text("\n".join([*lines, lines[1]]) + "\n", encoding="utf-8")
+    cli("run", *AS_OF, expect=2)
+    row = cli("runs", "list").stdout.splitlines()[1]
+    assert re.search(r" failed +2026-11-15 +stopped: .*Account\.csv:\d+: duplicate Id 001A", row), row
