@@ -8,6 +8,7 @@ from __future__ import annotations
 import heapq
 import json
 from collections.abc import Iterator
+from itertools import islice
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -363,6 +364,24 @@ def diff(snapshots: SnapshotSet, existing: ExistingSnapshots, obj: str) -> Snaps
 
 
 def _diff_month(snapshots: SnapshotSet, existing: ExistingSnapshots, obj: str) -> SnapshotChanges:
+    if not len(existing):   # a first run: every snapshot is new, none to delete (the JSON made a chunk at a time, when read)
+        out = SnapshotChanges(obj)
+        out.keys = snapshots.sorted_keys()
+        out.ids = [None] * len(out.keys)
+        out.old = [None] * len(out.keys)
+        out.new = JsonRows(snapshots)
+        return out
+    aligned = _diff_aligned(snapshots, existing, obj)
+    if aligned is not None:
+        return aligned
+    joined = _diff_joined(snapshots, existing, obj)
+    if joined is not None:
+        return joined
+    return _diff_merged(snapshots, existing, obj)
+
+
+def _diff_merged(snapshots: SnapshotSet, existing: ExistingSnapshots, obj: str) -> SnapshotChanges:
+    """_diff_month as a record-by-record merge join of the two key orders (what the faster forms must equal)."""
     out = SnapshotChanges(obj)
     covered = {f"{v}:" for v in set(snapshots.views)}
     n, k = len(existing), 0
@@ -384,15 +403,6 @@ def _diff_month(snapshots: SnapshotSet, existing: ExistingSnapshots, obj: str) -
                 out.new.append(None)
             advance()
 
-    if not n:   # a first run: every snapshot is new, none to delete (the JSON made a chunk at a time, when read)
-        out.keys = snapshots.sorted_keys()
-        out.ids = [None] * len(out.keys)
-        out.old = [None] * len(out.keys)
-        out.new = JsonRows(snapshots)
-        return out
-    aligned = _diff_aligned(snapshots, existing, obj)
-    if aligned is not None:
-        return aligned
     for key, values in snapshots.rows():
         drop_until(key)
         match = None
@@ -409,6 +419,61 @@ def _diff_month(snapshots: SnapshotSet, existing: ExistingSnapshots, obj: str) -
     return out
 
 
+def _chunk_texts(columns: list) -> list[str]:
+    """Each row's values of a chunk joined as the org's are read (None as ''), column by column: map(join) runs in C."""
+    return list(map(SEP.join, zip(*([("" if v is None else v) for v in col] if None in col else col
+                                   for col in columns))))
+
+
+def _diff_joined(snapshots: SnapshotSet, existing: ExistingSnapshots, obj: str) -> SnapshotChanges | None:
+    """_diff_month for a rerun whose records of the month are not exactly the snapshots' keys (families came or
+    went): each snapshot's record is found by its key, the value texts compared as strings, and only a row that
+    differs is compared field by field; records of covered views that no snapshot has are deleted. The same
+    changes in the same (key) order as the merge join; None when a stored key holds the separator."""
+    n = len(existing)
+    kblob, kat = existing._keys
+    theirs = kblob[:kat[n] - 1].decode().split("\x1e") if n else []
+    if len(theirs) != n:
+        return None
+    for a, b in zip(theirs, islice(theirs, 1, None)):
+        if b < a:
+            raise RuntimeError(f"the org's snapshot records are not in key order ({a!r} before {b!r})")
+    where: dict[str, int] = {}
+    for i, key in enumerate(theirs):
+        where.setdefault(key, i)   # a key held twice: the first is the snapshot's record, the other is deleted
+    vblob, vat = existing._values
+    stored = vblob[:vat[n] - 1].decode().split("\x1e") if n else []
+    if len(stored) != n:   # a value holding the separator (records made by from_rows)
+        stored = None
+    upserts, deletes = SnapshotChanges(obj), SnapshotChanges(obj)
+    matched = np.zeros(n, dtype=bool)
+    for keys, columns in snapshots._chunks(50_000):
+        texts = _chunk_texts(columns)
+        for j, key in enumerate(keys):
+            i = where.get(key)
+            if i is not None:
+                matched[i] = True
+                text = stored[i] if stored is not None else existing.stored(i)
+                if text == texts[j]:
+                    continue
+            row = tuple(col[j] for col in columns)   # (only for a row that differs)
+            if i is not None and _same_values(text, row):
+                continue
+            upserts.keys.append(key)
+            upserts.ids.append(existing.id(i) if i is not None else None)
+            upserts.old.append(to_json(key, existing.record(i)) if i is not None else None)
+            upserts.new.append(to_json(key, row))
+    covered = {f"{v}:" for v in set(snapshots.views)}
+    for i in np.flatnonzero(~matched).tolist():
+        key = theirs[i]
+        if key[:key.find(":") + 1] in covered:
+            deletes.keys.append(key)
+            deletes.ids.append(existing.id(i))
+            deletes.old.append(to_json(key, existing.record(i)))
+            deletes.new.append(None)
+    return _merged(upserts, deletes)
+
+
 def _diff_aligned(snapshots: SnapshotSet, existing: ExistingSnapshots, obj: str) -> SnapshotChanges | None:
     """_diff_month for a rerun, whose records of the month are exactly the snapshots' keys in the same order:
     the value texts are compared a chunk at a time as buffers, and only the rows of a chunk that differs are
@@ -421,9 +486,7 @@ def _diff_aligned(snapshots: SnapshotSet, existing: ExistingSnapshots, obj: str)
     vblob, vat = existing._values
     pos = 0
     for keys, columns in snapshots._chunks(50_000):
-        # each row's values joined as the org's are read (None as ''), column by column: map(join) runs in C
-        texts = list(map(SEP.join, zip(*([("" if v is None else v) for v in col] if None in col else col
-                                           for col in columns))))
+        texts = _chunk_texts(columns)
         m = len(keys)
         theirs = vblob[vat[pos]:vat[pos + m] - 1]
         if "\x1e".join(texts).encode() != theirs:
