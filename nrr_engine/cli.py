@@ -710,7 +710,7 @@ def runs_list(ctx, limit, fmt):
             shown = f"of {target}: {_rollback_text(counts)}"
         if r["status"] != "succeeded" and r.get("error") and shown == "-":   # why it stopped (`runs show` in full)
             text = re.sub(r"(?:[^\s:]*/)+([^/\s:]+:\d+)", r"\1", " ".join(log_mod.redact_text(r["error"]).split()))
-            shown = "stopped: " + _short(text, 90)   # (a file:line by its name: the folder is in `runs show`)
+            shown = "error: " + _short(text, 90)   # (a file:line by its name: the folder is in `runs show`)
         click.echo(f"{r['id']:<24}  {_short(r['job'], 11):<11} {r['mode']:<8} {r['status']:<14} {r['as_of'] or '':<10}  "
                    f"{shown}")
 

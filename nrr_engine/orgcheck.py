@@ -239,13 +239,16 @@ def record_problems(settings: Settings, objects: list[str]) -> tuple[list[NrrErr
     try:
         org = LocalOrg(settings.org_path, folder / "check.db", keep_loaded=False)
         try:
-            try:   # (large files load in processes beside each other, as in a run)
-                org.sync(objects, background=[o for o in objects if org.worth_loading_aside(o)])
-                org.finish_sync()
-            except DataError as exc:
-                problems.append(exc)
-            else:
-                counts = {obj: org.db.execute(f'SELECT count(*) FROM "{obj}"').fetchone()[0] for obj in objects}
+            for obj in objects:   # each file on its own, so every file's problems are listed
+                try:
+                    org.sync([obj])
+                except DataError as exc:
+                    path = Path(settings.org_path) / f"{obj}.csv"
+                    rows = LocalOrg.row_problems(path) if exc.location.file == str(path) else []
+                    # the load names the first problem; the rows' scan lists the others too (when it finds it)
+                    problems.extend(rows if any(str(p) == str(exc) for p in rows) else [exc])
+                    continue
+                counts[obj] = org.db.execute(f'SELECT count(*) FROM "{obj}"').fetchone()[0]
         finally:
             org.close()
     except (OSError, sqlite3.Error) as exc:

@@ -104,7 +104,7 @@ def test_duplicate_ids_are_a_clear_error(small, cli):
     small.accounts.append(dict(small.accounts[0]))
     small.write()
     r = cli("run", *AS_OF, expect=2)
-    assert "Account.csv:5: duplicate Id 001ACM (first on line 2)" in r.stderr
+    assert "Account.csv:5: duplicate Id 001ACM (first on line 2; an exact copy of that line)" in r.stderr
     assert _working_copy(small).execute("SELECT count(*) FROM Account").fetchone()[0] == 3
 
 

@@ -372,4 +372,20 @@ def test_runs_list_says_why_a_failed_run_stopped(org, cli):
     path.write_text("\n".join([*lines, lines[1]]) + "\n", encoding="utf-8")
     cli("run", *AS_OF, expect=2)
     row = cli("runs", "list").stdout.splitlines()[1]
-    assert re.search(r" failed +2026-11-15 +stopped: .*Account\.csv:\d+: duplicate Id 001A", row), row
+    assert re.search(r" failed +2026-11-15 +error: .*Account\.csv:\d+: duplicate Id 001A", row), row
+
+
+def test_validate_lists_every_bad_row_of_every_file_in_one_pass(org, cli):
+    """A repeated account (an exact copy), a row with a stray value and a repeated subscription Id whose lines
+    differ: one validate lists all three, each at its line, where a run stops at the first."""
+    small(org).write()
+    acc, sub = org.org / "Account.csv", org.org / "Subscription__c.csv"
+    a = acc.read_text(encoding="utf-8").splitlines()
+    acc.write_text("\n".join([*a, a[1], a[2] + ",stray"]) + "\n", encoding="utf-8")
+    s = sub.read_text(encoding="utf-8").splitlines()
+    sub.write_text("\n".join([*s, s[1].replace("1000", "999")]) + "\n", encoding="utf-8")
+    err = cli("validate", expect=2).stderr
+    assert f"{acc}:{len(a) + 1}: duplicate Id 001A (first on line 2; an exact copy of that line)" in err, err
+    assert f"{acc}:{len(a) + 2}: {len(a[2].split(',')) + 1} values but the header has" in err, err
+    assert f"{sub}:{len(s) + 1}: duplicate Id" in err and "; the lines differ)" in err, err
+    assert "3 problem(s) found" in err

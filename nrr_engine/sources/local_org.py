@@ -109,6 +109,32 @@ def separator_of(header: list[str]) -> str | None:
     return None
 
 
+def _row_problems(path: Path, id_col: int, width: int | None) -> Iterator[DataError]:
+    """Each row's problem as a load meets it, in line order: a row of another width than `width` (not checked
+    when None), an empty Id, an Id a line above holds already (saying when the line is an exact copy of it)."""
+    seen: dict[str, tuple[int, int]] = {}   # Id -> (line, hash of the row): not the rows, a million of them
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        next(reader, None)
+        for row in reader:
+            if width is not None and len(row) != width:
+                if any(cell.strip() for cell in row):
+                    yield DataError(f"{len(row)} values but the header has {width} columns",
+                                    Location(str(path), reader.line_num))
+                continue
+            if not row or id_col >= len(row):
+                continue
+            rid = row[id_col].strip()
+            if not rid:
+                yield DataError("empty Id; every record needs its Salesforce Id", Location(str(path), reader.line_num))
+            elif rid in seen:
+                line, first = seen[rid]
+                copy = "; an exact copy of that line" if first == hash(tuple(row)) else "; the lines differ"
+                yield DataError(f"duplicate Id {rid} (first on line {line}{copy})", Location(str(path), reader.line_num))
+            else:
+                seen[rid] = (reader.line_num, hash(tuple(row)))
+
+
 def read_header(path: Path) -> list[str]:
     """The field names of a <SObject>.csv (its first row), checked: UTF-8, comma-separated, an Id column, API
     names, no repeats. DataError with file:line otherwise."""
@@ -984,6 +1010,9 @@ class LocalOrg:
     @staticmethod
     def _id_problem(path: Path, id_col: int, same: tuple[str, str] | None = None) -> DataError:
         """Find the line that broke the Id constraint (rare path: re-scan the file)."""
+        if same is None:
+            return next(_row_problems(path, id_col, None), None) or DataError("Id column violates uniqueness",
+                                                                            Location(str(path)))
         seen: dict[str, int] = {}
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)
@@ -992,21 +1021,31 @@ class LocalOrg:
                 if not row or id_col >= len(row):
                     continue
                 rid = row[id_col].strip()
-                if same is not None:
-                    if rid in same:
-                        seen[rid] = reader.line_num
-                    if len(seen) == 2:
-                        (a, la), (b, lb) = sorted(seen.items(), key=lambda kv: kv[1])
-                        return DataError(f"duplicate Id {b}: the same record as {a} (line {la}), in its "
-                                         f"{len(b)}-character form; keep one line per record",
-                                         Location(str(path), lb))
-                    continue
-                if not rid:
-                    return DataError("empty Id; every record needs its Salesforce Id", Location(str(path), reader.line_num))
-                if rid in seen:
-                    return DataError(f"duplicate Id {rid} (first on line {seen[rid]})", Location(str(path), reader.line_num))
-                seen[rid] = reader.line_num
+                if rid in same:
+                    seen[rid] = reader.line_num
+                if len(seen) == 2:
+                    (a, la), (b, lb) = sorted(seen.items(), key=lambda kv: kv[1])
+                    return DataError(f"duplicate Id {b}: the same record as {a} (line {la}), in its "
+                                     f"{len(b)}-character form; keep one line per record",
+                                     Location(str(path), lb))
         return DataError("Id column violates uniqueness", Location(str(path)))
+
+    @staticmethod
+    def row_problems(path: Path, limit: int = 20) -> list[DataError]:
+        """The row problems a load of the CSV stops at (a row of the wrong width, an empty or repeated Id), up
+        to `limit`, in line order: what `validate` lists at once where a load names only the first. A problem
+        of the file as a whole (its encoding, its quoting) ends the list; the load names it."""
+        header = read_header(path)
+        id_col = [h.lower() for h in header].index("id")
+        out: list[DataError] = []
+        try:
+            for problem in _row_problems(path, id_col, len(header)):
+                out.append(problem)
+                if len(out) == limit:
+                    break
+        except (UnicodeDecodeError, csv.Error, OSError):
+            pass
+        return out
 
     @staticmethod
     def _check_header(header: list[str], path: Path) -> None:
