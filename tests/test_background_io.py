@@ -97,7 +97,7 @@ def test_a_load_that_fails_aside_raises_at_the_next_use_of_the_working_copy(tmp_
     lo = _org(tmp_path, rows)
     lo.sync(["Account"], background=["Account"])
     lo.adopt_aside()
-    with pytest.raises(DataError, match=r"Account.csv:3002: duplicate Id 001000000000000005 \(first on line 7\)"):
+    with pytest.raises(DataError, match=r"Account.csv:3002: duplicate Id 001000000000000005 \(first on line 7; an exact copy of that line\)"):
         lo.columns("Account")
     assert lo._adopter is None and not lo.has_table("Account")
     write_csv(tmp_path / "org" / "Account.csv", ROWS)
