@@ -340,7 +340,7 @@ def scaffold(root: Path, force: bool = False) -> list[str]:
             f"Salesforce metadata to deploy (fields, KPI_Snapshot__c, permission sets): {root / 'salesforce'}/",
             f"your own org: set source.path in {target} to the folder of your Data Loader CSVs (Account.csv, "
             f"Subscription__c.csv, ...; a folder outside {root}/ also goes under allowed_paths:), or replace the "
-            f"CSVs in {org}/ with them; map arr.subscriptions to your "
+            f"CSVs in {org}/ with them (and delete the example's other files, e.g. User.csv); map arr.subscriptions to your "
             f"subscription object's fields; known links go in {mappings} (child,parent[,note])",
             f"next: nrr-engine --config {target} validate && nrr-engine --config {target} plan"]
 
