@@ -393,11 +393,9 @@ def _print_segments(segments: list[dict], exact: list[dict] | None) -> None:
 
 
 def _pct(ratio) -> str:
-    """A ratio (exact Decimal, or the JSON's 6-place text) as a percentage rounded once, half-even, to 0.1 %."""
-    if ratio is None:
-        return "n/a"
-    from decimal import Decimal
-    return f"{(Decimal(ratio) * 100).quantize(Decimal('0.1'))} %"
+    """A ratio (exact Decimal, or the JSON's 6-place text) as money.percent shows it."""
+    from . import money
+    return money.percent(ratio)
 
 
 def _pct_kept(ratio: str | None) -> str:

@@ -49,7 +49,7 @@ def excluded_text(ex: dict) -> str:
 
 
 def _pct(r) -> str:
-    return "n/a" if r is None else f"{(r * 100).quantize(money.Decimal('0.1'))} %"
+    return money.percent(r)
 
 
 def _cell(m: Movement, key: str, naive: bool) -> str:

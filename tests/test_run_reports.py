@@ -142,3 +142,11 @@ def test_validation_names_places_dotted_and_rules_by_name(tern_org, tmp_path):
     assert "arr.subscriptions.amount_period: 'quarterly' is not allowed" in err
     assert "rules[name-fuzzy].threshold: 185 is greater than the maximum of 100" in err
     assert "arr/" not in err and "rules/1" not in err
+
+
+@pytest.mark.parametrize("ratio, shown", [("0.999735", "99.97 %"), ("1.000400", "100.04 %"), ("0.999996", "99.9996 %"),
+                                          ("1", "100.0 %"), ("1.001200", "100.1 %"), ("0.545455", "54.5 %")])
+def test_a_percentage_reads_100_0_only_when_it_is(ratio, shown):
+    """The summary's 0.1 % rounding takes more places where it would show a contraction (or growth) as 100.0 %."""
+    from nrr_engine.cli import _pct
+    assert _pct(ratio) == shown
