@@ -236,25 +236,36 @@ def record_problems(settings: Settings, objects: list[str]) -> tuple[list[NrrErr
     folder = Path(tempfile.mkdtemp(prefix="nrr-validate-"))   # 0700
     problems: list[NrrError] = []
     counts: dict[str, int] = {}
+    orgs: dict[str, LocalOrg] = {}
     try:
-        org = LocalOrg(settings.org_path, folder / "check.db", keep_loaded=False)
-        try:
-            for obj in objects:   # each file on its own, so every file's problems are listed
-                try:
-                    org.sync([obj])
-                except DataError as exc:
-                    path = Path(settings.org_path) / f"{obj}.csv"
-                    rows = LocalOrg.row_problems(path) if exc.location.file == str(path) else []
-                    # the load names the first problem; the rows' scan lists the others too (when it finds it)
-                    problems.extend(rows if any(str(p) == str(exc) for p in rows) else [exc])
+        # each file into a copy of its own, so every file's problems are found; a large one loads in a process
+        # of its own (as in a run), so the files load beside each other
+        failed: dict[str, DataError] = {}
+        for obj in objects:
+            orgs[obj] = org = LocalOrg(settings.org_path, folder / f"{obj}.db", keep_loaded=False)
+            try:
+                org.sync([obj], background=[obj] if org.worth_loading_aside(obj) else [])
+            except DataError as exc:   # (a small file loads inline: its error comes now)
+                failed[obj] = exc
+        for obj, org in orgs.items():
+            try:
+                if obj not in failed:
+                    org.finish_sync()
+                    counts[obj] = org.db.execute(f'SELECT count(*) FROM "{obj}"').fetchone()[0]
                     continue
-                counts[obj] = org.db.execute(f'SELECT count(*) FROM "{obj}"').fetchone()[0]
-        finally:
-            org.close()
+            except DataError as exc:
+                failed[obj] = exc
+            exc = failed[obj]
+            path = Path(settings.org_path) / f"{obj}.csv"
+            rows = LocalOrg.row_problems(path) if exc.location.file == str(path) else []
+            # the load names the first problem; the rows' scan lists the others too (when it finds it)
+            problems.extend(rows if any(str(p) == str(exc) for p in rows) else [exc])
     except (OSError, sqlite3.Error) as exc:
         problems.append(DataError(f"the records could not be checked: {exc} (a temporary copy in "
                                   f"{tempfile.gettempdir()} is needed, about the size of the CSVs)",
                                   Location(str(settings.org_path))))
     finally:
+        for org in orgs.values():
+            org.close()
         shutil.rmtree(folder, ignore_errors=True)
     return problems, counts

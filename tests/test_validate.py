@@ -389,3 +389,23 @@ def test_validate_lists_every_bad_row_of_every_file_in_one_pass(org, cli):
     assert f"{acc}:{len(a) + 2}: {len(a[2].split(',')) + 1} values but the header has" in err, err
     assert f"{sub}:{len(s) + 1}: duplicate Id" in err and "; the lines differ)" in err, err
     assert "3 problem(s) found" in err
+
+
+def test_validate_lists_the_problems_of_a_file_large_enough_to_load_aside(org, cli):
+    """An Account.csv big enough to load in a process of its own (as a run loads it), with a repeated Id far
+    down: validate names it at its line, and the small subscription file's own problem too."""
+    from nrr_engine.sources.local_org import ASIDE_MIN_BYTES
+    small(org).write()
+    acc, sub = org.org / "Account.csv", org.org / "Subscription__c.csv"
+    lines = acc.read_text(encoding="utf-8").splitlines()
+    width = len(lines[0].split(","))
+    filler = [f"001F{k:011d}," + f"Filler Company Number {k} With A Long Name".ljust(120, "x")
+              + "," * (width - 2) for k in range(ASIDE_MIN_BYTES // 130 + 1000)]
+    body = [*lines, *filler, filler[7]]
+    acc.write_text("\n".join(body) + "\n", encoding="utf-8")
+    assert acc.stat().st_size >= ASIDE_MIN_BYTES
+    s = sub.read_text(encoding="utf-8").splitlines()
+    sub.write_text("\n".join([*s, s[1] + ",stray"]) + "\n", encoding="utf-8")
+    err = cli("validate", expect=2).stderr
+    assert f"{acc}:{len(body)}: duplicate Id 001F{7:011d} (first on line {len(lines) + 8}; an exact copy" in err, err
+    assert f"{sub}:{len(s) + 1}: " in err and "2 problem(s) found" in err, err
