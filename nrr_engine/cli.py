@@ -700,6 +700,7 @@ def runs_list(ctx, limit, fmt):
         click.echo(f"no runs recorded yet in {settings.state}; `nrr-engine plan` or `nrr-engine run` records one")
         return
     click.echo(f"{'RUN':<24}  {'JOB':<11} {'MODE':<8} {'STATUS':<14} {'AS OF':<10}  CHANGES")
+    errors = ledger.error_findings([r["id"] for r in rows])
     for r in rows:
         counts = ledger.run_counts(r) or {}  # a killed run's from its changes in the ledger, as `runs show` has them
         shown = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "stages") or "-"
@@ -709,6 +710,9 @@ def runs_list(ctx, limit, fmt):
         if r["status"] != "succeeded" and r.get("error") and shown == "-":   # why it stopped (`runs show` in full)
             text = re.sub(r"(?:[^\s:]*/)+([^/\s:]+:\d+)", r"\1", " ".join(log_mod.redact_text(r["error"]).split()))
             shown = "error: " + _short(text, 90)   # (a file:line by its name: the folder is in `runs show`)
+        if errors.get(r["id"]):   # a run can succeed and still have left data out (`runs show` lists them)
+            n = errors[r["id"]]
+            shown += f"; {n} data-quality error{'s' if n > 1 else ''}"
         click.echo(f"{r['id']:<24}  {_short(r['job'], 11):<11} {r['mode']:<8} {r['status']:<14} {r['as_of'] or '':<10}  "
                    f"{shown}")
 

@@ -567,6 +567,14 @@ class Ledger:
         self.db["findings"].insert_all(({"run_id": run_id, **{**f.as_dict(), "records": json.dumps(f.as_dict()["records"])}}
                                         for f in findings), batch_size=500, alter=True)
 
+    def error_findings(self, run_ids: Sequence[str]) -> dict[str, int]:
+        """How many findings of severity error each of the runs recorded (runs with none are left out)."""
+        if not run_ids:
+            return {}
+        marks = ", ".join("?" * len(run_ids))
+        return dict(self.db.execute(f"SELECT run_id, count(*) FROM findings WHERE severity = 'error' AND run_id IN "
+                                    f"({marks}) GROUP BY run_id", list(run_ids)).fetchall())
+
     def findings(self, run_id: str) -> list[dict]:
         return list(self.db["findings"].rows_where("run_id = ?", [run_id]))
 

@@ -409,3 +409,17 @@ def test_validate_lists_the_problems_of_a_file_large_enough_to_load_aside(org, c
     err = cli("validate", expect=2).stderr
     assert f"{acc}:{len(body)}: duplicate Id 001F{7:011d} (first on line {len(lines) + 8}; an exact copy" in err, err
     assert f"{sub}:{len(s) + 1}: " in err and "2 problem(s) found" in err, err
+
+
+def test_runs_list_says_when_a_successful_run_left_data_out(org, cli):
+    """A run that succeeds with an error-severity finding (an amount it cannot read, left out of ARR) says so in
+    `runs list`; a clean run says nothing more."""
+    small(org).write()
+    cli("run", *AS_OF)
+    assert "data-quality error" not in cli("runs", "list").stdout
+    org.sub("001B", "2025-03-01", "", "$5.00")   # a new subscription whose amount the run cannot read
+    org.write()
+    cli("run", *AS_OF)
+    rows = cli("runs", "list").stdout.splitlines()
+    assert re.search(r" succeeded +2026-11-15 +.*; 1 data-quality error$", rows[1]), rows[1]
+    assert "data-quality error" not in rows[2]
