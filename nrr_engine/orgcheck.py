@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import ENGINE_FIELDS, ENGINE_OBJECTS, Settings
-from .errors import ConfigError, DataError, Location, NrrError, close_match
+from .errors import ConfigError, DataError, Location, NrrError, close_match, disk_full, is_storage_error
 from .needs import field_needs  # the run's own list of fields and the types it accepts
 from .sources.grants import no_field_fix, no_object_fix
 
@@ -233,11 +233,12 @@ def record_problems(settings: Settings, objects: list[str]) -> tuple[list[NrrErr
 
     from .sources.local_org import LocalOrg
 
-    folder = Path(tempfile.mkdtemp(prefix="nrr-validate-"))   # 0700
     problems: list[NrrError] = []
     counts: dict[str, int] = {}
     orgs: dict[str, LocalOrg] = {}
+    folder = None
     try:
+        folder = Path(tempfile.mkdtemp(prefix="nrr-validate-"))   # 0700
         # each file into a copy of its own, so every file's problems are found; a large one loads in a process
         # of its own (as in a run), so the files load beside each other
         failed: dict[str, DataError] = {}
@@ -260,12 +261,25 @@ def record_problems(settings: Settings, objects: list[str]) -> tuple[list[NrrErr
             rows = LocalOrg.row_problems(path) if exc.location.file == str(path) else []
             # the load names the first problem; the rows' scan lists the others too (when it finds it)
             problems.extend(rows if any(str(p) == str(exc) for p in rows) else [exc])
+    except NrrError as exc:   # the throwaway copy could not be made (a full disk, a file size limit): its exit code
+        exc.message += (" (the throwaway copy validate loads the records into, in the temporary folder; or check "
+                        "the headers alone: validate --headers-only)")
+        problems.append(exc)
     except (OSError, sqlite3.Error) as exc:
+        if is_storage_error(exc):   # exit 3, as every command on a full disk
+            problems.append(disk_full(exc, [folder or Path(tempfile.gettempdir())],
+                                      "the throwaway copy validate loads the CSVs into",
+                                      " (or check the headers alone: validate --headers-only)"))
+            return problems, counts
         problems.append(DataError(f"the records could not be checked: {exc} (a temporary copy in "
                                   f"{tempfile.gettempdir()} is needed, about the size of the CSVs)",
                                   Location(str(settings.org_path))))
     finally:
         for org in orgs.values():
-            org.close()
-        shutil.rmtree(folder, ignore_errors=True)
+            try:
+                org.close()
+            except (OSError, sqlite3.Error, NrrError):
+                pass   # (what failed is reported above; the folder goes anyway)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
     return problems, counts

@@ -387,3 +387,20 @@ def test_a_killed_runs_side_load_does_not_outlive_it(tmp_path):
                 os.kill(loader, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_validate_at_a_file_size_limit_is_exit_3_and_leaves_no_copy(tmp_path):
+    """validate's throwaway copy of the records hits the process's file size limit: exit 3 saying it was that
+    copy and how to check the headers alone; no copy is left in the temporary folder; --headers-only still says ok."""
+    cfg = _local_demo(tmp_path)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**_env(), "TMPDIR": str(scratch)}
+    r = subprocess.run(killing.engine(cfg, "validate"), capture_output=True, text=True, env=env, cwd=tmp_path,
+                       preexec_fn=_limited(48), timeout=120)
+    assert r.returncode == 3, r.stderr[-800:]
+    assert "throwaway copy" in r.stderr and "validate --headers-only" in r.stderr, r.stderr
+    assert list(scratch.iterdir()) == [], "validate left its throwaway copy"
+    ok = subprocess.run(killing.engine(cfg, "validate", "--headers-only"), capture_output=True, text=True, env=env,
+                        cwd=tmp_path, preexec_fn=_limited(48), timeout=120)
+    assert ok.returncode == 0 and ": ok (" in ok.stdout, ok.stderr[-500:]
