@@ -256,8 +256,8 @@ def _check_org(settings, ruleset, errors: list, notes: list[str], records: bool 
         said = f"fields checked against the CSV headers in {settings.org_path}"
         if problems or not records:
             return said
-        found, counts = orgcheck.record_problems(settings, [o for o in orgcheck.run_objects(settings, settings.org_path)
-                                                            if headers.fields(o) is not None])
+        found, counts = orgcheck.record_problems(settings, [o for o in orgcheck.run_objects(settings)
+                                                            if headers.fields(o) is not None])   # (CSVs there are)
         errors.extend(found)
         return said + "; records checked as a run loads them: " + ", ".join(
             f"{obj}.csv {n:,}" for obj, n in counts.items())

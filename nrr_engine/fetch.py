@@ -276,12 +276,11 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
         # loaded into the working copy by other processes while this one reads the CSVs with Arrow and matches
         # (a first load is the file as it is: nothing waits for it before the plan is made; else the first read);
         # accounts only when their file is worth a process (a small org's load costs less than the fork)
-        objects, background = ["Account"], ["Account"] if org.worth_loading_aside("Account") else []
+        objects = orgcheck.run_objects(settings, repair)  # (a report reads no snapshots: on Salesforce, API calls)
+        background = ["Account"] if org.worth_loading_aside("Account") else []
         if settings.arr.subscriptions and settings.arr.source == "subscriptions":
-            objects.append(settings.arr.subscriptions.object)
             background.append(settings.arr.subscriptions.object)
-        if repair:  # a plan compares its snapshots with the org's; a report reads none (on Salesforce: API calls)
-            objects.append(settings.snapshot_object)
+        if repair:
             ruleset = rules_mod.load(settings.rule_files, [v.name for v in settings.lookup_views], settings.roots)
             _warn_loose_permissions([settings.config_file, *settings.rule_files, *ruleset.tables])
             # what validate warns of (a rules glob that matches no file: repair without its rules)

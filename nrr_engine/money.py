@@ -205,8 +205,6 @@ def ratio_text(numerator: int, denominator: int) -> str | None:
     return f"{sign}{q // 10_000}.{q % 10_000:04d}"
 
 
-
-
 def percent(ratio) -> str:
     """A ratio (an exact Decimal, or a decimal string) as a percentage rounded once, half-even, to 0.1 %; to as
     many more places as it takes not to read 100.0 % when it is not (99.97 %: a contraction, not flat)."""

@@ -212,13 +212,13 @@ def login_skipped(settings: Settings) -> tuple[str, str] | None:
     return note, "org fields not checked (Salesforce credentials incomplete: see the note above)"
 
 
-def run_objects(settings: Settings, folder: Path) -> list[str]:
-    """The objects a run loads from a local org folder, in its order (the snapshot object only when it has a CSV:
-    else the run creates it)."""
+def run_objects(settings: Settings, repair: bool = True) -> list[str]:
+    """The objects a run syncs from the org, in its order: accounts, the subscription object when ARR comes from
+    it, the snapshot object when the run compares snapshots (`repair`: a plan or run; a report reads none)."""
     objects = ["Account"]
     if settings.arr.subscriptions and settings.arr.source == "subscriptions":
         objects.append(settings.arr.subscriptions.object)
-    if (folder / f"{settings.snapshot_object}.csv").exists():
+    if repair:
         objects.append(settings.snapshot_object)
     return objects
 
@@ -249,13 +249,14 @@ def record_problems(settings: Settings, objects: list[str]) -> tuple[list[NrrErr
             except DataError as exc:   # (a small file loads inline: its error comes now)
                 failed[obj] = exc
         for obj, org in orgs.items():
-            try:
-                if obj not in failed:
+            if obj not in failed:
+                try:
                     org.finish_sync()
+                except DataError as exc:
+                    failed[obj] = exc
+                else:
                     counts[obj] = org.db.execute(f'SELECT count(*) FROM "{obj}"').fetchone()[0]
                     continue
-            except DataError as exc:
-                failed[obj] = exc
             exc = failed[obj]
             path = Path(settings.org_path) / f"{obj}.csv"
             rows = LocalOrg.row_problems(path) if exc.location.file == str(path) else []

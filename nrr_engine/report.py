@@ -48,8 +48,7 @@ def excluded_text(ex: dict) -> str:
     return text
 
 
-def _pct(r) -> str:
-    return money.percent(r)
+_pct = money.percent
 
 
 def _cell(m: Movement, key: str, naive: bool) -> str:
