@@ -343,8 +343,8 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
         membership = {v.name: ((reuse[0].membership[v.name] if reuse[1] is None else
                                 store.remap(reuse[0].membership[v.name], reuse[1], reuse[0].ids))
                                if reuse is not None and v.name in reuse[0].membership else
-                               Membership.from_segments(v.name, ledger.membership_segments(v.name), accounts.index,
-                                                        ledger.membership_count(v.name))) for v in settings.views}
+                               Membership.from_table(v.name, ledger.membership_table(v.name), accounts.ids))
+                      for v in settings.views}
         existing = snapshot.ExistingSnapshots()
         obj = settings.snapshot_object
         if repair and settings.snapshots_enabled and org.has_field(obj, snapshot.KEY):
@@ -460,7 +460,7 @@ def fetch_arr(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, state: Sta
             stored = reuse[0].matrix if reuse[1] is None else reuse[0].matrix.placed(reuse[1])
             _log.info("store.reused", run=reuse[0].meta.get("run_id"), what="arr history and membership")
         elif state.repair or not rebuilt:  # a report from subscriptions compares nothing with the stored history
-            stored = arr_mod.from_segments(ledger.arr_segments(), index, first, count, size=len(accounts))
+            stored = arr_mod.from_table(ledger.arr_history(), index, first, count, size=len(accounts))
         first_arr = None
         if state.cohorts and rebuilt:  # the subscriptions date every cohort, before the months kept too
             first_arr = np.full(len(accounts), arr_mod.OPEN, dtype=np.int64)

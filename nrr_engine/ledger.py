@@ -1,4 +1,5 @@
-"""The state store (SQLite via sqlite-utils): run ledger, every change, ARR history, family membership.
+"""The state store (SQLite via sqlite-utils): run ledger, every change, review queue, snapshots; the ARR history and
+the family membership are Parquet files it names (history_files.py).
 
 Schema changes are numbered migrations recorded in the `migrations` table; the only module that imports
 sqlite_utils.
@@ -6,6 +7,7 @@ sqlite_utils.
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import sqlite3
 import time
@@ -14,9 +16,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import sqlite_utils
 
-from . import change_files, wal
+from . import change_files, history_files, months, wal
+from .history_files import ARR, ARR_SCHEMA, MEMBERSHIP_SCHEMA, OPEN, membership_name
 from .errors import Location, SourceUnavailable, disk_full, is_storage_error
 from .log import redact_text
 from .model import UPSERT, FieldChanges, SnapshotChanges, no_nones
@@ -112,6 +118,39 @@ def _m7(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN change_files INTEGER")
 
 
+def _m8(db: sqlite_utils.Database) -> None:
+    # The ARR history and the membership leave SQLite for Parquet files the ledger names (history_files.py): a
+    # first run's 2.2 M rows cost 10.5 s in B-trees. The rows an older ledger holds move into the files.
+    db.execute("CREATE TABLE history_files (name TEXT PRIMARY KEY, file TEXT NOT NULL, sha256 TEXT NOT NULL, "
+               "rows INTEGER NOT NULL, replaced TEXT) WITHOUT ROWID")
+    db.execute("INSERT INTO meta (key, value) VALUES ('history_gen', 0)")
+    path = next(Path(f) for _, name, f in db.execute("PRAGMA database_list") if name == "main")
+    folder, gen = history_files.folder_for(path), 0
+
+    def chunks(sql: str, args=()) -> Iterator[list[tuple]]:
+        cur = db.conn.execute(sql, args)
+        while rows := cur.fetchmany(200_000):
+            yield rows
+
+    def store(name: str, kind: str, parts, schema: pa.Schema) -> None:
+        nonlocal gen
+        gen += 1
+        file, sha, rows = history_files.write(folder, kind, gen, parts, schema)
+        db.execute("INSERT INTO history_files (name, file, sha256, rows) VALUES (?, ?, ?, ?)", [name, file, sha, rows])
+
+    if db.execute("SELECT 1 FROM arr_history LIMIT 1").fetchone():
+        store(ARR, "arr_history", (history_files.arr_from_rows(rows) for rows in
+                                   chunks("SELECT account_id, start_month, end_month, arr_units FROM arr_history")),
+              ARR_SCHEMA)
+    for (view,) in db.execute("SELECT DISTINCT view FROM membership").fetchall():
+        store(membership_name(view), "membership", (history_files.membership_from_rows(view, rows) for rows in chunks(
+            "SELECT account_id, start_month, end_month, root_id, run_id FROM membership WHERE view = ?", [view])),
+            MEMBERSHIP_SCHEMA)
+    db.execute("UPDATE meta SET value = ? WHERE key = 'history_gen'", [gen])
+    db.execute("DROP TABLE arr_history")
+    db.execute("DROP TABLE membership")
+
+
 @dataclass(frozen=True)
 class _Part:
     """Changes [seq_first, seq_first + count) of a run: rows of `changes` from rowid_first, or one file."""
@@ -133,7 +172,8 @@ MIGRATIONS = [(1, "runs, changes, findings, arr_history, membership, snapshots",
               (4, "runs.unsettled: runs whose write did not end cleanly", _m4),
               (5, "review notes trail, away and held markers", _m5),
               (6, "meta: state_version, which the columnar store is stamped with", _m6),
-              (7, "change files: a run's long batches of changes as columnar files", _m7)]
+              (7, "change files: a run's long batches of changes as columnar files", _m7),
+              (8, "history files: the ARR history and the membership as Parquet files", _m8)]
 
 _BUMP = "UPDATE meta SET value = value + 1 WHERE key = 'state_version'"
 
@@ -578,31 +618,113 @@ class Ledger:
     def findings(self, run_id: str) -> list[dict]:
         return list(self.db["findings"].rows_where("run_id = ?", [run_id]))
 
-    # ---- ARR history ----------------------------------------------------------------------------
-    def arr_segments(self) -> Iterator[tuple[str, str, str, int]]:
-        cur = self.db.conn.execute("SELECT account_id, start_month, end_month, arr_units FROM arr_history")
-        while rows := cur.fetchmany(50_000):
-            yield from rows
+    # ---- history tables (history_files.py) ------------------------------------------------------
+    # The ARR history and each view's membership are whole Parquet files the ledger names; replacing one is a new
+    # file and the ledger's row switched to it in one transaction.
+    def _history_row(self, name: str) -> tuple | None:
+        return self.db.conn.execute("SELECT file, sha256, rows FROM history_files WHERE name = ?", [name]).fetchone()
 
-    def replace_arr(self, account_ids: Sequence[str], segments: Iterable[tuple[str, str, str, int]]) -> None:
-        """Replace the history of the given accounts by `segments`, atomically."""
-        conn = self.db.conn
-        with self._tx():
-            if conn.execute("SELECT 1 FROM arr_history LIMIT 1").fetchone():
-                conn.executemany("DELETE FROM arr_history WHERE account_id = ?", ((a,) for a in account_ids))
-            conn.executemany("INSERT INTO arr_history VALUES (?, ?, ?, ?)", segments)
-            conn.execute(_BUMP)
+    def _table(self, name: str, what: str) -> pa.Table | None:
+        """A history table as the ledger names it now, or None when nothing was recorded."""
+        folder = history_files.folder_for(self.path)
+        row = self._history_row(name)
+        for _ in range(5):
+            if row is None:
+                return None
+            try:
+                return history_files.read(folder, *row, what)
+            except FileNotFoundError:
+                again = self._history_row(name)
+                if again == row:
+                    break
+                row = again   # replaced (twice) since it was named: read the one named now
+        path = folder / row[0]
+        raise SourceUnavailable(f"the state store's {what} file {path} is missing; restore the state folder from "
+                                "a backup", Location(str(path)))
+
+    def _replace_tables(self, tables: dict[str, tuple[str, Iterable[pa.Table]]], also=None) -> None:
+        """Replace history tables ({name: (kind, its rows as tables or batches, in order)}) in one transaction
+        (with `also(conn)` in it); the files they replace stay until the next replacement, those no row names go."""
+        folder = history_files.folder_for(self.path)
+        written: list[str] = []
+        try:
+            with self._tx("BEGIN IMMEDIATE") as conn:
+                gen = conn.execute("SELECT value FROM meta WHERE key = 'history_gen'").fetchone()[0]
+                for name, (kind, parts) in tables.items():
+                    gen += 1
+                    try:
+                        file, sha, rows = history_files.write(folder, kind, gen, parts,
+                                                              ARR_SCHEMA if name == ARR else MEMBERSHIP_SCHEMA)
+                    except OSError as exc:
+                        if is_storage_error(exc):
+                            raise disk_full(exc, [folder], "the state store's history files",
+                                            ". Nothing was lost: the next run settles this one") from None
+                        raise
+                    written.append(file)
+                    prev = conn.execute("SELECT file FROM history_files WHERE name = ?", [name]).fetchone()
+                    conn.execute("INSERT OR REPLACE INTO history_files (name, file, sha256, rows, replaced) "
+                                 "VALUES (?, ?, ?, ?, ?)", [name, file, sha, rows, prev[0] if prev else None])
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'history_gen'", [gen])
+                if also is not None:
+                    also(conn)
+                conn.execute(_BUMP)
+                keep = {f for row in conn.execute("SELECT file, replaced FROM history_files") for f in row if f}
+        except BaseException:
+            history_files.remove(folder, written)
+            raise
+        history_files.sweep(folder, keep)
+        pa.default_memory_pool().release_unused()   # (Arrow's pool would keep the batches' memory from the stages after)
+
+    def history_files(self) -> dict[str, Path]:
+        """{table name: its current Parquet file}: 'arr_history' and 'membership:<view>'."""
+        folder = history_files.folder_for(self.path)
+        return {name: folder / file for name, file in self.db.conn.execute("SELECT name, file FROM history_files "
+                                                                           "ORDER BY name")}
+
+    # ---- ARR history ----------------------------------------------------------------------------
+    def arr_history(self) -> pa.Table | None:
+        """The ARR history (account_id, start_month, end_month, arr_units), or None when none was recorded."""
+        return self._table(ARR, "ARR history")
+
+    def arr_segments(self) -> Iterator[tuple[str, str, str, int]]:
+        """(account, start 'YYYY-MM', end 'YYYY-MM', units) of every stored run of ARR."""
+        yield from history_files.tuples(self.arr_history(), ("account_id", "start_month", "end_month", "arr_units"))
+
+    def replace_arr(self, account_ids: Sequence[str], segments) -> None:
+        """Replace the history of the given accounts by `segments` (arr_history tables, or (account, start, end,
+        units) tuples), atomically."""
+        segments = iter(segments)
+        head = next(segments, None)
+        if head is None:
+            new = []
+        elif isinstance(head, pa.Table):
+            new = itertools.chain([head], segments)
+        else:
+            new = [history_files.arr_from_rows(itertools.chain([head], segments))]
+        cur = self.arr_history()
+        keep = None
+        if cur is not None and cur.num_rows and len(account_ids):
+            keep = pc.invert(pc.is_in(cur["account_id"], value_set=history_files.strings(account_ids))).to_numpy(
+                zero_copy_only=False)
+        self._replace_tables({ARR: ("arr_history", itertools.chain(history_files.batches(cur, keep), new))})
 
     # ---- membership ----------------------------------------------------------------------------
+    def membership_table(self, view: str) -> pa.Table | None:
+        """Every recorded segment of a view (view, account_id, start_month, end_month, root_id, run_id), or None."""
+        return self._table(membership_name(view), f"membership ({view})")
+
     def membership_segments(self, view: str) -> Iterator[tuple[str, str, str | None, str]]:
-        """Every recorded (account, start month, end month or None, root) of a view, streamed."""
-        cur = self.db.conn.execute("SELECT account_id, start_month, end_month, root_id FROM membership WHERE view = ?",
-                                   [view])
-        while rows := cur.fetchmany(50_000):
-            yield from rows
+        """Every recorded (account, start month, end month or None, root) of a view."""
+        yield from history_files.tuples(self.membership_table(view), ("account_id", "start_month", "end_month", "root_id"))
 
     def membership_count(self, view: str) -> int:
-        return self.db.execute("SELECT count(*) FROM membership WHERE view = ?", [view]).fetchone()[0]
+        row = self._history_row(membership_name(view))
+        return row[2] if row else 0
+
+    def _views(self) -> list[str]:
+        prefix = membership_name("")
+        return [n[len(prefix):] for (n,) in self.db.conn.execute(
+            "SELECT name FROM history_files WHERE substr(name, 1, ?) = ? ORDER BY name", [len(prefix), prefix])]
 
     def commit_membership(self, run_id: str, view: str, month: str, prev_month: str,
                           changed: Iterable[tuple[str, str]]) -> int:
@@ -610,67 +732,103 @@ class Ledger:
         pairs): an open segment that began this month is replaced, an older one ends last month. New segments
         carry the run's id and every segment deleted or closed is logged under it, so `undo_membership` can
         restore them."""
-        conn = self.db.conn
-        with self._tx():
-            if not conn.execute("SELECT 1 FROM membership WHERE view = ? LIMIT 1", [view]).fetchone():
-                # the view's first record (a first run): nothing to close or log, the segments go straight in
-                n = conn.executemany("INSERT INTO membership (view, account_id, start_month, end_month, root_id, run_id) "
-                                     f"VALUES ({_literal(view)}, ?, {_literal(month)}, NULL, ?, {_literal(run_id)})",
-                                     changed).rowcount
-                conn.execute(_BUMP)
-                return n
-            conn.execute("DROP TABLE IF EXISTS temp.changed_membership")
-            conn.execute("CREATE TEMP TABLE changed_membership (account_id TEXT PRIMARY KEY, root_id TEXT NOT NULL) "
-                         "WITHOUT ROWID")
-            conn.executemany("INSERT INTO temp.changed_membership VALUES (?, ?)", changed)
-            log = ("INSERT INTO membership_log (run_id, op, view, account_id, start_month, end_month, root_id) "
-                   f"SELECT {_literal(run_id)}, ?, view, account_id, start_month, end_month, root_id FROM membership "
-                   "WHERE view = ? AND end_month IS NULL AND account_id IN (SELECT account_id FROM temp.changed_membership) ")
-            conn.execute(log + "AND start_month >= ?", ["deleted", view, month])
-            conn.execute(log + "AND start_month < ?", ["closed", view, month])
-            conn.execute("DELETE FROM membership WHERE view = ? AND end_month IS NULL AND start_month >= ? "
-                         "AND account_id IN (SELECT account_id FROM temp.changed_membership)", [view, month])
-            conn.execute("UPDATE membership SET end_month = ? WHERE view = ? AND end_month IS NULL "
-                         "AND account_id IN (SELECT account_id FROM temp.changed_membership)", [prev_month, view])
-            n = conn.execute("INSERT INTO membership (view, account_id, start_month, end_month, root_id, run_id) "
-                             "SELECT ?, account_id, ?, NULL, root_id, ? FROM temp.changed_membership",
-                             [view, month, run_id]).rowcount
-            conn.execute("DROP TABLE temp.changed_membership")
-            conn.execute(_BUMP)
+        accounts, roots = (changed.accounts, changed.roots) if hasattr(changed, "accounts") else \
+            (list(x) for x in zip(*changed)) if changed else ([], [])
+        m, prev = months.parse(month), months.parse(prev_month)
+        n = len(accounts)
+        new = (history_files.membership_table(view, accounts[lo:lo + history_files.BATCH],
+                                              np.full(min(n - lo, history_files.BATCH), m),
+                                              np.full(min(n - lo, history_files.BATCH), OPEN),
+                                              roots[lo:lo + history_files.BATCH], run_id)
+               for lo in range(0, n, history_files.BATCH))
+        cur = self.membership_table(view)
+        logged: list[tuple] = []
+        if cur is not None and cur.num_rows:
+            start, end = history_files.month_ints(cur["start_month"]), history_files.month_ints(cur["end_month"])
+            hit = pc.is_in(cur["account_id"], value_set=history_files.strings(accounts)).to_numpy(
+                zero_copy_only=False) & (end == OPEN)
+            deleted, closed = hit & (start >= m), hit & (start < m)
+            for op, mask in (("deleted", deleted), ("closed", closed)):
+                logged.extend((run_id, op, view, *r) for r in history_files.tuples(cur.filter(pa.array(mask)),
+                                                                      ("account_id", "start_month", "end_month", "root_id")))
+            keep = ~deleted
+            end = np.where(closed, prev, end)
+            cur = history_files.membership_table(view, cur["account_id"].filter(pa.array(keep)), start[keep], end[keep],
+                                                 cur["root_id"].filter(pa.array(keep)),
+                                                 history_files.strings(cur["run_id"]).filter(pa.array(keep)))
+
+        def log(conn) -> None:
+            conn.executemany("INSERT INTO membership_log (run_id, op, view, account_id, start_month, end_month, "
+                             "root_id) VALUES (?, ?, ?, ?, ?, ?, ?)", logged)
+        self._replace_tables({membership_name(view): ("membership", itertools.chain([cur] if cur is not None else [],
+                                                                                  new))}, log)
         return n
+
+    def _undo_plan(self, run_id: str) -> tuple[dict[str, tuple[pa.Table, np.ndarray]], dict[str, list[tuple]], int, int]:
+        """Per view, its table and which rows are the run's still-open segments; the run's log per view; how many
+        segments an undo restores and how many accounts a later run replaced since."""
+        log: dict[str, list[tuple]] = {}
+        for row in self.db.conn.execute("SELECT view, op, account_id, start_month, end_month, root_id FROM "
+                                        "membership_log WHERE run_id = ?", [run_id]):
+            log.setdefault(row[0], []).append(row[1:])
+        tables, restored, left = {}, 0, 0
+        for view in sorted(set(self._views()) | set(log)):
+            t = self.membership_table(view)
+            mine = np.zeros(0, dtype=bool) if t is None else (
+                pc.equal(history_files.strings(t["run_id"]), run_id).fill_null(False).to_numpy(
+                    zero_copy_only=False) & (history_files.month_ints(t["end_month"]) == OPEN))
+            ids = set(t["account_id"].filter(pa.array(mine)).to_pylist()) if mine.any() else set()
+            restored += int(mine.sum())
+            left += len({r[1] for r in log.get(view, ()) if r[1] not in ids})
+            if t is not None:
+                tables[view] = (t, mine, ids)
+        return tables, log, restored, left
 
     def undo_membership(self, run_id: str) -> dict[str, int]:
         """Restore the membership a run replaced: its segments go, the ones it deleted come back and the ones it
         closed are open again. An account whose segment a later run replaced is left alone (counted)."""
-        conn = self.db.conn
-        with self._tx():
-            conn.execute("DROP TABLE IF EXISTS temp.undo_membership")
-            # accounts whose open segment is still the one this run recorded
-            conn.execute("CREATE TEMP TABLE undo_membership AS SELECT view, account_id FROM membership "
-                         "WHERE run_id = ? AND end_month IS NULL", [run_id])
-            mine = "(view, account_id) IN (SELECT view, account_id FROM temp.undo_membership)"
-            conn.execute(f"DELETE FROM membership WHERE run_id = ? AND end_month IS NULL AND {mine}", [run_id])
-            conn.execute(f"UPDATE membership SET end_month = NULL WHERE {mine} AND (view, account_id, start_month) IN "
-                         "(SELECT view, account_id, start_month FROM membership_log WHERE run_id = ? AND op = 'closed')",
-                         [run_id])
-            conn.execute(f"INSERT OR REPLACE INTO membership (view, account_id, start_month, end_month, root_id) "
-                         f"SELECT view, account_id, start_month, end_month, root_id FROM membership_log "
-                         f"WHERE run_id = ? AND op = 'deleted' AND {mine}", [run_id])
-            restored = conn.execute("SELECT count(*) FROM temp.undo_membership").fetchone()[0]
-            left = conn.execute(f"SELECT count(DISTINCT view || ':' || account_id) FROM membership_log WHERE run_id = ? "
-                                f"AND NOT {mine}", [run_id]).fetchone()[0]
-            conn.execute("DROP TABLE temp.undo_membership")
-            conn.execute(_BUMP)
+        tables, log, restored, left = self._undo_plan(run_id)
+        out = {}
+        for view, (t, mine, ids) in tables.items():
+            if not mine.any():
+                continue
+            entries = [r for r in log.get(view, ()) if r[1] in ids]
+            reopen = {(a, s) for op, a, s, _, _ in entries if op == "closed"}
+            back = [(a, s, e, r) for op, a, s, e, r in entries if op == "deleted"]
+            replaced = {(a, s) for a, s, _, _ in back}
+            keep = ~mine
+            end = history_files.month_ints(t["end_month"])
+            touched = {a for a, _ in reopen | replaced}
+            if touched:
+                cand = np.flatnonzero(keep & pc.is_in(t["account_id"], value_set=pa.array(sorted(touched))).to_numpy(
+                    zero_copy_only=False))
+                accs, starts = t["account_id"].take(pa.array(cand)).to_pylist(), history_files.strings(
+                    t["start_month"].take(pa.array(cand))).to_pylist()
+                for k, a, s in zip(cand.tolist(), accs, starts):
+                    if (a, s) in replaced:
+                        keep[k] = False
+                    elif (a, s) in reopen:
+                        end[k] = OPEN
+            start = history_files.month_ints(t["start_month"])
+            kept = history_files.membership_table(view, t["account_id"].filter(pa.array(keep)), start[keep], end[keep],
+                                                  t["root_id"].filter(pa.array(keep)),
+                                                  history_files.strings(t["run_id"]).filter(pa.array(keep)))
+            if back:
+                a, s, e, r = zip(*back)
+                kept = history_files.concat([kept, history_files.membership_table(
+                    view, a, [months.parse(x) for x in s], [OPEN if x is None else months.parse(x) for x in e], r,
+                    pa.array([None] * len(back), pa.string()))], MEMBERSHIP_SCHEMA)
+            out[membership_name(view)] = ("membership", [kept])
+        if out:
+            self._replace_tables(out)
+        else:
+            with self._tx() as conn:
+                conn.execute(_BUMP)
         return {"restored": restored, "replaced_since": left}
 
     def membership_undo_preview(self, run_id: str) -> dict[str, int]:
         """What `undo_membership` would report, without changing anything."""
-        conn = self.db.conn
-        mine = ("(view, account_id) IN (SELECT view, account_id FROM membership WHERE run_id = ? AND end_month IS NULL)")
-        restored = conn.execute("SELECT count(*) FROM membership WHERE run_id = ? AND end_month IS NULL",
-                                [run_id]).fetchone()[0]
-        left = conn.execute(f"SELECT count(DISTINCT view || ':' || account_id) FROM membership_log WHERE run_id = ? "
-                            f"AND NOT {mine}", [run_id, run_id]).fetchone()[0]
+        _, _, restored, left = self._undo_plan(run_id)
         return {"restored": restored, "replaced_since": left}
 
     # ---- snapshots ------------------------------------------------------------------------------
@@ -842,3 +1000,4 @@ class Ledger:
             conn.execute("DROP TABLE temp.undone")
         created = len(set(pairs)) - known if hold else 0
         return {"reopened": reopened, "held": held + created, "created": created}
+

@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nrr_engine import history_files
 from nrr_engine.demo import DEMO_AS_OF, write_demo_config
 from nrr_engine.testing.salesforce_double import SalesforceDouble
 
@@ -269,6 +270,15 @@ def _no_run_ids(value):
     return RUN_ID.sub("RUN", value) if isinstance(value, str) else value
 
 
+def history_rows(db: Path) -> dict[str, list[tuple]]:
+    """The ARR history and the membership (every view) a ledger names, as sorted rows."""
+    tables = history_files.named(db)
+    arr = tables.pop(history_files.ARR, None)
+    return {"arr_history": sorted(history_files.tuples(arr, history_files.ARR_COLUMNS)),
+            "membership": sorted(r for t in tables.values()
+                                 for r in history_files.tuples(t, history_files.MEMBERSHIP_COLUMNS))}
+
+
 def ledger_state(db: Path, keep: set[str] | None = None) -> dict:
     """What a run leaves in the ledger, without run ids: every applied change (counted: each exactly once),
     the KPI snapshots, ARR history, membership and the review queue; `keep`: the runs whose statuses count."""
@@ -287,8 +297,7 @@ def ledger_state(db: Path, keep: set[str] | None = None) -> dict:
             "applied": applied,
             "open changes": open_changes,
             "snapshots": sorted(con.execute("SELECT external_id, view, root_id, month, data FROM snapshots")),
-            "arr_history": sorted(con.execute("SELECT * FROM arr_history")),
-            "membership": sorted(con.execute("SELECT view, account_id, start_month, end_month, root_id FROM membership")),
+            **history_rows(db),
             "review": sorted(tuple(_no_run_ids(v) for v in r)
                              for r in con.execute(f"SELECT {review_cols} FROM review")),
             "runs": runs,

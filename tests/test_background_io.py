@@ -164,21 +164,21 @@ def test_a_big_commit_is_checkpointed_in_the_background(tmp_path):
     the database file alone (without its WAL) holds the transaction."""
     led = Ledger(tmp_path / "nrr.db")
     assert led.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
-    segs = [(f"001{i:015d}", "2025-01", "2026-10", i) for i in range(120_000)]
-    led.replace_arr([], segs)
+    keys = [f"legal:001{i:015d}:2026-10" for i in range(120_000)]
+    led.upsert_snapshots("run1", keys, ['{"arr": 1}'] * len(keys))
     wal.wait(tmp_path / "nrr.db")
     shutil.copy(tmp_path / "nrr.db", tmp_path / "alone.db")   # the file, not its -wal
-    n = sqlite3.connect(tmp_path / "alone.db").execute("SELECT count(*) FROM arr_history").fetchone()[0]
-    assert n == len(segs)
+    n = sqlite3.connect(tmp_path / "alone.db").execute("SELECT count(*) FROM snapshots").fetchone()[0]
+    assert n == len(keys)
     led.close()
 
 
 def test_a_small_commit_starts_no_checkpoint(tmp_path):
     """Below the threshold nothing starts: the WAL keeps the pages until it grows (as SQLite's own would)."""
     led = Ledger(tmp_path / "nrr.db")
-    led.replace_arr([], [("001000000000000001", "2025-01", "2026-10", 1)])
+    led.upsert_snapshots("run1", ["legal:001000000000000001:2026-10"], ['{"arr": 1}'])
     assert not any(t.name == "nrr-checkpoint" and t.is_alive() for t in threading.enumerate())
     shutil.copy(tmp_path / "nrr.db", tmp_path / "alone.db")
     tables = {r[0] for r in sqlite3.connect(tmp_path / "alone.db").execute("SELECT name FROM sqlite_master")}
-    assert "arr_history" not in tables, "the database file holds what only the WAL should"
+    assert "snapshots" not in tables, "the database file holds what only the WAL should"
     led.close()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import FIELD_ARR, NAME_RULE, Cli, write_csv
-from nrr_engine import config as config_mod, money
+from nrr_engine import config as config_mod, history_files, money
 from nrr_engine.config import SubscriptionSource
 from nrr_engine.metrics import arr as arr_mod
 from nrr_engine.scheduler import Daemon
@@ -33,13 +33,13 @@ def ledger(org) -> sqlite3.Connection:
 
 def world(org) -> dict:
     """Everything a run can write: the working copy's tables, the ARR history, the membership, the snapshots."""
-    wc, lg = working_copy(org), ledger(org)
+    wc = working_copy(org)
     tables = [t for (t,) in wc.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '\\_nrr%' "
                                        "ESCAPE '\\' ORDER BY name")]
     out = {t: sorted(wc.execute(f'SELECT * FROM "{t}"').fetchall(), key=repr) for t in tables}
     out["_nrr_base"] = sorted(wc.execute("SELECT * FROM _nrr_base").fetchall())
-    for t in ("arr_history", "membership"):
-        out[t] = sorted(lg.execute(f"SELECT * FROM {t}").fetchall(), key=repr)
+    for name, table in history_files.named(org.root / "state" / "nrr.db").items():
+        out[name] = sorted(history_files.tuples(table), key=repr)
     return out
 
 

@@ -145,7 +145,10 @@ def mapped(org):
 
 def ledger_rows(org) -> dict:
     db = sqlite3.connect(org.root / "state" / "nrr.db")
-    return {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("runs", "changes", "review", "membership")}
+    out = {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("runs", "changes", "review",
+                                                                            "membership_log")}
+    out["history files"] = sorted(db.execute("SELECT name, file, sha256, rows FROM history_files"))   # (what they hold)
+    return out
 
 
 def test_rollback_dry_run_shows_what_it_would_do_and_writes_nothing(mapped, cli):

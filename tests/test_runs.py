@@ -175,7 +175,7 @@ def test_migrations_are_recorded(family, cli):
     """The state store records each schema migration once."""
     cli("run", "--as-of", "2026-11-15")
     db = sqlite3.connect(family.root / "state" / "nrr.db")
-    assert db.execute("SELECT id FROM migrations").fetchall() == [(1,), (2,), (3,), (4,), (5,), (6,), (7,)]
+    assert db.execute("SELECT id FROM migrations").fetchall() == [(1,), (2,), (3,), (4,), (5,), (6,), (7,), (8,)]
 
 
 def test_crash_between_ledger_commit_and_org_commit_is_recovered(family, tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import nrr_engine
+from nrr_engine import history_files
 from nrr_engine.demo import write_demo_config
 from nrr_engine.testing.salesforce_double import SalesforceDouble
 
@@ -386,8 +387,8 @@ def acme_on_the_double(org, tmp_path: Path, monkeypatch, **double_kw) -> tuple[S
 
 def stored_months(org, rid: str) -> int:
     """The ARR history segments the state store keeps for an account."""
-    with sqlite3.connect(org.root / "state" / "nrr.db") as db:
-        return db.execute("SELECT count(*) FROM arr_history WHERE account_id = ?", (rid,)).fetchone()[0]
+    arr = history_files.named(org.root / "state" / "nrr.db").get(history_files.ARR)
+    return sum(1 for r in history_files.tuples(arr, ["account_id"]) if r[0] == rid)
 
 
 def test_merged_away_history_moves_to_the_survivor_so_the_merge_is_not_churn(org, tmp_path, monkeypatch):

@@ -248,7 +248,7 @@ DEMO_CONFIG = """\
 # from for your own org). Paths are relative to this file. `nrr-engine validate` checks it, the rules and every
 # field they name against the org; `nrr-engine schema` prints its JSON Schema.
 source: {{kind: local, path: ../org}}     # a folder of Data Loader CSVs: Account.csv, Subscription__c.csv, ...
-state: ../state/nrr.db                  # the SQLite ledger, ARR history and family membership
+state: ../state/nrr.db                  # the SQLite ledger (ARR history and membership: nrr-history/ beside it)
 currency: USD                           # the corporate currency (ISO 4217)
 timezone: UTC                           # for schedules and "today"
 arr:
@@ -283,7 +283,7 @@ INIT_CONFIG = """\
 # allowed_paths:, e.g. an export in /data/exports/2026-11 or a key in /run/secrets:
 # allowed_paths: [/data/exports]
 source: {kind: local, path: ../org}     # a folder of Data Loader CSVs: Account.csv, Subscription__c.csv, ...
-state: ../state/nrr.db                  # the SQLite ledger, ARR history and family membership
+state: ../state/nrr.db                  # the SQLite ledger (ARR history and membership: nrr-history/ beside it)
 currency: USD                           # the corporate currency (ISO 4217)
 timezone: UTC                           # for schedules and "today"
 arr:

@@ -91,6 +91,30 @@ class Membership:
             at += n
         return Membership(view, *(c[:at] for c in cols), {v: k for k, v in names.items()})
 
+    @staticmethod
+    def from_table(view: str, table, ids) -> "Membership":
+        """A stored membership table (history_files.py) over the accounts `ids` (an Arrow string array or a
+        list), in columns: Ids looked up by hash in C; roots that are not accounts of this run get unknown labels
+        in the order they first appear (as `from_segments` gives them)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from .. import history_files
+        if table is None or not table.num_rows:
+            return Membership(view, *(np.zeros(0, dtype=np.int32) for _ in range(4)))
+        keys = ids if isinstance(ids, pa.Array) else pa.array(ids, pa.string())
+        account = history_files.positions(table["account_id"], keys)
+        roots = history_files.strings(table["root_id"])
+        root = history_files.positions(roots, keys)
+        names: dict[int, str] = {}
+        away = root < 0
+        if away.any():
+            enc = pc.dictionary_encode(roots.filter(pa.array(away)))
+            root[away] = _UNKNOWN - enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+            names = {_UNKNOWN - k: name for k, name in enumerate(enc.dictionary.to_pylist())}
+        return Membership(view, account.astype(np.int32), history_files.month_ints(table["start_month"]),
+                          history_files.month_ints(table["end_month"]), root.astype(np.int32), names)
+
     def __len__(self) -> int:
         return len(self.account)
 

@@ -366,6 +366,35 @@ def iter_segments(matrix: MonthlyArr, rows: np.ndarray, first: int,
         yield ids[r], labels[s], labels[e], u
 
 
+def segment_parts(matrix: MonthlyArr, rows: np.ndarray, first: int, ids: list[str]) -> Iterator:
+    """The runs of the given rows as arr_history tables (history_files.py), a batch of runs at a time."""
+    from .. import history_files
+    row, start, end, units = matrix.runs_arrays(rows)
+    step = history_files.BATCH
+    for lo in range(0, len(row), step):
+        part = slice(lo, lo + step)
+        yield history_files.arr_table([ids[r] for r in row[part].tolist()], start[part].astype(np.int64) + first,
+                                      end[part].astype(np.int64) + first, units[part])
+
+
+def from_table(table, index: dict[str, int], first: int, count: int, size: int | None = None) -> MonthlyArr:
+    """A stored arr_history table -> ARR over [first, first+count); Ids not in `index` skipped. Columns all the way
+    (the Ids looked up by hash in C): a million stored runs never become Python tuples."""
+    n = len(index) if size is None else size
+    if table is None or not table.num_rows:
+        return MonthlyArr(n, count)
+    import pyarrow as pa
+
+    from .. import history_files
+    keys = pa.array(list(index), pa.string())
+    acc = history_files.positions(table["account_id"], keys, np.fromiter(index.values(), np.int64, len(index)))
+    lo = history_files.month_ints(table["start_month"]).astype(np.int64) - first
+    hi = history_files.month_ints(table["end_month"]).astype(np.int64) + 1 - first
+    v = table["arr_units"].to_numpy()
+    known = acc >= 0
+    return MonthlyArr.from_events(n, count, [_events(acc[known], lo[known], hi[known], v[known], count)])
+
+
 def from_segments(segments: Iterable[tuple[str, str, str, int]], index: dict[str, int], first: int,
                   count: int, size: int | None = None) -> MonthlyArr:
     """Stored (account_id, start, end, units) runs -> ARR over [first, first+count); unknown Ids skipped.

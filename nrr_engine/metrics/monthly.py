@@ -139,6 +139,13 @@ class MonthlyArr:
             yield from zip(self.row[part].tolist(), self.start[part].tolist(), self.end[part].tolist(),
                            self.units[part].tolist())
 
+    def runs_arrays(self, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(row, start, end, units) arrays of the runs of every account or of the given ones, in row order."""
+        if rows is None:
+            return self.row, self.start, self.end, self.units
+        k = np.flatnonzero(self._mask(rows)[self.row])
+        return self.row[k], self.start[k], self.end[k], self.units[k]
+
     def _mask(self, rows) -> np.ndarray:
         m = np.zeros(self.n, dtype=bool)
         m[np.asarray(rows, dtype=np.int64)] = True

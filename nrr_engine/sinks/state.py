@@ -15,7 +15,7 @@ class StateSink:
         ids, rows = plan.arr_rewrite
         if ids or plan.merged_away:
             ledger.replace_arr([*ids, *plan.merged_away],
-                               arr_mod.iter_segments(plan.matrix, rows, plan.first_month, plan.accounts.ids))
+                               arr_mod.segment_parts(plan.matrix, rows, plan.first_month, plan.accounts.ids))
         cur = ctx.current_month
         for vname, changed in plan.membership.items():
             if changed:

@@ -1,7 +1,8 @@
 -- Family and naive NRR/GRR of one view and window as plain SQL (DESIGN §5), for an org that outgrows one machine:
 -- run it where the data already lives (the customer's warehouse, Spark SQL, DuckDB, PostgreSQL, SQLite >= 3.25).
 --
--- Inputs: the two history tables of the state store (state/nrr.db), loaded as they are into the warehouse:
+-- Inputs: the two history tables of the state store, Parquet files in state/nrr-history/ (the ledger's
+-- history_files table names the current ones; one membership file per view), read or loaded as they are:
 --   arr_history(account_id, start_month, end_month, arr_units)   runs of equal monthly ARR, months 'YYYY-MM'
 --                                                                 inclusive, ARR in units of 1/10,000
 --   membership(view, account_id, start_month, end_month, root_id) the family root each run recorded for an
@@ -9,7 +10,8 @@
 -- Parameters: :view, :m0 and :m1 ('YYYY-MM': the window's start and end month, e.g. 2025-10 and 2026-10 for the
 -- trailing twelve months to 2026-10). Families are those of m1 ("restated"): the segment covering m1, else the
 -- first one recorded after it. One row per level (family, naive), money in units: divide by 10000 at output.
--- tests/test_scale_out_sql.py runs this file on the demo org's state store and compares it with `report nrr`.
+-- tests/test_scale_out_sql.py runs this file on the demo org's history files (DuckDB, SQLite) and compares it
+-- with `report nrr`.
 WITH account_arr AS (
   SELECT account_id,
          SUM(CASE WHEN start_month <= :m0 AND end_month >= :m0 THEN arr_units ELSE 0 END) AS arr0,
