@@ -286,6 +286,7 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
             # what validate warns of (a rules glob that matches no file: repair without its rules)
             findings.extend(Finding("config_warning", str(w)) for w in settings.warnings)
         signature = store.csv_signature(org)  # before the sync: a file changed during the run is seen as changed
+        token = org.state_token()   # the working copy as the last run left it (or not: deleted, restored since)
         org.prepare(field_needs(settings, ruleset, extra_fields))  # Salesforce: budget and describe checks
         org.sync(objects, background=background)
         findings.extend(org.reload_findings())
@@ -299,11 +300,11 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
         stored = store.read(store.path_for(settings.state)) if repair else None
         fields = account_fields(settings, (*extra_fields, *rule_fields))
         kept = None
-        if _working_copy_as_stored(stored, ctx, signature):
+        if _working_copy_as_stored(stored, ctx, signature, token):
             kept = stored.accounts(fields)
             if kept is not None:
                 _log.info("store.reused", run=stored.meta.get("run_id"), what="accounts")
-        elif _reloaded_since_store(stored, ctx, org):
+        elif _reloaded_since_store(stored, ctx, org, token):
             kept = _patched(stored.accounts(fields), org, fields)
             if kept is not None:
                 _log.info("store.reused", run=stored.meta.get("run_id"), what="accounts",
@@ -347,8 +348,21 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
                       for v in settings.views}
         existing = snapshot.ExistingSnapshots()
         obj = settings.snapshot_object
-        if repair and settings.snapshots_enabled and org.has_field(obj, snapshot.KEY):
+        held = _snapshots_held(settings, stored, ctx, signature, token) if repair else None
+        if repair and settings.snapshots_enabled and org.has_field(obj, snapshot.KEY) and held is None:
             existing = snapshot.read_existing(org, obj, cur - 1)
+        read_later = held is not None and org.has_field(obj, snapshot.KEY)
+        if held is not None:
+            _log.info("store.reused", run=stored.meta.get("run_id"), what="the KPI snapshots the org holds")
+
+        def existing_snapshots(existing=existing):
+            """The org's records of the month: read now when the store's were not these after all (the
+            families changed although no input did: a review decision)."""
+            if read_later:
+                _log.info("snapshots.read", why="the run's snapshots differ from those the last run left in the org")
+                org.finish_sync()   # (the loads beside this process, and the thread adopting their Ids, end first)
+                return snapshot.read_existing(org, obj, cur - 1)
+            return existing
     # the loads beside this process enter the working copy while matching runs, and the snapshots' new Ids are
     # looked for (a scan of every cell) meanwhile
     org.adopt_aside(() if org.remote or not (repair and settings.snapshots_enabled) else (settings.snapshot_prefix,))
@@ -357,33 +371,52 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
     return State(accounts=accounts, ruleset=ruleset, first=first if since is None else min(first, since), matrix=None,
                  arr_rows_changed=np.zeros(0, dtype=np.int64), membership=membership,
                  decisions=decisions, inserts=tuple(inserts),
-                 existing_snapshots=existing, findings=tuple(findings), repair=repair,
+                 existing_snapshots=existing_snapshots, snapshots_held=held, findings=tuple(findings), repair=repair,
                  extra_fields=tuple(extra_fields), merged=merged, cohorts=cohorts, reuse=reuse,
                  csv_signature=signature, stored=stored, account_fields=tuple(fields),
                  carried=store.read_proposals(store.proposals_path(settings.state)) if repair else None,
                  unchanged=bool(unchanged))
 
 
-def _working_copy_as_stored(cols, ctx, signature) -> bool:
+def _working_copy_as_stored(cols, ctx, signature, token: str | None) -> bool:
     """Whether the local working copy's accounts are the ones the store holds: written at the ledger state
-    before this run (no run, rollback or import since) from an Account.csv with the size and modification time
-    it has now (so the sync reloaded nothing)."""
+    before this run (no run, rollback or import since), of this very working copy as it was then (its write
+    token: not one deleted and loaded again, or restored from a backup), from an Account.csv with the size and
+    modification time it has now (so the sync reloaded nothing)."""
     if cols is None or signature is None or "Account.csv" not in signature:
         return False
     meta = cols.meta
     return (getattr(ctx, "store_version", None) is not None and meta.get("stamp") == ctx.store_version
+            and token is not None and meta.get("working_copy") == token
             and (meta.get("csv") or {}).get("Account.csv") == signature["Account.csv"])
 
 
-def _reloaded_since_store(cols, ctx, org) -> bool:
+def _snapshots_held(settings: Settings, cols, ctx, signature, token: str | None) -> str | None:
+    """The digest of the KPI snapshots of last month the local working copy holds, when they are the ones the
+    last run left there (its store's, of this month and config, at the ledger state before this run, in this very
+    working copy, with no CSV changed since): a run whose snapshots have that digest has nothing to write and
+    need not read them. None otherwise (and always for Salesforce: its records can change under us)."""
+    if cols is None or signature is None or token is None or not settings.snapshots_enabled:
+        return None
+    meta, held = cols.meta, cols.meta.get("snapshots") or {}
+    if (getattr(ctx, "store_version", None) is None or meta.get("stamp") != ctx.store_version
+            or meta.get("working_copy") != token or meta.get("csv") != signature
+            or meta.get("month") != ctx.current_month or meta.get("config") != store.config_digest(settings.config_file)
+            or held.get("object") != settings.snapshot_object):
+        return None
+    return held.get("digest")
+
+
+def _reloaded_since_store(cols, ctx, org, token: str | None) -> bool:
     """Whether this run's sync reloaded Account.csv as a delta (LocalOrg.deltas) from the very load the store
-    holds, with no run, rollback or import since: the store's accounts with the delta's records read again are
-    the working copy's."""
+    holds, into the working copy the store was written from, with no run, rollback or import since: the store's
+    accounts with the delta's records read again are the working copy's."""
     delta = getattr(org, "deltas", {}).get("Account")
     if cols is None or delta is None or getattr(ctx, "store_version", None) is None:
         return False
     meta = cols.meta
-    return meta.get("stamp") == ctx.store_version and (meta.get("csv") or {}).get("Account.csv") == list(delta.since)
+    return (meta.get("stamp") == ctx.store_version and token is not None and meta.get("working_copy") == token
+            and (meta.get("csv") or {}).get("Account.csv") == list(delta.since))
 
 
 def _patched(cols: list[list] | None, org, fields: list[str]) -> list[list] | None:

@@ -110,8 +110,8 @@ def _snapshots(settings: Settings) -> Stage:
         if settings.snapshots_enabled:
             snaps = snapshot.month_snapshots(state.views, state.accounts.ids, state.matrix, state.first, period,
                                              lambda view, m: state.labels_at(view, m, ctx.current_month))
-            changes = snapshot.diff(snaps, state.existing_snapshots or snapshot.ExistingSnapshots(),
-                                    settings.snapshot_object)
+            if state.snapshots_held is None or snaps.digest() != state.snapshots_held:   # (else: what the org holds)
+                changes = snapshot.diff(snaps, state.existing_snapshots(), settings.snapshot_object)
         return dataclasses.replace(state, snapshots=snaps, snapshot_changes=changes)
     return snapshots
 
@@ -239,22 +239,22 @@ def write_store(settings: Settings, plan: Plan, org: LocalOrg, version: int) -> 
     """Store what a clean run derived (ARR matrix, membership after it, families, segment columns) for reports and
     the next run, stamped with the ledger's state version after the run. A run that recorded no membership for
     some view (an as-of in the past) leaves no store: its figures are not what the ledger says."""
-    path = store.path_for(settings.state)
-    state, ctx = plan.state, plan.ctx
+    path, state, ctx = store.path_for(settings.state), plan.state, plan.ctx
     if set(plan.membership) != {v.name for v in settings.views} or not plan.accounts.ids:
         store.discard(path)
         return
+    token = org.state_token()
     if state.unchanged and not plan.change_count() and not any(plan.membership.values()) \
             and store.all_kept(state.derived):
-        store.touch(path, version)   # the same content: only its stamp moves on
+        store.touch(path, version, token)   # the same content: only its stamps move on
         return
-    index = plan.accounts.index
-    membership = {v.name: store.committed(state.membership[v.name], plan.membership[v.name], index,
+    membership = {v.name: store.committed(state.membership[v.name], plan.membership[v.name], plan.accounts.index,
                                           ctx.current_month) for v in settings.views}
     trees = {v.name: plan.views[v.name].tree for v in settings.views}
     columns = {f: plan.accounts.column(f) for f in settings.segments if plan.accounts.has(f)}
     meta = {"stamp": version, "run_id": ctx.run_id, "month": ctx.current_month, "first": plan.first_month,
-            "config": store.config_digest(settings.config_file), "csv": state.csv_signature,
+            "config": store.config_digest(settings.config_file), "csv": state.csv_signature, "working_copy": token,
+            "snapshots": {"object": settings.snapshot_object, "digest": plan.snapshots.digest()},
             "arr_findings": [{"kind": f.kind, "message": f.message, "records": list(f.records),
                               "outcome": f.outcome.value} for f in state.arr_findings]}
     accounts = None if plan.inserts or not state.account_fields else store.account_columns(

@@ -100,7 +100,8 @@ class State:
     membership: dict                            # view -> hierarchy.membership.Membership (recorded families)
     decisions: Any                              # hierarchy.repair.Decisions (review decisions)
     inserts: tuple[Change, ...] = ()            # records the run creates (placeholder parents)
-    existing_snapshots: Any = None              # metrics.snapshot.ExistingSnapshots of the month
+    existing_snapshots: Any = None              # () -> metrics.snapshot.ExistingSnapshots of the month (read when asked)
+    snapshots_held: str | None = None           # SnapshotSet.digest of the records the org holds, when the store knows
     findings: tuple[Finding, ...] = ()
     repair: bool = True                         # False for a report: trees as the org has them
     extra_fields: tuple[str, ...] = ()

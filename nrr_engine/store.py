@@ -336,7 +336,7 @@ def write(path: Path, meta: dict, ids: list[str], matrix: MonthlyArr, membership
         return {"meta": np.array(json.dumps(full, sort_keys=True))}
     arrays["meta"] = meta_array
     if _saved(path, arrays):
-        touch(path, full["stamp"])
+        touch(path, full["stamp"], full.get("working_copy"))
 
 
 def _saved(path: Path, arrays: dict) -> bool:
@@ -368,27 +368,29 @@ def _file_id(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
-def touch(path: Path, stamp: int) -> None:
-    """Stamp the store at `path` current at `stamp` without writing it again (a run that changed nothing in it):
-    the stamp file names the store file it is for, so a store written later is never taken for this one."""
+def touch(path: Path, stamp: int, working_copy: str | None = None) -> None:
+    """Stamp the store at `path` current at `stamp` (and at the working copy's write token) without writing it
+    again (a run that changed nothing in it): the stamp file names the store file it is for, so a store written
+    later is never taken for this one."""
     side = Path(path).parent / STAMP
     try:
         with atomic_file(side, "w", encoding="utf-8") as fh:
-            json.dump({"stamp": stamp, "file": _file_id(path)}, fh)
+            json.dump({"stamp": stamp, "file": _file_id(path), "working_copy": working_copy}, fh)
     except OSError as exc:
         discard(side)
         log.warning("store.unwritten", file=str(side), error=str(exc))
 
 
-def _stamp(path: Path, meta: dict) -> int | None:
-    """The store's stamp: the stamp file's when it names this very file, else the one written inside it."""
+def _stamped(path: Path, meta: dict) -> dict:
+    """The store's stamp and working-copy token: the stamp file's when it names this very file, else the ones
+    written inside it."""
     try:
         side = json.loads((Path(path).parent / STAMP).read_text(encoding="utf-8"))
         if isinstance(side, dict) and side.get("file") == _file_id(path):
-            return side.get("stamp")
+            return {"stamp": side.get("stamp"), "working_copy": side.get("working_copy")}
     except (OSError, ValueError):
         pass
-    return meta.get("stamp")
+    return {"stamp": meta.get("stamp"), "working_copy": meta.get("working_copy")}
 
 
 def discard(path: Path) -> None:
@@ -540,7 +542,7 @@ def read(path: Path) -> Columns | None:
         if z.zip.testzip() is not None:   # every member's CRC, read in chunks: a damaged file is not trusted
             z.close()
             raise ValueError("a member fails its CRC check")
-        meta["stamp"] = _stamp(path, meta)
+        meta.update(_stamped(path, meta))
         return Columns(z, meta)
     except FileNotFoundError:
         return None

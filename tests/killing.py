@@ -329,8 +329,8 @@ def env_without_tty() -> dict:
 
 SF_SOURCE = ("source: {kind: salesforce, auth: password, poll_s: 0.001, backoff_s: 0.001, api_reserve: 100, "
              "bulk_write_min: 300, bulk_query_min: 1000, page_size: 1000}")
-# internal bookkeeping of the working copy that names files by their modification time
-LOCAL_SKIP = ("_nrr_files",)
+# internal bookkeeping of the working copy: files by their modification time, the random token of its last write
+LOCAL_SKIP = ("_nrr_files", "_nrr_meta")
 
 
 def local_project(root: Path, org: Path) -> Path:

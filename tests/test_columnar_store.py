@@ -224,7 +224,8 @@ def test_an_unchanged_rerun_takes_its_arr_and_findings_from_the_store(org, tmp_p
     again = rerun.stdout
     reused = [json.loads(ln) for ln in rerun.stderr.splitlines() if '"store.reused"' in ln]
     assert {e["what"] for e in reused if not e["what"].startswith("matching")} == {
-        "accounts", "arr history and membership", "arr from subscriptions"}, rerun.stderr
+        "accounts", "arr history and membership", "arr from subscriptions", "the KPI snapshots the org holds"}, \
+        rerun.stderr
     without_run = Cli(twin / "config" / "nrr.yaml")("--log-level", "info", "run", *AS_OF)
     without = without_run.stdout
     assert "store.reused" not in without_run.stderr
@@ -376,3 +377,80 @@ def test_a_quiet_rerun_packs_the_account_columns_the_store_holds_only_by_referen
         assert got[0].tobytes() == want[0].tobytes() and got[1].tobytes() == want[1].tobytes(), name
     columns = store.account_columns(accounts, lazy, [], fields)
     assert all(columns[n]()[0].tobytes() == eager[n][0].tobytes() for n in names)
+
+
+def working_copy_rows(root: Path) -> dict:
+    import sqlite3
+    con = sqlite3.connect(root / "state" / "local-org.db")
+    out = {t: sorted(con.execute(f'SELECT * FROM "{t}"').fetchall(), key=repr)
+           for t in ("Account", "KPI_Snapshot__c")}
+    con.close()
+    return out
+
+
+@pytest.mark.parametrize("how", ["deleted", "restored from an older copy"])
+def test_a_working_copy_made_again_is_not_taken_for_the_one_the_store_was_written_from(demo, tmp_path, how):
+    """The store holds the accounts as the last run left them in the working copy. A working copy deleted (and
+    loaded again from the CSVs) or put back from a copy older than that run lacks the run's links, rollups and
+    snapshots: the next run writes them again (before, it took the store's accounts, planned nothing and left
+    the working copy without them)."""
+    cli = Cli(demo)
+    root = demo.parent.parent
+    want = working_copy_rows(root)
+    wc = root / "state" / "local-org.db"
+    if how == "deleted":
+        for p in root.glob("state/local-org.db*"):
+            p.unlink()
+    else:
+        # a copy taken before the last run wrote (the demo's run): the working copy as the CSVs loaded it
+        fresh = tmp_path / "fresh"
+        shutil.copytree(root, fresh, ignore=shutil.ignore_patterns("state"))
+        Cli(fresh / "config" / "nrr.yaml")("plan", *AS_OF)   # loads the CSVs, writes nothing to the org
+        for p in root.glob("state/local-org.db*"):
+            p.unlink()
+        for p in (fresh / "state").glob("local-org.db*"):
+            shutil.copy(p, root / "state" / p.name)
+    out = cli("--log-level", "info", "run", *AS_OF)
+    assert '"what": "accounts"' not in out.stderr
+    assert "changes: planned 0" not in out.stdout
+    assert working_copy_rows(root) == want
+    assert wc.exists()
+    again = cli("run", *AS_OF).stdout
+    assert "changes: planned 0" in again
+
+
+def test_an_unchanged_rerun_takes_the_orgs_snapshots_from_the_store_and_a_changed_one_reads_them(demo, tmp_path):
+    """A rerun whose snapshots are the ones the last run left in this working copy (same digest, nothing loaded
+    since) neither reads nor compares the org's records; a KPI snapshot CSV put in the org folder (an edited
+    export) is read and compared, and the edited record is written back."""
+    cli, root = Cli(demo), demo.parent.parent
+    quiet = cli("--log-level", "info", "run", *AS_OF)
+    assert '"what": "the KPI snapshots the org holds"' in quiet.stderr
+    assert '"snapshots.read"' not in quiet.stderr and "KPI snapshots of 2026-10: 450 (0 written)" in quiet.stdout
+    cli("export", "--out", str(tmp_path / "x"))
+    rows = (tmp_path / "x" / "full" / "KPI_Snapshot__c.csv").read_text(encoding="utf-8").splitlines()
+    head = rows[0].split(",")
+    cells = rows[1].split(",")
+    key, was = cells[head.index("External_Id__c")], cells[head.index("Ending_ARR__c")]
+    cells[head.index("Ending_ARR__c")] = "1.00"
+    (root / "org" / "KPI_Snapshot__c.csv").write_text("\n".join([rows[0], ",".join(cells), *rows[2:]]) + "\n",
+                                                      encoding="utf-8")
+    edited = cli("--log-level", "info", "run", *AS_OF)
+    assert '"what": "the KPI snapshots the org holds"' not in edited.stderr
+    assert "KPI snapshots of 2026-10: 450 (1 written)" in edited.stdout
+    import sqlite3
+    con = sqlite3.connect(root / "state" / "local-org.db")
+    assert con.execute('SELECT Ending_ARR__c FROM KPI_Snapshot__c WHERE External_Id__c = ?', [key]).fetchone()[0] == was
+    con.close()
+
+
+def test_a_review_decision_that_changes_the_families_reads_the_orgs_snapshots(demo):
+    """The inputs are the store's but an approval changes the families: the snapshots differ from the ones the
+    org holds, so the run reads and compares them (and writes what changed)."""
+    cli = Cli(demo)
+    items = cli.json("review", "list", "--format", "json")
+    assert items, "the demo has links to review"
+    cli("review", "approve", str(items[0]["id"]))
+    out = cli("--log-level", "info", "run", *AS_OF)
+    assert '"snapshots.read"' in out.stderr
+    assert "(0 written)" not in out.stdout

@@ -249,7 +249,7 @@ def clean_local(tmp_path_factory):
 
 
 def _local_state(root: Path, keep: set[str] | None = None) -> dict:
-    return {"org": killing.tables(root / "wc" / "local-org.db", ("_nrr_files",)),
+    return {"org": killing.tables(root / "wc" / "local-org.db", killing.LOCAL_SKIP),
             "ledger": killing.ledger_state(root / "state" / "nrr.db", keep)}
 
 

@@ -82,8 +82,9 @@ def test_local_org_and_ledger_with_date_months_converge_in_place(tmp_path):
     cli("run", "--as-of", "2026-10-15")
     cli("run", "--as-of", AS_OF)
     wc, state = sqlite3.connect(tmp_path / "state" / "local-org.db"), sqlite3.connect(tmp_path / "state" / "nrr.db")
-    with wc:  # what earlier releases left: the month's first day
+    with wc:  # what earlier releases left: the month's first day (and no write token: they kept none)
         wc.execute("UPDATE KPI_Snapshot__c SET Month__c = substr(External_Id__c, -7) || '-01'")
+        wc.execute("DROP TABLE _nrr_meta")
     with state:
         state.execute("UPDATE snapshots SET data = json_set(data, '$.Month__c', month || '-01')")
     before = dict(wc.execute("SELECT Id, External_Id__c FROM KPI_Snapshot__c"))

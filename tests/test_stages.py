@@ -42,7 +42,7 @@ def world(accounts: dict[str, str], arr: dict[str, dict[str, str]], segments=())
             matrix[k, months.parse(month) - FIRST:] = money.parse_units(amount)
     return State(accounts=acc, ruleset=RuleSet(), first=FIRST, matrix=MonthlyArr.from_dense(matrix), arr_rows_changed=np.zeros(0, np.int64),
                  membership={"legal": Membership.from_segments("legal", segments, acc.index, len(segments))},
-                 decisions=Decisions(), existing_snapshots=ExistingSnapshots())
+                 decisions=Decisions(), existing_snapshots=ExistingSnapshots)
 
 
 def run_stages(state: State, until: str = "gates") -> State:
@@ -134,7 +134,7 @@ def test_snapshot_stage_deletes_the_snapshot_of_an_absorbed_family():
         ("a0K2", "legal:HUL:2026-10", "legal", "HUL", "2026-10-01", "100000.00", "100000.00", "0.00", "0.00",
          "0.00", "1", "1", "1")])
     s = dataclasses.replace(world({"DIS": "", "HUL": "DIS"}, {"DIS": {"2025-01": "500000"},
-                                                              "HUL": {"2025-01": "100000"}}), existing_snapshots=existing)
+                                                              "HUL": {"2025-01": "100000"}}), existing_snapshots=lambda: existing)
     sc = run_stages(s).snapshot_changes
     assert sc.keys == ["legal:DIS:2026-10", "legal:HUL:2026-10"]
     assert sc.ids == ["a0K1", "a0K2"] and sc.new[1] is None and sc.deletes() == [(1, "a0K2")]

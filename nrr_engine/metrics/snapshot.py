@@ -5,8 +5,10 @@ million families do not become half a million dicts.
 """
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
+from pathlib import Path
 from collections.abc import Iterator
 from itertools import islice
 from dataclasses import dataclass, field
@@ -23,6 +25,8 @@ FIELDS = ("View__c", "Family_Root__c", "Month__c", "Starting_ARR__c", "Ending_AR
           "Contraction_ARR__c", "Churn_ARR__c", "NRR__c", "GRR__c", "Account_Count__c")
 MONTH = FIELDS.index("Month__c")   # YYYY-MM, as the key ends: the shipped field is Text(7)
 LEGACY_MONTH = "____-__-__"        # (a LIKE pattern) the first day of the month, which earlier releases wrote
+# the code that makes records of the values (this module, money's formatting): an upgrade compares them again
+_CODE = b"".join(Path(m).read_bytes() for m in (__file__, money.__file__))
 __all__ = ["KEY", "FIELDS", "UPSERT", "SnapshotSet", "SnapshotChanges", "ExistingSnapshots", "diff", "month_snapshots",
            "read_existing"]
 
@@ -48,6 +52,18 @@ class SnapshotSet:
 
     def __len__(self) -> int:
         return len(self.roots)
+
+    def digest(self) -> str:
+        """A hash of the month, every row's view, root and values, and of the code that turns them into records:
+        equal digests are equal records."""
+        h = hashlib.sha256(_CODE)
+        h.update(f"{self.month}\x1e{len(self.roots)}\x1e".encode())
+        h.update("\x1e".join(self.views).encode())
+        h.update(b"\x1d")
+        h.update("\x1e".join(self.roots).encode())
+        for v in self.values:
+            h.update(np.ascontiguousarray(v, dtype=np.int64).tobytes())
+        return h.hexdigest()
 
     def key(self, i: int) -> str:
         return f"{self.views[i]}:{self.roots[i]}:{months.fmt(self.month)}"

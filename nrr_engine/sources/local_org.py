@@ -17,6 +17,7 @@ import sqlite3
 import stat
 import sys
 import threading
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import islice
@@ -303,6 +304,8 @@ class LocalOrg:
             wal.configure(self.db)
             self.db.execute("CREATE TABLE IF NOT EXISTS _nrr_files (object TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER)")
             self.db.execute("CREATE TABLE IF NOT EXISTS _nrr_sequences (prefix TEXT PRIMARY KEY, n INTEGER)")
+            # `token`: a new random value with every transaction that writes (state_token)
+            self.db.execute("CREATE TABLE IF NOT EXISTS _nrr_meta (key TEXT PRIMARY KEY, value TEXT)")
             # The three-way merge: the CSV header and content hash of each load; the CSV's value (the base) of
             # every field the engine changed since; the records the engine created.
             if "sha256" not in {r[1] for r in self.db.execute("PRAGMA table_info(_nrr_files)")}:
@@ -1237,14 +1240,24 @@ class LocalOrg:
             yield
             return
         self.db.execute("BEGIN")
+        before = self.db.total_changes
         try:
             yield
+            if self.db.total_changes != before:   # a write: what a store says of this working copy no longer holds
+                self.db.execute("INSERT OR REPLACE INTO _nrr_meta (key, value) VALUES ('token', ?)", [uuid.uuid4().hex])
         except BaseException:
             if self.db.in_transaction:  # SQLite rolls back by itself on a full disk: keep its error, not ours
                 self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
         wal.after_commit(self.path)
+
+    def state_token(self) -> str | None:
+        """A value that changes with every write to the working copy (a load, a reload, a run's write) and is
+        another for another working copy (deleted and made again, restored from a backup): the columnar store
+        records it, and is not taken for this working copy's content unless it still holds. None: none yet."""
+        row = self.db.execute("SELECT value FROM _nrr_meta WHERE key = 'token'").fetchone()
+        return row[0] if row else None
 
     def ensure_fields(self, obj: str, fields: Iterable[str]) -> None:
         """Add missing columns (the local equivalent of deploying the custom fields)."""
