@@ -281,6 +281,7 @@ def fetch(settings: Settings, org: LocalOrg, ledger: Ledger, ctx, extra_fields: 
         if settings.arr.subscriptions and settings.arr.source == "subscriptions":
             background.append(settings.arr.subscriptions.object)
         if repair:
+            ledger.check_history_files()   # (a run can take them from the store, and write them after its writes)
             ruleset = rules_mod.load(settings.rule_files, [v.name for v in settings.lookup_views], settings.roots)
             _warn_loose_permissions([settings.config_file, *settings.rule_files, *ruleset.tables])
             # what validate warns of (a rules glob that matches no file: repair without its rules)

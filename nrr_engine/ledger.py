@@ -638,9 +638,24 @@ class Ledger:
                 if again == row:
                     break
                 row = again   # replaced (twice) since it was named: read the one named now
-        path = folder / row[0]
-        raise SourceUnavailable(f"the state store's {what} file {path} is missing; restore the state folder from "
-                                "a backup", Location(str(path)))
+        self.check_history_files()
+        raise SourceUnavailable(f"the state store's {what} file {folder / row[0]} is missing",
+                                Location(str(folder / row[0])))
+
+    def check_history_files(self) -> None:
+        """Raise SourceUnavailable naming every history file the ledger names that is not there (a state folder
+        restored in part); a stat each, nothing read."""
+        folder = history_files.folder_for(self.path)
+        named = [(name, folder / f) for name, f in self.db.conn.execute("SELECT name, file FROM history_files "
+                                                                        "ORDER BY name")]
+        missing = [(name, p) for name, p in named if not p.exists()]
+        if missing:
+            name, path = missing[0]
+            raise SourceUnavailable(
+                f"the state store's {name} file {path} is missing ({len(missing)} of the {len(named)} history "
+                f"files {self.path.name} names are not in {folder}: {', '.join(p.name for _, p in missing)}); "
+                f"restore {folder.name}/ from the backup {self.path.name} came from (the whole state folder, taken "
+                "at once)", Location(str(path)))
 
     def _replace_tables(self, tables: dict[str, tuple[str, Iterable[pa.Table]]], also=None) -> None:
         """Replace history tables ({name: (kind, its rows as tables or batches, in order)}) in one transaction

@@ -3,7 +3,10 @@ SQLite tables had (checked against those tables' own SQL), an older ledger's row
 that fails leaving the old table, and a damaged or missing file a clear error."""
 from __future__ import annotations
 
+import shutil
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -167,7 +170,7 @@ def test_a_run_on_a_damaged_history_file_says_which_and_writes_nothing_more(tmp_
     (root / "state" / "columns.npz").unlink()
     r = Cli(root / "config" / "nrr.yaml")("run", *AS_OF, expect=None)
     assert r.exit_code == 3, r.stdout + r.stderr
-    assert str(path) in r.stderr and "restore the state folder from a backup" in r.stderr
+    assert str(path) in r.stderr and "restore the state folder from a backup" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
 
 
@@ -194,3 +197,32 @@ def test_an_older_ledgers_history_rows_move_into_files(tmp_path, monkeypatch):
     assert sorted(led.membership_segments("legal")) == [("001A", "2026-09", None, "001A"),
                                                          ("001B", "2026-09", None, "001B")]
     led.close()
+
+
+def test_a_run_stopped_by_a_missing_history_file_ends_its_side_loads_without_a_word_of_a_signal(tmp_path):
+    """The state folder restored without nrr-history/ (only nrr.db): the run stops at once, exit 3, naming the
+    file; the loads it had started beside it are ended quietly (before, each printed the run's own "SIGTERM:
+    stopping after the current stage" although nobody sent a signal)."""
+    root = tmp_path / "d"
+    Cli(None)("demo", "--dir", str(root))
+    for p in (root / "state").iterdir():
+        if p.name != "nrr.db":
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    # (a process of its own: the side loads write to the real stderr, which an in-process runner does not see)
+    r = subprocess.run([sys.executable, "-m", "nrr_engine", "--config", str(root / "config" / "nrr.yaml"), "run",
+                        *AS_OF], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3, r.stderr
+    assert "nrr-history" in r.stderr and "is missing" in r.stderr and "2 of the 2 history files" in r.stderr
+    assert "SIGTERM" not in r.stderr and "stopping after the current stage" not in r.stderr
+
+
+def test_a_state_folder_restored_without_its_history_stops_the_run_even_with_a_current_store(tmp_path):
+    """nrr.db and the columnar store are there, nrr-history/ is not: the run (which could take the history from the
+    store and would fail only when it next writes it) stops before anything, exit 3, listing the missing files."""
+    root = tmp_path / "d"
+    Cli(None)("demo", "--dir", str(root))
+    shutil.rmtree(root / "state" / "nrr-history")
+    r = Cli(root / "config" / "nrr.yaml")("run", *AS_OF, expect=3)
+    assert "2 of the 2 history files nrr.db names are not in" in r.stderr
+    assert "arr_history-" in r.stderr and "membership-" in r.stderr
+    assert "Traceback" not in r.stderr

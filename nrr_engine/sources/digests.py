@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from ..safe_output import private_file
+from .child import as_child
 
 # A reload that touches more than this share of the records loads in full (per-row SQL would cost more).
 MAX_SHARE = 0.25
@@ -92,6 +93,7 @@ class StrictCheck:
         pid = os.fork()
         if pid == 0:   # the child: one number (or -1: not a delta) and out, whatever happens
             try:
+                as_child()
                 os.close(r)
                 try:
                     msg = str(strict_records(path, width))

@@ -32,6 +32,7 @@ from ..model import Finding, json_row
 from ..ids import COUNTER_LIMIT, counter_range, engine_counter, sf_id, sf_ids
 from .. import wal
 from . import digests
+from .child import as_child
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
@@ -61,6 +62,7 @@ def _side_load(folder: Path, side: Path, obj: str, conn, keep_loaded: bool = Tru
 def _side_load_child(parent: int, *args) -> None:
     """The side load's process: it dies with the engine, so a killed run never leaves it writing beside the
     run that follows (PR_SET_PDEATHSIG on Linux; elsewhere a thread that watches for the parent to go)."""
+    as_child()
     try:
         import ctypes
         import signal
@@ -620,6 +622,7 @@ class LocalOrg:
             pid = os.fork()
             if pid == 0:
                 try:
+                    as_child()
                     os.nice(10)   # after the loads and the run's own work
                     digests.keep(path, target, header, records, row[0], row[1], row[2])
                 finally:
