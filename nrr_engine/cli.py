@@ -799,14 +799,12 @@ def rollback(ctx, run_id, dry_run, hold):
     m = result.get("membership") or {}
     if dry_run:
         click.echo(f"dry run, nothing written: rolling back {result['rolled_back']} would make "
-                   f"{_rollback_text(rollback_counts(result))}; family membership of {m.get('restored', 0)} "
-                   "account(s) would be restored")
+                   f"{_rollback_text(rollback_counts(result))}; {_membership_text(m, dry_run)}")
         if result.get("unsettled"):
             click.echo(f"  warning: {result['unsettled']}")
     else:
         click.echo(f"rolled back {result['rolled_back']} as run {result['run_id']}: "
-                   f"{_rollback_text(rollback_counts(result))}; family membership of {m.get('restored', 0)} "
-                   "account(s) restored")
+                   f"{_rollback_text(rollback_counts(result))}; {_membership_text(m, dry_run)}")
     for line in _rollback_review_text(result.get("review") or {}, hold, dry_run):
         click.echo(f"  {line}")
     click.echo(f"  API calls: {_api_text(result.get('api_calls'))}")
@@ -815,6 +813,19 @@ def rollback(ctx, run_id, dry_run, hold):
                    f"found {c['found']!r}")
     if result["conflict_count"] > len(result["conflicts"]):
         click.echo(f"  ... and {result['conflict_count'] - len(result['conflicts'])} more left alone")
+
+
+def _membership_text(m: dict, dry_run: bool) -> str:
+    """What a rollback does to the families the ledger recorded (which `report nrr` uses for past months)."""
+    restored, later = m.get("restored", 0), m.get("replaced_since", 0)
+    if restored:
+        text = f"family membership of {restored} account(s) {'would be ' if dry_run else ''}restored"
+    else:
+        text = ("family membership unchanged: the run recorded no family of its own (the families it saw were "
+                "recorded already)")
+    if later:
+        text += f"; {later} account(s) left as a later run recorded their families"
+    return text
 
 
 def _rollback_review_text(rv: dict, hold: bool, dry_run: bool) -> list[str]:

@@ -454,3 +454,21 @@ def test_a_review_decision_that_changes_the_families_reads_the_orgs_snapshots(de
     out = cli("--log-level", "info", "run", *AS_OF)
     assert '"snapshots.read"' in out.stderr
     assert "(0 written)" not in out.stdout
+
+
+def test_a_rollback_of_a_run_that_recorded_no_family_says_so(demo):
+    """A run that changed ARR (one subscription's amount) but no family: its rollback says the family membership
+    stays as recorded, rather than "family membership of 0 account(s) restored"."""
+    root = demo.parent.parent
+    subs = root / "org" / "Subscription__c.csv"
+    rows = subs.read_text(encoding="utf-8").splitlines()
+    head = rows[0].split(",")
+    cells = rows[1].split(",")
+    cells[head.index("Amount__c")] = str(int(float(cells[head.index("Amount__c")])) + 1200)
+    subs.write_text("\n".join([rows[0], ",".join(cells), *rows[2:]]) + "\n", encoding="utf-8")
+    cli = Cli(demo)
+    run_id = cli("run", *AS_OF).stdout.split()[1]
+    for args in (("--dry-run",), ()):
+        out = cli("rollback", run_id, *args).stdout
+        assert "family membership unchanged: the run recorded no family of its own" in out, out
+        assert "of 0 account(s)" not in out
