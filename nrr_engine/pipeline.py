@@ -243,7 +243,7 @@ def write_store(settings: Settings, plan: Plan, org: LocalOrg, version: int) -> 
     if set(plan.membership) != {v.name for v in settings.views} or not plan.accounts.ids:
         store.discard(path)
         return
-    token = org.state_token()
+    token = org.state_token(make=True)
     if state.unchanged and not plan.change_count() and not any(plan.membership.values()) \
             and store.all_kept(state.derived):
         store.touch(path, version, token)   # the same content: only its stamps move on

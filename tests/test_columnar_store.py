@@ -472,3 +472,19 @@ def test_a_rollback_of_a_run_that_recorded_no_family_says_so(demo):
         out = cli("rollback", run_id, *args).stdout
         assert "family membership unchanged: the run recorded no family of its own" in out, out
         assert "of 0 account(s)" not in out
+
+
+def test_a_working_copy_from_before_the_token_is_reused_again_from_the_second_run(demo):
+    """A working copy an older version made (no `_nrr_meta`): the first run reads the accounts afresh, and a quiet
+    run after it takes them from the store again (the token exists from the working copy's opening on)."""
+    import sqlite3
+    root = demo.parent.parent
+    con = sqlite3.connect(root / "state" / "local-org.db")
+    con.execute("DROP TABLE _nrr_meta")
+    con.commit()
+    con.close()
+    cli = Cli(demo)
+    first = cli("--log-level", "info", "run", *AS_OF)
+    assert '"what": "accounts"' not in first.stderr and "changes: planned 0" in first.stdout
+    second = cli("--log-level", "info", "run", *AS_OF)
+    assert '"what": "accounts"' in second.stderr and "changes: planned 0" in second.stdout

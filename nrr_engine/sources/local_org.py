@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError, Location, SourceUnavailable, not_utf8
+from ..errors import DataError, Location, SourceUnavailable, disk_full, is_storage_error, not_utf8
 from ..safe_output import atomic_file, csv_row, private_dir, private_file
 from ..model import Finding, json_row
 from ..ids import COUNTER_LIMIT, counter_range, engine_counter, sf_id, sf_ids
@@ -324,6 +324,8 @@ class LocalOrg:
             self._keepers: list[int] = []   # children writing kept loads (_keep_loaded)
             self._forks_keepers = True
         except sqlite3.Error as exc:
+            if is_storage_error(exc):   # a device too full to make the working copy's tables
+                raise disk_full(exc, [working_copy], "the local org working copy") from None
             raise SourceUnavailable(f"cannot open the local org working copy: {exc}", Location(str(working_copy))) from None
 
     @property
@@ -1247,6 +1249,7 @@ class LocalOrg:
         try:
             yield
             if self.db.total_changes != before:   # a write: what a store says of this working copy no longer holds
+                self.db.execute("CREATE TABLE IF NOT EXISTS _nrr_meta (key TEXT PRIMARY KEY, value TEXT)")
                 self.db.execute("INSERT OR REPLACE INTO _nrr_meta (key, value) VALUES ('token', ?)", [uuid.uuid4().hex])
         except BaseException:
             if self.db.in_transaction:  # SQLite rolls back by itself on a full disk: keep its error, not ours
@@ -1255,11 +1258,18 @@ class LocalOrg:
         self.db.execute("COMMIT")
         wal.after_commit(self.path)
 
-    def state_token(self) -> str | None:
+    def state_token(self, make: bool = False) -> str | None:
         """A value that changes with every write to the working copy (a load, a reload, a run's write) and is
         another for another working copy (deleted and made again, restored from a backup): the columnar store
-        records it, and is not taken for this working copy's content unless it still holds. None: none yet."""
-        row = self.db.execute("SELECT value FROM _nrr_meta WHERE key = 'token'").fetchone()
+        records it, and is not taken for this working copy's content unless it still holds. None: none yet;
+        `make`: one is made then (a working copy an older version made has none until it is written)."""
+        if make and self.state_token() is None:
+            with self.transaction():
+                self.db.execute("INSERT OR IGNORE INTO _nrr_meta (key, value) VALUES ('token', ?)", [uuid.uuid4().hex])
+        try:
+            row = self.db.execute("SELECT value FROM _nrr_meta WHERE key = 'token'").fetchone()
+        except sqlite3.OperationalError:   # no such table (it could not be made: a full disk)
+            return None
         return row[0] if row else None
 
     def ensure_fields(self, obj: str, fields: Iterable[str]) -> None:
