@@ -502,7 +502,7 @@ class Engine:
                 touched.add(index[a])
             rows_idx = np.array(sorted(touched), dtype=np.int64)
             self.ledger.replace_arr([ids[r] for r in rows_idx.tolist()],
-                                    arr_mod.iter_segments(MonthlyArr.from_dense(matrix), rows_idx, lo, ids))
+                                    arr_mod.segment_parts(MonthlyArr.from_dense(matrix), rows_idx, lo, ids))
         return {"rows": len(rows), "accounts": len(touched), "months": f"{months.fmt(lo)}..{months.fmt(hi)}"}
 
     # ---- export ---------------------------------------------------------------------------------

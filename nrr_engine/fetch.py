@@ -386,10 +386,15 @@ def _working_copy_as_stored(cols, ctx, signature, token: str | None) -> bool:
     modification time it has now (so the sync reloaded nothing)."""
     if cols is None or signature is None or "Account.csv" not in signature:
         return False
-    meta = cols.meta
-    return (getattr(ctx, "store_version", None) is not None and meta.get("stamp") == ctx.store_version
-            and token is not None and meta.get("working_copy") == token
-            and (meta.get("csv") or {}).get("Account.csv") == signature["Account.csv"])
+    return _of_this_working_copy(cols, ctx, token) and (cols.meta.get("csv") or {}).get("Account.csv") == \
+        signature["Account.csv"]
+
+
+def _of_this_working_copy(cols, ctx, token: str | None) -> bool:
+    """Whether a store was written at the ledger state before this run (no run, rollback or import since) from
+    this very working copy as it was then (its write token before this run's sync)."""
+    return (getattr(ctx, "store_version", None) is not None and cols.meta.get("stamp") == ctx.store_version
+            and token is not None and cols.meta.get("working_copy") == token)
 
 
 def _snapshots_held(settings: Settings, cols, ctx, signature, token: str | None) -> str | None:
@@ -400,8 +405,7 @@ def _snapshots_held(settings: Settings, cols, ctx, signature, token: str | None)
     if cols is None or signature is None or token is None or not settings.snapshots_enabled:
         return None
     meta, held = cols.meta, cols.meta.get("snapshots") or {}
-    if (getattr(ctx, "store_version", None) is None or meta.get("stamp") != ctx.store_version
-            or meta.get("working_copy") != token or meta.get("csv") != signature
+    if (not _of_this_working_copy(cols, ctx, token) or meta.get("csv") != signature
             or meta.get("month") != ctx.current_month or meta.get("config") != store.config_digest(settings.config_file)
             or held.get("object") != settings.snapshot_object):
         return None
@@ -413,11 +417,10 @@ def _reloaded_since_store(cols, ctx, org, token: str | None) -> bool:
     holds, into the working copy the store was written from, with no run, rollback or import since: the store's
     accounts with the delta's records read again are the working copy's."""
     delta = getattr(org, "deltas", {}).get("Account")
-    if cols is None or delta is None or getattr(ctx, "store_version", None) is None:
+    if cols is None or delta is None:
         return False
-    meta = cols.meta
-    return (meta.get("stamp") == ctx.store_version and token is not None and meta.get("working_copy") == token
-            and (meta.get("csv") or {}).get("Account.csv") == list(delta.since))
+    return _of_this_working_copy(cols, ctx, token) and (cols.meta.get("csv") or {}).get("Account.csv") == \
+        list(delta.since)
 
 
 def _patched(cols: list[list] | None, org, fields: list[str]) -> list[list] | None:

@@ -140,23 +140,21 @@ def membership_table(view: str, account_ids, start: np.ndarray, end: np.ndarray,
                                 schema=MEMBERSHIP_SCHEMA)
 
 
-def concat(tables: list[pa.Table | None], schema: pa.Schema) -> pa.Table:
-    """Tables of one schema as one, each column one array (dictionary columns over one dictionary)."""
-    tables = [t for t in tables if t is not None and t.num_rows]
-    if not tables:
-        return schema.empty_table()
-    if len(tables) == 1:
-        return tables[0].combine_chunks()
-    cols = []
-    for name in schema.names:
-        col = pa.chunked_array([c for t in tables for c in t[name].chunks], type=schema.field(name).type)
-        if name in _MONTHS:
-            cols.append(month_column(month_ints(col)))
-        elif pa.types.is_dictionary(schema.field(name).type):
-            cols.append(pc.dictionary_encode(_text(col)).cast(schema.field(name).type))
-        else:
-            cols.append(col.combine_chunks())
-    return pa.Table.from_arrays(cols, schema=schema)
+def membership_kept(view: str, table: pa.Table, keep: np.ndarray, start: np.ndarray, end: np.ndarray) -> pa.Table:
+    """The rows `keep` marks of a view's membership table, with the month ints `start` and `end` (of every row:
+    an end changed by the caller) in place of its month columns."""
+    mask = pa.array(keep)
+    return membership_table(view, table["account_id"].filter(mask), start[keep], end[keep],
+                            table["root_id"].filter(mask), strings(table["run_id"]).filter(mask))
+
+
+def kind_of(name: str) -> str:
+    """The file kind (and schema) of a history table name: 'arr_history' or 'membership:<view>'."""
+    return ARR if name == ARR else _MEMBERSHIP
+
+
+def schema_of(name: str) -> pa.Schema:
+    return ARR_SCHEMA if name == ARR else MEMBERSHIP_SCHEMA
 
 
 def positions(column, keys: pa.Array, values: np.ndarray | None = None) -> np.ndarray:
@@ -169,6 +167,7 @@ def positions(column, keys: pa.Array, values: np.ndarray | None = None) -> np.nd
 
 ARR_COLUMNS = ("account_id", "start_month", "end_month", "arr_units")
 MEMBERSHIP_COLUMNS = ("view", "account_id", "start_month", "end_month", "root_id")
+SEGMENT_COLUMNS = MEMBERSHIP_COLUMNS[1:]   # a membership segment as Ledger.membership_segments yields it
 
 
 def tuples(table: pa.Table | None, names=None):

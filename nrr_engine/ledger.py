@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import sqlite_utils
 
 from . import change_files, history_files, months, wal
-from .history_files import ARR, ARR_SCHEMA, MEMBERSHIP_SCHEMA, OPEN, membership_name
+from .history_files import ARR, OPEN, membership_name
 from .errors import Location, SourceUnavailable, disk_full, is_storage_error
 from .log import redact_text
 from .model import UPSERT, FieldChanges, SnapshotChanges, no_nones
@@ -132,20 +132,19 @@ def _m8(db: sqlite_utils.Database) -> None:
         while rows := cur.fetchmany(200_000):
             yield rows
 
-    def store(name: str, kind: str, parts, schema: pa.Schema) -> None:
+    def store(name: str, parts) -> None:
         nonlocal gen
         gen += 1
-        file, sha, rows = history_files.write(folder, kind, gen, parts, schema)
+        file, sha, rows = history_files.write(folder, history_files.kind_of(name), gen, parts,
+                                              history_files.schema_of(name))
         db.execute("INSERT INTO history_files (name, file, sha256, rows) VALUES (?, ?, ?, ?)", [name, file, sha, rows])
 
     if db.execute("SELECT 1 FROM arr_history LIMIT 1").fetchone():
-        store(ARR, "arr_history", (history_files.arr_from_rows(rows) for rows in
-                                   chunks("SELECT account_id, start_month, end_month, arr_units FROM arr_history")),
-              ARR_SCHEMA)
+        store(ARR, (history_files.arr_from_rows(rows) for rows in
+                    chunks("SELECT account_id, start_month, end_month, arr_units FROM arr_history")))
     for (view,) in db.execute("SELECT DISTINCT view FROM membership").fetchall():
-        store(membership_name(view), "membership", (history_files.membership_from_rows(view, rows) for rows in chunks(
-            "SELECT account_id, start_month, end_month, root_id, run_id FROM membership WHERE view = ?", [view])),
-            MEMBERSHIP_SCHEMA)
+        store(membership_name(view), (history_files.membership_from_rows(view, rows) for rows in chunks(
+            "SELECT account_id, start_month, end_month, root_id, run_id FROM membership WHERE view = ?", [view])))
     db.execute("UPDATE meta SET value = ? WHERE key = 'history_gen'", [gen])
     db.execute("DROP TABLE arr_history")
     db.execute("DROP TABLE membership")
@@ -657,19 +656,19 @@ class Ledger:
                 f"restore {folder.name}/ from the backup {self.path.name} came from (the whole state folder, taken "
                 "at once)", Location(str(path)))
 
-    def _replace_tables(self, tables: dict[str, tuple[str, Iterable[pa.Table]]], also=None) -> None:
-        """Replace history tables ({name: (kind, its rows as tables or batches, in order)}) in one transaction
-        (with `also(conn)` in it); the files they replace stay until the next replacement, those no row names go."""
+    def _replace_tables(self, tables: dict[str, Iterable[pa.Table]], also=None) -> None:
+        """Replace history tables ({name: its rows as tables or batches, in order}) in one transaction (with
+        `also(conn)` in it); the files they replace stay until the next replacement, those no row names go."""
         folder = history_files.folder_for(self.path)
         written: list[str] = []
         try:
             with self._tx("BEGIN IMMEDIATE") as conn:
                 gen = conn.execute("SELECT value FROM meta WHERE key = 'history_gen'").fetchone()[0]
-                for name, (kind, parts) in tables.items():
+                for name, parts in tables.items():
                     gen += 1
                     try:
-                        file, sha, rows = history_files.write(folder, kind, gen, parts,
-                                                              ARR_SCHEMA if name == ARR else MEMBERSHIP_SCHEMA)
+                        file, sha, rows = history_files.write(folder, history_files.kind_of(name), gen, parts,
+                                                              history_files.schema_of(name))
                     except OSError as exc:
                         if is_storage_error(exc):
                             raise disk_full(exc, [folder], "the state store's history files",
@@ -703,7 +702,7 @@ class Ledger:
 
     def arr_segments(self) -> Iterator[tuple[str, str, str, int]]:
         """(account, start 'YYYY-MM', end 'YYYY-MM', units) of every stored run of ARR."""
-        yield from history_files.tuples(self.arr_history(), ("account_id", "start_month", "end_month", "arr_units"))
+        yield from history_files.tuples(self.arr_history(), history_files.ARR_COLUMNS)
 
     def replace_arr(self, account_ids: Sequence[str], segments) -> None:
         """Replace the history of the given accounts by `segments` (arr_history tables, or (account, start, end,
@@ -721,7 +720,7 @@ class Ledger:
         if cur is not None and cur.num_rows and len(account_ids):
             keep = pc.invert(pc.is_in(cur["account_id"], value_set=history_files.strings(account_ids))).to_numpy(
                 zero_copy_only=False)
-        self._replace_tables({ARR: ("arr_history", itertools.chain(history_files.batches(cur, keep), new))})
+        self._replace_tables({ARR: itertools.chain(history_files.batches(cur, keep), new)})
 
     # ---- membership ----------------------------------------------------------------------------
     def membership_table(self, view: str) -> pa.Table | None:
@@ -730,7 +729,7 @@ class Ledger:
 
     def membership_segments(self, view: str) -> Iterator[tuple[str, str, str | None, str]]:
         """Every recorded (account, start month, end month or None, root) of a view."""
-        yield from history_files.tuples(self.membership_table(view), ("account_id", "start_month", "end_month", "root_id"))
+        yield from history_files.tuples(self.membership_table(view), history_files.SEGMENT_COLUMNS)
 
     def membership_count(self, view: str) -> int:
         row = self._history_row(membership_name(view))
@@ -765,18 +764,13 @@ class Ledger:
             deleted, closed = hit & (start >= m), hit & (start < m)
             for op, mask in (("deleted", deleted), ("closed", closed)):
                 logged.extend((run_id, op, view, *r) for r in history_files.tuples(cur.filter(pa.array(mask)),
-                                                                      ("account_id", "start_month", "end_month", "root_id")))
-            keep = ~deleted
-            end = np.where(closed, prev, end)
-            cur = history_files.membership_table(view, cur["account_id"].filter(pa.array(keep)), start[keep], end[keep],
-                                                 cur["root_id"].filter(pa.array(keep)),
-                                                 history_files.strings(cur["run_id"]).filter(pa.array(keep)))
+                                                                                  history_files.SEGMENT_COLUMNS))
+            cur = history_files.membership_kept(view, cur, ~deleted, start, np.where(closed, prev, end))
 
         def log(conn) -> None:
             conn.executemany("INSERT INTO membership_log (run_id, op, view, account_id, start_month, end_month, "
                              "root_id) VALUES (?, ?, ?, ?, ?, ?, ?)", logged)
-        self._replace_tables({membership_name(view): ("membership", itertools.chain([cur] if cur is not None else [],
-                                                                                  new))}, log)
+        self._replace_tables({membership_name(view): itertools.chain([cur] if cur is not None else [], new)}, log)
         return n
 
     def _undo_plan(self, run_id: str) -> tuple[dict[str, tuple[pa.Table, np.ndarray]], dict[str, list[tuple]], int, int]:
@@ -824,16 +818,9 @@ class Ledger:
                         keep[k] = False
                     elif (a, s) in reopen:
                         end[k] = OPEN
-            start = history_files.month_ints(t["start_month"])
-            kept = history_files.membership_table(view, t["account_id"].filter(pa.array(keep)), start[keep], end[keep],
-                                                  t["root_id"].filter(pa.array(keep)),
-                                                  history_files.strings(t["run_id"]).filter(pa.array(keep)))
-            if back:
-                a, s, e, r = zip(*back)
-                kept = history_files.concat([kept, history_files.membership_table(
-                    view, a, [months.parse(x) for x in s], [OPEN if x is None else months.parse(x) for x in e], r,
-                    pa.array([None] * len(back), pa.string()))], MEMBERSHIP_SCHEMA)
-            out[membership_name(view)] = ("membership", [kept])
+            kept = history_files.membership_kept(view, t, keep, history_files.month_ints(t["start_month"]), end)
+            # the segments it deleted come back without a run (as the SQLite tables' INSERT left them)
+            out[membership_name(view)] = [kept, history_files.membership_from_rows(view, [(*b, None) for b in back])]
         if out:
             self._replace_tables(out)
         else:

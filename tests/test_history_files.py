@@ -134,7 +134,7 @@ def test_a_replacement_that_fails_leaves_the_old_table_and_no_file(tmp_path):
     def boom(conn):
         raise RuntimeError("killed before the commit")
     with pytest.raises(RuntimeError):
-        led._replace_tables({history_files.ARR: ("arr_history", [history_files.arr_from_rows([])])}, boom)
+        led._replace_tables({history_files.ARR: [history_files.arr_from_rows([])]}, boom)
     assert set(history_files.folder_for(tmp_path / "nrr.db").iterdir()) == before
     assert list(led.arr_segments()) == [("001A", "2025-01", "2025-06", 10)]
     assert led.state_version() == version

@@ -358,14 +358,6 @@ def _events(acc: np.ndarray, start: np.ndarray, stop: np.ndarray, units: np.ndar
     return rows, cols, np.concatenate([units, -units])
 
 
-def iter_segments(matrix: MonthlyArr, rows: np.ndarray, first: int,
-                  ids: list[str]) -> Iterator[tuple[str, str, str, int]]:
-    """(account Id, start, end, units) runs of the given rows, made a chunk of runs at a time."""
-    labels = [months.fmt(first + k) for k in range(matrix.count)]
-    for r, s, e, u in matrix.runs(rows):
-        yield ids[r], labels[s], labels[e], u
-
-
 def segment_parts(matrix: MonthlyArr, rows: np.ndarray, first: int, ids: list[str]) -> Iterator:
     """The runs of the given rows as arr_history tables (history_files.py), a batch of runs at a time."""
     from .. import history_files

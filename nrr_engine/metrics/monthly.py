@@ -132,12 +132,10 @@ class MonthlyArr:
         return np.cumsum(steps, axis=1)[:, :self.count]
 
     def runs(self, rows: np.ndarray | None = None) -> Iterator[tuple[int, int, int, int]]:
-        """(row, start, end, units) of each run, of every account or of the given ones, in row order."""
-        k = np.arange(len(self.row)) if rows is None else np.flatnonzero(self._mask(rows)[self.row])
-        for at in range(0, len(k), _ROWS):
-            part = k[at:at + _ROWS]
-            yield from zip(self.row[part].tolist(), self.start[part].tolist(), self.end[part].tolist(),
-                           self.units[part].tolist())
+        """(row, start, end, units) of each run, of every account or of the given ones, in row order, as ints."""
+        cols = self.runs_arrays(rows)
+        for at in range(0, len(cols[0]), _ROWS):
+            yield from zip(*(c[at:at + _ROWS].tolist() for c in cols))
 
     def runs_arrays(self, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(row, start, end, units) arrays of the runs of every account or of the given ones, in row order."""

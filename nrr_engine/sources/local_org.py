@@ -1249,7 +1249,6 @@ class LocalOrg:
         try:
             yield
             if self.db.total_changes != before:   # a write: what a store says of this working copy no longer holds
-                self.db.execute("CREATE TABLE IF NOT EXISTS _nrr_meta (key TEXT PRIMARY KEY, value TEXT)")
                 self.db.execute("INSERT OR REPLACE INTO _nrr_meta (key, value) VALUES ('token', ?)", [uuid.uuid4().hex])
         except BaseException:
             if self.db.in_transaction:  # SQLite rolls back by itself on a full disk: keep its error, not ours
