@@ -36,7 +36,7 @@ FINDING_KINDS: dict[str, Severity] = {
     "orphan_subscription": Severity.WARNING, "ends_before_start": Severity.ERROR,
     "cycle": Severity.ERROR, "self_parent": Severity.ERROR, "dangling_parent": Severity.WARNING,
     "too_deep": Severity.WARNING, "duplicate": Severity.INFO, "locked": Severity.INFO,
-    "mapping_unresolved": Severity.WARNING, "merged_accounts": Severity.INFO, "as_of_in_past": Severity.WARNING,
+    "mapping_unresolved": Severity.WARNING, "mapping_refused": Severity.WARNING, "merged_accounts": Severity.INFO, "as_of_in_past": Severity.WARNING,
     "rule_not_evaluated": Severity.WARNING, "link_blocked": Severity.INFO, "reload_conflict": Severity.WARNING,
     "review_reopened": Severity.INFO, "input_shrank": Severity.WARNING, "config_warning": Severity.WARNING,
     "input_smaller": Severity.WARNING,

@@ -97,6 +97,19 @@ def empty_init_project(tmp_path: Path, monkeypatch) -> Path:
     return org
 
 
+def links_to_review(root: Path) -> None:
+    """Make a project (config/ and rules/ under `root`) put every link it finds in the review queue, none applied
+    on its own: for tests of what approving, running and rolling back links do, whatever matching finds."""
+    config = root / "config" / "nrr.yaml"
+    text = config.read_text(encoding="utf-8")
+    assert "auto_apply: 0.95" in text
+    config.write_text(text.replace("auto_apply: 0.95", "auto_apply: 1.0"), encoding="utf-8")
+    mapping = root / "rules" / "match-mapping.yaml"
+    text = mapping.read_text(encoding="utf-8")
+    assert "confidence: 1.0" in text
+    mapping.write_text(text.replace("confidence: 1.0", "confidence: 0.99"), encoding="utf-8")
+
+
 def write_csv(path: Path, rows: list[dict], header: list[str] | None = None) -> None:
     header = header or list(dict.fromkeys(k for r in rows for k in r))
     with open(path, "w", newline="", encoding="utf-8") as fh:

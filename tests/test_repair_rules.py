@@ -41,8 +41,9 @@ def test_key_rule_links_by_parent_duns_and_breaks_ties(org, cli, tmp_path):
 
 
 def test_unbroken_tie_goes_to_review_with_every_candidate(org, cli):
-    """Two accounts carry the parent's name and no tie-breaker decides: both go to review, none is applied."""
-    org.account("001A", "Acme Inc.", BillingCountry="United States")
+    """Two accounts carry the parent's name and nothing decides (no children, both roots, neither name's form
+    says parent): both go to review, none is applied."""
+    org.account("001A", "Acme GmbH", BillingCountry="Germany")
     org.account("001B", "ACME LLC", BillingCountry="Canada")
     org.account("001C", "Acme UK", BillingCountry="United Kingdom")
     org.rules = {"r.yaml": NAME_RULE}

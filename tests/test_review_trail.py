@@ -197,7 +197,7 @@ def test_rollback_hold_keeps_a_rule_made_link_out_until_a_person_approves(mapped
 def test_a_tie_is_explained_and_the_summary_counts_accounts(org, cli):
     """One account tied between two parents: the summary says 1 account (2 candidate links) to review and the
     review list says a tie scores at most 0.5 whatever its evidence grade."""
-    org.account("001A", "Acme Inc.", BillingCountry="United States")
+    org.account("001A", "Acme GmbH", BillingCountry="Germany")   # neither has children nor a parent's name form
     org.account("001B", "ACME LLC", BillingCountry="Canada")
     org.account("001C", "Acme UK", BillingCountry="United Kingdom")
     org.rules = shipped_rules()

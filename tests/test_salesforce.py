@@ -14,7 +14,7 @@ from nrr_engine import history_files
 from nrr_engine.demo import write_demo_config
 from nrr_engine.testing.salesforce_double import SalesforceDouble
 
-from conftest import Cli
+from conftest import Cli, links_to_review
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_ORG = Path(nrr_engine.__file__).parent / "demo" / "org"
@@ -463,7 +463,8 @@ GLOBEX = ROOT.parent / "shared" / "data" / "globex"
 
 
 def globex_project(tmp_path, monkeypatch):
-    """The hand-built Globex org (../shared/data/globex) served by the double, with its mapping table."""
+    """The hand-built Globex org (../shared/data/globex) served by the double, with its mapping table, every link
+    to review (the tests approve them)."""
     if not GLOBEX.is_dir():
         pytest.skip(f"the hand-built Globex org is not at {GLOBEX} (it ships in ../shared/data)")
     org = tmp_path / "globex"
@@ -472,6 +473,7 @@ def globex_project(tmp_path, monkeypatch):
         shutil.copy(GLOBEX / name, org / name)
     p = make_project(tmp_path / "p", monkeypatch, org=org)
     shutil.copy(GLOBEX / "mappings.csv", tmp_path / "p" / "rules" / "mappings.csv")
+    links_to_review(tmp_path / "p")
     return p
 
 

@@ -41,6 +41,8 @@ class NameEvidence(NamedTuple):
         """The evidence as JSON, written directly (the ledger stores one per repaired link)."""
         tokens = normalise.name_key(self.child_name)
         n, dumps = self.qualifier_tokens, _text_json
+        tokens = (*tokens, *([""] if not n else []))   # no qualifier (another legal form): the key is the name
+        n = n or 1
         country = f', "country": "{self.country}"' if self.country else ""
         q = f'{{"words": {dumps(" ".join(tokens[-n:]))}, "kind": "{self.kind}"{country}}}'
         if self.fuzzy:
@@ -53,6 +55,8 @@ class NameEvidence(NamedTuple):
     def as_dict(self) -> dict:
         tokens = normalise.name_key(self.child_name)
         n = self.qualifier_tokens
+        tokens = (*tokens, *([""] if not n else []))   # as to_json
+        n = n or 1
         q = {"words": " ".join(tokens[-n:]), "kind": self.kind, **({"country": self.country} if self.country else {})}
         name = _name(self.child_name)
         if self.fuzzy:
@@ -631,6 +635,12 @@ def _decide(pop: Population, rule, child: int, candidates: list[int], confidence
     cands, used = choose(pop, rule, child, candidates)
     if not cands:
         return
+    if len(cands) > 1 and rule.type in ("name", "mapping"):
+        elected, why = elect(pop, cands, getattr(rule, "field", "Name"), getattr(rule, "site_field", None))
+        if elected is not None:
+            cands, used = [elected], [*used, f"family head ({why})"]
+            if why == "a holding-style name":   # the name's form alone: a person confirms it
+                confidence = min(confidence, ELECTED_BY_FORM)
     if used:
         evidence = {**explain(evidence), "tie_break": used}
     if len(cands) == 1:
@@ -640,6 +650,91 @@ def _decide(pop: Population, rule, child: int, candidates: list[int], confidence
     for j in shown:  # ambiguous: every remaining candidate to review, none applied
         yield Proposal(child, j, rule, min(confidence, 0.5),
                        {**explain(evidence), "tie": [pop.ids[k] for k in shown], "tie_count": len(cands)})
+
+
+# ---- family heads: accounts that share a name ---------------------------------------------------
+
+ELECTED_BY_FORM = 0.9   # the most a link to a head elected by its name's form alone is worth (below auto_apply)
+
+
+def _form_rank(name, key: str) -> int:
+    """How much a name's words beyond its normalised key say "the parent": 2 a holding word (Holdings, Group),
+    1 a legal form a parent company takes (Corporation, Inc, plc, AG, SE), 0 any other (GmbH, K.K., SAS, Ltd)."""
+    extra = set(normalise.fold(name)) - set(key.split())
+    return 2 if extra & normalise.HOLDING_WORDS else 1 if extra & normalise.PARENT_FORMS else 0
+
+
+def elect(pop: Population, cands: Sequence[int], field: str = "Name",
+          site_field: str | None = None) -> tuple[int | None, str]:
+    """The head of candidates that share one normalised name (one family under several legal forms: "Globex
+    Corporation", "Globex GmbH"), by evidence: an account that already has children, then one that is a root,
+    then a holding-style name (Holdings, Group; then Corporation, Inc, plc, AG). (None, "") when they do not
+    share a name, when their websites name different companies (vibitexter4331.com, vibitexter5155.com: two
+    companies, one name), or no such evidence singles one out (largest ARR alone does not elect a head)."""
+    keys = pop.keys(field)
+    key = keys[cands[0]]
+    if not key or any(keys[j] != key for j in cands[1:]):
+        return None, ""
+    if site_field:
+        domains = pop.sites(site_field)[0]
+        if len({label for j in cands if (label := _site_label(domains[j]))}) > 1:
+            return None, ""
+    names = pop.col(field)
+    for why, score in (("has children", lambda j: int(pop.child_count[j] > 0)),
+                       ("a root", lambda j: int(pop.parent[j] < 0)),
+                       ("a holding-style name", lambda j: _form_rank(names[j], key))):
+        scores = [score(j) for j in cands]
+        top = max(scores)
+        best = [j for j, v in zip(cands, scores) if v == top]
+        if len(best) == 1:
+            return best[0], why
+        cands = best
+    return None, ""
+
+
+def _site_label(domain: str | None) -> str | None:
+    """A registrable domain's name without its public suffix: globex.co.uk and globex.de are both "globex"."""
+    return domain.split(".", 1)[0] if domain else None
+
+
+def same_name_links(pop: Population, rule, groups: list[tuple[str, list[int]]], countries, confidence: float,
+                    allowed: np.ndarray) -> Iterator[Proposal]:
+    """Accounts that share a normalised name under other legal forms, each under the family's elected head when
+    that head already has children ("Globex GmbH" under "Globex Corporation", which heads Globex France). One in
+    the head's own country goes to review ("unknown": perhaps a duplicate record, not a subsidiary); one whose
+    website names another company (menrame409.com beside menrame35.com: two companies, one name) is not linked."""
+    names = pop.col(rule.field)
+    unknown = rule.confidence_for("unknown")
+    domains = pop.sites(rule.site_field)[0] if groups and rule.site_field else None
+    for _, members in groups:
+        head, why = elect(pop, members, rule.field)   # (websites: each member against the head, below)
+        if head is None or why != "has children":
+            continue
+        theirs = _site_label(domains[head]) if domains is not None else None
+        for m in members:
+            if m == head or not allowed[m]:
+                continue
+            mine = _site_label(domains[m]) if domains is not None else None
+            if mine and theirs and mine != theirs:
+                continue
+            home = countries is not None and countries[m] is not None and countries[m] == countries[head]
+            grade = "unknown" if home else "same_name"
+            evidence = {**NameEvidence(names[m], 0, "same_name", None, grade).as_dict(),
+                        "tie_break": [f"family head ({why})"]}
+            if home:
+                evidence["doubt"] = "in the head's own country: a subsidiary, or a duplicate record"
+            yield Proposal(m, head, rule, unknown if home else confidence, evidence)
+
+
+def heads_under_members(pop: Population, children: list[int], parents: list[int]) -> tuple[int, int] | None:
+    """(head, member) when linking `children` under `parents` would put a family's elected head under an account
+    that shares its name (one of its own subsidiaries), else None."""
+    for c in children:
+        for p in parents:
+            head, _ = elect(pop, [c, p])
+            if head == c:
+                return c, p
+    return None
 
 
 # ---- the rule kinds -----------------------------------------------------------------------------
@@ -754,6 +849,7 @@ def match_name(pop: Population, rule) -> tuple[list[Proposal], list[Placeholder]
             append(Proposal(i, hit, rule, confidence[grade], evidence))
         else:
             out.extend(_decide(pop, rule, i, narrowed or [hit], confidence[grade], evidence))
+    out.extend(same_name_links(pop, rule, full.shared(), countries, rule.confidence_for("same_name"), allowed))
     return out, []
 
 
@@ -888,6 +984,9 @@ def family_name(names: list[str], stem: str) -> str:
     return " ".join(t.capitalize() for t in stem.split())
 
 
+REFUSED = "refused: "   # a mapping note about a row refused (not one that names no account)
+
+
 def _spelled(name) -> str:
     """A name as written, up to case and runs of spaces: what a person copying it into a table keeps."""
     return " ".join(str(name or "").split()).casefold()
@@ -928,16 +1027,30 @@ def match_mapping(pop: Population, rule) -> tuple[list[Proposal], list[Placehold
             unresolved.append(f"{e.location.file}:{e.location.line} {e.child!r} -> {e.parent!r}: "
                               f"{'child' if not children else 'parent'} matches no account")
             continue
-        if set(children) & set(parents) and rule.match_by != "id":
-            # Both cells normalise alike ("Northwind Traders GmbH" and "Northwind Traders, Inc." both read
-            # "northwind traders"), so each side found both accounts and one link would put the head under its
-            # subsidiary: the accounts whose names are exactly the cells' are the ones the row means.
-            children, parents = exactly(children, e.child), exactly(parents, e.parent)
+        if rule.match_by != "id":
+            # A child cell names every account of its normalised name (the records of one company); a parent cell
+            # that names several accounts that normalise alike ("Globex Corporation" and "Globex GmbH" both read
+            # "globex") means the one whose name is exactly the cell's, when there is one. Both cells alike
+            # ("Northwind Traders GmbH" -> "Northwind Traders, Inc."): each side is the account spelled so.
+            if set(children) & set(parents):
+                children = exactly(children, e.child)
+            parents = exactly(parents, e.parent) if len(parents) > 1 else parents
         if set(children) & set(parents):
             # the same accounts on both sides: linking them either way could put a head under its subsidiary
             shown = ", ".join(pop.ids[i] for i in sorted(set(children) | set(parents))[:5])
             unresolved.append(f"{e.location.file}:{e.location.line} {e.child!r} -> {e.parent!r}: both names match "
                               f"the same accounts ({shown}); write each account's exact name or its Id")
+            continue
+        wrong_way = heads_under_members(pop, [i for i in children if allowed[i]], parents) \
+            if rule.match_by != "id" else None
+        if wrong_way is not None:
+            names = pop.col("Name")
+            h, m = wrong_way
+            unresolved.append(f"{REFUSED}{e.location.file}:{e.location.line} {e.child!r} -> {e.parent!r}: would put "
+                              f"{names[h]!r} ({pop.ids[h]}), the head of the family the two names share, under "
+                              f"{names[m]!r} ({pop.ids[m]}), which bears its name under another legal form (a "
+                              f"subsidiary); the row is not applied. If the cells are the wrong way round, swap them; "
+                              f"if {names[m]!r} does head the family, name both accounts by Id (match_by: id)")
             continue
         for i in children:
             if allowed[i]:

@@ -156,6 +156,9 @@ DIVISIONS = {
 HEAD_MARKERS = {"hq", "headquarters", "global", "worldwide", "ww", "holding", "holdings", "group", "corporate",
                 "parent", "world", "corporation", "international holdings"}
 FILLER = {"the", "of", "and", "&", "in", "for", "de", "la", "le", "el"}
+# Words beyond a name's key that say "the parent" when a family's accounts share one name (match.elect)
+HOLDING_WORDS = frozenset({"holding", "holdings", "group", "groep", "gruppe", "groupe", "gruppo", "grupo"})
+PARENT_FORMS = frozenset({"corporation", "corp", "incorporated", "inc", "plc", "ag", "se", "nv", "asa", "oyj"})
 
 
 @functools.cache

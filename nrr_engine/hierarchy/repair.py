@@ -150,9 +150,13 @@ def repair_view(settings, accounts: Accounts, tree: Tree, current: np.ndarray, v
     decided = {ref for child, ref in decisions.rejected.get(view, set()) if not child}
     decided.update(it["parent_ref"] for it in decisions.approved.get(view, []) if it["parent_ref"].startswith("placeholder:"))
     holders = [ph for ph in holders if f"placeholder:{ph.key}" not in decided]
+    refused = [n[len(match_mod.REFUSED):] for n in notes if n.startswith(match_mod.REFUSED)]
+    notes = [n for n in notes if not n.startswith(match_mod.REFUSED)]
     if notes:
         findings.append(Finding("mapping_unresolved", f"view {view}: {len(notes)} mapping entr(ies) name no account, "
                                 f"e.g. {notes[0]}", ()))
+    for note in refused:   # each named: a person's row the engine would not apply
+        findings.append(Finding("mapping_refused", f"view {view}: mapping row {note}", ()))
     approved, gone, index = [], [], accounts.index
     for item in decisions.approved.get(view, []):
         if item["parent_ref"].startswith("placeholder:"):

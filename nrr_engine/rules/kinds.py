@@ -26,7 +26,7 @@ DEFAULT_IGNORED_DOMAINS = frozenset({
     "wixsite.com", "wordpress.com", "blogspot.com", "squarespace.com", "google.com", "sites.google.com",
     "example.com", "example.org", "salesforce.com", "force.com", "myshopify.com", "godaddysites.com",
 })
-KNOWN_QUALIFIERS = ("country", "code", "unit_same_country", "unit", "unconfirmed")
+KNOWN_QUALIFIERS = ("country", "code", "unit_same_country", "unit", "unconfirmed", "same_name")
 
 
 @dataclass(frozen=True)
@@ -108,13 +108,17 @@ class NameRule(MatchRule):
         "threshold": {"type": "number", "minimum": 50, "maximum": 100,
                       "description": "name/fuzzy: minimum rapidfuzz ratio (0-100)"},
         "country_field": {**FIELD, "description": "name: the field a country qualifier is checked against "
-                                                  "(default BillingCountry)"}}
+                                                  "(default BillingCountry)"},
+        "site_field": {**FIELD, "description": "name: the website field whose domains must agree before accounts that "
+                                               "share a name go under one head (default Website)"}}
     default_confidence: ClassVar[float] = 0.85
     field: str = "Name"
     method: str = "qualifier"
     threshold: float = 90.0
     country_field: str | None = "BillingCountry"
     country_field_given: bool = dc_field(default=False, compare=False)
+    site_field: str | None = "Website"
+    site_field_given: bool = dc_field(default=False, compare=False)
 
     @classmethod
     def confidence_setting(cls, conf, raw: dict, src: Source):
@@ -138,16 +142,22 @@ class NameRule(MatchRule):
                                           src.line("threshold")))
         return cls(**common, field=raw.get("field", "Name"), method=raw.get("method", "qualifier"),
                    threshold=float(raw.get("threshold", 90)), country_field=raw.get("country_field", "BillingCountry"),
-                   country_field_given="country_field" in raw)
+                   country_field_given="country_field" in raw, site_field=raw.get("site_field", "Website"),
+                   site_field_given="site_field" in raw)
 
     def own_fields(self) -> list[str]:
-        return [f for f in (self.field, self.country_field) if f]
+        sites = [self.site_field] if self.method == "qualifier" and self.site_field else []
+        return [f for f in (self.field, self.country_field, *sites) if f]
 
     def for_org(self, has_field) -> "NameRule":
-        """Without the default country field when the org has none (no country to check qualifiers against)."""
+        """Without the default country and site fields when the org has none (no country to check qualifiers
+        against, no website to compare)."""
+        rule = self
         if not self.country_field_given and self.country_field and not has_field(self.country_field):
-            return dataclasses.replace(self, country_field=None)
-        return self
+            rule = dataclasses.replace(rule, country_field=None)
+        if not self.site_field_given and self.site_field and not has_field(self.site_field):
+            rule = dataclasses.replace(rule, site_field=None)
+        return rule
 
     def propose(self, pop, placeholders: bool):
         from ..hierarchy import match

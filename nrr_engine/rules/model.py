@@ -20,6 +20,8 @@ NAME_CONFIDENCE = {
     "unconfirmed": 0.9,         # names a country but the child's country is blank
     "unknown": 0.6,             # words we do not know ("Delta Dental" under "Delta")
     "conflict": 0.5,            # names a country other than the child's ("Acme UK" billing in Germany)
+    "same_name": 0.95,          # the same name, another legal form, under the family's head that has children
+                                # ("Globex GmbH" under "Globex Corporation"); in the head's own country: unknown
 }
 
 
