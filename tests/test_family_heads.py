@@ -134,3 +134,60 @@ def test_a_qualified_name_goes_under_the_namesake_that_heads_a_family(org, cli):
     got = parents(org)
     assert got["Acme UK"] == "Acme AG"
     assert got["Acme Corp"] == "Acme AG"   # the same name in another country: under the head as well (same_name)
+
+
+# ---- real-world names: places, trades, legal forms, common words ---------------------------------
+
+@pytest.mark.parametrize("name", ["Acme ULC", "Acme Private Ltd.", "Acme S.à r.l.", "Acme A/S", "Acme Coöperatie U.A.",
+                                  "Acme eGen", "Acme Abp", "Acme Pte. Ltd.", "Acme Società Cooperativa"])
+def test_legal_forms_of_real_subsidiaries_are_stripped(name):
+    from nrr_engine.hierarchy.normalise import name_key
+    assert name_key(name) == ("acme",)
+
+
+def plan_links(org, cli, tmp_path) -> tuple[dict, dict]:
+    cli("plan", *AS_OF, "--out", str(tmp_path / "p.json"))
+    plan = json.loads((tmp_path / "p.json").read_text())
+    return ({c["id"]: c for c in plan["changes"] if c["field"] == "ParentId"},
+            {c["id"]: c for c in plan["review"] if c["field"] == "ParentId"})
+
+
+def test_a_city_of_the_childs_country_is_a_place_under_a_parent_elsewhere(org, cli, tmp_path):
+    """"JinkoSolar (Chuxiong)" in China under the Cayman holding: Chuxiong is a Chinese city (GeoNames), 0.96,
+    applied. "Quixotic Kaarst" beside "Quixotic AG", both German: a town's name in the parent's own country is as
+    often a local firm of a common name, so a person looks (0.9)."""
+    org.account("001J", "JinkoSolar Holding Co., Ltd.", BillingCountry="Cayman Islands")
+    org.account("001C", "JinkoSolar (Chuxiong) Co., Ltd.", BillingCountry="China")
+    org.account("001Q", "Quixotic AG", BillingCountry="Germany")
+    org.account("001K", "Quixotic Kaarst", BillingCountry="Germany")
+    org.rules = shipped_rules()
+    org.write()
+    applied, review = plan_links(org, cli, tmp_path)
+    assert applied["001C"]["new"] == "001J" and applied["001C"]["confidence"] == 0.96
+    assert applied["001C"]["evidence"]["grade"] == "place"
+    assert applied["001C"]["evidence"]["qualifier"] == {"words": "chuxiong", "kind": "place"}
+    assert review["001K"]["new"] == "001Q" and review["001K"]["confidence"] == 0.9
+    assert review["001K"]["evidence"]["grade"] == "unit"
+
+
+def test_a_trade_is_weak_and_an_everyday_word_links_nothing_by_itself(org, cli, tmp_path):
+    """"Zorblat Trading UK" names a trade as well as a country: 0.9, a person confirms. "Raiffeisenbank Steyr"
+    (Austria) reads as "Raiffeisenbank" + an Austrian town, but "Raiffeisenbank" is an everyday German word (Zipf
+    3.38, wordfreq): review, the evidence says so, even at the country grade ("Sparkasse Österreich")."""
+    org.account("001Z", "Zorblat plc", BillingCountry="United Kingdom")
+    org.account("001T", "Zorblat Trading UK", BillingCountry="United Kingdom")
+    org.account("001R", "Raiffeisenbank eG", BillingCountry="Germany")
+    org.account("001S", "Raiffeisenbank Steyr eGen", BillingCountry="Austria")
+    org.account("001P", "Sparkasse AG", BillingCountry="Germany")
+    org.account("001O", "Sparkasse Österreich", BillingCountry="Austria")
+    org.rules = shipped_rules()
+    org.write()
+    applied, review = plan_links(org, cli, tmp_path)
+    assert not applied
+    assert review["001T"]["new"] == "001Z" and review["001T"]["evidence"]["grade"] == "business"
+    assert review["001T"]["confidence"] == 0.9
+    steyr = review["001S"]
+    assert steyr["new"] == "001R" and steyr["confidence"] == 0.9 and steyr["evidence"]["grade"] == "place"
+    assert steyr["evidence"]["common_word"] == "raiffeisenbank: Zipf 3.38 in de"
+    assert review["001O"]["evidence"]["grade"] == "country" and review["001O"]["confidence"] == 0.9
+    assert review["001O"]["evidence"]["common_word"] == "sparkasse: Zipf 4.09 in de"

@@ -36,6 +36,7 @@ class NameEvidence(NamedTuple):
     country: str | None
     grade: str              # which confidence of the rule applied
     fuzzy: tuple | None = None  # (similar_to, score) for fuzzy matches
+    common: str | None = None   # the key is an everyday word where the child is ("sparkasse: Zipf 4.09 in de")
 
     def to_json(self) -> str:
         """The evidence as JSON, written directly (the ledger stores one per repaired link)."""
@@ -49,8 +50,9 @@ class NameEvidence(NamedTuple):
             return (f'{{"child_name": {dumps(_name(self.child_name))}, "stem": {dumps(" ".join(tokens[:-n]))}, '
                     f'"similar_to": {dumps(self.fuzzy[0])}, "score": {self.fuzzy[1]}, "qualifier": {q}, '
                     f'"grade": "{self.grade}"}}')
+        common = f', "common_word": {dumps(self.common)}' if self.common else ""
         return (f'{{"child_name": {dumps(_name(self.child_name))}, "key": {dumps(" ".join(tokens[:-n]))}, '
-                f'"qualifier": {q}, "grade": "{self.grade}"}}')
+                f'"qualifier": {q}, "grade": "{self.grade}"{common}}}')
 
     def as_dict(self) -> dict:
         tokens = normalise.name_key(self.child_name)
@@ -62,7 +64,10 @@ class NameEvidence(NamedTuple):
         if self.fuzzy:
             return {"child_name": name, "stem": " ".join(tokens[:-n]), "similar_to": self.fuzzy[0],
                     "score": self.fuzzy[1], "qualifier": q, "grade": self.grade}
-        return {"child_name": name, "key": " ".join(tokens[:-n]), "qualifier": q, "grade": self.grade}
+        out = {"child_name": name, "key": " ".join(tokens[:-n]), "qualifier": q, "grade": self.grade}
+        if self.common:
+            out["common_word"] = self.common
+        return out
 
 
 _quoted = json.encoder.encode_basestring_ascii   # what json.dumps(text) returns for a str, without the encoder's setup
@@ -655,6 +660,7 @@ def _decide(pop: Population, rule, child: int, candidates: list[int], confidence
 # ---- family heads: accounts that share a name ---------------------------------------------------
 
 ELECTED_BY_FORM = 0.9   # the most a link to a head elected by its name's form alone is worth (below auto_apply)
+COMMON_CAP = 0.9        # the most a name link is worth whose key is an everyday word where the child is
 
 
 def _form_rank(name, key: str) -> int:
@@ -802,8 +808,17 @@ def _grade(q: normalise.Qualifier, mine: str | None, theirs: str | None) -> str:
         if mine is None:
             return "unconfirmed" if q.kind == "country" else "unknown"
         return q.kind if mine == q.country else "conflict"
+    if q.kind == "place":
+        # A city or province of the child's own country, under a parent elsewhere or of no known country:
+        # "JinkoSolar (Chuxiong)" under the Cayman holding. Under a parent in the same country a town's name is as
+        # often an independent local firm of a common name ("Volksbank Raiffeisenbank Dachau" beside "Volksbank
+        # Raiffeisenbank eG"): a person looks, as for a place outside the child's country.
+        home = mine is not None and mine in q.place_countries
+        return "place" if home and theirs != mine else "unit"
     if q.kind in ("region", "division"):
         return "unit_same_country" if mine is not None and mine == theirs else "unit"
+    if q.kind == "business":
+        return "business"
     return "unknown"
 
 
@@ -823,9 +838,11 @@ def match_name(pop: Population, rule) -> tuple[list[Proposal], list[Placeholder]
     allowed = pop.unlocked if rule.override else pop.eligible
     names = pop.col(rule.field)
     countries = pop.countries(rule.country_field) if rule.country_field else None
-    confidence = {g: rule.confidence_for(g) for g in ("country", "code", "unit_same_country", "unit",
-                                                        "unconfirmed", "unknown", "conflict")}
+    confidence = {g: rule.confidence_for(g) for g in ("country", "code", "place", "unit_same_country", "unit",
+                                                        "business", "unconfirmed", "unknown", "conflict")}
     simple = not rule.child and not rule.candidate and not rule.tie_break
+    if countries is not None:   # the gazetteer and word lists, read once before the loop makes its proposals
+        normalise.read_word_lists(countries)
     words = normalise.classify_words
     out: list[Proposal] = []
     append = out.append
@@ -844,11 +861,16 @@ def match_name(pop: Population, rule) -> tuple[list[Proposal], list[Placeholder]
             grade = _grade(q, mine, countries[hit] if countries else None)
         else:
             grade = _grade(q, mine, None)
-        evidence = NameEvidence(names[i], key.count(" ", cut), q.kind, q.country, grade)
+        conf, common = confidence[grade], None
+        if conf > COMMON_CAP:   # an everyday word of the child's country is weak evidence of one family
+            z, lang = normalise.commonness(key[:cut], mine)
+            if z >= normalise.COMMON_ZIPF:
+                conf, common = COMMON_CAP, f"{key[:cut]}: Zipf {z} in {lang}"
+        evidence = NameEvidence(names[i], key.count(" ", cut), q.kind, q.country, grade, common=common)
         if narrowed is None and simple:
-            append(Proposal(i, hit, rule, confidence[grade], evidence))
+            append(Proposal(i, hit, rule, conf, evidence))
         else:
-            out.extend(_decide(pop, rule, i, narrowed or [hit], confidence[grade], evidence))
+            out.extend(_decide(pop, rule, i, narrowed or [hit], conf, evidence))
     out.extend(same_name_links(pop, rule, full.shared(), countries, rule.confidence_for("same_name"), allowed))
     return out, []
 

