@@ -19,6 +19,10 @@ RUN PIP_CONSTRAINT=/app/constraints.txt pip install --no-cache-dir -c constraint
     && chown 10001:10001 /config
 
 USER 10001:10001
+# the folded gazetteer and word lists of every country's languages, made once here (~/.cache/nrr-engine), not
+# again by every run of the container
+RUN python -c "import pycountry; from nrr_engine.hierarchy import normalise; \
+normalise.read_word_lists([c.alpha_2 for c in pycountry.countries])"
 VOLUME ["/config"]
 ENTRYPOINT ["nrr-engine"]
 CMD ["schedule"]

